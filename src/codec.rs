@@ -1,0 +1,113 @@
+//! The one codec for every value raftgraph writes into the Raft log or stores on disk.
+//!
+//! serde + bincode 2 (`=2.0.1`, standard configuration) behind a leading format-version byte. All
+//! encoding goes through here so that a later switch of serializer is a change to this file alone
+//! (the bincode project is unmaintained upstream).
+//!
+//! **Invariants**
+//! - Every encoded value starts with [`FORMAT_VERSION`]; decoding any other leading byte fails.
+//! - Decoding never allocates more than [`DECODE_BYTES_MAX`] for one value, whatever the input
+//!   claims (bincode's limit checks each claimed length before allocating).
+//! - Decoding a value must consume the whole input: trailing bytes are an error, not ignored.
+//!
+//! **Caveats**
+//! - Values must not contain `HashMap`s: their iteration order would make bytes differ between
+//!   processes. Use `BTreeMap` for anything that reaches the log or the disk.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Version byte in front of every encoded value. Bump it (and keep a decoder for the old one) when
+/// the encoding of any stored type changes incompatibly.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// The most bytes one decoded value may claim. Records are bounded well below this by
+/// `WalConfig::record_bytes_max`; this is the last line against a garbage length.
+pub const DECODE_BYTES_MAX: usize = 64 << 20;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_BYTES_MAX>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<DECODE_BYTES_MAX>()
+}
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("empty input: no format-version byte")]
+    Empty,
+    #[error("unknown codec format version {found} (this build reads version {FORMAT_VERSION})")]
+    UnknownVersion { found: u8 },
+    #[error("malformed value: {0}")]
+    Decode(String),
+    #[error("value has {0} trailing bytes after its end")]
+    Trailing(usize),
+    #[error("value cannot be encoded: {0}")]
+    Encode(String),
+}
+
+/// Appends the encoding of `value` (version byte first) to `buf`.
+pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    buf.push(FORMAT_VERSION);
+    bincode::serde::encode_into_std_write(value, buf, config())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Encodes `value` into a new buffer, version byte first.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::new();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
+}
+
+/// Decodes a value written by [`encode`]; the whole input must be one value.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnknownVersion { found: version });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_value_and_version_byte_leads() {
+        let value: BTreeMap<String, Vec<u8>> = [("a".to_string(), vec![1, 2]), ("b".to_string(), vec![])].into();
+        let bytes = encode(&value).unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode::<BTreeMap<String, Vec<u8>>>(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn rejects_unknown_version_empty_and_trailing_bytes() {
+        let mut bytes = encode(&7u64).unwrap();
+        assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
+        bytes.push(0);
+        assert!(matches!(decode::<u64>(&bytes), Err(CodecError::Trailing(1))));
+        bytes[0] = FORMAT_VERSION + 1;
+        assert!(matches!(decode::<u64>(&bytes), Err(CodecError::UnknownVersion { .. })));
+    }
+
+    #[test]
+    fn huge_claimed_length_fails_without_allocating_it() {
+        // A Vec<u8> whose varint length claims u64::MAX / 2 bytes: bincode's limit must refuse it.
+        let mut bytes = vec![FORMAT_VERSION, 0xFD];
+        bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        assert!(matches!(decode::<Vec<u8>>(&bytes), Err(CodecError::Decode(_))));
+    }
+}

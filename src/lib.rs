@@ -1,0 +1,17 @@
+//! raftgraph: a Raft-replicated, multi-tenant property-graph store.
+//!
+//! A client write becomes a Raft entry (openraft). The Raft log **is** the write-ahead log
+//! ([`wal`]): once a quorum has an entry synced it is committed and applied to a RocksDB state
+//! machine with one column family per tenant. Snapshots are RocksDB checkpoints. See
+//! `../shared/DESIGN.md` for the whole shape; each module's docs give its design, invariants and
+//! caveats.
+//!
+//! Modules (dependencies point inward: `wal` knows nothing of tonic, RocksDB or tenants):
+//! - [`codec`]: the one serializer for everything in the log and on disk.
+//! - [`wal`]: the Raft log storage — segments, CRC32C records, group commit, recovery.
+
+#[cfg(not(tokio_unstable))]
+compile_error!("build with `--cfg tokio_unstable` (set in .cargo/config.toml; do not override RUSTFLAGS)");
+
+pub mod codec;
+pub mod wal;
