@@ -57,6 +57,8 @@ pub(crate) struct Recovered<C: RaftTypeConfig> {
     pub committed: Option<LogIdOf<C>>,
     pub purged: Option<LogIdOf<C>>,
     pub last: Option<LogIdOf<C>>,
+    /// Index of the first entry present, if any.
+    pub first: u64,
 }
 
 pub(crate) struct Disk<C: RaftTypeConfig> {
@@ -127,7 +129,9 @@ impl<C: RaftTypeConfig> Disk<C> {
                 index_of::<C>(&disk.committed), index_of::<C>(&last)
             )));
         }
-        let recovered = Recovered { vote: disk.meta.vote.clone(), committed: disk.committed.clone(), purged, last };
+        let after_purge = index_of::<C>(&purged).map_or(0, |p| p + 1);
+        let first = disk.segments.iter().find(|s| !s.positions.is_empty()).map_or(0, |s| s.first_index).max(after_purge);
+        let recovered = Recovered { vote: disk.meta.vote.clone(), committed: disk.committed.clone(), purged, last, first };
         Ok((disk, recovered))
     }
 

@@ -24,6 +24,8 @@ pub(crate) struct State<C: RaftTypeConfig> {
     pub purged: Option<LogIdOf<C>>,
     /// Last entry's id, or the purge point when the log holds no entry past it.
     pub last: Option<LogIdOf<C>>,
+    /// Index of the first entry present (meaningful when the log holds any entry).
+    log_start: u64,
     /// Entries `cache_first ..= last`, contiguous.
     cache: VecDeque<Cached<C>>,
     cache_first: u64,
@@ -52,6 +54,7 @@ where
         committed: Option<LogIdOf<C>>,
         purged: Option<LogIdOf<C>>,
         last: Option<LogIdOf<C>>,
+        log_start: u64,
         cache_bytes_max: u64,
     ) -> Self {
         let cache_first = index::<C>(&last).map_or(0, |i| i + 1);
@@ -61,6 +64,7 @@ where
                 committed,
                 purged,
                 last,
+                log_start,
                 cache: VecDeque::new(),
                 cache_first,
                 cache_bytes: 0,
@@ -96,6 +100,10 @@ where
     }
 
     pub fn push(&mut self, entry: C::Entry, log_id: LogIdOf<C>, bytes: u64, seq: u64) {
+        if index::<C>(&self.last) == index::<C>(&self.purged) {
+            // The log holds no entry: this one starts it.
+            self.log_start = log_id.index();
+        }
         if self.cache.is_empty() {
             self.cache_first = log_id.index();
         }
@@ -130,6 +138,7 @@ where
         if self.cache.is_empty() {
             self.cache_first = upto.index() + 1;
         }
+        self.log_start = self.log_start.max(upto.index() + 1);
         self.purged = Some(upto);
     }
 
@@ -151,7 +160,7 @@ where
     /// The readable range `start..end` clipped to the live log, split into the part that must
     /// come from disk (`start..cache_first`) and the cached entries from `cache_first` on.
     pub fn read(&self, start: u64, end: u64) -> (std::ops::Range<u64>, Vec<C::Entry>) {
-        let first_live = index::<C>(&self.purged).map_or(0, |p| p + 1);
+        let first_live = self.log_start.max(index::<C>(&self.purged).map_or(0, |p| p + 1));
         let end = end.min(self.next_index().unwrap_or(0));
         let start = start.max(first_live);
         if start >= end {

@@ -99,7 +99,7 @@ where
             let cache_bytes_max = task_cfg.cache_bytes_max;
             match Disk::<C>::recover(fs, task_cfg) {
                 Ok((disk, r)) => {
-                    let shared = Arc::new(Shared::new(r.vote, r.committed, r.purged, r.last, cache_bytes_max));
+                    let shared = Arc::new(Shared::new(r.vote, r.committed, r.purged, r.last, r.first, cache_bytes_max));
                     if ready_tx.send(Ok(shared.clone())).is_ok() {
                         Worker::new(disk, shared, batch_bytes_max).run(rx).await;
                     }

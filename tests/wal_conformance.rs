@@ -1,0 +1,170 @@
+//! openraft's storage conformance suite against the WAL, on real files (dedicated I/O thread) and
+//! on `MemFs` (inline I/O task, as the simulation runs it). The state machine is a test-only
+//! in-memory one until the RocksDB state machine exists.
+
+use std::io;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError};
+use openraft::type_config::TypeConfigExt;
+use raftgraph::wal::{IoRuntime, MemFs, StdFs, Wal, WalConfig};
+
+openraft::declare_raft_types!(pub TC);
+
+#[derive(Clone, Default)]
+struct MemSm {
+    applied: Option<LogIdOf<TC>>,
+    membership: StoredMembershipOf<TC>,
+    current: Option<(SnapshotMetaOf<TC>, Vec<u8>)>,
+}
+
+impl RaftSnapshotBuilder<TC> for MemSm {
+    type SnapshotData = Cursor<Vec<u8>>;
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, Cursor<Vec<u8>>>, io::Error> {
+        let meta = SnapshotMetaOf::<TC> {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+        };
+        self.current = Some((meta.clone(), Vec::new()));
+        Ok(SnapshotOf::<TC, _> { meta, snapshot: Cursor::new(Vec::new()) })
+    }
+}
+
+impl RaftStateMachine<TC> for MemSm {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = MemSm;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            self.applied = Some(entry.log_id());
+            if let EntryPayload::Membership(m) = &entry.payload {
+                self.membership = StoredMembershipOf::<TC>::new(Some(entry.log_id()), m.clone());
+            }
+            if let Some(r) = responder {
+                r.send(String::new());
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TC>, _: Cursor<Vec<u8>>) -> Result<(), io::Error> {
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.current = Some((meta.clone(), Vec::new()));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
+        Ok(self.current.clone().map(|(meta, data)| SnapshotOf::<TC, _> { meta, snapshot: Cursor::new(data) }))
+    }
+}
+
+// The builder keeps the state machine's last snapshot across `build_snapshot` calls by sharing it.
+struct StdBuilder;
+struct MemBuilder;
+
+fn small_segments(dir: impl Into<std::path::PathBuf>) -> WalConfig {
+    // Tiny segments so the suite's ten-entry logs span several files (rotation, cross-segment
+    // truncate and purge all get exercised).
+    let mut cfg = WalConfig::new(dir);
+    cfg.segment_bytes = 256;
+    cfg
+}
+
+impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, tempfile::TempDir> for StdBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, Wal<TC>, SnapshottingSm), StorageError<TC>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
+        let wal = Wal::open(small_segments(dir.path().join("wal")), Arc::new(StdFs), IoRuntime::Thread)
+            .await
+            .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
+        Ok((dir, wal, SnapshottingSm::default()))
+    }
+}
+
+impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), Wal<TC>, SnapshottingSm), StorageError<TC>> {
+        let wal = Wal::open(small_segments("/wal"), Arc::new(MemFs::new()), IoRuntime::Inline)
+            .await
+            .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
+        Ok(((), wal, SnapshottingSm::default()))
+    }
+}
+
+/// `MemSm` whose snapshot builder writes its snapshot back into the machine it came from.
+#[derive(Default)]
+struct SnapshottingSm(Arc<std::sync::Mutex<MemSm>>);
+
+struct SharedBuilder(Arc<std::sync::Mutex<MemSm>>);
+
+impl RaftSnapshotBuilder<TC> for SharedBuilder {
+    type SnapshotData = Cursor<Vec<u8>>;
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, Cursor<Vec<u8>>>, io::Error> {
+        let mut sm = self.0.lock().unwrap().clone();
+        let snap = sm.build_snapshot().await?;
+        self.0.lock().unwrap().current = sm.current;
+        Ok(snap)
+    }
+}
+
+impl RaftStateMachine<TC> for SnapshottingSm {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = SharedBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
+        let mut sm = self.0.lock().unwrap().clone();
+        sm.applied_state().await
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut sm = self.0.lock().unwrap().clone();
+        sm.apply(entries).await?;
+        *self.0.lock().unwrap() = sm;
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SharedBuilder(self.0.clone())
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TC>, data: Cursor<Vec<u8>>) -> Result<(), io::Error> {
+        let mut sm = self.0.lock().unwrap().clone();
+        sm.install_snapshot(meta, data).await?;
+        *self.0.lock().unwrap() = sm;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
+        let mut sm = self.0.lock().unwrap().clone();
+        sm.get_current_snapshot().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes_on_real_files() {
+    Suite::test_all(StdBuilder).await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn conformance_suite_passes_on_memfs_inline() {
+    Suite::test_all(MemBuilder).await.unwrap();
+}
