@@ -136,7 +136,8 @@ where
             self.last = Some(upto.clone());
         }
         if self.cache.is_empty() {
-            self.cache_first = upto.index() + 1;
+            // Entries between the purge point and the old cache start are still on disk.
+            self.cache_first = self.cache_first.max(upto.index() + 1);
         }
         self.log_start = self.log_start.max(upto.index() + 1);
         self.purged = Some(upto);
