@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_value_and_version_byte_leads() {
-        let value: BTreeMap<String, Vec<u8>> = [("a".to_string(), vec![1, 2]), ("b".to_string(), vec![])].into();
+        let value: BTreeMap<String, Vec<u8>> =
+            [("a".to_string(), vec![1, 2]), ("b".to_string(), vec![])].into();
         let bytes = encode(&value).unwrap();
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode::<BTreeMap<String, Vec<u8>>>(&bytes).unwrap(), value);
@@ -98,9 +99,15 @@ mod tests {
         let mut bytes = encode(&7u64).unwrap();
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
         bytes.push(0);
-        assert!(matches!(decode::<u64>(&bytes), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(CodecError::Trailing(1))
+        ));
         bytes[0] = FORMAT_VERSION + 1;
-        assert!(matches!(decode::<u64>(&bytes), Err(CodecError::UnknownVersion { .. })));
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(CodecError::UnknownVersion { .. })
+        ));
     }
 
     #[test]
@@ -108,6 +115,9 @@ mod tests {
         // A Vec<u8> whose varint length claims u64::MAX / 2 bytes: bincode's limit must refuse it.
         let mut bytes = vec![FORMAT_VERSION, 0xFD];
         bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
-        assert!(matches!(decode::<Vec<u8>>(&bytes), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode::<Vec<u8>>(&bytes),
+            Err(CodecError::Decode(_))
+        ));
     }
 }

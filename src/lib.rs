@@ -11,7 +11,9 @@
 //! - [`wal`]: the Raft log storage — segments, CRC32C records, group commit, recovery.
 
 #[cfg(not(tokio_unstable))]
-compile_error!("build with `--cfg tokio_unstable` (set in .cargo/config.toml; do not override RUSTFLAGS)");
+compile_error!(
+    "build with `--cfg tokio_unstable` (set in .cargo/config.toml; do not override RUSTFLAGS)"
+);
 
 pub mod codec;
 pub mod wal;

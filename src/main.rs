@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "raftgraph", version, about = "A Raft-replicated, multi-tenant property-graph store")]
+#[command(
+    name = "raftgraph",
+    version,
+    about = "A Raft-replicated, multi-tenant property-graph store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,10 +38,17 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     match Cli::parse().command {
-        Command::WalBench { dir, entries, pending, value_bytes } => {
+        Command::WalBench {
+            dir,
+            entries,
+            pending,
+            value_bytes,
+        } => {
             if pending.is_empty() || pending.contains(&0) {
                 anyhow::bail!("--pending takes window sizes of at least 1, got {pending:?}");
             }

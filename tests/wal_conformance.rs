@@ -10,9 +10,9 @@ use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError};
-use openraft::type_config::TypeConfigExt;
 use raftgraph::wal::{IoRuntime, MemFs, StdFs, Wal, WalConfig};
 
 openraft::declare_raft_types!(pub TC);
@@ -32,7 +32,10 @@ impl RaftSnapshotBuilder<TC> for MemSm {
             last_membership: self.membership.clone(),
         };
         self.current = Some((meta.clone(), Vec::new()));
-        Ok(SnapshotOf::<TC, _> { meta, snapshot: Cursor::new(Vec::new()) })
+        Ok(SnapshotOf::<TC, _> {
+            meta,
+            snapshot: Cursor::new(Vec::new()),
+        })
     }
 }
 
@@ -40,7 +43,9 @@ impl RaftStateMachine<TC> for MemSm {
     type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = MemSm;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
         Ok((self.applied, self.membership.clone()))
     }
 
@@ -64,15 +69,27 @@ impl RaftStateMachine<TC> for MemSm {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TC>, _: Cursor<Vec<u8>>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TC>,
+        _: Cursor<Vec<u8>>,
+    ) -> Result<(), io::Error> {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.current = Some((meta.clone(), Vec::new()));
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
-        Ok(self.current.clone().map(|(meta, data)| SnapshotOf::<TC, _> { meta, snapshot: Cursor::new(data) }))
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
+        Ok(self
+            .current
+            .clone()
+            .map(|(meta, data)| SnapshotOf::<TC, _> {
+                meta,
+                snapshot: Cursor::new(data),
+            }))
     }
 }
 
@@ -89,20 +106,30 @@ fn small_segments(dir: impl Into<std::path::PathBuf>) -> WalConfig {
 }
 
 impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, tempfile::TempDir> for StdBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, Wal<TC>, SnapshottingSm), StorageError<TC>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, Wal<TC>, SnapshottingSm), StorageError<TC>> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
-        let wal = Wal::open(small_segments(dir.path().join("wal")), Arc::new(StdFs), IoRuntime::Thread)
-            .await
-            .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
+        let wal = Wal::open(
+            small_segments(dir.path().join("wal")),
+            Arc::new(StdFs),
+            IoRuntime::Thread,
+        )
+        .await
+        .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
         Ok((dir, wal, SnapshottingSm::default()))
     }
 }
 
 impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, ()> for MemBuilder {
     async fn build(&self) -> Result<((), Wal<TC>, SnapshottingSm), StorageError<TC>> {
-        let wal = Wal::open(small_segments("/wal"), Arc::new(MemFs::new()), IoRuntime::Inline)
-            .await
-            .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
+        let wal = Wal::open(
+            small_segments("/wal"),
+            Arc::new(MemFs::new()),
+            IoRuntime::Inline,
+        )
+        .await
+        .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
         Ok(((), wal, SnapshottingSm::default()))
     }
 }
@@ -127,7 +154,9 @@ impl RaftStateMachine<TC> for SnapshottingSm {
     type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = SharedBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
         let mut sm = self.0.lock().unwrap().clone();
         sm.applied_state().await
     }
@@ -146,14 +175,20 @@ impl RaftStateMachine<TC> for SnapshottingSm {
         SharedBuilder(self.0.clone())
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TC>, data: Cursor<Vec<u8>>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TC>,
+        data: Cursor<Vec<u8>>,
+    ) -> Result<(), io::Error> {
         let mut sm = self.0.lock().unwrap().clone();
         sm.install_snapshot(meta, data).await?;
         *self.0.lock().unwrap() = sm;
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
         let mut sm = self.0.lock().unwrap().clone();
         sm.get_current_snapshot().await
     }

@@ -10,7 +10,11 @@ use raftgraph::wal::{Fate, MemFs, WalError};
 
 /// Writes `batches` acknowledged batches of `per` entries, then one more batch whose sync fails,
 /// leaving its bytes as the only unsynced write. Returns what was written and how many acked.
-async fn setup_unsynced_tail(fs: &MemFs, batches: u64, per: u64) -> (Vec<(u64, u64, String)>, usize) {
+async fn setup_unsynced_tail(
+    fs: &MemFs,
+    batches: u64,
+    per: u64,
+) -> (Vec<(u64, u64, String)>, usize) {
     let c = cfg(1 << 20);
     let mut wal = open(fs, &c).await.unwrap();
     let mut written = Vec::new();
@@ -25,7 +29,10 @@ async fn setup_unsynced_tail(fs: &MemFs, batches: u64, per: u64) -> (Vec<(u64, u
     fs.fail_sync_after(0);
     let es: Vec<Entry> = (next..next + per).map(|i| ent(1, i)).collect();
     written.extend(es.iter().map(key));
-    assert!(append_acked(&mut wal, es).await.is_err(), "a batch whose fsync failed must not be acknowledged");
+    assert!(
+        append_acked(&mut wal, es).await.is_err(),
+        "a batch whose fsync failed must not be acknowledged"
+    );
     (written, acked)
 }
 
@@ -35,7 +42,11 @@ async fn torn_unsynced_batch_at_every_byte_offset_recovers_an_acked_prefix() {
     let probe = MemFs::new();
     let (_, _) = setup_unsynced_tail(&probe, 3, 4).await;
     let pending = probe.pending_writes();
-    assert_eq!(pending.len(), 1, "exactly the failed batch is unsynced: {pending:?}");
+    assert_eq!(
+        pending.len(),
+        1,
+        "exactly the failed batch is unsynced: {pending:?}"
+    );
     let len = pending[0].len;
     assert!(len > 100);
 
@@ -44,8 +55,15 @@ async fn torn_unsynced_batch_at_every_byte_offset_recovers_an_acked_prefix() {
         let fs = MemFs::new();
         let (written, acked) = setup_unsynced_tail(&fs, 3, 4).await;
         fs.crash_with(|_| Fate::Tear(t), |n| n);
-        let mut wal = open(&fs, &cfg(1 << 20)).await.unwrap_or_else(|e| panic!("tear at {t}: reopen failed: {e}"));
-        assert_prefix(&read_all(&mut wal).await, &written, acked, &format!("tear at {t}"));
+        let mut wal = open(&fs, &cfg(1 << 20))
+            .await
+            .unwrap_or_else(|e| panic!("tear at {t}: reopen failed: {e}"));
+        assert_prefix(
+            &read_all(&mut wal).await,
+            &written,
+            acked,
+            &format!("tear at {t}"),
+        );
     }
 }
 
@@ -73,8 +91,15 @@ async fn unsynced_batch_losing_any_set_of_sectors_recovers_an_acked_prefix() {
             }
         }
         fs.write_file_durable(&path, bytes);
-        let mut wal = open(&fs, &cfg(1 << 20)).await.unwrap_or_else(|e| panic!("mask {mask:b}: {e}"));
-        assert_prefix(&read_all(&mut wal).await, &written, acked, &format!("sector mask {mask:b}"));
+        let mut wal = open(&fs, &cfg(1 << 20))
+            .await
+            .unwrap_or_else(|e| panic!("mask {mask:b}: {e}"));
+        assert_prefix(
+            &read_all(&mut wal).await,
+            &written,
+            acked,
+            &format!("sector mask {mask:b}"),
+        );
     }
 }
 
@@ -99,7 +124,12 @@ async fn a_segment_cut_at_any_offset_yields_a_prefix() {
         }
         copy.write_file_durable(&path, full[..cut].to_vec());
         match open(&copy, &c).await {
-            Ok(mut wal) => assert_prefix(&read_all(&mut wal).await, &written, 0, &format!("cut at {cut}")),
+            Ok(mut wal) => assert_prefix(
+                &read_all(&mut wal).await,
+                &written,
+                0,
+                &format!("cut at {cut}"),
+            ),
             Err(e) => {
                 // Only a cut into the header itself is refused (a header is durable before any record).
                 assert!(cut < 24, "cut at {cut} refused: {e}");
@@ -117,8 +147,12 @@ async fn a_flipped_bit_inside_the_proven_synced_range_fails_open_naming_file_and
     let mut proven_end = 0;
     for b in 0..5u64 {
         // The file length after a batch is acknowledged is proven synced by the next batch record.
-        proven_end = fs.read_file(&segment_paths(&fs).first().cloned().unwrap_or_default()).map_or(0, |f| f.len());
-        append_acked(&mut wal, (b * 2..b * 2 + 2).map(|i| ent(1, i)).collect()).await.unwrap();
+        proven_end = fs
+            .read_file(&segment_paths(&fs).first().cloned().unwrap_or_default())
+            .map_or(0, |f| f.len());
+        append_acked(&mut wal, (b * 2..b * 2 + 2).map(|i| ent(1, i)).collect())
+            .await
+            .unwrap();
     }
     drop(wal);
     let path = segment_paths(&fs).remove(0);
@@ -134,9 +168,15 @@ async fn a_flipped_bit_inside_the_proven_synced_range_fails_open_naming_file_and
                 Ok(_) => panic!("flip at byte {offset} bit {bit} went unnoticed"),
                 Err(e) => e,
             };
-            assert!(matches!(err, WalError::Corrupt { .. }), "flip at {offset}: {err}");
+            assert!(
+                matches!(err, WalError::Corrupt { .. }),
+                "flip at {offset}: {err}"
+            );
             let msg = err.to_string();
-            assert!(msg.contains(&path.display().to_string()) && msg.contains("offset"), "{msg}");
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains("offset"),
+                "{msg}"
+            );
         }
     }
 }
@@ -162,7 +202,10 @@ async fn a_flipped_bit_in_an_older_segment_fails_open() {
         let mut bytes = full.clone();
         bytes[offset] ^= 0x10;
         copy.write_file_durable(older, bytes);
-        assert!(open(&copy, &c).await.is_err(), "flip at {offset} of an older segment went unnoticed");
+        assert!(
+            open(&copy, &c).await.is_err(),
+            "flip at {offset} of an older segment went unnoticed"
+        );
     }
 }
 
@@ -214,7 +257,11 @@ async fn a_failed_fsync_stops_the_log() {
     // Later calls fail instead of acknowledging; the fault has cleared, the log stays stopped.
     assert!(append_acked(&mut wal, vec![ent(1, 2)]).await.is_err());
     assert!(wal.save_vote(&openraft::Vote::new(1, 0)).await.is_err());
-    assert!(wal.fatal_error().unwrap().contains("fsync"), "{:?}", wal.fatal_error());
+    assert!(
+        wal.fatal_error().unwrap().contains("fsync"),
+        "{:?}",
+        wal.fatal_error()
+    );
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
+use raftgraph::wal::MemFs;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use raftgraph::wal::MemFs;
 
 /// Tracks the largest single allocation since the last reset.
 struct Counting;
@@ -73,16 +73,28 @@ async fn random_and_mutated_segment_files_never_panic_and_allocate_within_bounds
                 bytes.extend((0..extra).map(|_| rng.random::<u8>()));
             }
             // Entirely random bytes.
-            _ => bytes = (0..rng.random_range(0..200_000)).map(|_| rng.random::<u8>()).collect(),
+            _ => {
+                bytes = (0..rng.random_range(0..200_000))
+                    .map(|_| rng.random::<u8>())
+                    .collect()
+            }
         }
         fs.write_file_durable(&victim, bytes);
 
         LARGEST.store(0, Ordering::Relaxed);
         let opened = open(&fs, &c).await;
         let largest = LARGEST.load(Ordering::Relaxed);
-        assert!(largest <= ALLOC_BOUND, "seed {seed}: an allocation of {largest} bytes during open");
+        assert!(
+            largest <= ALLOC_BOUND,
+            "seed {seed}: an allocation of {largest} bytes during open"
+        );
         if let Ok(mut wal) = opened {
-            assert_prefix(&read_all(&mut wal).await, &written, 0, &format!("seed {seed}"));
+            assert_prefix(
+                &read_all(&mut wal).await,
+                &written,
+                0,
+                &format!("seed {seed}"),
+            );
         }
     }
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use common::*;
 use openraft::storage::RaftLogStorage;
 use proptest::prelude::*;
-use rand::SeedableRng;
 use raftgraph::wal::{MemFs, Wal};
+use rand::SeedableRng;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -50,13 +50,22 @@ struct Model {
 
 impl Model {
     fn next(&self) -> u64 {
-        self.entries.keys().next_back().map(|i| i + 1).or(self.purged.map(|p| p.1 + 1)).unwrap_or(0)
+        self.entries
+            .keys()
+            .next_back()
+            .map(|i| i + 1)
+            .or(self.purged.map(|p| p.1 + 1))
+            .unwrap_or(0)
     }
     fn keys(&self) -> Vec<(u64, u64, String)> {
         self.entries.values().cloned().collect()
     }
     fn last(&self) -> Option<(u64, u64)> {
-        self.entries.values().next_back().map(|k| (k.1, k.0)).or(self.purged)
+        self.entries
+            .values()
+            .next_back()
+            .map(|k| (k.1, k.0))
+            .or(self.purged)
     }
     /// Index to keep after dropping the last `n` live entries (None = drop everything).
     fn truncate_point(&self, n: u64) -> Option<Option<(u64, u64)>> {
@@ -65,18 +74,29 @@ impl Model {
             return None;
         }
         let keep = len.saturating_sub(n);
-        Some(if keep == 0 { self.purged } else { self.entries.values().nth(keep as usize - 1).map(|k| (k.1, k.0)) })
+        Some(if keep == 0 {
+            self.purged
+        } else {
+            self.entries
+                .values()
+                .nth(keep as usize - 1)
+                .map(|k| (k.1, k.0))
+        })
     }
     fn apply_truncate(&mut self, kept: Option<(u64, u64)>) {
         let keep_upto = kept.map(|k| k.1);
-        self.entries.retain(|i, _| keep_upto.is_some_and(|k| *i <= k));
+        self.entries
+            .retain(|i, _| keep_upto.is_some_and(|k| *i <= k));
         self.term += 1;
     }
     fn purge_point(&self, n: u64) -> Option<(u64, u64)> {
         if n == 0 {
             return None;
         }
-        self.entries.values().nth((n as usize).min(self.entries.len()).checked_sub(1)?).map(|k| (k.1, k.0))
+        self.entries
+            .values()
+            .nth((n as usize).min(self.entries.len()).checked_sub(1)?)
+            .map(|k| (k.1, k.0))
     }
     fn apply_purge(&mut self, at: (u64, u64)) {
         self.entries.retain(|i, _| *i > at.1);
@@ -87,16 +107,31 @@ impl Model {
 async fn check(wal: &mut Wal<TC>, m: &Model, ctx: &str) {
     assert_eq!(read_all(wal).await, m.keys(), "{ctx}: entries");
     let st = wal.get_log_state().await.unwrap();
-    assert_eq!(st.last_purged_log_id, m.purged.map(|(t, i)| log_id(t, i)), "{ctx}: purged");
-    assert_eq!(st.last_log_id, m.last().map(|(t, i)| log_id(t, i)), "{ctx}: last");
-    assert_eq!(read_vote(wal).await, m.vote.map(|t| openraft::Vote::new(t, 0)), "{ctx}: vote");
+    assert_eq!(
+        st.last_purged_log_id,
+        m.purged.map(|(t, i)| log_id(t, i)),
+        "{ctx}: purged"
+    );
+    assert_eq!(
+        st.last_log_id,
+        m.last().map(|(t, i)| log_id(t, i)),
+        "{ctx}: last"
+    );
+    assert_eq!(
+        read_vote(wal).await,
+        m.vote.map(|t| openraft::Vote::new(t, 0)),
+        "{ctx}: vote"
+    );
 }
 
 async fn run(ops: Vec<Op>) {
     let fs = MemFs::new();
     let c = cfg(300);
     let mut wal = open(&fs, &c).await.unwrap();
-    let mut m = Model { term: 1, ..Model::default() };
+    let mut m = Model {
+        term: 1,
+        ..Model::default()
+    };
     for (step, op) in ops.into_iter().enumerate() {
         let ctx = format!("step {step}: {op:?}");
         match op {
@@ -110,7 +145,9 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Truncate(n) => {
                 if let Some(kept) = m.truncate_point(n) {
-                    wal.truncate_after(kept.map(|(t, i)| log_id(t, i))).await.unwrap();
+                    wal.truncate_after(kept.map(|(t, i)| log_id(t, i)))
+                        .await
+                        .unwrap();
                     m.apply_truncate(kept);
                 }
             }
@@ -140,7 +177,9 @@ async fn run(ops: Vec<Op>) {
                 assert!(append_acked(&mut wal, es).await.is_err(), "{ctx}");
                 drop(wal);
                 fs.crash_random(&mut rand::rngs::SmallRng::seed_from_u64(seed));
-                wal = open(&fs, &c).await.unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                wal = open(&fs, &c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
                 let got = read_all(&mut wal).await;
                 let mut written = m.keys();
                 written.extend(failed);
@@ -150,20 +189,29 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::FaultyTruncateThenCrash(n, j, seed) => {
-                let Some(kept) = m.truncate_point(n) else { continue };
+                let Some(kept) = m.truncate_point(n) else {
+                    continue;
+                };
                 wal.sync().await.unwrap();
                 fs.fail_sync_after(j);
-                wal.truncate_after(kept.map(|(t, i)| log_id(t, i))).await.unwrap();
+                wal.truncate_after(kept.map(|(t, i)| log_id(t, i)))
+                    .await
+                    .unwrap();
                 let _ = wal.sync().await;
                 drop(wal);
                 fs.crash_random(&mut rand::rngs::SmallRng::seed_from_u64(seed));
                 fs.fail_sync_after(u64::MAX);
-                wal = open(&fs, &c).await.unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                wal = open(&fs, &c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
                 let got = read_all(&mut wal).await;
                 let old = m.keys();
                 let mut new = m.clone();
                 new.apply_truncate(kept);
-                assert!(got == old || got == new.keys(), "{ctx}: neither old nor new log: {got:?}");
+                assert!(
+                    got == old || got == new.keys(),
+                    "{ctx}: neither old nor new log: {got:?}"
+                );
                 if got == new.keys() {
                     m = new;
                 } else {
@@ -179,14 +227,20 @@ async fn run(ops: Vec<Op>) {
                 drop(wal);
                 fs.crash_random(&mut rand::rngs::SmallRng::seed_from_u64(seed));
                 fs.fail_sync_after(u64::MAX);
-                wal = open(&fs, &c).await.unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                wal = open(&fs, &c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
                 let st = wal.get_log_state().await.unwrap();
                 let mut new = m.clone();
                 new.apply_purge(at);
                 if st.last_purged_log_id == new.purged.map(|(t, i)| log_id(t, i)) {
                     m = new;
                 } else {
-                    assert_eq!(st.last_purged_log_id, m.purged.map(|(t, i)| log_id(t, i)), "{ctx}: purge point");
+                    assert_eq!(
+                        st.last_purged_log_id,
+                        m.purged.map(|(t, i)| log_id(t, i)),
+                        "{ctx}: purge point"
+                    );
                 }
             }
         }

@@ -6,11 +6,11 @@
 //! on real files with `fdatasync`. Beside it, in the same run and directory, it measures a plain
 //! "write one record, fdatasync" loop: the one-fsync-per-entry baseline.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::VecDeque;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
@@ -87,10 +87,16 @@ impl WalFs for CountingFs {
         self.inner.list(dir)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        Ok(Box::new(CountingFile { inner: self.inner.open(path)?, syncs: self.syncs.clone() }))
+        Ok(Box::new(CountingFile {
+            inner: self.inner.open(path)?,
+            syncs: self.syncs.clone(),
+        }))
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        Ok(Box::new(CountingFile { inner: self.inner.create(path)?, syncs: self.syncs.clone() }))
+        Ok(Box::new(CountingFile {
+            inner: self.inner.create(path)?,
+            syncs: self.syncs.clone(),
+        }))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.inner.remove(path)
@@ -105,13 +111,24 @@ impl WalFs for CountingFs {
 
 fn entry(index: u64, value: &str) -> Entry {
     let leader = LeaderIdOf::<BenchConfig>::new_committed(1, 0);
-    Entry::new_normal(LogIdOf::<BenchConfig>::new(leader, index), value.to_string())
+    Entry::new_normal(
+        LogIdOf::<BenchConfig>::new(leader, index),
+        value.to_string(),
+    )
 }
 
 /// Appends `entries` entries with up to `pending` flushes in flight, in a fresh WAL in `dir`.
-pub async fn run_wal(dir: &Path, entries: u64, pending: usize, value_bytes: usize) -> anyhow::Result<BenchRow> {
+pub async fn run_wal(
+    dir: &Path,
+    entries: u64,
+    pending: usize,
+    value_bytes: usize,
+) -> anyhow::Result<BenchRow> {
     let syncs = Arc::new(AtomicU64::new(0));
-    let fs = Arc::new(CountingFs { inner: StdFs, syncs: syncs.clone() });
+    let fs = Arc::new(CountingFs {
+        inner: StdFs,
+        syncs: syncs.clone(),
+    });
     let mut wal = Wal::<BenchConfig>::open(WalConfig::new(dir), fs, IoRuntime::Thread).await?;
     let value = "x".repeat(value_bytes);
     let before = syncs.load(Ordering::Relaxed);
@@ -119,11 +136,13 @@ pub async fn run_wal(dir: &Path, entries: u64, pending: usize, value_bytes: usiz
     let mut window = VecDeque::with_capacity(pending);
     for index in 0..entries {
         if window.len() >= pending.max(1) {
-            let rx: tokio::sync::oneshot::Receiver<io::Result<()>> = window.pop_front().expect("window is full");
+            let rx: tokio::sync::oneshot::Receiver<io::Result<()>> =
+                window.pop_front().expect("window is full");
             rx.await??;
         }
         let (tx, rx) = BenchConfig::oneshot();
-        wal.append([entry(index, &value)], IOFlushed::signal(tx)).await?;
+        wal.append([entry(index, &value)], IOFlushed::signal(tx))
+            .await?;
         window.push_back(rx);
     }
     for rx in window {
@@ -140,7 +159,11 @@ pub async fn run_wal(dir: &Path, entries: u64, pending: usize, value_bytes: usiz
 }
 
 /// The baseline: one record-sized write and one `fdatasync` per entry, on a plain file.
-pub fn run_fsync_per_entry(dir: &Path, entries: u64, value_bytes: usize) -> anyhow::Result<BenchRow> {
+pub fn run_fsync_per_entry(
+    dir: &Path,
+    entries: u64,
+    value_bytes: usize,
+) -> anyhow::Result<BenchRow> {
     let path = dir.join("fsync-per-entry.dat");
     let mut file = StdFs.create(&path)?;
     let record = vec![b'x'; value_bytes + 32];
@@ -151,11 +174,22 @@ pub fn run_fsync_per_entry(dir: &Path, entries: u64, value_bytes: usize) -> anyh
     }
     let seconds = start.elapsed().as_secs_f64();
     StdFs.remove(&path)?;
-    Ok(BenchRow { mode: "write+fdatasync".into(), pending: 1, entries, seconds, fsyncs: entries })
+    Ok(BenchRow {
+        mode: "write+fdatasync".into(),
+        pending: 1,
+        entries,
+        seconds,
+        fsyncs: entries,
+    })
 }
 
 /// Runs the baseline and the WAL at each window size, each in a fresh subdirectory of `dir`.
-pub async fn run_all(dir: &Path, entries: u64, pendings: &[usize], value_bytes: usize) -> anyhow::Result<Vec<BenchRow>> {
+pub async fn run_all(
+    dir: &Path,
+    entries: u64,
+    pendings: &[usize],
+    value_bytes: usize,
+) -> anyhow::Result<Vec<BenchRow>> {
     std::fs::create_dir_all(dir)?;
     let baseline_entries = entries.min(5_000);
     let mut rows = vec![run_fsync_per_entry(dir, baseline_entries, value_bytes)?];
@@ -164,7 +198,11 @@ pub async fn run_all(dir: &Path, entries: u64, pendings: &[usize], value_bytes: 
         if sub.exists() {
             std::fs::remove_dir_all(&sub)?;
         }
-        let n = if pending <= 1 { baseline_entries } else { entries };
+        let n = if pending <= 1 {
+            baseline_entries
+        } else {
+            entries
+        };
         rows.push(run_wal(&sub, n, pending, value_bytes).await?);
         std::fs::remove_dir_all(&sub)?;
     }
@@ -174,11 +212,20 @@ pub async fn run_all(dir: &Path, entries: u64, pendings: &[usize], value_bytes: 
 /// Formats rows as a Markdown table, with each row's speed-up over the first (the baseline).
 pub fn table(rows: &[BenchRow]) -> String {
     let base = rows.first().map(|r| r.entries_per_sec()).unwrap_or(1.0);
-    let mut out = String::from("| mode | pending flushes | entries | seconds | entries/s | fsyncs | entries/fsync | × baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut out = String::from(
+        "| mode | pending flushes | entries | seconds | entries/s | fsyncs | entries/fsync | × baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for r in rows {
         out.push_str(&format!(
             "| {} | {} | {} | {:.2} | {:.0} | {} | {:.1} | {:.1} |\n",
-            r.mode, r.pending, r.entries, r.seconds, r.entries_per_sec(), r.fsyncs, r.entries_per_fsync(), r.entries_per_sec() / base
+            r.mode,
+            r.pending,
+            r.entries,
+            r.seconds,
+            r.entries_per_sec(),
+            r.fsyncs,
+            r.entries_per_fsync(),
+            r.entries_per_sec() / base
         ));
     }
     out

@@ -41,16 +41,26 @@ impl WalConfig {
     /// Rejects values outside their documented ranges, naming the field and the value.
     pub fn validate(&self) -> Result<(), WalError> {
         let bad = |field: &str, value: u64, range: &str| {
-            Err(WalError::Config(format!("{field} = {value} is outside {range}")))
+            Err(WalError::Config(format!(
+                "{field} = {value} is outside {range}"
+            )))
         };
         if !(256..=1 << 30).contains(&self.segment_bytes) {
             return bad("segment_bytes", self.segment_bytes, "256 ..= 1073741824");
         }
         if !(64..=DECODE_BYTES_MAX as u32).contains(&self.record_bytes_max) {
-            return bad("record_bytes_max", self.record_bytes_max.into(), "64 ..= 67108864");
+            return bad(
+                "record_bytes_max",
+                self.record_bytes_max.into(),
+                "64 ..= 67108864",
+            );
         }
         if !(4096..=1 << 30).contains(&self.batch_bytes_max) {
-            return bad("batch_bytes_max", self.batch_bytes_max, "4096 ..= 1073741824");
+            return bad(
+                "batch_bytes_max",
+                self.batch_bytes_max,
+                "4096 ..= 1073741824",
+            );
         }
         if self.dir.as_os_str().is_empty() {
             return Err(WalError::Config("dir is empty".into()));
@@ -72,9 +82,19 @@ mod tests {
         assert!(msg.contains("record_bytes_max = 68157440"), "{msg}");
         let mut c = WalConfig::new("/tmp/x");
         c.segment_bytes = 10;
-        assert!(c.validate().unwrap_err().to_string().contains("segment_bytes = 10"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("segment_bytes = 10")
+        );
         let mut c = WalConfig::new("");
         c.batch_bytes_max = 1 << 20;
-        assert!(c.validate().unwrap_err().to_string().contains("dir is empty"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("dir is empty")
+        );
     }
 }

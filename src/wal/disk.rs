@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openraft::RaftTypeConfig;
-use openraft::type_config::alias::{LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
+use openraft::type_config::alias::{LogIdOf, VoteOf};
 use serde::{Deserialize, Serialize};
 
 use super::config::WalConfig;
@@ -41,7 +41,12 @@ pub(crate) struct Meta<C: RaftTypeConfig> {
 
 impl<C: RaftTypeConfig> Default for Meta<C> {
     fn default() -> Self {
-        Self { vote: None, committed: None, purged: None, truncate: None }
+        Self {
+            vote: None,
+            committed: None,
+            purged: None,
+            truncate: None,
+        }
     }
 }
 
@@ -86,13 +91,15 @@ impl<C: RaftTypeConfig> Disk<C> {
     /// cuts a torn tail, and returns the recovered state.
     pub fn recover(fs: Arc<dyn WalFs>, cfg: WalConfig) -> Result<(Self, Recovered<C>), WalError> {
         let dir = cfg.dir.clone();
-        fs.create_dir_all(&dir).map_err(|e| io_context(e, "create directory", &dir))?;
+        fs.create_dir_all(&dir)
+            .map_err(|e| io_context(e, "create directory", &dir))?;
         let mut first_indexes = Vec::new();
         let mut removed_tmp = false;
         for name in fs.list(&dir).map_err(|e| io_context(e, "list", &dir))? {
             if name.ends_with(".tmp") {
                 // A segment or meta file whose creation never finished: never acknowledged.
-                fs.remove(&dir.join(&name)).map_err(|e| io_context(e, "remove", &dir.join(&name)))?;
+                fs.remove(&dir.join(&name))
+                    .map_err(|e| io_context(e, "remove", &dir.join(&name)))?;
                 removed_tmp = true;
             } else if let Some(first) = format::parse_segment_file_name(&name) {
                 first_indexes.push(first);
@@ -109,12 +116,20 @@ impl<C: RaftTypeConfig> Disk<C> {
             let cut = intent.last_kept.map_or(0, |i| i + 1);
             for first in first_indexes.iter().rev().filter(|f| **f >= cut) {
                 let path = dir.join(format::segment_file_name(*first));
-                fs.remove(&path).map_err(|e| io_context(e, "remove", &path))?;
+                fs.remove(&path)
+                    .map_err(|e| io_context(e, "remove", &path))?;
             }
             first_indexes.retain(|f| *f < cut);
             fs.sync_dir(&dir)?;
         }
-        let mut disk = Disk { fs, cfg, segments: VecDeque::new(), meta, committed: None, committed_dirty: false };
+        let mut disk = Disk {
+            fs,
+            cfg,
+            segments: VecDeque::new(),
+            meta,
+            committed: None,
+            committed_dirty: false,
+        };
         let committed_record = disk.scan_segments(&first_indexes)?;
         if let Some(intent) = disk.meta.truncate {
             disk.finish_truncate(intent)?;
@@ -124,14 +139,30 @@ impl<C: RaftTypeConfig> Disk<C> {
         let purged = disk.meta.purged.clone();
         let last = disk.last_entry_id()?.max(purged.clone());
         if index_of::<C>(&disk.committed) > index_of::<C>(&last) {
-            return Err(WalError::corrupt(&dir, 0, format!(
-                "committed log index {:?} is past the recovered log's last index {:?}: synced entries are missing",
-                index_of::<C>(&disk.committed), index_of::<C>(&last)
-            )));
+            return Err(WalError::corrupt(
+                &dir,
+                0,
+                format!(
+                    "committed log index {:?} is past the recovered log's last index {:?}: synced entries are missing",
+                    index_of::<C>(&disk.committed),
+                    index_of::<C>(&last)
+                ),
+            ));
         }
         let after_purge = index_of::<C>(&purged).map_or(0, |p| p + 1);
-        let first = disk.segments.iter().find(|s| !s.positions.is_empty()).map_or(0, |s| s.first_index).max(after_purge);
-        let recovered = Recovered { vote: disk.meta.vote.clone(), committed: disk.committed.clone(), purged, last, first };
+        let first = disk
+            .segments
+            .iter()
+            .find(|s| !s.positions.is_empty())
+            .map_or(0, |s| s.first_index)
+            .max(after_purge);
+        let recovered = Recovered {
+            vote: disk.meta.vote.clone(),
+            committed: disk.committed.clone(),
+            purged,
+            last,
+            first,
+        };
         Ok((disk, recovered))
     }
 
@@ -141,26 +172,46 @@ impl<C: RaftTypeConfig> Disk<C> {
         let mut committed = None;
         for (i, &first) in first_indexes.iter().enumerate() {
             let path = self.dir().join(format::segment_file_name(first));
-            let mut file = self.fs.open(&path).map_err(|e| io_context(e, "open", &path))?;
+            let mut file = self
+                .fs
+                .open(&path)
+                .map_err(|e| io_context(e, "open", &path))?;
             match self.segments.back() {
                 Some(prev) if prev.next_index() != first => {
-                    return Err(WalError::corrupt(&path, 0, format!(
-                        "gap: segment starts at index {first} but the previous one ends before {}", prev.next_index()
-                    )));
+                    return Err(WalError::corrupt(
+                        &path,
+                        0,
+                        format!(
+                            "gap: segment starts at index {first} but the previous one ends before {}",
+                            prev.next_index()
+                        ),
+                    ));
                 }
                 None if index_of::<C>(&self.meta.purged).is_some_and(|p| first > p + 1) => {
-                    return Err(WalError::corrupt(&path, 0, format!(
-                        "gap: the log starts at index {first} but is purged only up to {:?}", index_of::<C>(&self.meta.purged)
-                    )));
+                    return Err(WalError::corrupt(
+                        &path,
+                        0,
+                        format!(
+                            "gap: the log starts at index {first} but is purged only up to {:?}",
+                            index_of::<C>(&self.meta.purged)
+                        ),
+                    ));
                 }
                 _ => {}
             }
             let is_last = i + 1 == first_indexes.len();
-            let scan = segment::scan::<C>(file.as_ref(), &path, first, is_last, self.cfg.record_bytes_max)?;
+            let scan = segment::scan::<C>(
+                file.as_ref(),
+                &path,
+                first,
+                is_last,
+                self.cfg.record_bytes_max,
+            )?;
             let mut len = scan.end;
             if let Some((offset, reason)) = &scan.torn {
                 tracing::warn!(file = %path.display(), offset, reason = %reason, "cutting a torn tail");
-                file.set_len(*offset).map_err(|e| io_context(e, "cut torn tail of", &path))?;
+                file.set_len(*offset)
+                    .map_err(|e| io_context(e, "cut torn tail of", &path))?;
                 len = *offset;
             }
             if is_last {
@@ -168,14 +219,23 @@ impl<C: RaftTypeConfig> Disk<C> {
                 file.sync_data().map_err(|e| io_context(e, "sync", &path))?;
             }
             committed = committed.max(scan.committed);
-            self.segments.push_back(Segment { first_index: first, path, file, len, synced_len: len, positions: scan.positions });
+            self.segments.push_back(Segment {
+                first_index: first,
+                path,
+                file,
+                len,
+                synced_len: len,
+                positions: scan.positions,
+            });
         }
         Ok(committed)
     }
 
     /// The log id of the last entry on disk, read back from its segment.
     fn last_entry_id(&self) -> Result<Option<LogIdOf<C>>, WalError> {
-        let Some(seg) = self.segments.iter().rev().find(|s| !s.positions.is_empty()) else { return Ok(None) };
+        let Some(seg) = self.segments.iter().rev().find(|s| !s.positions.is_empty()) else {
+            return Ok(None);
+        };
         let index = seg.next_index() - 1;
         let pos = seg.positions[(index - seg.first_index) as usize];
         let entry = seg.read_entry::<C>(index, pos, self.cfg.record_bytes_max)?;
@@ -185,15 +245,24 @@ impl<C: RaftTypeConfig> Disk<C> {
 
     fn write_meta(&mut self) -> Result<(), WalError> {
         self.meta.committed = self.meta.committed.clone().max(self.committed.clone());
-        let payload = codec::encode(&self.meta).map_err(|e| WalError::Io(io::Error::other(e.to_string())))?;
+        let payload =
+            codec::encode(&self.meta).map_err(|e| WalError::Io(io::Error::other(e.to_string())))?;
         let bytes = format::encode_meta(&payload);
         let dir = self.cfg.dir.clone();
         let tmp = dir.join(META_TMP_FILE);
-        let mut file = self.fs.create(&tmp).map_err(|e| io_context(e, "create", &tmp))?;
-        file.write_all_at(&bytes, 0).map_err(|e| io_context(e, "write", &tmp))?;
+        let mut file = self
+            .fs
+            .create(&tmp)
+            .map_err(|e| io_context(e, "create", &tmp))?;
+        file.write_all_at(&bytes, 0)
+            .map_err(|e| io_context(e, "write", &tmp))?;
         file.sync_data().map_err(|e| io_context(e, "sync", &tmp))?;
-        self.fs.rename(&tmp, &dir.join(META_FILE)).map_err(|e| io_context(e, "rename", &tmp))?;
-        self.fs.sync_dir(&dir).map_err(|e| io_context(e, "sync directory", &dir))?;
+        self.fs
+            .rename(&tmp, &dir.join(META_FILE))
+            .map_err(|e| io_context(e, "rename", &tmp))?;
+        self.fs
+            .sync_dir(&dir)
+            .map_err(|e| io_context(e, "sync directory", &dir))?;
         Ok(())
     }
 
@@ -214,9 +283,15 @@ impl<C: RaftTypeConfig> Disk<C> {
     /// does not continue at `next`.
     fn ensure_active(&mut self, next: u64) -> Result<(), WalError> {
         if let Some(s) = self.segments.back().filter(|s| s.next_index() != next) {
-            return Err(WalError::OutOfOrder { got: next, expected: s.next_index() });
+            return Err(WalError::OutOfOrder {
+                got: next,
+                expected: s.next_index(),
+            });
         }
-        let reuse = self.segments.back().is_some_and(|s| s.len < self.cfg.segment_bytes || s.positions.is_empty());
+        let reuse = self
+            .segments
+            .back()
+            .is_some_and(|s| s.len < self.cfg.segment_bytes || s.positions.is_empty());
         if !reuse {
             let segment = Segment::create(self.fs.as_ref(), &self.cfg.dir, next)?;
             self.segments.push_back(segment);
@@ -227,7 +302,11 @@ impl<C: RaftTypeConfig> Disk<C> {
 
     /// Writes one group-commit batch — a batch record, the committed id if it changed, the
     /// entries — and syncs it. Durable when this returns `Ok`.
-    pub fn write_group(&mut self, entries: &[EncodedEntry], committed: Option<Option<LogIdOf<C>>>) -> Result<(), WalError> {
+    pub fn write_group(
+        &mut self,
+        entries: &[EncodedEntry],
+        committed: Option<Option<LogIdOf<C>>>,
+    ) -> Result<(), WalError> {
         if let Some(c) = committed {
             self.committed = c;
             self.committed_dirty = true;
@@ -239,31 +318,52 @@ impl<C: RaftTypeConfig> Disk<C> {
             _ => return Ok(()),
         };
         self.ensure_active(next)?;
-        let committed = self.committed_dirty.then(|| self.committed.clone()).flatten();
+        let committed = self
+            .committed_dirty
+            .then(|| self.committed.clone())
+            .flatten();
         self.committed_dirty = false;
         let record_max = self.cfg.record_bytes_max;
-        let seg = self.segments.back_mut().expect("ensure_active leaves an active segment");
-        let body: usize = entries.iter().map(|e| e.bytes.len() + format::RECORD_HEADER_BYTES).sum();
+        let seg = self
+            .segments
+            .back_mut()
+            .expect("ensure_active leaves an active segment");
+        let body: usize = entries
+            .iter()
+            .map(|e| e.bytes.len() + format::RECORD_HEADER_BYTES)
+            .sum();
         let mut buf = Vec::with_capacity(body + 64);
         format::encode_record(RecordKind::Batch, &seg.synced_len.to_le_bytes(), &mut buf);
         if let Some(c) = committed {
-            let payload = codec::encode(&Some(c)).map_err(|e| WalError::Io(io::Error::other(e.to_string())))?;
+            let payload = codec::encode(&Some(c))
+                .map_err(|e| WalError::Io(io::Error::other(e.to_string())))?;
             format::encode_record(RecordKind::Committed, &payload, &mut buf);
         }
         let mut positions = Vec::with_capacity(entries.len());
-        let mut expected = seg.next_index();
-        for e in entries {
+        for (expected, e) in (seg.next_index()..).zip(entries) {
             if e.index != expected {
-                return Err(WalError::OutOfOrder { got: e.index, expected });
+                return Err(WalError::OutOfOrder {
+                    got: e.index,
+                    expected,
+                });
             }
-            assert!(e.bytes.len() <= record_max as usize, "entry size checked by append");
-            positions.push(Pos { offset: seg.len + buf.len() as u64, len: e.bytes.len() as u32 });
+            assert!(
+                e.bytes.len() <= record_max as usize,
+                "entry size checked by append"
+            );
+            positions.push(Pos {
+                offset: seg.len + buf.len() as u64,
+                len: e.bytes.len() as u32,
+            });
             format::encode_record(RecordKind::Entry, &e.bytes, &mut buf);
-            expected += 1;
         }
-        seg.file.write_all_at(&buf, seg.len).map_err(|e| io_context(e, "write", &seg.path))?;
+        seg.file
+            .write_all_at(&buf, seg.len)
+            .map_err(|e| io_context(e, "write", &seg.path))?;
         seg.len += buf.len() as u64;
-        seg.file.sync_data().map_err(|e| io_context(e, "sync", &seg.path))?;
+        seg.file
+            .sync_data()
+            .map_err(|e| io_context(e, "sync", &seg.path))?;
         seg.synced_len = seg.len;
         seg.positions.extend(positions);
         Ok(())
@@ -277,7 +377,11 @@ impl<C: RaftTypeConfig> Disk<C> {
             return Ok(());
         }
         self.committed_dirty = true;
-        let whole_segments = self.segments.iter().filter(|s| s.first_index >= cut).count();
+        let whole_segments = self
+            .segments
+            .iter()
+            .filter(|s| s.first_index >= cut)
+            .count();
         if whole_segments == 0 {
             // Only the active segment changes: one length change, synced, is atomic.
             return self.cut_active(cut);
@@ -295,12 +399,16 @@ impl<C: RaftTypeConfig> Disk<C> {
         let mut removed = false;
         while let Some(s) = self.segments.back().filter(|s| s.first_index >= cut) {
             let path = s.path.clone();
-            self.fs.remove(&path).map_err(|e| io_context(e, "remove", &path))?;
+            self.fs
+                .remove(&path)
+                .map_err(|e| io_context(e, "remove", &path))?;
             self.segments.pop_back();
             removed = true;
         }
         if removed {
-            self.fs.sync_dir(&self.cfg.dir).map_err(|e| io_context(e, "sync directory", &self.cfg.dir))?;
+            self.fs
+                .sync_dir(&self.cfg.dir)
+                .map_err(|e| io_context(e, "sync directory", &self.cfg.dir))?;
         }
         if self.segments.back().is_some_and(|s| s.next_index() > cut) {
             self.cut_active(cut)?;
@@ -314,8 +422,12 @@ impl<C: RaftTypeConfig> Disk<C> {
         let seg = self.segments.back_mut().expect("caller checked");
         let keep = (cut - seg.first_index) as usize;
         let offset = seg.positions[keep].offset;
-        seg.file.set_len(offset).map_err(|e| io_context(e, "truncate", &seg.path))?;
-        seg.file.sync_data().map_err(|e| io_context(e, "sync", &seg.path))?;
+        seg.file
+            .set_len(offset)
+            .map_err(|e| io_context(e, "truncate", &seg.path))?;
+        seg.file
+            .sync_data()
+            .map_err(|e| io_context(e, "sync", &seg.path))?;
         seg.positions.truncate(keep);
         seg.len = offset;
         seg.synced_len = offset;
@@ -324,7 +436,12 @@ impl<C: RaftTypeConfig> Disk<C> {
 
     /// Records the purge point durably, then deletes every segment it covers entirely.
     pub fn purge(&mut self, upto: LogIdOf<C>) -> Result<(), WalError> {
-        if self.meta.purged.as_ref().is_some_and(|p| p.index() >= upto.index()) {
+        if self
+            .meta
+            .purged
+            .as_ref()
+            .is_some_and(|p| p.index() >= upto.index())
+        {
             return Ok(());
         }
         self.meta.purged = Some(upto);
@@ -333,16 +450,26 @@ impl<C: RaftTypeConfig> Disk<C> {
     }
 
     fn drop_purged_segments(&mut self) -> Result<(), WalError> {
-        let Some(purged) = index_of::<C>(&self.meta.purged) else { return Ok(()) };
+        let Some(purged) = index_of::<C>(&self.meta.purged) else {
+            return Ok(());
+        };
         let mut removed = false;
-        while let Some(s) = self.segments.front().filter(|s| s.next_index() <= purged + 1) {
+        while let Some(s) = self
+            .segments
+            .front()
+            .filter(|s| s.next_index() <= purged + 1)
+        {
             let path = s.path.clone();
-            self.fs.remove(&path).map_err(|e| io_context(e, "remove", &path))?;
+            self.fs
+                .remove(&path)
+                .map_err(|e| io_context(e, "remove", &path))?;
             self.segments.pop_front();
             removed = true;
         }
         if removed {
-            self.fs.sync_dir(&self.cfg.dir).map_err(|e| io_context(e, "sync directory", &self.cfg.dir))?;
+            self.fs
+                .sync_dir(&self.cfg.dir)
+                .map_err(|e| io_context(e, "sync directory", &self.cfg.dir))?;
         }
         Ok(())
     }
@@ -353,7 +480,9 @@ impl<C: RaftTypeConfig> Disk<C> {
         let mut index = start;
         while index < end {
             let at = self.segments.partition_point(|s| s.first_index <= index);
-            let Some(seg) = at.checked_sub(1).map(|i| &self.segments[i]) else { break };
+            let Some(seg) = at.checked_sub(1).map(|i| &self.segments[i]) else {
+                break;
+            };
             if index >= seg.next_index() {
                 break;
             }
@@ -377,10 +506,22 @@ fn read_meta<C: RaftTypeConfig>(fs: &dyn WalFs, dir: &Path) -> Result<Meta<C>, W
     };
     let len = file.len()?;
     if len > (META_HEADER_BYTES + META_BYTES_MAX) as u64 {
-        return Err(WalError::corrupt(&path, 0, format!("meta file is {len} bytes, over the {META_BYTES_MAX}-byte limit")));
+        return Err(WalError::corrupt(
+            &path,
+            0,
+            format!("meta file is {len} bytes, over the {META_BYTES_MAX}-byte limit"),
+        ));
     }
     let mut bytes = vec![0u8; len as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(|e| io_context(e, "read", &path))?;
-    let payload = format::decode_meta(&bytes).map_err(|reason| WalError::corrupt(&path, 0, reason))?;
-    codec::decode(payload).map_err(|e| WalError::corrupt(&path, META_HEADER_BYTES as u64, format!("meta does not decode: {e}")))
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| io_context(e, "read", &path))?;
+    let payload =
+        format::decode_meta(&bytes).map_err(|reason| WalError::corrupt(&path, 0, reason))?;
+    codec::decode(payload).map_err(|e| {
+        WalError::corrupt(
+            &path,
+            META_HEADER_BYTES as u64,
+            format!("meta does not decode: {e}"),
+        )
+    })
 }

@@ -12,9 +12,17 @@ pub enum WalError {
     #[error("WAL I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("WAL corrupt: {} at offset {offset}: {reason}", file.display())]
-    Corrupt { file: PathBuf, offset: u64, reason: String },
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("log entry {index} encodes to {bytes} bytes, over record_bytes_max {limit}")]
-    RecordTooLarge { index: u64, bytes: usize, limit: u32 },
+    RecordTooLarge {
+        index: u64,
+        bytes: usize,
+        limit: u32,
+    },
     #[error("log entry {index} cannot be encoded: {reason}")]
     Encode { index: u64, reason: String },
     #[error("append out of order: got log index {got}, expected {expected}")]
@@ -24,8 +32,16 @@ pub enum WalError {
 }
 
 impl WalError {
-    pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
-        Self::Corrupt { file: file.into(), offset, reason: reason.into() }
+    pub(crate) fn corrupt(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::Corrupt {
+            file: file.into(),
+            offset,
+            reason: reason.into(),
+        }
     }
 }
 

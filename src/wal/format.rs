@@ -122,7 +122,10 @@ impl std::fmt::Display for HeaderError {
             Self::BadMagic => write!(f, "segment header has a bad magic"),
             Self::BadChecksum => write!(f, "segment header checksum mismatch"),
             Self::UnknownVersion(v) => {
-                write!(f, "unknown segment format version {v} (this build reads {SEGMENT_VERSION})")
+                write!(
+                    f,
+                    "unknown segment format version {v} (this build reads {SEGMENT_VERSION})"
+                )
             }
         }
     }
@@ -141,7 +144,9 @@ pub fn decode_segment_header(h: &[u8; SEGMENT_HEADER_BYTES as usize]) -> Result<
     if version != SEGMENT_VERSION {
         return Err(HeaderError::UnknownVersion(version));
     }
-    Ok(u64::from_le_bytes(h[12..20].try_into().expect("slice of 8 bytes")))
+    Ok(u64::from_le_bytes(
+        h[12..20].try_into().expect("slice of 8 bytes"),
+    ))
 }
 
 fn record_crc(len_bytes: &[u8; 4], kind: u8, payload: &[u8]) -> u32 {
@@ -153,7 +158,8 @@ fn record_crc(len_bytes: &[u8; 4], kind: u8, payload: &[u8]) -> u32 {
 /// Appends one framed record to `buf`. The caller has checked `payload.len()` against the record
 /// limit; a payload over u32::MAX is a bug, hence the panic.
 pub fn encode_record(kind: RecordKind, payload: &[u8], buf: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).expect("record payload checked against record_bytes_max");
+    let len =
+        u32::try_from(payload.len()).expect("record payload checked against record_bytes_max");
     let len_bytes = len.to_le_bytes();
     let crc = record_crc(&len_bytes, kind as u8, payload);
     buf.extend_from_slice(&len_bytes);
@@ -185,7 +191,11 @@ pub fn record_crc_ok(h: &RecordHeader, payload: &[u8]) -> bool {
 
 /// Encodes a whole meta file.
 pub fn encode_meta(payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() <= META_BYTES_MAX, "meta payload of {} bytes", payload.len());
+    assert!(
+        payload.len() <= META_BYTES_MAX,
+        "meta payload of {} bytes",
+        payload.len()
+    );
     let mut buf = Vec::with_capacity(META_HEADER_BYTES + payload.len());
     buf.extend_from_slice(&META_MAGIC);
     buf.extend_from_slice(&META_VERSION.to_le_bytes());
@@ -200,18 +210,26 @@ pub fn encode_meta(payload: &[u8]) -> Vec<u8> {
 /// Checks a whole meta file and returns its payload.
 pub fn decode_meta(bytes: &[u8]) -> Result<&[u8], String> {
     if bytes.len() < META_HEADER_BYTES {
-        return Err(format!("meta file is {} bytes, shorter than its header", bytes.len()));
+        return Err(format!(
+            "meta file is {} bytes, shorter than its header",
+            bytes.len()
+        ));
     }
     if bytes[0..8] != META_MAGIC {
         return Err("meta file has a bad magic".into());
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if version != META_VERSION {
-        return Err(format!("unknown meta format version {version} (this build reads {META_VERSION})"));
+        return Err(format!(
+            "unknown meta format version {version} (this build reads {META_VERSION})"
+        ));
     }
     let len = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
     if len > META_BYTES_MAX || META_HEADER_BYTES + len != bytes.len() {
-        return Err(format!("meta payload length {len} does not match file length {}", bytes.len()));
+        return Err(format!(
+            "meta payload length {len} does not match file length {}",
+            bytes.len()
+        ));
     }
     let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
     let payload = &bytes[META_HEADER_BYTES..];
@@ -228,8 +246,16 @@ mod tests {
     #[test]
     fn segment_names_round_trip_and_reject_others() {
         assert_eq!(segment_file_name(42), "00000000000000000042.wal");
-        assert_eq!(parse_segment_file_name(&segment_file_name(u64::MAX)), Some(u64::MAX));
-        for bad in ["42.wal", "00000000000000000042.wal.tmp", "0000000000000000004x.wal", "wal.meta"] {
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        for bad in [
+            "42.wal",
+            "00000000000000000042.wal.tmp",
+            "0000000000000000004x.wal",
+            "wal.meta",
+        ] {
             assert_eq!(parse_segment_file_name(bad), None, "{bad}");
         }
     }

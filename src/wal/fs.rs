@@ -31,6 +31,8 @@ pub trait WalFs: Send + Sync + 'static {
 }
 
 /// One open file.
+// A file's emptiness is never asked; `len` is a size, not a collection length.
+#[allow(clippy::len_without_is_empty)]
 pub trait WalFile: Send {
     /// The file's current length in bytes.
     fn len(&self) -> io::Result<u64>;
@@ -88,7 +90,12 @@ impl WalFs for StdFs {
         Ok(Box::new(StdFile(file)))
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         Ok(Box::new(StdFile(file)))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {

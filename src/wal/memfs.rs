@@ -124,7 +124,10 @@ fn apply_data_op(data: &mut Vec<u8>, op: &DataOp, keep: Option<usize>) {
 
 impl State {
     fn path_of(&self, ino: u64) -> Option<PathBuf> {
-        self.names.iter().find(|(_, i)| **i == ino).map(|(p, _)| p.clone())
+        self.names
+            .iter()
+            .find(|(_, i)| **i == ino)
+            .map(|(p, _)| p.clone())
     }
 
     fn pending(&self) -> Vec<(u64, usize, PendingWrite)> {
@@ -136,7 +139,16 @@ impl State {
                     DataOp::SetLen(len) => (*len, 0),
                 };
                 let seq = out.len();
-                out.push((*ino, i, PendingWrite { path: self.path_of(*ino), seq, offset, len }));
+                out.push((
+                    *ino,
+                    i,
+                    PendingWrite {
+                        path: self.path_of(*ino),
+                        seq,
+                        offset,
+                        len,
+                    },
+                ));
             }
         }
         out
@@ -232,7 +244,11 @@ impl MemFs {
 
     /// The unsynced writes, in the order a crash's chooser sees them.
     pub fn pending_writes(&self) -> Vec<PendingWrite> {
-        lock(&self.state).pending().into_iter().map(|(_, _, pw)| pw).collect()
+        lock(&self.state)
+            .pending()
+            .into_iter()
+            .map(|(_, _, pw)| pw)
+            .collect()
     }
 
     /// Makes the `n+1`-th write from now fail with ENOSPC (no bytes written).
@@ -299,7 +315,10 @@ impl MemFile {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
 }
 
 impl WalFile for MemFile {
@@ -316,7 +335,10 @@ impl WalFile for MemFile {
                     buf.copy_from_slice(&data[start..end]);
                     Ok(())
                 }
-                _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file")),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past end of file",
+                )),
             }
         })
     }
@@ -324,9 +346,15 @@ impl WalFile for MemFile {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.with(|s, ino| {
             if State::countdown(&mut s.write_fail_in) {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "injected ENOSPC"));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "injected ENOSPC",
+                ));
             }
-            let op = DataOp::Write { offset, bytes: buf.to_vec() };
+            let op = DataOp::Write {
+                offset,
+                bytes: buf.to_vec(),
+            };
             let inode = s.inodes.get_mut(&ino).expect("checked by with()");
             apply_data_op(&mut inode.data, &op, None);
             inode.pending.push(op);
@@ -379,7 +407,11 @@ impl WalFs for MemFs {
     fn open(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         let s = lock(&self.state);
         let ino = *s.names.get(path).ok_or_else(|| not_found(path))?;
-        Ok(Box::new(MemFile { state: self.state.clone(), ino, generation: s.generation }))
+        Ok(Box::new(MemFile {
+            state: self.state.clone(),
+            ino,
+            generation: s.generation,
+        }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
@@ -389,14 +421,22 @@ impl WalFs for MemFs {
             let op = DataOp::SetLen(0);
             apply_data_op(&mut inode.data, &op, None);
             inode.pending.push(op);
-            return Ok(Box::new(MemFile { state: self.state.clone(), ino, generation: s.generation }));
+            return Ok(Box::new(MemFile {
+                state: self.state.clone(),
+                ino,
+                generation: s.generation,
+            }));
         }
         let ino = s.next_inode;
         s.next_inode += 1;
         s.inodes.insert(ino, Inode::default());
         s.names.insert(path.to_path_buf(), ino);
         s.dir_ops.push(DirOp::Link(path.to_path_buf(), ino));
-        Ok(Box::new(MemFile { state: self.state.clone(), ino, generation: s.generation }))
+        Ok(Box::new(MemFile {
+            state: self.state.clone(),
+            ino,
+            generation: s.generation,
+        }))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -410,7 +450,8 @@ impl WalFs for MemFs {
         let mut s = lock(&self.state);
         let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), ino);
-        s.dir_ops.push(DirOp::Rename(from.to_path_buf(), to.to_path_buf()));
+        s.dir_ops
+            .push(DirOp::Rename(from.to_path_buf(), to.to_path_buf()));
         Ok(())
     }
 
@@ -471,7 +512,10 @@ mod tests {
         let mut f = fs.create(&p("a")).unwrap();
         fs.fail_write_after(1);
         f.write_all_at(b"x", 0).unwrap();
-        assert_eq!(f.write_all_at(b"y", 1).unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(
+            f.write_all_at(b"y", 1).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
         f.write_all_at(b"z", 1).unwrap();
         fs.fail_sync_after(0);
         assert!(f.sync_data().is_err());

@@ -30,8 +30,12 @@ impl IoRuntime {
     {
         match self {
             IoRuntime::Thread => {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-                std::thread::Builder::new().name(name.to_string()).spawn(move || rt.block_on(task))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()?;
+                std::thread::Builder::new()
+                    .name(name.to_string())
+                    .spawn(move || rt.block_on(task))?;
                 Ok(())
             }
             IoRuntime::Inline => {

@@ -4,8 +4,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use openraft::RaftTypeConfig;
-use openraft::type_config::alias::LogIdOf;
 use openraft::entry::RaftEntry;
+use openraft::type_config::alias::LogIdOf;
 
 use super::error::WalError;
 use super::format::{self, RECORD_HEADER_BYTES, RecordKind, SEGMENT_HEADER_BYTES};
@@ -47,10 +47,13 @@ impl Segment {
         let tmp = dir.join(format!("{name}.tmp"));
         let mut file = fs.create(&tmp).map_err(|e| io_context(e, "create", &tmp))?;
         let header = format::encode_segment_header(first_index);
-        file.write_all_at(&header, 0).map_err(|e| io_context(e, "write header of", &tmp))?;
+        file.write_all_at(&header, 0)
+            .map_err(|e| io_context(e, "write header of", &tmp))?;
         file.sync_data().map_err(|e| io_context(e, "sync", &tmp))?;
-        fs.rename(&tmp, &path).map_err(|e| io_context(e, "rename", &tmp))?;
-        fs.sync_dir(dir).map_err(|e| io_context(e, "sync directory", dir))?;
+        fs.rename(&tmp, &path)
+            .map_err(|e| io_context(e, "rename", &tmp))?;
+        fs.sync_dir(dir)
+            .map_err(|e| io_context(e, "sync directory", dir))?;
         Ok(Segment {
             first_index,
             path,
@@ -62,18 +65,42 @@ impl Segment {
     }
 
     /// Reads the entry record at `pos` back, checks it, and decodes it.
-    pub fn read_entry<C: RaftTypeConfig>(&self, index: u64, pos: Pos, record_max: u32) -> Result<C::Entry, WalError> {
+    pub fn read_entry<C: RaftTypeConfig>(
+        &self,
+        index: u64,
+        pos: Pos,
+        record_max: u32,
+    ) -> Result<C::Entry, WalError> {
         let rec = read_record(self.file.as_ref(), pos.offset, self.len, record_max)
-            .map_err(|reason| WalError::corrupt(&self.path, pos.offset, format!("reading entry {index}: {reason}")))?
+            .map_err(|reason| {
+                WalError::corrupt(
+                    &self.path,
+                    pos.offset,
+                    format!("reading entry {index}: {reason}"),
+                )
+            })?
             .map_err(WalError::Io)?;
         if rec.kind != RecordKind::Entry as u8 || rec.payload.len() != pos.len as usize {
-            return Err(WalError::corrupt(&self.path, pos.offset, format!("entry {index}: record is not the entry indexed")));
+            return Err(WalError::corrupt(
+                &self.path,
+                pos.offset,
+                format!("entry {index}: record is not the entry indexed"),
+            ));
         }
-        let entry: C::Entry = codec::decode(&rec.payload)
-            .map_err(|e| WalError::corrupt(&self.path, pos.offset, format!("entry {index} does not decode: {e}")))?;
+        let entry: C::Entry = codec::decode(&rec.payload).map_err(|e| {
+            WalError::corrupt(
+                &self.path,
+                pos.offset,
+                format!("entry {index} does not decode: {e}"),
+            )
+        })?;
         let got = entry.log_id_parts().1;
         if got != index {
-            return Err(WalError::corrupt(&self.path, pos.offset, format!("record holds entry {got}, expected {index}")));
+            return Err(WalError::corrupt(
+                &self.path,
+                pos.offset,
+                format!("record holds entry {got}, expected {index}"),
+            ));
         }
         Ok(entry)
     }
@@ -99,7 +126,9 @@ pub(crate) fn read_record(
 ) -> Result<io::Result<Record>, String> {
     let left = file_len.saturating_sub(offset);
     if left < RECORD_HEADER_BYTES as u64 {
-        return Err(format!("record header cut short: {left} bytes left in the file"));
+        return Err(format!(
+            "record header cut short: {left} bytes left in the file"
+        ));
     }
     let mut h = [0u8; RECORD_HEADER_BYTES];
     if let Err(e) = file.read_exact_at(&mut h, offset) {
@@ -107,10 +136,16 @@ pub(crate) fn read_record(
     }
     let header = format::decode_record_header(&h);
     if header.len > record_max {
-        return Err(format!("record length {} over record_bytes_max {record_max}", header.len));
+        return Err(format!(
+            "record length {} over record_bytes_max {record_max}",
+            header.len
+        ));
     }
     if RECORD_HEADER_BYTES as u64 + u64::from(header.len) > left {
-        return Err(format!("record of {} bytes runs past the end of the file ({file_len} bytes)", header.len));
+        return Err(format!(
+            "record of {} bytes runs past the end of the file ({file_len} bytes)",
+            header.len
+        ));
     }
     let mut payload = vec![0u8; header.len as usize];
     if let Err(e) = file.read_exact_at(&mut payload, offset + RECORD_HEADER_BYTES as u64) {
@@ -119,7 +154,10 @@ pub(crate) fn read_record(
     if !format::record_crc_ok(&header, &payload) {
         return Err("record checksum mismatch".to_string());
     }
-    Ok(Ok(Record { kind: header.kind, payload }))
+    Ok(Ok(Record {
+        kind: header.kind,
+        payload,
+    }))
 }
 
 /// What scanning one segment found.
@@ -146,15 +184,29 @@ pub(crate) fn scan<C: RaftTypeConfig>(
 ) -> Result<Scan<C>, WalError> {
     let file_len = file.len()?;
     if file_len < SEGMENT_HEADER_BYTES {
-        return Err(WalError::corrupt(path, 0, format!("file is {file_len} bytes, shorter than the segment header")));
+        return Err(WalError::corrupt(
+            path,
+            0,
+            format!("file is {file_len} bytes, shorter than the segment header"),
+        ));
     }
     let mut h = [0u8; SEGMENT_HEADER_BYTES as usize];
     file.read_exact_at(&mut h, 0)?;
-    let header_first = format::decode_segment_header(&h).map_err(|e| WalError::corrupt(path, 0, e.to_string()))?;
+    let header_first =
+        format::decode_segment_header(&h).map_err(|e| WalError::corrupt(path, 0, e.to_string()))?;
     if header_first != first_index {
-        return Err(WalError::corrupt(path, 0, format!("header says first index {header_first}, file name says {first_index}")));
+        return Err(WalError::corrupt(
+            path,
+            0,
+            format!("header says first index {header_first}, file name says {first_index}"),
+        ));
     }
-    let mut scan = Scan { positions: Vec::new(), committed: None, end: SEGMENT_HEADER_BYTES, torn: None };
+    let mut scan = Scan {
+        positions: Vec::new(),
+        committed: None,
+        end: SEGMENT_HEADER_BYTES,
+        torn: None,
+    };
     let mut proven = SEGMENT_HEADER_BYTES;
     let mut offset = SEGMENT_HEADER_BYTES;
     while offset < file_len {
@@ -162,15 +214,27 @@ pub(crate) fn scan<C: RaftTypeConfig>(
             Ok(rec) => rec?,
             Err(reason) => {
                 if !is_last {
-                    return Err(WalError::corrupt(path, offset, format!("{reason} (not the last segment)")));
+                    return Err(WalError::corrupt(
+                        path,
+                        offset,
+                        format!("{reason} (not the last segment)"),
+                    ));
                 }
                 if offset < proven {
-                    return Err(WalError::corrupt(path, offset, format!("{reason}, inside the range proven synced up to {proven}")));
+                    return Err(WalError::corrupt(
+                        path,
+                        offset,
+                        format!("{reason}, inside the range proven synced up to {proven}"),
+                    ));
                 }
                 if let Some((at, upto)) = find_later_batch(file, offset, file_len)? {
-                    return Err(WalError::corrupt(path, offset, format!(
-                        "{reason}; the batch record at offset {at} proves bytes up to {upto} were synced"
-                    )));
+                    return Err(WalError::corrupt(
+                        path,
+                        offset,
+                        format!(
+                            "{reason}; the batch record at offset {at} proves bytes up to {upto} were synced"
+                        ),
+                    ));
                 }
                 scan.torn = Some((offset, reason));
                 break;
@@ -179,25 +243,35 @@ pub(crate) fn scan<C: RaftTypeConfig>(
         let bad = |reason: String| WalError::corrupt(path, offset, reason);
         match RecordKind::from_byte(rec.kind) {
             Some(RecordKind::Entry) => {
-                let entry: C::Entry = codec::decode(&rec.payload).map_err(|e| bad(format!("entry does not decode: {e}")))?;
+                let entry: C::Entry = codec::decode(&rec.payload)
+                    .map_err(|e| bad(format!("entry does not decode: {e}")))?;
                 let index = entry.log_id_parts().1;
                 let expected = first_index + scan.positions.len() as u64;
                 if index != expected {
                     return Err(bad(format!("entry has index {index}, expected {expected}")));
                 }
-                scan.positions.push(Pos { offset, len: rec.payload.len() as u32 });
+                scan.positions.push(Pos {
+                    offset,
+                    len: rec.payload.len() as u32,
+                });
             }
             Some(RecordKind::Batch) => {
-                let synced: [u8; 8] = rec.payload.as_slice().try_into().map_err(|_| bad("batch record payload is not 8 bytes".into()))?;
+                let synced: [u8; 8] = rec
+                    .payload
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("batch record payload is not 8 bytes".into()))?;
                 let synced = u64::from_le_bytes(synced);
                 if synced > offset {
-                    return Err(bad(format!("batch record claims {synced} bytes synced, past its own offset")));
+                    return Err(bad(format!(
+                        "batch record claims {synced} bytes synced, past its own offset"
+                    )));
                 }
                 proven = proven.max(synced);
             }
             Some(RecordKind::Committed) => {
-                let committed: Option<LogIdOf<C>> =
-                    codec::decode(&rec.payload).map_err(|e| bad(format!("committed record does not decode: {e}")))?;
+                let committed: Option<LogIdOf<C>> = codec::decode(&rec.payload)
+                    .map_err(|e| bad(format!("committed record does not decode: {e}")))?;
                 scan.committed = scan.committed.max(committed);
             }
             None => return Err(bad(format!("unknown record kind {}", rec.kind))),
@@ -210,7 +284,11 @@ pub(crate) fn scan<C: RaftTypeConfig>(
 
 /// Searches `file[from+1..]` for a valid batch record claiming more than `from` bytes synced:
 /// proof that the bad bytes at `from` were once durable. Reads in bounded chunks.
-fn find_later_batch(file: &dyn WalFile, from: u64, file_len: u64) -> io::Result<Option<(u64, u64)>> {
+fn find_later_batch(
+    file: &dyn WalFile,
+    from: u64,
+    file_len: u64,
+) -> io::Result<Option<(u64, u64)>> {
     const RECORD: usize = RECORD_HEADER_BYTES + format::BATCH_PAYLOAD_BYTES;
     const CHUNK: usize = 64 * 1024;
     let mut buf = vec![0u8; CHUNK + RECORD];
@@ -220,10 +298,13 @@ fn find_later_batch(file: &dyn WalFile, from: u64, file_len: u64) -> io::Result<
         file.read_exact_at(&mut buf[..n], start)?;
         for i in 0..=(n - RECORD) {
             let r = &buf[i..i + RECORD];
-            if r[0..4] != (format::BATCH_PAYLOAD_BYTES as u32).to_le_bytes() || r[8] != RecordKind::Batch as u8 {
+            if r[0..4] != (format::BATCH_PAYLOAD_BYTES as u32).to_le_bytes()
+                || r[8] != RecordKind::Batch as u8
+            {
                 continue;
             }
-            let header = format::decode_record_header(r[..RECORD_HEADER_BYTES].try_into().expect("9 bytes"));
+            let header =
+                format::decode_record_header(r[..RECORD_HEADER_BYTES].try_into().expect("9 bytes"));
             let payload = &r[RECORD_HEADER_BYTES..];
             let synced = u64::from_le_bytes(payload.try_into().expect("8 bytes"));
             let at = start + i as u64;

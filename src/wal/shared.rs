@@ -116,7 +116,9 @@ where
     pub fn truncate(&mut self, last_kept: Option<LogIdOf<C>>) {
         let keep = index::<C>(&last_kept).map_or(0, |i| i + 1);
         while self.cache_first + self.cache.len() as u64 > keep {
-            let Some(c) = self.cache.pop_back() else { break };
+            let Some(c) = self.cache.pop_back() else {
+                break;
+            };
             self.cache_bytes -= c.bytes;
         }
         self.last = last_kept.or_else(|| self.purged.clone());
@@ -128,7 +130,9 @@ where
     /// Drops entries up to `upto`.
     pub fn purge(&mut self, upto: LogIdOf<C>) {
         while self.cache_first <= upto.index() {
-            let Some(c) = self.cache.pop_front() else { break };
+            let Some(c) = self.cache.pop_front() else {
+                break;
+            };
             self.cache_bytes -= c.bytes;
             self.cache_first += 1;
         }
@@ -161,7 +165,9 @@ where
     /// The readable range `start..end` clipped to the live log, split into the part that must
     /// come from disk (`start..cache_first`) and the cached entries from `cache_first` on.
     pub fn read(&self, start: u64, end: u64) -> (std::ops::Range<u64>, Vec<C::Entry>) {
-        let first_live = self.log_start.max(index::<C>(&self.purged).map_or(0, |p| p + 1));
+        let first_live = self
+            .log_start
+            .max(index::<C>(&self.purged).map_or(0, |p| p + 1));
         let end = end.min(self.next_index().unwrap_or(0));
         let start = start.max(first_live);
         if start >= end {
@@ -169,7 +175,9 @@ where
         }
         let disk = start..end.min(self.cache_first).max(start);
         let from = start.max(self.cache_first);
-        let cached = (from..end).map(|i| self.cache[(i - self.cache_first) as usize].entry.clone()).collect();
+        let cached = (from..end)
+            .map(|i| self.cache[(i - self.cache_first) as usize].entry.clone())
+            .collect();
         (disk, cached)
     }
 }

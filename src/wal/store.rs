@@ -5,9 +5,9 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use openraft::type_config::alias::{LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::type_config::alias::{LogIdOf, VoteOf};
 use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,7 +34,9 @@ pub struct Wal<C: RaftTypeConfig> {
 
 impl<C: RaftTypeConfig> Clone for Wal<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -52,7 +54,9 @@ where
     C::Entry: Clone,
 {
     fn send(&self, op: Op<C>) -> io::Result<()> {
-        self.tx.send(op).map_err(|_| stopped("the WAL I/O task has exited"))
+        self.tx
+            .send(op)
+            .map_err(|_| stopped("the WAL I/O task has exited"))
     }
 
     fn check(&self) -> io::Result<()> {
@@ -62,10 +66,14 @@ where
         }
     }
 
-    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<io::Result<T>>) -> Op<C>) -> io::Result<T> {
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<io::Result<T>>) -> Op<C>,
+    ) -> io::Result<T> {
         let (tx, rx) = oneshot::channel();
         self.send(op(tx))?;
-        rx.await.map_err(|_| stopped("the WAL I/O task has exited"))?
+        rx.await
+            .map_err(|_| stopped("the WAL I/O task has exited"))?
     }
 
     async fn read(&self, start: u64, end: u64) -> io::Result<Vec<C::Entry>> {
@@ -74,7 +82,13 @@ where
         if disk.is_empty() {
             return Ok(cached);
         }
-        let mut entries = self.call(|reply| Op::Read { start: disk.start, end: disk.end, reply }).await?;
+        let mut entries = self
+            .call(|reply| Op::Read {
+                start: disk.start,
+                end: disk.end,
+                reply,
+            })
+            .await?;
         // A purge or truncation may have raced the read: return only a contiguous run.
         if entries.len() as u64 == disk.end - disk.start {
             entries.extend(cached);
@@ -99,7 +113,14 @@ where
             let cache_bytes_max = task_cfg.cache_bytes_max;
             match Disk::<C>::recover(fs, task_cfg) {
                 Ok((disk, r)) => {
-                    let shared = Arc::new(Shared::new(r.vote, r.committed, r.purged, r.last, r.first, cache_bytes_max));
+                    let shared = Arc::new(Shared::new(
+                        r.vote,
+                        r.committed,
+                        r.purged,
+                        r.last,
+                        r.first,
+                        cache_bytes_max,
+                    ));
                     if ready_tx.send(Ok(shared.clone())).is_ok() {
                         Worker::new(disk, shared, batch_bytes_max).run(rx).await;
                     }
@@ -109,8 +130,16 @@ where
                 }
             }
         })?;
-        let shared = ready_rx.await.map_err(|_| WalError::Stopped("the WAL I/O task exited during recovery".into()))??;
-        Ok(Self { inner: Arc::new(Inner { shared, tx, record_bytes_max }) })
+        let shared = ready_rx
+            .await
+            .map_err(|_| WalError::Stopped("the WAL I/O task exited during recovery".into()))??;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                tx,
+                record_bytes_max,
+            }),
+        })
     }
 
     /// Waits until everything submitted so far is durable.
@@ -126,10 +155,17 @@ where
 
     fn encode(&self, entry: &C::Entry) -> Result<EncodedEntry, WalError> {
         let index = entry.log_id_parts().1;
-        let bytes = codec::encode(entry).map_err(|e| WalError::Encode { index, reason: e.to_string() })?;
+        let bytes = codec::encode(entry).map_err(|e| WalError::Encode {
+            index,
+            reason: e.to_string(),
+        })?;
         let limit = self.inner.record_bytes_max;
         if bytes.len() > limit as usize {
-            return Err(WalError::RecordTooLarge { index, bytes: bytes.len(), limit });
+            return Err(WalError::RecordTooLarge {
+                index,
+                bytes: bytes.len(),
+                limit,
+            });
         }
         Ok(EncodedEntry { index, bytes })
     }
@@ -175,11 +211,16 @@ where
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         self.inner.check()?;
         let s = self.inner.shared.lock();
-        Ok(LogState { last_purged_log_id: s.purged.clone(), last_log_id: s.last.clone() })
+        Ok(LogState {
+            last_purged_log_id: s.purged.clone(),
+            last_log_id: s.last.clone(),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        WalReader { inner: self.inner.clone() }
+        WalReader {
+            inner: self.inner.clone(),
+        }
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
@@ -227,7 +268,11 @@ where
             let mut expected = s.next_index();
             for e in &encoded {
                 if let Some(exp) = expected.filter(|x| *x != e.index) {
-                    return Err(WalError::OutOfOrder { got: e.index, expected: exp }.into());
+                    return Err(WalError::OutOfOrder {
+                        got: e.index,
+                        expected: exp,
+                    }
+                    .into());
                 }
                 expected = Some(e.index + 1);
             }
@@ -239,7 +284,11 @@ where
             }
             seq
         };
-        self.inner.send(Op::Append { entries: encoded, seq, callback })
+        self.inner.send(Op::Append {
+            entries: encoded,
+            seq,
+            callback,
+        })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -256,7 +305,8 @@ where
             }
             s.truncate(last_log_id.clone());
         }
-        self.inner.send(Op::Truncate(last_log_id.map(|id| id.index())))
+        self.inner
+            .send(Op::Truncate(last_log_id.map(|id| id.index())))
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {

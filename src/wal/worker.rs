@@ -11,8 +11,8 @@ use std::io;
 use std::sync::Arc;
 
 use openraft::RaftTypeConfig;
-use openraft::type_config::alias::{LogIdOf, VoteOf};
 use openraft::storage::IOFlushed;
+use openraft::type_config::alias::{LogIdOf, VoteOf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::disk::{Disk, EncodedEntry};
@@ -22,12 +22,20 @@ use super::shared::Shared;
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, io::Error>>;
 
 pub(crate) enum Op<C: RaftTypeConfig> {
-    Append { entries: Vec<EncodedEntry>, seq: u64, callback: IOFlushed<C> },
+    Append {
+        entries: Vec<EncodedEntry>,
+        seq: u64,
+        callback: IOFlushed<C>,
+    },
     Committed(Option<LogIdOf<C>>),
     Vote(VoteOf<C>, Reply<()>),
     Truncate(Option<u64>),
     Purge(LogIdOf<C>),
-    Read { start: u64, end: u64, reply: Reply<Vec<C::Entry>> },
+    Read {
+        start: u64,
+        end: u64,
+        reply: Reply<Vec<C::Entry>>,
+    },
     Sync(Reply<()>),
 }
 
@@ -42,7 +50,14 @@ struct Group<C: RaftTypeConfig> {
 
 impl<C: RaftTypeConfig> Default for Group<C> {
     fn default() -> Self {
-        Self { entries: Vec::new(), bytes: 0, committed: None, last_seq: 0, callbacks: Vec::new(), barriers: Vec::new() }
+        Self {
+            entries: Vec::new(),
+            bytes: 0,
+            committed: None,
+            last_seq: 0,
+            callbacks: Vec::new(),
+            barriers: Vec::new(),
+        }
     }
 }
 
@@ -59,7 +74,13 @@ where
     C::Entry: Clone,
 {
     pub fn new(disk: Disk<C>, shared: Arc<Shared<C>>, batch_bytes_max: u64) -> Self {
-        Self { disk, shared, group: Group::default(), batch_bytes_max, fatal: None }
+        Self {
+            disk,
+            shared,
+            group: Group::default(),
+            batch_bytes_max,
+            fatal: None,
+        }
     }
 
     /// Runs until every sender is gone.
@@ -87,7 +108,11 @@ where
             return self.refuse(op);
         }
         match op {
-            Op::Append { entries, seq, callback } => {
+            Op::Append {
+                entries,
+                seq,
+                callback,
+            } => {
                 self.group.bytes += entries.iter().map(|e| e.bytes.len() as u64).sum::<u64>();
                 self.group.entries.extend(entries);
                 self.group.last_seq = seq;
@@ -117,7 +142,10 @@ where
     }
 
     /// Runs a disk operation; a failure makes the WAL stop.
-    fn guard<T>(&mut self, f: impl FnOnce(&mut Disk<C>) -> Result<T, WalError>) -> Result<T, io::Error> {
+    fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Disk<C>) -> Result<T, WalError>,
+    ) -> Result<T, io::Error> {
         if self.fatal.is_some() {
             return Err(self.stopped());
         }
@@ -155,7 +183,9 @@ where
         let result = if group.entries.is_empty() && group.committed.is_none() {
             Ok(())
         } else {
-            let Group { entries, committed, .. } = &group;
+            let Group {
+                entries, committed, ..
+            } = &group;
             self.guard(|d| d.write_group(entries, committed.clone()))
         };
         match result {

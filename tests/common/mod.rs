@@ -20,7 +20,10 @@ pub type Entry = EntryOf<TC>;
 pub const DIR: &str = "/wal";
 
 pub fn log_id(term: u64, index: u64) -> LogIdOf<TC> {
-    LogIdOf::<TC>::new(openraft::type_config::alias::LeaderIdOf::<TC>::new_committed(term, 0), index)
+    LogIdOf::<TC>::new(
+        openraft::type_config::alias::LeaderIdOf::<TC>::new_committed(term, 0),
+        index,
+    )
 }
 
 /// An entry whose payload names its index and term, padded to vary sizes.
@@ -59,22 +62,50 @@ pub async fn append_acked(wal: &mut Wal<TC>, entries: Vec<Entry>) -> io::Result<
 /// Everything readable, as keys.
 pub async fn read_all(wal: &mut Wal<TC>) -> Vec<(u64, u64, String)> {
     let mut r = wal.get_log_reader().await;
-    r.try_get_log_entries(0..u64::MAX).await.unwrap().iter().map(key).collect()
+    r.try_get_log_entries(0..u64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect()
 }
 
 pub fn segment_paths(fs: &MemFs) -> Vec<PathBuf> {
     fs.paths()
         .into_iter()
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(raftgraph::wal::layout::parse_segment_file_name).is_some())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(raftgraph::wal::layout::parse_segment_file_name)
+                .is_some()
+        })
         .collect()
 }
 
 /// Asserts `got` is `written[..k]` for some `k >= acked`: a prefix containing every acknowledged
 /// entry, nothing invented, nothing skipped.
-pub fn assert_prefix(got: &[(u64, u64, String)], written: &[(u64, u64, String)], acked: usize, ctx: &str) {
-    assert!(got.len() <= written.len(), "{ctx}: recovered {} entries, only {} written", got.len(), written.len());
-    assert_eq!(got, &written[..got.len()], "{ctx}: recovered log is not a prefix of what was written");
-    assert!(got.len() >= acked, "{ctx}: lost acknowledged entries: recovered {}, acknowledged {acked}", got.len());
+pub fn assert_prefix(
+    got: &[(u64, u64, String)],
+    written: &[(u64, u64, String)],
+    acked: usize,
+    ctx: &str,
+) {
+    assert!(
+        got.len() <= written.len(),
+        "{ctx}: recovered {} entries, only {} written",
+        got.len(),
+        written.len()
+    );
+    assert_eq!(
+        got,
+        &written[..got.len()],
+        "{ctx}: recovered log is not a prefix of what was written"
+    );
+    assert!(
+        got.len() >= acked,
+        "{ctx}: lost acknowledged entries: recovered {}, acknowledged {acked}",
+        got.len()
+    );
 }
 
 pub async fn read_vote(wal: &mut Wal<TC>) -> Option<openraft::type_config::alias::VoteOf<TC>> {
