@@ -14,8 +14,9 @@ async fn setup_unsynced_tail(
     fs: &MemFs,
     batches: u64,
     per: u64,
+    prealloc: bool,
 ) -> (Vec<(u64, u64, String)>, usize) {
-    let c = cfg(1 << 20);
+    let c = cfg_prealloc(4096, prealloc);
     let mut wal = open(fs, &c).await.unwrap();
     let mut written = Vec::new();
     let mut next = 0;
@@ -38,9 +39,18 @@ async fn setup_unsynced_tail(
 
 #[tokio::test]
 async fn torn_unsynced_batch_at_every_byte_offset_recovers_an_acked_prefix() {
+    torn_at_every_offset(false).await;
+}
+
+#[tokio::test]
+async fn torn_unsynced_batch_in_a_preallocated_segment_recovers_an_acked_prefix() {
+    torn_at_every_offset(true).await;
+}
+
+async fn torn_at_every_offset(prealloc: bool) {
     // Phase 1: find the size of the unsynced write once.
     let probe = MemFs::new();
-    let (_, _) = setup_unsynced_tail(&probe, 3, 4).await;
+    let (_, _) = setup_unsynced_tail(&probe, 3, 4, prealloc).await;
     let pending = probe.pending_writes();
     assert_eq!(
         pending.len(),
@@ -53,9 +63,9 @@ async fn torn_unsynced_batch_at_every_byte_offset_recovers_an_acked_prefix() {
     // Phase 2: for every tear offset, a fresh history, a power cut keeping `t` bytes, a reopen.
     for t in 0..=len {
         let fs = MemFs::new();
-        let (written, acked) = setup_unsynced_tail(&fs, 3, 4).await;
+        let (written, acked) = setup_unsynced_tail(&fs, 3, 4, prealloc).await;
         fs.crash_with(|_| Fate::Tear(t), |n| n);
-        let mut wal = open(&fs, &cfg(1 << 20))
+        let mut wal = open(&fs, &cfg_prealloc(4096, prealloc))
             .await
             .unwrap_or_else(|e| panic!("tear at {t}: reopen failed: {e}"));
         assert_prefix(
@@ -73,13 +83,13 @@ async fn unsynced_batch_losing_any_set_of_sectors_recovers_an_acked_prefix() {
     // of 64-byte "sectors" of the unsynced batch, independently.
     const SECTOR: usize = 64;
     let probe = MemFs::new();
-    setup_unsynced_tail(&probe, 2, 3).await;
+    setup_unsynced_tail(&probe, 2, 3, false).await;
     let pw = probe.pending_writes().remove(0);
     let sectors = pw.len.div_ceil(SECTOR);
     assert!(sectors <= 12, "keep the subset count small: {sectors}");
     for mask in 0u32..(1 << sectors) {
         let fs = MemFs::new();
-        let (written, acked) = setup_unsynced_tail(&fs, 2, 3).await;
+        let (written, acked) = setup_unsynced_tail(&fs, 2, 3, false).await;
         let path = fs.pending_writes()[0].path.clone().unwrap();
         fs.crash_with(|_| Fate::Keep, |n| n);
         let mut bytes = fs.read_file(&path).unwrap();
@@ -91,7 +101,7 @@ async fn unsynced_batch_losing_any_set_of_sectors_recovers_an_acked_prefix() {
             }
         }
         fs.write_file_durable(&path, bytes);
-        let mut wal = open(&fs, &cfg(1 << 20))
+        let mut wal = open(&fs, &cfg_prealloc(4096, false))
             .await
             .unwrap_or_else(|e| panic!("mask {mask:b}: {e}"));
         assert_prefix(
@@ -292,4 +302,34 @@ async fn oversized_entry_is_refused_with_index_size_and_limit() {
     assert!(msg.contains("log entry 0") && msg.contains("1024"), "{msg}");
     // The log keeps serving.
     append_acked(&mut wal, vec![ent(1, 0)]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_preallocated_segment_reopens_without_cutting_and_keeps_appending() {
+    let fs = MemFs::new();
+    let c = cfg_prealloc(4096, true);
+    let mut wal = open(&fs, &c).await.unwrap();
+    for i in 0..5 {
+        append_acked(&mut wal, vec![ent(1, i)]).await.unwrap();
+    }
+    drop(wal);
+    let path = segment_paths(&fs).remove(0);
+    assert_eq!(
+        fs.read_file(&path).unwrap().len(),
+        4096,
+        "segment is zero-filled to its size"
+    );
+    fs.crash_drop_unsynced();
+    let mut wal = open(&fs, &c).await.unwrap();
+    assert_eq!(
+        fs.read_file(&path).unwrap().len(),
+        4096,
+        "the zero tail is not cut as torn"
+    );
+    append_acked(&mut wal, vec![ent(1, 5)]).await.unwrap();
+    drop(wal);
+    fs.crash_drop_unsynced();
+    let mut wal = open(&fs, &c).await.unwrap();
+    let want: Vec<_> = (0..6).map(|i| key(&ent(1, i))).collect();
+    assert_eq!(read_all(&mut wal).await, want);
 }

@@ -124,9 +124,9 @@ async fn check(wal: &mut Wal<TC>, m: &Model, ctx: &str) {
     );
 }
 
-async fn run(ops: Vec<Op>) {
+async fn run(ops: Vec<Op>, prealloc: bool) {
     let fs = MemFs::new();
-    let c = cfg(300);
+    let c = cfg_prealloc(300, prealloc);
     let mut wal = open(&fs, &c).await.unwrap();
     let mut m = Model {
         term: 1,
@@ -257,7 +257,7 @@ async fn run(ops: Vec<Op>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
     #[test]
-    fn wal_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(ops));
+    fn wal_matches_model(ops in proptest::collection::vec(op(), 1..40), prealloc in any::<bool>()) {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(ops, prealloc));
     }
 }

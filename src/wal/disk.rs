@@ -293,7 +293,12 @@ impl<C: RaftTypeConfig> Disk<C> {
             .back()
             .is_some_and(|s| s.len < self.cfg.segment_bytes || s.positions.is_empty());
         if !reuse {
-            let segment = Segment::create(self.fs.as_ref(), &self.cfg.dir, next)?;
+            let prealloc = if self.cfg.preallocate {
+                self.cfg.segment_bytes
+            } else {
+                0
+            };
+            let segment = Segment::create(self.fs.as_ref(), &self.cfg.dir, next, prealloc)?;
             self.segments.push_back(segment);
             self.committed_dirty = true;
         }

@@ -13,7 +13,7 @@
 //! | 12 | 8 | first log index this segment holds |
 //! | 20 | 4 | CRC32C of bytes 0..20 |
 //!
-//! followed by records:
+//! followed by records, and then (when preallocated) zeros up to the segment size:
 //!
 //! | offset | size | field |
 //! |---|---|---|

@@ -41,7 +41,17 @@ impl Segment {
 
     /// Creates `dir/{first_index}.wal` crash-atomically: header written and synced under a
     /// temporary name, renamed, directory synced. Once this returns, the segment survives a crash.
-    pub fn create(fs: &dyn WalFs, dir: &Path, first_index: u64) -> io::Result<Segment> {
+    ///
+    /// With `preallocate_to` past the header, the file is first filled with zeros up to that size
+    /// (in the same sync): later appends then overwrite allocated blocks, and `fdatasync` need not
+    /// journal a size change — about half the cost per sync on ext4. Recovery reads a run of zeros
+    /// reaching the end of a file as its unused tail.
+    pub fn create(
+        fs: &dyn WalFs,
+        dir: &Path,
+        first_index: u64,
+        preallocate_to: u64,
+    ) -> io::Result<Segment> {
         let name = format::segment_file_name(first_index);
         let path = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
@@ -49,6 +59,14 @@ impl Segment {
         let header = format::encode_segment_header(first_index);
         file.write_all_at(&header, 0)
             .map_err(|e| io_context(e, "write header of", &tmp))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = SEGMENT_HEADER_BYTES;
+        while at < preallocate_to {
+            let n = (preallocate_to - at).min(zeros.len() as u64);
+            file.write_all_at(&zeros[..n as usize], at)
+                .map_err(|e| io_context(e, "preallocate", &tmp))?;
+            at += n;
+        }
         file.sync_data().map_err(|e| io_context(e, "sync", &tmp))?;
         fs.rename(&tmp, &path)
             .map_err(|e| io_context(e, "rename", &tmp))?;
@@ -213,18 +231,22 @@ pub(crate) fn scan<C: RaftTypeConfig>(
         let rec = match read_record(file, offset, file_len, record_max) {
             Ok(rec) => rec?,
             Err(reason) => {
-                if !is_last {
-                    return Err(WalError::corrupt(
-                        path,
-                        offset,
-                        format!("{reason} (not the last segment)"),
-                    ));
-                }
                 if offset < proven {
                     return Err(WalError::corrupt(
                         path,
                         offset,
                         format!("{reason}, inside the range proven synced up to {proven}"),
+                    ));
+                }
+                if zero_to_end(file, offset, file_len)? {
+                    // The preallocated, never-written tail.
+                    break;
+                }
+                if !is_last {
+                    return Err(WalError::corrupt(
+                        path,
+                        offset,
+                        format!("{reason} (not the last segment)"),
                     ));
                 }
                 if let Some((at, upto)) = find_later_batch(file, offset, file_len)? {
@@ -280,6 +302,21 @@ pub(crate) fn scan<C: RaftTypeConfig>(
         scan.end = offset;
     }
     Ok(scan)
+}
+
+/// True when every byte of `file[from..file_len]` is zero. Reads in bounded chunks.
+fn zero_to_end(file: &dyn WalFile, from: u64, file_len: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < file_len {
+        let n = ((file_len - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// Searches `file[from+1..]` for a valid batch record claiming more than `from` bytes synced:

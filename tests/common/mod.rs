@@ -42,9 +42,18 @@ pub fn key(e: &Entry) -> (u64, u64, String) {
     (id.index(), id.committed_leader_id().term, payload)
 }
 
+/// A config without preallocation: file lengths then equal the bytes written, which the tests
+/// that compute offsets from file lengths rely on. `cfg_prealloc` turns it on.
 pub fn cfg(segment_bytes: u64) -> WalConfig {
     let mut c = WalConfig::new(DIR);
     c.segment_bytes = segment_bytes;
+    c.preallocate = false;
+    c
+}
+
+pub fn cfg_prealloc(segment_bytes: u64, preallocate: bool) -> WalConfig {
+    let mut c = cfg(segment_bytes);
+    c.preallocate = preallocate;
     c
 }
 
