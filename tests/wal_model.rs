@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use common::*;
 use openraft::storage::RaftLogStorage;
 use proptest::prelude::*;
-use raftgraph::wal::{MemFs, Wal};
+use raftgraph::wal::{MemFs, Wal, WalConfig};
 use rand::SeedableRng;
 
 #[derive(Debug, Clone)]
@@ -124,6 +124,24 @@ async fn check(wal: &mut Wal<TC>, m: &Model, ctx: &str) {
     );
 }
 
+/// Lets the WAL reach whatever it can (a sync may fail), cuts the power with seeded random fates,
+/// clears injected faults and reopens.
+async fn crash_and_reopen(
+    wal: Wal<TC>,
+    fs: &MemFs,
+    c: &WalConfig,
+    seed: u64,
+    ctx: &str,
+) -> Wal<TC> {
+    let _ = wal.sync().await;
+    drop(wal);
+    fs.crash_random(&mut rand::rngs::SmallRng::seed_from_u64(seed));
+    fs.clear_faults();
+    open(fs, c)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"))
+}
+
 async fn run(ops: Vec<Op>, prealloc: bool) {
     let fs = MemFs::new();
     let c = cfg_prealloc(300, prealloc);
@@ -197,13 +215,7 @@ async fn run(ops: Vec<Op>, prealloc: bool) {
                 wal.truncate_after(kept.map(|(t, i)| log_id(t, i)))
                     .await
                     .unwrap();
-                let _ = wal.sync().await;
-                drop(wal);
-                fs.crash_random(&mut rand::rngs::SmallRng::seed_from_u64(seed));
-                fs.fail_sync_after(u64::MAX);
-                wal = open(&fs, &c)
-                    .await
-                    .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                wal = crash_and_reopen(wal, &fs, &c, seed, &ctx).await;
                 let got = read_all(&mut wal).await;
                 let old = m.keys();
                 let mut new = m.clone();
@@ -223,13 +235,7 @@ async fn run(ops: Vec<Op>, prealloc: bool) {
                 wal.sync().await.unwrap();
                 fs.fail_sync_after(j);
                 wal.purge(log_id(at.0, at.1)).await.unwrap();
-                let _ = wal.sync().await;
-                drop(wal);
-                fs.crash_random(&mut rand::rngs::SmallRng::seed_from_u64(seed));
-                fs.fail_sync_after(u64::MAX);
-                wal = open(&fs, &c)
-                    .await
-                    .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                wal = crash_and_reopen(wal, &fs, &c, seed, &ctx).await;
                 let st = wal.get_log_state().await.unwrap();
                 let mut new = m.clone();
                 new.apply_purge(at);

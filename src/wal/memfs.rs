@@ -261,6 +261,13 @@ impl MemFs {
         lock(&self.state).sync_fail_in = Some(n);
     }
 
+    /// Cancels any injected fault that has not fired yet.
+    pub fn clear_faults(&self) {
+        let mut s = lock(&self.state);
+        s.write_fail_in = None;
+        s.sync_fail_in = None;
+    }
+
     /// How many `sync_data` calls succeeded so far.
     pub fn sync_count(&self) -> u64 {
         lock(&self.state).syncs
