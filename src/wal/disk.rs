@@ -93,6 +93,11 @@ impl<C: RaftTypeConfig> Disk<C> {
         let dir = cfg.dir.clone();
         fs.create_dir_all(&dir)
             .map_err(|e| io_context(e, "create directory", &dir))?;
+        // The directory's own entry must be durable too, or a power cut could lose the whole log.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)
+                .map_err(|e| io_context(e, "sync directory", parent))?;
+        }
         let mut first_indexes = Vec::new();
         let mut removed_tmp = false;
         for name in fs.list(&dir).map_err(|e| io_context(e, "list", &dir))? {
