@@ -333,3 +333,57 @@ async fn a_preallocated_segment_reopens_without_cutting_and_keeps_appending() {
     let want: Vec<_> = (0..6).map(|i| key(&ent(1, i))).collect();
     assert_eq!(read_all(&mut wal).await, want);
 }
+
+#[tokio::test]
+async fn operations_take_effect_in_submission_order_while_flushes_are_pending() {
+    use openraft::storage::IOFlushed;
+    use openraft::type_config::TypeConfigExt;
+    let fs = MemFs::new();
+    let c = cfg(300);
+    let mut wal = open(&fs, &c).await.unwrap();
+    // Phase 1: submit without awaiting any flush: appends, a truncation into the middle of them,
+    // a new term's appends, a vote, a purge, more appends.
+    let mut callbacks = Vec::new();
+    for i in 0..12 {
+        let (tx, rx) = TC::oneshot();
+        wal.append(vec![ent(1, i)], IOFlushed::signal(tx))
+            .await
+            .unwrap();
+        callbacks.push(rx);
+    }
+    wal.truncate_after(Some(log_id(1, 4))).await.unwrap();
+    for i in 5..9 {
+        let (tx, rx) = TC::oneshot();
+        wal.append(vec![ent(2, i)], IOFlushed::signal(tx))
+            .await
+            .unwrap();
+        callbacks.push(rx);
+    }
+    wal.save_vote(&openraft::Vote::new(2, 0)).await.unwrap();
+    wal.purge(log_id(1, 2)).await.unwrap();
+    let (tx, rx) = TC::oneshot();
+    wal.append(vec![ent(2, 9)], IOFlushed::signal(tx))
+        .await
+        .unwrap();
+    callbacks.push(rx);
+
+    // Phase 2: every flush is acknowledged, and the state readable now is the submitted one.
+    for rx in callbacks {
+        rx.await.unwrap().unwrap();
+    }
+    let want: Vec<_> = (3..5)
+        .map(|i| key(&ent(1, i)))
+        .chain((5..10).map(|i| key(&ent(2, i))))
+        .collect();
+    assert_eq!(read_all(&mut wal).await, want);
+
+    // Phase 3: after a power cut the disk holds exactly the same.
+    drop(wal);
+    fs.crash_drop_unsynced();
+    let mut wal = open(&fs, &c).await.unwrap();
+    assert_eq!(read_all(&mut wal).await, want);
+    assert_eq!(read_vote(&mut wal).await, Some(openraft::Vote::new(2, 0)));
+    let st = wal.get_log_state().await.unwrap();
+    assert_eq!(st.last_purged_log_id, Some(log_id(1, 2)));
+    assert_eq!(st.last_log_id, Some(log_id(2, 9)));
+}
