@@ -4,7 +4,7 @@
 
 use std::io;
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -17,21 +17,33 @@ use raftgraph::wal::{IoRuntime, MemFs, StdFs, Wal, WalConfig};
 
 openraft::declare_raft_types!(pub TC);
 
+/// A test-only state machine: the applied id, the membership and the current snapshot's meta,
+/// behind one lock so its snapshot builder can record the snapshot it built.
 #[derive(Clone, Default)]
-struct MemSm {
+struct MemSm(Arc<Mutex<SmState>>);
+
+#[derive(Default)]
+struct SmState {
     applied: Option<LogIdOf<TC>>,
     membership: StoredMembershipOf<TC>,
-    current: Option<(SnapshotMetaOf<TC>, Vec<u8>)>,
+    current: Option<SnapshotMetaOf<TC>>,
+}
+
+impl MemSm {
+    fn state(&self) -> MutexGuard<'_, SmState> {
+        self.0.lock().unwrap()
+    }
 }
 
 impl RaftSnapshotBuilder<TC> for MemSm {
     type SnapshotData = Cursor<Vec<u8>>;
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, Cursor<Vec<u8>>>, io::Error> {
+        let mut st = self.state();
         let meta = SnapshotMetaOf::<TC> {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
+            last_log_id: st.applied,
+            last_membership: st.membership.clone(),
         };
-        self.current = Some((meta.clone(), Vec::new()));
+        st.current = Some(meta.clone());
         Ok(SnapshotOf::<TC, _> {
             meta,
             snapshot: Cursor::new(Vec::new()),
@@ -46,7 +58,8 @@ impl RaftStateMachine<TC> for MemSm {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
-        Ok((self.applied, self.membership.clone()))
+        let st = self.state();
+        Ok((st.applied, st.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -54,9 +67,12 @@ impl RaftStateMachine<TC> for MemSm {
         Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            self.applied = Some(entry.log_id());
-            if let EntryPayload::Membership(m) = &entry.payload {
-                self.membership = StoredMembershipOf::<TC>::new(Some(entry.log_id()), m.clone());
+            {
+                let mut st = self.state();
+                st.applied = Some(entry.log_id());
+                if let EntryPayload::Membership(m) = &entry.payload {
+                    st.membership = StoredMembershipOf::<TC>::new(Some(entry.log_id()), m.clone());
+                }
             }
             if let Some(r) = responder {
                 r.send(String::new());
@@ -74,26 +90,24 @@ impl RaftStateMachine<TC> for MemSm {
         meta: &SnapshotMetaOf<TC>,
         _: Cursor<Vec<u8>>,
     ) -> Result<(), io::Error> {
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        self.current = Some((meta.clone(), Vec::new()));
+        let mut st = self.state();
+        st.applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
+        st.current = Some(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
-        Ok(self
-            .current
-            .clone()
-            .map(|(meta, data)| SnapshotOf::<TC, _> {
-                meta,
-                snapshot: Cursor::new(data),
-            }))
+        let meta = self.state().current.clone();
+        Ok(meta.map(|meta| SnapshotOf::<TC, _> {
+            meta,
+            snapshot: Cursor::new(Vec::new()),
+        }))
     }
 }
 
-// The builder keeps the state machine's last snapshot across `build_snapshot` calls by sharing it.
 struct StdBuilder;
 struct MemBuilder;
 
@@ -105,10 +119,8 @@ fn small_segments(dir: impl Into<std::path::PathBuf>) -> WalConfig {
     cfg
 }
 
-impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, tempfile::TempDir> for StdBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, Wal<TC>, SnapshottingSm), StorageError<TC>> {
+impl StoreBuilder<TC, Wal<TC>, MemSm, tempfile::TempDir> for StdBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, Wal<TC>, MemSm), StorageError<TC>> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
         let wal = Wal::open(
             small_segments(dir.path().join("wal")),
@@ -117,12 +129,12 @@ impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, tempfile::TempDir> for StdBuilder
         )
         .await
         .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
-        Ok((dir, wal, SnapshottingSm::default()))
+        Ok((dir, wal, MemSm::default()))
     }
 }
 
-impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, ()> for MemBuilder {
-    async fn build(&self) -> Result<((), Wal<TC>, SnapshottingSm), StorageError<TC>> {
+impl StoreBuilder<TC, Wal<TC>, MemSm, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), Wal<TC>, MemSm), StorageError<TC>> {
         let wal = Wal::open(
             small_segments("/wal"),
             Arc::new(MemFs::new()),
@@ -130,67 +142,7 @@ impl StoreBuilder<TC, Wal<TC>, SnapshottingSm, ()> for MemBuilder {
         )
         .await
         .map_err(|e| StorageError::read(TC::err_from_error(&e)))?;
-        Ok(((), wal, SnapshottingSm::default()))
-    }
-}
-
-/// `MemSm` whose snapshot builder writes its snapshot back into the machine it came from.
-#[derive(Default)]
-struct SnapshottingSm(Arc<std::sync::Mutex<MemSm>>);
-
-struct SharedBuilder(Arc<std::sync::Mutex<MemSm>>);
-
-impl RaftSnapshotBuilder<TC> for SharedBuilder {
-    type SnapshotData = Cursor<Vec<u8>>;
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, Cursor<Vec<u8>>>, io::Error> {
-        let mut sm = self.0.lock().unwrap().clone();
-        let snap = sm.build_snapshot().await?;
-        self.0.lock().unwrap().current = sm.current;
-        Ok(snap)
-    }
-}
-
-impl RaftStateMachine<TC> for SnapshottingSm {
-    type SnapshotData = Cursor<Vec<u8>>;
-    type SnapshotBuilder = SharedBuilder;
-
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogIdOf<TC>>, StoredMembershipOf<TC>), io::Error> {
-        let mut sm = self.0.lock().unwrap().clone();
-        sm.applied_state().await
-    }
-
-    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
-    where
-        Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
-    {
-        let mut sm = self.0.lock().unwrap().clone();
-        sm.apply(entries).await?;
-        *self.0.lock().unwrap() = sm;
-        Ok(())
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SharedBuilder(self.0.clone())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetaOf<TC>,
-        data: Cursor<Vec<u8>>,
-    ) -> Result<(), io::Error> {
-        let mut sm = self.0.lock().unwrap().clone();
-        sm.install_snapshot(meta, data).await?;
-        *self.0.lock().unwrap() = sm;
-        Ok(())
-    }
-
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<SnapshotOf<TC, Cursor<Vec<u8>>>>, io::Error> {
-        let mut sm = self.0.lock().unwrap().clone();
-        sm.get_current_snapshot().await
+        Ok(((), wal, MemSm::default()))
     }
 }
 

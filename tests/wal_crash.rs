@@ -128,10 +128,7 @@ async fn a_segment_cut_at_any_offset_yields_a_prefix() {
     let path = segment_paths(&fs).remove(0);
     let full = fs.read_file(&path).unwrap();
     for cut in 0..=full.len() {
-        let copy = MemFs::new();
-        for p in fs.paths() {
-            copy.write_file_durable(&p, fs.read_file(&p).unwrap());
-        }
+        let copy = copy_of(&fs);
         copy.write_file_durable(&path, full[..cut].to_vec());
         match open(&copy, &c).await {
             Ok(mut wal) => assert_prefix(
@@ -205,10 +202,7 @@ async fn a_flipped_bit_in_an_older_segment_fails_open() {
     let older = &paths[0];
     let full = fs.read_file(older).unwrap();
     for offset in 0..full.len() {
-        let copy = MemFs::new();
-        for p in fs.paths() {
-            copy.write_file_durable(&p, fs.read_file(&p).unwrap());
-        }
+        let copy = copy_of(&fs);
         let mut bytes = full.clone();
         bytes[offset] ^= 0x10;
         copy.write_file_durable(older, bytes);

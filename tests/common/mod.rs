@@ -120,3 +120,12 @@ pub fn assert_prefix(
 pub async fn read_vote(wal: &mut Wal<TC>) -> Option<openraft::type_config::alias::VoteOf<TC>> {
     wal.get_log_reader().await.read_vote().await.unwrap()
 }
+
+/// A separate file system holding durable copies of every file of `fs`.
+pub fn copy_of(fs: &MemFs) -> MemFs {
+    let copy = MemFs::new();
+    for p in fs.paths() {
+        copy.write_file_durable(&p, fs.read_file(&p).unwrap());
+    }
+    copy
+}
