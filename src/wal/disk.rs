@@ -406,20 +406,15 @@ impl<C: RaftTypeConfig> Disk<C> {
     /// Carries out a recorded truncation intent and clears it.
     fn finish_truncate(&mut self, intent: TruncateIntent) -> Result<(), WalError> {
         let cut = intent.last_kept.map_or(0, |i| i + 1);
-        let mut removed = false;
-        while let Some(s) = self.segments.back().filter(|s| s.first_index >= cut) {
-            let path = s.path.clone();
-            self.fs
-                .remove(&path)
-                .map_err(|e| io_context(e, "remove", &path))?;
-            self.segments.pop_back();
-            removed = true;
+        let mut doomed = Vec::new();
+        while let Some(s) = self.segments.pop_back() {
+            if s.first_index < cut {
+                self.segments.push_back(s);
+                break;
+            }
+            doomed.push(s);
         }
-        if removed {
-            self.fs
-                .sync_dir(&self.cfg.dir)
-                .map_err(|e| io_context(e, "sync directory", &self.cfg.dir))?;
-        }
+        self.remove_segments(doomed)?;
         if self.segments.back().is_some_and(|s| s.next_index() > cut) {
             self.cut_active(cut)?;
         }
@@ -459,29 +454,36 @@ impl<C: RaftTypeConfig> Disk<C> {
         self.drop_purged_segments()
     }
 
+    /// Deletes the files of segments already taken out of `self.segments`, then syncs the
+    /// directory once.
+    fn remove_segments(&self, doomed: Vec<Segment>) -> Result<(), WalError> {
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        for s in &doomed {
+            self.fs
+                .remove(&s.path)
+                .map_err(|e| io_context(e, "remove", &s.path))?;
+        }
+        self.fs
+            .sync_dir(&self.cfg.dir)
+            .map_err(|e| io_context(e, "sync directory", &self.cfg.dir))?;
+        Ok(())
+    }
+
     fn drop_purged_segments(&mut self) -> Result<(), WalError> {
         let Some(purged) = index_of::<C>(&self.meta.purged) else {
             return Ok(());
         };
-        let mut removed = false;
-        while let Some(s) = self
-            .segments
-            .front()
-            .filter(|s| s.next_index() <= purged + 1)
-        {
-            let path = s.path.clone();
-            self.fs
-                .remove(&path)
-                .map_err(|e| io_context(e, "remove", &path))?;
-            self.segments.pop_front();
-            removed = true;
+        let mut doomed = Vec::new();
+        while let Some(s) = self.segments.pop_front() {
+            if s.next_index() > purged + 1 {
+                self.segments.push_front(s);
+                break;
+            }
+            doomed.push(s);
         }
-        if removed {
-            self.fs
-                .sync_dir(&self.cfg.dir)
-                .map_err(|e| io_context(e, "sync directory", &self.cfg.dir))?;
-        }
-        Ok(())
+        self.remove_segments(doomed)
     }
 
     /// Reads entries `start..end` from the files; stops early at the first index not on disk.
