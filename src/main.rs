@@ -24,7 +24,7 @@ enum Command {
         #[arg(long, default_value = "target/wal-bench")]
         dir: PathBuf,
         /// Entries appended per configuration (the one-fsync-per-entry runs use at most 5,000).
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 50_000)]
         entries: u64,
         /// Flush callbacks allowed in flight, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
