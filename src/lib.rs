@@ -9,6 +9,9 @@
 //! Modules (dependencies point inward: `wal` knows nothing of tonic, RocksDB or tenants):
 //! - [`codec`]: the one serializer for everything in the log and on disk.
 //! - [`wal`]: the Raft log storage — segments, CRC32C records, group commit, recovery.
+//! - [`tenant`]: tenant ids, quotas, usage and configs as pure logic.
+//! - [`state_machine`]: the RocksDB state machine — apply, reads, snapshots, digests.
+//! - [`raft`]: the openraft type configuration.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
@@ -16,4 +19,7 @@ compile_error!(
 );
 
 pub mod codec;
+pub mod raft;
+pub mod state_machine;
+pub mod tenant;
 pub mod wal;

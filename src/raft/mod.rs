@@ -1,0 +1,20 @@
+//! Raft wiring: the openraft type configuration (the network and bootstrap come with the cluster).
+//!
+//! Entries carry a [`Request`](crate::state_machine::Request); applying one yields a
+//! [`Response`](crate::state_machine::Response). Node ids are `u64`; a node is known by its
+//! address (`BasicNode`).
+
+use crate::state_machine::{Request, Response};
+
+openraft::declare_raft_types!(
+    /// raftgraph's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+);
+
+pub type NodeId = u64;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;

@@ -1,0 +1,308 @@
+//! Applying one client request: exactly-once sessions, then the command, all into one batch.
+
+use std::io;
+
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+
+use super::command::{
+    ApplyError, ClusterLimits, Command, Outcome, Request, Response, WriteRequest,
+};
+use super::keys;
+use super::ops::{Writer, corrupt, load, save};
+use super::store::Store;
+use super::txn::{Cf, Fail, Txn};
+use crate::tenant::{TenantCounters, TenantRecord, check_quotas, validate_tenant_id};
+
+/// Most sessions one entry evicts: lowering `sessions_max` a long way evicts over several
+/// entries instead of building one huge batch.
+const EVICTIONS_PER_ENTRY_MAX: u64 = 1_000;
+
+/// Cluster-wide counters and limits, at `keys::GLOBALS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Globals {
+    pub limits: ClusterLimits,
+    pub tenants: u64,
+    pub sessions: u64,
+}
+
+/// A client's last applied request and its response, at `keys::session(client_id)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    pub sequence: u64,
+    pub last_index: u64,
+    pub response: Response,
+}
+
+/// Column-family work an entry needs beyond its batch (see `Store::create_tenant_cf`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) enum Ddl {
+    #[default]
+    None,
+    Create(String),
+    Drop(String),
+}
+
+fn fatal_of(f: Fail) -> io::Error {
+    match f {
+        Fail::Fatal(e) => e,
+        Fail::Refused(e) => io::Error::other(format!("unexpected refusal reading state: {e}")),
+    }
+}
+
+/// Applies `req` as entry `index`; its changes go into `batch`, column-family work into `ddl`.
+/// Returns the response, or an error that must stop the node (I/O, corruption).
+pub(crate) fn apply_request(
+    store: &Store,
+    index: u64,
+    req: &Request,
+    batch: &mut WriteBatch,
+    ddl: &mut Ddl,
+) -> io::Result<Response> {
+    let session: Option<Session> = {
+        let txn = Txn::new(store.db(), store.meta()?);
+        load(&txn, Cf::Meta, &keys::session(req.client_id)).map_err(fatal_of)?
+    };
+    let refuse = |e: ApplyError| Ok(Response { outcome: Err(e) });
+    if req.sequence == 0 {
+        return refuse(ApplyError::InvalidArgument {
+            field: "sequence".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    let expired = |last| ApplyError::SessionExpired {
+        client_id: req.client_id,
+        sequence: req.sequence,
+        last,
+    };
+    match &session {
+        Some(s) if req.sequence == s.sequence => return Ok(s.response.clone()),
+        Some(s) if req.sequence < s.sequence => return refuse(expired(Some(s.sequence))),
+        None if req.sequence > 1 => return refuse(expired(None)),
+        _ => {}
+    }
+
+    let mut txn = Txn::new(store.db(), store.meta()?);
+    let mut globals = load_globals(&txn).map_err(fatal_of)?;
+    let outcome = match execute(store, &mut txn, index, req, &mut globals, ddl) {
+        Ok(o) => Ok(o),
+        Err(Fail::Fatal(e)) => return Err(e),
+        Err(Fail::Refused(e)) => {
+            // Nothing of a refused request is applied: start over from the database.
+            txn = Txn::new(store.db(), store.meta()?);
+            globals = load_globals(&txn).map_err(fatal_of)?;
+            *ddl = Ddl::None;
+            Err(e)
+        }
+    };
+    let response = Response { outcome };
+    let before = load_globals(&txn).map_err(fatal_of)?;
+    record_session(
+        &mut txn,
+        &mut globals,
+        req,
+        index,
+        &response,
+        session.as_ref(),
+    )
+    .map_err(fatal_of)?;
+    if globals != before {
+        save(&mut txn, Cf::Meta, keys::GLOBALS, &globals).map_err(fatal_of)?;
+    }
+    txn.into_batch(batch);
+    Ok(response)
+}
+
+pub(crate) fn load_globals(txn: &Txn) -> Result<Globals, Fail> {
+    Ok(load(txn, Cf::Meta, keys::GLOBALS)?.unwrap_or_default())
+}
+
+/// Stores the session and evicts the least recently written ones past `sessions_max`.
+fn record_session(
+    txn: &mut Txn,
+    globals: &mut Globals,
+    req: &Request,
+    index: u64,
+    response: &Response,
+    previous: Option<&Session>,
+) -> Result<(), Fail> {
+    match previous {
+        Some(p) => txn.delete(Cf::Meta, &keys::eviction(p.last_index, req.client_id))?,
+        None => globals.sessions += 1,
+    }
+    let session = Session {
+        sequence: req.sequence,
+        last_index: index,
+        response: response.clone(),
+    };
+    save(txn, Cf::Meta, &keys::session(req.client_id), &session)?;
+    txn.put(Cf::Meta, &keys::eviction(index, req.client_id), Vec::new())?;
+    let excess = globals.sessions.saturating_sub(globals.limits.sessions_max);
+    let n = excess.min(EVICTIONS_PER_ENTRY_MAX) as usize;
+    if n == 0 {
+        return Ok(());
+    }
+    // This client's key has the highest index, so it is evicted last (sessions_max >= 1).
+    for (k, _) in txn.scan(Cf::Meta, &[keys::EVICTION], n)? {
+        let client =
+            keys::eviction_client(&k).ok_or_else(|| corrupt(format_args!("eviction key {k:?}")))?;
+        txn.delete(Cf::Meta, &k)?;
+        txn.delete(Cf::Meta, &keys::session(client))?;
+        globals.sessions -= 1;
+    }
+    Ok(())
+}
+
+fn execute<'s>(
+    store: &'s Store,
+    txn: &mut Txn<'s>,
+    index: u64,
+    req: &Request,
+    globals: &mut Globals,
+    ddl: &mut Ddl,
+) -> Result<Outcome, Fail> {
+    let now = req.timestamp_micros;
+    match &req.command {
+        Command::Write(w) => write(store, txn, index, w, &globals.limits),
+        Command::CreateTenant {
+            tenant,
+            quotas,
+            config,
+        } => {
+            validate_tenant_id(tenant)?;
+            config.validate(tenant)?;
+            if load::<TenantRecord>(txn, Cf::Meta, &keys::tenant_record(tenant))?.is_some() {
+                return Err(ApplyError::TenantExists {
+                    tenant: tenant.clone(),
+                }
+                .into());
+            }
+            if globals.tenants >= globals.limits.tenants_max {
+                return Err(ApplyError::TooManyTenants {
+                    count: globals.tenants,
+                    limit: globals.limits.tenants_max,
+                }
+                .into());
+            }
+            let rec = TenantRecord {
+                id: tenant.clone(),
+                quotas: quotas.clone(),
+                config: config.clone(),
+                enabled: true,
+                created_micros: now,
+                updated_micros: now,
+            };
+            let counters = TenantCounters::new();
+            save(txn, Cf::Meta, &keys::tenant_record(tenant), &rec)?;
+            save(txn, Cf::Meta, &keys::tenant_counters(tenant), &counters)?;
+            globals.tenants += 1;
+            *ddl = Ddl::Create(tenant.clone());
+            Ok(Outcome::Tenant(rec.info(&counters)))
+        }
+        Command::UpdateQuotas { tenant, quotas } => {
+            update_tenant(txn, tenant, now, |r| r.quotas = quotas.clone())
+        }
+        Command::SetTenantEnabled { tenant, enabled } => {
+            update_tenant(txn, tenant, now, |r| r.enabled = *enabled)
+        }
+        Command::SetTenantConfig { tenant, config } => {
+            config.validate(tenant)?;
+            update_tenant(txn, tenant, now, |r| r.config = config.clone())
+        }
+        Command::DeleteTenant { tenant } => {
+            tenant_record(txn, tenant)?;
+            txn.delete(Cf::Meta, &keys::tenant_record(tenant))?;
+            txn.delete(Cf::Meta, &keys::tenant_counters(tenant))?;
+            globals.tenants -= 1;
+            *ddl = Ddl::Drop(tenant.clone());
+            Ok(Outcome::Deleted)
+        }
+        Command::SetLimits(limits) => {
+            validate_limits(limits)?;
+            globals.limits = limits.clone();
+            Ok(Outcome::Limits(limits.clone()))
+        }
+    }
+}
+
+fn validate_limits(l: &ClusterLimits) -> Result<(), ApplyError> {
+    let checks = [
+        ("tenants_max", l.tenants_max, 1, 100_000),
+        ("sessions_max", l.sessions_max, 1, 100_000_000),
+        ("cascade_edges_max", l.cascade_edges_max, 1, 10_000_000),
+    ];
+    for (field, v, lo, hi) in checks {
+        if !(lo..=hi).contains(&v) {
+            return Err(ApplyError::InvalidArgument {
+                field: field.into(),
+                reason: format!("{v} outside {lo}..={hi}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn tenant_record(txn: &Txn, tenant: &str) -> Result<TenantRecord, Fail> {
+    validate_tenant_id(tenant)?;
+    load(txn, Cf::Meta, &keys::tenant_record(tenant))?.ok_or_else(|| {
+        Fail::Refused(ApplyError::TenantNotFound {
+            tenant: tenant.to_string(),
+        })
+    })
+}
+
+fn tenant_counters(txn: &Txn, tenant: &str) -> Result<TenantCounters, Fail> {
+    load(txn, Cf::Meta, &keys::tenant_counters(tenant))?
+        .ok_or_else(|| corrupt(format_args!("tenant {tenant}: counters missing")))
+}
+
+fn update_tenant(
+    txn: &mut Txn,
+    tenant: &str,
+    now: i64,
+    change: impl FnOnce(&mut TenantRecord),
+) -> Result<Outcome, Fail> {
+    let mut rec = tenant_record(txn, tenant)?;
+    change(&mut rec);
+    rec.updated_micros = now;
+    save(txn, Cf::Meta, &keys::tenant_record(tenant), &rec)?;
+    let counters = tenant_counters(txn, tenant)?;
+    Ok(Outcome::Tenant(rec.info(&counters)))
+}
+
+fn write<'s>(
+    store: &'s Store,
+    txn: &mut Txn<'s>,
+    index: u64,
+    w: &WriteRequest,
+    limits: &ClusterLimits,
+) -> Result<Outcome, Fail> {
+    w.validate()?;
+    let rec = tenant_record(txn, &w.tenant)?;
+    if !rec.enabled {
+        return Err(ApplyError::TenantDisabled {
+            tenant: w.tenant.clone(),
+        }
+        .into());
+    }
+    let before = tenant_counters(txn, &w.tenant)?;
+    let cf = store
+        .cf(&keys::tenant_cf(&w.tenant))
+        .ok_or_else(|| corrupt(format_args!("tenant {}: column family missing", w.tenant)))?;
+    txn.bind(cf);
+    let mut writer = Writer::new(
+        txn,
+        &w.tenant,
+        index,
+        before.clone(),
+        limits.cascade_edges_max,
+    );
+    let results = writer.run(w)?;
+    let mut after = writer.counters;
+    let bytes = i128::from(before.usage.storage_bytes) + i128::from(txn.data_bytes);
+    after.usage.storage_bytes = u64::try_from(bytes)
+        .map_err(|_| corrupt(format_args!("tenant {}: storage bytes {bytes}", w.tenant)))?;
+    check_quotas(&w.tenant, &rec.quotas, &before.usage, &after.usage)?;
+    save(txn, Cf::Meta, &keys::tenant_counters(&w.tenant), &after)?;
+    Ok(Outcome::Write(results))
+}

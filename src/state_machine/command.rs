@@ -1,0 +1,453 @@
+//! The replicated command (what a Raft entry carries) and the apply result (what it returns).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::graph::{LABELS_MAX, PROPERTIES_MAX, Properties, Value, validate_name};
+use crate::tenant::{QuotaExceeded, Quotas, TenantConfig, TenantError, TenantInfo};
+
+/// Operations in one write request.
+pub const OPERATIONS_MAX: usize = 10_000;
+/// Preconditions in one write request.
+pub const PRECONDITIONS_MAX: usize = 1_000;
+
+/// One client request, as proposed to Raft. `timestamp_micros` is stamped by the leader, so
+/// every replica applies the same time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client; a client id has at most one request outstanding.
+    pub client_id: u64,
+    /// 1, 2, 3, … per client id; a retry reuses its sequence.
+    pub sequence: u64,
+    pub timestamp_micros: i64,
+    pub command: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client {} seq {}: ", self.client_id, self.sequence)?;
+        match &self.command {
+            Command::Write(w) => write!(
+                f,
+                "write tenant {} ({} ops, {} preconditions)",
+                w.tenant,
+                w.operations.len(),
+                w.preconditions.len()
+            ),
+            Command::CreateTenant { tenant, .. } => write!(f, "create tenant {tenant}"),
+            Command::UpdateQuotas { tenant, .. } => write!(f, "update quotas of {tenant}"),
+            Command::SetTenantEnabled { tenant, enabled } => {
+                write!(f, "set tenant {tenant} enabled={enabled}")
+            }
+            Command::SetTenantConfig { tenant, .. } => write!(f, "set config of {tenant}"),
+            Command::DeleteTenant { tenant } => write!(f, "delete tenant {tenant}"),
+            Command::SetLimits(l) => write!(f, "set limits {l:?}"),
+        }
+    }
+}
+
+/// What a request does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Write(WriteRequest),
+    CreateTenant {
+        tenant: String,
+        quotas: Quotas,
+        config: TenantConfig,
+    },
+    UpdateQuotas {
+        tenant: String,
+        quotas: Quotas,
+    },
+    SetTenantEnabled {
+        tenant: String,
+        enabled: bool,
+    },
+    SetTenantConfig {
+        tenant: String,
+        config: TenantConfig,
+    },
+    DeleteTenant {
+        tenant: String,
+    },
+    SetLimits(ClusterLimits),
+}
+
+/// Cluster-wide limits. Replicated (set through the log) rather than per-node configuration, so
+/// every replica makes the same decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLimits {
+    /// Tenants that may exist at once (each is a column family). Default 256.
+    pub tenants_max: u64,
+    /// Client sessions kept for exactly-once; the least recently written is evicted past it.
+    /// Default 100,000.
+    pub sessions_max: u64,
+    /// Edges a node delete may cascade to in one entry. Default 100,000.
+    pub cascade_edges_max: u64,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        ClusterLimits {
+            tenants_max: 256,
+            sessions_max: 100_000,
+            cascade_edges_max: 100_000,
+        }
+    }
+}
+
+/// An atomic batch of graph operations on one tenant, guarded by preconditions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub tenant: String,
+    pub preconditions: Vec<Precondition>,
+    pub operations: Vec<Op>,
+}
+
+/// A node named by id, or by the index of an earlier `CreateNode` in the same request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRef {
+    Id(u64),
+    Created(u32),
+}
+
+/// One graph operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    CreateNode {
+        labels: BTreeSet<String>,
+        properties: Properties,
+    },
+    /// Sets `set` then removes `remove`.
+    UpdateNode {
+        node: NodeRef,
+        set: Properties,
+        remove: BTreeSet<String>,
+    },
+    AddLabels {
+        node: NodeRef,
+        labels: BTreeSet<String>,
+    },
+    RemoveLabels {
+        node: NodeRef,
+        labels: BTreeSet<String>,
+    },
+    /// Deletes the node and every edge into or out of it.
+    DeleteNode {
+        node: NodeRef,
+    },
+    CreateEdge {
+        source: NodeRef,
+        target: NodeRef,
+        edge_type: String,
+        properties: Properties,
+    },
+    UpdateEdge {
+        edge: u64,
+        set: Properties,
+        remove: BTreeSet<String>,
+    },
+    DeleteEdge {
+        edge: u64,
+    },
+}
+
+/// A condition checked before any operation; one failing applies nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Precondition {
+    NodeExists {
+        node: u64,
+        exists: bool,
+    },
+    EdgeExists {
+        edge: u64,
+        exists: bool,
+    },
+    /// `value: None` requires the property to be absent.
+    NodePropertyEquals {
+        node: u64,
+        key: String,
+        value: Option<Value>,
+    },
+    EdgePropertyEquals {
+        edge: u64,
+        key: String,
+        value: Option<Value>,
+    },
+    NodeVersion {
+        node: u64,
+        version: u64,
+    },
+    EdgeVersion {
+        edge: u64,
+        version: u64,
+    },
+}
+
+/// The result of applying one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub outcome: Result<Outcome, ApplyError>,
+}
+
+/// What a successful request produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// One result per operation, in order.
+    Write(Vec<OpResult>),
+    /// The tenant after an admin command (secrets redacted).
+    Tenant(TenantInfo),
+    Deleted,
+    Limits(ClusterLimits),
+    /// An entry without a client command (blank, membership) was applied.
+    Applied,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    NodeCreated(u64),
+    EdgeCreated(u64),
+    /// The operation changed nothing visible beyond itself (update, delete).
+    Done,
+}
+
+/// A deterministic refusal: the same on every replica, returned to the client, never fatal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("invalid argument {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("tenant {tenant} not found")]
+    TenantNotFound { tenant: String },
+    #[error("tenant {tenant} already exists")]
+    TenantExists { tenant: String },
+    #[error("tenant {tenant} is disabled")]
+    TenantDisabled { tenant: String },
+    #[error("tenant limit reached: {count} tenants exist, limit {limit}")]
+    TooManyTenants { count: u64, limit: u64 },
+    #[error("tenant {tenant}: node {node} not found")]
+    NodeNotFound { tenant: String, node: u64 },
+    #[error("tenant {tenant}: edge {edge} not found")]
+    EdgeNotFound { tenant: String, edge: u64 },
+    #[error("tenant {tenant}: precondition {index} failed: {reason}")]
+    PreconditionFailed {
+        tenant: String,
+        index: usize,
+        reason: String,
+    },
+    #[error(
+        "tenant {tenant}: node {node} has {edges} edges, more than one delete may cascade to ({limit})"
+    )]
+    CascadeTooLarge {
+        tenant: String,
+        node: u64,
+        edges: u64,
+        limit: u64,
+    },
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error(
+        "client {client_id}: session expired for sequence {sequence} (last applied sequence: {last:?}); start a new client id"
+    )]
+    SessionExpired {
+        client_id: u64,
+        sequence: u64,
+        last: Option<u64>,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApplyError {
+    ApplyError::InvalidArgument {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn check_names<'a>(
+    field: &str,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<(), ApplyError> {
+    names
+        .into_iter()
+        .try_for_each(|n| validate_name(n).map_err(|r| invalid(field, r)))
+}
+
+fn check_properties(field: &str, props: &Properties) -> Result<(), ApplyError> {
+    if props.len() > PROPERTIES_MAX {
+        let reason = format!("{} properties, limit {PROPERTIES_MAX}", props.len());
+        return Err(invalid(field, reason));
+    }
+    for (k, v) in props {
+        validate_name(k).map_err(|r| invalid(field, r))?;
+        v.validate()
+            .map_err(|r| invalid(format!("{field}.{k}"), r))?;
+    }
+    Ok(())
+}
+
+impl WriteRequest {
+    /// Checks every bound that does not need the database. The server calls this before
+    /// proposing; apply calls it again (an entry is input too).
+    pub fn validate(&self) -> Result<(), ApplyError> {
+        crate::tenant::validate_tenant_id(&self.tenant)?;
+        if self.operations.len() > OPERATIONS_MAX {
+            let reason = format!(
+                "{} operations, limit {OPERATIONS_MAX}",
+                self.operations.len()
+            );
+            return Err(invalid("operations", reason));
+        }
+        if self.preconditions.len() > PRECONDITIONS_MAX {
+            let n = self.preconditions.len();
+            return Err(invalid(
+                "preconditions",
+                format!("{n} preconditions, limit {PRECONDITIONS_MAX}"),
+            ));
+        }
+        for (i, p) in self.preconditions.iter().enumerate() {
+            let field = format!("preconditions[{i}]");
+            match p {
+                Precondition::NodePropertyEquals { key, value, .. }
+                | Precondition::EdgePropertyEquals { key, value, .. } => {
+                    validate_name(key).map_err(|r| invalid(&field, r))?;
+                    if let Some(v) = value {
+                        v.validate().map_err(|r| invalid(&field, r))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (i, op) in self.operations.iter().enumerate() {
+            self.validate_op(i, op)?;
+        }
+        Ok(())
+    }
+
+    fn validate_op(&self, i: usize, op: &Op) -> Result<(), ApplyError> {
+        let field = format!("operations[{i}]");
+        let node_ref = |r: &NodeRef| match r {
+            NodeRef::Created(j) if (*j as usize) >= i => Err(invalid(
+                &field,
+                format!("refers to operation {j}, which does not come before it"),
+            )),
+            NodeRef::Created(j) => match self.operations[*j as usize] {
+                Op::CreateNode { .. } => Ok(()),
+                _ => Err(invalid(
+                    &field,
+                    format!("operation {j} is not a node create"),
+                )),
+            },
+            NodeRef::Id(_) => Ok(()),
+        };
+        let labels = |l: &BTreeSet<String>| {
+            if l.len() > LABELS_MAX {
+                return Err(invalid(
+                    &field,
+                    format!("{} labels, limit {LABELS_MAX}", l.len()),
+                ));
+            }
+            check_names(&field, l)
+        };
+        match op {
+            Op::CreateNode {
+                labels: l,
+                properties,
+            } => {
+                labels(l)?;
+                check_properties(&field, properties)
+            }
+            Op::UpdateNode { node, set, remove } => {
+                node_ref(node)?;
+                check_properties(&field, set)?;
+                check_names(&field, remove)
+            }
+            Op::AddLabels { node, labels: l } | Op::RemoveLabels { node, labels: l } => {
+                node_ref(node)?;
+                labels(l)
+            }
+            Op::DeleteNode { node } => node_ref(node),
+            Op::CreateEdge {
+                source,
+                target,
+                edge_type,
+                properties,
+            } => {
+                node_ref(source)?;
+                node_ref(target)?;
+                validate_name(edge_type).map_err(|r| invalid(&field, r))?;
+                check_properties(&field, properties)
+            }
+            Op::UpdateEdge { set, remove, .. } => {
+                check_properties(&field, set)?;
+                check_names(&field, remove)
+            }
+            Op::DeleteEdge { .. } => Ok(()),
+        }
+    }
+}
+
+impl Command {
+    /// The tenant a command names, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Command::Write(w) => Some(&w.tenant),
+            Command::CreateTenant { tenant, .. }
+            | Command::UpdateQuotas { tenant, .. }
+            | Command::SetTenantEnabled { tenant, .. }
+            | Command::SetTenantConfig { tenant, .. }
+            | Command::DeleteTenant { tenant } => Some(tenant),
+            Command::SetLimits(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(ops: Vec<Op>) -> WriteRequest {
+        WriteRequest {
+            tenant: "t".into(),
+            preconditions: vec![],
+            operations: ops,
+        }
+    }
+
+    #[test]
+    fn references_must_point_back_at_a_create() {
+        let create = Op::CreateNode {
+            labels: BTreeSet::new(),
+            properties: Properties::new(),
+        };
+        let del = |j| Op::DeleteNode {
+            node: NodeRef::Created(j),
+        };
+        assert!(write(vec![create.clone(), del(0)]).validate().is_ok());
+        let e = write(vec![del(0)]).validate().unwrap_err().to_string();
+        assert!(
+            e.contains("operations[0]") && e.contains("does not come before"),
+            "{e}"
+        );
+        let e = write(vec![create, del(0), del(1)])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("operation 1 is not a node create"), "{e}");
+    }
+
+    #[test]
+    fn oversized_requests_name_the_limit() {
+        let ops = vec![Op::DeleteEdge { edge: 1 }; OPERATIONS_MAX + 1];
+        let e = write(ops).validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid argument operations: 10001 operations, limit 10000"
+        );
+        let mut w = write(vec![]);
+        w.tenant = "Bad".into();
+        assert!(matches!(w.validate(), Err(ApplyError::Tenant(_))));
+    }
+}

@@ -1,0 +1,93 @@
+//! State machine configuration (per node; nothing here changes what apply decides).
+
+use std::io;
+use std::path::PathBuf;
+
+/// Where blocking RocksDB work (checkpoint, snapshot stream, ingest) runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Blocking {
+    /// On tokio's blocking pool, off the async workers (production).
+    #[default]
+    Pool,
+    /// Inline on the calling task (simulation: nothing may wait on an OS thread).
+    Inline,
+}
+
+impl Blocking {
+    /// Runs `f` where this seam says. A panic inside `f` resumes on the caller.
+    pub async fn run<T, F>(self, f: F) -> T
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Blocking::Inline => f(),
+            Blocking::Pool => match tokio::task::spawn_blocking(f).await {
+                Ok(v) => v,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            },
+        }
+    }
+}
+
+/// Node-local settings of the state machine.
+#[derive(Clone, Debug)]
+pub struct StateMachineConfig {
+    /// Directory holding `CURRENT`, the database directories and snapshots.
+    pub dir: PathBuf,
+    /// Memtable budget shared by every column family together. Default 64 MiB; 1 MiB..=16 GiB.
+    pub write_buffer_bytes: usize,
+    /// Memtable size of one column family before it flushes. Default 16 MiB; at most
+    /// `write_buffer_bytes`.
+    pub cf_write_buffer_bytes: usize,
+    /// Block cache shared by every column family. Default 64 MiB; 1 MiB..=64 GiB.
+    pub block_cache_bytes: usize,
+    /// Target size of one SST file written while installing a snapshot. Default 64 MiB;
+    /// 64 KiB..=1 GiB.
+    pub install_sst_bytes: u64,
+    pub blocking: Blocking,
+}
+
+impl StateMachineConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateMachineConfig {
+            dir: dir.into(),
+            write_buffer_bytes: 64 << 20,
+            cf_write_buffer_bytes: 16 << 20,
+            block_cache_bytes: 64 << 20,
+            install_sst_bytes: 64 << 20,
+            blocking: Blocking::Pool,
+        }
+    }
+
+    pub fn validate(&self) -> io::Result<()> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if !(1 << 20..=16 << 30).contains(&self.write_buffer_bytes) {
+            return bad(format!(
+                "write_buffer_bytes {} outside 1 MiB..=16 GiB",
+                self.write_buffer_bytes
+            ));
+        }
+        if self.cf_write_buffer_bytes < 64 << 10
+            || self.cf_write_buffer_bytes > self.write_buffer_bytes
+        {
+            return bad(format!(
+                "cf_write_buffer_bytes {} outside 64 KiB..=write_buffer_bytes ({})",
+                self.cf_write_buffer_bytes, self.write_buffer_bytes
+            ));
+        }
+        if !(1 << 20..=64 << 30).contains(&self.block_cache_bytes) {
+            return bad(format!(
+                "block_cache_bytes {} outside 1 MiB..=64 GiB",
+                self.block_cache_bytes
+            ));
+        }
+        if !(64 << 10..=1 << 30).contains(&self.install_sst_bytes) {
+            return bad(format!(
+                "install_sst_bytes {} outside 64 KiB..=1 GiB",
+                self.install_sst_bytes
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! The key encoding and column-family names: the only place that knows either.
+//!
+//! Column families: [`META_CF`] and one per tenant, named [`tenant_cf`] = `tenant.{id}` (tenant
+//! ids cannot contain `.`, so no tenant CF can be named `meta` or `default`).
+//!
+//! `meta` keys (first byte is the kind):
+//! ```text
+//! a                                   applied log id
+//! m                                   last membership
+//! g                                   Globals (cluster limits, tenant and session counts)
+//! t <id> 0x00                         TenantRecord
+//! u <id> 0x00                         TenantCounters (usage, id counters)
+//! s <client_id: u64 BE>               Session
+//! x <last_index: u64 BE> <client_id: u64 BE>   session eviction order (empty value)
+//! ```
+//! The `0x00` after a tenant id (ids never contain it) makes tenant keys prefix-free: the keys of
+//! `t` are not a prefix of those of `t1`, so a prefix scan for one tenant never reaches another.
+//!
+//! Tenant CF keys:
+//! ```text
+//! n <node: u64 BE>                                     NodeRecord
+//! e <edge: u64 BE>                                     EdgeRecord
+//! o <source: u64 BE> <type: str> <edge: u64 BE>        out-adjacency -> target (u64 BE)
+//! i <target: u64 BE> <type: str> <edge: u64 BE>        in-adjacency  -> source (u64 BE)
+//! l <label: str> <node: u64 BE>                        label index (empty value)
+//! ```
+//! `str` is a u16 BE length then the bytes, so a prefix ending in a whole `str` matches that
+//! exact type or label and no longer one. Ids are big-endian so byte order is numeric order.
+
+pub const META_CF: &str = "meta";
+const TENANT_CF_PREFIX: &str = "tenant.";
+
+pub const APPLIED: &[u8] = b"a";
+pub const MEMBERSHIP: &[u8] = b"m";
+pub const GLOBALS: &[u8] = b"g";
+pub const TENANT: u8 = b't';
+pub const COUNTERS: u8 = b'u';
+pub const SESSION: u8 = b's';
+pub const EVICTION: u8 = b'x';
+
+pub const NODE: u8 = b'n';
+pub const EDGE: u8 = b'e';
+pub const OUT: u8 = b'o';
+pub const IN: u8 = b'i';
+pub const LABEL: u8 = b'l';
+
+/// The column family of a (validated) tenant id.
+pub fn tenant_cf(tenant: &str) -> String {
+    format!("{TENANT_CF_PREFIX}{tenant}")
+}
+
+/// The tenant id a column-family name belongs to, if it is a tenant CF.
+pub fn tenant_of_cf(cf: &str) -> Option<&str> {
+    cf.strip_prefix(TENANT_CF_PREFIX)
+}
+
+fn tenant_key(kind: u8, tenant: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 2);
+    k.push(kind);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn tenant_record(tenant: &str) -> Vec<u8> {
+    tenant_key(TENANT, tenant)
+}
+
+pub fn tenant_counters(tenant: &str) -> Vec<u8> {
+    tenant_key(COUNTERS, tenant)
+}
+
+/// The tenant id in a `t`/`u` meta key.
+pub fn tenant_of_meta_key(key: &[u8]) -> Option<&str> {
+    let body = key.get(1..)?.strip_suffix(&[0])?;
+    std::str::from_utf8(body).ok()
+}
+
+pub fn session(client_id: u64) -> [u8; 9] {
+    let mut k = [SESSION; 9];
+    k[1..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+pub fn eviction(last_index: u64, client_id: u64) -> [u8; 17] {
+    let mut k = [EVICTION; 17];
+    k[1..9].copy_from_slice(&last_index.to_be_bytes());
+    k[9..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// The client id of an eviction key.
+pub fn eviction_client(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
+}
+
+fn id_key(kind: u8, id: u64) -> [u8; 9] {
+    let mut k = [kind; 9];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn node(id: u64) -> [u8; 9] {
+    id_key(NODE, id)
+}
+
+pub fn edge(id: u64) -> [u8; 9] {
+    id_key(EDGE, id)
+}
+
+fn push_str(k: &mut Vec<u8>, s: &str) {
+    // Names are validated to at most NAME_BYTES_MAX (256) bytes, far below u16::MAX.
+    let len = u16::try_from(s.len()).expect("names are bounded far below 64 KiB");
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(s.as_bytes());
+}
+
+/// Prefix of a node's adjacency in one direction (`OUT` or `IN`), optionally of one type.
+pub fn adjacency_prefix(dir: u8, node: u64, edge_type: Option<&str>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(11 + edge_type.map_or(0, str::len));
+    k.extend_from_slice(&id_key(dir, node));
+    if let Some(t) = edge_type {
+        push_str(&mut k, t);
+    }
+    k
+}
+
+pub fn adjacency(dir: u8, node: u64, edge_type: &str, edge: u64) -> Vec<u8> {
+    let mut k = adjacency_prefix(dir, node, Some(edge_type));
+    k.extend_from_slice(&edge.to_be_bytes());
+    k
+}
+
+/// The edge id at the end of an adjacency key.
+pub fn adjacency_edge(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
+}
+
+pub fn label_prefix(label: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + label.len());
+    k.push(LABEL);
+    push_str(&mut k, label);
+    k
+}
+
+pub fn label(label: &str, node: u64) -> Vec<u8> {
+    let mut k = label_prefix(label);
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
+
+/// The id in an `n`/`e` key or at the end of an `l` key.
+pub fn trailing_id(key: &[u8]) -> Option<u64> {
+    adjacency_edge(key)
+}
+
+pub fn u64_value(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no such key).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_meta_keys_are_prefix_free() {
+        let ids = ["t", "t1", "t1a", "t-", "tt"];
+        for a in ids {
+            for b in ids {
+                if a != b {
+                    for f in [tenant_record, tenant_counters] {
+                        assert!(!f(b).starts_with(&f(a)), "{a} prefixes {b}");
+                    }
+                    assert!(!tenant_cf(b).eq(&tenant_cf(a)));
+                }
+            }
+            assert_eq!(tenant_of_meta_key(&tenant_record(a)), Some(a));
+            assert_eq!(tenant_of_cf(&tenant_cf(a)), Some(a));
+        }
+        assert_eq!(tenant_of_cf(META_CF), None);
+    }
+
+    #[test]
+    fn typed_prefixes_match_one_type_only() {
+        let p = adjacency_prefix(OUT, 7, Some("a"));
+        assert!(adjacency(OUT, 7, "a", 3).starts_with(&p));
+        assert!(!adjacency(OUT, 7, "ab", 3).starts_with(&p));
+        assert!(!label("ab", 1).starts_with(&label_prefix("a")));
+        assert_eq!(adjacency_edge(&adjacency(IN, 1, "x", 99)), Some(99));
+        assert!(node(1) < node(256), "big-endian ids sort numerically");
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}

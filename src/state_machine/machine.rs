@@ -1,0 +1,503 @@
+//! `StateMachine`: opening, applying entries, and openraft's state-machine and snapshot traits.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::SnapshotOf;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use rocksdb::WriteBatch;
+
+use super::apply::{Ddl, apply_request};
+use super::command::{Outcome, Response};
+use super::config::StateMachineConfig;
+use super::keys;
+use super::read::GraphReader;
+use super::snapshot::{SnapshotFile, checkpoint, install_stream, write_stream_file};
+use super::store::{
+    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, sync_dir, write_pointer,
+};
+use super::stream::read_meta;
+use crate::codec;
+use crate::raft::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::tenant::TenantCounters;
+
+/// The current snapshot: its meta and where its stream file is.
+#[derive(Clone, Debug)]
+pub(crate) struct CurrentSnapshot {
+    pub meta: SnapshotMeta,
+    pub path: PathBuf,
+}
+
+/// State shared by the state machine, its snapshot builders and its readers.
+pub(crate) struct Shared {
+    pub cfg: StateMachineConfig,
+    pub opts: RocksOptions,
+    /// Readers clone the `Arc`; an install swaps it and the old database closes (and its
+    /// directory is removed) when the last reader drops it.
+    pub store: RwLock<Arc<Store>>,
+    pub generation: AtomicU64,
+    pub current: Mutex<Option<CurrentSnapshot>>,
+    pub seq: AtomicU64,
+}
+
+impl Shared {
+    pub fn store(&self) -> Arc<Store> {
+        self.store.read().expect("store lock poisoned").clone()
+    }
+
+    fn snapshots(&self) -> PathBuf {
+        self.cfg.dir.join(SNAPSHOTS)
+    }
+
+    /// Makes `cur` the current snapshot unless a newer one is; removes older stream files and
+    /// checkpoints other than `keep_checkpoint`.
+    fn set_current(&self, cur: CurrentSnapshot, keep_checkpoint: Option<&Path>) -> io::Result<()> {
+        let mut slot = self.current.lock().expect("snapshot lock poisoned");
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.meta.last_log_id > cur.meta.last_log_id)
+        {
+            return Ok(());
+        }
+        let keep = cur.path.clone();
+        *slot = Some(cur);
+        drop(slot);
+        for entry in fs::read_dir(self.snapshots())? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let is_old_stream = name.ends_with(".rgsnap") && path != keep;
+            let is_old_ckpt = name.starts_with("ckpt-") && Some(path.as_path()) != keep_checkpoint;
+            if is_old_stream {
+                fs::remove_file(&path)?;
+            } else if is_old_ckpt && keep_checkpoint.is_some() {
+                fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The RocksDB state machine. See the module docs for layout and invariants.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+fn snapshot_name(last: &Option<LogId>) -> String {
+    let n = last.as_ref().map_or(0, |l| l.index + 1);
+    format!("snap-{n:020}.rgsnap")
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn decode_meta(bytes: &[u8], what: &Path) -> io::Result<SnapshotMeta> {
+    codec::decode(bytes).map_err(|e| invalid(format!("{what:?}: snapshot meta: {e}")))
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state machine in `cfg.dir`: the database `CURRENT` names, column
+    /// families reconciled with the tenant registry, the newest snapshot found.
+    pub async fn open(cfg: StateMachineConfig) -> io::Result<StateMachine> {
+        cfg.validate()?;
+        let blocking = cfg.blocking;
+        blocking.run(move || Self::open_blocking(cfg)).await
+    }
+
+    fn open_blocking(cfg: StateMachineConfig) -> io::Result<StateMachine> {
+        let dir = cfg.dir.clone();
+        fs::create_dir_all(dir.join(SNAPSHOTS))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).ok();
+        }
+        let generation = match read_pointer(&dir)? {
+            Some(g) => g,
+            None => {
+                Store::open(&dir.join(db_dir_name(1)), &RocksOptions::new(&cfg))?;
+                write_pointer(&dir, 1)?;
+                1
+            }
+        };
+        remove_leftovers(&dir, generation)?;
+        let opts = RocksOptions::new(&cfg);
+        let store = Store::open(&dir.join(db_dir_name(generation)), &opts)?;
+        reconcile(&store, &opts)?;
+        let (applied, membership) = read_applied(&store)?;
+        let current = find_current_snapshot(&dir.join(SNAPSHOTS))?;
+        let shared = Arc::new(Shared {
+            cfg,
+            opts,
+            store: RwLock::new(Arc::new(store)),
+            generation: AtomicU64::new(generation),
+            current: Mutex::new(current),
+            seq: AtomicU64::new(0),
+        });
+        Ok(StateMachine {
+            shared,
+            applied,
+            membership,
+        })
+    }
+
+    /// A read handle for the server (cheap to clone).
+    pub fn reader(&self) -> GraphReader {
+        GraphReader::new(self.shared.clone())
+    }
+
+    pub fn applied(&self) -> Option<LogId> {
+        self.applied
+    }
+
+    /// Applies one entry: its effects and the applied id in one batch. Returns the response
+    /// (for entries without a client command, `Outcome::Applied`). Errors are fatal for the
+    /// node. openraft applies through [`RaftStateMachine::apply`]; this is the same step, for
+    /// tests and tools.
+    pub fn apply_entry(&mut self, entry: &crate::raft::Entry) -> io::Result<Response> {
+        let log_id = entry.log_id();
+        if let Some(prev) = &self.applied
+            && log_id.index != prev.index + 1
+        {
+            return Err(io::Error::other(format!(
+                "apply out of order: applied {prev}, next entry {log_id}"
+            )));
+        }
+        let store = self.shared.store();
+        let meta = store.meta()?;
+        let mut batch = WriteBatch::default();
+        let mut ddl = Ddl::None;
+        let mut membership = None;
+        let response = match &entry.payload {
+            EntryPayload::Blank => Response {
+                outcome: Ok(Outcome::Applied),
+            },
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(log_id), m.clone());
+                batch.put_cf(&meta, keys::MEMBERSHIP, encode(&stored)?);
+                membership = Some(stored);
+                Response {
+                    outcome: Ok(Outcome::Applied),
+                }
+            }
+            EntryPayload::Normal(req) => {
+                apply_request(&store, log_id.index, req, &mut batch, &mut ddl)?
+            }
+        };
+        batch.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
+        if let Ddl::Create(t) = &ddl {
+            store.create_tenant_cf(t, &self.shared.opts)?;
+        }
+        // Not synced: the Raft log is the durability point. RocksDB's WAL (on) keeps the
+        // multi-column-family batch atomic across a crash.
+        store
+            .db()
+            .write(batch)
+            .map_err(|e| rocks_err(&format!("apply {log_id}"), e))?;
+        if let Ddl::Drop(t) = &ddl {
+            store.drop_cf(&keys::tenant_cf(t))?;
+        }
+        self.applied = Some(log_id);
+        if let Some(m) = membership {
+            self.membership = m;
+        }
+        Ok(response)
+    }
+
+    /// Checkpoints the current state for a snapshot builder.
+    async fn new_builder(&mut self) -> io::Result<Builder> {
+        let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst);
+        let n = self.applied.as_ref().map_or(0, |l| l.index + 1);
+        let dir = self.shared.snapshots().join(format!("ckpt-{n:020}-{seq}"));
+        let store = self.shared.store();
+        let d = dir.clone();
+        self.shared
+            .cfg
+            .blocking
+            .run(move || checkpoint(&store, &d))
+            .await?;
+        Ok(Builder {
+            shared: self.shared.clone(),
+            checkpoint: dir,
+            meta: SnapshotMeta {
+                last_log_id: self.applied,
+                last_membership: self.membership.clone(),
+            },
+        })
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    codec::encode(v).map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Removes database directories other than the current one and interrupted-install debris.
+fn remove_leftovers(dir: &Path, generation: u64) -> io::Result<()> {
+    let current = db_dir_name(generation);
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if (name.starts_with("db-") && name != current) || name == "CURRENT.tmp" {
+            tracing::info!(
+                ?path,
+                "removing a leftover of an interrupted snapshot install"
+            );
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Column families and the registry agree after this: a tenant CF without a registry entry is
+/// an orphan of an interrupted create or delete and is dropped; a registered tenant without a
+/// CF (its create was cut short after the registry batch) gets an empty one, which is only
+/// valid while its usage is zero.
+fn reconcile(store: &Store, opts: &RocksOptions) -> io::Result<()> {
+    let meta = store.meta()?;
+    let mut registered = std::collections::BTreeMap::new();
+    let prefix = [keys::COUNTERS];
+    for kv in store.db().prefix_iterator_cf(&meta, prefix) {
+        let (k, v) = kv.map_err(|e| rocks_err("read registry", e))?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        let tenant = keys::tenant_of_meta_key(&k)
+            .ok_or_else(|| invalid(format!("malformed counters key {k:?}")))?
+            .to_string();
+        let counters: TenantCounters =
+            codec::decode(&v).map_err(|e| invalid(format!("tenant {tenant} counters: {e}")))?;
+        registered.insert(tenant, counters);
+    }
+    for name in store.cf_names()? {
+        if let Some(t) = keys::tenant_of_cf(&name)
+            && !registered.contains_key(t)
+        {
+            tracing::info!(cf = name, "dropping an orphaned tenant column family");
+            store.drop_cf(&name)?;
+        }
+    }
+    for (t, counters) in &registered {
+        if store.cf(&keys::tenant_cf(t)).is_none() {
+            if counters.usage != Default::default() {
+                return Err(invalid(format!(
+                    "tenant {t}: column family missing while usage is {:?}",
+                    counters.usage
+                )));
+            }
+            store.create_tenant_cf(t, opts)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let meta = store.meta()?;
+    let get = |k: &[u8]| {
+        store
+            .db()
+            .get_cf(&meta, k)
+            .map_err(|e| rocks_err("read applied state", e))
+    };
+    let applied = match get(keys::APPLIED)? {
+        Some(b) => Some(codec::decode(&b).map_err(|e| invalid(format!("applied id: {e}")))?),
+        None => None,
+    };
+    let membership = match get(keys::MEMBERSHIP)? {
+        Some(b) => codec::decode(&b).map_err(|e| invalid(format!("membership: {e}")))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+/// The newest complete snapshot stream in `dir`; temporary files are removed.
+fn find_current_snapshot(dir: &Path) -> io::Result<Option<CurrentSnapshot>> {
+    let mut best: Option<PathBuf> = None;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".tmp") || name.ends_with(".recv") {
+            fs::remove_file(&path)?;
+        } else if name.ends_with(".rgsnap") && best.as_ref().is_none_or(|b| path > *b) {
+            best = Some(path);
+        }
+    }
+    let Some(path) = best else { return Ok(None) };
+    let meta = decode_meta(&read_meta(fs::File::open(&path)?)?, &path)?;
+    Ok(Some(CurrentSnapshot { meta, path }))
+}
+
+/// Builds a snapshot from a checkpoint taken when it was created.
+pub struct Builder {
+    shared: Arc<Shared>,
+    checkpoint: PathBuf,
+    meta: SnapshotMeta,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
+        let shared = self.shared.clone();
+        let (ckpt, meta) = (self.checkpoint.clone(), self.meta.clone());
+        let path = shared.snapshots().join(snapshot_name(&meta.last_log_id));
+        let blocking = shared.cfg.blocking;
+        let p = path.clone();
+        let m = meta.clone();
+        blocking
+            .run(move || -> io::Result<()> {
+                let expect = m.last_log_id;
+                let check = |stored: Option<&[u8]>| {
+                    let got: Option<LogId> = match stored {
+                        Some(b) => Some(codec::decode(b).map_err(|e| invalid(e.to_string()))?),
+                        None => None,
+                    };
+                    if got != expect {
+                        return Err(invalid(format!(
+                            "checkpoint holds applied {got:?}, snapshot meta says {expect:?}"
+                        )));
+                    }
+                    Ok(())
+                };
+                write_stream_file(&ckpt, &encode(&m)?, &p, &check)?;
+                shared.set_current(CurrentSnapshot { meta: m, path: p }, Some(&ckpt))
+            })
+            .await?;
+        Ok(SnapshotOf::<TypeConfig, SnapshotFile> {
+            meta,
+            snapshot: SnapshotFile::open(path)?,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = self.apply_entry(&entry)?;
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Builder> {
+        match self.new_builder().await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(error = %e, "could not checkpoint for a snapshot");
+                None
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Builder {
+        // openraft only calls this through the default `try_create_snapshot_builder`, which is
+        // overridden above; a checkpoint failure there is reported, not hidden here.
+        self.new_builder()
+            .await
+            .expect("checkpoint for a snapshot builder")
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let shared = self.shared.clone();
+        let generation = shared.generation.load(Ordering::SeqCst) + 1;
+        let db_dir = shared.cfg.dir.join(db_dir_name(generation));
+        let final_path = shared.snapshots().join(snapshot_name(&meta.last_log_id));
+        let copy = final_path.with_extension("recv");
+        let expect = meta.clone();
+        let blocking = shared.cfg.blocking;
+        let sh = shared.clone();
+        let (store, fp) = blocking
+            .run(move || -> io::Result<(Store, PathBuf)> {
+                let res = install_stream(
+                    &mut snapshot.file,
+                    &copy,
+                    &db_dir,
+                    &sh.opts,
+                    sh.cfg.install_sst_bytes,
+                );
+                let (meta_bytes, _digest, store) = match res {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = fs::remove_dir_all(&db_dir);
+                        let _ = fs::remove_dir_all(db_dir.with_extension("ingest"));
+                        let _ = fs::remove_file(&copy);
+                        return Err(e);
+                    }
+                };
+                let got = decode_meta(&meta_bytes, &snapshot.path)?;
+                let (applied, _) = read_applied(&store)?;
+                if got != expect || applied != expect.last_log_id {
+                    return Err(invalid(format!(
+                        "snapshot {:?} holds {got:?} (applied {applied:?}), expected {expect:?}",
+                        snapshot.path
+                    )));
+                }
+                fs::rename(&copy, &final_path)?;
+                sync_dir(final_path.parent().expect("in the snapshots directory"))?;
+                // The switch: from here a restart opens the new database.
+                write_pointer(&sh.cfg.dir, generation)?;
+                Ok((store, final_path))
+            })
+            .await?;
+        let old = {
+            let mut slot = shared.store.write().expect("store lock poisoned");
+            std::mem::replace(&mut *slot, Arc::new(store))
+        };
+        old.remove_on_drop();
+        drop(old);
+        shared.generation.store(generation, Ordering::SeqCst);
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        // An installed snapshot has no checkpoint of its own: older ones are stale.
+        *shared.current.lock().expect("snapshot lock poisoned") = None;
+        shared.set_current(
+            CurrentSnapshot {
+                meta: meta.clone(),
+                path: fp,
+            },
+            Some(Path::new("")),
+        )?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
+        let cur = self
+            .shared
+            .current
+            .lock()
+            .expect("snapshot lock poisoned")
+            .clone();
+        let Some(cur) = cur else { return Ok(None) };
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotFile> {
+            meta: cur.meta,
+            snapshot: SnapshotFile::open(cur.path)?,
+        }))
+    }
+}

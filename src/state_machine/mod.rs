@@ -1,0 +1,77 @@
+//! The RocksDB state machine: committed Raft entries become graph data here.
+//!
+//! **Design.** One RocksDB database holds a `meta` column family (applied log id, membership,
+//! tenant registry, counters and usage, client sessions) and one column family per tenant (its
+//! nodes, edges and indexes); `keys` documents every key. Applying an entry runs its request
+//! against a [`txn`] overlay of the database; the overlay, the session record and the new
+//! applied id then go into **one** `WriteBatch`. Column-family create and drop cannot be in a
+//! batch: a tenant's CF is created before the batch that registers it and dropped after the
+//! batch that unregisters it (with RocksDB's WAL synced first), and [`StateMachine::open`]
+//! reconciles CFs with the registry, so an interruption at any point converges.
+//!
+//! Writes are not synced: the synced Raft log ([`crate::wal`]) is the durability point, and after
+//! a crash the database is exactly "the state after entry N" for the N it reports; openraft
+//! replays the log after it. RocksDB's WAL stays on (unsynced) because it is what keeps a batch
+//! across column families atomic over a crash.
+//!
+//! Snapshots: a builder checkpoints the database (hard links, memtables flushed) on the
+//! state-machine task, then, off it, writes the checkpoint's logical content as a [`stream`]
+//! file — sorted pairs per column family, CRC32C per frame, a BLAKE3 digest at the end — the same
+//! bytes on every replica. Installing verifies a stream while building SST files, ingests them
+//! into a fresh `db-<gen>` directory, fsyncs it, and only then switches the durable `CURRENT`
+//! pointer; readers holding the old database finish on it. Blocking RocksDB work goes through
+//! [`Blocking`]: the blocking pool in production, inline in the simulation.
+//!
+//! **Invariants**
+//! - The applied index advances by exactly one per entry; anything else is a fatal error.
+//! - Every effect of an entry and its applied id are in one batch: after any crash the database
+//!   is the state after some entry N and reports N.
+//! - Apply is a function of the log alone: ids from per-tenant counters, times stamped by the
+//!   leader, ordered maps, usage from logical key + value bytes.
+//! - A refused request (validation, precondition, not found, quota) writes nothing of itself;
+//!   only its session record (so a retry gets the same answer) and the applied id.
+//! - A tenant's usage equals a recount of its column family: nodes, edges, key + value bytes.
+//! - A request for tenant A reads and writes only A's column family and A's meta keys.
+//! - A client's repeated sequence returns the stored response and applies nothing; an older
+//!   one, or one above 1 from a client without a session, is refused as session-expired.
+//! - I/O errors and undecodable stored bytes are fatal (returned as `io::Error`, which stops
+//!   openraft), never a client error: a replica that cannot apply must not diverge.
+//!
+//! **Caveats**
+//! - Sessions are evicted least-recently-written first past `sessions_max`; a client whose
+//!   session was evicted and who retries its *first* request (sequence 1) cannot be told apart
+//!   from a new client, so that request may apply twice. Clients should send sequence 1 early.
+//! - `ClusterLimits` are replicated through the log (`Command::SetLimits`), not node config.
+//! - The latest checkpoint is kept beside the stream it produced; its hard links hold on to SST
+//!   files that compaction has since replaced, until the next snapshot.
+//! - Decoding a stored value recurses over nested property values; apply bounds nesting
+//!   (`VALUE_DEPTH_MAX`) before anything is stored, and the server must bound it before
+//!   proposing.
+
+mod apply;
+mod command;
+mod config;
+mod graph;
+pub mod keys;
+mod machine;
+mod ops;
+mod read;
+mod snapshot;
+mod store;
+pub mod stream;
+mod txn;
+mod verify;
+
+pub use command::{
+    ApplyError, ClusterLimits, Command, NodeRef, OPERATIONS_MAX, Op, OpResult, Outcome,
+    PRECONDITIONS_MAX, Precondition, Request, Response, WriteRequest,
+};
+pub use config::{Blocking, StateMachineConfig};
+pub use graph::{
+    Direction, Edge, EdgeRecord, LABELS_MAX, NAME_BYTES_MAX, Node, NodeRecord, PROPERTIES_MAX,
+    Properties, RECORD_BYTES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX, VALUE_ITEMS_MAX, Value,
+};
+pub use machine::{Builder, StateMachine};
+pub use read::{GraphReader, Neighbor, PAGE_ITEMS_MAX, Page, ReadError};
+pub use snapshot::SnapshotFile;
+pub use verify::TenantCheck;

@@ -1,0 +1,402 @@
+//! Reads for the server: tenants, nodes, edges, neighbors, label lookups and scans — every list
+//! paginated — and the state digests.
+
+use std::io;
+use std::sync::Arc;
+
+use rocksdb::{Direction as ScanDir, IteratorMode, ReadOptions};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::command::ApplyError;
+use super::graph::{Direction, Edge, EdgeRecord, Node, NodeRecord};
+use super::keys;
+use super::machine::Shared;
+use super::snapshot::{Item, walk, walk_names};
+use super::store::{Store, rocks_err};
+use super::stream::StateHasher;
+use crate::codec;
+use crate::raft::LogId;
+use crate::tenant::{TenantCounters, TenantInfo, TenantRecord, validate_tenant_id};
+
+/// Items one page may hold.
+pub const PAGE_ITEMS_MAX: usize = 1_000;
+
+/// A read failed: a deterministic refusal (bad argument, no such tenant) or local I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Refused(#[from] ApplyError),
+    #[error("state machine read: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One page of a list; pass `next` back as `after` to continue. `next` is None on the last page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Vec<u8>>,
+}
+
+/// One adjacency entry: the edge and the node at its other end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Neighbor {
+    pub edge: u64,
+    pub edge_type: String,
+    pub node: u64,
+}
+
+/// A cheap, cloneable read handle on the state machine's current database.
+#[derive(Clone)]
+pub struct GraphReader {
+    shared: Arc<Shared>,
+}
+
+fn corrupt(what: String) -> ReadError {
+    ReadError::Io(io::Error::new(io::ErrorKind::InvalidData, what))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ReadError> {
+    codec::decode(bytes).map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+fn invalid(field: &str, reason: String) -> ReadError {
+    ReadError::Refused(ApplyError::InvalidArgument {
+        field: field.into(),
+        reason,
+    })
+}
+
+fn check_limit(limit: usize) -> Result<(), ReadError> {
+    if limit == 0 || limit > PAGE_ITEMS_MAX {
+        return Err(invalid(
+            "limit",
+            format!("{limit} outside 1..={PAGE_ITEMS_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+impl GraphReader {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        GraphReader { shared }
+    }
+
+    fn store(&self) -> Arc<Store> {
+        self.shared.store()
+    }
+
+    pub(crate) fn shared_store(&self) -> Arc<Store> {
+        self.shared.store()
+    }
+
+    fn meta_get(&self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        let cf = store.meta()?;
+        Ok(store
+            .db()
+            .get_cf(&cf, key)
+            .map_err(|e| rocks_err("read", e))?)
+    }
+
+    /// The applied log id of the database readers see.
+    pub fn applied(&self) -> Result<Option<LogId>, ReadError> {
+        let store = self.store();
+        match self.meta_get(&store, keys::APPLIED)? {
+            Some(b) => Ok(Some(decode(&b, "applied id")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn record(&self, store: &Store, tenant: &str) -> Result<TenantRecord, ReadError> {
+        validate_tenant_id(tenant).map_err(ApplyError::from)?;
+        let bytes = self
+            .meta_get(store, &keys::tenant_record(tenant))?
+            .ok_or_else(|| ApplyError::TenantNotFound {
+                tenant: tenant.to_string(),
+            })?;
+        decode(&bytes, &format!("tenant {tenant} record"))
+    }
+
+    fn counters(&self, store: &Store, tenant: &str) -> Result<TenantCounters, ReadError> {
+        let bytes = self
+            .meta_get(store, &keys::tenant_counters(tenant))?
+            .ok_or_else(|| corrupt(format!("tenant {tenant}: counters missing")))?;
+        decode(&bytes, &format!("tenant {tenant} counters"))
+    }
+
+    /// A tenant with its usage; secrets redacted.
+    pub fn tenant(&self, tenant: &str) -> Result<TenantInfo, ReadError> {
+        let store = self.store();
+        let rec = self.record(&store, tenant)?;
+        Ok(rec.info(&self.counters(&store, tenant)?))
+    }
+
+    /// Tenants in id order, after `after` (exclusive).
+    pub fn tenants(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<TenantInfo>, ReadError> {
+        check_limit(limit)?;
+        let store = self.store();
+        let cf = store.meta()?;
+        let start = match after {
+            Some(a) => {
+                let mut k = keys::tenant_record(a);
+                k.push(0); // just past `a`'s own key
+                k
+            }
+            None => vec![keys::TENANT],
+        };
+        let mut items = Vec::new();
+        let mode = IteratorMode::From(&start, ScanDir::Forward);
+        for kv in store.db().iterator_cf(&cf, mode) {
+            let (k, v) = kv.map_err(|e| rocks_err("list tenants", e))?;
+            if k.first() != Some(&keys::TENANT) || items.len() == limit {
+                break;
+            }
+            let rec: TenantRecord = decode(&v, "tenant record")?;
+            let counters = self.counters(&store, &rec.id)?;
+            items.push(rec.info(&counters));
+        }
+        let next = (items.len() == limit).then(|| items.last().map(|t| t.id.clone().into_bytes()));
+        Ok(Page {
+            items,
+            next: next.flatten(),
+        })
+    }
+
+    /// Runs `f` with the store and the column family of an enabled tenant.
+    fn with_tenant<T>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce(&Store, &Arc<rocksdb::BoundColumnFamily<'_>>) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        let store = self.store();
+        let rec = self.record(&store, tenant)?;
+        if !rec.enabled {
+            return Err(ApplyError::TenantDisabled {
+                tenant: tenant.to_string(),
+            }
+            .into());
+        }
+        let cf = store
+            .cf(&keys::tenant_cf(tenant))
+            .ok_or_else(|| corrupt(format!("tenant {tenant}: column family missing")))?;
+        f(&store, &cf)
+    }
+
+    pub fn node(&self, tenant: &str, id: u64) -> Result<Option<Node>, ReadError> {
+        self.with_tenant(tenant, |store, cf| {
+            let v = store
+                .db()
+                .get_cf(cf, keys::node(id))
+                .map_err(|e| rocks_err("read node", e))?;
+            v.map(|b| decode::<NodeRecord>(&b, "node").map(|r| r.into_node(id)))
+                .transpose()
+        })
+    }
+
+    pub fn edge(&self, tenant: &str, id: u64) -> Result<Option<Edge>, ReadError> {
+        self.with_tenant(tenant, |store, cf| {
+            let v = store
+                .db()
+                .get_cf(cf, keys::edge(id))
+                .map_err(|e| rocks_err("read edge", e))?;
+            v.map(|b| decode::<EdgeRecord>(&b, "edge").map(|r| r.into_edge(id)))
+                .transpose()
+        })
+    }
+
+    /// Pairs under `prefix` after the cursor `after` (a `next` from an earlier page).
+    fn page(
+        store: &Store,
+        cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(Box<[u8]>, Box<[u8]>)>, Option<Vec<u8>>), ReadError> {
+        check_limit(limit)?;
+        let start = match after {
+            Some(a) if !a.starts_with(prefix) => {
+                return Err(invalid(
+                    "after",
+                    "cursor does not belong to this list".into(),
+                ));
+            }
+            Some(a) => {
+                let mut k = a.to_vec();
+                k.push(0); // the first key after the cursor
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut opts = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let mode = IteratorMode::From(&start, ScanDir::Forward);
+        let mut out = Vec::new();
+        for kv in store.db().iterator_cf_opt(cf, opts, mode).take(limit) {
+            out.push(kv.map_err(|e| rocks_err("scan", e))?);
+        }
+        let next = (out.len() == limit).then(|| out.last().map(|(k, _)| k.to_vec()));
+        Ok((out, next.flatten()))
+    }
+
+    /// Edges out of or into `node`, optionally of one type, with the node at the other end.
+    pub fn neighbors(
+        &self,
+        tenant: &str,
+        node: u64,
+        direction: Direction,
+        edge_type: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page<Neighbor>, ReadError> {
+        let dir = match direction {
+            Direction::Out => keys::OUT,
+            Direction::In => keys::IN,
+        };
+        self.with_tenant(tenant, |store, cf| {
+            let prefix = keys::adjacency_prefix(dir, node, edge_type);
+            let (pairs, next) = Self::page(store, cf, &prefix, after, limit)?;
+            let items = pairs
+                .iter()
+                .map(|(k, v)| {
+                    let bad = || corrupt(format!("adjacency entry {k:?}"));
+                    let ty_len = u16::from_be_bytes(
+                        k.get(9..11).ok_or_else(bad)?.try_into().expect("2 bytes"),
+                    ) as usize;
+                    let ty = k.get(11..11 + ty_len).ok_or_else(bad)?;
+                    Ok(Neighbor {
+                        edge: keys::adjacency_edge(k).ok_or_else(bad)?,
+                        edge_type: String::from_utf8(ty.to_vec()).map_err(|_| bad())?,
+                        node: keys::u64_value(v).ok_or_else(bad)?,
+                    })
+                })
+                .collect::<Result<_, ReadError>>()?;
+            Ok(Page { items, next })
+        })
+    }
+
+    /// Nodes carrying `label`, in id order.
+    pub fn nodes_by_label(
+        &self,
+        tenant: &str,
+        label: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page<Node>, ReadError> {
+        self.with_tenant(tenant, |store, cf| {
+            let (pairs, next) = Self::page(store, cf, &keys::label_prefix(label), after, limit)?;
+            let mut items = Vec::with_capacity(pairs.len());
+            for (k, _) in pairs {
+                let id =
+                    keys::trailing_id(&k).ok_or_else(|| corrupt(format!("label key {k:?}")))?;
+                let bytes = store
+                    .db()
+                    .get_cf(cf, keys::node(id))
+                    .map_err(|e| rocks_err("read node", e))?
+                    .ok_or_else(|| corrupt(format!("label index names missing node {id}")))?;
+                items.push(decode::<NodeRecord>(&bytes, "node")?.into_node(id));
+            }
+            Ok(Page { items, next })
+        })
+    }
+
+    /// Every node of a tenant, in id order.
+    pub fn scan_nodes(
+        &self,
+        tenant: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page<Node>, ReadError> {
+        self.with_tenant(tenant, |store, cf| {
+            let (pairs, next) = Self::page(store, cf, &[keys::NODE], after, limit)?;
+            let items = pairs
+                .iter()
+                .map(|(k, v)| {
+                    let id =
+                        keys::trailing_id(k).ok_or_else(|| corrupt(format!("node key {k:?}")))?;
+                    Ok(decode::<NodeRecord>(v, "node")?.into_node(id))
+                })
+                .collect::<Result<_, ReadError>>()?;
+            Ok(Page { items, next })
+        })
+    }
+
+    /// Every edge of a tenant, in id order.
+    pub fn scan_edges(
+        &self,
+        tenant: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page<Edge>, ReadError> {
+        self.with_tenant(tenant, |store, cf| {
+            let (pairs, next) = Self::page(store, cf, &[keys::EDGE], after, limit)?;
+            let items = pairs
+                .iter()
+                .map(|(k, v)| {
+                    let id =
+                        keys::trailing_id(k).ok_or_else(|| corrupt(format!("edge key {k:?}")))?;
+                    Ok(decode::<EdgeRecord>(v, "edge")?.into_edge(id))
+                })
+                .collect::<Result<_, ReadError>>()?;
+            Ok(Page { items, next })
+        })
+    }
+
+    /// BLAKE3 over the whole state (registry, counters, sessions, applied id, membership and
+    /// every tenant's data) at one consistent point. Equal on replicas at the same applied id,
+    /// and equal to the digest of a snapshot taken there.
+    pub fn digest(&self) -> Result<[u8; 32], ReadError> {
+        let store = self.store();
+        let snap = store.db().snapshot();
+        let names = walk_names(store.cf_names()?);
+        let mut h = StateHasher::default();
+        let opts = || {
+            let mut o = ReadOptions::default();
+            o.set_snapshot(&snap);
+            o
+        };
+        walk(store.db(), &names, &opts, &mut |item| {
+            match item {
+                Item::Cf(n) => h.cf(n),
+                Item::Pair(k, v) => h.pair(k, v),
+            }
+            Ok(())
+        })?;
+        Ok(h.finish().1)
+    }
+
+    /// BLAKE3 over one tenant: its registry record, counters and column family.
+    pub fn tenant_digest(&self, tenant: &str) -> Result<[u8; 32], ReadError> {
+        let store = self.store();
+        self.record(&store, tenant)?;
+        let snap = store.db().snapshot();
+        let mut h = StateHasher::default();
+        let meta = store.meta()?;
+        h.cf(keys::META_CF);
+        for key in [keys::tenant_record(tenant), keys::tenant_counters(tenant)] {
+            let v = snap
+                .get_cf(&meta, &key)
+                .map_err(|e| rocks_err("read", e))?
+                .unwrap_or_default();
+            h.pair(&key, &v);
+        }
+        let opts = || {
+            let mut o = ReadOptions::default();
+            o.set_snapshot(&snap);
+            o
+        };
+        walk(store.db(), &[keys::tenant_cf(tenant)], &opts, &mut |item| {
+            match item {
+                Item::Cf(n) => h.cf(n),
+                Item::Pair(k, v) => h.pair(k, v),
+            }
+            Ok(())
+        })?;
+        Ok(h.finish().1)
+    }
+}

@@ -1,0 +1,241 @@
+//! Snapshots: build (checkpoint, then a stream read from it) and install (stream to SST files,
+//! ingested into a fresh versioned database directory).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SstFileWriter};
+
+use super::keys;
+use super::store::{Rocks, RocksOptions, Store, rocks_err, sync_dir, sync_tree};
+use super::stream::{StreamSink, StreamWriter, read_stream};
+
+/// The snapshot data openraft hands around: an open snapshot stream file. The handle keeps
+/// the bytes readable while a transfer runs, even after a newer snapshot removes the path.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl SnapshotFile {
+    pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
+        let path = path.into();
+        let file = File::open(&path)?;
+        Ok(SnapshotFile { path, file })
+    }
+}
+
+/// One column family or pair of a database walk.
+pub(crate) enum Item<'a> {
+    Cf(&'a str),
+    Pair(&'a [u8], &'a [u8]),
+}
+
+/// The column families a walk visits, in order: every one except RocksDB's unused `default`.
+pub(crate) fn walk_names(mut names: Vec<String>) -> Vec<String> {
+    names.retain(|n| n != "default");
+    names.sort();
+    names
+}
+
+/// Visits `names` (sorted) and all their pairs in key order; `read_opts` gives each iterator's
+/// options (e.g. bound to one RocksDB snapshot so the walk is consistent).
+pub(crate) fn walk(
+    db: &Rocks,
+    names: &[String],
+    read_opts: &dyn Fn() -> ReadOptions,
+    visit: &mut dyn FnMut(Item<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    for name in names {
+        let cf = db
+            .cf_handle(name)
+            .ok_or_else(|| io::Error::other(format!("column family {name} vanished")))?;
+        visit(Item::Cf(name))?;
+        for kv in db.iterator_cf_opt(&cf, read_opts(), IteratorMode::Start) {
+            let (k, v) = kv.map_err(|e| rocks_err("walk", e))?;
+            visit(Item::Pair(&k, &v))?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes a checkpoint of `store` into `dir` (must not exist): hard links, memtables flushed.
+pub(crate) fn checkpoint(store: &Store, dir: &Path) -> io::Result<()> {
+    let cp = Checkpoint::new(store.db()).map_err(|e| rocks_err("checkpoint", e))?;
+    cp.create_checkpoint(dir)
+        .map_err(|e| rocks_err(&format!("checkpoint into {dir:?}"), e))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Writes the stream of the checkpoint at `checkpoint` to `out` (tmp + fsync + rename).
+/// `check_applied` receives the checkpoint's stored applied id bytes, to cross-check the meta.
+pub(crate) fn write_stream_file(
+    checkpoint: &Path,
+    meta: &[u8],
+    out: &Path,
+    check_applied: &dyn Fn(Option<&[u8]>) -> io::Result<()>,
+) -> io::Result<[u8; 32]> {
+    let opts = Options::default();
+    let names =
+        walk_names(Rocks::list_cf(&opts, checkpoint).map_err(|e| rocks_err("list checkpoint", e))?);
+    let db = Rocks::open_cf_for_read_only(&opts, checkpoint, &names, false)
+        .map_err(|e| rocks_err(&format!("open checkpoint {checkpoint:?}"), e))?;
+    {
+        let meta_cf = db
+            .cf_handle(keys::META_CF)
+            .ok_or_else(|| io::Error::other("checkpoint has no meta column family"))?;
+        let applied = db
+            .get_cf(&meta_cf, keys::APPLIED)
+            .map_err(|e| rocks_err("read applied", e))?;
+        check_applied(applied.as_deref())?;
+    }
+    let tmp = out.with_extension("tmp");
+    let mut w = StreamWriter::new(BufWriter::new(File::create(&tmp)?), meta)?;
+    walk(&db, &names, &ReadOptions::default, &mut |item| match item {
+        Item::Cf(n) => w.cf(n),
+        Item::Pair(k, v) => w.pair(k, v),
+    })?;
+    let (buf, digest) = w.finish()?;
+    let file = buf.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    fs::rename(&tmp, out)?;
+    sync_dir(out.parent().expect("snapshot files live in a directory"))?;
+    Ok(digest)
+}
+
+/// Builds SST files per column family from a verified stream.
+struct SstSink<'o> {
+    opts: &'o Options,
+    dir: PathBuf,
+    sst_bytes: u64,
+    writer: Option<SstFileWriter<'o>>,
+    cf: Option<String>,
+    files: BTreeMap<String, Vec<PathBuf>>,
+    seq: u64,
+}
+
+impl SstSink<'_> {
+    fn close(&mut self) -> io::Result<()> {
+        if let Some(mut w) = self.writer.take() {
+            w.finish().map_err(|e| rocks_err("finish SST", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl StreamSink for SstSink<'_> {
+    fn cf(&mut self, name: &str) -> io::Result<()> {
+        self.close()?;
+        self.files.insert(name.to_string(), Vec::new());
+        self.cf = Some(name.to_string());
+        Ok(())
+    }
+
+    fn pair(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if self.writer.is_none() {
+            self.seq += 1;
+            let path = self.dir.join(format!("{:06}.sst", self.seq));
+            let w = SstFileWriter::create(self.opts);
+            w.open(&path).map_err(|e| rocks_err("create SST", e))?;
+            let cf = self
+                .cf
+                .as_ref()
+                .expect("read_stream sends a cf before pairs");
+            self.files
+                .get_mut(cf)
+                .expect("registered in cf()")
+                .push(path);
+            self.writer = Some(w);
+        }
+        let w = self.writer.as_mut().expect("just opened");
+        w.put(key, value).map_err(|e| rocks_err("write SST", e))?;
+        if w.file_size() >= self.sst_bytes {
+            self.close()?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies everything read through it into `w`, so the received stream becomes this node's
+/// current snapshot in the same pass.
+struct Tee<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Verifies the stream in `src` while building SST files, ingests them into a new database at
+/// `db_dir` and fsyncs it; the stream is copied to `copy_to` (fsynced, not yet renamed into
+/// place). Returns the stream's encoded meta, its digest and the open store.
+pub(crate) fn install_stream(
+    src: &mut File,
+    copy_to: &Path,
+    db_dir: &Path,
+    opts: &RocksOptions,
+    sst_bytes: u64,
+) -> io::Result<(Vec<u8>, [u8; 32], Store)> {
+    src.seek(SeekFrom::Start(0))?;
+    let ingest_dir = db_dir.with_extension("ingest");
+    fs::create_dir_all(&ingest_dir)?;
+    let mut tee = Tee {
+        r: BufReader::with_capacity(1 << 20, src),
+        w: BufWriter::with_capacity(1 << 20, File::create(copy_to)?),
+    };
+    let mut sink = SstSink {
+        opts: &opts.cf,
+        dir: ingest_dir.clone(),
+        sst_bytes,
+        writer: None,
+        cf: None,
+        files: BTreeMap::new(),
+        seq: 0,
+    };
+    let (meta, digest) = read_stream(&mut tee, &mut sink)?;
+    sink.close()?;
+    let copy = tee.w.into_inner().map_err(|e| e.into_error())?;
+    copy.sync_all()?;
+
+    let store = Store::open(db_dir, opts)?;
+    let ingest = {
+        let mut o = IngestExternalFileOptions::default();
+        o.set_move_files(true);
+        o
+    };
+    for (name, files) in &sink.files {
+        if name != keys::META_CF {
+            store
+                .db()
+                .create_cf(name, &opts.cf)
+                .map_err(|e| rocks_err(&format!("create {name}"), e))?;
+        }
+        if files.is_empty() {
+            continue;
+        }
+        let cf = store.cf(name).expect("created above");
+        store
+            .db()
+            .ingest_external_file_cf_opts(&cf, &ingest, files.clone())
+            .map_err(|e| rocks_err(&format!("ingest into {name}"), e))?;
+    }
+    store
+        .db()
+        .flush_wal(true)
+        .map_err(|e| rocks_err("sync WAL", e))?;
+    sync_tree(db_dir)?;
+    fs::remove_dir_all(&ingest_dir)?;
+    Ok((meta, digest, store))
+}

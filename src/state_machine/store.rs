@@ -1,0 +1,217 @@
+//! The on-disk layout of the state machine and one open RocksDB database.
+//!
+//! ```text
+//! <dir>/CURRENT              "db-<gen>\n": the database directory in use (tmp + fsync + rename)
+//! <dir>/db-<gen>/            RocksDB; a snapshot install builds db-<gen+1> beside it
+//! <dir>/snapshots/snap-<index>-<term>.rgsnap   the current snapshot stream (see `snapshot`)
+//! <dir>/snapshots/ckpt-<index>-<gen>/          the checkpoint it was read from
+//! ```
+//! Every `db-*` other than the one `CURRENT` names is a leftover of an interrupted install and
+//! is removed on open.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rocksdb::{
+    BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBWithThreadMode,
+    MultiThreaded, Options,
+};
+
+use super::config::StateMachineConfig;
+use super::keys;
+
+pub(crate) type Rocks = DBWithThreadMode<MultiThreaded>;
+
+const POINTER: &str = "CURRENT";
+pub(crate) const SNAPSHOTS: &str = "snapshots";
+
+pub(crate) fn rocks_err(what: &str, e: rocksdb::Error) -> io::Error {
+    io::Error::other(format!("rocksdb: {what}: {e}"))
+}
+
+/// Options shared by the database and every column family: one write-buffer budget for all
+/// column families together and one block cache.
+#[derive(Clone)]
+pub(crate) struct RocksOptions {
+    pub db: Options,
+    pub cf: Options,
+}
+
+impl RocksOptions {
+    pub fn new(cfg: &StateMachineConfig) -> Self {
+        let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        let mut cf = Options::default();
+        cf.set_block_based_table_factory(&table);
+        cf.set_write_buffer_size(cfg.cf_write_buffer_bytes);
+        let mut db = cf.clone();
+        db.create_if_missing(true);
+        db.create_missing_column_families(true);
+        // One budget for every memtable of every column family: past it, the largest flushes.
+        db.set_db_write_buffer_size(cfg.write_buffer_bytes);
+        // The WAL is shared; without a cap an idle tenant's memtable pins old WAL files forever.
+        db.set_max_total_wal_size(4 * cfg.write_buffer_bytes as u64);
+        db.set_max_background_jobs(2);
+        db.set_keep_log_file_num(4);
+        RocksOptions { db, cf }
+    }
+}
+
+/// One open database directory. Dropping the last reference closes it, and removes the
+/// directory if it was superseded by a snapshot install (reads in flight finish first).
+pub(crate) struct Store {
+    db: Option<Rocks>,
+    pub dir: PathBuf,
+    remove_on_drop: AtomicBool,
+}
+
+impl Store {
+    pub fn open(dir: &Path, opts: &RocksOptions) -> io::Result<Store> {
+        let existing = match Rocks::list_cf(&opts.db, dir) {
+            Ok(cfs) => cfs,
+            Err(_) if !dir.join("CURRENT").exists() => vec![],
+            Err(e) => return Err(rocks_err(&format!("list column families in {dir:?}"), e)),
+        };
+        let mut names: Vec<String> = existing;
+        if !names.iter().any(|n| n == keys::META_CF) {
+            names.push(keys::META_CF.to_string());
+        }
+        let cfs = names
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, opts.cf.clone()));
+        let db = Rocks::open_cf_descriptors(&opts.db, dir, cfs)
+            .map_err(|e| rocks_err(&format!("open {dir:?}"), e))?;
+        Ok(Store {
+            db: Some(db),
+            dir: dir.to_path_buf(),
+            remove_on_drop: AtomicBool::new(false),
+        })
+    }
+
+    pub fn db(&self) -> &Rocks {
+        self.db
+            .as_ref()
+            .expect("the database is open until the store drops")
+    }
+
+    pub fn meta(&self) -> io::Result<Arc<BoundColumnFamily<'_>>> {
+        self.cf(keys::META_CF)
+            .ok_or_else(|| io::Error::other("the meta column family is missing"))
+    }
+
+    pub fn cf(&self, name: &str) -> Option<Arc<BoundColumnFamily<'_>>> {
+        self.db().cf_handle(name)
+    }
+
+    /// The names of every column family, sorted.
+    pub fn cf_names(&self) -> io::Result<Vec<String>> {
+        let opts = Options::default();
+        let mut names =
+            Rocks::list_cf(&opts, &self.dir).map_err(|e| rocks_err("list column families", e))?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Creates a tenant's column family; an orphan of the same name (no registry entry, see
+    /// `StateMachine::open`) is dropped first, so the new one starts empty.
+    pub fn create_tenant_cf(&self, tenant: &str, opts: &RocksOptions) -> io::Result<()> {
+        let name = keys::tenant_cf(tenant);
+        if self.cf(&name).is_some() {
+            self.drop_cf(&name)?;
+        }
+        self.db()
+            .create_cf(&name, &opts.cf)
+            .map_err(|e| rocks_err(&format!("create column family {name}"), e))
+    }
+
+    /// Drops a column family after making every earlier batch durable in RocksDB's WAL, so a
+    /// power cut can never leave the drop (durable in the MANIFEST) ahead of the registry
+    /// change that ordered it.
+    pub fn drop_cf(&self, name: &str) -> io::Result<()> {
+        self.db()
+            .flush_wal(true)
+            .map_err(|e| rocks_err("sync the WAL before a drop", e))?;
+        self.db()
+            .drop_cf(name)
+            .map_err(|e| rocks_err(&format!("drop column family {name}"), e))
+    }
+
+    pub fn remove_on_drop(&self) {
+        self.remove_on_drop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        if self.remove_on_drop.load(Ordering::SeqCst)
+            && let Err(e) = fs::remove_dir_all(&self.dir)
+        {
+            tracing::warn!(dir = ?self.dir, error = %e, "could not remove a superseded database");
+        }
+    }
+}
+
+/// The database directory name for a generation.
+pub(crate) fn db_dir_name(generation: u64) -> String {
+    format!("db-{generation:06}")
+}
+
+/// Reads `CURRENT`: the generation of the database in use, or None in a new directory.
+pub(crate) fn read_pointer(dir: &Path) -> io::Result<Option<u64>> {
+    let text = match fs::read_to_string(dir.join(POINTER)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let generation = text
+        .strip_suffix('\n')
+        .and_then(|t| t.strip_prefix("db-"))
+        .filter(|g| g.len() == 6 && g.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{:?}: malformed database pointer {text:?}",
+                    dir.join(POINTER)
+                ),
+            )
+        })?;
+    Ok(Some(generation))
+}
+
+/// Durably points `CURRENT` at `generation`: tmp file, fsync, rename, directory fsync.
+pub(crate) fn write_pointer(dir: &Path, generation: u64) -> io::Result<()> {
+    let tmp = dir.join("CURRENT.tmp");
+    let body = format!("{}\n", db_dir_name(generation));
+    write_durable(&tmp, body.as_bytes())?;
+    fs::rename(&tmp, dir.join(POINTER))?;
+    sync_dir(dir)
+}
+
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Fsyncs every file in `dir` (not recursive) and then `dir` itself.
+pub(crate) fn sync_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}

@@ -1,0 +1,183 @@
+//! One entry's changes, buffered over the database so a refused request changes nothing and an
+//! accepted one lands in a single `WriteBatch` with the applied log id.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use rocksdb::{BoundColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch};
+
+use super::command::ApplyError;
+use super::keys;
+use super::store::{Rocks, rocks_err};
+
+/// An apply failure: deterministic (returned to the client, nothing written) or fatal (I/O or
+/// corruption: the node stops rather than diverge).
+#[derive(Debug)]
+pub(crate) enum Fail {
+    Refused(ApplyError),
+    Fatal(io::Error),
+}
+
+impl<E: Into<ApplyError>> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail::Refused(e.into())
+    }
+}
+
+pub(crate) fn fatal(e: io::Error) -> Fail {
+    Fail::Fatal(e)
+}
+
+/// Which column family a key belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cf {
+    Meta,
+    Data,
+}
+
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+pub(crate) struct Txn<'a> {
+    db: &'a Rocks,
+    meta_cf: Arc<BoundColumnFamily<'a>>,
+    data_cf: Option<Arc<BoundColumnFamily<'a>>>,
+    meta: Overlay,
+    data: Overlay,
+    /// Change in logical bytes (key + value) of the data column family.
+    pub data_bytes: i64,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(db: &'a Rocks, meta_cf: Arc<BoundColumnFamily<'a>>) -> Self {
+        Txn {
+            db,
+            meta_cf,
+            data_cf: None,
+            meta: Overlay::new(),
+            data: Overlay::new(),
+            data_bytes: 0,
+        }
+    }
+
+    /// Binds the tenant column family the data keys go to.
+    pub fn bind(&mut self, cf: Arc<BoundColumnFamily<'a>>) {
+        self.data_cf = Some(cf);
+    }
+
+    fn parts(&self, which: Cf) -> (&Arc<BoundColumnFamily<'a>>, &Overlay) {
+        match which {
+            Cf::Meta => (&self.meta_cf, &self.meta),
+            Cf::Data => (
+                self.data_cf
+                    .as_ref()
+                    .expect("data keys are used after bind"),
+                &self.data,
+            ),
+        }
+    }
+
+    pub fn get(&self, which: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Fail> {
+        let (cf, overlay) = self.parts(which);
+        if let Some(v) = overlay.get(key) {
+            return Ok(v.clone());
+        }
+        self.db
+            .get_cf(cf, key)
+            .map_err(|e| fatal(rocks_err("read", e)))
+    }
+
+    pub fn put(&mut self, which: Cf, key: &[u8], value: Vec<u8>) -> Result<(), Fail> {
+        if which == Cf::Data {
+            let old = self.get(which, key)?.map_or(0, |v| key.len() + v.len());
+            self.data_bytes += (key.len() + value.len()) as i64 - old as i64;
+        }
+        self.overlay(which).insert(key.to_vec(), Some(value));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, which: Cf, key: &[u8]) -> Result<(), Fail> {
+        if which == Cf::Data
+            && let Some(v) = self.get(which, key)?
+        {
+            self.data_bytes -= (key.len() + v.len()) as i64;
+        }
+        self.overlay(which).insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    fn overlay(&mut self, which: Cf) -> &mut Overlay {
+        match which {
+            Cf::Meta => &mut self.meta,
+            Cf::Data => &mut self.data,
+        }
+    }
+
+    /// Up to `limit` pairs whose keys start with `prefix`, in key order, as this transaction
+    /// sees them (its own puts and deletes over the database).
+    pub fn scan(
+        &self,
+        which: Cf,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Fail> {
+        let (cf, overlay) = self.parts(which);
+        let mut opts = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let mut db_iter =
+            self.db
+                .iterator_cf_opt(cf, opts, IteratorMode::From(prefix, Direction::Forward));
+        let mut ov = overlay
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        let mut next_db = || -> Result<Option<(Vec<u8>, Vec<u8>)>, Fail> {
+            match db_iter.next() {
+                None => Ok(None),
+                Some(Err(e)) => Err(fatal(rocks_err("scan", e))),
+                Some(Ok((k, v))) => Ok(Some((k.into_vec(), v.into_vec()))),
+            }
+        };
+        let mut db_head = next_db()?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let take_overlay = match (&db_head, ov.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((dk, _)), Some((ok, _))) => ok.as_slice() <= dk.as_slice(),
+            };
+            if take_overlay {
+                let (k, v) = ov.next().expect("peeked");
+                if db_head.as_ref().is_some_and(|(dk, _)| dk == k) {
+                    db_head = next_db()?; // the overlay shadows this database key
+                }
+                if let Some(v) = v {
+                    out.push((k.clone(), v.clone()));
+                }
+            } else {
+                out.push(db_head.take().expect("checked"));
+                db_head = next_db()?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves every buffered change into `batch`.
+    pub fn into_batch(self, batch: &mut WriteBatch) {
+        for (which, overlay) in [(Cf::Meta, &self.meta), (Cf::Data, &self.data)] {
+            if overlay.is_empty() {
+                continue;
+            }
+            let (cf, _) = self.parts(which);
+            for (k, v) in overlay {
+                match v {
+                    Some(v) => batch.put_cf(cf, k, v),
+                    None => batch.delete_cf(cf, k),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,629 @@
+//! The state machine applying graph operations, admin commands and sessions, read back through
+//! the reader: each test states the behaviour a bug would break.
+
+mod support;
+
+use raftgraph::state_machine::{
+    ApplyError, ClusterLimits, Command, Direction, NodeRef, Op, OpResult, Outcome, Precondition,
+    Request, Value, WriteRequest,
+};
+use raftgraph::tenant::{LlmProvider, LlmProviderConfig, Quotas, Resource, Secret, TenantConfig};
+use support::*;
+
+fn quotas(nodes: u64, edges: u64, bytes: u64) -> Quotas {
+    Quotas {
+        max_nodes: Some(nodes),
+        max_edges: Some(edges),
+        max_storage_bytes: Some(bytes),
+    }
+}
+
+#[tokio::test]
+async fn nodes_edges_and_indexes_follow_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+
+    // Phase 1: two nodes and an edge in one request, the edge naming the nodes by op index.
+    let r = h
+        .write(
+            "t",
+            vec![
+                create_node(&["Person"], &[("name", Value::String("ann".into()))]),
+                create_node(&["Person", "Admin"], &[]),
+                Op::CreateEdge {
+                    source: NodeRef::Created(0),
+                    target: NodeRef::Created(1),
+                    edge_type: "knows".into(),
+                    properties: props(&[("since", Value::Int(2020))]),
+                },
+            ],
+        )
+        .unwrap();
+    let (a, b, e) = (created(&r[0]), created(&r[1]), created(&r[2]));
+    assert_eq!((a, b, e), (1, 2, 1), "ids come from per-tenant counters");
+    let rd = h.reader();
+    let out = rd
+        .neighbors("t", a, Direction::Out, None, None, 10)
+        .unwrap();
+    assert_eq!(out.items.len(), 1);
+    assert_eq!((out.items[0].edge, out.items[0].node), (e, b));
+    let inn = rd
+        .neighbors("t", b, Direction::In, Some("knows"), None, 10)
+        .unwrap();
+    assert_eq!(inn.items[0].node, a);
+    assert!(
+        rd.neighbors("t", b, Direction::In, Some("know"), None, 10)
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let persons = rd.nodes_by_label("t", "Person", None, 10).unwrap();
+    assert_eq!(
+        persons.items.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![a, b]
+    );
+
+    // Phase 2: update properties and labels; the label index follows.
+    h.write(
+        "t",
+        vec![
+            Op::UpdateNode {
+                node: NodeRef::Id(a),
+                set: props(&[("age", Value::Int(30))]),
+                remove: names(&["name"]),
+            },
+            Op::RemoveLabels {
+                node: NodeRef::Id(b),
+                labels: names(&["Admin"]),
+            },
+            Op::AddLabels {
+                node: NodeRef::Id(a),
+                labels: names(&["Admin"]),
+            },
+        ],
+    )
+    .unwrap();
+    let node_a = rd.node("t", a).unwrap().unwrap();
+    assert_eq!(node_a.properties, props(&[("age", Value::Int(30))]));
+    let admins = rd.nodes_by_label("t", "Admin", None, 10).unwrap();
+    assert_eq!(
+        admins.items.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![a]
+    );
+
+    // Phase 3: deleting a node removes its edges and every index entry in the same entry.
+    h.write(
+        "t",
+        vec![Op::DeleteNode {
+            node: NodeRef::Id(b),
+        }],
+    )
+    .unwrap();
+    assert!(rd.edge("t", e).unwrap().is_none());
+    assert!(
+        rd.neighbors("t", a, Direction::Out, None, None, 10)
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let check = rd.verify_tenant("t").unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.recount, check.recorded);
+    assert_eq!((check.recorded.nodes, check.recorded.edges), (1, 0));
+}
+
+#[tokio::test]
+async fn a_failed_operation_or_precondition_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    let n = created(&h.write("t", vec![create_node(&["A"], &[])]).unwrap()[0]);
+    let before = h.reader().digest().unwrap();
+    let usage = h.reader().tenant("t").unwrap().usage;
+
+    // An edge to a missing node after a create: the create must not survive.
+    let err = h
+        .write(
+            "t",
+            vec![
+                create_node(&["B"], &[]),
+                Op::CreateEdge {
+                    source: NodeRef::Id(n),
+                    target: NodeRef::Id(99),
+                    edge_type: "x".into(),
+                    properties: Default::default(),
+                },
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ApplyError::NodeNotFound {
+            tenant: "t".into(),
+            node: 99
+        }
+    );
+    assert!(
+        h.reader()
+            .nodes_by_label("t", "B", None, 10)
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(h.reader().tenant("t").unwrap().usage, usage);
+
+    // A failed precondition.
+    let cmd = Command::Write(WriteRequest {
+        tenant: "t".into(),
+        preconditions: vec![
+            Precondition::NodeExists {
+                node: n,
+                exists: true,
+            },
+            Precondition::NodePropertyEquals {
+                node: n,
+                key: "k".into(),
+                value: Some(Value::Int(1)),
+            },
+        ],
+        operations: vec![Op::DeleteNode {
+            node: NodeRef::Id(n),
+        }],
+    });
+    let err = h.run(1, cmd).outcome.unwrap_err();
+    assert!(
+        matches!(err, ApplyError::PreconditionFailed { index: 1, .. }),
+        "{err}"
+    );
+    assert!(h.reader().node("t", n).unwrap().is_some());
+
+    // Only the session records and applied id changed; the tenant's data digest did not.
+    assert_ne!(
+        h.reader().digest().unwrap(),
+        before,
+        "sessions and applied id moved"
+    );
+    let version = h.reader().node("t", n).unwrap().unwrap().version;
+    let cmd = Command::Write(WriteRequest {
+        tenant: "t".into(),
+        preconditions: vec![Precondition::NodeVersion { node: n, version }],
+        operations: vec![Op::DeleteNode {
+            node: NodeRef::Id(n),
+        }],
+    });
+    assert!(h.run(1, cmd).outcome.is_ok(), "the right version passes");
+}
+
+#[tokio::test]
+async fn quotas_refuse_growth_with_the_figures_and_allow_shrinking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("q", quotas(2, 1, 10_000)).unwrap();
+    h.write("q", vec![create_node(&[], &[]), create_node(&[], &[])])
+        .unwrap();
+    let err = h.write("q", vec![create_node(&[], &[])]).unwrap_err();
+    let ApplyError::Quota(q) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (q.tenant.as_str(), q.resource, q.used, q.requested, q.limit),
+        ("q", Resource::Nodes, 2, 1, 2)
+    );
+    assert_eq!(
+        err.to_string(),
+        "tenant q: quota exceeded for nodes: used 2, requested 1, limit 2"
+    );
+
+    let edge = |s, t| Op::CreateEdge {
+        source: NodeRef::Id(s),
+        target: NodeRef::Id(t),
+        edge_type: "e".into(),
+        properties: Default::default(),
+    };
+    h.write("q", vec![edge(1, 2)]).unwrap();
+    let err = h.write("q", vec![edge(2, 1)]).unwrap_err();
+    assert!(
+        matches!(err, ApplyError::Quota(ref q) if q.resource == Resource::Edges),
+        "{err}"
+    );
+
+    // Storage: a value that would cross the byte limit.
+    let big = Value::Bytes(vec![0; 20_000]);
+    let err = h
+        .write(
+            "q",
+            vec![Op::UpdateNode {
+                node: NodeRef::Id(1),
+                set: props(&[("b", big)]),
+                remove: names(&[]),
+            }],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, ApplyError::Quota(ref q) if q.resource == Resource::StorageBytes),
+        "{err}"
+    );
+
+    // Lower the quota below usage: deletes still pass, growth does not.
+    h.run(
+        0,
+        Command::UpdateQuotas {
+            tenant: "q".into(),
+            quotas: quotas(1, 0, 10_000),
+        },
+    )
+    .outcome
+    .unwrap();
+    assert!(h.write("q", vec![edge(1, 2)]).is_err());
+    h.write(
+        "q",
+        vec![Op::DeleteNode {
+            node: NodeRef::Id(2),
+        }],
+    )
+    .unwrap();
+    let usage = h.reader().tenant("q").unwrap().usage;
+    assert_eq!((usage.nodes, usage.edges), (1, 0));
+    // Unlimited is expressible.
+    h.run(
+        0,
+        Command::UpdateQuotas {
+            tenant: "q".into(),
+            quotas: Quotas::unlimited(),
+        },
+    )
+    .outcome
+    .unwrap();
+    h.write("q", vec![create_node(&[], &[]); 50]).unwrap();
+}
+
+#[tokio::test]
+async fn a_repeated_sequence_returns_the_stored_response_and_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    let req = |seq| Request {
+        client_id: 7,
+        sequence: seq,
+        timestamp_micros: 5,
+        command: Command::Write(WriteRequest {
+            tenant: "t".into(),
+            preconditions: vec![],
+            operations: vec![create_node(&[], &[])],
+        }),
+    };
+    let first = h.apply(req(1));
+    assert_eq!(
+        first.outcome,
+        Ok(Outcome::Write(vec![OpResult::NodeCreated(1)]))
+    );
+    let retry = h.apply(req(1));
+    assert_eq!(retry, first, "the retry gets the original response");
+    assert_eq!(
+        h.reader().tenant("t").unwrap().usage.nodes,
+        1,
+        "and creates nothing"
+    );
+    assert_eq!(
+        h.apply(req(2)).outcome,
+        Ok(Outcome::Write(vec![OpResult::NodeCreated(2)]))
+    );
+    let stale = h.apply(req(1)).outcome.unwrap_err();
+    assert_eq!(
+        stale,
+        ApplyError::SessionExpired {
+            client_id: 7,
+            sequence: 1,
+            last: Some(2)
+        }
+    );
+    // A client never seen, starting above 1, is refused too.
+    let mut r = req(5);
+    r.client_id = 8;
+    assert!(matches!(
+        h.apply(r).outcome,
+        Err(ApplyError::SessionExpired { last: None, .. })
+    ));
+    assert_eq!(h.reader().tenant("t").unwrap().usage.nodes, 2);
+}
+
+#[tokio::test]
+async fn sessions_are_evicted_oldest_first_past_the_replicated_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let limits = ClusterLimits {
+        sessions_max: 3,
+        ..ClusterLimits::default()
+    };
+    h.run(100, Command::SetLimits(limits)).outcome.unwrap();
+    h.create_tenant("t", Quotas::unlimited()).unwrap(); // client 0
+    for client in 1..=3 {
+        h.write_as(client);
+    }
+    // Sessions: 0 and 100 were evicted (oldest), 1..=3 remain; client 100 resuming at 2 fails.
+    let cmd = Command::SetLimits(ClusterLimits {
+        sessions_max: 3,
+        ..ClusterLimits::default()
+    });
+    let r = h.run(100, cmd).outcome.unwrap_err();
+    assert!(
+        matches!(
+            r,
+            ApplyError::SessionExpired {
+                client_id: 100,
+                sequence: 2,
+                last: None
+            }
+        ),
+        "{r}"
+    );
+    // Client 3's session is alive: its retry returns the stored response.
+    let retry = Request {
+        client_id: 3,
+        sequence: 1,
+        timestamp_micros: 0,
+        command: Command::Write(WriteRequest {
+            tenant: "t".into(),
+            preconditions: vec![],
+            operations: vec![create_node(&[], &[])],
+        }),
+    };
+    let nodes = h.reader().tenant("t").unwrap().usage.nodes;
+    assert_eq!(
+        h.apply(retry).outcome,
+        Ok(Outcome::Write(vec![OpResult::NodeCreated(3)]))
+    );
+    assert_eq!(h.reader().tenant("t").unwrap().usage.nodes, nodes);
+}
+
+trait WriteAs {
+    fn write_as(&mut self, client: u64);
+}
+
+impl WriteAs for Harness {
+    fn write_as(&mut self, client: u64) {
+        let cmd = Command::Write(WriteRequest {
+            tenant: "t".into(),
+            preconditions: vec![],
+            operations: vec![create_node(&[], &[])],
+        });
+        self.run(client, cmd).outcome.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tenants_with_prefix_colliding_ids_never_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let ids = ["t", "t1", "t1a"];
+    for t in ids {
+        h.create_tenant(t, Quotas::unlimited()).unwrap();
+    }
+    // Each tenant gets a different number of nodes and edges, labelled alike.
+    for (i, t) in ids.iter().enumerate() {
+        let mut ops = vec![create_node(&["L"], &[("owner", Value::String(t.to_string()))]); i + 1];
+        ops.push(Op::CreateEdge {
+            source: NodeRef::Created(0),
+            target: NodeRef::Created(0),
+            edge_type: "self".into(),
+            properties: Default::default(),
+        });
+        h.write(t, ops).unwrap();
+    }
+    let rd = h.reader();
+    for (i, t) in ids.iter().enumerate() {
+        let nodes = rd.scan_nodes(t, None, 100).unwrap().items;
+        assert_eq!(nodes.len(), i + 1, "{t}");
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n.properties["owner"] == Value::String(t.to_string()))
+        );
+        assert_eq!(
+            rd.nodes_by_label(t, "L", None, 100).unwrap().items.len(),
+            i + 1
+        );
+        assert_eq!(rd.scan_edges(t, None, 100).unwrap().items.len(), 1);
+        let u = rd.tenant(t).unwrap().usage;
+        assert_eq!((u.nodes, u.edges), (i as u64 + 1, 1));
+    }
+    let digests: Vec<_> = ids.iter().map(|t| rd.tenant_digest(t).unwrap()).collect();
+
+    // Writes naming t delete t's node 1 (ids overlap across tenants): the others keep theirs.
+    h.write(
+        "t",
+        vec![Op::DeleteNode {
+            node: NodeRef::Id(1),
+        }],
+    )
+    .unwrap();
+    for (i, t) in ids.iter().enumerate().skip(1) {
+        assert_eq!(rd.tenant_digest(t).unwrap(), digests[i], "{t} changed");
+        assert!(rd.node(t, 1).unwrap().is_some());
+    }
+    // A cursor from one tenant's list cannot page into another's keys.
+    let page = rd.scan_nodes("t1a", None, 1).unwrap();
+    assert!(
+        rd.nodes_by_label("t1", "L", page.next.as_deref(), 10)
+            .is_err()
+    );
+
+    // Deleting t drops only its column family; t1 and t1a keep data, usage and digests.
+    h.run(0, Command::DeleteTenant { tenant: "t".into() })
+        .outcome
+        .unwrap();
+    assert!(matches!(
+        rd.scan_nodes("t", None, 10),
+        Err(raftgraph::state_machine::ReadError::Refused(
+            ApplyError::TenantNotFound { .. }
+        ))
+    ));
+    for (i, t) in ids.iter().enumerate().skip(1) {
+        assert_eq!(
+            rd.tenant_digest(t).unwrap(),
+            digests[i],
+            "{t} changed by the delete"
+        );
+    }
+    // Recreated, t starts empty with fresh counters.
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    assert!(rd.scan_nodes("t", None, 10).unwrap().items.is_empty());
+    assert_eq!(
+        created(&h.write("t", vec![create_node(&[], &[])]).unwrap()[0]),
+        1
+    );
+}
+
+#[tokio::test]
+async fn state_survives_restart_and_tenant_admin_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let mut config = TenantConfig::default();
+    config.llm = Some(LlmProviderConfig {
+        provider: LlmProvider::Ollama,
+        model: "llama".into(),
+        endpoint: None,
+        api_key: Some(Secret::new("secret-key-1")),
+    });
+    let made = h
+        .run(
+            0,
+            Command::CreateTenant {
+                tenant: "acme".into(),
+                quotas: Quotas::default(),
+                config,
+            },
+        )
+        .outcome
+        .unwrap();
+    let Outcome::Tenant(info) = made else {
+        panic!()
+    };
+    assert!(
+        info.config.llm.unwrap().api_key.unwrap().is_redacted(),
+        "the create response redacts"
+    );
+    assert!(matches!(
+        h.create_tenant("acme", Quotas::default()),
+        Err(ApplyError::TenantExists { .. })
+    ));
+    assert!(matches!(
+        h.create_tenant("Bad!", Quotas::default()),
+        Err(ApplyError::Tenant(_))
+    ));
+    h.write("acme", vec![create_node(&["X"], &[])]).unwrap();
+
+    h.run(
+        0,
+        Command::SetTenantEnabled {
+            tenant: "acme".into(),
+            enabled: false,
+        },
+    )
+    .outcome
+    .unwrap();
+    assert_eq!(
+        h.write("acme", vec![create_node(&[], &[])]).unwrap_err(),
+        ApplyError::TenantDisabled {
+            tenant: "acme".into()
+        }
+    );
+    h.run(
+        0,
+        Command::SetTenantEnabled {
+            tenant: "acme".into(),
+            enabled: true,
+        },
+    )
+    .outcome
+    .unwrap();
+
+    let limits = ClusterLimits {
+        tenants_max: 1,
+        ..ClusterLimits::default()
+    };
+    h.run(0, Command::SetLimits(limits)).outcome.unwrap();
+    assert_eq!(
+        h.create_tenant("b", Quotas::default()),
+        Err(ApplyError::TooManyTenants { count: 1, limit: 1 })
+    );
+
+    let digest = h.reader().digest().unwrap();
+    let applied = h.sm.applied();
+    drop(h);
+    let h = Harness::open(dir.path()).await;
+    assert_eq!(h.sm.applied(), applied);
+    assert_eq!(h.reader().digest().unwrap(), digest);
+    let info = h.reader().tenant("acme").unwrap();
+    assert!(
+        info.config.llm.unwrap().api_key.unwrap().is_redacted(),
+        "reads redact"
+    );
+    assert_eq!(info.usage.nodes, 1);
+}
+
+#[tokio::test]
+async fn pages_are_bounded_and_resume_from_their_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    h.write("t", vec![create_node(&["L"], &[]); 25]).unwrap();
+    let rd = h.reader();
+    let mut seen = vec![];
+    let mut after = None;
+    loop {
+        let page = rd.nodes_by_label("t", "L", after.as_deref(), 7).unwrap();
+        seen.extend(page.items.iter().map(|n| n.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    assert!(rd.scan_nodes("t", None, 0).is_err());
+    assert!(
+        rd.scan_nodes("t", None, raftgraph::state_machine::PAGE_ITEMS_MAX + 1)
+            .is_err()
+    );
+    let tenants = rd.tenants(None, 10).unwrap();
+    assert_eq!(tenants.items.len(), 1);
+}
+
+#[tokio::test]
+async fn oversized_input_is_refused_naming_the_field_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    let long = "x".repeat(raftgraph::state_machine::NAME_BYTES_MAX + 1);
+    let err = h
+        .write("t", vec![create_node(&[long.as_str()], &[])])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("operations[0]") && err.contains("limit 256"),
+        "{err}"
+    );
+    // A node grown past the record limit by repeated updates is refused.
+    let n = created(&h.write("t", vec![create_node(&[], &[])]).unwrap()[0]);
+    let mb = Value::Bytes(vec![1; raftgraph::state_machine::VALUE_BYTES_MAX]);
+    let mut last = Ok(vec![]);
+    for i in 0..6 {
+        last = h.write(
+            "t",
+            vec![Op::UpdateNode {
+                node: NodeRef::Id(n),
+                set: props(&[(&format!("p{i}"), mb.clone())]),
+                remove: names(&[]),
+            }],
+        );
+        if last.is_err() {
+            break;
+        }
+    }
+    let err = last.unwrap_err().to_string();
+    assert!(
+        err.contains("record would be") && err.contains("limit 4194304"),
+        "{err}"
+    );
+}
