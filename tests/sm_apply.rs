@@ -627,3 +627,25 @@ async fn oversized_input_is_refused_naming_the_field_and_limit() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn apply_out_of_order_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    let req = Request {
+        client_id: 9,
+        sequence: 1,
+        timestamp_micros: 0,
+        command: Command::DeleteTenant { tenant: "t".into() },
+    };
+    for index in [1, 3] {
+        let err = h.sm.apply_entry(&entry(index, req.clone())).unwrap_err();
+        assert!(err.to_string().contains("apply out of order"), "{err}");
+    }
+    assert!(
+        h.reader().tenant("t").is_ok(),
+        "nothing of a refused entry applied"
+    );
+    assert!(h.sm.apply_entry(&entry(2, req)).is_ok());
+}

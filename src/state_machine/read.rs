@@ -46,6 +46,13 @@ pub struct Neighbor {
     pub node: u64,
 }
 
+/// A client's exactly-once session: its last applied sequence and the entry that applied it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub sequence: u64,
+    pub last_index: u64,
+}
+
 /// A cheap, cloneable read handle on the state machine's current database.
 #[derive(Clone)]
 pub struct GraphReader {
@@ -105,6 +112,19 @@ impl GraphReader {
             Some(b) => Ok(Some(decode(&b, "applied id")?)),
             None => Ok(None),
         }
+    }
+
+    /// The session of `client_id`, if the table holds one.
+    pub fn session(&self, client_id: u64) -> Result<Option<SessionInfo>, ReadError> {
+        let store = self.store();
+        let Some(bytes) = self.meta_get(&store, &keys::session(client_id))? else {
+            return Ok(None);
+        };
+        let s: super::apply::Session = decode(&bytes, "session")?;
+        Ok(Some(SessionInfo {
+            sequence: s.sequence,
+            last_index: s.last_index,
+        }))
     }
 
     fn record(&self, store: &Store, tenant: &str) -> Result<TenantRecord, ReadError> {

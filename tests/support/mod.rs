@@ -2,6 +2,8 @@
 //! log entries and remembers each client's next sequence.
 #![allow(dead_code)]
 
+pub mod logs;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

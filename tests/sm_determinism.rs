@@ -1,0 +1,212 @@
+//! Determinism: one random log applied to state machines in different directories — straight
+//! through, restarted midway, and restored from another's snapshot midway — ends in the same
+//! whole-state digest, and a snapshot's stream digest equals the live digest where it was taken.
+
+mod support;
+
+use std::io;
+
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::RaftStateMachine;
+use raftgraph::state_machine::stream::{StreamSink, read_stream};
+use support::logs::{TENANTS, random_log};
+use support::*;
+
+struct Discard;
+
+impl StreamSink for Discard {
+    fn cf(&mut self, _: &str) -> io::Result<()> {
+        Ok(())
+    }
+    fn pair(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn apply_all(h: &mut Harness, log: &[raftgraph::raft::Entry]) {
+    for e in log {
+        h.sm.apply_entry(e).expect("apply");
+    }
+}
+
+#[tokio::test]
+async fn replicas_reach_equal_digests_through_restart_and_snapshot_install() {
+    for seed in 0..6u64 {
+        let log = random_log(seed, 600);
+        let mid = 250;
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+
+        // Phase 1: straight through.
+        let mut straight = Harness::open(dirs[0].path()).await;
+        apply_all(&mut straight, &log);
+        let want = straight.reader().digest().unwrap();
+
+        // Phase 2: restarted midway (the database is closed and reopened from disk).
+        let mut restarted = Harness::open(dirs[1].path()).await;
+        apply_all(&mut restarted, &log[..mid]);
+        drop(restarted);
+        let mut restarted = Harness::open(dirs[1].path()).await;
+        assert_eq!(restarted.sm.applied().map(|l| l.index), Some(mid as u64));
+        apply_all(&mut restarted, &log[mid..]);
+        assert_eq!(
+            restarted.reader().digest().unwrap(),
+            want,
+            "seed {seed}: restart"
+        );
+
+        // Phase 3: a leader builds a snapshot at `mid`; its stream digest is the live digest.
+        let mut leader = Harness::open(dirs[2].path()).await;
+        apply_all(&mut leader, &log[..mid]);
+        let live = leader.reader().digest().unwrap();
+        let mut builder = leader.sm.try_create_snapshot_builder(true).await.unwrap();
+        // The leader keeps applying while the stream is written from the checkpoint.
+        apply_all(&mut leader, &log[mid..mid + 10]);
+        let snap = builder.build_snapshot().await.unwrap();
+        let (_, stream_digest) = read_stream(&snap.snapshot.file, &mut Discard).unwrap();
+        assert_eq!(
+            stream_digest, live,
+            "seed {seed}: stream digest = live digest at {mid}"
+        );
+
+        // Phase 4: a follower with different history installs it and applies the rest.
+        let mut follower = Harness::open(dirs[3].path()).await;
+        apply_all(&mut follower, &log[..40]);
+        follower
+            .sm
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(
+            follower.reader().digest().unwrap(),
+            live,
+            "seed {seed}: installed state"
+        );
+        apply_all(&mut follower, &log[mid..]);
+        assert_eq!(
+            follower.reader().digest().unwrap(),
+            want,
+            "seed {seed}: after install"
+        );
+
+        // The follower restarts on the installed database (the pointer switched durably).
+        drop(follower);
+        let follower = Harness::open(dirs[3].path()).await;
+        assert_eq!(
+            follower.reader().digest().unwrap(),
+            want,
+            "seed {seed}: reopened"
+        );
+        for t in TENANTS {
+            if let Ok(d) = straight.reader().tenant_digest(t) {
+                assert_eq!(
+                    follower.reader().tenant_digest(t).unwrap(),
+                    d,
+                    "seed {seed}: {t}"
+                );
+                let check = follower.reader().verify_tenant(t).unwrap();
+                assert!(check.problems.is_empty(), "{:?}", check.problems);
+                assert_eq!(check.recount, check.recorded);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_is_refused_and_the_old_state_keeps_serving() {
+    let log = random_log(42, 300);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = Harness::open(a.path()).await;
+    apply_all(&mut leader, &log);
+    let snap = leader
+        .sm
+        .try_create_snapshot_builder(true)
+        .await
+        .unwrap()
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut bytes = std::fs::read(&snap.snapshot.path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let bad = b.path().join("bad.rgsnap");
+    std::fs::write(&bad, &bytes).unwrap();
+
+    let mut follower = Harness::open(&b.path().join("sm")).await;
+    apply_all(&mut follower, &log[..100]);
+    let before = follower.reader().digest().unwrap();
+    let file = raftgraph::state_machine::SnapshotFile::open(&bad).unwrap();
+    let err = follower
+        .sm
+        .install_snapshot(&snap.meta, file)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert_eq!(
+        follower.reader().digest().unwrap(),
+        before,
+        "old state unchanged"
+    );
+    apply_all(&mut follower, &log[100..]);
+    assert_eq!(
+        follower.reader().digest().unwrap(),
+        leader.reader().digest().unwrap()
+    );
+    // No half-installed database directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(b.path().join("sm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("db-") && n != "db-000001")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The generated logs exercise what the digests are meant to compare: successful writes,
+/// cascaded deletes, quota and session refusals, tenant creation and deletion.
+#[tokio::test]
+async fn the_random_logs_cover_successes_and_every_kind_of_refusal() {
+    use raftgraph::state_machine::{ApplyError, Outcome};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let mut kinds: BTreeMap<String, u32> = BTreeMap::new();
+    for e in random_log(0, 2000) {
+        let r = h.sm.apply_entry(&e).unwrap();
+        let kind = match r.outcome {
+            Ok(Outcome::Write(_)) => "write".to_string(),
+            Ok(Outcome::Deleted) => "tenant deleted".to_string(),
+            Ok(Outcome::Tenant(_)) => "tenant changed".to_string(),
+            Ok(o) => format!("{o:?}")
+                .split(['(', ' '])
+                .next()
+                .unwrap()
+                .to_string(),
+            Err(ApplyError::Quota(q)) => format!("quota {}", q.resource),
+            Err(e) => format!("{e:?}")
+                .split(['(', ' '])
+                .next()
+                .unwrap()
+                .to_string(),
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    println!("{kinds:#?}");
+    assert!(
+        kinds["write"] >= 100,
+        "too few successful writes: {kinds:?}"
+    );
+    for k in [
+        "write",
+        "tenant deleted",
+        "tenant changed",
+        "quota nodes",
+        "quota storage_bytes",
+        "SessionExpired",
+        "NodeNotFound",
+        "TenantNotFound",
+    ] {
+        assert!(
+            kinds.get(k).copied().unwrap_or(0) >= 5,
+            "too few {k}: {kinds:?}"
+        );
+    }
+}
