@@ -320,14 +320,21 @@ fn read_applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> 
     Ok((applied, membership))
 }
 
-/// The newest complete snapshot stream in `dir`; temporary files are removed.
+/// The newest complete snapshot stream in `dir`; interrupted temporary files and checkpoint
+/// directories are removed.
 fn find_current_snapshot(dir: &Path) -> io::Result<Option<CurrentSnapshot>> {
     let mut best: Option<PathBuf> = None;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.ends_with(".tmp") || name.ends_with(".recv") {
-            fs::remove_file(&path)?;
+            // Interrupted work: a stream being written or received, or a checkpoint RocksDB
+            // was still building (it renames `<dir>.tmp` into place when complete).
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
         } else if name.ends_with(".rgsnap") && best.as_ref().is_none_or(|b| path > *b) {
             best = Some(path);
         }
