@@ -479,13 +479,15 @@ async fn tenants_with_prefix_colliding_ids_never_see_each_other() {
 async fn state_survives_restart_and_tenant_admin_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
-    let mut config = TenantConfig::default();
-    config.llm = Some(LlmProviderConfig {
-        provider: LlmProvider::Ollama,
-        model: "llama".into(),
-        endpoint: None,
-        api_key: Some(Secret::new("secret-key-1")),
-    });
+    let config = TenantConfig {
+        llm: Some(LlmProviderConfig {
+            provider: LlmProvider::Ollama,
+            model: "llama".into(),
+            endpoint: None,
+            api_key: Some(Secret::new("secret-key-1")),
+        }),
+        ..TenantConfig::default()
+    };
     let made = h
         .run(
             0,

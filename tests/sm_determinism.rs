@@ -68,6 +68,23 @@ async fn replicas_reach_equal_digests_through_restart_and_snapshot_install() {
             "seed {seed}: stream digest = live digest at {mid}"
         );
 
+        // A newer snapshot replaces the file, but a transfer holding the old one keeps reading.
+        let mut sending = leader.sm.get_current_snapshot().await.unwrap().unwrap();
+        let mut b2 = leader.sm.try_create_snapshot_builder(true).await.unwrap();
+        let newer = b2.build_snapshot().await.unwrap();
+        assert!(
+            !sending.snapshot.path.exists(),
+            "the older stream file is removed"
+        );
+        use std::io::Seek;
+        sending.snapshot.file.seek(io::SeekFrom::Start(0)).unwrap();
+        let (_, d) = read_stream(&sending.snapshot.file, &mut Discard).unwrap();
+        assert_eq!(
+            d, live,
+            "seed {seed}: the open handle still reads the whole stream"
+        );
+        assert_eq!(newer.meta.last_log_id.unwrap().index, (mid + 10) as u64);
+
         // Phase 4: a follower with different history installs it and applies the rest.
         let mut follower = Harness::open(dirs[3].path()).await;
         apply_all(&mut follower, &log[..40]);

@@ -1,6 +1,7 @@
 //! openraft's storage conformance suite against the WAL, on real files (dedicated I/O thread) and
-//! on `MemFs` (inline I/O task, as the simulation runs it). The state machine is a test-only
-//! in-memory one until the RocksDB state machine exists.
+//! on `MemFs` (inline I/O task, as the simulation runs it), with a test-only in-memory state
+//! machine so the WAL is tested alone (and under paused time). `sm_conformance.rs` runs the same
+//! suite against the WAL together with the RocksDB state machine.
 
 use std::io;
 use std::io::Cursor;

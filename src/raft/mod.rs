@@ -1,7 +1,7 @@
 //! Raft wiring: the openraft type configuration (the network and bootstrap come with the cluster).
 //!
-//! Entries carry a [`Request`](crate::state_machine::Request); applying one yields a
-//! [`Response`](crate::state_machine::Response). Node ids are `u64`; a node is known by its
+//! Entries carry a [`crate::state_machine::Request`]; applying one yields a
+//! [`crate::state_machine::Response`]. Node ids are `u64`; a node is known by its
 //! address (`BasicNode`).
 
 use crate::state_machine::{Request, Response};

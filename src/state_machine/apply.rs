@@ -197,7 +197,7 @@ fn execute<'s>(
             save(txn, Cf::Meta, &keys::tenant_counters(tenant), &counters)?;
             globals.tenants += 1;
             *ddl = Ddl::Create(tenant.clone());
-            Ok(Outcome::Tenant(rec.info(&counters)))
+            Ok(Outcome::Tenant(Box::new(rec.info(&counters))))
         }
         Command::UpdateQuotas { tenant, quotas } => {
             update_tenant(txn, tenant, now, |r| r.quotas = quotas.clone())
@@ -267,7 +267,7 @@ fn update_tenant(
     rec.updated_micros = now;
     save(txn, Cf::Meta, &keys::tenant_record(tenant), &rec)?;
     let counters = tenant_counters(txn, tenant)?;
-    Ok(Outcome::Tenant(rec.info(&counters)))
+    Ok(Outcome::Tenant(Box::new(rec.info(&counters))))
 }
 
 fn write<'s>(

@@ -197,8 +197,9 @@ pub struct Response {
 pub enum Outcome {
     /// One result per operation, in order.
     Write(Vec<OpResult>),
-    /// The tenant after an admin command (secrets redacted).
-    Tenant(TenantInfo),
+    /// The tenant after an admin command (secrets redacted). Boxed: it is far larger than the
+    /// other outcomes.
+    Tenant(Box<TenantInfo>),
     Deleted,
     Limits(ClusterLimits),
     /// An entry without a client command (blank, membership) was applied.

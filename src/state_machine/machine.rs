@@ -481,14 +481,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         shared.generation.store(generation, Ordering::SeqCst);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        // An installed snapshot has no checkpoint of its own: older ones are stale.
+        // Checkpoints are left for the next build to clear: one may be feeding a build now.
         *shared.current.lock().expect("snapshot lock poisoned") = None;
         shared.set_current(
             CurrentSnapshot {
                 meta: meta.clone(),
                 path: fp,
             },
-            Some(Path::new("")),
+            None,
         )?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! **Design.** One RocksDB database holds a `meta` column family (applied log id, membership,
 //! tenant registry, counters and usage, client sessions) and one column family per tenant (its
 //! nodes, edges and indexes); `keys` documents every key. Applying an entry runs its request
-//! against a [`txn`] overlay of the database; the overlay, the session record and the new
+//! against a `txn` overlay of the database; the overlay, the session record and the new
 //! applied id then go into **one** `WriteBatch`. Column-family create and drop cannot be in a
 //! batch: a tenant's CF is created before the batch that registers it and dropped after the
 //! batch that unregisters it (with RocksDB's WAL synced first), and [`StateMachine::open`]
@@ -49,6 +49,7 @@
 //!   proposing.
 
 mod apply;
+pub mod bench;
 mod command;
 mod config;
 mod graph;

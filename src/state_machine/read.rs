@@ -19,6 +19,8 @@ use crate::codec;
 use crate::raft::LogId;
 use crate::tenant::{TenantCounters, TenantInfo, TenantRecord, validate_tenant_id};
 
+type RawPair = (Box<[u8]>, Box<[u8]>);
+
 /// Items one page may hold.
 pub const PAGE_ITEMS_MAX: usize = 1_000;
 
@@ -235,7 +237,7 @@ impl GraphReader {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<(Vec<(Box<[u8]>, Box<[u8]>)>, Option<Vec<u8>>), ReadError> {
+    ) -> Result<(Vec<RawPair>, Option<Vec<u8>>), ReadError> {
         check_limit(limit)?;
         let start = match after {
             Some(a) if !a.starts_with(prefix) => {

@@ -311,6 +311,24 @@ impl<R: Read> Reader<R> {
     }
 }
 
+/// Reads only the header and the meta frame of a stream (to list snapshots on open).
+pub fn read_meta<R: Read>(r: R) -> io::Result<Vec<u8>> {
+    let mut rd = Reader {
+        r,
+        offset: 0,
+        buf: Vec::new(),
+    };
+    let mut header = [0u8; 12];
+    rd.exact(&mut header)?;
+    if &header[..8] != MAGIC || header[8..] != VERSION.to_le_bytes() {
+        return Err(rd.bad("not a version-1 snapshot stream"));
+    }
+    match rd.frame()? {
+        Some(KIND_META) => Ok(rd.buf),
+        _ => Err(rd.bad("first frame is not the meta frame")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,23 +428,5 @@ mod tests {
             w.cf("tenant.T!").unwrap();
         });
         assert!(e.contains("invalid column-family name"), "{e}");
-    }
-}
-
-/// Reads only the header and the meta frame of a stream (to list snapshots on open).
-pub fn read_meta<R: Read>(r: R) -> io::Result<Vec<u8>> {
-    let mut rd = Reader {
-        r,
-        offset: 0,
-        buf: Vec::new(),
-    };
-    let mut header = [0u8; 12];
-    rd.exact(&mut header)?;
-    if &header[..8] != MAGIC || header[8..] != VERSION.to_le_bytes() {
-        return Err(rd.bad("not a version-1 snapshot stream"));
-    }
-    match rd.frame()? {
-        Some(KIND_META) => Ok(rd.buf),
-        _ => Err(rd.bad("first frame is not the meta frame")),
     }
 }

@@ -37,6 +37,7 @@ pub(crate) enum Cf {
 }
 
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+pub(crate) type Pair = (Vec<u8>, Vec<u8>);
 
 pub(crate) struct Txn<'a> {
     db: &'a Rocks,
@@ -115,12 +116,7 @@ impl<'a> Txn<'a> {
 
     /// Up to `limit` pairs whose keys start with `prefix`, in key order, as this transaction
     /// sees them (its own puts and deletes over the database).
-    pub fn scan(
-        &self,
-        which: Cf,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Fail> {
+    pub fn scan(&self, which: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Pair>, Fail> {
         let (cf, overlay) = self.parts(which);
         let mut opts = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
@@ -133,7 +129,7 @@ impl<'a> Txn<'a> {
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
-        let mut next_db = || -> Result<Option<(Vec<u8>, Vec<u8>)>, Fail> {
+        let mut next_db = || -> Result<Option<Pair>, Fail> {
             match db_iter.next() {
                 None => Ok(None),
                 Some(Err(e)) => Err(fatal(rocks_err("scan", e))),

@@ -164,13 +164,15 @@ mod tests {
 
     #[test]
     fn info_never_carries_a_secret() {
-        let mut config = TenantConfig::default();
-        config.llm = Some(LlmProviderConfig {
-            provider: LlmProvider::OpenAi,
-            model: "gpt".into(),
-            endpoint: None,
-            api_key: Some(Secret::new("sk-live-123")),
-        });
+        let config = TenantConfig {
+            llm: Some(LlmProviderConfig {
+                provider: LlmProvider::OpenAi,
+                model: "gpt".into(),
+                endpoint: None,
+                api_key: Some(Secret::new("sk-live-123")),
+            }),
+            ..TenantConfig::default()
+        };
         let rec = TenantRecord {
             id: "t".into(),
             quotas: Quotas::default(),

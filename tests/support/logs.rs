@@ -111,7 +111,7 @@ impl Gen {
                 config: TenantConfig::default(),
             },
             8 => Command::DeleteTenant { tenant },
-            8..=10 => Command::UpdateQuotas {
+            9..=10 => Command::UpdateQuotas {
                 tenant,
                 quotas: self.quotas(),
             },
