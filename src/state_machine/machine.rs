@@ -211,26 +211,29 @@ impl StateMachine {
         Ok(response)
     }
 
-    /// Checkpoints the current state for a snapshot builder.
-    async fn new_builder(&mut self) -> io::Result<Builder> {
+    /// Checkpoints the current state for a snapshot builder. A failed checkpoint still yields a
+    /// builder, which reports the error from `build_snapshot` (openraft's startup path unwraps
+    /// `try_create_snapshot_builder(true)`, so `None` there would be a panic, not an error).
+    async fn new_builder(&mut self) -> Builder {
         let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst);
         let n = self.applied.as_ref().map_or(0, |l| l.index + 1);
         let dir = self.shared.snapshots().join(format!("ckpt-{n:020}-{seq}"));
         let store = self.shared.store();
         let d = dir.clone();
-        self.shared
+        let made = self
+            .shared
             .cfg
             .blocking
             .run(move || checkpoint(&store, &d))
-            .await?;
-        Ok(Builder {
+            .await;
+        Builder {
             shared: self.shared.clone(),
-            checkpoint: dir,
+            checkpoint: made.map(|()| dir),
             meta: SnapshotMeta {
                 last_log_id: self.applied,
                 last_membership: self.membership.clone(),
             },
-        })
+        }
     }
 }
 
@@ -347,7 +350,8 @@ fn find_current_snapshot(dir: &Path) -> io::Result<Option<CurrentSnapshot>> {
 /// Builds a snapshot from a checkpoint taken when it was created.
 pub struct Builder {
     shared: Arc<Shared>,
-    checkpoint: PathBuf,
+    /// The checkpoint taken when the builder was created, or why it could not be taken.
+    checkpoint: io::Result<PathBuf>,
     meta: SnapshotMeta,
 }
 
@@ -356,7 +360,16 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
         let shared = self.shared.clone();
-        let (ckpt, meta) = (self.checkpoint.clone(), self.meta.clone());
+        let ckpt = match &self.checkpoint {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("snapshot checkpoint: {e}"),
+                ));
+            }
+        };
+        let meta = self.meta.clone();
         let path = shared.snapshots().join(snapshot_name(&meta.last_log_id));
         let blocking = shared.cfg.blocking;
         let p = path.clone();
@@ -409,21 +422,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Builder> {
-        match self.new_builder().await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!(error = %e, "could not checkpoint for a snapshot");
-                None
-            }
-        }
+        Some(self.new_builder().await)
     }
 
     async fn get_snapshot_builder(&mut self) -> Builder {
-        // openraft only calls this through the default `try_create_snapshot_builder`, which is
-        // overridden above; a checkpoint failure there is reported, not hidden here.
-        self.new_builder()
-            .await
-            .expect("checkpoint for a snapshot builder")
+        self.new_builder().await
     }
 
     async fn install_snapshot(
