@@ -651,3 +651,26 @@ async fn apply_out_of_order_is_fatal() {
     );
     assert!(h.sm.apply_entry(&entry(2, req)).is_ok());
 }
+
+#[tokio::test]
+async fn a_missing_database_is_an_error_not_an_empty_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    drop(h);
+    std::fs::remove_dir_all(dir.path().join("db-000001")).unwrap();
+    let err = raftgraph::state_machine::StateMachine::open(config(dir.path()))
+        .await
+        .err()
+        .expect("opening must fail");
+    assert!(err.to_string().contains("db-000001"), "{err}");
+    std::fs::write(dir.path().join("CURRENT"), "garbage").unwrap();
+    let err = raftgraph::state_machine::StateMachine::open(config(dir.path()))
+        .await
+        .err()
+        .expect("opening must fail");
+    assert!(
+        err.to_string().contains("malformed database pointer"),
+        "{err}"
+    );
+}

@@ -105,6 +105,14 @@ async fn replicas_reach_equal_digests_through_restart_and_snapshot_install() {
             "seed {seed}: after install"
         );
 
+        // The superseded database directory is gone once nothing reads from it.
+        let dbs: Vec<_> = std::fs::read_dir(dirs[3].path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("db-"))
+            .collect();
+        assert_eq!(dbs, vec!["db-000002".to_string()], "seed {seed}");
+
         // The follower restarts on the installed database (the pointer switched durably).
         drop(follower);
         let follower = Harness::open(dirs[3].path()).await;

@@ -128,7 +128,15 @@ impl StateMachine {
         };
         remove_leftovers(&dir, generation)?;
         let opts = RocksOptions::new(&cfg);
-        let store = Store::open(&dir.join(db_dir_name(generation)), &opts)?;
+        let db_dir = dir.join(db_dir_name(generation));
+        if !db_dir.join("CURRENT").exists() {
+            // Opening would create an empty database and silently forget the state.
+            return Err(invalid(format!(
+                "{db_dir:?}, named by {:?}, is not a database",
+                dir.join("CURRENT")
+            )));
+        }
+        let store = Store::open(&db_dir, &opts)?;
         reconcile(&store, &opts)?;
         let (applied, membership) = read_applied(&store)?;
         let current = find_current_snapshot(&dir.join(SNAPSHOTS))?;
