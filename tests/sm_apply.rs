@@ -548,7 +548,11 @@ async fn state_survives_restart_and_tenant_admin_is_checked() {
     h.run(0, Command::SetLimits(limits)).outcome.unwrap();
     assert_eq!(
         h.create_tenant("b", Quotas::default()),
-        Err(ApplyError::TooManyTenants { count: 1, limit: 1 })
+        Err(ApplyError::TooManyTenants {
+            tenant: "b".into(),
+            count: 1,
+            limit: 1
+        })
     );
 
     let digest = h.reader().digest().unwrap();
@@ -673,4 +677,111 @@ async fn a_missing_database_is_an_error_not_an_empty_state() {
         err.to_string().contains("malformed database pointer"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn one_entry_is_bounded_in_bytes_written_and_edges_cascaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let limits = ClusterLimits {
+        cascade_edges_max: 5,
+        entry_write_bytes_max: 1 << 20,
+        ..ClusterLimits::default()
+    };
+    h.run(0, Command::SetLimits(limits)).outcome.unwrap();
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+
+    // A node of ~600 KB, rewritten twice in one request: each rewrite counts, so the second
+    // passes the 1 MiB bound although usage barely grows.
+    let big = Value::Bytes(vec![7; 600_000]);
+    let n = created(&h.write("t", vec![create_node(&[], &[("b", big)])]).unwrap()[0]);
+    let touch = |i: i64| Op::UpdateNode {
+        node: NodeRef::Id(n),
+        set: props(&[("i", Value::Int(i))]),
+        remove: names(&[]),
+    };
+    let before = h.reader().tenant_digest("t").unwrap();
+    let err = h.write("t", vec![touch(1), touch(2)]).unwrap_err();
+    let ApplyError::RequestTooLarge {
+        tenant,
+        written,
+        limit,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!((tenant.as_str(), *limit), ("t", 1 << 20));
+    assert!(*written > 1 << 20, "{err}");
+    assert_eq!(
+        h.reader().tenant_digest("t").unwrap(),
+        before,
+        "nothing applied"
+    );
+    h.write("t", vec![touch(1)]).unwrap();
+
+    // Two hubs with 3 edges each: one delete passes the limit of 5, both in one entry do not.
+    let mut ops = vec![create_node(&[], &[]), create_node(&[], &[])];
+    for _ in 0..3 {
+        for hub in [0, 1] {
+            ops.push(Op::CreateEdge {
+                source: NodeRef::Created(hub),
+                target: NodeRef::Id(n),
+                edge_type: "e".into(),
+                properties: Default::default(),
+            });
+        }
+    }
+    let r = h.write("t", ops).unwrap();
+    let (a, b) = (created(&r[0]), created(&r[1]));
+    let del = |id| Op::DeleteNode {
+        node: NodeRef::Id(id),
+    };
+    let err = h.write("t", vec![del(a), del(b)]).unwrap_err();
+    assert_eq!(
+        err,
+        ApplyError::CascadeTooLarge {
+            tenant: "t".into(),
+            node: b,
+            edges: 6,
+            limit: 5
+        }
+    );
+    h.write("t", vec![del(a)]).unwrap();
+    h.write("t", vec![del(b)]).unwrap();
+    assert_eq!(h.reader().tenant("t").unwrap().usage.edges, 0);
+}
+
+#[tokio::test]
+async fn a_used_sequence_with_another_request_is_refused_not_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    for t in ["a", "b"] {
+        h.create_tenant(t, Quotas::unlimited()).unwrap();
+    }
+    let write = |tenant: &str, seq| Request {
+        client_id: 42,
+        sequence: seq,
+        timestamp_micros: seq as i64,
+        command: Command::Write(WriteRequest {
+            tenant: tenant.into(),
+            preconditions: vec![],
+            operations: vec![create_node(&[], &[])],
+        }),
+    };
+    let first = h.apply(write("a", 1));
+    // The same request, re-stamped by a new leader: the stored response.
+    let mut again = write("a", 1);
+    again.timestamp_micros = 99;
+    assert_eq!(h.apply(again), first);
+    // Another tenant's request under the same (client, sequence): refused, nothing leaks.
+    let other = h.apply(write("b", 1)).outcome.unwrap_err();
+    assert_eq!(
+        other,
+        ApplyError::SequenceReused {
+            client_id: 42,
+            sequence: 1
+        }
+    );
+    assert_eq!(h.reader().tenant("b").unwrap().usage.nodes, 0);
+    assert_eq!(h.reader().session(42).unwrap().unwrap().sequence, 1);
 }

@@ -26,7 +26,8 @@ async fn run(seed: u64, n: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
     let rd = h.reader();
-    let mut first: BTreeMap<(u64, u64), Response> = BTreeMap::new();
+    // The first request applied under each (client, sequence), and its response.
+    let mut first: BTreeMap<(u64, u64), (Command, Response)> = BTreeMap::new();
     for e in random_log(seed, n) {
         let before: BTreeMap<&str, _> = TENANTS
             .iter()
@@ -43,14 +44,27 @@ async fn run(seed: u64, n: u64) {
         let key = (req.client_id, req.sequence);
         let expired = matches!(response.outcome, Err(ApplyError::SessionExpired { .. }));
 
-        // A repeat of the session's last sequence returns the first response and changes no
-        // tenant; an older sequence is refused as expired. (Sequence 1 from a client whose
+        // A repeat of the session's last sequence returns the first response (or, if it is
+        // another request under that sequence, is refused) and changes no tenant; an older sequence is refused as expired. (Sequence 1 from a client whose
         // session was evicted is indistinguishable from a new client: the documented caveat.)
         let repeat = session.as_ref().is_some_and(|s| s.sequence == req.sequence);
         let stale = session.as_ref().is_some_and(|s| s.sequence > req.sequence)
             || (session.is_none() && req.sequence > 1);
         if repeat {
-            assert_eq!(Some(&response), first.get(&key), "seed {seed} {e}: repeat");
+            let (command, original) = &first[&key];
+            if *command == req.command {
+                assert_eq!(&response, original, "seed {seed} {e}: repeat");
+            } else {
+                let reused = ApplyError::SequenceReused {
+                    client_id: req.client_id,
+                    sequence: req.sequence,
+                };
+                assert_eq!(
+                    response.outcome,
+                    Err(reused),
+                    "seed {seed} {e}: reused sequence"
+                );
+            }
             for (t, (_, digest)) in &before {
                 assert_eq!(
                     rd.tenant_digest(t).ok().as_ref(),
@@ -67,7 +81,7 @@ async fn run(seed: u64, n: u64) {
         if stale {
             continue;
         }
-        first.insert(key, response.clone());
+        first.insert(key, (req.command.clone(), response.clone()));
 
         // Growth stays within limits.
         if let (Command::Write(w), Ok(Outcome::Write(_))) = (&req.command, &response.outcome) {

@@ -31,7 +31,16 @@ pub(crate) struct Globals {
 pub(crate) struct Session {
     pub sequence: u64,
     pub last_index: u64,
+    /// BLAKE3 of the encoded command: a repeat must be the same request (the leader re-stamps
+    /// the timestamp, so it is left out). Another request under a used sequence is refused
+    /// rather than answered with a response that belongs to something else.
+    pub fingerprint: [u8; 32],
     pub response: Response,
+}
+
+fn fingerprint(command: &Command) -> io::Result<[u8; 32]> {
+    let bytes = crate::codec::encode(command).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(*blake3::hash(&bytes).as_bytes())
 }
 
 /// Column-family work an entry needs beyond its batch (see `Store::create_tenant_cf`).
@@ -67,7 +76,7 @@ pub(crate) fn apply_request(
     if req.sequence == 0 {
         return refuse(ApplyError::InvalidArgument {
             field: "sequence".into(),
-            reason: "must be at least 1".into(),
+            reason: format!("client {}: sequence 0; sequences start at 1", req.client_id),
         });
     }
     let expired = |last| ApplyError::SessionExpired {
@@ -75,7 +84,14 @@ pub(crate) fn apply_request(
         sequence: req.sequence,
         last,
     };
+    let fingerprint = fingerprint(&req.command)?;
     match &session {
+        Some(s) if req.sequence == s.sequence && s.fingerprint != fingerprint => {
+            return refuse(ApplyError::SequenceReused {
+                client_id: req.client_id,
+                sequence: req.sequence,
+            });
+        }
         Some(s) if req.sequence == s.sequence => return Ok(s.response.clone()),
         Some(s) if req.sequence < s.sequence => return refuse(expired(Some(s.sequence))),
         None if req.sequence > 1 => return refuse(expired(None)),
@@ -97,15 +113,14 @@ pub(crate) fn apply_request(
     };
     let response = Response { outcome };
     let before = load_globals(&txn).map_err(fatal_of)?;
-    record_session(
-        &mut txn,
-        &mut globals,
-        req,
-        index,
-        &response,
-        session.as_ref(),
-    )
-    .map_err(fatal_of)?;
+    let new = Session {
+        sequence: req.sequence,
+        last_index: index,
+        fingerprint,
+        response: response.clone(),
+    };
+    record_session(&mut txn, &mut globals, req.client_id, new, session.as_ref())
+        .map_err(fatal_of)?;
     if globals != before {
         save(&mut txn, Cf::Meta, keys::GLOBALS, &globals).map_err(fatal_of)?;
     }
@@ -121,22 +136,20 @@ pub(crate) fn load_globals(txn: &Txn) -> Result<Globals, Fail> {
 fn record_session(
     txn: &mut Txn,
     globals: &mut Globals,
-    req: &Request,
-    index: u64,
-    response: &Response,
+    client_id: u64,
+    session: Session,
     previous: Option<&Session>,
 ) -> Result<(), Fail> {
     match previous {
-        Some(p) => txn.delete(Cf::Meta, &keys::eviction(p.last_index, req.client_id))?,
+        Some(p) => txn.delete(Cf::Meta, &keys::eviction(p.last_index, client_id))?,
         None => globals.sessions += 1,
     }
-    let session = Session {
-        sequence: req.sequence,
-        last_index: index,
-        response: response.clone(),
-    };
-    save(txn, Cf::Meta, &keys::session(req.client_id), &session)?;
-    txn.put(Cf::Meta, &keys::eviction(index, req.client_id), Vec::new())?;
+    txn.put(
+        Cf::Meta,
+        &keys::eviction(session.last_index, client_id),
+        Vec::new(),
+    )?;
+    save(txn, Cf::Meta, &keys::session(client_id), &session)?;
     let excess = globals.sessions.saturating_sub(globals.limits.sessions_max);
     let n = excess.min(EVICTIONS_PER_ENTRY_MAX) as usize;
     if n == 0 {
@@ -179,6 +192,7 @@ fn execute<'s>(
             }
             if globals.tenants >= globals.limits.tenants_max {
                 return Err(ApplyError::TooManyTenants {
+                    tenant: tenant.clone(),
                     count: globals.tenants,
                     limit: globals.limits.tenants_max,
                 }
@@ -230,6 +244,12 @@ fn validate_limits(l: &ClusterLimits) -> Result<(), ApplyError> {
         ("tenants_max", l.tenants_max, 1, 100_000),
         ("sessions_max", l.sessions_max, 1, 100_000_000),
         ("cascade_edges_max", l.cascade_edges_max, 1, 10_000_000),
+        (
+            "entry_write_bytes_max",
+            l.entry_write_bytes_max,
+            1 << 20,
+            1 << 30,
+        ),
     ];
     for (field, v, lo, hi) in checks {
         if !(lo..=hi).contains(&v) {
@@ -290,13 +310,7 @@ fn write<'s>(
         .cf(&keys::tenant_cf(&w.tenant))
         .ok_or_else(|| corrupt(format_args!("tenant {}: column family missing", w.tenant)))?;
     txn.bind(cf);
-    let mut writer = Writer::new(
-        txn,
-        &w.tenant,
-        index,
-        before.clone(),
-        limits.cascade_edges_max,
-    );
+    let mut writer = Writer::new(txn, &w.tenant, index, before.clone(), limits);
     let results = writer.run(w)?;
     let mut after = writer.counters;
     let bytes = i128::from(before.usage.storage_bytes) + i128::from(txn.data_bytes);

@@ -84,8 +84,11 @@ pub struct ClusterLimits {
     /// Client sessions kept for exactly-once; the least recently written is evicted past it.
     /// Default 100,000.
     pub sessions_max: u64,
-    /// Edges a node delete may cascade to in one entry. Default 100,000.
+    /// Edges the node deletes of one entry may cascade to, together. Default 100,000.
     pub cascade_edges_max: u64,
+    /// Bytes one entry may write (keys + values put, keys deleted; rewrites of a record count
+    /// each time), bounding every replica's memory for one apply. Default 64 MiB.
+    pub entry_write_bytes_max: u64,
 }
 
 impl Default for ClusterLimits {
@@ -94,6 +97,7 @@ impl Default for ClusterLimits {
             tenants_max: 256,
             sessions_max: 100_000,
             cascade_edges_max: 100_000,
+            entry_write_bytes_max: 64 << 20,
         }
     }
 }
@@ -225,8 +229,12 @@ pub enum ApplyError {
     TenantExists { tenant: String },
     #[error("tenant {tenant} is disabled")]
     TenantDisabled { tenant: String },
-    #[error("tenant limit reached: {count} tenants exist, limit {limit}")]
-    TooManyTenants { count: u64, limit: u64 },
+    #[error("cannot create tenant {tenant}: {count} tenants exist, limit {limit}")]
+    TooManyTenants {
+        tenant: String,
+        count: u64,
+        limit: u64,
+    },
     #[error("tenant {tenant}: node {node} not found")]
     NodeNotFound { tenant: String, node: u64 },
     #[error("tenant {tenant}: edge {edge} not found")]
@@ -238,7 +246,7 @@ pub enum ApplyError {
         reason: String,
     },
     #[error(
-        "tenant {tenant}: node {node} has {edges} edges, more than one delete may cascade to ({limit})"
+        "tenant {tenant}: deleting node {node} would cascade to at least {edges} edges in this request, limit {limit} per request"
     )]
     CascadeTooLarge {
         tenant: String,
@@ -246,10 +254,22 @@ pub enum ApplyError {
         edges: u64,
         limit: u64,
     },
+    #[error(
+        "tenant {tenant}: request writes at least {written} bytes, limit {limit} per request; split it"
+    )]
+    RequestTooLarge {
+        tenant: String,
+        written: u64,
+        limit: u64,
+    },
     #[error(transparent)]
     Quota(#[from] QuotaExceeded),
     #[error(transparent)]
     Tenant(#[from] TenantError),
+    #[error(
+        "client {client_id}: sequence {sequence} was already used for a different request; use the next sequence"
+    )]
+    SequenceReused { client_id: u64, sequence: u64 },
     #[error(
         "client {client_id}: session expired for sequence {sequence} (last applied sequence: {last:?}); start a new client id"
     )]

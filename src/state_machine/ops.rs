@@ -6,7 +6,9 @@ use std::io;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::command::{ApplyError, NodeRef, Op, OpResult, Precondition, WriteRequest};
+use super::command::{
+    ApplyError, ClusterLimits, NodeRef, Op, OpResult, Precondition, WriteRequest,
+};
 use super::graph::{
     EdgeRecord, LABELS_MAX, NodeRecord, PROPERTIES_MAX, Properties, RECORD_BYTES_MAX,
 };
@@ -49,7 +51,9 @@ pub(crate) struct Writer<'t, 'a> {
     pub tenant: &'t str,
     pub index: u64,
     pub counters: TenantCounters,
-    pub cascade_edges_max: u64,
+    limits: &'t ClusterLimits,
+    /// Edges cascaded by this entry's node deletes so far.
+    cascaded: u64,
     created: Vec<Option<u64>>,
 }
 
@@ -59,14 +63,15 @@ impl<'t, 'a> Writer<'t, 'a> {
         tenant: &'t str,
         index: u64,
         counters: TenantCounters,
-        cascade_edges_max: u64,
+        limits: &'t ClusterLimits,
     ) -> Self {
         Writer {
             txn,
             tenant,
             index,
             counters,
-            cascade_edges_max,
+            limits,
+            cascaded: 0,
             created: Vec::new(),
         }
     }
@@ -78,6 +83,13 @@ impl<'t, 'a> Writer<'t, 'a> {
         let mut results = Vec::with_capacity(req.operations.len());
         for op in &req.operations {
             let r = self.op(op)?;
+            if self.txn.written_bytes > self.limits.entry_write_bytes_max {
+                return Err(Fail::Refused(ApplyError::RequestTooLarge {
+                    tenant: self.tenant.to_string(),
+                    written: self.txn.written_bytes,
+                    limit: self.limits.entry_write_bytes_max,
+                }));
+            }
             self.created.push(match r {
                 OpResult::NodeCreated(id) => Some(id),
                 _ => None,
@@ -335,28 +347,33 @@ impl<'t, 'a> Writer<'t, 'a> {
         Ok(())
     }
 
-    /// Deletes a node and, in the same entry, every edge into or out of it (at most
-    /// `cascade_edges_max`, so one entry's batch stays bounded).
+    /// Deletes a node and, in the same entry, every edge into or out of it (all the node
+    /// deletes of one entry together cascade to at most `cascade_edges_max` edges, so one
+    /// entry's batch stays bounded).
     fn delete_node(&mut self, id: u64) -> Result<OpResult, Fail> {
         let rec = self.node(id)?;
-        let cap = usize::try_from(self.cascade_edges_max).unwrap_or(usize::MAX);
+        let left = self.limits.cascade_edges_max.saturating_sub(self.cascaded);
+        // Reading one past what is left is enough to know the limit is exceeded.
+        let cap = usize::try_from(left.saturating_add(1)).unwrap_or(usize::MAX);
         let mut edges = BTreeSet::new();
         for dir in [keys::OUT, keys::IN] {
             let prefix = keys::adjacency_prefix(dir, id, None);
-            for (k, _) in self.txn.scan(Cf::Data, &prefix, cap.saturating_add(1))? {
+            for (k, _) in self.txn.scan(Cf::Data, &prefix, cap)? {
                 let edge = keys::adjacency_edge(&k)
                     .ok_or_else(|| corrupt(format_args!("adjacency key {k:?}")))?;
                 edges.insert(edge);
             }
         }
-        if edges.len() as u64 > self.cascade_edges_max {
+        let n = edges.len() as u64;
+        if n > left {
             return Err(Fail::Refused(ApplyError::CascadeTooLarge {
                 tenant: self.tenant.to_string(),
                 node: id,
-                edges: edges.len() as u64,
-                limit: self.cascade_edges_max,
+                edges: self.cascaded + n,
+                limit: self.limits.cascade_edges_max,
             }));
         }
+        self.cascaded += n;
         for e in edges {
             let erec = self.edge(e).map_err(|_| {
                 corrupt(format_args!(

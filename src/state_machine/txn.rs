@@ -47,6 +47,9 @@ pub(crate) struct Txn<'a> {
     data: Overlay,
     /// Change in logical bytes (key + value) of the data column family.
     pub data_bytes: i64,
+    /// Bytes this transaction has buffered (every put's key + value, every delete's key, over
+    /// both column families): what bounds one entry's memory and batch size.
+    pub written_bytes: u64,
 }
 
 impl<'a> Txn<'a> {
@@ -58,6 +61,7 @@ impl<'a> Txn<'a> {
             meta: Overlay::new(),
             data: Overlay::new(),
             data_bytes: 0,
+            written_bytes: 0,
         }
     }
 
@@ -93,6 +97,7 @@ impl<'a> Txn<'a> {
             let old = self.get(which, key)?.map_or(0, |v| key.len() + v.len());
             self.data_bytes += (key.len() + value.len()) as i64 - old as i64;
         }
+        self.written_bytes += (key.len() + value.len()) as u64;
         self.overlay(which).insert(key.to_vec(), Some(value));
         Ok(())
     }
@@ -103,6 +108,7 @@ impl<'a> Txn<'a> {
         {
             self.data_bytes -= (key.len() + v.len()) as i64;
         }
+        self.written_bytes += key.len() as u64;
         self.overlay(which).insert(key.to_vec(), None);
         Ok(())
     }

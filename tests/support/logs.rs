@@ -123,6 +123,7 @@ impl Gen {
                 tenants_max: self.rng.random_range(1..4),
                 sessions_max: self.rng.random_range(5..12),
                 cascade_edges_max: self.rng.random_range(1..20),
+                entry_write_bytes_max: self.rng.random_range(1 << 20..2 << 20),
             }),
             _ => Command::Write(self.write(tenant)),
         }
