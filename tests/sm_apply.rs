@@ -588,6 +588,16 @@ async fn pages_are_bounded_and_resume_from_their_cursor() {
     }
     assert_eq!(seen, (1..=25).collect::<Vec<_>>());
     assert!(rd.scan_nodes("t", None, 0).is_err());
+    // Names past the limit are refused as arguments, not turned into keys.
+    let long = "l".repeat(70_000);
+    assert!(matches!(
+        rd.nodes_by_label("t", &long, None, 10),
+        Err(raftgraph::state_machine::ReadError::Refused(
+            ApplyError::InvalidArgument { .. }
+        ))
+    ));
+    let out = raftgraph::state_machine::Direction::Out;
+    assert!(rd.neighbors("t", 1, out, Some(&long), None, 10).is_err());
     assert!(
         rd.scan_nodes("t", None, raftgraph::state_machine::PAGE_ITEMS_MAX + 1)
             .is_err()

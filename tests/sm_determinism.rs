@@ -171,6 +171,27 @@ async fn a_corrupt_snapshot_is_refused_and_the_old_state_keeps_serving() {
         before,
         "old state unchanged"
     );
+
+    // The good snapshot then installs in the same process, over the failed attempt's debris.
+    let good = leader.sm.get_current_snapshot().await.unwrap().unwrap();
+    let mut second = Harness::open(&b.path().join("sm2")).await;
+    let bad_again = raftgraph::state_machine::SnapshotFile::open(&bad).unwrap();
+    assert!(
+        second
+            .sm
+            .install_snapshot(&snap.meta, bad_again)
+            .await
+            .is_err()
+    );
+    second
+        .sm
+        .install_snapshot(&good.meta, good.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.reader().digest().unwrap(),
+        leader.reader().digest().unwrap()
+    );
     apply_all(&mut follower, &log[100..]);
     assert_eq!(
         follower.reader().digest().unwrap(),
@@ -266,4 +287,33 @@ async fn a_node_can_install_its_own_current_snapshot() {
     drop(h);
     let h = Harness::open(dir.path()).await;
     assert_eq!(h.sm.applied().unwrap().index, 300);
+}
+
+/// Checkpoint directories are named by applied index and a per-process counter; after a
+/// restart with nothing applied, a second snapshot at the same index must still build.
+#[tokio::test]
+async fn a_snapshot_at_the_same_index_builds_again_after_restart() {
+    let log = random_log(3, 120);
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    apply_all(&mut h, &log);
+    let first =
+        h.sm.try_create_snapshot_builder(true)
+            .await
+            .unwrap()
+            .build_snapshot()
+            .await
+            .unwrap();
+    drop((first, h));
+    let mut h = Harness::open(dir.path()).await;
+    let again =
+        h.sm.try_create_snapshot_builder(true)
+            .await
+            .unwrap()
+            .build_snapshot()
+            .await
+            .unwrap();
+    assert_eq!(again.meta.last_log_id.unwrap().index, 120);
+    let (_, d) = read_stream(&again.snapshot.file, &mut Discard).unwrap();
+    assert_eq!(d, h.reader().digest().unwrap());
 }

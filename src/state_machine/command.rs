@@ -319,17 +319,20 @@ impl WriteRequest {
                 "{} operations, limit {OPERATIONS_MAX}",
                 self.operations.len()
             );
-            return Err(invalid("operations", reason));
+            return Err(invalid(
+                format!("tenant {}: operations", self.tenant),
+                reason,
+            ));
         }
         if self.preconditions.len() > PRECONDITIONS_MAX {
             let n = self.preconditions.len();
             return Err(invalid(
-                "preconditions",
+                format!("tenant {}: preconditions", self.tenant),
                 format!("{n} preconditions, limit {PRECONDITIONS_MAX}"),
             ));
         }
         for (i, p) in self.preconditions.iter().enumerate() {
-            let field = format!("preconditions[{i}]");
+            let field = format!("tenant {}: preconditions[{i}]", self.tenant);
             match p {
                 Precondition::NodePropertyEquals { key, value, .. }
                 | Precondition::EdgePropertyEquals { key, value, .. } => {
@@ -348,7 +351,8 @@ impl WriteRequest {
     }
 
     fn validate_op(&self, i: usize, op: &Op) -> Result<(), ApplyError> {
-        let field = format!("operations[{i}]");
+        let field = format!("tenant {}: operations[{i}]", self.tenant);
+        let sub = |name: &str| format!("{field}.{name}");
         let node_ref = |r: &NodeRef| match r {
             NodeRef::Created(j) if (*j as usize) >= i => Err(invalid(
                 &field,
@@ -366,11 +370,11 @@ impl WriteRequest {
         let labels = |l: &BTreeSet<String>| {
             if l.len() > LABELS_MAX {
                 return Err(invalid(
-                    &field,
+                    sub("labels"),
                     format!("{} labels, limit {LABELS_MAX}", l.len()),
                 ));
             }
-            check_names(&field, l)
+            check_names(&sub("labels"), l)
         };
         match op {
             Op::CreateNode {
@@ -378,12 +382,12 @@ impl WriteRequest {
                 properties,
             } => {
                 labels(l)?;
-                check_properties(&field, properties)
+                check_properties(&sub("properties"), properties)
             }
             Op::UpdateNode { node, set, remove } => {
                 node_ref(node)?;
-                check_properties(&field, set)?;
-                check_names(&field, remove)
+                check_properties(&sub("set"), set)?;
+                check_names(&sub("remove"), remove)
             }
             Op::AddLabels { node, labels: l } | Op::RemoveLabels { node, labels: l } => {
                 node_ref(node)?;
@@ -398,12 +402,12 @@ impl WriteRequest {
             } => {
                 node_ref(source)?;
                 node_ref(target)?;
-                validate_name(edge_type).map_err(|r| invalid(&field, r))?;
-                check_properties(&field, properties)
+                validate_name(edge_type).map_err(|r| invalid(sub("edge_type"), r))?;
+                check_properties(&sub("properties"), properties)
             }
             Op::UpdateEdge { set, remove, .. } => {
-                check_properties(&field, set)?;
-                check_names(&field, remove)
+                check_properties(&sub("set"), set)?;
+                check_names(&sub("remove"), remove)
             }
             Op::DeleteEdge { .. } => Ok(()),
         }
@@ -465,7 +469,7 @@ mod tests {
         let e = write(ops).validate().unwrap_err().to_string();
         assert_eq!(
             e,
-            "invalid argument operations: 10001 operations, limit 10000"
+            "invalid argument tenant t: operations: 10001 operations, limit 10000"
         );
         let mut w = write(vec![]);
         w.tenant = "Bad".into();

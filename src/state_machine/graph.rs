@@ -106,7 +106,11 @@ pub fn validate_name(s: &str) -> Result<(), String> {
         return Err("empty name".into());
     }
     if s.len() > NAME_BYTES_MAX {
-        return Err(format!("name of {} bytes, limit {NAME_BYTES_MAX}", s.len()));
+        let head: String = s.chars().take(32).collect();
+        return Err(format!(
+            "name {head:?}... of {} bytes, limit {NAME_BYTES_MAX}",
+            s.len()
+        ));
     }
     Ok(())
 }

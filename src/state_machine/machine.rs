@@ -55,31 +55,44 @@ impl Shared {
         self.cfg.dir.join(SNAPSHOTS)
     }
 
-    /// Makes `cur` the current snapshot unless a newer one is; removes older stream files and
-    /// checkpoints other than `keep_checkpoint`.
-    fn set_current(&self, cur: CurrentSnapshot, keep_checkpoint: Option<&Path>) -> io::Result<()> {
+    /// Renames the fsynced stream at `tmp` to `cur.path` and makes it the current snapshot
+    /// unless a newer one already is; removes older stream files, and checkpoints other than
+    /// `keep_checkpoint` when one is given. Returns an open handle to the stream. All of it
+    /// happens under the snapshot lock, so no reader can find a path that is being removed.
+    fn publish(
+        &self,
+        cur: CurrentSnapshot,
+        tmp: &Path,
+        keep_checkpoint: Option<&Path>,
+    ) -> io::Result<SnapshotFile> {
         let mut slot = self.current.lock().expect("snapshot lock poisoned");
+        fs::rename(tmp, &cur.path)?;
+        sync_dir(&self.snapshots())?;
+        let file = SnapshotFile::open(&cur.path)?;
         if slot
             .as_ref()
             .is_some_and(|c| c.meta.last_log_id > cur.meta.last_log_id)
         {
-            return Ok(());
+            // A newer snapshot won meanwhile (e.g. an install): keep only the handle.
+            fs::remove_file(&cur.path)?;
+            return Ok(file);
         }
         let keep = cur.path.clone();
         *slot = Some(cur);
-        drop(slot);
         for entry in fs::read_dir(self.snapshots())? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let is_old_stream = name.ends_with(".rgsnap") && path != keep;
-            let is_old_ckpt = name.starts_with("ckpt-") && Some(path.as_path()) != keep_checkpoint;
-            if is_old_stream {
+            if name.ends_with(".rgsnap") && path != keep {
                 fs::remove_file(&path)?;
-            } else if is_old_ckpt && keep_checkpoint.is_some() {
+            } else if let Some(k) = keep_checkpoint
+                && name.starts_with("ckpt-")
+                && !name.ends_with(".tmp")
+                && path != k
+            {
                 fs::remove_dir_all(&path)?;
             }
         }
-        Ok(())
+        Ok(file)
     }
 }
 
@@ -232,7 +245,11 @@ impl StateMachine {
             .shared
             .cfg
             .blocking
-            .run(move || checkpoint(&store, &d))
+            .run(move || {
+                // `seq` restarts with the process: a checkpoint of the same index may exist.
+                remove_dir_if_exists(&d)?;
+                checkpoint(&store, &d)
+            })
             .await;
         Builder {
             shared: self.shared.clone(),
@@ -242,6 +259,13 @@ impl StateMachine {
                 last_membership: self.membership.clone(),
             },
         }
+    }
+}
+
+fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -380,10 +404,9 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let meta = self.meta.clone();
         let path = shared.snapshots().join(snapshot_name(&meta.last_log_id));
         let blocking = shared.cfg.blocking;
-        let p = path.clone();
         let m = meta.clone();
-        blocking
-            .run(move || -> io::Result<()> {
+        let file = blocking
+            .run(move || -> io::Result<SnapshotFile> {
                 let expect = m.last_log_id;
                 let check = |stored: Option<&[u8]>| {
                     let got: Option<LogId> = match stored {
@@ -397,13 +420,17 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                     }
                     Ok(())
                 };
-                write_stream_file(&ckpt, &encode(&m)?, &p, &check)?;
-                shared.set_current(CurrentSnapshot { meta: m, path: p }, Some(&ckpt))
+                let tmp = path.with_extension("tmp");
+                if let Err(e) = write_stream_file(&ckpt, &encode(&m)?, &tmp, &check) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                shared.publish(CurrentSnapshot { meta: m, path }, &tmp, Some(&ckpt))
             })
             .await?;
         Ok(SnapshotOf::<TypeConfig, SnapshotFile> {
             meta,
-            snapshot: SnapshotFile::open(path)?,
+            snapshot: file,
         })
     }
 }
@@ -450,37 +477,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let expect = meta.clone();
         let blocking = shared.cfg.blocking;
         let sh = shared.clone();
-        let (store, fp) = blocking
-            .run(move || -> io::Result<(Store, PathBuf)> {
-                let res = install_stream(
-                    &mut snapshot.file,
-                    &copy,
-                    &db_dir,
-                    &sh.opts,
-                    sh.cfg.install_sst_bytes,
-                );
-                let (meta_bytes, _digest, store) = match res {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = fs::remove_dir_all(&db_dir);
-                        let _ = fs::remove_dir_all(db_dir.with_extension("ingest"));
-                        let _ = fs::remove_file(&copy);
-                        return Err(e);
+        let c = copy.clone();
+        let store = blocking
+            .run(move || -> io::Result<Store> {
+                let mut attempt = || -> io::Result<Store> {
+                    // An earlier failed install in this process may have left these behind.
+                    remove_dir_if_exists(&db_dir)?;
+                    remove_dir_if_exists(&db_dir.with_extension("ingest"))?;
+                    let (meta_bytes, _digest, store) = install_stream(
+                        &mut snapshot.file,
+                        &c,
+                        &db_dir,
+                        &sh.opts,
+                        sh.cfg.install_sst_bytes,
+                    )?;
+                    let got = decode_meta(&meta_bytes, &snapshot.path)?;
+                    let (applied, _) = read_applied(&store)?;
+                    if got != expect || applied != expect.last_log_id {
+                        return Err(invalid(format!(
+                            "snapshot {:?} holds {got:?} (applied {applied:?}), expected {expect:?}",
+                            snapshot.path
+                        )));
                     }
+                    // The new directory's entry must be durable before the pointer names it.
+                    sync_dir(&sh.cfg.dir)?;
+                    // The switch: from here a restart opens the new database.
+                    write_pointer(&sh.cfg.dir, generation)?;
+                    Ok(store)
                 };
-                let got = decode_meta(&meta_bytes, &snapshot.path)?;
-                let (applied, _) = read_applied(&store)?;
-                if got != expect || applied != expect.last_log_id {
-                    return Err(invalid(format!(
-                        "snapshot {:?} holds {got:?} (applied {applied:?}), expected {expect:?}",
-                        snapshot.path
-                    )));
-                }
-                fs::rename(&copy, &final_path)?;
-                sync_dir(final_path.parent().expect("in the snapshots directory"))?;
-                // The switch: from here a restart opens the new database.
-                write_pointer(&sh.cfg.dir, generation)?;
-                Ok((store, final_path))
+                attempt().inspect_err(|_| {
+                    let _ = fs::remove_dir_all(&db_dir);
+                    let _ = fs::remove_dir_all(db_dir.with_extension("ingest"));
+                    let _ = fs::remove_file(&c);
+                })
             })
             .await?;
         let old = {
@@ -493,30 +522,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         // Checkpoints are left for the next build to clear: one may be feeding a build now.
-        *shared.current.lock().expect("snapshot lock poisoned") = None;
-        shared.set_current(
-            CurrentSnapshot {
-                meta: meta.clone(),
-                path: fp,
-            },
-            None,
-        )?;
+        let cur = CurrentSnapshot {
+            meta: meta.clone(),
+            path: final_path,
+        };
+        shared.publish(cur, &copy, None)?;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
-        let cur = self
-            .shared
-            .current
-            .lock()
-            .expect("snapshot lock poisoned")
-            .clone();
-        let Some(cur) = cur else { return Ok(None) };
+        // Opened under the lock: a concurrent publish cannot remove the file in between.
+        let slot = self.shared.current.lock().expect("snapshot lock poisoned");
+        let Some(cur) = slot.as_ref() else {
+            return Ok(None);
+        };
         Ok(Some(SnapshotOf::<TypeConfig, SnapshotFile> {
-            meta: cur.meta,
-            snapshot: SnapshotFile::open(cur.path)?,
+            meta: cur.meta.clone(),
+            snapshot: SnapshotFile::open(&cur.path)?,
         }))
     }
 }

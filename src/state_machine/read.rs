@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::command::ApplyError;
-use super::graph::{Direction, Edge, EdgeRecord, Node, NodeRecord};
+use super::graph::{Direction, Edge, EdgeRecord, Node, NodeRecord, validate_name};
 use super::keys;
 use super::machine::Shared;
-use super::snapshot::{Item, walk, walk_names};
+use super::snapshot::{Item, registered_cfs, walk};
 use super::store::{Store, rocks_err};
 use super::stream::StateHasher;
 use crate::codec;
@@ -280,6 +280,9 @@ impl GraphReader {
             Direction::Out => keys::OUT,
             Direction::In => keys::IN,
         };
+        if let Some(t) = edge_type {
+            validate_name(t).map_err(|r| invalid("edge_type", r))?;
+        }
         self.with_tenant(tenant, |store, cf| {
             let prefix = keys::adjacency_prefix(dir, node, edge_type);
             let (pairs, next) = Self::page(store, cf, &prefix, after, limit)?;
@@ -310,6 +313,7 @@ impl GraphReader {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Page<Node>, ReadError> {
+        validate_name(label).map_err(|r| invalid("label", r))?;
         self.with_tenant(tenant, |store, cf| {
             let (pairs, next) = Self::page(store, cf, &keys::label_prefix(label), after, limit)?;
             let mut items = Vec::with_capacity(pairs.len());
@@ -375,13 +379,14 @@ impl GraphReader {
     pub fn digest(&self) -> Result<[u8; 32], ReadError> {
         let store = self.store();
         let snap = store.db().snapshot();
-        let names = walk_names(store.cf_names()?);
-        let mut h = StateHasher::default();
         let opts = || {
             let mut o = ReadOptions::default();
             o.set_snapshot(&snap);
             o
         };
+        // The column families are the ones registered at the same point as the data.
+        let names = registered_cfs(store.db(), opts())?;
+        let mut h = StateHasher::default();
         walk(store.db(), &names, &opts, &mut |item| {
             match item {
                 Item::Cf(n) => h.cf(n),
@@ -394,11 +399,20 @@ impl GraphReader {
 
     /// BLAKE3 over one tenant: its registry record, counters and column family.
     pub fn tenant_digest(&self, tenant: &str) -> Result<[u8; 32], ReadError> {
+        validate_tenant_id(tenant).map_err(ApplyError::from)?;
         let store = self.store();
-        self.record(&store, tenant)?;
         let snap = store.db().snapshot();
-        let mut h = StateHasher::default();
         let meta = store.meta()?;
+        let registered = snap
+            .get_cf(&meta, keys::tenant_record(tenant))
+            .map_err(|e| rocks_err("read", e))?;
+        if registered.is_none() {
+            return Err(ApplyError::TenantNotFound {
+                tenant: tenant.to_string(),
+            }
+            .into());
+        }
+        let mut h = StateHasher::default();
         h.cf(keys::META_CF);
         for key in [keys::tenant_record(tenant), keys::tenant_counters(tenant)] {
             let v = snap

@@ -35,11 +35,32 @@ pub(crate) enum Item<'a> {
     Pair(&'a [u8], &'a [u8]),
 }
 
-/// The column families a walk visits, in order: every one except RocksDB's unused `default`.
-pub(crate) fn walk_names(mut names: Vec<String>) -> Vec<String> {
-    names.retain(|n| n != "default");
-    names.sort();
-    names
+/// The column families a walk visits, in order: `meta`, then the CF of every tenant the
+/// registry (read with `opts`, e.g. bound to one RocksDB snapshot) holds. A CF without a registry
+/// entry is not state (an interrupted create or delete; see `reconcile`), so it is left out.
+pub(crate) fn registered_cfs(db: &Rocks, opts: ReadOptions) -> io::Result<Vec<String>> {
+    let meta = db
+        .cf_handle(keys::META_CF)
+        .ok_or_else(|| io::Error::other("the meta column family is missing"))?;
+    let mut names = vec![keys::META_CF.to_string()];
+    let mode = IteratorMode::From(&[keys::TENANT], rocksdb::Direction::Forward);
+    for kv in db.iterator_cf_opt(&meta, opts, mode) {
+        let (k, _) = kv.map_err(|e| rocks_err("read registry", e))?;
+        if k.first() != Some(&keys::TENANT) {
+            break;
+        }
+        let tenant = keys::tenant_of_meta_key(&k).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed registry key {k:?}"),
+            )
+        })?;
+        names.push(keys::tenant_cf(tenant));
+    }
+    // "meta" sorts before every "tenant.*" name, and registry keys are in tenant-id order,
+    // which is the order of their CF names.
+    debug_assert!(names.windows(2).all(|w| w[0] < w[1]));
+    Ok(names)
 }
 
 /// Visits `names` (sorted) and all their pairs in key order; `read_opts` gives each iterator's
@@ -51,9 +72,12 @@ pub(crate) fn walk(
     visit: &mut dyn FnMut(Item<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
     for name in names {
-        let cf = db
-            .cf_handle(name)
-            .ok_or_else(|| io::Error::other(format!("column family {name} vanished")))?;
+        let cf = db.cf_handle(name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("tenant column family {name} is registered but missing"),
+            )
+        })?;
         visit(Item::Cf(name))?;
         for kv in db.iterator_cf_opt(&cf, read_opts(), IteratorMode::Start) {
             let (k, v) = kv.map_err(|e| rocks_err("walk", e))?;
@@ -74,8 +98,9 @@ pub(crate) fn checkpoint(store: &Store, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes the stream of the checkpoint at `checkpoint` to `out` (tmp + fsync + rename).
-/// `check_applied` receives the checkpoint's stored applied id bytes, to cross-check the meta.
+/// Writes the stream of the checkpoint at `checkpoint` to `out` and fsyncs it (the caller
+/// renames it into place). `check_applied` receives the checkpoint's stored applied id bytes, to
+/// cross-check the meta.
 pub(crate) fn write_stream_file(
     checkpoint: &Path,
     meta: &[u8],
@@ -83,9 +108,8 @@ pub(crate) fn write_stream_file(
     check_applied: &dyn Fn(Option<&[u8]>) -> io::Result<()>,
 ) -> io::Result<[u8; 32]> {
     let opts = Options::default();
-    let names =
-        walk_names(Rocks::list_cf(&opts, checkpoint).map_err(|e| rocks_err("list checkpoint", e))?);
-    let db = Rocks::open_cf_for_read_only(&opts, checkpoint, &names, false)
+    let all = Rocks::list_cf(&opts, checkpoint).map_err(|e| rocks_err("list checkpoint", e))?;
+    let db = Rocks::open_cf_for_read_only(&opts, checkpoint, &all, false)
         .map_err(|e| rocks_err(&format!("open checkpoint {checkpoint:?}"), e))?;
     {
         let meta_cf = db
@@ -96,8 +120,8 @@ pub(crate) fn write_stream_file(
             .map_err(|e| rocks_err("read applied", e))?;
         check_applied(applied.as_deref())?;
     }
-    let tmp = out.with_extension("tmp");
-    let mut w = StreamWriter::new(BufWriter::new(File::create(&tmp)?), meta)?;
+    let names = registered_cfs(&db, ReadOptions::default())?;
+    let mut w = StreamWriter::new(BufWriter::new(File::create(out)?), meta)?;
     walk(&db, &names, &ReadOptions::default, &mut |item| match item {
         Item::Cf(n) => w.cf(n),
         Item::Pair(k, v) => w.pair(k, v),
@@ -105,8 +129,6 @@ pub(crate) fn write_stream_file(
     let (buf, digest) = w.finish()?;
     let file = buf.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    fs::rename(&tmp, out)?;
-    sync_dir(out.parent().expect("snapshot files live in a directory"))?;
     Ok(digest)
 }
 
