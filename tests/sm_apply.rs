@@ -795,3 +795,36 @@ async fn a_used_sequence_with_another_request_is_refused_not_answered() {
     assert_eq!(h.reader().tenant("b").unwrap().usage.nodes, 0);
     assert_eq!(h.reader().session(42).unwrap().unwrap().sequence, 1);
 }
+
+#[tokio::test]
+async fn tenant_configs_are_validated_replicated_and_read_back_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::default()).unwrap();
+    let provider = |key: Secret| LlmProviderConfig {
+        provider: LlmProvider::Anthropic,
+        model: "m".into(),
+        endpoint: Some("https://example.invalid".into()),
+        api_key: Some(key),
+    };
+    let config = |key| TenantConfig {
+        llm: Some(provider(key)),
+        ..TenantConfig::default()
+    };
+    let set = |c| Command::SetTenantConfig {
+        tenant: "t".into(),
+        config: c,
+    };
+    // A read's redacted placeholder sent back as a config is refused (it would erase the key).
+    let err = h.run(0, set(config(Secret::Redacted))).outcome.unwrap_err();
+    assert!(err.to_string().contains("llm.api_key"), "{err}");
+    h.run(0, set(config(Secret::new("sk-123"))))
+        .outcome
+        .unwrap();
+    let info = h.reader().tenant("t").unwrap();
+    let llm = info.config.llm.unwrap();
+    assert_eq!(
+        (llm.model.as_str(), llm.api_key),
+        ("m", Some(Secret::Redacted))
+    );
+}

@@ -32,15 +32,24 @@
 //!   only its session record (so a retry gets the same answer) and the applied id.
 //! - A tenant's usage equals a recount of its column family: nodes, edges, key + value bytes.
 //! - A request for tenant A reads and writes only A's column family and A's meta keys.
-//! - A client's repeated sequence returns the stored response and applies nothing; an older
-//!   one, or one above 1 from a client without a session, is refused as session-expired.
+//! - A client's repeated sequence with the same command returns the stored response and
+//!   applies nothing; with another command it is refused (`SequenceReused`); an older one, or
+//!   one above 1 from a client without a session, is refused as session-expired.
+//! - One entry's work is bounded whatever it asks: at most `entry_write_bytes_max` bytes
+//!   buffered and `cascade_edges_max` edges cascaded (both replicated `ClusterLimits`), at most
+//!   `EVICTIONS_PER_ENTRY_MAX` sessions evicted.
 //! - I/O errors and undecodable stored bytes are fatal (returned as `io::Error`, which stops
 //!   openraft), never a client error: a replica that cannot apply must not diverge.
 //!
 //! **Caveats**
 //! - Sessions are evicted least-recently-written first past `sessions_max`; a client whose
 //!   session was evicted and who retries its *first* request (sequence 1) cannot be told apart
-//!   from a new client, so that request may apply twice. Clients should send sequence 1 early.
+//!   from a new client, so that request may apply twice. It takes `sessions_max` (default
+//!   100,000) other clients writing between the first attempt and its retry.
+//! - Sessions are keyed by client id alone; that one principal cannot use another's client id
+//!   is for the server to enforce (tie client ids to the authenticated caller).
+//! - Apply itself runs RocksDB writes on the state-machine task (memtable writes, not synced);
+//!   only a tenant delete blocks there on an fsync (RocksDB's WAL, before the drop).
 //! - `ClusterLimits` are replicated through the log (`Command::SetLimits`), not node config.
 //! - The latest checkpoint is kept beside the stream it produced; its hard links hold on to SST
 //!   files that compaction has since replaced, until the next snapshot.
