@@ -317,3 +317,58 @@ async fn a_snapshot_at_the_same_index_builds_again_after_restart() {
     let (_, d) = read_stream(&again.snapshot.file, &mut Discard).unwrap();
     assert_eq!(d, h.reader().digest().unwrap());
 }
+
+/// Readers running while a snapshot is installed finish on the database they started on and
+/// then see the installed one: every read succeeds and returns one of the two states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_an_install_see_the_old_or_the_new_state() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let log = random_log(5, 400);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = Harness::open(a.path()).await;
+    apply_all(&mut leader, &log);
+    let snap = leader
+        .sm
+        .try_create_snapshot_builder(true)
+        .await
+        .unwrap()
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut follower = Harness::open(b.path()).await;
+    apply_all(&mut follower, &log[..50]);
+    let old = follower.reader().digest().unwrap();
+    let new = leader.reader().digest().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = follower.reader();
+    let s = stop.clone();
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let readers = std::thread::spawn(move || {
+        let mut seen = (0u32, 0u32);
+        while !s.load(Ordering::SeqCst) {
+            let _ = started.send(());
+            let d = reader.digest().expect("a read during install failed");
+            match d {
+                d if d == old => seen.0 += 1,
+                d if d == new => seen.1 += 1,
+                _ => panic!("a read saw a state that is neither before nor after the install"),
+            }
+        }
+        // One more after the install returned: the new state.
+        assert_eq!(reader.digest().unwrap(), new);
+        seen
+    });
+    // The install starts once the reader is reading (no timing assumption).
+    started_rx.recv().unwrap();
+    follower
+        .sm
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (before, after) = readers.join().unwrap();
+    assert!(before > 0, "the first read precedes the install");
+    println!("reads: {before} of the old state, {after} of the new");
+}
