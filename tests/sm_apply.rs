@@ -828,3 +828,46 @@ async fn tenant_configs_are_validated_replicated_and_read_back_redacted() {
         ("m", Some(Secret::Redacted))
     );
 }
+
+/// The byte bound stops buffering as soon as it is passed, also inside one operation's cascade.
+#[tokio::test]
+async fn a_cascade_stops_buffering_at_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let limits = ClusterLimits {
+        entry_write_bytes_max: 1 << 20,
+        ..ClusterLimits::default()
+    };
+    h.run(0, Command::SetLimits(limits)).outcome.unwrap();
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    let hub = created(&h.write("t", vec![create_node(&[], &[])]).unwrap()[0]);
+    let long_type = "x".repeat(256);
+    for _ in 0..3 {
+        let ops = (0..1000)
+            .map(|_| Op::CreateEdge {
+                source: NodeRef::Id(hub),
+                target: NodeRef::Id(hub),
+                edge_type: long_type.clone(),
+                properties: Default::default(),
+            })
+            .collect();
+        h.write("t", ops).unwrap();
+    }
+    let err = h
+        .write(
+            "t",
+            vec![Op::DeleteNode {
+                node: NodeRef::Id(hub),
+            }],
+        )
+        .unwrap_err();
+    let ApplyError::RequestTooLarge { written, limit, .. } = err else {
+        panic!("{err}")
+    };
+    // At most one key (≤ 300 bytes here) past the limit was buffered, not the whole cascade.
+    assert!(
+        written > limit && written <= limit + 300,
+        "{written} vs {limit}"
+    );
+    assert_eq!(h.reader().tenant("t").unwrap().usage.edges, 3000);
+}

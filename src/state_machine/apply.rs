@@ -310,6 +310,7 @@ fn write<'s>(
         .cf(&keys::tenant_cf(&w.tenant))
         .ok_or_else(|| corrupt(format_args!("tenant {}: column family missing", w.tenant)))?;
     txn.bind(cf);
+    txn.budget = Some((w.tenant.clone(), limits.entry_write_bytes_max));
     let mut writer = Writer::new(txn, &w.tenant, index, before.clone(), limits);
     let results = writer.run(w)?;
     let mut after = writer.counters;
@@ -318,5 +319,7 @@ fn write<'s>(
         .map_err(|_| corrupt(format_args!("tenant {}: storage bytes {bytes}", w.tenant)))?;
     check_quotas(&w.tenant, &rec.quotas, &before.usage, &after.usage)?;
     save(txn, Cf::Meta, &keys::tenant_counters(&w.tenant), &after)?;
+    // The session record that follows is not the request's to pay for (and must not fail).
+    txn.budget = None;
     Ok(Outcome::Write(results))
 }

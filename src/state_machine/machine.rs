@@ -79,6 +79,7 @@ impl Shared {
         }
         let keep = cur.path.clone();
         *slot = Some(cur);
+        let mut stale_checkpoints = Vec::new();
         for entry in fs::read_dir(self.snapshots())? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -89,8 +90,13 @@ impl Shared {
                 && !name.ends_with(".tmp")
                 && path != k
             {
-                fs::remove_dir_all(&path)?;
+                stale_checkpoints.push(path);
             }
+        }
+        // Removing a checkpoint unlinks thousands of files: not while readers wait on the lock.
+        drop(slot);
+        for path in stale_checkpoints {
+            fs::remove_dir_all(&path)?;
         }
         Ok(file)
     }
@@ -139,16 +145,17 @@ impl StateMachine {
                 1
             }
         };
-        remove_leftovers(&dir, generation)?;
         let opts = RocksOptions::new(&cfg);
         let db_dir = dir.join(db_dir_name(generation));
         if !db_dir.join("CURRENT").exists() {
-            // Opening would create an empty database and silently forget the state.
+            // Opening would create an empty database and silently forget the state; and nothing
+            // else is removed, so an operator can still repair the pointer.
             return Err(invalid(format!(
                 "{db_dir:?}, named by {:?}, is not a database",
                 dir.join("CURRENT")
             )));
         }
+        remove_leftovers(&dir, generation)?;
         let store = Store::open(&db_dir, &opts)?;
         reconcile(&store, &opts)?;
         let (applied, membership) = read_applied(&store)?;
@@ -478,9 +485,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let blocking = shared.cfg.blocking;
         let sh = shared.clone();
         let c = copy.clone();
+        let cur = CurrentSnapshot {
+            meta: meta.clone(),
+            path: final_path,
+        };
         let store = blocking
             .run(move || -> io::Result<Store> {
-                let mut attempt = || -> io::Result<Store> {
+                let build = || -> io::Result<Store> {
                     // An earlier failed install in this process may have left these behind.
                     remove_dir_if_exists(&db_dir)?;
                     remove_dir_if_exists(&db_dir.with_extension("ingest"))?;
@@ -499,17 +510,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             snapshot.path
                         )));
                     }
+                    // The stream becomes the current snapshot before the database switch: if
+                    // the switch is then lost, a restart finds a snapshot ahead of the applied
+                    // id and openraft reinstalls it. Checkpoints are left for the next build
+                    // to clear (one may be feeding a build now).
+                    sh.publish(cur, &c, None)?;
                     // The new directory's entry must be durable before the pointer names it.
                     sync_dir(&sh.cfg.dir)?;
-                    // The switch: from here a restart opens the new database.
-                    write_pointer(&sh.cfg.dir, generation)?;
                     Ok(store)
                 };
-                attempt().inspect_err(|_| {
+                let store = build().inspect_err(|_| {
                     let _ = fs::remove_dir_all(&db_dir);
                     let _ = fs::remove_dir_all(db_dir.with_extension("ingest"));
                     let _ = fs::remove_file(&c);
-                })
+                })?;
+                // The switch: from here a restart opens the new database. No cleanup if it
+                // fails: the rename may have happened, and open() decides from the pointer.
+                write_pointer(&sh.cfg.dir, generation)?;
+                Ok(store)
             })
             .await?;
         let old = {
@@ -521,12 +539,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         shared.generation.store(generation, Ordering::SeqCst);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        // Checkpoints are left for the next build to clear: one may be feeding a build now.
-        let cur = CurrentSnapshot {
-            meta: meta.clone(),
-            path: final_path,
-        };
-        shared.publish(cur, &copy, None)?;
         Ok(())
     }
 

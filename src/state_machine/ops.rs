@@ -83,13 +83,6 @@ impl<'t, 'a> Writer<'t, 'a> {
         let mut results = Vec::with_capacity(req.operations.len());
         for op in &req.operations {
             let r = self.op(op)?;
-            if self.txn.written_bytes > self.limits.entry_write_bytes_max {
-                return Err(Fail::Refused(ApplyError::RequestTooLarge {
-                    tenant: self.tenant.to_string(),
-                    written: self.txn.written_bytes,
-                    limit: self.limits.entry_write_bytes_max,
-                }));
-            }
             self.created.push(match r {
                 OpResult::NodeCreated(id) => Some(id),
                 _ => None,

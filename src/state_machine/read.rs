@@ -12,7 +12,7 @@ use super::command::ApplyError;
 use super::graph::{Direction, Edge, EdgeRecord, Node, NodeRecord, validate_name};
 use super::keys;
 use super::machine::Shared;
-use super::snapshot::{Item, registered_cfs, walk};
+use super::snapshot::{Item, cf_handles, registered_cfs, walk};
 use super::store::{Store, rocks_err};
 use super::stream::StateHasher;
 use crate::codec;
@@ -378,16 +378,19 @@ impl GraphReader {
     /// and equal to the digest of a snapshot taken there.
     pub fn digest(&self) -> Result<[u8; 32], ReadError> {
         let store = self.store();
+        // Snapshot, registry and handles under the DDL lock: the column families walked are
+        // the ones registered at the snapshot, and a drop after it cannot pull one away.
+        let ddl = store.ddl.read().expect("ddl lock poisoned");
         let snap = store.db().snapshot();
         let opts = || {
             let mut o = ReadOptions::default();
             o.set_snapshot(&snap);
             o
         };
-        // The column families are the ones registered at the same point as the data.
-        let names = registered_cfs(store.db(), opts())?;
+        let cfs = cf_handles(store.db(), &registered_cfs(store.db(), opts())?)?;
+        drop(ddl);
         let mut h = StateHasher::default();
-        walk(store.db(), &names, &opts, &mut |item| {
+        walk(store.db(), &cfs, &opts, &mut |item| {
             match item {
                 Item::Cf(n) => h.cf(n),
                 Item::Pair(k, v) => h.pair(k, v),
@@ -401,6 +404,7 @@ impl GraphReader {
     pub fn tenant_digest(&self, tenant: &str) -> Result<[u8; 32], ReadError> {
         validate_tenant_id(tenant).map_err(ApplyError::from)?;
         let store = self.store();
+        let ddl = store.ddl.read().expect("ddl lock poisoned");
         let snap = store.db().snapshot();
         let meta = store.meta()?;
         let registered = snap
@@ -426,7 +430,9 @@ impl GraphReader {
             o.set_snapshot(&snap);
             o
         };
-        walk(store.db(), &[keys::tenant_cf(tenant)], &opts, &mut |item| {
+        let cfs = cf_handles(store.db(), &[keys::tenant_cf(tenant)])?;
+        drop(ddl);
+        walk(store.db(), &cfs, &opts, &mut |item| {
             match item {
                 Item::Cf(n) => h.cf(n),
                 Item::Pair(k, v) => h.pair(k, v),

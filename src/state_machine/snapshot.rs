@@ -63,23 +63,35 @@ pub(crate) fn registered_cfs(db: &Rocks, opts: ReadOptions) -> io::Result<Vec<St
     Ok(names)
 }
 
-/// Visits `names` (sorted) and all their pairs in key order; `read_opts` gives each iterator's
-/// options (e.g. bound to one RocksDB snapshot so the walk is consistent).
+/// Handles of the column families `names` (registered ones: a missing one is corruption).
+pub(crate) fn cf_handles<'a>(db: &'a Rocks, names: &[String]) -> io::Result<Vec<Handle<'a>>> {
+    names
+        .iter()
+        .map(|name| {
+            let cf = db.cf_handle(name).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("tenant column family {name} is registered but missing"),
+                )
+            })?;
+            Ok((name.clone(), cf))
+        })
+        .collect()
+}
+
+pub(crate) type Handle<'a> = (String, std::sync::Arc<rocksdb::BoundColumnFamily<'a>>);
+
+/// Visits the column families `cfs` (in order) and all their pairs in key order; `read_opts`
+/// gives each iterator's options (e.g. bound to one RocksDB snapshot so the walk is consistent).
 pub(crate) fn walk(
     db: &Rocks,
-    names: &[String],
+    cfs: &[Handle<'_>],
     read_opts: &dyn Fn() -> ReadOptions,
     visit: &mut dyn FnMut(Item<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    for name in names {
-        let cf = db.cf_handle(name).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("tenant column family {name} is registered but missing"),
-            )
-        })?;
+    for (name, cf) in cfs {
         visit(Item::Cf(name))?;
-        for kv in db.iterator_cf_opt(&cf, read_opts(), IteratorMode::Start) {
+        for kv in db.iterator_cf_opt(cf, read_opts(), IteratorMode::Start) {
             let (k, v) = kv.map_err(|e| rocks_err("walk", e))?;
             visit(Item::Pair(&k, &v))?;
         }
@@ -121,8 +133,9 @@ pub(crate) fn write_stream_file(
         check_applied(applied.as_deref())?;
     }
     let names = registered_cfs(&db, ReadOptions::default())?;
+    let cfs = cf_handles(&db, &names)?;
     let mut w = StreamWriter::new(BufWriter::new(File::create(out)?), meta)?;
-    walk(&db, &names, &ReadOptions::default, &mut |item| match item {
+    walk(&db, &cfs, &ReadOptions::default, &mut |item| match item {
         Item::Cf(n) => w.cf(n),
         Item::Pair(k, v) => w.pair(k, v),
     })?;

@@ -12,8 +12,8 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBWithThreadMode,
@@ -67,6 +67,10 @@ pub(crate) struct Store {
     db: Option<Rocks>,
     pub dir: PathBuf,
     remove_on_drop: AtomicBool,
+    /// Column-family create and drop take it for writing; a reader that needs the set of
+    /// column families to agree with a RocksDB snapshot (digests) takes the snapshot, reads the
+    /// registry and takes the handles under it for reading.
+    pub ddl: RwLock<()>,
 }
 
 impl Store {
@@ -89,6 +93,7 @@ impl Store {
             db: Some(db),
             dir: dir.to_path_buf(),
             remove_on_drop: AtomicBool::new(false),
+            ddl: RwLock::new(()),
         })
     }
 
@@ -123,6 +128,7 @@ impl Store {
         if self.cf(&name).is_some() {
             self.drop_cf(&name)?;
         }
+        let _ddl = self.ddl.write().expect("ddl lock poisoned");
         self.db()
             .create_cf(&name, &opts.cf)
             .map_err(|e| rocks_err(&format!("create column family {name}"), e))
@@ -135,6 +141,7 @@ impl Store {
         self.db()
             .flush_wal(true)
             .map_err(|e| rocks_err("sync the WAL before a drop", e))?;
+        let _ddl = self.ddl.write().expect("ddl lock poisoned");
         self.db()
             .drop_cf(name)
             .map_err(|e| rocks_err(&format!("drop column family {name}"), e))

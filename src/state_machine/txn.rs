@@ -50,6 +50,9 @@ pub(crate) struct Txn<'a> {
     /// Bytes this transaction has buffered (every put's key + value, every delete's key, over
     /// both column families): what bounds one entry's memory and batch size.
     pub written_bytes: u64,
+    /// When set, the tenant and the most bytes this transaction may buffer: a put or delete
+    /// past it is refused (`RequestTooLarge`) before anything more is buffered.
+    pub budget: Option<(String, u64)>,
 }
 
 impl<'a> Txn<'a> {
@@ -62,6 +65,7 @@ impl<'a> Txn<'a> {
             data: Overlay::new(),
             data_bytes: 0,
             written_bytes: 0,
+            budget: None,
         }
     }
 
@@ -97,7 +101,7 @@ impl<'a> Txn<'a> {
             let old = self.get(which, key)?.map_or(0, |v| key.len() + v.len());
             self.data_bytes += (key.len() + value.len()) as i64 - old as i64;
         }
-        self.written_bytes += (key.len() + value.len()) as u64;
+        self.charge((key.len() + value.len()) as u64)?;
         self.overlay(which).insert(key.to_vec(), Some(value));
         Ok(())
     }
@@ -108,9 +112,23 @@ impl<'a> Txn<'a> {
         {
             self.data_bytes -= (key.len() + v.len()) as i64;
         }
-        self.written_bytes += key.len() as u64;
+        self.charge(key.len() as u64)?;
         self.overlay(which).insert(key.to_vec(), None);
         Ok(())
+    }
+
+    fn charge(&mut self, bytes: u64) -> Result<(), Fail> {
+        self.written_bytes += bytes;
+        match &self.budget {
+            Some((tenant, limit)) if self.written_bytes > *limit => {
+                Err(Fail::Refused(ApplyError::RequestTooLarge {
+                    tenant: tenant.clone(),
+                    written: self.written_bytes,
+                    limit: *limit,
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn overlay(&mut self, which: Cf) -> &mut Overlay {
