@@ -11,8 +11,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use openraft::RaftSnapshotBuilder;
-use openraft::storage::RaftStateMachine;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use support::logs::{TENANTS, random_log};
@@ -38,8 +36,7 @@ async fn crash_child_entry_point() {
         h.sm.apply_entry(e).expect("apply");
         let index = e.log_id.index;
         if index % SNAPSHOT_EVERY == 0 {
-            let mut b = h.sm.try_create_snapshot_builder(true).await.unwrap();
-            b.build_snapshot().await.expect("snapshot");
+            h.snapshot().await;
         }
         writeln!(out, "applied {index}").unwrap();
         out.flush().unwrap();

@@ -70,8 +70,7 @@ async fn replicas_reach_equal_digests_through_restart_and_snapshot_install() {
 
         // A newer snapshot replaces the file, but a transfer holding the old one keeps reading.
         let mut sending = leader.sm.get_current_snapshot().await.unwrap().unwrap();
-        let mut b2 = leader.sm.try_create_snapshot_builder(true).await.unwrap();
-        let newer = b2.build_snapshot().await.unwrap();
+        let newer = leader.snapshot().await;
         assert!(
             !sending.snapshot.path.exists(),
             "the older stream file is removed"
@@ -142,14 +141,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_old_state_keeps_serving() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut leader = Harness::open(a.path()).await;
     apply_all(&mut leader, &log);
-    let snap = leader
-        .sm
-        .try_create_snapshot_builder(true)
-        .await
-        .unwrap()
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = leader.snapshot().await;
     let mut bytes = std::fs::read(&snap.snapshot.path).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
@@ -267,13 +259,7 @@ async fn a_node_can_install_its_own_current_snapshot() {
     let mut h = Harness::open(dir.path()).await;
     apply_all(&mut h, &log[..200]);
     let want = h.reader().digest().unwrap();
-    let built =
-        h.sm.try_create_snapshot_builder(true)
-            .await
-            .unwrap()
-            .build_snapshot()
-            .await
-            .unwrap();
+    let built = h.snapshot().await;
     drop(built);
     let cur = h.sm.get_current_snapshot().await.unwrap().unwrap();
     h.sm.install_snapshot(&cur.meta, cur.snapshot)
@@ -297,22 +283,10 @@ async fn a_snapshot_at_the_same_index_builds_again_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
     apply_all(&mut h, &log);
-    let first =
-        h.sm.try_create_snapshot_builder(true)
-            .await
-            .unwrap()
-            .build_snapshot()
-            .await
-            .unwrap();
+    let first = h.snapshot().await;
     drop((first, h));
     let mut h = Harness::open(dir.path()).await;
-    let again =
-        h.sm.try_create_snapshot_builder(true)
-            .await
-            .unwrap()
-            .build_snapshot()
-            .await
-            .unwrap();
+    let again = h.snapshot().await;
     assert_eq!(again.meta.last_log_id.unwrap().index, 120);
     let (_, d) = read_stream(&again.snapshot.file, &mut Discard).unwrap();
     assert_eq!(d, h.reader().digest().unwrap());
@@ -328,14 +302,7 @@ async fn reads_during_an_install_see_the_old_or_the_new_state() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut leader = Harness::open(a.path()).await;
     apply_all(&mut leader, &log);
-    let snap = leader
-        .sm
-        .try_create_snapshot_builder(true)
-        .await
-        .unwrap()
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = leader.snapshot().await;
     let mut follower = Harness::open(b.path()).await;
     apply_all(&mut follower, &log[..50]);
     let old = follower.reader().digest().unwrap();

@@ -338,18 +338,7 @@ impl GraphReader {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Page<Node>, ReadError> {
-        self.with_tenant(tenant, |store, cf| {
-            let (pairs, next) = Self::page(store, cf, &[keys::NODE], after, limit)?;
-            let items = pairs
-                .iter()
-                .map(|(k, v)| {
-                    let id =
-                        keys::trailing_id(k).ok_or_else(|| corrupt(format!("node key {k:?}")))?;
-                    Ok(decode::<NodeRecord>(v, "node")?.into_node(id))
-                })
-                .collect::<Result<_, ReadError>>()?;
-            Ok(Page { items, next })
-        })
+        self.scan_records(tenant, keys::NODE, after, limit, NodeRecord::into_node)
     }
 
     /// Every edge of a tenant, in id order.
@@ -359,14 +348,25 @@ impl GraphReader {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Page<Edge>, ReadError> {
+        self.scan_records(tenant, keys::EDGE, after, limit, EdgeRecord::into_edge)
+    }
+
+    /// A page of the records of one kind (`keys::NODE` or `keys::EDGE`), decoded as `R`.
+    fn scan_records<R: DeserializeOwned, T>(
+        &self,
+        tenant: &str,
+        kind: u8,
+        after: Option<&[u8]>,
+        limit: usize,
+        view: fn(R, u64) -> T,
+    ) -> Result<Page<T>, ReadError> {
         self.with_tenant(tenant, |store, cf| {
-            let (pairs, next) = Self::page(store, cf, &[keys::EDGE], after, limit)?;
+            let (pairs, next) = Self::page(store, cf, &[kind], after, limit)?;
             let items = pairs
                 .iter()
                 .map(|(k, v)| {
-                    let id =
-                        keys::trailing_id(k).ok_or_else(|| corrupt(format!("edge key {k:?}")))?;
-                    Ok(decode::<EdgeRecord>(v, "edge")?.into_edge(id))
+                    let id = keys::trailing_id(k).ok_or_else(|| corrupt(format!("key {k:?}")))?;
+                    Ok(view(decode::<R>(v, &format!("record {k:?}"))?, id))
                 })
                 .collect::<Result<_, ReadError>>()?;
             Ok(Page { items, next })

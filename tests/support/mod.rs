@@ -7,12 +7,15 @@ pub mod logs;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use openraft::RaftSnapshotBuilder;
 use openraft::entry::RaftEntry;
+use openraft::storage::RaftStateMachine;
+use openraft::type_config::alias::SnapshotOf;
 use openraft::vote::RaftLeaderIdExt;
 use raftgraph::raft::{Entry, LogId, TypeConfig};
 use raftgraph::state_machine::{
     ApplyError, Blocking, Command, GraphReader, Op, OpResult, Outcome, Properties, Request,
-    Response, StateMachine, StateMachineConfig, Value, WriteRequest,
+    Response, SnapshotFile, StateMachine, StateMachineConfig, Value, WriteRequest,
 };
 use raftgraph::tenant::{Quotas, TenantConfig};
 
@@ -79,6 +82,12 @@ impl Harness {
 
     pub fn reader(&self) -> GraphReader {
         self.sm.reader()
+    }
+
+    /// Builds a snapshot of the current state (checkpoint, then the stream).
+    pub async fn snapshot(&mut self) -> SnapshotOf<TypeConfig, SnapshotFile> {
+        let mut builder = self.sm.try_create_snapshot_builder(true).await.unwrap();
+        builder.build_snapshot().await.expect("build snapshot")
     }
 
     /// Applies `req` as the next entry.
