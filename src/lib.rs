@@ -12,6 +12,8 @@
 //! - [`tenant`]: tenant ids, quotas, usage and configs as pure logic.
 //! - [`state_machine`]: the RocksDB state machine — apply, reads, snapshots, digests.
 //! - [`raft`]: the openraft type configuration.
+//! - [`proto`]: the gRPC API generated from `proto/raftgraph/v1`.
+//! - [`server`]: conversions at the gRPC edge and the one error → status mapping.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
@@ -19,7 +21,9 @@ compile_error!(
 );
 
 pub mod codec;
+pub mod proto;
 pub mod raft;
+pub mod server;
 pub mod state_machine;
 pub mod tenant;
 pub mod wal;
