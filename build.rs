@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/raftgraph/v1/graph.proto",
         "proto/raftgraph/v1/tenant.proto",
+        "proto/raftgraph/v1/raft.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

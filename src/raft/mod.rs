@@ -1,8 +1,13 @@
-//! Raft wiring: the openraft type configuration (the network and bootstrap come with the cluster).
+//! Raft wiring: the openraft type configuration, and openraft's network over gRPC
+//! ([`network`]: the client side, [`service`]: the server side). Node bootstrap comes with the
+//! cluster.
 //!
 //! Entries carry a [`crate::state_machine::Request`]; applying one yields a
 //! [`crate::state_machine::Response`]. Node ids are `u64`; a node is known by its
 //! address (`BasicNode`).
+
+pub mod network;
+pub mod service;
 
 use crate::state_machine::{Request, Response};
 

@@ -1,0 +1,161 @@
+//! The server side of the Raft network: decodes peer RPCs, hands them to openraft, encodes the
+//! replies. A payload that does not decode is INVALID_ARGUMENT and changes nothing.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{Stream, StreamExt};
+use openraft::raft::{
+    AppendEntriesRequest, StreamAppendResult, TransferLeaderRequest, VoteRequest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::TypeConfig;
+use super::network::SnapshotHeader;
+use crate::codec;
+use crate::proto::v1::raft_service_server::RaftService;
+use crate::proto::v1::{RaftPayload, SnapshotChunk, snapshot_chunk};
+use crate::state_machine::{SnapshotFile, StateMachine};
+
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// The Raft RPC service of one node.
+pub struct RaftGrpc {
+    raft: Raft,
+    /// Where incoming snapshot streams are written before install (the state machine's
+    /// `snapshots/` directory: `*.tmp` there is removed on open).
+    recv_dir: PathBuf,
+    seq: AtomicU64,
+}
+
+impl RaftGrpc {
+    pub fn new(raft: Raft, recv_dir: PathBuf) -> Self {
+        RaftGrpc {
+            raft,
+            recv_dir,
+            seq: AtomicU64::new(0),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Status> {
+    codec::decode(bytes).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+}
+
+/// Encodes a reply as `Result<T, String>`: the peer's error travels as text.
+fn reply<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<RaftPayload>, Status> {
+    let r: Result<T, String> = r.map_err(|e| e.to_string());
+    let data = codec::encode(&r).map_err(|e| Status::internal(format!("encode reply: {e}")))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpc {
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode("vote", &req.into_inner().data)?;
+        reply(self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode("pre_vote", &req.into_inner().data)?;
+        reply(self.raft.pre_vote(rpc).await)
+    }
+
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode("append_entries", &req.into_inner().data)?;
+        reply(self.raft.append_entries(rpc).await)
+    }
+
+    type StreamAppendStream = PayloadStream;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<PayloadStream>, Status> {
+        // A message that fails to arrive or decode ends the input; the leader then retries.
+        let input = req.into_inner().scan((), |_, item| {
+            let rpc = item
+                .ok()
+                .and_then(|p| codec::decode::<AppendEntriesRequest<TypeConfig>>(&p.data).ok());
+            futures::future::ready(rpc)
+        });
+        let output = self.raft.stream_append(input).map(|r| {
+            let r: Result<StreamAppendResult<TypeConfig>, String> = r.map_err(|e| e.to_string());
+            codec::encode(&r)
+                .map(|data| RaftPayload { data })
+                .map_err(|e| Status::internal(format!("encode reply: {e}")))
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> =
+            decode("transfer_leader", &req.into_inner().data)?;
+        reply(self.raft.handle_transfer_leader(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut chunks = req.into_inner();
+        let (vote, meta): SnapshotHeader = match chunks.message().await?.and_then(|c| c.part) {
+            Some(snapshot_chunk::Part::Header(h)) => decode("snapshot header", &h)?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "snapshot stream must start with its header",
+                ));
+            }
+        };
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let path = self.recv_dir.join(format!("incoming-{n}.tmp"));
+        let received = async {
+            let mut file = tokio::fs::File::create(&path).await?;
+            while let Some(chunk) = chunks.message().await.map_err(std::io::Error::other)? {
+                match chunk.part {
+                    Some(snapshot_chunk::Part::Data(d)) => file.write_all(&d).await?,
+                    _ => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "snapshot chunk without data after the header",
+                        ));
+                    }
+                }
+            }
+            file.sync_all().await?;
+            SnapshotFile::open(&path)
+        }
+        .await;
+        let file = match received {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(Status::invalid_argument(format!("receiving snapshot: {e}")));
+            }
+        };
+        // The install verifies the stream's checksums and digest before switching to it.
+        let snapshot = Snapshot {
+            meta,
+            snapshot: file,
+        };
+        let r = self.raft.install_full_snapshot(vote, snapshot).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        reply(r)
+    }
+}

@@ -1,0 +1,285 @@
+//! openraft over the gRPC network, three nodes in-process on loopback (port 0), real WAL and
+//! RocksDB state machines: writes replicate to every node; a node that was down while the log
+//! was purged behind a snapshot catches up by a snapshot streamed over gRPC. Waits use
+//! openraft's metrics with generous bounds, never a timing assertion.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use raftgraph::proto::v1::raft_service_server::RaftServiceServer;
+use raftgraph::raft::network::{GrpcNetworkFactory, MESSAGE_BYTES_MAX};
+use raftgraph::raft::service::{Raft, RaftGrpc};
+use raftgraph::state_machine::{
+    Command, GraphReader, Op, Outcome, Request, StateMachine, StateMachineConfig, WriteRequest,
+};
+use raftgraph::tenant::{Quotas, TenantConfig};
+use raftgraph::wal::{IoRuntime, StdFs, Wal, WalConfig};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(60));
+
+struct Node {
+    raft: Raft,
+    reader: GraphReader,
+}
+
+fn config() -> Arc<Config> {
+    let c = Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        enable_pre_vote: Some(true),
+        // Snapshots only when the test asks for one.
+        snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    };
+    Arc::new(c.validate().unwrap())
+}
+
+async fn start(id: u64, dir: &Path) -> Node {
+    let wal = Wal::open(
+        WalConfig::new(dir.join("wal")),
+        Arc::new(StdFs),
+        IoRuntime::Thread,
+    )
+    .await
+    .unwrap();
+    let sm = StateMachine::open(StateMachineConfig::new(dir.join("sm")))
+        .await
+        .unwrap();
+    let reader = sm.reader();
+    let raft = Raft::new(id, config(), GrpcNetworkFactory::default(), wal, sm)
+        .await
+        .unwrap();
+    Node { raft, reader }
+}
+
+fn serve(node: &Node, dir: &Path, listener: TcpListener) {
+    let svc = RaftServiceServer::new(RaftGrpc::new(node.raft.clone(), dir.join("sm/snapshots")))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+}
+
+fn request(seq: u64, command: Command) -> Request {
+    Request {
+        client_id: 1,
+        sequence: seq,
+        timestamp_micros: seq as i64,
+        command,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_and_a_lagging_node_catches_up_by_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+        listeners.push(Some(l));
+    }
+
+    // Phase 1: nodes 1 and 2 form the cluster; node 3 exists but is not a member yet.
+    let mut nodes = Vec::new();
+    for (i, id) in (1..=3u64).enumerate() {
+        let node = start(id, dirs[i].path()).await;
+        if id != 3 {
+            serve(&node, dirs[i].path(), listeners[i].take().unwrap());
+        }
+        nodes.push(node);
+    }
+    let node3 = members.remove(&3).unwrap();
+    nodes[0].raft.initialize(members).await.unwrap();
+    // A leader is ready once it has applied the blank entry of its own term.
+    let ready = |m: &openraft::RaftMetrics<raftgraph::raft::TypeConfig>| {
+        m.current_leader == Some(m.id)
+            && m.last_applied
+                .as_ref()
+                .is_some_and(|l| l.committed_leader_id().term == m.current_term)
+    };
+    let m = nodes[0]
+        .raft
+        .wait(WAIT)
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .unwrap();
+    let leader_id = m.current_leader.unwrap();
+    let leader = &nodes[(leader_id - 1) as usize];
+    leader
+        .raft
+        .wait(WAIT)
+        .metrics(|m| ready(m), "the leader applied its term's first entry")
+        .await
+        .unwrap();
+    assert_ne!(m.current_leader, Some(3), "node 3 cannot have been elected");
+
+    // Phase 2: a tenant and 100 writes proposed concurrently (pipelined, group-committed).
+    let create = Command::CreateTenant {
+        tenant: "t".into(),
+        quotas: Quotas::unlimited(),
+        config: TenantConfig::default(),
+    };
+    let r = leader.raft.client_write(request(1, create)).await.unwrap();
+    assert!(matches!(r.response().outcome, Ok(Outcome::Tenant(_))));
+    let writes = (0..100u64).map(|i| {
+        let op = Op::CreateNode {
+            labels: ["L".to_string()].into(),
+            properties: Default::default(),
+        };
+        let cmd = Command::Write(WriteRequest {
+            tenant: "t".into(),
+            preconditions: vec![],
+            operations: vec![op],
+        });
+        let req = Request {
+            client_id: 100 + i,
+            sequence: 1,
+            timestamp_micros: 0,
+            command: cmd,
+        };
+        leader.raft.client_write(req)
+    });
+    for r in futures::future::join_all(writes).await {
+        assert!(matches!(
+            r.unwrap().response().outcome,
+            Ok(Outcome::Write(_))
+        ));
+    }
+    let last = leader.raft.metrics().borrow_watched().last_log_index;
+    for n in &nodes[..2] {
+        n.raft
+            .wait(WAIT)
+            .applied_index_at_least(last, "applied")
+            .await
+            .unwrap();
+        assert_eq!(n.reader.tenant("t").unwrap().usage.nodes, 100);
+    }
+    assert_eq!(
+        nodes[0].reader.digest().unwrap(),
+        nodes[1].reader.digest().unwrap()
+    );
+
+    // Phase 3: snapshot on the leader and purge its log; then node 3 joins as a learner and can
+    // only catch up from the snapshot, streamed over gRPC; then it is promoted to voter.
+    let li = last.unwrap();
+    leader.raft.trigger().snapshot().await.unwrap();
+    let at_least = |id: Option<
+        &openraft::type_config::alias::LogIdOf<raftgraph::raft::TypeConfig>,
+    >| { id.is_some_and(|l| l.index >= li) };
+    leader
+        .raft
+        .wait(WAIT)
+        .metrics(|m| at_least(m.snapshot.as_ref()), "snapshot built")
+        .await
+        .unwrap();
+    leader.raft.trigger().purge_log(li).await.unwrap();
+    leader
+        .raft
+        .wait(WAIT)
+        .metrics(|m| at_least(m.purged.as_ref()), "log purged")
+        .await
+        .unwrap();
+    serve(&nodes[2], dirs[2].path(), listeners[2].take().unwrap());
+    leader.raft.add_learner(3, node3, true).await.unwrap();
+    // Compare at one applied index: the leader's last entry (the learner's membership entry).
+    let joined = leader.raft.metrics().borrow_watched().last_log_index;
+    for n in &nodes {
+        n.raft
+            .wait(WAIT)
+            .applied_index_at_least(joined, "node 3 caught up")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        nodes[2].reader.digest().unwrap(),
+        nodes[0].reader.digest().unwrap()
+    );
+    let snap = nodes[2].raft.metrics().borrow_watched().snapshot;
+    assert!(
+        snap.is_some_and(|s| s.index >= li),
+        "node 3 installed the snapshot"
+    );
+    leader
+        .raft
+        .change_membership([1, 2, 3], false)
+        .await
+        .unwrap();
+
+    // Phase 4: writes keep replicating to all three.
+    let more = Command::Write(WriteRequest {
+        tenant: "t".into(),
+        preconditions: vec![],
+        operations: vec![Op::DeleteNode {
+            node: raftgraph::state_machine::NodeRef::Id(1),
+        }],
+    });
+    let r = leader.raft.client_write(request(2, more)).await.unwrap();
+    assert!(matches!(r.response().outcome, Ok(Outcome::Write(_))));
+    let last = leader.raft.metrics().borrow_watched().last_log_index;
+    for n in &nodes {
+        n.raft
+            .wait(WAIT)
+            .applied_index_at_least(last, "applied")
+            .await
+            .unwrap();
+        assert_eq!(n.reader.tenant("t").unwrap().usage.nodes, 99);
+    }
+
+    // Phase 5: garbage from the network is refused by name and the node keeps serving.
+    let addr = leader
+        .raft
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .nodes()
+        .find(|(id, _)| **id == leader_id)
+        .unwrap()
+        .1
+        .addr
+        .clone();
+    let mut peer = raftgraph::proto::v1::raft_service_client::RaftServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    .unwrap();
+    let bad = raftgraph::proto::v1::RaftPayload {
+        data: vec![1, 2, 3],
+    };
+    let s = peer.vote(bad.clone()).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().starts_with("vote:"), "{}", s.message());
+    let s = peer.append_entries(bad).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let no_header = raftgraph::proto::v1::SnapshotChunk {
+        part: Some(raftgraph::proto::v1::snapshot_chunk::Part::Data(vec![
+            0;
+            10
+        ])),
+    };
+    let s = peer
+        .install_snapshot(futures::stream::iter([no_header]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let again = Command::Write(WriteRequest {
+        tenant: "t".into(),
+        preconditions: vec![],
+        operations: vec![Op::DeleteNode {
+            node: raftgraph::state_machine::NodeRef::Id(2),
+        }],
+    });
+    let r = leader.raft.client_write(request(3, again)).await.unwrap();
+    assert!(matches!(r.response().outcome, Ok(Outcome::Write(_))));
+}
