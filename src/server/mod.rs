@@ -1,6 +1,7 @@
-//! The client-facing side of a node: the gRPC API's conversions at the edge and the one error →
-//! status mapping. The services themselves (leader forwarding, admission control, reads at read
-//! index) come with the cluster.
+//! The client-facing side of a node: the gRPC API's conversions at the edge, the one error →
+//! status mapping, and the graph service ([`graph`]: writes through Raft with one forward from a
+//! follower, linearizable reads by read index). The tenant and cluster services, admission
+//! control and follower-side read index come with the rest of the cluster issue.
 //!
 //! **Invariants**
 //! - Nothing from the network reaches the log unchecked: [`convert`] refuses missing fields and
@@ -10,4 +11,5 @@
 //! - Every error a client sees comes through [`status`], with the code the table there gives.
 
 pub mod convert;
+pub mod graph;
 pub mod status;
