@@ -1,7 +1,9 @@
-//! openraft over the gRPC network, three nodes in-process on loopback (port 0), real WAL and
-//! RocksDB state machines: writes replicate to every node; a node that was down while the log
-//! was purged behind a snapshot catches up by a snapshot streamed over gRPC. Waits use
-//! openraft's metrics with generous bounds, never a timing assertion.
+//! Three nodes in-process on loopback (port 0) with real WALs and RocksDB state machines, Raft
+//! over the gRPC network: writes replicate; a node that joins after the log was purged behind a
+//! snapshot catches up by the snapshot streamed over gRPC; garbage RPCs are refused; the graph
+//! and tenant services forward writes from a follower once, apply a retried request id once,
+//! answer linearizable reads on every node, and return the right codes. Waits use openraft's
+//! metrics with generous bounds, never a timing assertion.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,9 +16,12 @@ use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
 use raftgraph::proto::v1::graph_service_server::GraphServiceServer;
 use raftgraph::proto::v1::raft_service_server::RaftServiceServer;
+use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
+use raftgraph::proto::v1::tenant_service_server::TenantServiceServer;
 use raftgraph::raft::network::{GrpcNetworkFactory, MESSAGE_BYTES_MAX};
 use raftgraph::raft::service::{Raft, RaftGrpc};
 use raftgraph::server::graph::{Clock, GraphApi};
+use raftgraph::server::tenant::TenantApi;
 use raftgraph::state_machine::{
     Command, GraphReader, Op, Outcome, Request, StateMachine, StateMachineConfig, WriteRequest,
 };
@@ -69,12 +74,14 @@ fn serve(node: &Node, dir: &Path, listener: TcpListener) {
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let clock: Clock = Arc::new(|| 1_700_000_000_000_000);
-    let graph =
-        GraphServiceServer::new(GraphApi::new(node.raft.clone(), node.reader.clone(), clock));
+    let (raft, reader) = (node.raft.clone(), node.reader.clone());
+    let graph = GraphServiceServer::new(GraphApi::new(raft.clone(), reader.clone(), clock.clone()));
+    let tenants = TenantServiceServer::new(TenantApi::new(raft, reader, clock));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .add_service(graph)
+            .add_service(tenants)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 }
@@ -89,7 +96,7 @@ fn request(seq: u64, command: Command) -> Request {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_replicate_and_a_lagging_node_catches_up_by_snapshot() {
+async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
@@ -414,4 +421,94 @@ async fn writes_replicate_and_a_lagging_node_catches_up_by_snapshot() {
     let s = via_follower.write(bad).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     assert!(s.message().contains("operations[0]"), "{}", s.message());
+
+    // Phase 7: the tenant service, through a follower. The key is stored, never returned.
+    let mut admin = TenantServiceClient::connect(format!("http://{}", addrs[&follower]))
+        .await
+        .unwrap();
+    let llm = pb::LlmProviderConfig {
+        provider: pb::LlmProvider::Anthropic as i32,
+        model: "m".into(),
+        endpoint: None,
+        api_key: Some("sk-secret".into()),
+        api_key_set: false,
+    };
+    let create = pb::CreateTenantRequest {
+        request_id: Some(pb::RequestId {
+            client_id: 50,
+            sequence: 1,
+        }),
+        id: "u".into(),
+        quotas: None,
+        config: Some(pb::TenantConfig {
+            llm: Some(llm),
+            ..Default::default()
+        }),
+    };
+    let made = admin.create_tenant(create).await.unwrap().into_inner();
+    assert_eq!(
+        made.quotas.unwrap().max_nodes,
+        Some(1_000_000),
+        "absent quotas: the defaults"
+    );
+    for (n, addr) in &addrs {
+        let mut c = TenantServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let get = pb::GetTenantRequest {
+            id: "u".into(),
+            consistency: 0,
+        };
+        let t = c
+            .get_tenant(get)
+            .await
+            .unwrap_or_else(|s| panic!("node {n}: {s:?}"))
+            .into_inner();
+        let llm = t.config.unwrap().llm.unwrap();
+        assert_eq!((llm.api_key, llm.api_key_set), (None, true), "node {n}");
+        let list = pb::ListTenantsRequest {
+            after: String::new(),
+            limit: 10,
+            consistency: 0,
+        };
+        let ids: Vec<_> = c
+            .list_tenants(list)
+            .await
+            .unwrap()
+            .into_inner()
+            .tenants
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, vec!["t".to_string(), "u".to_string()], "node {n}");
+    }
+    let again = pb::CreateTenantRequest {
+        request_id: Some(pb::RequestId {
+            client_id: 50,
+            sequence: 2,
+        }),
+        id: "u".into(),
+        quotas: None,
+        config: None,
+    };
+    assert_eq!(
+        admin.create_tenant(again).await.unwrap_err().code(),
+        tonic::Code::AlreadyExists
+    );
+    let delete = pb::DeleteTenantRequest {
+        request_id: Some(pb::RequestId {
+            client_id: 50,
+            sequence: 3,
+        }),
+        id: "u".into(),
+    };
+    admin.delete_tenant(delete).await.unwrap();
+    let get = pb::GetTenantRequest {
+        id: "u".into(),
+        consistency: 0,
+    };
+    assert_eq!(
+        admin.get_tenant(get).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
 }

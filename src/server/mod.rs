@@ -12,4 +12,6 @@
 
 pub mod convert;
 pub mod graph;
+pub mod route;
 pub mod status;
+pub mod tenant;

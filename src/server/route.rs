@@ -1,0 +1,114 @@
+//! Routing shared by the services: where a write or a linearizable read must go, the one
+//! forward from a follower to the leader, and proposing a command through Raft.
+
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use openraft::raft::ReadPolicy;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use super::status::invalid;
+use crate::proto::v1 as pb;
+use crate::raft::TypeConfig;
+use crate::raft::service::Raft;
+use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX};
+
+/// Marks a request a follower forwarded, so it is forwarded at most once.
+const FORWARDED: &str = "x-raftgraph-forwarded";
+/// Deadline of a forwarded call.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a request must go instead: the leader's address, or UNAVAILABLE when no leader is
+/// known or the request was already forwarded once.
+pub fn leader_of(
+    f: &ForwardToLeader<TypeConfig>,
+    was_forwarded: bool,
+) -> Result<BasicNode, Status> {
+    match (&f.leader_node, was_forwarded) {
+        (Some(n), false) => Ok(n.clone()),
+        (Some(n), true) => Err(Status::unavailable(format!(
+            "leadership is moving (leader {:?} at {}); retry",
+            f.leader_id, n.addr
+        ))),
+        (None, _) => Err(Status::unavailable("no leader is known; retry")),
+    }
+}
+
+/// A channel to the leader, for one forwarded call.
+pub async fn channel(node: &BasicNode) -> Result<Channel, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", node.addr))
+        .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))?
+        .connect_timeout(Duration::from_secs(2));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("leader at {} cannot be reached: {e}", node.addr)))
+}
+
+pub fn was_forwarded<T>(r: &Request<T>) -> bool {
+    r.metadata().contains_key(FORWARDED)
+}
+
+/// `msg` as a forwarded request, with the forward deadline.
+pub fn forwarded<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(FORWARD_TIMEOUT);
+    r.metadata_mut()
+        .insert(FORWARDED, "1".parse().expect("an ASCII value"));
+    r
+}
+
+/// A page size from the wire: 0 means the most a page may hold.
+pub fn limit(l: u32) -> usize {
+    if l == 0 { PAGE_ITEMS_MAX } else { l as usize }
+}
+
+/// `None`: serve the read here (after a read index when linearizable). `Some(leader)`: forward.
+pub async fn read_route(
+    raft: &Raft,
+    consistency: i32,
+    was_forwarded: bool,
+) -> Result<Option<BasicNode>, Status> {
+    match pb::Consistency::try_from(consistency) {
+        Ok(pb::Consistency::Serializable) => Ok(None),
+        Ok(pb::Consistency::Linearizable) => {
+            match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(_) => Ok(None),
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                    leader_of(&f, was_forwarded).map(Some)
+                }
+                Err(e) => Err(Status::unavailable(format!("read index: {e}"))),
+            }
+        }
+        Err(_) => Err(invalid(
+            "consistency",
+            format!("unknown value {consistency}"),
+        )),
+    }
+}
+
+/// What proposing a command led to.
+pub enum Proposed {
+    /// Applied: the state machine's answer.
+    Applied(Result<Outcome, ApplyError>),
+    /// Not the leader: forward to it.
+    Forward(BasicNode),
+}
+
+/// Proposes `req` and waits until it is applied. An unknown outcome (leadership changed
+/// mid-proposal) is UNAVAILABLE: retrying with the same (client_id, sequence) applies it once.
+pub async fn propose(
+    raft: &Raft,
+    req: crate::state_machine::Request,
+    was_forwarded: bool,
+) -> Result<Proposed, Status> {
+    match raft.client_write(req).await {
+        Ok(r) => Ok(Proposed::Applied(r.response().outcome.clone())),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            leader_of(&f, was_forwarded).map(Proposed::Forward)
+        }
+        Err(e) => Err(Status::unavailable(format!("outcome unknown, retry: {e}"))),
+    }
+}

@@ -1,0 +1,196 @@
+//! The tenant service: admin commands go through Raft like writes (one forward from a
+//! follower); reads are local, after a read index when linearizable. Responses never carry a
+//! secret (see `convert`).
+
+use openraft::BasicNode;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::graph::Clock;
+use super::route::{self, Proposed};
+use super::status::{apply_error, read_error};
+use crate::proto::v1 as pb;
+use crate::proto::v1::tenant_service_client::TenantServiceClient;
+use crate::proto::v1::tenant_service_server::TenantService;
+use crate::raft::service::Raft;
+use crate::state_machine::{GraphReader, Outcome};
+
+/// The tenant service of one node.
+pub struct TenantApi {
+    raft: Raft,
+    reader: GraphReader,
+    clock: Clock,
+}
+
+impl TenantApi {
+    pub fn new(raft: Raft, reader: GraphReader, clock: Clock) -> Self {
+        TenantApi {
+            raft,
+            reader,
+            clock,
+        }
+    }
+
+    /// Proposes an admin command; `Ok(Err(leader))` means "forward to this leader".
+    async fn admin(
+        &self,
+        req: crate::state_machine::Request,
+        was_forwarded: bool,
+    ) -> Result<Result<Outcome, BasicNode>, Status> {
+        match route::propose(&self.raft, req, was_forwarded).await? {
+            Proposed::Applied(Ok(o)) => Ok(Ok(o)),
+            Proposed::Applied(Err(e)) => Err(apply_error(&e)),
+            Proposed::Forward(leader) => Ok(Err(leader)),
+        }
+    }
+}
+
+async fn client(node: &BasicNode) -> Result<TenantServiceClient<Channel>, Status> {
+    Ok(TenantServiceClient::new(route::channel(node).await?))
+}
+
+fn tenant_of(o: Outcome) -> Result<Response<pb::Tenant>, Status> {
+    match o {
+        Outcome::Tenant(t) => Ok(Response::new(convert::tenant_to_proto(&t))),
+        other => Err(Status::internal(format!(
+            "tenant command answered with {other:?}"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let fwd = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let req = convert::create_tenant(msg.clone(), (self.clock)())?;
+        match self.admin(req, fwd).await? {
+            Ok(o) => tenant_of(o),
+            Err(leader) => {
+                client(&leader)
+                    .await?
+                    .create_tenant(route::forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let fwd = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        if let Some(leader) = route::read_route(&self.raft, msg.consistency, fwd).await? {
+            return client(&leader)
+                .await?
+                .get_tenant(route::forwarded(msg))
+                .await;
+        }
+        let t = self.reader.tenant(&msg.id).map_err(|e| read_error(&e))?;
+        Ok(Response::new(convert::tenant_to_proto(&t)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let fwd = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        if let Some(leader) = route::read_route(&self.raft, msg.consistency, fwd).await? {
+            return client(&leader)
+                .await?
+                .list_tenants(route::forwarded(msg))
+                .await;
+        }
+        let after = (!msg.after.is_empty()).then_some(msg.after.as_str());
+        let page = self
+            .reader
+            .tenants(after, route::limit(msg.limit))
+            .map_err(|e| read_error(&e))?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: page.items.iter().map(convert::tenant_to_proto).collect(),
+            next: page
+                .next
+                .map(|n| String::from_utf8_lossy(&n).into_owned())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn update_quotas(
+        &self,
+        request: Request<pb::UpdateQuotasRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let fwd = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let req = convert::update_quotas(msg.clone(), (self.clock)())?;
+        match self.admin(req, fwd).await? {
+            Ok(o) => tenant_of(o),
+            Err(leader) => {
+                client(&leader)
+                    .await?
+                    .update_quotas(route::forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn set_tenant_config(
+        &self,
+        request: Request<pb::SetTenantConfigRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let fwd = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
+        match self.admin(req, fwd).await? {
+            Ok(o) => tenant_of(o),
+            Err(leader) => {
+                client(&leader)
+                    .await?
+                    .set_tenant_config(route::forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn set_tenant_enabled(
+        &self,
+        request: Request<pb::SetTenantEnabledRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let fwd = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
+        match self.admin(req, fwd).await? {
+            Ok(o) => tenant_of(o),
+            Err(leader) => {
+                client(&leader)
+                    .await?
+                    .set_tenant_enabled(route::forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        let fwd = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
+        match self.admin(req, fwd).await? {
+            Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),
+            Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),
+            Err(leader) => {
+                client(&leader)
+                    .await?
+                    .delete_tenant(route::forwarded(msg))
+                    .await
+            }
+        }
+    }
+}
