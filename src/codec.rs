@@ -58,6 +58,24 @@ pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), Cod
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// The length [`encode`] would produce, without keeping the bytes.
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, CodecError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(1);
+    bincode::serde::encode_into_std_write(value, &mut c, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(c.0)
+}
+
 /// Encodes `value` into a new buffer, version byte first.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut buf = Vec::new();

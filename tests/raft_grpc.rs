@@ -75,7 +75,9 @@ fn serve(node: &Node, dir: &Path, listener: TcpListener) {
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let clock: Clock = Arc::new(|| 1_700_000_000_000_000);
     let (raft, reader) = (node.raft.clone(), node.reader.clone());
-    let graph = GraphServiceServer::new(GraphApi::new(raft.clone(), reader.clone(), clock.clone()));
+    let graph = GraphServiceServer::new(GraphApi::new(raft.clone(), reader.clone(), clock.clone()))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let tenants = TenantServiceServer::new(TenantApi::new(raft, reader, clock));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -288,6 +290,31 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    // A transfer whose stream does not verify is refused before openraft sees it (a failed
+    // install would stop the node).
+    let cur = leader.raft.get_snapshot().await.unwrap().unwrap();
+    let vote = leader.raft.metrics().borrow_watched().vote;
+    let header = raftgraph::codec::encode(&(vote, cur.meta.clone())).unwrap();
+    let torn = [
+        raftgraph::proto::v1::SnapshotChunk {
+            part: Some(raftgraph::proto::v1::snapshot_chunk::Part::Header(header)),
+        },
+        raftgraph::proto::v1::SnapshotChunk {
+            part: Some(raftgraph::proto::v1::snapshot_chunk::Part::Data(
+                b"RGSNAP\0\0".to_vec(),
+            )),
+        },
+    ];
+    let s = peer
+        .install_snapshot(futures::stream::iter(torn))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(
+        s.message().contains("receiving snapshot"),
+        "{}",
+        s.message()
+    );
     let again = Command::Write(WriteRequest {
         tenant: "t".into(),
         preconditions: vec![],
@@ -408,12 +435,37 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         count += 1;
     }
     assert_eq!(count, 99);
+    // A write past the proposal limit is refused before it reaches the log.
+    let big = |i: u32| pb::Operation {
+        op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+            labels: vec![format!("Big{i}")],
+            properties: [(
+                "v".to_string(),
+                pb::Value {
+                    kind: Some(pb::value::Kind::BytesValue(vec![0; 1 << 20])),
+                },
+            )]
+            .into(),
+        })),
+    };
+    let huge = pb::WriteRequest {
+        tenant: "t".into(),
+        request_id: Some(pb::RequestId {
+            client_id: 9,
+            sequence: 2,
+        }),
+        preconditions: vec![],
+        operations: (0..16).map(big).collect(),
+    };
+    let s = via_follower.write(huge).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("limit 15728640"), "{}", s.message());
     // Bad input: INVALID_ARGUMENT naming the field, and nothing proposed.
     let bad = pb::WriteRequest {
         tenant: "t".into(),
         request_id: Some(pb::RequestId {
             client_id: 9,
-            sequence: 2,
+            sequence: 3,
         }),
         preconditions: vec![],
         operations: vec![pb::Operation { op: None }],

@@ -381,3 +381,29 @@ async fn operations_take_effect_in_submission_order_while_flushes_are_pending() 
     assert_eq!(st.last_purged_log_id, Some(log_id(1, 2)));
     assert_eq!(st.last_log_id, Some(log_id(2, 9)));
 }
+
+/// Replication reads are bounded in bytes: a run of large entries comes back as a prefix of at
+/// most `REPLICATION_BATCH_BYTES_MAX` (one entry at least), so an append message never outgrows
+/// the gRPC and codec limits however many entries openraft asks for.
+#[tokio::test(flavor = "current_thread")]
+async fn replication_reads_stop_at_a_byte_budget() {
+    use openraft::RaftLogReader;
+    use raftgraph::wal::REPLICATION_BATCH_BYTES_MAX;
+    let fs = MemFs::new();
+    let mut wal = open(&fs, &cfg(1 << 30)).await.unwrap();
+    let mb = "x".repeat(3 << 20);
+    let entries: Vec<Entry> = (1..=20)
+        .map(|i| Entry::new_normal(log_id(1, i), mb.clone()))
+        .collect();
+    for e in entries {
+        append_acked(&mut wal, vec![e]).await.unwrap();
+    }
+    let mut reader = wal.get_log_reader().await;
+    let got = reader.limited_get_log_entries(1, 21).await.unwrap();
+    let want = REPLICATION_BATCH_BYTES_MAX / (3 << 20);
+    assert_eq!(got.len(), want, "3 MiB entries under a 32 MiB budget");
+    assert_eq!(got[0].log_id().index(), 1, "a prefix from the start");
+    // A read always returns at least its first entry.
+    let one = reader.limited_get_log_entries(20, 21).await.unwrap();
+    assert_eq!(one.len(), 1);
+}

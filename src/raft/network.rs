@@ -93,9 +93,14 @@ impl GrpcNetwork {
     pub fn new(target: NodeId, addr: &str, connect_timeout: Option<Duration>) -> Self {
         let client = Endpoint::from_shared(format!("http://{addr}"))
             .map(|e| {
+                // Keepalive: a silently dead peer (a partition that drops packets) is noticed
+                // in seconds, not when TCP gives up, so streams and channels get rebuilt.
                 let e = e
                     .connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(2)))
-                    .tcp_nodelay(true);
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(3))
+                    .keep_alive_while_idle(true);
                 RaftServiceClient::new(e.connect_lazy())
                     .max_decoding_message_size(MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(MESSAGE_BYTES_MAX)

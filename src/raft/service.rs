@@ -31,6 +31,18 @@ pub struct RaftGrpc {
     /// `snapshots/` directory: `*.tmp` there is removed on open).
     recv_dir: PathBuf,
     seq: AtomicU64,
+    /// One snapshot received at a time: each may be as large as the whole state.
+    receiving: tokio::sync::Semaphore,
+}
+
+/// Removes a partly received snapshot when the transfer ends in any way, including the
+/// handler being dropped because the sender reset the stream.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl RaftGrpc {
@@ -39,8 +51,26 @@ impl RaftGrpc {
             raft,
             recv_dir,
             seq: AtomicU64::new(0),
+            receiving: tokio::sync::Semaphore::new(1),
         }
     }
+}
+
+/// Reads a received snapshot stream end to end; returns its meta.
+fn verify_stream(path: &std::path::Path) -> std::io::Result<crate::raft::SnapshotMeta> {
+    struct Discard;
+    impl crate::state_machine::stream::StreamSink for Discard {
+        fn cf(&mut self, _: &str) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn pair(&mut self, _: &[u8], _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let (meta, _digest) = crate::state_machine::stream::read_stream(file, &mut Discard)?;
+    codec::decode(&meta)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Status> {
@@ -123,8 +153,13 @@ impl RaftService for RaftGrpc {
                 ));
             }
         };
+        let _one = self
+            .receiving
+            .try_acquire()
+            .map_err(|_| Status::unavailable("a snapshot is already being received; retry"))?;
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
-        let path = self.recv_dir.join(format!("incoming-{n}.tmp"));
+        let tmp = TempFile(self.recv_dir.join(format!("incoming-{n}.tmp")));
+        let path = tmp.0.clone();
         let received = async {
             let mut file = tokio::fs::File::create(&path).await?;
             while let Some(chunk) = chunks.message().await.map_err(std::io::Error::other)? {
@@ -139,23 +174,30 @@ impl RaftService for RaftGrpc {
                 }
             }
             file.sync_all().await?;
+            drop(file);
+            // Verify the whole stream (framing, checksums, digest, meta) before openraft sees
+            // it: a failed install is fatal for the node, a refused transfer is not.
+            let p = path.clone();
+            let stream_meta = tokio::task::spawn_blocking(move || verify_stream(&p))
+                .await
+                .map_err(std::io::Error::other)??;
+            if stream_meta != meta {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("stream holds {stream_meta:?}, header says {meta:?}"),
+                ));
+            }
             SnapshotFile::open(&path)
         }
         .await;
-        let file = match received {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(Status::invalid_argument(format!("receiving snapshot: {e}")));
-            }
-        };
-        // The install verifies the stream's checksums and digest before switching to it.
+        let file =
+            received.map_err(|e| Status::invalid_argument(format!("receiving snapshot: {e}")))?;
         let snapshot = Snapshot {
             meta,
             snapshot: file,
         };
         let r = self.raft.install_full_snapshot(vote, snapshot).await;
-        let _ = tokio::fs::remove_file(&path).await;
+        drop(tmp);
         reply(r)
     }
 }

@@ -65,7 +65,11 @@ impl GraphService for GraphApi {
                 Err(Status::internal(format!("write answered with {other:?}")))
             }
             Proposed::Applied(Err(e)) => Err(apply_error(&e)),
-            Proposed::Forward(leader) => client(&leader).await?.write(route::forwarded(msg)).await,
+            Proposed::Forward(leader) => client(&leader)
+                .await?
+                .write(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
         }
     }
 

@@ -65,6 +65,26 @@ pub fn limit(l: u32) -> usize {
     if l == 0 { PAGE_ITEMS_MAX } else { l as usize }
 }
 
+/// The status of a forwarded write or admin call, as the client must read it: if the call did
+/// not come back with an answer (deadline, reset, transport), its outcome is unknown, which is
+/// UNAVAILABLE — retry with the same request id.
+pub fn forwarded_outcome(s: Status) -> Status {
+    use tonic::Code::*;
+    match s.code() {
+        DeadlineExceeded | Cancelled | Unknown | Unavailable => Status::unavailable(format!(
+            "outcome unknown (forwarded to the leader: {}: {}); retry with the same request id",
+            s.code(),
+            s.message()
+        )),
+        _ => s,
+    }
+}
+
+/// The largest encoded command proposed: below the WAL's default record limit (16 MiB) with
+/// room for the entry's own fields. A larger write is refused here rather than by the WAL,
+/// whose refusal would stop the leader.
+pub const PROPOSAL_BYTES_MAX: usize = 15 << 20;
+
 /// `None`: serve the read here (after a read index when linearizable). `Some(leader)`: forward.
 pub async fn read_route(
     raft: &Raft,
@@ -104,6 +124,13 @@ pub async fn propose(
     req: crate::state_machine::Request,
     was_forwarded: bool,
 ) -> Result<Proposed, Status> {
+    let bytes = crate::codec::encoded_len(&req).map_err(|e| Status::internal(e.to_string()))?;
+    if bytes > PROPOSAL_BYTES_MAX {
+        return Err(invalid(
+            "request",
+            format!("{bytes} bytes encoded, limit {PROPOSAL_BYTES_MAX}; split it"),
+        ));
+    }
     match raft.client_write(req).await {
         Ok(r) => Ok(Proposed::Applied(r.response().outcome.clone())),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

@@ -70,12 +70,11 @@ impl TenantService for TenantApi {
         let req = convert::create_tenant(msg.clone(), (self.clock)())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => {
-                client(&leader)
-                    .await?
-                    .create_tenant(route::forwarded(msg))
-                    .await
-            }
+            Err(leader) => client(&leader)
+                .await?
+                .create_tenant(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
         }
     }
 
@@ -130,12 +129,11 @@ impl TenantService for TenantApi {
         let req = convert::update_quotas(msg.clone(), (self.clock)())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => {
-                client(&leader)
-                    .await?
-                    .update_quotas(route::forwarded(msg))
-                    .await
-            }
+            Err(leader) => client(&leader)
+                .await?
+                .update_quotas(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
         }
     }
 
@@ -148,12 +146,11 @@ impl TenantService for TenantApi {
         let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => {
-                client(&leader)
-                    .await?
-                    .set_tenant_config(route::forwarded(msg))
-                    .await
-            }
+            Err(leader) => client(&leader)
+                .await?
+                .set_tenant_config(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
         }
     }
 
@@ -166,12 +163,11 @@ impl TenantService for TenantApi {
         let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => {
-                client(&leader)
-                    .await?
-                    .set_tenant_enabled(route::forwarded(msg))
-                    .await
-            }
+            Err(leader) => client(&leader)
+                .await?
+                .set_tenant_enabled(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
         }
     }
 
@@ -185,12 +181,11 @@ impl TenantService for TenantApi {
         match self.admin(req, fwd).await? {
             Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),
             Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),
-            Err(leader) => {
-                client(&leader)
-                    .await?
-                    .delete_tenant(route::forwarded(msg))
-                    .await
-            }
+            Err(leader) => client(&leader)
+                .await?
+                .delete_tenant(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
         }
     }
 }

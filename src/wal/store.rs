@@ -200,7 +200,33 @@ where
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
         Ok(self.inner.shared.lock().vote.clone())
     }
+
+    /// What replication reads: a prefix of `start..end` whose encoded entries add up to at most
+    /// [`REPLICATION_BATCH_BYTES_MAX`] (always at least one entry), so one append message stays
+    /// far below the gRPC and codec limits whatever `max_payload_entries` allows.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        let mut entries = self.inner.read(start, end).await?;
+        let mut total = 0usize;
+        let mut keep = 0usize;
+        for e in &entries {
+            let bytes = codec::encoded_len(e).map_err(io::Error::other)?;
+            if keep > 0 && total + bytes > REPLICATION_BATCH_BYTES_MAX {
+                break;
+            }
+            total += bytes;
+            keep += 1;
+        }
+        entries.truncate(keep);
+        Ok(entries)
+    }
 }
+
+/// Encoded bytes one replication read returns at most (beyond its first entry).
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 32 << 20;
 
 impl<C: RaftTypeConfig> RaftLogStorage<C> for Wal<C>
 where
