@@ -209,23 +209,27 @@ impl GraphReader {
     }
 
     pub fn node(&self, tenant: &str, id: u64) -> Result<Option<Node>, ReadError> {
-        self.with_tenant(tenant, |store, cf| {
-            let v = store
-                .db()
-                .get_cf(cf, keys::node(id))
-                .map_err(|e| rocks_err("read node", e))?;
-            v.map(|b| decode::<NodeRecord>(&b, "node").map(|r| r.into_node(id)))
-                .transpose()
-        })
+        self.get_record(tenant, &keys::node(id), id, NodeRecord::into_node)
     }
 
     pub fn edge(&self, tenant: &str, id: u64) -> Result<Option<Edge>, ReadError> {
+        self.get_record(tenant, &keys::edge(id), id, EdgeRecord::into_edge)
+    }
+
+    /// One stored record of an enabled tenant, decoded as `R` and shown as `T`.
+    fn get_record<R: DeserializeOwned, T>(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        id: u64,
+        view: fn(R, u64) -> T,
+    ) -> Result<Option<T>, ReadError> {
         self.with_tenant(tenant, |store, cf| {
             let v = store
                 .db()
-                .get_cf(cf, keys::edge(id))
-                .map_err(|e| rocks_err("read edge", e))?;
-            v.map(|b| decode::<EdgeRecord>(&b, "edge").map(|r| r.into_edge(id)))
+                .get_cf(cf, key)
+                .map_err(|e| rocks_err("read record", e))?;
+            v.map(|b| decode::<R>(&b, &format!("record {key:?}")).map(|r| view(r, id)))
                 .transpose()
         })
     }
