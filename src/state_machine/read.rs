@@ -394,13 +394,7 @@ impl GraphReader {
         let cfs = cf_handles(store.db(), &registered_cfs(store.db(), opts())?)?;
         drop(ddl);
         let mut h = StateHasher::default();
-        walk(store.db(), &cfs, &opts, &mut |item| {
-            match item {
-                Item::Cf(n) => h.cf(n),
-                Item::Pair(k, v) => h.pair(k, v),
-            }
-            Ok(())
-        })?;
+        hash_cfs(&store, &cfs, &opts, &mut h)?;
         Ok(h.finish().1)
     }
 
@@ -411,24 +405,20 @@ impl GraphReader {
         let ddl = store.ddl.read().expect("ddl lock poisoned");
         let snap = store.db().snapshot();
         let meta = store.meta()?;
-        let registered = snap
-            .get_cf(&meta, keys::tenant_record(tenant))
-            .map_err(|e| rocks_err("read", e))?;
-        if registered.is_none() {
+        let get = |key: &[u8]| snap.get_cf(&meta, key).map_err(|e| rocks_err("read", e));
+        let record_key = keys::tenant_record(tenant);
+        let Some(record) = get(&record_key)? else {
             return Err(ApplyError::TenantNotFound {
                 tenant: tenant.to_string(),
             }
             .into());
-        }
+        };
+        let counters_key = keys::tenant_counters(tenant);
+        let counters = get(&counters_key)?.unwrap_or_default();
         let mut h = StateHasher::default();
         h.cf(keys::META_CF);
-        for key in [keys::tenant_record(tenant), keys::tenant_counters(tenant)] {
-            let v = snap
-                .get_cf(&meta, &key)
-                .map_err(|e| rocks_err("read", e))?
-                .unwrap_or_default();
-            h.pair(&key, &v);
-        }
+        h.pair(&record_key, &record);
+        h.pair(&counters_key, &counters);
         let opts = || {
             let mut o = ReadOptions::default();
             o.set_snapshot(&snap);
@@ -436,13 +426,24 @@ impl GraphReader {
         };
         let cfs = cf_handles(store.db(), &[keys::tenant_cf(tenant)])?;
         drop(ddl);
-        walk(store.db(), &cfs, &opts, &mut |item| {
-            match item {
-                Item::Cf(n) => h.cf(n),
-                Item::Pair(k, v) => h.pair(k, v),
-            }
-            Ok(())
-        })?;
+        hash_cfs(&store, &cfs, &opts, &mut h)?;
         Ok(h.finish().1)
     }
+}
+
+/// Feeds every column family in `cfs` and its pairs to `h`, in order.
+fn hash_cfs(
+    store: &Store,
+    cfs: &[super::snapshot::Handle<'_>],
+    opts: &dyn Fn() -> ReadOptions,
+    h: &mut StateHasher,
+) -> Result<(), ReadError> {
+    walk(store.db(), cfs, opts, &mut |item| {
+        match item {
+            Item::Cf(n) => h.cf(n),
+            Item::Pair(k, v) => h.pair(k, v),
+        }
+        Ok(())
+    })?;
+    Ok(())
 }
