@@ -6,11 +6,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/raftgraph/v1/graph.proto",
         "proto/raftgraph/v1/tenant.proto",
         "proto/raftgraph/v1/raft.proto",
+        "proto/raftgraph/v1/cluster.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // For server reflection (grpcurl lists and describes the services without .proto files).
+        .file_descriptor_set_path(out.join("raftgraph_descriptor.bin"))
         // Ordered maps: property maps reach the log, where bytes must not depend on hash order.
         .btree_map(".")
         .compile_protos(&protos, &["proto"])?;

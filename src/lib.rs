@@ -13,14 +13,21 @@
 //! - [`state_machine`]: the RocksDB state machine — apply, reads, snapshots, digests.
 //! - [`raft`]: the openraft type configuration.
 //! - [`proto`]: the gRPC API generated from `proto/raftgraph/v1`.
-//! - [`server`]: conversions at the gRPC edge and the one error → status mapping.
+//! - [`server`]: the gRPC services (graph, tenant, cluster), routing to the leader, admission
+//!   control, conversions at the edge and the one error → status mapping.
+//! - [`node`]: one node's lifecycle — config, data directory (lock + identity), serving, shutdown.
+//! - [`client`]: the Rust client (leader discovery, deadlines, exactly-once retries).
+//! - [`cli`]: the `raftgraph tenant|node|edge|cluster` commands.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
     "build with `--cfg tokio_unstable` (set in .cargo/config.toml; do not override RUSTFLAGS)"
 );
 
+pub mod cli;
+pub mod client;
 pub mod codec;
+pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod server;

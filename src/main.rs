@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use raftgraph::cli;
+use raftgraph::node::NodeConfig;
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +19,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node: `raftgraph server --config node.toml` (flags and RAFTGRAPH_* env override
+    /// the file). Stops gracefully on SIGTERM or Ctrl-C.
+    Server(ServerArgs),
+    /// Tenants: create, get, list, quotas, enable, disable, delete.
+    Tenant {
+        #[command(flatten)]
+        global: cli::Global,
+        #[command(subcommand)]
+        cmd: cli::TenantCmd,
+    },
+    /// Nodes: create, get, set, delete, by-label.
+    Node {
+        #[command(flatten)]
+        global: cli::Global,
+        #[command(subcommand)]
+        cmd: cli::NodeCmd,
+    },
+    /// Edges: create, get, delete, neighbors.
+    Edge {
+        #[command(flatten)]
+        global: cli::Global,
+        #[command(subcommand)]
+        cmd: cli::EdgeCmd,
+    },
+    /// The cluster: init, status, add-learner, promote, remove, transfer, snapshot.
+    Cluster {
+        #[command(flatten)]
+        global: cli::Global,
+        #[command(subcommand)]
+        cmd: cli::ClusterCmd,
+    },
     /// Measure WAL group commit: entries/s and entries per fsync with 1..N flushes in flight,
     /// beside one write+fdatasync per entry, on real files.
     WalBench {
@@ -54,14 +87,128 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The node's TOML file (see deploy/node1.toml). Without it every required value must come
+    /// from flags or the environment.
+    #[arg(long, env = "RAFTGRAPH_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "RAFTGRAPH_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    #[arg(long, env = "RAFTGRAPH_NODE_ID")]
+    node_id: Option<u64>,
+    #[arg(long, env = "RAFTGRAPH_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    #[arg(long, env = "RAFTGRAPH_ADVERTISE")]
+    advertise: Option<String>,
+    #[arg(long, env = "RAFTGRAPH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// The file, then flags/env on top; then `validate()`.
+fn node_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
+    let mut c = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+            NodeConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => {
+            let missing = |what: &str| anyhow::anyhow!("no --config: --{what} is required");
+            NodeConfig::new(
+                a.cluster_id
+                    .as_deref()
+                    .ok_or_else(|| missing("cluster-id"))?,
+                a.node_id.ok_or_else(|| missing("node-id"))?,
+                a.listen.ok_or_else(|| missing("listen"))?,
+                a.data_dir.as_deref().ok_or_else(|| missing("data-dir"))?,
+            )
+        }
+    };
+    if let Some(v) = a.cluster_id {
+        c.cluster_id = v;
+    }
+    if let Some(v) = a.node_id {
+        c.node_id = v;
+    }
+    if let Some(v) = a.listen {
+        c.listen = v;
+    }
+    if let Some(v) = a.advertise {
+        c.advertise = Some(v);
+    }
+    if let Some(v) = a.data_dir {
+        c.data_dir = v;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No signal handling: run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Prints a client error as `error: CODE: message` and exits 1.
+fn client_result(r: Result<(), tonic::Status>) -> anyhow::Result<()> {
+    if let Err(s) = r {
+        eprintln!("error: {:?}: {}", s.code(), s.message());
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // Errors print as one line of context (`error: a: b: c`), never as a backtrace.
+    match real_main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // A server logs its lifecycle; client commands keep stderr for errors.
+    let default = if matches!(cli.command, Command::Server(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
+        .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Server(args) => {
+            let config = node_config(args)?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen on {}: {e}", config.listen))?;
+            raftgraph::node::run(config, listener, terminated()).await?;
+        }
+        Command::Tenant { global, cmd } => client_result(cli::tenant(&global, cmd).await)?,
+        Command::Node { global, cmd } => client_result(cli::node(&global, cmd).await)?,
+        Command::Edge { global, cmd } => client_result(cli::edge(&global, cmd).await)?,
+        Command::Cluster { global, cmd } => client_result(cli::cluster(&global, cmd).await)?,
         Command::WalBench {
             dir,
             entries,

@@ -10,6 +10,7 @@ use openraft::BasicNode;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::admission::Admission;
 use super::convert;
 use super::route::{self, Proposed};
 use super::status::{apply_error, invalid, read_error};
@@ -28,6 +29,7 @@ pub struct GraphApi {
     raft: Raft,
     reader: GraphReader,
     clock: Clock,
+    admission: Admission,
 }
 
 impl GraphApi {
@@ -36,7 +38,14 @@ impl GraphApi {
             raft,
             reader,
             clock,
+            admission: Admission::default(),
         }
+    }
+
+    /// Shares `admission` (the node's in-flight proposal budget) instead of a private default.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 }
 
@@ -54,6 +63,8 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        // Held until the answer is sent, including a forward to the leader.
+        let _permit = self.admission.admit()?;
         let was_forwarded = route::was_forwarded(&request);
         let msg = request.into_inner();
         let req = convert::write_request(msg.clone(), (self.clock)())?;

@@ -1,7 +1,8 @@
 //! The client-facing side of a node: the gRPC API's conversions at the edge, the one error →
 //! status mapping, and the graph service ([`graph`]: writes through Raft with one forward from a
-//! follower, linearizable reads by read index). The tenant and cluster services, admission
-//! control and follower-side read index come with the rest of the cluster issue.
+//! follower, linearizable reads by read index), the tenant service ([`tenant`]), the cluster
+//! service ([`cluster`]: bootstrap, membership, leadership, snapshots, status) and admission
+//! control ([`admission`]: a bounded number of proposals in flight per node).
 //!
 //! **Invariants**
 //! - Nothing from the network reaches the log unchecked: [`convert`] refuses missing fields and
@@ -10,6 +11,8 @@
 //!   telling whether one is stored.
 //! - Every error a client sees comes through [`status`], with the code the table there gives.
 
+pub mod admission;
+pub mod cluster;
 pub mod convert;
 pub mod graph;
 pub mod route;

@@ -6,6 +6,7 @@ use openraft::BasicNode;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::admission::Admission;
 use super::convert;
 use super::graph::Clock;
 use super::route::{self, Proposed};
@@ -21,6 +22,7 @@ pub struct TenantApi {
     raft: Raft,
     reader: GraphReader,
     clock: Clock,
+    admission: Admission,
 }
 
 impl TenantApi {
@@ -29,7 +31,14 @@ impl TenantApi {
             raft,
             reader,
             clock,
+            admission: Admission::default(),
         }
+    }
+
+    /// Shares `admission` (the node's in-flight proposal budget) instead of a private default.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Proposes an admin command; `Ok(Err(leader))` means "forward to this leader".
@@ -68,6 +77,7 @@ impl TenantService for TenantApi {
         let fwd = route::was_forwarded(&request);
         let msg = request.into_inner();
         let req = convert::create_tenant(msg.clone(), (self.clock)())?;
+        let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
@@ -127,6 +137,7 @@ impl TenantService for TenantApi {
         let fwd = route::was_forwarded(&request);
         let msg = request.into_inner();
         let req = convert::update_quotas(msg.clone(), (self.clock)())?;
+        let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
@@ -144,6 +155,7 @@ impl TenantService for TenantApi {
         let fwd = route::was_forwarded(&request);
         let msg = request.into_inner();
         let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
+        let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
@@ -161,6 +173,7 @@ impl TenantService for TenantApi {
         let fwd = route::was_forwarded(&request);
         let msg = request.into_inner();
         let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
+        let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
@@ -178,6 +191,7 @@ impl TenantService for TenantApi {
         let fwd = route::was_forwarded(&request);
         let msg = request.into_inner();
         let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
+        let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),
             Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A local three-node raftgraph cluster on 127.0.0.1:7001-7003 (configs: deploy/node{1,2,3}.toml,
+# data and logs under target/local-cluster/).
+#
+#   bash deploy/local-cluster.sh start    # build, start the three nodes, init the cluster once
+#   bash deploy/local-cluster.sh status   # each node's view (state, term, leader, log)
+#   bash deploy/local-cluster.sh stop     # SIGTERM each node and wait for it to exit
+#   bash deploy/local-cluster.sh clean    # stop, then delete target/local-cluster
+#
+# Run from the repository root. RAFTGRAPH_BIN overrides the binary (otherwise it is built with
+# `cargo build --profile ci`).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DIR=target/local-cluster
+ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+mkdir -p "$DIR"
+
+bin() {
+  if [[ -n "${RAFTGRAPH_BIN:-}" ]]; then
+    echo "$RAFTGRAPH_BIN"
+  else
+    echo "${CARGO_TARGET_DIR:-target}/ci/raftgraph"
+  fi
+}
+
+running() { # node number
+  local pid_file="$DIR/node$1.pid"
+  [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
+# Polls `cmd` once a second for up to `secs` seconds.
+wait_for() { # secs description cmd...
+  local secs=$1 what=$2
+  shift 2
+  for _ in $(seq "$secs"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  echo "timed out after ${secs}s waiting for $what" >&2
+  return 1
+}
+
+has_leader() {
+  "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"state":"leader"'
+}
+
+start() {
+  if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
+    cargo build --profile ci --bin raftgraph
+  fi
+  for i in 1 2 3; do
+    if running "$i"; then
+      echo "node $i already running (pid $(cat "$DIR/node$i.pid"))"
+      continue
+    fi
+    "$(bin)" server --config "deploy/node$i.toml" >>"$DIR/node$i.log" 2>&1 &
+    echo $! >"$DIR/node$i.pid"
+    echo "node $i started (pid $!, log $DIR/node$i.log)"
+  done
+  for i in 1 2 3; do
+    wait_for 30 "node $i to answer" "$(bin)" cluster status --endpoints "127.0.0.1:700$i"
+  done
+  if [[ ! -f "$DIR/initialized" ]]; then
+    "$(bin)" cluster init --endpoints 127.0.0.1:7001 \
+      --member 1=127.0.0.1:7001 --member 2=127.0.0.1:7002 --member 3=127.0.0.1:7003
+    touch "$DIR/initialized"
+    echo "cluster initialized"
+  fi
+  wait_for 30 "a leader" has_leader "$ENDPOINTS"
+  "$(bin)" cluster status --endpoints "$ENDPOINTS"
+}
+
+stop() {
+  for i in 1 2 3; do
+    if running "$i"; then
+      kill -TERM "$(cat "$DIR/node$i.pid")"
+    fi
+  done
+  for i in 1 2 3; do
+    if [[ -f "$DIR/node$i.pid" ]]; then
+      wait_for 30 "node $i to exit" bash -c "! kill -0 $(cat "$DIR/node$i.pid") 2>/dev/null"
+      rm -f "$DIR/node$i.pid"
+      echo "node $i stopped"
+    fi
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) "$(bin)" cluster status --endpoints "$ENDPOINTS" ;;
+  clean)
+    stop
+    rm -rf "$DIR"
+    ;;
+  *)
+    echo "usage: $0 start|stop|status|clean" >&2
+    exit 2
+    ;;
+esac

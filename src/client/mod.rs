@@ -1,0 +1,437 @@
+//! The Rust client: a list of endpoints, leader discovery, a deadline per call and per attempt,
+//! and retries that reuse the request id so a retried write applies once.
+//!
+//! **Exactly-once.** A [`Client`] is one session: a client id and a sequence that grows by one
+//! per proposal (write or tenant admin command). Proposals from one `Client` go one at a time
+//! (the server keeps one outstanding request per session); for concurrency use several clients.
+//! Every retry of a proposal resends the same `(client_id, sequence)`, so the cluster applies it
+//! at most once and answers a repeat with the first answer. If a proposal's outcome is still
+//! unknown at its deadline, the error is returned and the session ends: the next proposal starts
+//! a new session (new client id), so it is never mistaken for, or refused as, a reuse.
+//!
+//! **Routing.** Proposals and linearizable reads go to the leader when it is known (learned
+//! from `Status`; any node would forward, this saves the hop), serializable reads to the
+//! endpoints in turn. UNAVAILABLE, DEADLINE_EXCEEDED (one attempt's), CANCELLED and UNKNOWN
+//! (transport) are retried with jittered exponential backoff (or the server's
+//! `grpc-retry-pushback-ms`) on the next target, rediscovering the leader, until the call's
+//! deadline. Every other code is the answer.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::proto::v1 as pb;
+use crate::proto::v1::cluster_service_client::ClusterServiceClient;
+use crate::proto::v1::graph_service_client::GraphServiceClient;
+use crate::proto::v1::tenant_service_client::TenantServiceClient;
+use crate::raft::network::MESSAGE_BYTES_MAX;
+
+/// How a client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The session's client id; `None` picks a random one (two clients must never share one).
+    pub client_id: Option<u64>,
+    /// One attempt's deadline.
+    pub attempt_timeout: Duration,
+    /// A whole call's deadline, retries included.
+    pub deadline: Duration,
+    /// Seed of the backoff jitter; `None` derives it from the client id.
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            client_id: None,
+            attempt_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+            jitter_seed: None,
+        }
+    }
+}
+
+/// A connection to a raftgraph cluster. Cheap to share by reference; see the module docs.
+pub struct Client {
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    channels: Mutex<BTreeMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+    next: Mutex<usize>,
+    rng: Mutex<SmallRng>,
+    /// (client id, last sequence used); held across a proposal and its retries.
+    session: tokio::sync::Mutex<(u64, u64)>,
+}
+
+/// Where a call should go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Leader,
+    Any,
+}
+
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
+fn pushback(s: &Status) -> Option<Duration> {
+    let ms = s.metadata().get("grpc-retry-pushback-ms")?.to_str().ok()?;
+    ms.parse::<u64>()
+        .ok()
+        .map(|ms| Duration::from_millis(ms.min(10_000)))
+}
+
+impl Client {
+    /// A client for `endpoints` (`host:port` each). Channels connect lazily.
+    pub fn new(endpoints: Vec<String>, options: ClientOptions) -> Result<Client, Status> {
+        if endpoints.is_empty() {
+            return Err(Status::invalid_argument("endpoints: none given"));
+        }
+        for e in &endpoints {
+            crate::server::cluster::check_addr("endpoints", e)?;
+        }
+        let client_id = options
+            .client_id
+            .unwrap_or_else(|| SmallRng::from_os_rng().random());
+        let seed = options.jitter_seed.unwrap_or(client_id);
+        Ok(Client {
+            endpoints,
+            options,
+            channels: Mutex::new(BTreeMap::new()),
+            leader: Mutex::new(None),
+            next: Mutex::new(0),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            session: tokio::sync::Mutex::new((client_id, 0)),
+        })
+    }
+
+    /// The current session's client id.
+    pub async fn client_id(&self) -> u64 {
+        self.session.lock().await.0
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("channel map");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .connect_lazy();
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The next target: the leader if wanted and known, else the endpoints in turn.
+    fn pick(&self, target: Target) -> String {
+        if target == Target::Leader
+            && let Some(l) = self.leader.lock().expect("leader").clone()
+        {
+            return l;
+        }
+        let mut next = self.next.lock().expect("rotation");
+        let addr = self.endpoints[*next % self.endpoints.len()].clone();
+        *next = next.wrapping_add(1);
+        addr
+    }
+
+    fn backoff(&self, attempt: u32, status: &Status) -> Duration {
+        if let Some(d) = pushback(status) {
+            return d;
+        }
+        let base = Duration::from_millis(25u64 << attempt.min(5)); // 25 ms .. 800 ms
+        let jitter = self.rng.lock().expect("rng").random_range(0.5..1.5);
+        base.mul_f64(jitter)
+    }
+
+    /// Asks the endpoints (in order) who leads; remembers the answer.
+    pub async fn discover_leader(&self) -> Option<String> {
+        for addr in &self.endpoints {
+            let Ok(ch) = self.channel(addr) else { continue };
+            let mut req = Request::new(pb::StatusRequest {});
+            req.set_timeout(self.options.attempt_timeout);
+            if let Ok(s) = ClusterServiceClient::new(ch).status(req).await {
+                let s = s.into_inner();
+                if !s.leader_addr.is_empty() {
+                    *self.leader.lock().expect("leader") = Some(s.leader_addr.clone());
+                    return Some(s.leader_addr);
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs `call` until it answers, a non-retryable error comes back, or the deadline.
+    async fn retry<T, F, Fut>(&self, target: Target, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.options.deadline;
+        let mut attempt = 0u32;
+        loop {
+            let addr = self.pick(target);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let timeout = self.options.attempt_timeout.min(left);
+            let result = match self.channel(&addr) {
+                Ok(ch) => call(ch, timeout).await,
+                Err(e) => Err(e),
+            };
+            let status = match result {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if !retryable(&s) => return Err(s),
+                Err(s) => s,
+            };
+            tracing::debug!(%addr, code = ?status.code(), msg = status.message(), "retrying");
+            // The leader may have moved: forget it; the next leader-bound attempt asks again.
+            *self.leader.lock().expect("leader") = None;
+            let pause = self.backoff(attempt, &status);
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(Status::new(
+                    status.code(),
+                    format!(
+                        "gave up after {} attempts within {:?}: {}",
+                        attempt + 1,
+                        self.options.deadline,
+                        status.message()
+                    ),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+            if target == Target::Leader {
+                self.discover_leader().await;
+            }
+        }
+    }
+
+    /// A proposal: one sequence for all its retries; see the module docs.
+    async fn propose<Req, T, F, Fut>(&self, msg: Req, mut call: F) -> Result<T, Status>
+    where
+        Req: Clone,
+        F: FnMut(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+        Req: WithRequestId,
+    {
+        let mut session = self.session.lock().await;
+        session.1 += 1;
+        let id = pb::RequestId {
+            client_id: session.0,
+            sequence: session.1,
+        };
+        if self.leader.lock().expect("leader").is_none() {
+            self.discover_leader().await;
+        }
+        let mut msg = msg;
+        msg.set_request_id(id);
+        let r = self
+            .retry(Target::Leader, |ch, timeout| {
+                let mut req = Request::new(msg.clone());
+                req.set_timeout(timeout);
+                call(ch, req)
+            })
+            .await;
+        if let Err(s) = &r
+            && retryable(s)
+        {
+            // Outcome unknown: end this session so the next proposal cannot collide with it.
+            *session = (self.rng.lock().expect("rng").random(), 0);
+        }
+        r
+    }
+
+    fn graph(ch: Channel) -> GraphServiceClient<Channel> {
+        GraphServiceClient::new(ch)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// An atomic write batch (`request_id` is set by the client).
+    pub async fn write(&self, req: pb::WriteRequest) -> Result<pb::WriteResponse, Status> {
+        self.propose(req, |ch, r| async move { Self::graph(ch).write(r).await })
+            .await
+    }
+
+    fn read_target(consistency: i32) -> Target {
+        if consistency == pb::Consistency::Serializable as i32 {
+            Target::Any
+        } else {
+            Target::Leader
+        }
+    }
+
+    pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
+        self.retry(Self::read_target(req.consistency), |ch, t| {
+            let mut r = Request::new(req.clone());
+            r.set_timeout(t);
+            async move { Self::graph(ch).get_node(r).await }
+        })
+        .await
+    }
+
+    pub async fn get_edge(&self, req: pb::GetEdgeRequest) -> Result<pb::Edge, Status> {
+        self.retry(Self::read_target(req.consistency), |ch, t| {
+            let mut r = Request::new(req.clone());
+            r.set_timeout(t);
+            async move { Self::graph(ch).get_edge(r).await }
+        })
+        .await
+    }
+
+    pub async fn neighbors(
+        &self,
+        req: pb::NeighborsRequest,
+    ) -> Result<pb::NeighborsResponse, Status> {
+        self.retry(Self::read_target(req.consistency), |ch, t| {
+            let mut r = Request::new(req.clone());
+            r.set_timeout(t);
+            async move { Self::graph(ch).neighbors(r).await }
+        })
+        .await
+    }
+
+    pub async fn nodes_by_label(
+        &self,
+        req: pb::NodesByLabelRequest,
+    ) -> Result<pb::NodesPage, Status> {
+        self.retry(Self::read_target(req.consistency), |ch, t| {
+            let mut r = Request::new(req.clone());
+            r.set_timeout(t);
+            async move { Self::graph(ch).nodes_by_label(r).await }
+        })
+        .await
+    }
+
+    pub async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
+        self.propose(req, |ch, r| async move {
+            TenantServiceClient::new(ch).create_tenant(r).await
+        })
+        .await
+    }
+
+    pub async fn update_quotas(&self, req: pb::UpdateQuotasRequest) -> Result<pb::Tenant, Status> {
+        self.propose(req, |ch, r| async move {
+            TenantServiceClient::new(ch).update_quotas(r).await
+        })
+        .await
+    }
+
+    pub async fn set_tenant_config(
+        &self,
+        req: pb::SetTenantConfigRequest,
+    ) -> Result<pb::Tenant, Status> {
+        self.propose(req, |ch, r| async move {
+            TenantServiceClient::new(ch).set_tenant_config(r).await
+        })
+        .await
+    }
+
+    pub async fn set_tenant_enabled(
+        &self,
+        req: pb::SetTenantEnabledRequest,
+    ) -> Result<pb::Tenant, Status> {
+        self.propose(req, |ch, r| async move {
+            TenantServiceClient::new(ch).set_tenant_enabled(r).await
+        })
+        .await
+    }
+
+    pub async fn delete_tenant(
+        &self,
+        req: pb::DeleteTenantRequest,
+    ) -> Result<pb::DeleteTenantResponse, Status> {
+        self.propose(req, |ch, r| async move {
+            TenantServiceClient::new(ch).delete_tenant(r).await
+        })
+        .await
+    }
+
+    pub async fn get_tenant(&self, req: pb::GetTenantRequest) -> Result<pb::Tenant, Status> {
+        self.retry(Self::read_target(req.consistency), |ch, t| {
+            let mut r = Request::new(req.clone());
+            r.set_timeout(t);
+            async move { TenantServiceClient::new(ch).get_tenant(r).await }
+        })
+        .await
+    }
+
+    pub async fn list_tenants(
+        &self,
+        req: pb::ListTenantsRequest,
+    ) -> Result<pb::ListTenantsResponse, Status> {
+        self.retry(Self::read_target(req.consistency), |ch, t| {
+            let mut r = Request::new(req.clone());
+            r.set_timeout(t);
+            async move { TenantServiceClient::new(ch).list_tenants(r).await }
+        })
+        .await
+    }
+
+    /// The status of the first endpoint that answers (not necessarily the leader's view).
+    pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
+        self.retry(Target::Any, |ch, t| {
+            let mut r = Request::new(pb::StatusRequest {});
+            r.set_timeout(t);
+            async move { ClusterServiceClient::new(ch).status(r).await }
+        })
+        .await
+    }
+
+    /// The status of one endpoint, without retries.
+    pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse, Status> {
+        let mut r = Request::new(pb::StatusRequest {});
+        r.set_timeout(self.options.attempt_timeout);
+        let ch = self.channel(addr)?;
+        Ok(ClusterServiceClient::new(ch).status(r).await?.into_inner())
+    }
+
+    /// Cluster calls go to the first endpoint (init must reach the node it names; the others
+    /// forward to the leader themselves). Membership calls are retried like proposals: each
+    /// is idempotent in effect (adding a present learner or removing an absent node is refused
+    /// or a no-op, never a double change).
+    pub async fn cluster<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: FnMut(ClusterServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut call = call;
+        self.retry(Target::Any, |ch, _t| call(ClusterServiceClient::new(ch)))
+            .await
+    }
+}
+
+/// Requests that carry a [`pb::RequestId`].
+pub trait WithRequestId {
+    fn set_request_id(&mut self, id: pb::RequestId);
+}
+
+macro_rules! with_request_id {
+    ($($t:ty),*) => {$(
+        impl WithRequestId for $t {
+            fn set_request_id(&mut self, id: pb::RequestId) {
+                self.request_id = Some(id);
+            }
+        }
+    )*};
+}
+
+with_request_id!(
+    pb::WriteRequest,
+    pb::CreateTenantRequest,
+    pb::UpdateQuotasRequest,
+    pb::SetTenantConfigRequest,
+    pb::SetTenantEnabledRequest,
+    pb::DeleteTenantRequest
+);

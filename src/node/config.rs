@@ -1,0 +1,292 @@
+//! A node's configuration: a TOML file (see `deploy/node1.toml`), overridden by flags and
+//! `RAFTGRAPH_*` environment variables (the binary applies those). [`NodeConfig::validate`]
+//! refuses bad values and bad combinations with a message naming the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::server::cluster::check_addr;
+use crate::state_machine::StateMachineConfig;
+use crate::wal::WalConfig;
+
+/// The longest cluster id.
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Names the cluster; recorded in the data directory on first start and checked on every
+    /// later one, so a node never starts on another cluster's data. `[A-Za-z0-9_.-]`, 1..=64.
+    pub cluster_id: String,
+    /// This node's Raft id, unique in the cluster, at least 1. Recorded in the data directory.
+    pub node_id: u64,
+    /// Address to listen on for clients and peers (`ip:port`).
+    pub listen: SocketAddr,
+    /// Address peers and clients dial (`host:port`); defaults to `listen`. Must be set when
+    /// `listen` is a wildcard address (0.0.0.0 or ::).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The data directory: `wal/`, `sm/`, `IDENTITY` and `LOCK` live here.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub raft: RaftSection,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// Raft timing and log compaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// An election starts after a random timeout in `[min, max)` ms without a leader.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one (0 = never
+    /// automatically; `raftgraph cluster snapshot` still works).
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot, so briefly lagging followers catch up from
+    /// the log rather than a whole snapshot.
+    pub log_kept_behind_snapshot: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_every_entries: 100_000,
+            log_kept_behind_snapshot: 10_000,
+        }
+    }
+}
+
+/// The client-facing server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Writes and admin commands in flight on this node before new ones are refused with
+    /// UNAVAILABLE and a retry hint.
+    pub proposals_in_flight_max: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            proposals_in_flight_max: 4096,
+        }
+    }
+}
+
+/// Memory and file sizes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// WAL segment size, bytes.
+    pub wal_segment_bytes: u64,
+    /// RocksDB memtables, all tenants together, bytes.
+    pub write_buffer_bytes: usize,
+    /// RocksDB block cache, bytes.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        let wal = WalConfig::new("");
+        let sm = StateMachineConfig::new("");
+        StorageSection {
+            wal_segment_bytes: wal.segment_bytes,
+            write_buffer_bytes: sm.write_buffer_bytes,
+            block_cache_bytes: sm.block_cache_bytes,
+        }
+    }
+}
+
+/// A configuration that cannot run, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("config {field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn bad(field: &str, reason: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    })
+}
+
+/// `[A-Za-z0-9_.-]`, 1..=64 bytes.
+pub fn check_cluster_id(id: &str) -> Result<(), ConfigError> {
+    let ok_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if id.is_empty() || id.len() > CLUSTER_ID_BYTES_MAX || !ok_chars {
+        return bad(
+            "cluster_id",
+            format!("{id:?}: use 1..={CLUSTER_ID_BYTES_MAX} of [A-Za-z0-9_.-]"),
+        );
+    }
+    Ok(())
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but identity, addresses and directory.
+    pub fn new(cluster_id: &str, node_id: u64, listen: SocketAddr, data_dir: &Path) -> Self {
+        NodeConfig {
+            cluster_id: cluster_id.into(),
+            node_id,
+            listen,
+            advertise: None,
+            data_dir: data_dir.into(),
+            raft: RaftSection::default(),
+            server: ServerSection::default(),
+            storage: StorageSection::default(),
+        }
+    }
+
+    /// Parses a TOML file's text; unknown keys are errors (a typo must not be ignored).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            field: "file".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The address peers and clients dial.
+    pub fn advertise_addr(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Refuses values that cannot work, naming the field and the value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_cluster_id(&self.cluster_id)?;
+        if self.node_id == 0 {
+            return bad("node_id", "0; node ids start at 1");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "empty");
+        }
+        match &self.advertise {
+            None if self.listen.ip().is_unspecified() => {
+                return bad(
+                    "advertise",
+                    format!(
+                        "required when listen is the wildcard {}: peers cannot dial it",
+                        self.listen
+                    ),
+                );
+            }
+            None if self.listen.port() == 0 => {
+                return bad(
+                    "advertise",
+                    "required when listen has port 0: peers cannot dial an unknown port",
+                );
+            }
+            Some(a) => check_addr("advertise", a).map_err(|s| ConfigError {
+                field: "advertise".into(),
+                reason: s.message().to_string(),
+            })?,
+            None => {}
+        }
+        let r = &self.raft;
+        if !(10..=60_000).contains(&r.heartbeat_ms) {
+            return bad(
+                "raft.heartbeat_ms",
+                format!("{}; use 10..=60000", r.heartbeat_ms),
+            );
+        }
+        if r.election_timeout_min_ms < 3 * r.heartbeat_ms {
+            return bad(
+                "raft.election_timeout_min_ms",
+                format!(
+                    "{} ms is under 3 heartbeats ({} ms each): followers would start \
+                     elections while the leader is healthy",
+                    r.election_timeout_min_ms, r.heartbeat_ms
+                ),
+            );
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad(
+                "raft.election_timeout_max_ms",
+                format!(
+                    "{} must exceed election_timeout_min_ms ({}): the spread is what keeps \
+                     candidates from splitting the vote forever",
+                    r.election_timeout_max_ms, r.election_timeout_min_ms
+                ),
+            );
+        }
+        if self.server.proposals_in_flight_max == 0 {
+            return bad("server.proposals_in_flight_max", "0; at least 1");
+        }
+        self.wal_config().validate().map_err(|e| ConfigError {
+            field: "storage.wal_segment_bytes".into(),
+            reason: e.to_string(),
+        })?;
+        self.sm_config().validate().map_err(|e| ConfigError {
+            field: "storage".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    pub fn wal_config(&self) -> WalConfig {
+        let mut c = WalConfig::new(self.data_dir.join("wal"));
+        c.segment_bytes = self.storage.wal_segment_bytes;
+        c
+    }
+
+    pub fn sm_config(&self) -> StateMachineConfig {
+        let mut c = StateMachineConfig::new(self.data_dir.join("sm"));
+        c.write_buffer_bytes = self.storage.write_buffer_bytes;
+        // One tenant's memtable may take up to a quarter of the shared budget.
+        c.cf_write_buffer_bytes = c
+            .cf_write_buffer_bytes
+            .min(c.write_buffer_bytes / 4)
+            .max(64 << 10);
+        c.block_cache_bytes = self.storage.block_cache_bytes;
+        c
+    }
+
+    /// openraft's configuration: pre-vote on (a node cut off and healed must not depose a
+    /// healthy leader), snapshots by entry count.
+    pub fn raft_config(&self) -> Result<Arc<openraft::Config>, ConfigError> {
+        let r = &self.raft;
+        let policy = if r.snapshot_every_entries == 0 {
+            openraft::SnapshotPolicy::Never
+        } else {
+            openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries)
+        };
+        let c = openraft::Config {
+            cluster_name: self.cluster_id.clone(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            enable_pre_vote: Some(true),
+            snapshot_policy: policy,
+            max_in_snapshot_log_to_keep: r.log_kept_behind_snapshot,
+            ..Default::default()
+        };
+        c.validate().map(Arc::new).map_err(|e| ConfigError {
+            field: "raft".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The election timeout's upper bound, for callers that wait "a few elections".
+    pub fn election_timeout_max(&self) -> Duration {
+        Duration::from_millis(self.raft.election_timeout_max_ms)
+    }
+}

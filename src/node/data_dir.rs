@@ -1,0 +1,121 @@
+//! A node's data directory: an exclusive lock (`LOCK`, held while the node runs, so no second
+//! process starts on it) and its identity (`IDENTITY`: cluster id and node id, written on first
+//! start and checked on every later one, so a node never starts on another node's data).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a data directory belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub node_id: u64,
+}
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data directory {dir}: locked by another process (is this node already running?)")]
+    Locked { dir: PathBuf },
+    #[error(
+        "data directory {dir} belongs to cluster {found_cluster:?} node {found_node}, \
+         but this node is configured as cluster {cluster:?} node {node}; \
+         point data_dir at this node's own directory"
+    )]
+    WrongIdentity {
+        dir: PathBuf,
+        found_cluster: String,
+        found_node: u64,
+        cluster: String,
+        node: u64,
+    },
+    #[error("data directory {dir}: IDENTITY is unreadable: {reason}")]
+    BadIdentity { dir: PathBuf, reason: String },
+    #[error("data directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An open, locked data directory. The lock is released when this is dropped (or the process
+/// dies: the OS drops the lock with the file descriptor).
+#[derive(Debug)]
+pub struct DataDir {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates `dir` if needed, locks it, and records or checks `identity`.
+    pub fn open(dir: &Path, identity: &Identity) -> Result<DataDir, DataDirError> {
+        let io_err = |source| DataDirError::Io {
+            dir: dir.into(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DataDirError::Locked { dir: dir.into() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let path = dir.join("IDENTITY");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let found: Identity =
+                    toml::from_str(&text).map_err(|e| DataDirError::BadIdentity {
+                        dir: dir.into(),
+                        reason: e.to_string(),
+                    })?;
+                if &found != identity {
+                    return Err(DataDirError::WrongIdentity {
+                        dir: dir.into(),
+                        found_cluster: found.cluster_id,
+                        found_node: found.node_id,
+                        cluster: identity.cluster_id.clone(),
+                        node: identity.node_id,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_identity(dir, identity).map_err(io_err)?;
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+        Ok(DataDir {
+            dir: dir.into(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Temp file, fsync, rename, directory fsync: a crash leaves the old file or the new one.
+fn write_identity(dir: &Path, identity: &Identity) -> io::Result<()> {
+    let text = toml::to_string(identity).map_err(io::Error::other)?;
+    let tmp = dir.join("IDENTITY.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(
+        b"# Written on first start; a node refuses a data directory of another identity.\n",
+    )?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("IDENTITY"))?;
+    File::open(dir)?.sync_all()
+}

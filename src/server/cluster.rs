@@ -1,0 +1,396 @@
+//! The cluster service: bootstrap, membership changes, leadership transfer, snapshots and the
+//! node's view of the cluster. Membership changes and transfers run on the leader; a follower
+//! forwards them once, like writes. `Status` answers from the node asked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::route;
+use super::status::invalid;
+use crate::proto::v1 as pb;
+use crate::proto::v1::cluster_service_client::ClusterServiceClient;
+use crate::proto::v1::cluster_service_server::ClusterService;
+use crate::raft::service::Raft;
+use crate::raft::{LogId, NodeId, StoredMembership};
+
+/// The longest `host:port` accepted for a member.
+pub const ADDR_BYTES_MAX: usize = 256;
+/// The most members named in one request.
+pub const MEMBERS_MAX: usize = 64;
+
+/// The cluster service of one node.
+pub struct ClusterApi {
+    raft: Raft,
+    cluster_id: String,
+}
+
+impl ClusterApi {
+    pub fn new(raft: Raft, cluster_id: String) -> Self {
+        ClusterApi { raft, cluster_id }
+    }
+}
+
+async fn client(node: &BasicNode) -> Result<ClusterServiceClient<Channel>, Status> {
+    Ok(ClusterServiceClient::new(route::channel(node).await?))
+}
+
+/// Checks a member from the wire: a non-zero id and a `host:port` address.
+pub fn member(field: &str, m: Option<pb::Member>) -> Result<(NodeId, BasicNode), Status> {
+    let m = m.ok_or_else(|| invalid(field, "missing"))?;
+    if m.id == 0 {
+        return Err(invalid(&format!("{field}.id"), "node ids start at 1"));
+    }
+    check_addr(&format!("{field}.addr"), &m.addr)?;
+    Ok((m.id, BasicNode::new(m.addr)))
+}
+
+/// `host:port` with a numeric port, at most [`ADDR_BYTES_MAX`] bytes.
+pub fn check_addr(field: &str, addr: &str) -> Result<(), Status> {
+    if addr.len() > ADDR_BYTES_MAX {
+        return Err(invalid(
+            field,
+            format!("{} bytes, limit {ADDR_BYTES_MAX}", addr.len()),
+        ));
+    }
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        return Err(invalid(
+            field,
+            format!("{addr:?} is not host:port (e.g. 127.0.0.1:7001)"),
+        ));
+    }
+    Ok(())
+}
+
+fn ids(field: &str, ids: &[u64]) -> Result<BTreeSet<NodeId>, Status> {
+    if ids.is_empty() {
+        return Err(invalid(field, "no node ids given"));
+    }
+    if ids.len() > MEMBERS_MAX {
+        return Err(invalid(
+            field,
+            format!("{} ids, limit {MEMBERS_MAX}", ids.len()),
+        ));
+    }
+    Ok(ids.iter().copied().collect())
+}
+
+fn membership_to_proto(m: &StoredMembership) -> pb::Membership {
+    let m = m.membership();
+    let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+    let mut out = pb::Membership::default();
+    for (id, node) in m.nodes() {
+        let member = pb::Member {
+            id: *id,
+            addr: node.addr.clone(),
+        };
+        if voters.contains(id) {
+            out.voters.push(member);
+        } else {
+            out.learners.push(member);
+        }
+    }
+    out
+}
+
+fn position(l: Option<&LogId>) -> Option<pb::LogPosition> {
+    l.map(|l| pb::LogPosition {
+        term: l.committed_leader_id().term,
+        index: l.index,
+    })
+}
+
+/// A membership change's result: the new membership, a forward, or a status.
+enum Changed {
+    Done(pb::MembershipResponse),
+    Forward(BasicNode),
+}
+
+fn changed(
+    r: Result<
+        openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+        RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>,
+    >,
+    was_forwarded: bool,
+) -> Result<Changed, Status> {
+    match r {
+        Ok(r) => Ok(Changed::Done(pb::MembershipResponse {
+            membership: r.membership().as_ref().map(|m| {
+                membership_to_proto(&openraft::StoredMembership::new(Some(r.log_id), m.clone()))
+            }),
+        })),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            route::leader_of(&f, was_forwarded).map(Changed::Forward)
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
+            Status::failed_precondition(format!("membership change: {e}")),
+        ),
+        Err(e) => Err(Status::unavailable(format!(
+            "membership change outcome unknown, check status and retry: {e}"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn init(
+        &self,
+        request: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::InitResponse>, Status> {
+        let me = self.raft.metrics().borrow_watched().id;
+        let msg = request.into_inner();
+        if msg.members.len() > MEMBERS_MAX {
+            return Err(invalid(
+                "members",
+                format!("{} members, limit {MEMBERS_MAX}", msg.members.len()),
+            ));
+        }
+        let mut members = BTreeMap::new();
+        for (i, m) in msg.members.into_iter().enumerate() {
+            let (id, node) = member(&format!("members[{i}]"), Some(m))?;
+            if members.insert(id, node).is_some() {
+                return Err(invalid(
+                    &format!("members[{i}].id"),
+                    format!("node {id} named twice"),
+                ));
+            }
+        }
+        if members.is_empty() {
+            return Err(invalid(
+                "members",
+                "empty; name every initial voter, this node included",
+            ));
+        }
+        if !members.contains_key(&me) {
+            return Err(invalid(
+                "members",
+                format!("must include the node asked (node {me})"),
+            ));
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(Response::new(pb::InitResponse {})),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                Err(Status::failed_precondition(format!(
+                    "node {me} already belongs to a cluster ({e}); init runs once, on a new \
+                     cluster"
+                )))
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                Err(invalid("members", e.to_string()))
+            }
+            Err(e) => Err(Status::unavailable(format!("init: {e}"))),
+        }
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let was_forwarded = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let (id, node) = member("member", msg.member.clone())?;
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            return Err(Status::already_exists(format!(
+                "node {id} is already a voter"
+            )));
+        }
+        let r = self.raft.add_learner(id, node, msg.wait).await;
+        match changed(r, was_forwarded)? {
+            Changed::Done(r) => Ok(Response::new(r)),
+            Changed::Forward(leader) => client(&leader)
+                .await?
+                .add_learner(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
+        }
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let was_forwarded = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let ids = ids("ids", &msg.ids)?;
+        let r = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await;
+        match changed(r, was_forwarded)? {
+            Changed::Done(r) => Ok(Response::new(r)),
+            Changed::Forward(leader) => client(&leader)
+                .await?
+                .promote(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome),
+        }
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let was_forwarded = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let ids = ids("ids", &msg.ids)?;
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        for id in &ids {
+            if m.membership().get_node(id).is_none() {
+                return Err(Status::not_found(format!("node {id} is not a member")));
+            }
+        }
+        let (remove_voters, remove_learners): (BTreeSet<_>, BTreeSet<_>) =
+            ids.into_iter().partition(|id| voters.contains(id));
+        let mut last = None;
+        if !remove_voters.is_empty() {
+            // `retain = false`: a removed voter leaves the cluster instead of staying a learner.
+            let r = self
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(remove_voters), false)
+                .await;
+            match changed(r, was_forwarded)? {
+                Changed::Done(r) => last = Some(r),
+                Changed::Forward(leader) => {
+                    return client(&leader)
+                        .await?
+                        .remove(route::forwarded(msg))
+                        .await
+                        .map_err(route::forwarded_outcome);
+                }
+            }
+        }
+        if !remove_learners.is_empty() {
+            let r = self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(remove_learners), false)
+                .await;
+            match changed(r, was_forwarded)? {
+                Changed::Done(r) => last = Some(r),
+                Changed::Forward(leader) => {
+                    return client(&leader)
+                        .await?
+                        .remove(route::forwarded(msg))
+                        .await
+                        .map_err(route::forwarded_outcome);
+                }
+            }
+        }
+        Ok(Response::new(last.unwrap_or_default()))
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<pb::TransferLeadershipRequest>,
+    ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        let was_forwarded = route::was_forwarded(&request);
+        let msg = request.into_inner();
+        let m = self.raft.metrics().borrow_watched().clone();
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == msg.to)
+        {
+            return Err(Status::not_found(format!(
+                "node {} is not a voter; only a voter can lead",
+                msg.to
+            )));
+        }
+        if m.current_leader == Some(msg.to) {
+            return Ok(Response::new(pb::TransferLeadershipResponse {}));
+        }
+        if m.current_leader != Some(m.id) {
+            let leader = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            return match (leader, was_forwarded) {
+                (Some(leader), false) => {
+                    client(&leader)
+                        .await?
+                        .transfer_leadership(route::forwarded(msg))
+                        .await
+                }
+                _ => Err(Status::unavailable("no leader is known; retry")),
+            };
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(msg.to)
+            .await
+            .map_err(|e| Status::unavailable(format!("transfer: {e}")))?;
+        Ok(Response::new(pb::TransferLeadershipResponse {}))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<pb::TriggerSnapshotRequest>,
+    ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(format!("snapshot: {e}")))?;
+        Ok(Response::new(pb::TriggerSnapshotResponse {}))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        let replication = m
+            .replication
+            .iter()
+            .flatten()
+            .filter_map(|(id, l)| l.as_ref().map(|l| (*id, l.index)))
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            node_id: m.id,
+            cluster_id: self.cluster_id.clone(),
+            state: state.into(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr,
+            last_log_index: m.last_log_index,
+            applied: position(m.last_applied.as_ref()),
+            snapshot: position(m.snapshot.as_ref()),
+            purged: position(m.purged.as_ref()),
+            membership: Some(membership_to_proto(&m.membership_config)),
+            replication,
+        }))
+    }
+}

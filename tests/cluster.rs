@@ -1,0 +1,801 @@
+//! Whole nodes (`raftgraph::node::Node`: data directory, WAL, RocksDB, every gRPC service) in
+//! one process, each on its own tokio runtime over real loopback gRPC, driven through the Rust
+//! client and the cluster service. A crash is the node's runtime shut down with its tasks
+//! aborted where they stand (no graceful shutdown, no leadership hand-off); a restart opens the
+//! same data directory on the same port without `init`.
+//!
+//! Waits are on openraft metrics or on client calls with generous bounds (60 s); nothing asserts
+//! how long something took. The one fixed wait — ten election timeouts of a cut-off node in the
+//! pre-vote test — is the scenario itself, and a slow machine only makes it milder.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use raftgraph::client::{Client, ClientOptions};
+use raftgraph::node::{Node, NodeConfig};
+use raftgraph::proto::v1 as pb;
+use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
+use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Raft timing for a test cluster.
+#[derive(Clone, Copy)]
+struct Timing {
+    heartbeat_ms: u64,
+    election_min_ms: u64,
+    election_max_ms: u64,
+}
+
+const FAST: Timing = Timing {
+    heartbeat_ms: 50,
+    election_min_ms: 300,
+    election_max_ms: 600,
+};
+
+/// A TCP proxy in front of a node, so a test can cut the node off: when cut, open connections
+/// are dropped and new ones are closed at once.
+struct Proxy {
+    addr: SocketAddr,
+    cut: watch::Sender<bool>,
+}
+
+async fn proxy(target: SocketAddr) -> Proxy {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (cut, _) = watch::channel(false);
+    let cut_rx = cut.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = l.accept().await else {
+                return;
+            };
+            if *cut_rx.borrow() {
+                continue; // dropped: closed at once
+            }
+            let mut rx = cut_rx.clone();
+            tokio::spawn(async move {
+                let Ok(mut out) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = out.set_nodelay(true);
+                let _ = inbound.set_nodelay(true);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                    _ = rx.wait_for(|c| *c) => {}
+                }
+            });
+        }
+    });
+    Proxy { addr, cut }
+}
+
+struct TestNode {
+    config: NodeConfig,
+    rt: Option<tokio::runtime::Runtime>,
+    node: Option<Node>,
+    proxy: Option<Proxy>,
+}
+
+impl TestNode {
+    fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is running")
+    }
+
+    fn advertise(&self) -> String {
+        self.config.advertise_addr()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // Dropping a runtime inside the test's runtime would panic; abandon it instead.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn clock() -> raftgraph::server::graph::Clock {
+    Arc::new(|| 1_700_000_000_000_000)
+}
+
+/// Starts `config`'s node on a runtime of its own, listening on `config.listen`.
+async fn boot(config: NodeConfig) -> (tokio::runtime::Runtime, Node) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = std::net::TcpListener::bind(config.listen).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let node = rt
+        .spawn(async move {
+            let l = TcpListener::from_std(listener).unwrap();
+            Node::start_with_clock(config, l, clock()).await
+        })
+        .await
+        .unwrap()
+        .expect("node starts");
+    (rt, node)
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    timing: Timing,
+    nodes: BTreeMap<u64, TestNode>,
+}
+
+impl Cluster {
+    /// `n` nodes, initialised as one cluster through node 1's cluster service.
+    async fn start(n: u64, timing: Timing, proxied: bool) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            timing,
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            c.add_node(id, proxied).await;
+        }
+        let members = c
+            .nodes
+            .iter()
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                addr: n.advertise(),
+            })
+            .collect();
+        let mut cc = ClusterServiceClient::connect(format!("http://{}", c.nodes[&1].advertise()))
+            .await
+            .unwrap();
+        cc.init(pb::InitRequest { members }).await.unwrap();
+        c.leader().await;
+        c
+    }
+
+    /// Starts a new, uninitialised node `id`.
+    async fn add_node(&mut self, id: u64, proxied: bool) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut config = NodeConfig::new("test", id, port, &self.dir.path().join(id.to_string()));
+        config.raft.heartbeat_ms = self.timing.heartbeat_ms;
+        config.raft.election_timeout_min_ms = self.timing.election_min_ms;
+        config.raft.election_timeout_max_ms = self.timing.election_max_ms;
+        config.storage.write_buffer_bytes = 8 << 20;
+        config.storage.block_cache_bytes = 8 << 20;
+        config.storage.wal_segment_bytes = 32 << 20;
+        let proxy = if proxied {
+            let p = proxy(port).await;
+            config.advertise = Some(p.addr.to_string());
+            Some(p)
+        } else {
+            None
+        };
+        let (rt, node) = boot(config.clone()).await;
+        self.nodes.insert(
+            id,
+            TestNode {
+                config,
+                rt: Some(rt),
+                node: Some(node),
+                proxy,
+            },
+        );
+    }
+
+    fn live(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.node.as_ref().map(|node| (*id, node)))
+    }
+
+    /// Waits for a live node that leads and has applied its own term's first entry (before
+    /// that, openraft may still answer writes with ForwardToLeader).
+    async fn leader(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for (id, n) in self.live() {
+                let m = n.raft().metrics().borrow_watched().clone();
+                let ready = m.current_leader == Some(id)
+                    && m.last_applied
+                        .as_ref()
+                        .is_some_and(|l| l.committed_leader_id().term == m.current_term);
+                if ready {
+                    return id;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no ready leader within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.advertise()).collect()
+    }
+
+    fn client(&self, client_id: u64) -> Client {
+        Client::new(
+            self.endpoints(),
+            ClientOptions {
+                client_id: Some(client_id),
+                deadline: WAIT,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// Aborts node `id`'s tasks where they stand and closes its files and sockets.
+    async fn crash(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).unwrap();
+        let rt = n.rt.take().unwrap();
+        tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        // Releases the reader's database handle and the data directory lock.
+        drop(n.node.take());
+    }
+
+    /// Starts node `id` again on its data directory and port.
+    async fn restart(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).unwrap();
+        let (rt, node) = boot(n.config.clone()).await;
+        n.rt = Some(rt);
+        n.node = Some(node);
+    }
+
+    /// Waits until every live node applied at least the leader's last log index; returns it.
+    async fn converge(&self) -> u64 {
+        let leader = self.leader().await;
+        let last = self.nodes[&leader]
+            .node()
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .last_log_index;
+        for (_, n) in self.live() {
+            n.raft()
+                .wait(Some(WAIT))
+                .applied_index_at_least(last, "converged")
+                .await
+                .unwrap();
+        }
+        last.unwrap_or(0)
+    }
+
+    /// Every live node's whole-state digest, after converging.
+    async fn assert_same_state(&self) {
+        self.converge().await;
+        let digests: BTreeSet<[u8; 32]> = self
+            .live()
+            .map(|(_, n)| n.reader().digest().unwrap())
+            .collect();
+        assert_eq!(digests.len(), 1, "replicas differ after converging");
+    }
+}
+
+fn node_op(name: &str) -> pb::Operation {
+    let value = pb::Value {
+        kind: Some(pb::value::Kind::StringValue(name.into())),
+    };
+    pb::Operation {
+        op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+            labels: vec!["Item".into()],
+            properties: [("name".to_string(), value)].into(),
+        })),
+    }
+}
+
+async fn create_tenant(c: &Client, id: &str) {
+    c.create_tenant(pb::CreateTenantRequest {
+        request_id: None,
+        id: id.into(),
+        quotas: Some(pb::Quotas::default()), // unlimited
+        config: None,
+    })
+    .await
+    .unwrap();
+}
+
+/// Writes one node named `name`; returns its id.
+async fn write_node(c: &Client, tenant: &str, name: &str) -> u64 {
+    let r = c
+        .write(pb::WriteRequest {
+            tenant: tenant.into(),
+            request_id: None,
+            preconditions: vec![],
+            operations: vec![node_op(name)],
+        })
+        .await
+        .unwrap_or_else(|s| panic!("write {name}: {s}"));
+    match r.results[0].result {
+        Some(pb::op_result::Result::NodeCreated(id)) => id,
+        ref other => panic!("unexpected result {other:?}"),
+    }
+}
+
+fn linearizable(tenant: &str, id: u64) -> pb::GetNodeRequest {
+    pb::GetNodeRequest {
+        tenant: tenant.into(),
+        id,
+        consistency: pb::Consistency::Linearizable as i32,
+    }
+}
+
+fn name_of(n: &pb::Node) -> String {
+    match &n.properties["name"].kind {
+        Some(pb::value::Kind::StringValue(s)) => s.clone(),
+        other => panic!("name is {other:?}"),
+    }
+}
+
+/// Reads `id` linearizably through node `addr` only.
+async fn read_at(addr: &str, tenant: &str, id: u64) -> Result<pb::Node, tonic::Status> {
+    let mut g = GraphServiceClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    g.get_node(linearizable(tenant, id))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoins_on_restart() {
+    let mut cluster = Cluster::start(3, FAST, false).await;
+    let client = cluster.client(1);
+    create_tenant(&client, "t").await;
+
+    // Writes through the leader and through a follower (the client is pointed at one node).
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..30 {
+        let name = format!("before-{i}");
+        acknowledged.insert(write_node(&client, "t", &name).await, name);
+    }
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let via_follower = Client::new(
+        vec![cluster.nodes[&follower].advertise()],
+        ClientOptions {
+            client_id: Some(2),
+            deadline: WAIT,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..10 {
+        let name = format!("follower-{i}");
+        acknowledged.insert(write_node(&via_follower, "t", &name).await, name);
+    }
+    // A linearizable read after a write, from every node.
+    let (last_id, last_name) = acknowledged.last_key_value().unwrap();
+    for n in cluster.nodes.values() {
+        let got = read_at(&n.advertise(), "t", *last_id).await.unwrap();
+        assert_eq!(&name_of(&got), last_name);
+    }
+
+    // The leader crashes; writes go on (the client retries until a new leader answers).
+    let old_term = cluster.nodes[&leader]
+        .node()
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .current_term;
+    cluster.crash(leader).await;
+    for i in 0..30 {
+        let name = format!("after-{i}");
+        acknowledged.insert(write_node(&client, "t", &name).await, name);
+    }
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let m = cluster.nodes[&new_leader]
+        .node()
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .clone();
+    assert!(
+        m.current_term > old_term,
+        "a new term elected the new leader"
+    );
+
+    // Every acknowledged write is readable, linearizably, from each survivor.
+    for (id, n) in cluster.live() {
+        let addr = cluster.nodes[&id].advertise();
+        for (node_id, name) in &acknowledged {
+            let got = read_at(&addr, "t", *node_id).await.unwrap();
+            assert_eq!(
+                &name_of(&got),
+                name,
+                "node {node_id} read through node {id}"
+            );
+        }
+        assert_eq!(
+            n.reader().tenant("t").unwrap().usage.nodes,
+            acknowledged.len() as u64
+        );
+    }
+
+    // The crashed node restarts from its data directory (no init) and catches up.
+    cluster.restart(leader).await;
+    for i in 0..10 {
+        let name = format!("rejoined-{i}");
+        acknowledged.insert(write_node(&client, "t", &name).await, name);
+    }
+    cluster.assert_same_state().await;
+    let rejoined = cluster.nodes[&leader].node();
+    assert_eq!(
+        rejoined.reader().tenant("t").unwrap().usage.nodes,
+        acknowledged.len() as u64
+    );
+    let (last_id, last_name) = acknowledged.last_key_value().unwrap();
+    let got = read_at(&cluster.nodes[&leader].advertise(), "t", *last_id)
+        .await
+        .unwrap();
+    assert_eq!(&name_of(&got), last_name);
+
+    // A retried write (same client id and sequence) applies once, even through another node.
+    let req = pb::WriteRequest {
+        tenant: "t".into(),
+        request_id: Some(pb::RequestId {
+            client_id: 777,
+            sequence: 1,
+        }),
+        preconditions: vec![],
+        operations: vec![node_op("once")],
+    };
+    let mut answers = BTreeSet::new();
+    for n in cluster.nodes.values() {
+        let mut g = GraphServiceClient::connect(format!("http://{}", n.advertise()))
+            .await
+            .unwrap();
+        let r = g.write(req.clone()).await.unwrap().into_inner();
+        answers.insert(format!("{:?}", r.results));
+    }
+    assert_eq!(answers.len(), 1, "every retry got the first answer");
+    cluster.converge().await;
+    for (_, n) in cluster.live() {
+        assert_eq!(
+            n.reader().tenant("t").unwrap().usage.nodes,
+            acknowledged.len() as u64 + 1
+        );
+    }
+
+    // Bad requests get the right code and a message naming the problem; the node keeps serving.
+    let addr = cluster.nodes[&follower].advertise();
+    let mut g = GraphServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let s = g
+        .get_node(linearizable("no-such-tenant", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
+    assert!(s.message().contains("no-such-tenant"), "{}", s.message());
+    let s = g
+        .write(pb::WriteRequest {
+            tenant: "t".into(),
+            request_id: Some(pb::RequestId {
+                client_id: 9,
+                sequence: 1,
+            }),
+            preconditions: vec![],
+            operations: vec![pb::Operation { op: None }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("operations[0]"), "{}", s.message());
+    client
+        .set_tenant_enabled(pb::SetTenantEnabledRequest {
+            request_id: None,
+            id: "t".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let s = client
+        .write(pb::WriteRequest {
+            tenant: "t".into(),
+            request_id: None,
+            preconditions: vec![],
+            operations: vec![node_op("refused")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+    assert!(
+        s.message().contains("t") && s.message().contains("disabled"),
+        "{}",
+        s.message()
+    );
+    // Reads of a disabled tenant are refused the same way; enabled again, it serves.
+    let s = read_at(&addr, "t", *last_id).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+    client
+        .set_tenant_enabled(pb::SetTenantEnabledRequest {
+            request_id: None,
+            id: "t".into(),
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    let got = read_at(&addr, "t", *last_id).await.unwrap();
+    assert_eq!(&name_of(&got), last_name, "still serving reads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_as_learner_is_promoted_an_old_node_is_removed_and_leadership_moves() {
+    let mut cluster = Cluster::start(3, FAST, false).await;
+    let client = cluster.client(1);
+    create_tenant(&client, "t").await;
+    let mut written = BTreeMap::new();
+    for i in 0..20 {
+        let name = format!("n{i}");
+        written.insert(write_node(&client, "t", &name).await, name);
+    }
+
+    // Node 4 joins as a learner through a follower (forwarded to the leader) and catches up.
+    cluster.add_node(4, false).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut cc =
+        ClusterServiceClient::connect(format!("http://{}", cluster.nodes[&follower].advertise()))
+            .await
+            .unwrap();
+    let r = cc
+        .add_learner(pb::AddLearnerRequest {
+            member: Some(pb::Member {
+                id: 4,
+                addr: cluster.nodes[&4].advertise(),
+            }),
+            wait: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = r.membership.unwrap();
+    assert_eq!(m.learners.iter().map(|m| m.id).collect::<Vec<_>>(), [4]);
+    let r = cc
+        .promote(pb::PromoteRequest { ids: vec![4] })
+        .await
+        .unwrap()
+        .into_inner();
+    let voters: BTreeSet<u64> = r.membership.unwrap().voters.iter().map(|m| m.id).collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3, 4]));
+
+    // Writes continue while node 1 is removed (it may be the leader; leadership then moves).
+    let writer = tokio::spawn({
+        let client = cluster.client(2);
+        async move {
+            let mut w = BTreeMap::new();
+            for i in 0..30 {
+                let name = format!("during-{i}");
+                w.insert(write_node(&client, "t", &name).await, name);
+            }
+            w
+        }
+    });
+    let r = cc
+        .remove(pb::RemoveRequest { ids: vec![1] })
+        .await
+        .unwrap()
+        .into_inner();
+    let voters: BTreeSet<u64> = r.membership.unwrap().voters.iter().map(|m| m.id).collect();
+    assert_eq!(voters, BTreeSet::from([2, 3, 4]));
+    written.extend(writer.await.unwrap());
+    let s = cc
+        .remove(pb::RemoveRequest { ids: vec![1] })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
+    cluster.crash(1).await;
+    cluster.nodes.remove(&1);
+
+    // No write lost, on any remaining node, node 4 included.
+    let leader = cluster.leader().await;
+    cluster.converge().await;
+    for (id, n) in cluster.live() {
+        assert_eq!(
+            n.reader().tenant("t").unwrap().usage.nodes,
+            written.len() as u64,
+            "node {id}"
+        );
+    }
+    let addr4 = cluster.nodes[&4].advertise();
+    for (node_id, name) in &written {
+        assert_eq!(
+            &name_of(&read_at(&addr4, "t", *node_id).await.unwrap()),
+            name
+        );
+    }
+
+    // Leadership moves to a chosen voter on request (sent to a non-leader: forwarded).
+    let to = [2, 3, 4].into_iter().find(|id| *id != leader).unwrap();
+    let asked = [2, 3, 4]
+        .into_iter()
+        .find(|id| *id != leader && *id != to)
+        .unwrap();
+    let mut cc =
+        ClusterServiceClient::connect(format!("http://{}", cluster.nodes[&asked].advertise()))
+            .await
+            .unwrap();
+    cc.transfer_leadership(pb::TransferLeadershipRequest { to })
+        .await
+        .unwrap();
+    cluster.nodes[&to]
+        .node()
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.current_leader == Some(to), "the chosen node leads")
+        .await
+        .unwrap();
+    // The node asked learns of the new leader by its first heartbeat; then its status says so.
+    cluster.nodes[&asked]
+        .node()
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.current_leader == Some(to), "the asked node follows")
+        .await
+        .unwrap();
+    let status = cc.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.leader_id, Some(to));
+    assert_eq!(status.leader_addr, cluster.nodes[&to].advertise());
+    let s = cc
+        .transfer_leadership(pb::TransferLeadershipRequest { to: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
+    // Writes work under the new leader.
+    let id = write_node(&client, "t", "after-transfer").await;
+    assert_eq!(
+        name_of(&read_at(&addr4, "t", id).await.unwrap()),
+        "after-transfer"
+    );
+    // init on a running cluster is refused.
+    let s = cc
+        .init(pb::InitRequest {
+            members: vec![pb::Member {
+                id: asked,
+                addr: cluster.nodes[&asked].advertise(),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_for_ten_election_timeouts_neither_raises_the_term_nor_deposes_the_leader() {
+    // Slower timing than FAST: the healthy pair must not see spurious timeouts on a busy machine.
+    let timing = Timing {
+        heartbeat_ms: 100,
+        election_min_ms: 800,
+        election_max_ms: 1600,
+    };
+    let cluster = Cluster::start(3, timing, true).await;
+    let client = cluster.client(1);
+    create_tenant(&client, "t").await;
+    write_node(&client, "t", "before").await;
+    cluster.converge().await;
+    let leader = cluster.leader().await;
+    let cut = (1..=3).find(|id| *id != leader).unwrap();
+    let term = |id: u64| {
+        cluster.nodes[&id]
+            .node()
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .current_term
+    };
+    let term_before = term(leader);
+
+    // Nothing reaches `cut` (its proxy drops every connection); its own requests still reach
+    // the others, so without pre-vote its higher-term vote requests would depose the leader.
+    cluster.nodes[&cut]
+        .proxy
+        .as_ref()
+        .unwrap()
+        .cut
+        .send_replace(true);
+    tokio::time::sleep(Duration::from_millis(10 * timing.election_max_ms)).await;
+    // The cluster kept working without it.
+    let id = write_node(&client, "t", "during").await;
+    assert_eq!(term(cut), term_before, "the cut-off node's term rose");
+    assert_eq!(term(leader), term_before, "the leader's term rose");
+
+    cluster.nodes[&cut]
+        .proxy
+        .as_ref()
+        .unwrap()
+        .cut
+        .send_replace(false);
+    cluster.converge().await;
+    assert_eq!(cluster.leader().await, leader, "the leader was deposed");
+    assert_eq!(term(leader), term_before);
+    assert_eq!(term(cut), term_before);
+    let got = read_at(&cluster.nodes[&cut].advertise(), "t", id)
+        .await
+        .unwrap();
+    assert_eq!(name_of(&got), "during");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maximum_size_entry_replicates_and_a_larger_one_is_refused() {
+    let cluster = Cluster::start(3, FAST, false).await;
+    let client = cluster.client(1);
+    create_tenant(&client, "t").await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let follower_addr = cluster.nodes[&follower].advertise();
+    // `ops` nodes each holding one 1 MiB bytes value (the per-value limit).
+    let big = |ops: usize, client_id: u64| pb::WriteRequest {
+        tenant: "t".into(),
+        request_id: Some(pb::RequestId {
+            client_id,
+            sequence: 1,
+        }),
+        preconditions: vec![],
+        operations: (0..ops)
+            .map(|i| pb::Operation {
+                op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+                    labels: vec!["Blob".into()],
+                    properties: [(
+                        "data".to_string(),
+                        pb::Value {
+                            kind: Some(pb::value::Kind::BytesValue(vec![i as u8; 1 << 20])),
+                        },
+                    )]
+                    .into(),
+                })),
+            })
+            .collect(),
+    };
+    let mut g = GraphServiceClient::connect(format!("http://{follower_addr}"))
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    // 14 MiB of values: the largest whole number of them under the 15 MiB proposal limit. Sent
+    // to a follower, so it also crosses the forward to the leader.
+    let r = g.write(big(14, 50)).await.unwrap().into_inner();
+    assert_eq!(r.results.len(), 14);
+    let last = cluster.converge().await;
+    for (id, n) in cluster.live() {
+        assert!(
+            n.raft()
+                .metrics()
+                .borrow_watched()
+                .last_applied
+                .unwrap()
+                .index
+                >= last
+        );
+        let t = n.reader().tenant("t").unwrap();
+        assert_eq!(t.usage.nodes, 14, "node {id}");
+        assert!(t.usage.storage_bytes >= 14 << 20, "node {id}");
+    }
+    cluster.assert_same_state().await;
+
+    // 16 MiB: refused at the edge with the limit named; nothing applied; the node serves on.
+    let s = g.write(big(16, 51)).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("limit"), "{}", s.message());
+    let id = write_node(&client, "t", "small").await;
+    assert_eq!(
+        name_of(&read_at(&follower_addr, "t", id).await.unwrap()),
+        "small"
+    );
+    for (_, n) in cluster.live() {
+        assert_eq!(n.reader().tenant("t").unwrap().usage.nodes, 15);
+    }
+}

@@ -1,0 +1,340 @@
+//! A node's life outside Raft proper: configuration (file, validation, the shipped samples),
+//! the data directory's lock and identity, the standard health service and server reflection,
+//! graceful shutdown (a leader hands leadership off), and admission control.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use raftgraph::node::{DataDir, DataDirError, Identity, Node, NodeConfig, NodeError};
+use raftgraph::proto::v1 as pb;
+use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
+use raftgraph::server::admission::Admission;
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn valid(dir: &Path) -> NodeConfig {
+    NodeConfig::new("c1", 1, addr("127.0.0.1:7001"), dir)
+}
+
+#[test]
+fn validate_refuses_bad_values_and_combinations_naming_the_field() {
+    let dir = Path::new("/tmp/x");
+    valid(dir).validate().unwrap();
+    let cases: Vec<(&str, Box<dyn Fn(&mut NodeConfig)>)> = vec![
+        ("node_id", Box::new(|c| c.node_id = 0)),
+        ("cluster_id", Box::new(|c| c.cluster_id = String::new())),
+        ("cluster_id", Box::new(|c| c.cluster_id = "a b".into())),
+        ("cluster_id", Box::new(|c| c.cluster_id = "x".repeat(65))),
+        ("data_dir", Box::new(|c| c.data_dir = "".into())),
+        ("advertise", Box::new(|c| c.listen = addr("0.0.0.0:7001"))),
+        ("advertise", Box::new(|c| c.listen = addr("127.0.0.1:0"))),
+        (
+            "advertise",
+            Box::new(|c| c.advertise = Some("nohost".into())),
+        ),
+        ("advertise", Box::new(|c| c.advertise = Some("h:0".into()))),
+        ("raft.heartbeat_ms", Box::new(|c| c.raft.heartbeat_ms = 0)),
+        (
+            "raft.election_timeout_min_ms",
+            Box::new(|c| c.raft.election_timeout_min_ms = 250),
+        ),
+        (
+            "raft.election_timeout_max_ms",
+            Box::new(|c| c.raft.election_timeout_max_ms = 1000),
+        ),
+        (
+            "server.proposals_in_flight_max",
+            Box::new(|c| c.server.proposals_in_flight_max = 0),
+        ),
+        ("storage", Box::new(|c| c.storage.write_buffer_bytes = 1)),
+        (
+            "storage.wal_segment_bytes",
+            Box::new(|c| c.storage.wal_segment_bytes = 1),
+        ),
+    ];
+    for (field, change) in cases {
+        let mut c = valid(dir);
+        change(&mut c);
+        let e = c.validate().expect_err(field);
+        assert_eq!(e.field, field, "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("config {field}:")),
+            "{e}"
+        );
+    }
+    // A wildcard listen address is fine with an advertised one.
+    let mut c = valid(dir);
+    c.listen = addr("0.0.0.0:7001");
+    c.advertise = Some("node1.internal:7001".into());
+    c.validate().unwrap();
+}
+
+#[test]
+fn config_files_reject_unknown_keys_and_the_shipped_samples_are_valid() {
+    let e = NodeConfig::from_toml(
+        "cluster_id = \"c\"\nnode_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nheartbeat = 5\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("heartbeat"), "{e}");
+    let e = NodeConfig::from_toml("node_id = 1\n").unwrap_err();
+    assert!(e.to_string().contains("cluster_id"), "{e}");
+    for i in 1..=3u64 {
+        let path = format!("{}/deploy/node{i}.toml", env!("CARGO_MANIFEST_DIR"));
+        let c = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        c.validate().unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(c.node_id, i);
+        assert_eq!(c.listen, addr(&format!("127.0.0.1:700{i}")));
+        c.raft_config().unwrap();
+    }
+}
+
+#[test]
+fn a_data_directory_is_locked_and_keeps_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Identity {
+        cluster_id: "c1".into(),
+        node_id: 1,
+    };
+    let held = DataDir::open(dir.path(), &me).unwrap();
+    match DataDir::open(dir.path(), &me) {
+        Err(DataDirError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(held);
+    drop(DataDir::open(dir.path(), &me).unwrap());
+    for other in [
+        Identity {
+            cluster_id: "c1".into(),
+            node_id: 2,
+        },
+        Identity {
+            cluster_id: "c2".into(),
+            node_id: 1,
+        },
+    ] {
+        let e = DataDir::open(dir.path(), &other).unwrap_err();
+        assert!(matches!(e, DataDirError::WrongIdentity { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("\"c1\" node 1"), "{msg}");
+    }
+    std::fs::write(dir.path().join("IDENTITY"), "garbage = [").unwrap();
+    let e = DataDir::open(dir.path(), &me).unwrap_err();
+    assert!(matches!(e, DataDirError::BadIdentity { .. }), "{e}");
+}
+
+async fn start(id: u64, dir: &Path) -> Node {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = NodeConfig::new("c1", id, l.local_addr().unwrap(), dir);
+    c.raft.heartbeat_ms = 50;
+    c.raft.election_timeout_min_ms = 300;
+    c.raft.election_timeout_max_ms = 600;
+    c.storage.write_buffer_bytes = 8 << 20;
+    c.storage.block_cache_bytes = 8 << 20;
+    c.storage.wal_segment_bytes = 8 << 20;
+    Node::start(c, l).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_running_nodes_directory_and_another_nodes_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(1, dir.path()).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = NodeConfig::new("c1", 1, l.local_addr().unwrap(), dir.path());
+    match Node::start(c, l).await {
+        Err(NodeError::DataDir(DataDirError::Locked { .. })) => {}
+        Err(e) => panic!("expected a lock error, got {e}"),
+        Ok(_) => panic!("a second node started on a locked directory"),
+    }
+    node.shutdown().await.unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = NodeConfig::new("c1", 2, l.local_addr().unwrap(), dir.path());
+    match Node::start(c, l).await {
+        Err(NodeError::DataDir(DataDirError::WrongIdentity { .. })) => {}
+        Err(e) => panic!("expected an identity error, got {e}"),
+        Ok(_) => panic!("node 2 started on node 1's directory"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_stock_tools() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{FileDescriptorResponse, ServerReflectionRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(1, dir.path()).await;
+    let url = format!("http://{}", node.local_addr());
+
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in [
+        "",
+        "raftgraph.v1.GraphService",
+        "raftgraph.v1.ClusterService",
+    ] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let s = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound);
+
+    let mut refl = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| {
+        futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        }])
+    };
+    let mut answers = refl
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = match answers.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    };
+    for want in [
+        "raftgraph.v1.GraphService",
+        "raftgraph.v1.TenantService",
+        "raftgraph.v1.ClusterService",
+        "raftgraph.v1.RaftService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(listed.iter().any(|s| s == want), "{want} not in {listed:?}");
+    }
+    // grpcurl's `describe` needs the file that defines a symbol.
+    let mut answers = refl
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+            "raftgraph.v1.GraphService".into(),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    match answers.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::FileDescriptorResponse(FileDescriptorResponse {
+            file_descriptor_proto,
+        })) => assert!(!file_descriptor_proto.is_empty()),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_gracefully_hands_leadership_to_another_voter() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(Some(start(i as u64 + 1, d.path()).await));
+    }
+    let members = nodes
+        .iter()
+        .flatten()
+        .map(|n| pb::Member {
+            id: n.config().node_id,
+            addr: n.local_addr().to_string(),
+        })
+        .collect();
+    let url = format!("http://{}", nodes[0].as_ref().unwrap().local_addr());
+    let mut cc = ClusterServiceClient::connect(url).await.unwrap();
+    // Init must name the node asked.
+    let s = cc
+        .init(pb::InitRequest {
+            members: vec![pb::Member {
+                id: 9,
+                addr: "127.0.0.1:9".into(),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    cc.init(pb::InitRequest { members }).await.unwrap();
+    let m = nodes[0]
+        .as_ref()
+        .unwrap()
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .unwrap();
+    let leader = m.current_leader.unwrap();
+    let old_term = m.current_term;
+    let node = nodes[(leader - 1) as usize].take().unwrap();
+    node.shutdown().await.unwrap();
+    // Handed off: another node already leads the moment shutdown returns. Without the hand-off
+    // the others would first wait out an election timeout (300..600 ms) after the last
+    // heartbeat, and none would lead yet.
+    let leads: Vec<u64> = nodes
+        .iter()
+        .flatten()
+        .filter_map(|n| {
+            let m = n.raft().metrics().borrow_watched().clone();
+            (m.current_leader == Some(m.id)).then_some(m.id)
+        })
+        .collect();
+    assert_eq!(
+        leads.len(),
+        1,
+        "no node leads right after the leader shut down"
+    );
+    let m = nodes[(leads[0] - 1) as usize]
+        .as_ref()
+        .unwrap()
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .clone();
+    assert!(m.current_term > old_term);
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[test]
+fn admission_refuses_past_the_limit_with_a_retry_hint_and_admits_again_after() {
+    let a = Admission::new(2);
+    let p1 = a.admit().unwrap();
+    let _p2 = a.admit().unwrap();
+    assert_eq!(a.in_flight(), 2);
+    let s = a.admit().unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unavailable);
+    assert!(s.message().contains("limit"), "{}", s.message());
+    assert_eq!(
+        s.metadata()
+            .get("grpc-retry-pushback-ms")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "50"
+    );
+    drop(p1);
+    drop(a.admit().unwrap());
+}
