@@ -286,8 +286,8 @@ fn limit_json(l: Option<u64>) -> Json {
 }
 
 fn tenant_json(t: &pb::Tenant) -> Json {
-    let q = t.quotas.clone().unwrap_or_default();
-    let u = t.usage.clone().unwrap_or_default();
+    let q = t.quotas.unwrap_or_default();
+    let u = t.usage.unwrap_or_default();
     json!({"id": t.id, "enabled": t.enabled,
            "nodes": u.nodes, "max_nodes": limit_json(q.max_nodes),
            "edges": u.edges, "max_edges": limit_json(q.max_edges),

@@ -23,11 +23,14 @@ fn valid(dir: &Path) -> NodeConfig {
     NodeConfig::new("c1", 1, addr("127.0.0.1:7001"), dir)
 }
 
+/// A change that makes a valid config invalid.
+type Change = Box<dyn Fn(&mut NodeConfig)>;
+
 #[test]
 fn validate_refuses_bad_values_and_combinations_naming_the_field() {
     let dir = Path::new("/tmp/x");
     valid(dir).validate().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut NodeConfig)>)> = vec![
+    let cases: Vec<(&str, Change)> = vec![
         ("node_id", Box::new(|c| c.node_id = 0)),
         ("cluster_id", Box::new(|c| c.cluster_id = String::new())),
         ("cluster_id", Box::new(|c| c.cluster_id = "a b".into())),
