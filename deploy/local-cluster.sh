@@ -45,6 +45,11 @@ has_leader() {
   "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"state":"leader"'
 }
 
+# `cluster status` prints a row even for an unreachable node; an answer has a node id.
+answers() {
+  "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"node":[0-9]'
+}
+
 start() {
   if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
     cargo build --profile ci --bin raftgraph
@@ -59,7 +64,7 @@ start() {
     echo "node $i started (pid $!, log $DIR/node$i.log)"
   done
   for i in 1 2 3; do
-    wait_for 30 "node $i to answer" "$(bin)" cluster status --endpoints "127.0.0.1:700$i"
+    wait_for 30 "node $i to answer (see $DIR/node$i.log)" answers "127.0.0.1:700$i"
   done
   if [[ ! -f "$DIR/initialized" ]]; then
     "$(bin)" cluster init --endpoints 127.0.0.1:7001 \
@@ -77,13 +82,19 @@ stop() {
       kill -TERM "$(cat "$DIR/node$i.pid")"
     fi
   done
+  local failed=0
   for i in 1 2 3; do
     if [[ -f "$DIR/node$i.pid" ]]; then
-      wait_for 30 "node $i to exit" bash -c "! kill -0 $(cat "$DIR/node$i.pid") 2>/dev/null"
-      rm -f "$DIR/node$i.pid"
-      echo "node $i stopped"
+      if wait_for 30 "node $i to exit" bash -c "! kill -0 $(cat "$DIR/node$i.pid") 2>/dev/null"; then
+        rm -f "$DIR/node$i.pid"
+        echo "node $i stopped"
+      else
+        echo "node $i (pid $(cat "$DIR/node$i.pid")) still running; kill -9 it if needed" >&2
+        failed=1
+      fi
     fi
   done
+  return $failed
 }
 
 case "${1:-}" in

@@ -131,6 +131,15 @@ fn a_data_directory_is_locked_and_keeps_its_identity() {
     std::fs::write(dir.path().join("IDENTITY"), "garbage = [").unwrap();
     let e = DataDir::open(dir.path(), &me).unwrap_err();
     assert!(matches!(e, DataDirError::BadIdentity { .. }), "{e}");
+    // Data without an identity is not adopted.
+    std::fs::remove_file(dir.path().join("IDENTITY")).unwrap();
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
+    let e = DataDir::open(dir.path(), &me).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("IDENTITY is missing but wal/ exists"),
+        "{e}"
+    );
 }
 
 async fn start(id: u64, dir: &Path) -> Node {

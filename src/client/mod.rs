@@ -5,16 +5,22 @@
 //! per proposal (write or tenant admin command). Proposals from one `Client` go one at a time
 //! (the server keeps one outstanding request per session); for concurrency use several clients.
 //! Every retry of a proposal resends the same `(client_id, sequence)`, so the cluster applies it
-//! at most once and answers a repeat with the first answer. If a proposal's outcome is still
-//! unknown at its deadline, the error is returned and the session ends: the next proposal starts
-//! a new session (new client id), so it is never mistaken for, or refused as, a reuse.
+//! at most once and answers a repeat with the first answer. After any error the session ends
+//! and the next proposal starts a new one (a new client id): whether the failed sequence reached
+//! the session table is not knowable from every error (a refusal at the edge does not, a refusal
+//! at apply does, an unknown outcome may), and a fresh session can neither collide with it nor
+//! be refused as a gap. A proposal refused because the server evicted the session
+//! (`session expired`, nothing applied) is resent once in a new session.
 //!
 //! **Routing.** Proposals and linearizable reads go to the leader when it is known (learned
-//! from `Status`; any node would forward, this saves the hop), serializable reads to the
-//! endpoints in turn. UNAVAILABLE, DEADLINE_EXCEEDED (one attempt's), CANCELLED and UNKNOWN
-//! (transport) are retried with jittered exponential backoff (or the server's
-//! `grpc-retry-pushback-ms`) on the next target, rediscovering the leader, until the call's
-//! deadline. Every other code is the answer.
+//! from `Status` at the start of a proposal; any node would forward, this saves the hop),
+//! serializable reads to the endpoints in turn. UNAVAILABLE, DEADLINE_EXCEEDED (one attempt's),
+//! CANCELLED and UNKNOWN (transport) are retried with jittered exponential backoff (or the
+//! server's `grpc-retry-pushback-ms`) until the call's deadline; after a failed attempt the
+//! leader is forgotten and the listed endpoints are tried in turn (they forward), so an
+//! advertised leader address the client cannot reach costs one attempt, not the call. Every
+//! attempt is bounded by `attempt_timeout` on the client side too. Every other code is the
+//! answer.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -75,6 +81,9 @@ enum Target {
     Any,
 }
 
+/// The longest deadline a call may have (one day).
+pub const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
+
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
@@ -101,7 +110,19 @@ impl Client {
         let client_id = options
             .client_id
             .unwrap_or_else(|| SmallRng::from_os_rng().random());
-        let seed = options.jitter_seed.unwrap_or(client_id);
+        // Seeds the jitter and later session ids: distinct client ids give distinct streams
+        // even under one shared jitter seed, so renewed sessions do not collide.
+        let seed = client_id
+            ^ options
+                .jitter_seed
+                .unwrap_or(0)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut options = options;
+        // Bounded so `now + deadline` cannot overflow.
+        options.deadline = options.deadline.min(DEADLINE_MAX);
+        options.attempt_timeout = options
+            .attempt_timeout
+            .clamp(Duration::from_millis(1), DEADLINE_MAX);
         Ok(Client {
             endpoints,
             options,
@@ -156,13 +177,16 @@ impl Client {
         base.mul_f64(jitter)
     }
 
-    /// Asks the endpoints (in order) who leads; remembers the answer.
+    /// Asks the endpoints (in order, at most 1 s each) who leads; remembers the answer.
     pub async fn discover_leader(&self) -> Option<String> {
+        let each = self.options.attempt_timeout.min(Duration::from_secs(1));
         for addr in &self.endpoints {
             let Ok(ch) = self.channel(addr) else { continue };
             let mut req = Request::new(pb::StatusRequest {});
-            req.set_timeout(self.options.attempt_timeout);
-            if let Ok(s) = ClusterServiceClient::new(ch).status(req).await {
+            req.set_timeout(each);
+            let answer =
+                tokio::time::timeout(each, ClusterServiceClient::new(ch).status(req)).await;
+            if let Ok(Ok(s)) = answer {
                 let s = s.into_inner();
                 if !s.leader_addr.is_empty() {
                     *self.leader.lock().expect("leader") = Some(s.leader_addr.clone());
@@ -186,7 +210,13 @@ impl Client {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let timeout = self.options.attempt_timeout.min(left);
             let result = match self.channel(&addr) {
-                Ok(ch) => call(ch, timeout).await,
+                // Bounded here too: a server that ignores grpc-timeout cannot hang the call.
+                Ok(ch) => match tokio::time::timeout(timeout, call(ch, timeout)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "{addr}: no answer within {timeout:?}"
+                    ))),
+                },
                 Err(e) => Err(e),
             };
             let status = match result {
@@ -195,7 +225,8 @@ impl Client {
                 Err(s) => s,
             };
             tracing::debug!(%addr, code = ?status.code(), msg = status.message(), "retrying");
-            // The leader may have moved: forget it; the next leader-bound attempt asks again.
+            // The leader may have moved or be unreachable from here: forget it and go through
+            // the endpoints (which forward); the next proposal asks again.
             *self.leader.lock().expect("leader") = None;
             let pause = self.backoff(attempt, &status);
             if tokio::time::Instant::now() + pause >= deadline {
@@ -211,45 +242,46 @@ impl Client {
             }
             tokio::time::sleep(pause).await;
             attempt += 1;
-            if target == Target::Leader {
-                self.discover_leader().await;
-            }
         }
     }
 
     /// A proposal: one sequence for all its retries; see the module docs.
     async fn propose<Req, T, F, Fut>(&self, msg: Req, mut call: F) -> Result<T, Status>
     where
-        Req: Clone,
+        Req: Clone + WithRequestId,
         F: FnMut(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
-        Req: WithRequestId,
     {
         let mut session = self.session.lock().await;
-        session.1 += 1;
-        let id = pb::RequestId {
-            client_id: session.0,
-            sequence: session.1,
-        };
         if self.leader.lock().expect("leader").is_none() {
             self.discover_leader().await;
         }
-        let mut msg = msg;
-        msg.set_request_id(id);
-        let r = self
-            .retry(Target::Leader, |ch, timeout| {
-                let mut req = Request::new(msg.clone());
-                req.set_timeout(timeout);
-                call(ch, req)
-            })
-            .await;
-        if let Err(s) = &r
-            && retryable(s)
-        {
-            // Outcome unknown: end this session so the next proposal cannot collide with it.
+        let mut resent = false;
+        loop {
+            session.1 += 1;
+            let mut msg = msg.clone();
+            msg.set_request_id(pb::RequestId {
+                client_id: session.0,
+                sequence: session.1,
+            });
+            let r = self
+                .retry(Target::Leader, |ch, timeout| {
+                    let mut req = Request::new(msg.clone());
+                    req.set_timeout(timeout);
+                    call(ch, req)
+                })
+                .await;
+            let Err(s) = &r else { return r };
+            // End the session (see the module docs).
             *session = (self.rng.lock().expect("rng").random(), 0);
+            let expired =
+                s.code() == Code::FailedPrecondition && s.message().contains("session expired");
+            if expired && !resent {
+                resent = true;
+                continue;
+            }
+            return r;
         }
-        r
     }
 
     fn graph(ch: Channel) -> GraphServiceClient<Channel> {
@@ -397,10 +429,9 @@ impl Client {
         Ok(ClusterServiceClient::new(ch).status(r).await?.into_inner())
     }
 
-    /// Cluster calls go to the first endpoint (init must reach the node it names; the others
-    /// forward to the leader themselves). Membership calls are retried like proposals: each
-    /// is idempotent in effect (adding a present learner or removing an absent node is refused
-    /// or a no-op, never a double change).
+    /// A cluster-service call, sent to the endpoints in turn with the retries of every call
+    /// (non-leaders forward membership changes and transfers to the leader). Retrying is safe:
+    /// adding a present learner, promoting a voter and removing an absent node are no-ops.
     pub async fn cluster<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
         F: FnMut(ClusterServiceClient<Channel>) -> Fut,

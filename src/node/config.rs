@@ -13,6 +13,9 @@ use crate::server::cluster::check_addr;
 use crate::state_machine::StateMachineConfig;
 use crate::wal::WalConfig;
 
+/// The most proposals in flight a node may be configured for.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1_000_000;
+
 /// The longest cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
 
@@ -228,8 +231,14 @@ impl NodeConfig {
                 ),
             );
         }
-        if self.server.proposals_in_flight_max == 0 {
-            return bad("server.proposals_in_flight_max", "0; at least 1");
+        if !(1..=PROPOSALS_IN_FLIGHT_MAX).contains(&self.server.proposals_in_flight_max) {
+            return bad(
+                "server.proposals_in_flight_max",
+                format!(
+                    "{}; use 1..={PROPOSALS_IN_FLIGHT_MAX}",
+                    self.server.proposals_in_flight_max
+                ),
+            );
         }
         self.wal_config().validate().map_err(|e| ConfigError {
             field: "storage.wal_segment_bytes".into(),

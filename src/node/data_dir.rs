@@ -91,6 +91,18 @@ impl DataDir {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A directory with data but no identity is not adopted: it may be anyone's.
+                for sub in ["wal", "sm"] {
+                    if dir.join(sub).exists() {
+                        return Err(DataDirError::BadIdentity {
+                            dir: dir.into(),
+                            reason: format!(
+                                "IDENTITY is missing but {sub}/ exists; restore IDENTITY \
+                                 (cluster_id, node_id) or point data_dir elsewhere"
+                            ),
+                        });
+                    }
+                }
                 write_identity(dir, identity).map_err(io_err)?;
             }
             Err(e) => return Err(io_err(e)),

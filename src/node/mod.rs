@@ -40,6 +40,17 @@ use crate::server::tenant::TenantApi;
 use crate::state_machine::{GraphReader, StateMachine};
 use crate::wal::{IoRuntime, StdFs, Wal};
 
+/// The services a node reports in the health service (besides "" for the whole server).
+pub const SERVICES: [&str; 4] = [
+    "raftgraph.v1.GraphService",
+    "raftgraph.v1.TenantService",
+    "raftgraph.v1.ClusterService",
+    "raftgraph.v1.RaftService",
+];
+
+/// How long a graceful shutdown lets in-flight calls finish.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -152,12 +163,7 @@ impl Node {
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
 
-        for svc in [
-            "raftgraph.v1.GraphService",
-            "raftgraph.v1.TenantService",
-            "raftgraph.v1.ClusterService",
-            "raftgraph.v1.RaftService",
-        ] {
+        for svc in SERVICES {
             health.set_service_status(svc, ServingStatus::Serving).await;
         }
 
@@ -231,14 +237,24 @@ impl Node {
 
     /// Graceful stop: see the module docs.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        for svc in std::iter::once("").chain(SERVICES) {
+            self.health
+                .set_service_status(svc, ServingStatus::NotServing)
+                .await;
+        }
         self.hand_off_leadership().await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let served = (&mut self.server).await;
+        // In-flight calls get a bounded drain; long scans or waits are then cut off.
+        let served = match tokio::time::timeout(DRAIN, &mut self.server).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("calls still running after {DRAIN:?}; closing them");
+                self.server.abort();
+                Ok(Ok(()))
+            }
+        };
         self.raft
             .shutdown()
             .await

@@ -3,6 +3,7 @@
 //! forwards them once, like writes. `Status` answers from the node asked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
@@ -33,7 +34,40 @@ impl ClusterApi {
     pub fn new(raft: Raft, cluster_id: String) -> Self {
         ClusterApi { raft, cluster_id }
     }
+
+    /// `None` when this node leads (membership checks then run on the leader's view);
+    /// otherwise the leader to forward to, or UNAVAILABLE when none is known or the request
+    /// was forwarded already.
+    fn leader_elsewhere(&self, was_forwarded: bool) -> Result<Option<BasicNode>, Status> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader == Some(m.id) {
+            return Ok(None);
+        }
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        match (leader, was_forwarded) {
+            (Some(leader), false) => Ok(Some(leader)),
+            (Some(leader), true) => Err(Status::unavailable(format!(
+                "leadership is moving (leader at {}); retry",
+                leader.addr
+            ))),
+            (None, _) => Err(Status::unavailable("no leader is known; retry")),
+        }
+    }
+
+    /// The membership this node knows now.
+    fn current(&self) -> pb::MembershipResponse {
+        pb::MembershipResponse {
+            membership: Some(membership_to_proto(
+                &self.raft.metrics().borrow_watched().membership_config,
+            )),
+        }
+    }
 }
+
+/// How long `AddLearner { wait: true }` waits for the learner to catch up.
+pub const LEARNER_WAIT: Duration = Duration::from_secs(60);
 
 async fn client(node: &BasicNode) -> Result<ClusterServiceClient<Channel>, Status> {
     Ok(ClusterServiceClient::new(route::channel(node).await?))
@@ -57,9 +91,21 @@ pub fn check_addr(field: &str, addr: &str) -> Result<(), Status> {
             format!("{} bytes, limit {ADDR_BYTES_MAX}", addr.len()),
         ));
     }
+    // A DNS name or IPv4 address, or a bracketed IPv6 address: nothing a URI would read as a
+    // scheme, user info or path, since the address is dialled as `http://{addr}`.
+    let host_ok = |h: &str| {
+        let plain = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+        let v6 = h.len() > 2
+            && h.starts_with('[')
+            && h.ends_with(']')
+            && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        plain || v6
+    };
     let ok = addr
         .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        .is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok_and(|p| p > 0));
     if !ok {
         return Err(invalid(
             field,
@@ -107,9 +153,9 @@ fn position(l: Option<&LogId>) -> Option<pb::LogPosition> {
     })
 }
 
-/// A membership change's result: the new membership, a forward, or a status.
+/// A membership change's result: the new membership and its log index, or a forward.
 enum Changed {
-    Done(pb::MembershipResponse),
+    Done(pb::MembershipResponse, u64),
     Forward(BasicNode),
 }
 
@@ -121,17 +167,27 @@ fn changed(
     was_forwarded: bool,
 ) -> Result<Changed, Status> {
     match r {
-        Ok(r) => Ok(Changed::Done(pb::MembershipResponse {
-            membership: r.membership().as_ref().map(|m| {
-                membership_to_proto(&openraft::StoredMembership::new(Some(r.log_id), m.clone()))
-            }),
-        })),
+        Ok(r) => Ok(Changed::Done(
+            pb::MembershipResponse {
+                membership: r.membership().as_ref().map(|m| {
+                    membership_to_proto(&openraft::StoredMembership::new(Some(r.log_id), m.clone()))
+                }),
+            },
+            r.log_id.index,
+        )),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             route::leader_of(&f, was_forwarded).map(Changed::Forward)
         }
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
-            Status::failed_precondition(format!("membership change: {e}")),
-        ),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            use openraft::errors::ChangeMembershipError as E;
+            Err(match e {
+                E::InProgress(_) => Status::unavailable(format!(
+                    "another membership change is in progress ({e}); retry"
+                )),
+                E::LearnerNotFound(_) => Status::not_found(format!("membership change: {e}")),
+                _ => Status::failed_precondition(format!("membership change: {e}")),
+            })
+        }
         Err(e) => Err(Status::unavailable(format!(
             "membership change outcome unknown, check status and retry: {e}"
         ))),
@@ -196,28 +252,66 @@ impl ClusterService for ClusterApi {
         let was_forwarded = route::was_forwarded(&request);
         let msg = request.into_inner();
         let (id, node) = member("member", msg.member.clone())?;
-        let voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if voters.contains(&id) {
+        if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
+            let mut req = route::forwarded(msg);
+            // Catching up may take a while; the leader bounds its own wait.
+            req.set_timeout(LEARNER_WAIT + Duration::from_secs(10));
+            return client(&leader)
+                .await?
+                .add_learner(req)
+                .await
+                .map_err(route::forwarded_outcome);
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
             return Err(Status::already_exists(format!(
                 "node {id} is already a voter"
             )));
         }
-        let r = self.raft.add_learner(id, node, msg.wait).await;
-        match changed(r, was_forwarded)? {
-            Changed::Done(r) => Ok(Response::new(r)),
-            Changed::Forward(leader) => client(&leader)
-                .await?
-                .add_learner(route::forwarded(msg))
+        let index = match membership.get_node(&id) {
+            Some(present) if present.addr != node.addr => {
+                return Err(Status::already_exists(format!(
+                    "node {id} is already a learner at {}, not {}; remove it first to change \
+                     its address",
+                    present.addr, node.addr
+                )));
+            }
+            // Already a learner at this address: nothing to change (a retry lands here).
+            Some(_) => m.last_log_index.unwrap_or(0),
+            None => {
+                let r = self.raft.add_learner(id, node, false).await;
+                match changed(r, was_forwarded)? {
+                    Changed::Forward(leader) => {
+                        return client(&leader)
+                            .await?
+                            .add_learner(route::forwarded(msg))
+                            .await
+                            .map_err(route::forwarded_outcome);
+                    }
+                    Changed::Done(_, index) => index,
+                }
+            }
+        };
+        if msg.wait {
+            let caught_up = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .is_some_and(|l| l.index >= index)
+            };
+            self.raft
+                .wait(Some(LEARNER_WAIT))
+                .metrics(caught_up, "learner caught up")
                 .await
-                .map_err(route::forwarded_outcome),
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "node {id} was added as a learner but has not replicated index {index} \
+                         within {LEARNER_WAIT:?}; it keeps catching up (see cluster status)"
+                    ))
+                })?;
         }
+        Ok(Response::new(self.current()))
     }
 
     async fn promote(
@@ -227,12 +321,38 @@ impl ClusterService for ClusterApi {
         let was_forwarded = route::was_forwarded(&request);
         let msg = request.into_inner();
         let ids = ids("ids", &msg.ids)?;
+        if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
+            return client(&leader)
+                .await?
+                .promote(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome);
+        }
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        for id in &ids {
+            if m.membership().get_node(id).is_none() {
+                return Err(Status::not_found(format!(
+                    "node {id} is not a member; add it as a learner first"
+                )));
+            }
+        }
+        // Voters already: nothing to do for them (a retry lands here).
+        let ids: BTreeSet<NodeId> = ids.into_iter().filter(|i| !voters.contains(i)).collect();
+        if ids.is_empty() {
+            return Ok(Response::new(self.current()));
+        }
         let r = self
             .raft
             .change_membership(ChangeMembers::AddVoterIds(ids), false)
             .await;
         match changed(r, was_forwarded)? {
-            Changed::Done(r) => Ok(Response::new(r)),
+            Changed::Done(r, _) => Ok(Response::new(r)),
             Changed::Forward(leader) => client(&leader)
                 .await?
                 .promote(route::forwarded(msg))
@@ -248,6 +368,13 @@ impl ClusterService for ClusterApi {
         let was_forwarded = route::was_forwarded(&request);
         let msg = request.into_inner();
         let ids = ids("ids", &msg.ids)?;
+        if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
+            return client(&leader)
+                .await?
+                .remove(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome);
+        }
         let m = self
             .raft
             .metrics()
@@ -255,22 +382,32 @@ impl ClusterService for ClusterApi {
             .membership_config
             .clone();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
-        for id in &ids {
-            if m.membership().get_node(id).is_none() {
-                return Err(Status::not_found(format!("node {id} is not a member")));
-            }
-        }
-        let (remove_voters, remove_learners): (BTreeSet<_>, BTreeSet<_>) =
-            ids.into_iter().partition(|id| voters.contains(id));
+        // Nodes already gone are skipped: a retry of a remove that went through succeeds.
+        let (remove_voters, remove_learners): (BTreeSet<_>, BTreeSet<_>) = ids
+            .into_iter()
+            .filter(|id| m.membership().get_node(id).is_some())
+            .partition(|id| voters.contains(id));
         let mut last = None;
-        if !remove_voters.is_empty() {
+        // Voters, then learners: two membership changes. If the first removes this node (the
+        // leader), the second is forwarded to the new leader, which skips the voters gone.
+        let changes = [
             // `retain = false`: a removed voter leaves the cluster instead of staying a learner.
-            let r = self
-                .raft
-                .change_membership(ChangeMembers::RemoveVoters(remove_voters), false)
-                .await;
+            (
+                remove_voters.is_empty(),
+                ChangeMembers::RemoveVoters(remove_voters),
+            ),
+            (
+                remove_learners.is_empty(),
+                ChangeMembers::RemoveNodes(remove_learners),
+            ),
+        ];
+        for (empty, change) in changes {
+            if empty {
+                continue;
+            }
+            let r = self.raft.change_membership(change, false).await;
             match changed(r, was_forwarded)? {
-                Changed::Done(r) => last = Some(r),
+                Changed::Done(r, _) => last = Some(r),
                 Changed::Forward(leader) => {
                     return client(&leader)
                         .await?
@@ -280,23 +417,7 @@ impl ClusterService for ClusterApi {
                 }
             }
         }
-        if !remove_learners.is_empty() {
-            let r = self
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(remove_learners), false)
-                .await;
-            match changed(r, was_forwarded)? {
-                Changed::Done(r) => last = Some(r),
-                Changed::Forward(leader) => {
-                    return client(&leader)
-                        .await?
-                        .remove(route::forwarded(msg))
-                        .await
-                        .map_err(route::forwarded_outcome);
-                }
-            }
-        }
-        Ok(Response::new(last.unwrap_or_default()))
+        Ok(Response::new(last.unwrap_or_else(|| self.current())))
     }
 
     async fn transfer_leadership(
@@ -305,6 +426,13 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
         let was_forwarded = route::was_forwarded(&request);
         let msg = request.into_inner();
+        if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
+            return client(&leader)
+                .await?
+                .transfer_leadership(route::forwarded(msg))
+                .await
+                .map_err(route::forwarded_outcome);
+        }
         let m = self.raft.metrics().borrow_watched().clone();
         if !m
             .membership_config
@@ -317,22 +445,8 @@ impl ClusterService for ClusterApi {
                 msg.to
             )));
         }
-        if m.current_leader == Some(msg.to) {
+        if msg.to == m.id {
             return Ok(Response::new(pb::TransferLeadershipResponse {}));
-        }
-        if m.current_leader != Some(m.id) {
-            let leader = m
-                .current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-            return match (leader, was_forwarded) {
-                (Some(leader), false) => {
-                    client(&leader)
-                        .await?
-                        .transfer_leadership(route::forwarded(msg))
-                        .await
-                }
-                _ => Err(Status::unavailable("no leader is known; retry")),
-            };
         }
         self.raft
             .trigger()
@@ -392,5 +506,38 @@ impl ClusterService for ClusterApi {
             membership: Some(membership_to_proto(&m.membership_config)),
             replication,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_addr;
+
+    #[test]
+    fn addresses_must_be_dialable_host_port() {
+        for ok in [
+            "127.0.0.1:7001",
+            "node-1.internal:7001",
+            "[::1]:7001",
+            "h_2:1",
+        ] {
+            check_addr("a", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "http://x:1",
+            "a/b:1",
+            "u@h:1",
+            "h:0",
+            "h:",
+            ":1",
+            "h:99999",
+            "[zz]:1",
+            "h",
+        ] {
+            let e = check_addr("a", bad).expect_err(bad);
+            assert!(e.message().contains("host:port"), "{bad}: {}", e.message());
+        }
+        let e = check_addr("a", &format!("{}:1", "h".repeat(300))).unwrap_err();
+        assert!(e.message().contains("limit 256"), "{}", e.message());
     }
 }
