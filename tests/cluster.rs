@@ -622,12 +622,13 @@ async fn a_fourth_node_joins_as_learner_is_promoted_an_old_node_is_removed_and_l
     let voters: BTreeSet<u64> = r.membership.unwrap().voters.iter().map(|m| m.id).collect();
     assert_eq!(voters, BTreeSet::from([2, 3, 4]));
     written.extend(writer.await.unwrap());
-    // A retried remove (as after a lost reply) succeeds and changes nothing.
-    let r = cc
-        .remove(pb::RemoveRequest { ids: vec![1] })
+    // A retried remove (as after a lost reply) succeeds and changes nothing. Through the
+    // client: right after the leader removed itself, nodes may briefly know no leader.
+    let r = cluster
+        .client(3)
+        .cluster(|mut cc| async move { cc.remove(pb::RemoveRequest { ids: vec![1] }).await })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let voters: BTreeSet<u64> = r.membership.unwrap().voters.iter().map(|m| m.id).collect();
     assert_eq!(voters, BTreeSet::from([2, 3, 4]));
     cluster.crash(1).await;
