@@ -19,6 +19,7 @@ use raftgraph::node::{Node, NodeConfig};
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
+use raftgraph::proto::v1::raft_service_client::RaftServiceClient;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -392,6 +393,34 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
         assert_eq!(&name_of(&got), last_name);
     }
 
+    // Follower reads are served after the leader's read index: the leader answers an index
+    // covering every acknowledged write; a follower refuses to give one.
+    let applied = cluster.nodes[&leader]
+        .node()
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .unwrap()
+        .index;
+    let mut peer =
+        RaftServiceClient::connect(format!("http://{}", cluster.nodes[&leader].advertise()))
+            .await
+            .unwrap();
+    let index = peer
+        .read_index(pb::ReadIndexRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .index;
+    assert!(index >= applied, "read index {index} < applied {applied}");
+    let mut peer =
+        RaftServiceClient::connect(format!("http://{}", cluster.nodes[&follower].advertise()))
+            .await
+            .unwrap();
+    let s = peer.read_index(pb::ReadIndexRequest {}).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+
     // The leader crashes; writes go on (the client retries until a new leader answers).
     let old_term = cluster.nodes[&leader]
         .node()
@@ -753,14 +782,16 @@ async fn a_node_cut_off_for_ten_election_timeouts_neither_raises_the_term_nor_de
         .unwrap()
         .cut
         .send_replace(false);
-    cluster.converge().await;
-    assert_eq!(cluster.leader().await, leader, "the leader was deposed");
-    assert_eq!(term(leader), term_before);
-    assert_eq!(term(cut), term_before);
+    // Read right after healing, before the node has caught up: a linearizable read there waits
+    // for the leader's read index to be applied locally, so it sees the write it missed.
     let got = read_at(&cluster.nodes[&cut].advertise(), "t", id)
         .await
         .unwrap();
     assert_eq!(name_of(&got), "during");
+    cluster.converge().await;
+    assert_eq!(cluster.leader().await, leader, "the leader was deposed");
+    assert_eq!(term(leader), term_before);
+    assert_eq!(term(cut), term_before);
     cluster.stop().await;
 }
 

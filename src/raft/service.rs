@@ -18,7 +18,9 @@ use super::TypeConfig;
 use super::network::SnapshotHeader;
 use crate::codec;
 use crate::proto::v1::raft_service_server::RaftService;
-use crate::proto::v1::{RaftPayload, SnapshotChunk, snapshot_chunk};
+use crate::proto::v1::{
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, snapshot_chunk,
+};
 use crate::state_machine::{SnapshotFile, StateMachine};
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -90,6 +92,26 @@ type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Se
 
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        use openraft::errors::{LinearizableReadError, RaftError};
+        match self
+            .raft
+            .get_read_log_id(openraft::raft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok((read, _applied)) => Ok(Response::new(ReadIndexResponse {
+                index: read.index(),
+            })),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(
+                Status::failed_precondition(format!("not the leader (leader: {:?})", f.leader_id)),
+            ),
+            Err(e) => Err(Status::unavailable(format!("read index: {e}"))),
+        }
+    }
+
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode("vote", &req.into_inner().data)?;
         reply(self.raft.vote(rpc).await)

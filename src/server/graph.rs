@@ -1,6 +1,7 @@
 //! The graph service: writes go through Raft on the leader (a follower forwards them once),
-//! reads are served locally — after a read index for `CONSISTENCY_LINEARIZABLE` (on a follower,
-//! forwarded to the leader), straight from the replica for `CONSISTENCY_SERIALIZABLE`.
+//! reads are served locally — after a read index for `CONSISTENCY_LINEARIZABLE` (a follower
+//! asks the leader for it and waits for its own apply to reach it; only if the leader cannot
+//! give one is the read forwarded), straight from the replica for `CONSISTENCY_SERIALIZABLE`.
 
 use std::pin::Pin;
 use std::sync::Arc;

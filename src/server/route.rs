@@ -1,16 +1,20 @@
 //! Routing shared by the services: where a write or a linearizable read must go, the one
-//! forward from a follower to the leader, and proposing a command through Raft.
+//! forward from a follower to the leader, follower reads by the leader's read index, and
+//! proposing a command through Raft.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
+
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use super::status::invalid;
 use crate::proto::v1 as pb;
+use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::raft::TypeConfig;
 use crate::raft::service::Raft;
 use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX};
@@ -36,15 +40,59 @@ pub fn leader_of(
     }
 }
 
-/// A channel to the leader, for one forwarded call.
+/// A channel to `node` (the leader) for forwarded calls: one lazily connected channel per
+/// address, shared by every call and service on this tokio runtime (it reconnects by itself).
+/// Keyed by runtime too: a channel's worker task lives on the runtime that created it, and
+/// dies with it (tests run several nodes, each on its own runtime, in one process).
 pub async fn channel(node: &BasicNode) -> Result<Channel, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", node.addr))
+    type Key = (tokio::runtime::Id, String);
+    // A cache only (nothing here reaches the log), so hash order does not matter.
+    static CHANNELS: std::sync::LazyLock<std::sync::Mutex<HashMap<Key, Channel>>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = (tokio::runtime::Handle::current().id(), node.addr.clone());
+    let mut channels = CHANNELS.lock().expect("channel cache");
+    if let Some(c) = channels.get(&key) {
+        return Ok(c.clone());
+    }
+    // Addresses come from the replicated membership; bound the cache all the same.
+    if channels.len() >= 1024 {
+        channels.clear();
+    }
+    let c = Endpoint::from_shared(format!("http://{}", node.addr))
         .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))?
-        .connect_timeout(Duration::from_secs(2));
-    endpoint
-        .connect()
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .connect_lazy();
+    channels.insert(key, c.clone());
+    Ok(c)
+}
+
+/// How long a follower waits for the leader's read index and then for its own apply to reach
+/// it, before answering UNAVAILABLE.
+const FOLLOWER_READ_WAIT: Duration = Duration::from_secs(10);
+
+/// Follower read: asks the leader for a read index, then waits until this replica applied it.
+/// `Ok(false)`: the leader could not give one (e.g. it just lost leadership); forward instead.
+async fn follower_read_index(raft: &Raft, leader: &BasicNode) -> Result<bool, Status> {
+    let mut peer = RaftServiceClient::new(channel(leader).await?);
+    let mut req = Request::new(pb::ReadIndexRequest {});
+    req.set_timeout(FOLLOWER_READ_WAIT);
+    let index = match peer.read_index(req).await {
+        Ok(r) => r.into_inner().index,
+        Err(_) => return Ok(false),
+    };
+    raft.wait(Some(FOLLOWER_READ_WAIT))
+        .applied_index_at_least(Some(index), "follower read index")
         .await
-        .map_err(|e| Status::unavailable(format!("leader at {} cannot be reached: {e}", node.addr)))
+        .map_err(|_| {
+            Status::unavailable(format!(
+                "this replica has not applied the leader's read index {index} within \
+                 {FOLLOWER_READ_WAIT:?}; retry or read from the leader"
+            ))
+        })?;
+    Ok(true)
 }
 
 pub fn was_forwarded<T>(r: &Request<T>) -> bool {
@@ -97,7 +145,14 @@ pub async fn read_route(
             match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                 Ok(_) => Ok(None),
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                    leader_of(&f, was_forwarded).map(Some)
+                    let leader = leader_of(&f, was_forwarded)?;
+                    // Served here once this replica has applied the leader's read index; the
+                    // read is forwarded only when the leader cannot give one.
+                    if follower_read_index(raft, &leader).await? {
+                        Ok(None)
+                    } else {
+                        Ok(Some(leader))
+                    }
                 }
                 Err(e) => Err(Status::unavailable(format!("read index: {e}"))),
             }
