@@ -871,3 +871,65 @@ async fn a_cascade_stops_buffering_at_the_byte_bound() {
     );
     assert_eq!(h.reader().tenant("t").unwrap().usage.edges, 3000);
 }
+
+#[tokio::test]
+async fn pages_of_large_nodes_stop_at_the_byte_budget_and_continue_by_cursor() {
+    use raftgraph::state_machine::PAGE_BYTES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+    // 8 nodes of three 1 MiB values each (~3 MiB): 24 MiB in all, over the 16 MiB budget.
+    for i in 0..8u8 {
+        let mb = |b: u8| Value::Bytes(vec![b; 1 << 20]);
+        h.write(
+            "t",
+            vec![create_node(
+                &["Big"],
+                &[("a", mb(i)), ("b", mb(i)), ("c", mb(i))],
+            )],
+        )
+        .unwrap();
+    }
+    let rd = h.reader();
+    type Pager<'a> = Box<
+        dyn Fn(Option<&[u8]>) -> raftgraph::state_machine::Page<raftgraph::state_machine::Node>
+            + 'a,
+    >;
+    let pagers: [(&str, Pager); 2] = [
+        (
+            "by label",
+            Box::new(|after| rd.nodes_by_label("t", "Big", after, 1000).unwrap()),
+        ),
+        (
+            "scan",
+            Box::new(|after| rd.scan_nodes("t", after, 1000).unwrap()),
+        ),
+    ];
+    for (what, page) in pagers {
+        let mut seen = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        let mut pages = 0;
+        loop {
+            let p = page(after.as_deref());
+            pages += 1;
+            assert!(!p.items.is_empty(), "{what}: empty page");
+            // At most the budget plus the one node that crossed it.
+            assert!(
+                p.items.len() <= PAGE_BYTES_MAX / (3 << 20) + 1,
+                "{what}: {}",
+                p.items.len()
+            );
+            seen.extend(p.items.iter().map(|n| n.id));
+            match p.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 2, "{what}");
+        assert_eq!(
+            seen,
+            (1..=8).collect::<Vec<u64>>(),
+            "{what}: every node once, in order"
+        );
+    }
+}

@@ -82,6 +82,8 @@ pub use graph::{
     Properties, RECORD_BYTES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX, VALUE_ITEMS_MAX, Value,
 };
 pub use machine::{Builder, StateMachine};
-pub use read::{GraphReader, Neighbor, PAGE_ITEMS_MAX, Page, ReadError, SessionInfo};
+pub use read::{
+    GraphReader, Neighbor, PAGE_BYTES_MAX, PAGE_ITEMS_MAX, Page, ReadError, SessionInfo,
+};
 pub use snapshot::SnapshotFile;
 pub use verify::TenantCheck;

@@ -23,6 +23,10 @@ type RawPair = (Box<[u8]>, Box<[u8]>);
 
 /// Items one page may hold.
 pub const PAGE_ITEMS_MAX: usize = 1_000;
+/// A page stops early once its records reach this many bytes (always holding at least one), so
+/// a page of large nodes (up to 4 MiB each) stays far below the 80 MiB gRPC message limit; its
+/// `next` cursor then continues where it stopped.
+pub const PAGE_BYTES_MAX: usize = 16 << 20;
 
 /// A read failed: a deterministic refusal (bad argument, no such tenant) or local I/O.
 #[derive(Debug, thiserror::Error)]
@@ -263,10 +267,18 @@ impl GraphReader {
         }
         let mode = IteratorMode::From(&start, ScanDir::Forward);
         let mut out = Vec::new();
-        for kv in store.db().iterator_cf_opt(cf, opts, mode).take(limit) {
-            out.push(kv.map_err(|e| rocks_err("scan", e))?);
+        let mut bytes = 0usize;
+        let mut full = false;
+        for kv in store.db().iterator_cf_opt(cf, opts, mode) {
+            let (k, v) = kv.map_err(|e| rocks_err("scan", e))?;
+            bytes += k.len() + v.len();
+            out.push((k, v));
+            if out.len() == limit || bytes >= PAGE_BYTES_MAX {
+                full = true;
+                break;
+            }
         }
-        let next = (out.len() == limit).then(|| out.last().map(|(k, _)| k.to_vec()));
+        let next = full.then(|| out.last().map(|(k, _)| k.to_vec()));
         Ok((out, next.flatten()))
     }
 
@@ -319,17 +331,24 @@ impl GraphReader {
     ) -> Result<Page<Node>, ReadError> {
         validate_name(label).map_err(|r| invalid("label", r))?;
         self.with_tenant(tenant, |store, cf| {
-            let (pairs, next) = Self::page(store, cf, &keys::label_prefix(label), after, limit)?;
+            let (pairs, mut next) =
+                Self::page(store, cf, &keys::label_prefix(label), after, limit)?;
             let mut items = Vec::with_capacity(pairs.len());
-            for (k, _) in pairs {
-                let id =
-                    keys::trailing_id(&k).ok_or_else(|| corrupt(format!("label key {k:?}")))?;
-                let bytes = store
+            let mut bytes = 0usize;
+            for (i, (k, _)) in pairs.iter().enumerate() {
+                if bytes >= PAGE_BYTES_MAX {
+                    // The byte budget is spent: continue after the last node returned.
+                    next = Some(pairs[i - 1].0.to_vec());
+                    break;
+                }
+                let id = keys::trailing_id(k).ok_or_else(|| corrupt(format!("label key {k:?}")))?;
+                let record = store
                     .db()
                     .get_cf(cf, keys::node(id))
                     .map_err(|e| rocks_err("read node", e))?
                     .ok_or_else(|| corrupt(format!("label index names missing node {id}")))?;
-                items.push(decode::<NodeRecord>(&bytes, "node")?.into_node(id));
+                bytes += record.len();
+                items.push(decode::<NodeRecord>(&record, "node")?.into_node(id));
             }
             Ok(Page { items, next })
         })
