@@ -716,3 +716,33 @@ pub async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<(), Status> {
     print(g, v);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn props_parse_as_json_or_else_text() {
+        use pb::value::Kind;
+        let kind = |s: &str| parse_prop(s).unwrap().1.kind.unwrap();
+        assert_eq!(kind("n=1815"), Kind::IntValue(1815));
+        assert_eq!(kind("f=1.5"), Kind::FloatValue(1.5));
+        assert_eq!(kind("b=true"), Kind::BoolValue(true));
+        assert_eq!(kind("s=Ada"), Kind::StringValue("Ada".into()));
+        assert_eq!(kind("q=\"42\""), Kind::StringValue("42".into()));
+        assert_eq!(kind("e="), Kind::StringValue(String::new()));
+        assert!(matches!(kind("l=[1,2]"), Kind::ListValue(l) if l.values.len() == 2));
+        assert_eq!(parse_prop("k=a=b").unwrap().0, "k");
+        let e = parse_prop("novalue").unwrap_err();
+        assert!(e.message().contains("key=value"), "{}", e.message());
+    }
+
+    #[test]
+    fn tables_align_columns_and_show_objects_as_rows() {
+        let t = table(&json!([{"id": 1, "name": "Ada"}, {"id": 22, "name": null}]));
+        assert_eq!(t, "id  name\n1   Ada\n22  -\n");
+        let t = table(&json!({"id": "demo", "enabled": true}));
+        assert_eq!(t, "id       demo\nenabled  true\n");
+        assert_eq!(table(&json!([])), "(none)\n");
+    }
+}
