@@ -1,0 +1,242 @@
+//! The `raftgraph` binary as a user runs it: three `raftgraph server` processes (configured by
+//! a file, by `RAFTGRAPH_*` environment variables and by flags), `raftgraph cluster init`, CLI
+//! writes and reads with JSON output, a CLI error's exit code and message, SIGTERM stopping each
+//! server cleanly, and a restart refused on another node's data directory. Waits poll with a
+//! 60 s bound; nothing asserts how long anything took.
+// Real processes on the real clock: these polls are bounded waits, not simulated time.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_raftgraph");
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RAFTGRAPH_ENDPOINTS")
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+    })
+}
+
+/// Polls `f` until it returns true (60 s bound).
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(addr: &str) -> serde_json::Value {
+    json(&cli(&[
+        "cluster",
+        "status",
+        "--endpoints",
+        addr,
+        "--output",
+        "json",
+    ]))[0]
+        .clone()
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn server(configure: impl FnOnce(&mut Command)) -> Child {
+    let mut c = Command::new(BIN);
+    c.arg("server");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAFTGRAPH_") {
+            c.env_remove(k);
+        }
+    }
+    configure(&mut c);
+    c.spawn().unwrap()
+}
+
+fn write_config(dir: &Path, addr: &str) -> std::path::PathBuf {
+    let path = dir.join("node1.toml");
+    let text = format!(
+        "cluster_id = \"bin\"\nnode_id = 1\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
+         [raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
+         [storage]\nwrite_buffer_bytes = 8388608\nblock_cache_bytes = 8388608\n\
+         wal_segment_bytes = 8388608\n",
+        dir.join("node1").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let config = write_config(dir.path(), &addrs[0]);
+    // Node 1 from a file; node 2 from the environment; node 3 from flags (over a file that
+    // names another node: flags win).
+    let mut nodes = vec![
+        server(|c| {
+            c.args(["--config", config.to_str().unwrap()]);
+        }),
+        server(|c| {
+            c.env("RAFTGRAPH_CLUSTER_ID", "bin")
+                .env("RAFTGRAPH_NODE_ID", "2")
+                .env("RAFTGRAPH_LISTEN", &addrs[1])
+                .env("RAFTGRAPH_DATA_DIR", dir.path().join("node2"));
+        }),
+        server(|c| {
+            c.args(["--config", config.to_str().unwrap()])
+                .args(["--node-id", "3", "--listen", &addrs[2]])
+                .args(["--data-dir", dir.path().join("node3").to_str().unwrap()]);
+        }),
+    ];
+    for (i, a) in addrs.iter().enumerate() {
+        wait_until(&format!("node {} to answer", i + 1), || {
+            status(a)["node"].as_u64() == Some(i as u64 + 1)
+        });
+    }
+    let members: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let mut init = vec!["cluster", "init", "--endpoints", &addrs[0]];
+    for m in &members {
+        init.extend(["--member", m]);
+    }
+    assert!(cli(&init).status.success());
+    wait_until("a leader", || {
+        addrs.iter().any(|a| status(a)["state"] == "leader")
+    });
+
+    let endpoints = addrs.join(",");
+    let t = json(&cli(&[
+        "tenant",
+        "create",
+        "acme",
+        "--max-nodes",
+        "10",
+        "--endpoints",
+        &endpoints,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(t["max_nodes"], 10);
+    let created = json(&cli(&[
+        "node",
+        "create",
+        "--tenant",
+        "acme",
+        "--label",
+        "Person",
+        "--prop",
+        "name=Ada",
+        "--prop",
+        "born=1815",
+        "--endpoints",
+        &addrs[1],
+        "--output",
+        "json",
+    ]));
+    let id = created[0]["id"].as_u64().unwrap().to_string();
+    // Read back through another node (a linearizable follower read).
+    let node = json(&cli(&[
+        "node",
+        "get",
+        "--tenant",
+        "acme",
+        &id,
+        "--endpoints",
+        &addrs[2],
+        "--output",
+        "json",
+    ]));
+    assert_eq!(node["properties"]["name"], "Ada");
+    assert_eq!(node["properties"]["born"], 1815);
+    let table = cli(&[
+        "node",
+        "get",
+        "--tenant",
+        "acme",
+        &id,
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("Person"));
+
+    // A CLI error: exit code 1, the code and the server's message on stderr.
+    let out = cli(&[
+        "node",
+        "get",
+        "--tenant",
+        "nosuch",
+        "1",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NotFound") && err.contains("nosuch"), "{err}");
+
+    // SIGTERM: each server hands off what it must and exits 0.
+    for n in &nodes {
+        sigterm(n);
+    }
+    for n in &mut nodes {
+        let s = wait_exit(n);
+        assert!(s.success(), "exit status {s:?}");
+    }
+
+    // Node 1's directory refuses to serve as node 2.
+    let mut wrong = server(|c| {
+        c.args(["--config", config.to_str().unwrap(), "--node-id", "2"]);
+        c.stderr(std::process::Stdio::piped());
+    });
+    let s = wait_exit(&mut wrong);
+    assert!(!s.success());
+    let mut err = String::new();
+    use std::io::Read;
+    wrong
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("belongs to cluster \"bin\" node 1"), "{err}");
+}
