@@ -249,11 +249,12 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         let (id, node) = member("member", msg.member.clone())?;
         if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
-            let mut req = route::forwarded(msg);
+            let mut req = via.forward(msg);
             // Catching up may take a while; the leader bounds its own wait.
             req.set_timeout(LEARNER_WAIT + Duration::from_secs(10));
             return client(&leader)
@@ -285,7 +286,7 @@ impl ClusterService for ClusterApi {
                     Changed::Forward(leader) => {
                         return client(&leader)
                             .await?
-                            .add_learner(route::forwarded(msg))
+                            .add_learner(via.forward(msg))
                             .await
                             .map_err(route::forwarded_outcome);
                     }
@@ -318,13 +319,14 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         let ids = ids("ids", &msg.ids)?;
         if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
             return client(&leader)
                 .await?
-                .promote(route::forwarded(msg))
+                .promote(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome);
         }
@@ -355,7 +357,7 @@ impl ClusterService for ClusterApi {
             Changed::Done(r, _) => Ok(Response::new(r)),
             Changed::Forward(leader) => client(&leader)
                 .await?
-                .promote(route::forwarded(msg))
+                .promote(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome),
         }
@@ -365,13 +367,14 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         let ids = ids("ids", &msg.ids)?;
         if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
             return client(&leader)
                 .await?
-                .remove(route::forwarded(msg))
+                .remove(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome);
         }
@@ -411,7 +414,7 @@ impl ClusterService for ClusterApi {
                 Changed::Forward(leader) => {
                     return client(&leader)
                         .await?
-                        .remove(route::forwarded(msg))
+                        .remove(via.forward(msg))
                         .await
                         .map_err(route::forwarded_outcome);
                 }
@@ -424,12 +427,13 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::TransferLeadershipRequest>,
     ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
             return client(&leader)
                 .await?
-                .transfer_leadership(route::forwarded(msg))
+                .transfer_leadership(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome);
         }

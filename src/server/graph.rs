@@ -66,7 +66,8 @@ impl GraphService for GraphApi {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         // Held until the answer is sent, including a forward to the leader.
         let _permit = self.admission.admit()?;
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         let req = convert::write_request(msg.clone(), (self.clock)())?;
         match route::propose(&self.raft, req, was_forwarded).await? {
@@ -79,7 +80,7 @@ impl GraphService for GraphApi {
             Proposed::Applied(Err(e)) => Err(apply_error(&e)),
             Proposed::Forward(leader) => client(&leader)
                 .await?
-                .write(route::forwarded(msg))
+                .write(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome),
         }
@@ -89,10 +90,11 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            return client(&leader).await?.get_node(route::forwarded(msg)).await;
+            return client(&leader).await?.get_node(via.forward(msg)).await;
         }
         match self
             .reader
@@ -111,10 +113,11 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::GetEdgeRequest>,
     ) -> Result<Response<pb::Edge>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            return client(&leader).await?.get_edge(route::forwarded(msg)).await;
+            return client(&leader).await?.get_edge(via.forward(msg)).await;
         }
         match self
             .reader
@@ -133,13 +136,11 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::NeighborsRequest>,
     ) -> Result<Response<pb::NeighborsResponse>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            return client(&leader)
-                .await?
-                .neighbors(route::forwarded(msg))
-                .await;
+            return client(&leader).await?.neighbors(via.forward(msg)).await;
         }
         let direction = match pb::Direction::try_from(msg.direction) {
             Ok(pb::Direction::Out) => Direction::Out,
@@ -173,12 +174,13 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::NodesByLabelRequest>,
     ) -> Result<Response<pb::NodesPage>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
             return client(&leader)
                 .await?
-                .nodes_by_label(route::forwarded(msg))
+                .nodes_by_label(via.forward(msg))
                 .await;
         }
         let after = (!msg.after.is_empty()).then_some(msg.after.as_slice());
@@ -198,12 +200,13 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<ScanStream>, Status> {
-        let was_forwarded = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
             let remote = client(&leader)
                 .await?
-                .scan(route::forwarded(msg))
+                .scan(via.forward(msg))
                 .await?
                 .into_inner();
             return Ok(Response::new(Box::pin(remote)));

@@ -21,7 +21,7 @@ use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX};
 
 /// Marks a request a follower forwarded, so it is forwarded at most once.
 const FORWARDED: &str = "x-raftgraph-forwarded";
-/// Deadline of a forwarded call.
+/// Deadline of a forwarded call when the caller set none.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a request must go instead: the leader's address, or UNAVAILABLE when no leader is
@@ -99,7 +99,63 @@ pub fn was_forwarded<T>(r: &Request<T>) -> bool {
     r.metadata().contains_key(FORWARDED)
 }
 
-/// `msg` as a forwarded request, with the forward deadline.
+/// The longest deadline a forwarded call gets, whatever the caller asked.
+const FORWARD_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+/// How a request arrived: whether a follower forwarded it, and the caller's deadline
+/// (`grpc-timeout`), which a forward keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Via {
+    pub forwarded: bool,
+    pub deadline: Option<Duration>,
+}
+
+impl Via {
+    pub fn of<T>(r: &Request<T>) -> Via {
+        let deadline = r
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        Via {
+            forwarded: was_forwarded(r),
+            deadline,
+        }
+    }
+
+    /// `msg` as a forwarded request: marked, with the caller's deadline (capped at 300 s) or,
+    /// without one, the default forward deadline.
+    pub fn forward<T>(&self, msg: T) -> Request<T> {
+        let mut r = forwarded(msg);
+        if let Some(d) = self.deadline {
+            r.set_timeout(d.min(FORWARD_TIMEOUT_MAX));
+        }
+        r
+    }
+}
+
+/// A `grpc-timeout` header value: 1..=8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `msg` as a forwarded request, with the default forward deadline.
 pub fn forwarded<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.set_timeout(FORWARD_TIMEOUT);
@@ -192,5 +248,24 @@ pub async fn propose(
             leader_of(&f, was_forwarded).map(Proposed::Forward)
         }
         Err(e) => Err(Status::unavailable(format!("outcome unknown, retry: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_by_unit_and_refuse_garbage() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "5", "5s", "-5S", "123456789S", "5 S", "x5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 }

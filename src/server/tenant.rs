@@ -74,7 +74,8 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let fwd = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::create_tenant(msg.clone(), (self.clock)())?;
         let _permit = self.admission.admit()?;
@@ -82,7 +83,7 @@ impl TenantService for TenantApi {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
                 .await?
-                .create_tenant(route::forwarded(msg))
+                .create_tenant(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome),
         }
@@ -92,13 +93,11 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let fwd = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = route::read_route(&self.raft, msg.consistency, fwd).await? {
-            return client(&leader)
-                .await?
-                .get_tenant(route::forwarded(msg))
-                .await;
+            return client(&leader).await?.get_tenant(via.forward(msg)).await;
         }
         let t = self.reader.tenant(&msg.id).map_err(|e| read_error(&e))?;
         Ok(Response::new(convert::tenant_to_proto(&t)))
@@ -108,13 +107,11 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        let fwd = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = route::read_route(&self.raft, msg.consistency, fwd).await? {
-            return client(&leader)
-                .await?
-                .list_tenants(route::forwarded(msg))
-                .await;
+            return client(&leader).await?.list_tenants(via.forward(msg)).await;
         }
         let after = (!msg.after.is_empty()).then_some(msg.after.as_str());
         let page = self
@@ -134,7 +131,8 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::UpdateQuotasRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let fwd = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::update_quotas(msg.clone(), (self.clock)())?;
         let _permit = self.admission.admit()?;
@@ -142,7 +140,7 @@ impl TenantService for TenantApi {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
                 .await?
-                .update_quotas(route::forwarded(msg))
+                .update_quotas(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome),
         }
@@ -152,7 +150,8 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::SetTenantConfigRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let fwd = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
         let _permit = self.admission.admit()?;
@@ -160,7 +159,7 @@ impl TenantService for TenantApi {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
                 .await?
-                .set_tenant_config(route::forwarded(msg))
+                .set_tenant_config(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome),
         }
@@ -170,7 +169,8 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::SetTenantEnabledRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let fwd = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
         let _permit = self.admission.admit()?;
@@ -178,7 +178,7 @@ impl TenantService for TenantApi {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&leader)
                 .await?
-                .set_tenant_enabled(route::forwarded(msg))
+                .set_tenant_enabled(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome),
         }
@@ -188,7 +188,8 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
-        let fwd = route::was_forwarded(&request);
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
         let _permit = self.admission.admit()?;
@@ -197,7 +198,7 @@ impl TenantService for TenantApi {
             Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),
             Err(leader) => client(&leader)
                 .await?
-                .delete_tenant(route::forwarded(msg))
+                .delete_tenant(via.forward(msg))
                 .await
                 .map_err(route::forwarded_outcome),
         }
