@@ -284,9 +284,11 @@ impl ClusterService for ClusterApi {
                 let r = self.raft.add_learner(id, node, false).await;
                 match changed(r, was_forwarded)? {
                     Changed::Forward(leader) => {
+                        let mut req = via.forward(msg);
+                        req.set_timeout(LEARNER_WAIT + Duration::from_secs(10));
                         return client(&leader)
                             .await?
-                            .add_learner(via.forward(msg))
+                            .add_learner(req)
                             .await
                             .map_err(route::forwarded_outcome);
                     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use openraft::BasicNode;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 
@@ -69,30 +70,47 @@ pub async fn channel(node: &BasicNode) -> Result<Channel, Status> {
     Ok(c)
 }
 
-/// How long a follower waits for the leader's read index and then for its own apply to reach
-/// it, before answering UNAVAILABLE.
-const FOLLOWER_READ_WAIT: Duration = Duration::from_secs(10);
+/// How long a follower waits for the leader's read index.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a follower waits for its own apply to reach the read index before forwarding the
+/// read to the leader instead.
+const FOLLOWER_APPLY_WAIT: Duration = Duration::from_secs(2);
+/// A follower this many entries behind the read index forwards at once: it would not catch up
+/// within the wait (e.g. a learner still installing a snapshot, or a removed node).
+const FOLLOWER_LAG_MAX: u64 = 10_000;
 
 /// Follower read: asks the leader for a read index, then waits until this replica applied it.
-/// `Ok(false)`: the leader could not give one (e.g. it just lost leadership); forward instead.
+/// `Ok(false)`: serve it on the leader instead (the leader could not be asked, or this replica
+/// is too far behind); the leader checks again itself, so forwarding is always safe.
 async fn follower_read_index(raft: &Raft, leader: &BasicNode) -> Result<bool, Status> {
     let mut peer = RaftServiceClient::new(channel(leader).await?);
     let mut req = Request::new(pb::ReadIndexRequest {});
-    req.set_timeout(FOLLOWER_READ_WAIT);
+    req.set_timeout(READ_INDEX_TIMEOUT);
     let index = match peer.read_index(req).await {
         Ok(r) => r.into_inner().index,
+        // The node we took for leader no longer leads: a forward would be refused there too.
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            return Err(Status::unavailable(format!(
+                "leadership is moving ({}); retry",
+                s.message()
+            )));
+        }
         Err(_) => return Ok(false),
     };
-    raft.wait(Some(FOLLOWER_READ_WAIT))
+    let applied = raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .as_ref()
+        .map_or(0, |l| l.index);
+    if index.saturating_sub(applied) > FOLLOWER_LAG_MAX {
+        return Ok(false);
+    }
+    Ok(raft
+        .wait(Some(FOLLOWER_APPLY_WAIT))
         .applied_index_at_least(Some(index), "follower read index")
         .await
-        .map_err(|_| {
-            Status::unavailable(format!(
-                "this replica has not applied the leader's read index {index} within \
-                 {FOLLOWER_READ_WAIT:?}; retry or read from the leader"
-            ))
-        })?;
-    Ok(true)
+        .is_ok())
 }
 
 pub fn was_forwarded<T>(r: &Request<T>) -> bool {

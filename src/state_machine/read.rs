@@ -23,10 +23,11 @@ type RawPair = (Box<[u8]>, Box<[u8]>);
 
 /// Items one page may hold.
 pub const PAGE_ITEMS_MAX: usize = 1_000;
-/// A page stops early once its records reach this many bytes (always holding at least one), so
-/// a page of large nodes (up to 4 MiB each) stays far below the 80 MiB gRPC message limit; its
-/// `next` cursor then continues where it stopped.
-pub const PAGE_BYTES_MAX: usize = 16 << 20;
+/// A page stops early once its records reach this many bytes (always holding at least one):
+/// at most 8 MiB + one 4 MiB node of records, which stays well below the 80 MiB gRPC message
+/// limit even where protobuf encodes larger than the stored form (e.g. 4 bytes per null in a
+/// list against 1). Its `next` cursor continues where it stopped.
+pub const PAGE_BYTES_MAX: usize = 8 << 20;
 
 /// A read failed: a deterministic refusal (bad argument, no such tenant) or local I/O.
 #[derive(Debug, thiserror::Error)]
