@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::proto::v1 as pb;
@@ -144,13 +144,8 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .connect_lazy();
+        let c = crate::raft::network::dial(addr, Duration::from_secs(2))
+            .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))?;
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -296,28 +291,41 @@ impl Client {
             .await
     }
 
-    fn read_target(consistency: i32) -> Target {
-        if consistency == pb::Consistency::Serializable as i32 {
+    /// A read: serializable ones go to any endpoint, linearizable ones to the leader.
+    async fn read<Req, T, F, Fut>(
+        &self,
+        consistency: i32,
+        msg: Req,
+        mut call: F,
+    ) -> Result<T, Status>
+    where
+        Req: Clone,
+        F: FnMut(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let target = if consistency == pb::Consistency::Serializable as i32 {
             Target::Any
         } else {
             Target::Leader
-        }
+        };
+        self.retry(target, |ch, t| {
+            let mut r = Request::new(msg.clone());
+            r.set_timeout(t);
+            call(ch, r)
+        })
+        .await
     }
 
     pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
-        self.retry(Self::read_target(req.consistency), |ch, t| {
-            let mut r = Request::new(req.clone());
-            r.set_timeout(t);
-            async move { Self::graph(ch).get_node(r).await }
+        self.read(req.consistency, req, |ch, r| async move {
+            Self::graph(ch).get_node(r).await
         })
         .await
     }
 
     pub async fn get_edge(&self, req: pb::GetEdgeRequest) -> Result<pb::Edge, Status> {
-        self.retry(Self::read_target(req.consistency), |ch, t| {
-            let mut r = Request::new(req.clone());
-            r.set_timeout(t);
-            async move { Self::graph(ch).get_edge(r).await }
+        self.read(req.consistency, req, |ch, r| async move {
+            Self::graph(ch).get_edge(r).await
         })
         .await
     }
@@ -326,10 +334,8 @@ impl Client {
         &self,
         req: pb::NeighborsRequest,
     ) -> Result<pb::NeighborsResponse, Status> {
-        self.retry(Self::read_target(req.consistency), |ch, t| {
-            let mut r = Request::new(req.clone());
-            r.set_timeout(t);
-            async move { Self::graph(ch).neighbors(r).await }
+        self.read(req.consistency, req, |ch, r| async move {
+            Self::graph(ch).neighbors(r).await
         })
         .await
     }
@@ -338,10 +344,8 @@ impl Client {
         &self,
         req: pb::NodesByLabelRequest,
     ) -> Result<pb::NodesPage, Status> {
-        self.retry(Self::read_target(req.consistency), |ch, t| {
-            let mut r = Request::new(req.clone());
-            r.set_timeout(t);
-            async move { Self::graph(ch).nodes_by_label(r).await }
+        self.read(req.consistency, req, |ch, r| async move {
+            Self::graph(ch).nodes_by_label(r).await
         })
         .await
     }
@@ -391,10 +395,8 @@ impl Client {
     }
 
     pub async fn get_tenant(&self, req: pb::GetTenantRequest) -> Result<pb::Tenant, Status> {
-        self.retry(Self::read_target(req.consistency), |ch, t| {
-            let mut r = Request::new(req.clone());
-            r.set_timeout(t);
-            async move { TenantServiceClient::new(ch).get_tenant(r).await }
+        self.read(req.consistency, req, |ch, r| async move {
+            TenantServiceClient::new(ch).get_tenant(r).await
         })
         .await
     }
@@ -403,10 +405,8 @@ impl Client {
         &self,
         req: pb::ListTenantsRequest,
     ) -> Result<pb::ListTenantsResponse, Status> {
-        self.retry(Self::read_target(req.consistency), |ch, t| {
-            let mut r = Request::new(req.clone());
-            r.set_timeout(t);
-            async move { TenantServiceClient::new(ch).list_tenants(r).await }
+        self.read(req.consistency, req, |ch, r| async move {
+            TenantServiceClient::new(ch).list_tenants(r).await
         })
         .await
     }

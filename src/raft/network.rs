@@ -89,19 +89,25 @@ fn decode_reply<T: DeserializeOwned>(
     r.map_err(|e| unreachable(format!("node {target}: {e}")))
 }
 
+/// The one way this crate dials another node (peers, forwards to the leader, the client): a
+/// lazily connected channel to `addr` (`host:port`) that reconnects by itself. Keepalive: a
+/// silently dead peer (a partition that drops packets) is noticed in seconds, not when TCP
+/// gives up, so streams and channels get rebuilt.
+pub fn dial(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
 impl GrpcNetwork {
     pub fn new(target: NodeId, addr: &str, connect_timeout: Option<Duration>) -> Self {
-        let client = Endpoint::from_shared(format!("http://{addr}"))
-            .map(|e| {
-                // Keepalive: a silently dead peer (a partition that drops packets) is noticed
-                // in seconds, not when TCP gives up, so streams and channels get rebuilt.
-                let e = e
-                    .connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(2)))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(1))
-                    .keep_alive_timeout(Duration::from_secs(3))
-                    .keep_alive_while_idle(true);
-                RaftServiceClient::new(e.connect_lazy())
+        let client = dial(addr, connect_timeout.unwrap_or(Duration::from_secs(2)))
+            .map(|c| {
+                RaftServiceClient::new(c)
                     .max_decoding_message_size(MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(MESSAGE_BYTES_MAX)
             })

@@ -10,7 +10,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::status::invalid;
@@ -59,13 +59,8 @@ pub async fn channel(node: &BasicNode) -> Result<Channel, Status> {
     if channels.len() >= 1024 {
         channels.clear();
     }
-    let c = Endpoint::from_shared(format!("http://{}", node.addr))
-        .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .connect_lazy();
+    let c = crate::raft::network::dial(&node.addr, Duration::from_secs(2))
+        .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))?;
     channels.insert(key, c.clone());
     Ok(c)
 }
@@ -144,10 +139,13 @@ impl Via {
     /// `msg` as a forwarded request: marked, with the caller's deadline (capped at 300 s) or,
     /// without one, the default forward deadline.
     pub fn forward<T>(&self, msg: T) -> Request<T> {
-        let mut r = forwarded(msg);
-        if let Some(d) = self.deadline {
-            r.set_timeout(d.min(FORWARD_TIMEOUT_MAX));
-        }
+        let mut r = Request::new(msg);
+        r.set_timeout(
+            self.deadline
+                .map_or(FORWARD_TIMEOUT, |d| d.min(FORWARD_TIMEOUT_MAX)),
+        );
+        r.metadata_mut()
+            .insert(FORWARDED, "1".parse().expect("an ASCII value"));
         r
     }
 }
@@ -171,15 +169,6 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-/// `msg` as a forwarded request, with the default forward deadline.
-pub fn forwarded<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.set_timeout(FORWARD_TIMEOUT);
-    r.metadata_mut()
-        .insert(FORWARDED, "1".parse().expect("an ASCII value"));
-    r
 }
 
 /// A page size from the wire: 0 means the most a page may hold.
