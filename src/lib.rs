@@ -33,4 +33,5 @@ pub mod raft;
 pub mod server;
 pub mod state_machine;
 pub mod tenant;
+pub mod transport;
 pub mod wal;

@@ -22,7 +22,6 @@
 //! attempt is bounded by `attempt_timeout` on the client side too. Every other code is the
 //! answer.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -37,6 +36,7 @@ use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::raft::network::MESSAGE_BYTES_MAX;
+use crate::transport::Dialer;
 
 /// How a client behaves.
 #[derive(Clone, Debug)]
@@ -49,6 +49,8 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// Seed of the backoff jitter; `None` derives it from the client id.
     pub jitter_seed: Option<u64>,
+    /// How channels are dialled (TCP by default; the simulation supplies its network).
+    pub dialer: Dialer,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +60,7 @@ impl Default for ClientOptions {
             attempt_timeout: Duration::from_secs(5),
             deadline: Duration::from_secs(30),
             jitter_seed: None,
+            dialer: Dialer::default(),
         }
     }
 }
@@ -66,7 +69,6 @@ impl Default for ClientOptions {
 pub struct Client {
     endpoints: Vec<String>,
     options: ClientOptions,
-    channels: Mutex<BTreeMap<String, Channel>>,
     leader: Mutex<Option<String>>,
     next: Mutex<usize>,
     rng: Mutex<SmallRng>,
@@ -126,7 +128,6 @@ impl Client {
         Ok(Client {
             endpoints,
             options,
-            channels: Mutex::new(BTreeMap::new()),
             leader: Mutex::new(None),
             next: Mutex::new(0),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
@@ -140,14 +141,10 @@ impl Client {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().expect("channel map");
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = crate::raft::network::dial(addr, Duration::from_secs(2))
-            .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))?;
-        channels.insert(addr.to_string(), c.clone());
-        Ok(c)
+        self.options
+            .dialer
+            .channel(addr)
+            .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))
     }
 
     /// The next target: the leader if wanted and known, else the endpoints in turn.
@@ -193,12 +190,26 @@ impl Client {
     }
 
     /// Runs `call` until it answers, a non-retryable error comes back, or the deadline.
-    async fn retry<T, F, Fut>(&self, target: Target, mut call: F) -> Result<T, Status>
+    async fn retry<T, F, Fut>(&self, target: Target, call: F) -> Result<T, Status>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.options.deadline;
+        self.retry_until(target, deadline, call).await
+    }
+
+    /// [`Client::retry`] within an absolute deadline.
+    async fn retry_until<T, F, Fut>(
+        &self,
+        target: Target,
+        deadline: tokio::time::Instant,
+        mut call: F,
+    ) -> Result<T, Status>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         let mut attempt = 0u32;
         loop {
             let addr = self.pick(target);
@@ -220,6 +231,10 @@ impl Client {
                 Err(s) => s,
             };
             tracing::debug!(%addr, code = ?status.code(), msg = status.message(), "retrying");
+            if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) {
+                // The connection may be stalled rather than closed: dial afresh next time.
+                self.options.dialer.forget(&addr);
+            }
             // The leader may have moved or be unreachable from here: forget it and go through
             // the endpoints (which forward); the next proposal asks again.
             *self.leader.lock().expect("leader") = None;
@@ -247,6 +262,9 @@ impl Client {
         F: FnMut(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        // One deadline for the whole call: leader discovery and the resend in a new session
+        // included.
+        let deadline = tokio::time::Instant::now() + self.options.deadline;
         let mut session = self.session.lock().await;
         if self.leader.lock().expect("leader").is_none() {
             self.discover_leader().await;
@@ -260,7 +278,7 @@ impl Client {
                 sequence: session.1,
             });
             let r = self
-                .retry(Target::Leader, |ch, timeout| {
+                .retry_until(Target::Leader, deadline, |ch, timeout| {
                     let mut req = Request::new(msg.clone());
                     req.set_timeout(timeout);
                     call(ch, req)

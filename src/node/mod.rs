@@ -14,14 +14,18 @@ pub mod config;
 pub mod data_dir;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use openraft::async_runtime::WatchReceiver;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -36,9 +40,11 @@ use crate::raft::service::{Raft, RaftGrpc};
 use crate::server::admission::Admission;
 use crate::server::cluster::ClusterApi;
 use crate::server::graph::{Clock, GraphApi};
+use crate::server::route::Router;
 use crate::server::tenant::TenantApi;
-use crate::state_machine::{GraphReader, StateMachine};
-use crate::wal::{IoRuntime, StdFs, Wal};
+use crate::state_machine::{Blocking, GraphReader, StateMachine};
+use crate::transport::Dialer;
+use crate::wal::{IoRuntime, StdFs, Wal, WalFs};
 
 /// The services a node reports in the health service (besides "" for the whole server).
 pub const SERVICES: [&str; 4] = [
@@ -82,6 +88,54 @@ pub fn system_clock() -> Clock {
     Arc::new(now)
 }
 
+/// Bugs planted on purpose, to show the simulation catches them. Only test code sets these:
+/// no config file, flag or environment variable reaches them. All off by default.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlantedBugs {
+    /// The WAL reports appends flushed before it has written and synced them.
+    pub ack_before_sync: bool,
+    /// A follower serves "linearizable" reads from its own state without a read index.
+    pub stale_follower_reads: bool,
+    /// A repeated (client_id, sequence) is applied again instead of answered from the session.
+    pub skip_session_dedup: bool,
+}
+
+/// Where a node gets its files, threads, time, randomness and network.
+#[derive(Clone)]
+pub struct NodeEnv {
+    /// The WAL's files.
+    pub wal_fs: Arc<dyn WalFs>,
+    /// Where the WAL's group-commit task runs.
+    pub wal_io: IoRuntime,
+    /// Where blocking RocksDB and snapshot-file work runs.
+    pub blocking: Blocking,
+    /// Timestamps for entries.
+    pub clock: Clock,
+    /// Outgoing connections.
+    pub dialer: Dialer,
+    /// Seeds openraft's randomness (election timeouts); `None`: the OS generator.
+    pub seed: Option<u64>,
+    #[doc(hidden)]
+    pub planted: PlantedBugs,
+}
+
+impl NodeEnv {
+    /// Real files (synced with fsync), a WAL thread, tokio's blocking pool, the system clock,
+    /// TCP, OS randomness.
+    pub fn production() -> NodeEnv {
+        NodeEnv {
+            wal_fs: Arc::new(StdFs),
+            wal_io: IoRuntime::Thread,
+            blocking: Blocking::Pool,
+            clock: system_clock(),
+            dialer: Dialer::default(),
+            seed: None,
+            planted: PlantedBugs::default(),
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     config: NodeConfig,
@@ -90,7 +144,7 @@ pub struct Node {
     health: HealthReporter,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    local_addr: std::net::SocketAddr,
+    local_addr: SocketAddr,
     // Last: the lock is released only after everything above is dropped.
     _data_dir: DataDir,
 }
@@ -107,9 +161,30 @@ impl Node {
         listener: TcpListener,
         clock: Clock,
     ) -> Result<Node, NodeError> {
+        let local_addr = listener.local_addr().map_err(NodeError::Listener)?;
+        let env = NodeEnv {
+            clock,
+            ..NodeEnv::production()
+        };
+        Self::start_in(config, TcpListenerStream::new(listener), local_addr, env).await
+    }
+
+    /// Starts a node in `env`, serving the connections `incoming` yields (accepted at
+    /// `local_addr`). Production nodes come from [`Node::start`]; the deterministic simulation
+    /// calls this with its own files, threads, clock, randomness and network.
+    pub async fn start_in<I, IO, IE>(
+        config: NodeConfig,
+        incoming: I,
+        local_addr: SocketAddr,
+        env: NodeEnv,
+    ) -> Result<Node, NodeError>
+    where
+        I: Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
         config.validate()?;
         let raft_config = config.raft_config()?;
-        let local_addr = listener.local_addr().map_err(NodeError::Listener)?;
         let data_dir = DataDir::open(
             &config.data_dir,
             &Identity {
@@ -117,20 +192,33 @@ impl Node {
                 node_id: config.node_id,
             },
         )?;
-        let wal = Wal::open(config.wal_config(), Arc::new(StdFs), IoRuntime::Thread).await?;
-        let sm = StateMachine::open(config.sm_config())
+        let mut wal_config = config.wal_config();
+        wal_config.planted_ack_before_sync = env.planted.ack_before_sync;
+        let wal = Wal::open(wal_config, env.wal_fs.clone(), env.wal_io).await?;
+        let mut sm_config = config.sm_config();
+        sm_config.blocking = env.blocking;
+        sm_config.planted_skip_session_dedup = env.planted.skip_session_dedup;
+        let sm = StateMachine::open(sm_config.clone())
             .await
             .map_err(NodeError::StateMachine)?;
         let reader = sm.reader();
-        let raft = Raft::new(
-            config.node_id,
-            raft_config,
-            GrpcNetworkFactory::default(),
-            wal,
-            sm,
-        )
-        .await
+        let network = GrpcNetworkFactory {
+            connect_timeout: None,
+            dialer: env.dialer.clone(),
+            blocking: env.blocking,
+        };
+        // openraft's randomness (election timeouts) comes from the seed when there is one.
+        let raft = Raft::new(config.node_id, raft_config, network, wal, sm);
+        let raft = match env.seed {
+            Some(seed) => crate::raft::runtime::seeded(seed, raft).await,
+            None => raft.await,
+        }
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let clock = env.clock.clone();
+        let router = Router {
+            dialer: env.dialer.clone(),
+            planted_stale_follower_reads: env.planted.stale_follower_reads,
+        };
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -147,19 +235,23 @@ impl Node {
         let admission = Admission::new(config.server.proposals_in_flight_max);
         let graph = GraphServiceServer::new(
             GraphApi::new(raft.clone(), reader.clone(), clock.clone())
-                .with_admission(admission.clone()),
+                .with_admission(admission.clone())
+                .with_router(router.clone()),
         )
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let tenants = TenantServiceServer::new(
-            TenantApi::new(raft.clone(), reader.clone(), clock).with_admission(admission),
+            TenantApi::new(raft.clone(), reader.clone(), clock)
+                .with_admission(admission)
+                .with_router(router.clone()),
         );
-        let cluster =
-            ClusterServiceServer::new(ClusterApi::new(raft.clone(), config.cluster_id.clone()));
-        let peers = RaftServiceServer::new(RaftGrpc::new(
-            raft.clone(),
-            config.sm_config().dir.join("snapshots"),
-        ))
+        let cluster = ClusterServiceServer::new(
+            ClusterApi::new(raft.clone(), config.cluster_id.clone()).with_router(router),
+        );
+        let peers = RaftServiceServer::new(
+            RaftGrpc::new(raft.clone(), sm_config.dir.join("snapshots"))
+                .with_blocking(env.blocking),
+        )
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
 
@@ -180,7 +272,7 @@ impl Node {
             .add_service(tenants)
             .add_service(cluster)
             .add_service(peers)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             });
         let server = tokio::spawn(server);
@@ -216,7 +308,7 @@ impl Node {
     }
 
     /// The address the listener is bound to.
-    pub fn local_addr(&self) -> std::net::SocketAddr {
+    pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 

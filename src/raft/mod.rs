@@ -7,6 +7,7 @@
 //! address (`BasicNode`).
 
 pub mod network;
+pub mod runtime;
 pub mod service;
 
 use crate::state_machine::{Request, Response};
@@ -16,6 +17,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Request,
         R = Response,
+        AsyncRuntime = runtime::SeededTokio,
 );
 
 pub type NodeId = u64;

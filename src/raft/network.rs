@@ -3,7 +3,8 @@
 //! snapshots streamed in 1 MiB chunks read from the snapshot file.
 
 use std::future::Future;
-use std::io::SeekFrom;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -17,14 +18,14 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{NodeId, SnapshotMeta, TypeConfig};
 use crate::codec;
 use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::proto::v1::{RaftPayload, SnapshotChunk, snapshot_chunk};
-use crate::state_machine::SnapshotFile;
+use crate::state_machine::{Blocking, SnapshotFile};
+use crate::transport::{CONNECT_TIMEOUT, Dialer};
 
 /// Bytes of snapshot stream per chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -37,15 +38,25 @@ type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFil
 /// Creates one [`GrpcNetwork`] per peer; peers are addressed by `BasicNode::addr` (`host:port`).
 #[derive(Clone, Debug, Default)]
 pub struct GrpcNetworkFactory {
-    /// Time allowed to connect a channel. Default 2 s.
+    /// Time allowed to connect a channel. Default [`CONNECT_TIMEOUT`].
     pub connect_timeout: Option<Duration>,
+    /// How channels are dialled (TCP by default).
+    pub dialer: Dialer,
+    /// Where reads of the snapshot file being sent run.
+    pub blocking: Blocking,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcNetwork {
-        GrpcNetwork::new(target, &node.addr, self.connect_timeout)
+        GrpcNetwork::new(
+            target,
+            &node.addr,
+            &self.dialer,
+            self.connect_timeout,
+            self.blocking,
+        )
     }
 }
 
@@ -53,6 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
 pub struct GrpcNetwork {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
+    blocking: Blocking,
 }
 
 fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
@@ -89,30 +101,27 @@ fn decode_reply<T: DeserializeOwned>(
     r.map_err(|e| unreachable(format!("node {target}: {e}")))
 }
 
-/// The one way this crate dials another node (peers, forwards to the leader, the client): a
-/// lazily connected channel to `addr` (`host:port`) that reconnects by itself. Keepalive: a
-/// silently dead peer (a partition that drops packets) is noticed in seconds, not when TCP
-/// gives up, so streams and channels get rebuilt.
-pub fn dial(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
-}
-
 impl GrpcNetwork {
-    pub fn new(target: NodeId, addr: &str, connect_timeout: Option<Duration>) -> Self {
-        let client = dial(addr, connect_timeout.unwrap_or(Duration::from_secs(2)))
+    pub fn new(
+        target: NodeId,
+        addr: &str,
+        dialer: &Dialer,
+        connect_timeout: Option<Duration>,
+        blocking: Blocking,
+    ) -> Self {
+        let client = dialer
+            .dial(addr, connect_timeout.unwrap_or(CONNECT_TIMEOUT))
             .map(|c| {
                 RaftServiceClient::new(c)
                     .max_decoding_message_size(MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(MESSAGE_BYTES_MAX)
             })
             .map_err(|e| format!("node {target}: bad address {addr:?}: {e}"));
-        GrpcNetwork { target, client }
+        GrpcNetwork {
+            target,
+            client,
+            blocking,
+        }
     }
 
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
@@ -182,12 +191,23 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         let target = self.target;
+        let mut input = input;
         Box::pin(async move {
+            // openraft applies its backoff while producing a request: take the first one before
+            // dialling, so a peer that refuses connections (down, or its port closed) is retried
+            // at the backoff's pace instead of in a tight reconnect loop.
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
             let mut client = self.client()?;
             // An entry that cannot be encoded ends the stream; openraft then retries.
-            let outbound = input.scan((), |_, rpc| {
-                futures::future::ready(codec::encode(&rpc).ok().map(|data| RaftPayload { data }))
-            });
+            let outbound = futures::stream::iter([first])
+                .chain(input)
+                .scan((), |_, rpc| {
+                    futures::future::ready(
+                        codec::encode(&rpc).ok().map(|data| RaftPayload { data }),
+                    )
+                });
             let replies = client
                 .stream_append(outbound)
                 .await
@@ -229,26 +249,49 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
         let target = self.target;
         let header = codec::encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| streaming(RPCError::Network(NetworkError::from_string(e.to_string()))))?;
-        let mut file = tokio::fs::File::from_std(snapshot.snapshot.file);
-        file.seek(SeekFrom::Start(0))
-            .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let file = Arc::new(std::sync::Mutex::new(snapshot.snapshot.file));
+        let blocking = self.blocking;
+        {
+            let file = file.clone();
+            blocking
+                .run(move || file.lock().expect("snapshot file").seek(SeekFrom::Start(0)))
+                .await
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        }
         let first = SnapshotChunk {
             part: Some(snapshot_chunk::Part::Header(header)),
         };
-        // Chunks are read as the transport asks for them: memory stays at one chunk.
-        let data = futures::stream::unfold(Some(file), |state| async move {
-            let mut file = state?;
-            let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-            match file.read(&mut buf).await {
-                Ok(0) | Err(_) => None,
-                Ok(n) => {
+        // Chunks are read as the transport asks for them: memory stays at one chunk. A read
+        // error ends the stream early; the receiver then refuses the incomplete snapshot.
+        let data = futures::stream::unfold(Some(file), move |state| async move {
+            let file = state?;
+            let reading = file.clone();
+            let chunk = blocking
+                .run(move || {
+                    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                    let mut f = reading.lock().expect("snapshot file");
+                    let mut n = 0;
+                    // Fill the whole chunk: chunk boundaries depend only on the stream's bytes.
+                    while n < buf.len() {
+                        match f.read(&mut buf[n..]) {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
                     buf.truncate(n);
+                    Ok(buf)
+                })
+                .await;
+            match chunk {
+                Ok(buf) if !buf.is_empty() => {
                     let chunk = SnapshotChunk {
                         part: Some(snapshot_chunk::Part::Data(buf)),
                     };
                     Some((chunk, Some(file)))
                 }
+                _ => None,
             }
         });
         let outbound = futures::stream::iter([first]).chain(data);

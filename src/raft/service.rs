@@ -11,7 +11,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::TypeConfig;
@@ -21,7 +21,7 @@ use crate::proto::v1::raft_service_server::RaftService;
 use crate::proto::v1::{
     RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, snapshot_chunk,
 };
-use crate::state_machine::{SnapshotFile, StateMachine};
+use crate::state_machine::{Blocking, SnapshotFile, StateMachine};
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -35,6 +35,8 @@ pub struct RaftGrpc {
     seq: AtomicU64,
     /// One snapshot received at a time: each may be as large as the whole state.
     receiving: tokio::sync::Semaphore,
+    /// Where the received file is written, synced and verified.
+    blocking: Blocking,
 }
 
 /// Removes a partly received snapshot when the transfer ends in any way, including the
@@ -54,7 +56,14 @@ impl RaftGrpc {
             recv_dir,
             seq: AtomicU64::new(0),
             receiving: tokio::sync::Semaphore::new(1),
+            blocking: Blocking::Pool,
         }
+    }
+
+    /// Runs the received file's I/O `blocking`'s way (inline in the simulation).
+    pub fn with_blocking(mut self, blocking: Blocking) -> Self {
+        self.blocking = blocking;
+        self
     }
 }
 
@@ -183,10 +192,18 @@ impl RaftService for RaftGrpc {
         let tmp = TempFile(self.recv_dir.join(format!("incoming-{n}.tmp")));
         let path = tmp.0.clone();
         let received = async {
-            let mut file = tokio::fs::File::create(&path).await?;
+            let blocking = self.blocking;
+            let p = path.clone();
+            let file = blocking.run(move || std::fs::File::create(p)).await?;
+            let file = std::sync::Arc::new(std::sync::Mutex::new(file));
             while let Some(chunk) = chunks.message().await.map_err(std::io::Error::other)? {
                 match chunk.part {
-                    Some(snapshot_chunk::Part::Data(d)) => file.write_all(&d).await?,
+                    Some(snapshot_chunk::Part::Data(d)) => {
+                        let f = file.clone();
+                        blocking
+                            .run(move || f.lock().expect("snapshot file").write_all(&d))
+                            .await?
+                    }
                     _ => {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
@@ -195,14 +212,15 @@ impl RaftService for RaftGrpc {
                     }
                 }
             }
-            file.sync_all().await?;
+            let f = file.clone();
+            blocking
+                .run(move || f.lock().expect("snapshot file").sync_all())
+                .await?;
             drop(file);
             // Verify the whole stream (framing, checksums, digest, meta) before openraft sees
             // it: a failed install is fatal for the node, a refused transfer is not.
             let p = path.clone();
-            let stream_meta = tokio::task::spawn_blocking(move || verify_stream(&p))
-                .await
-                .map_err(std::io::Error::other)??;
+            let stream_meta = blocking.run(move || verify_stream(&p)).await?;
             if stream_meta != meta {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -215,11 +233,15 @@ impl RaftService for RaftGrpc {
         let file =
             received.map_err(|e| Status::invalid_argument(format!("receiving snapshot: {e}")))?;
         let snapshot = Snapshot {
-            meta,
+            meta: meta.clone(),
             snapshot: file,
         };
+        let last = meta.last_log_id;
         let r = self.raft.install_full_snapshot(vote, snapshot).await;
         drop(tmp);
+        if r.is_ok() {
+            tracing::info!(last = ?last, "installed a snapshot streamed from the leader");
+        }
         reply(r)
     }
 }

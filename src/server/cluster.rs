@@ -28,11 +28,22 @@ pub const MEMBERS_MAX: usize = 64;
 pub struct ClusterApi {
     raft: Raft,
     cluster_id: String,
+    router: route::Router,
 }
 
 impl ClusterApi {
     pub fn new(raft: Raft, cluster_id: String) -> Self {
-        ClusterApi { raft, cluster_id }
+        ClusterApi {
+            raft,
+            cluster_id,
+            router: route::Router::default(),
+        }
+    }
+
+    /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
+    pub fn with_router(mut self, router: route::Router) -> Self {
+        self.router = router;
+        self
     }
 
     /// `None` when this node leads (membership checks then run on the leader's view);
@@ -69,8 +80,11 @@ impl ClusterApi {
 /// How long `AddLearner { wait: true }` waits for the learner to catch up.
 pub const LEARNER_WAIT: Duration = Duration::from_secs(60);
 
-async fn client(node: &BasicNode) -> Result<ClusterServiceClient<Channel>, Status> {
-    Ok(ClusterServiceClient::new(route::channel(node).await?))
+async fn client(
+    router: &route::Router,
+    node: &BasicNode,
+) -> Result<ClusterServiceClient<Channel>, Status> {
+    Ok(ClusterServiceClient::new(router.channel(node)?))
 }
 
 /// Checks a member from the wire: a non-zero id and a `host:port` address.
@@ -257,7 +271,7 @@ impl ClusterService for ClusterApi {
             let mut req = via.forward(msg);
             // Catching up may take a while; the leader bounds its own wait.
             req.set_timeout(LEARNER_WAIT + Duration::from_secs(10));
-            return client(&leader)
+            return client(&self.router, &leader)
                 .await?
                 .add_learner(req)
                 .await
@@ -286,7 +300,7 @@ impl ClusterService for ClusterApi {
                     Changed::Forward(leader) => {
                         let mut req = via.forward(msg);
                         req.set_timeout(LEARNER_WAIT + Duration::from_secs(10));
-                        return client(&leader)
+                        return client(&self.router, &leader)
                             .await?
                             .add_learner(req)
                             .await
@@ -326,7 +340,7 @@ impl ClusterService for ClusterApi {
         let msg = request.into_inner();
         let ids = ids("ids", &msg.ids)?;
         if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
-            return client(&leader)
+            return client(&self.router, &leader)
                 .await?
                 .promote(via.forward(msg))
                 .await
@@ -357,7 +371,7 @@ impl ClusterService for ClusterApi {
             .await;
         match changed(r, was_forwarded)? {
             Changed::Done(r, _) => Ok(Response::new(r)),
-            Changed::Forward(leader) => client(&leader)
+            Changed::Forward(leader) => client(&self.router, &leader)
                 .await?
                 .promote(via.forward(msg))
                 .await
@@ -374,7 +388,7 @@ impl ClusterService for ClusterApi {
         let msg = request.into_inner();
         let ids = ids("ids", &msg.ids)?;
         if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
-            return client(&leader)
+            return client(&self.router, &leader)
                 .await?
                 .remove(via.forward(msg))
                 .await
@@ -414,7 +428,7 @@ impl ClusterService for ClusterApi {
             match changed(r, was_forwarded)? {
                 Changed::Done(r, _) => last = Some(r),
                 Changed::Forward(leader) => {
-                    return client(&leader)
+                    return client(&self.router, &leader)
                         .await?
                         .remove(via.forward(msg))
                         .await
@@ -433,7 +447,7 @@ impl ClusterService for ClusterApi {
         let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         if let Some(leader) = self.leader_elsewhere(was_forwarded)? {
-            return client(&leader)
+            return client(&self.router, &leader)
                 .await?
                 .transfer_leadership(via.forward(msg))
                 .await

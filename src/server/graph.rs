@@ -31,6 +31,7 @@ pub struct GraphApi {
     reader: GraphReader,
     clock: Clock,
     admission: Admission,
+    router: route::Router,
 }
 
 impl GraphApi {
@@ -40,6 +41,7 @@ impl GraphApi {
             reader,
             clock,
             admission: Admission::default(),
+            router: route::Router::default(),
         }
     }
 
@@ -48,10 +50,19 @@ impl GraphApi {
         self.admission = admission;
         self
     }
+
+    /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
+    pub fn with_router(mut self, router: route::Router) -> Self {
+        self.router = router;
+        self
+    }
 }
 
-async fn client(node: &BasicNode) -> Result<GraphServiceClient<Channel>, Status> {
-    Ok(GraphServiceClient::new(route::channel(node).await?)
+async fn client(
+    router: &route::Router,
+    node: &BasicNode,
+) -> Result<GraphServiceClient<Channel>, Status> {
+    Ok(GraphServiceClient::new(router.channel(node)?)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
 }
@@ -78,7 +89,7 @@ impl GraphService for GraphApi {
                 Err(Status::internal(format!("write answered with {other:?}")))
             }
             Proposed::Applied(Err(e)) => Err(apply_error(&e)),
-            Proposed::Forward(leader) => client(&leader)
+            Proposed::Forward(leader) => client(&self.router, &leader)
                 .await?
                 .write(via.forward(msg))
                 .await
@@ -93,8 +104,13 @@ impl GraphService for GraphApi {
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
         let msg = request.into_inner();
-        if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            return client(&leader).await?.get_node(via.forward(msg)).await;
+        if let Some(leader) =
+            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
+        {
+            return client(&self.router, &leader)
+                .await?
+                .get_node(via.forward(msg))
+                .await;
         }
         match self
             .reader
@@ -116,8 +132,13 @@ impl GraphService for GraphApi {
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
         let msg = request.into_inner();
-        if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            return client(&leader).await?.get_edge(via.forward(msg)).await;
+        if let Some(leader) =
+            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
+        {
+            return client(&self.router, &leader)
+                .await?
+                .get_edge(via.forward(msg))
+                .await;
         }
         match self
             .reader
@@ -139,8 +160,13 @@ impl GraphService for GraphApi {
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
         let msg = request.into_inner();
-        if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            return client(&leader).await?.neighbors(via.forward(msg)).await;
+        if let Some(leader) =
+            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
+        {
+            return client(&self.router, &leader)
+                .await?
+                .neighbors(via.forward(msg))
+                .await;
         }
         let direction = match pb::Direction::try_from(msg.direction) {
             Ok(pb::Direction::Out) => Direction::Out,
@@ -177,8 +203,10 @@ impl GraphService for GraphApi {
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
         let msg = request.into_inner();
-        if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            return client(&leader)
+        if let Some(leader) =
+            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
+        {
+            return client(&self.router, &leader)
                 .await?
                 .nodes_by_label(via.forward(msg))
                 .await;
@@ -203,8 +231,10 @@ impl GraphService for GraphApi {
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
         let msg = request.into_inner();
-        if let Some(leader) = route::read_route(&self.raft, msg.consistency, was_forwarded).await? {
-            let remote = client(&leader)
+        if let Some(leader) =
+            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
+        {
+            let remote = client(&self.router, &leader)
                 .await?
                 .scan(via.forward(msg))
                 .await?

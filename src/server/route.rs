@@ -2,7 +2,6 @@
 //! forward from a follower to the leader, follower reads by the leader's read index, and
 //! proposing a command through Raft.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -19,6 +18,7 @@ use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::raft::TypeConfig;
 use crate::raft::service::Raft;
 use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX};
+use crate::transport::Dialer;
 
 /// Marks a request a follower forwarded, so it is forwarded at most once.
 const FORWARDED: &str = "x-raftgraph-forwarded";
@@ -41,28 +41,24 @@ pub fn leader_of(
     }
 }
 
-/// A channel to `node` (the leader) for forwarded calls: one lazily connected channel per
-/// address, shared by every call and service on this tokio runtime (it reconnects by itself).
-/// Keyed by runtime too: a channel's worker task lives on the runtime that created it, and
-/// dies with it (tests run several nodes, each on its own runtime, in one process).
-pub async fn channel(node: &BasicNode) -> Result<Channel, Status> {
-    type Key = (tokio::runtime::Id, String);
-    // A cache only (nothing here reaches the log), so hash order does not matter.
-    static CHANNELS: std::sync::LazyLock<std::sync::Mutex<HashMap<Key, Channel>>> =
-        std::sync::LazyLock::new(Default::default);
-    let key = (tokio::runtime::Handle::current().id(), node.addr.clone());
-    let mut channels = CHANNELS.lock().expect("channel cache");
-    if let Some(c) = channels.get(&key) {
-        return Ok(c.clone());
+/// What the services need to reach the leader: the node's [`Dialer`] (one cached channel per
+/// leader address, reconnecting by itself), and the planted bugs only tests switch on.
+#[derive(Clone, Debug, Default)]
+pub struct Router {
+    pub dialer: Dialer,
+    /// Planted bug (tests only; no config reaches it): a follower serves a "linearizable" read
+    /// from its local state without asking the leader for a read index.
+    #[doc(hidden)]
+    pub planted_stale_follower_reads: bool,
+}
+
+impl Router {
+    /// The channel to `node` (the leader) for forwarded calls.
+    pub fn channel(&self, node: &BasicNode) -> Result<Channel, Status> {
+        self.dialer
+            .channel(&node.addr)
+            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))
     }
-    // Addresses come from the replicated membership; bound the cache all the same.
-    if channels.len() >= 1024 {
-        channels.clear();
-    }
-    let c = crate::raft::network::dial(&node.addr, Duration::from_secs(2))
-        .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))?;
-    channels.insert(key, c.clone());
-    Ok(c)
 }
 
 /// How long a follower waits for the leader's read index.
@@ -77,8 +73,15 @@ const FOLLOWER_LAG_MAX: u64 = 10_000;
 /// Follower read: asks the leader for a read index, then waits until this replica applied it.
 /// `Ok(false)`: serve it on the leader instead (the leader could not be asked, or this replica
 /// is too far behind); the leader checks again itself, so forwarding is always safe.
-async fn follower_read_index(raft: &Raft, leader: &BasicNode) -> Result<bool, Status> {
-    let mut peer = RaftServiceClient::new(channel(leader).await?);
+async fn follower_read_index(
+    raft: &Raft,
+    router: &Router,
+    leader: &BasicNode,
+) -> Result<bool, Status> {
+    if router.planted_stale_follower_reads {
+        return Ok(true);
+    }
+    let mut peer = RaftServiceClient::new(router.channel(leader)?);
     let mut req = Request::new(pb::ReadIndexRequest {});
     req.set_timeout(READ_INDEX_TIMEOUT);
     let index = match peer.read_index(req).await {
@@ -90,7 +93,17 @@ async fn follower_read_index(raft: &Raft, leader: &BasicNode) -> Result<bool, St
                 s.message()
             )));
         }
-        Err(_) => return Ok(false),
+        Err(s) => {
+            // A stalled connection (no answer in time) may never recover by itself: dial
+            // afresh next time.
+            if matches!(
+                s.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) {
+                router.dialer.forget(&leader.addr);
+            }
+            return Ok(false);
+        }
     };
     let applied = raft
         .metrics()
@@ -199,6 +212,7 @@ pub const PROPOSAL_BYTES_MAX: usize = 15 << 20;
 /// `None`: serve the read here (after a read index when linearizable). `Some(leader)`: forward.
 pub async fn read_route(
     raft: &Raft,
+    router: &Router,
     consistency: i32,
     was_forwarded: bool,
 ) -> Result<Option<BasicNode>, Status> {
@@ -211,7 +225,7 @@ pub async fn read_route(
                     let leader = leader_of(&f, was_forwarded)?;
                     // Served here once this replica has applied the leader's read index; the
                     // read is forwarded only when the leader cannot give one.
-                    if follower_read_index(raft, &leader).await? {
+                    if follower_read_index(raft, router, &leader).await? {
                         Ok(None)
                     } else {
                         Ok(Some(leader))

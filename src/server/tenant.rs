@@ -23,6 +23,7 @@ pub struct TenantApi {
     reader: GraphReader,
     clock: Clock,
     admission: Admission,
+    router: route::Router,
 }
 
 impl TenantApi {
@@ -32,12 +33,19 @@ impl TenantApi {
             reader,
             clock,
             admission: Admission::default(),
+            router: route::Router::default(),
         }
     }
 
     /// Shares `admission` (the node's in-flight proposal budget) instead of a private default.
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
+        self
+    }
+
+    /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
+    pub fn with_router(mut self, router: route::Router) -> Self {
+        self.router = router;
         self
     }
 
@@ -55,8 +63,11 @@ impl TenantApi {
     }
 }
 
-async fn client(node: &BasicNode) -> Result<TenantServiceClient<Channel>, Status> {
-    Ok(TenantServiceClient::new(route::channel(node).await?))
+async fn client(
+    router: &route::Router,
+    node: &BasicNode,
+) -> Result<TenantServiceClient<Channel>, Status> {
+    Ok(TenantServiceClient::new(router.channel(node)?))
 }
 
 fn tenant_of(o: Outcome) -> Result<Response<pb::Tenant>, Status> {
@@ -81,7 +92,7 @@ impl TenantService for TenantApi {
         let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => client(&leader)
+            Err(leader) => client(&self.router, &leader)
                 .await?
                 .create_tenant(via.forward(msg))
                 .await
@@ -96,8 +107,13 @@ impl TenantService for TenantApi {
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        if let Some(leader) = route::read_route(&self.raft, msg.consistency, fwd).await? {
-            return client(&leader).await?.get_tenant(via.forward(msg)).await;
+        if let Some(leader) =
+            route::read_route(&self.raft, &self.router, msg.consistency, fwd).await?
+        {
+            return client(&self.router, &leader)
+                .await?
+                .get_tenant(via.forward(msg))
+                .await;
         }
         let t = self.reader.tenant(&msg.id).map_err(|e| read_error(&e))?;
         Ok(Response::new(convert::tenant_to_proto(&t)))
@@ -110,8 +126,13 @@ impl TenantService for TenantApi {
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        if let Some(leader) = route::read_route(&self.raft, msg.consistency, fwd).await? {
-            return client(&leader).await?.list_tenants(via.forward(msg)).await;
+        if let Some(leader) =
+            route::read_route(&self.raft, &self.router, msg.consistency, fwd).await?
+        {
+            return client(&self.router, &leader)
+                .await?
+                .list_tenants(via.forward(msg))
+                .await;
         }
         let after = (!msg.after.is_empty()).then_some(msg.after.as_str());
         let page = self
@@ -138,7 +159,7 @@ impl TenantService for TenantApi {
         let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => client(&leader)
+            Err(leader) => client(&self.router, &leader)
                 .await?
                 .update_quotas(via.forward(msg))
                 .await
@@ -157,7 +178,7 @@ impl TenantService for TenantApi {
         let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => client(&leader)
+            Err(leader) => client(&self.router, &leader)
                 .await?
                 .set_tenant_config(via.forward(msg))
                 .await
@@ -176,7 +197,7 @@ impl TenantService for TenantApi {
         let _permit = self.admission.admit()?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
-            Err(leader) => client(&leader)
+            Err(leader) => client(&self.router, &leader)
                 .await?
                 .set_tenant_enabled(via.forward(msg))
                 .await
@@ -196,7 +217,7 @@ impl TenantService for TenantApi {
         match self.admin(req, fwd).await? {
             Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),
             Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),
-            Err(leader) => client(&leader)
+            Err(leader) => client(&self.router, &leader)
                 .await?
                 .delete_tenant(via.forward(msg))
                 .await

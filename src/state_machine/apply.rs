@@ -67,6 +67,7 @@ pub(crate) fn apply_request(
     req: &Request,
     batch: &mut WriteBatch,
     ddl: &mut Ddl,
+    planted_skip_session_dedup: bool,
 ) -> io::Result<Response> {
     let session: Option<Session> = {
         let txn = Txn::new(store.db(), store.meta()?);
@@ -92,7 +93,10 @@ pub(crate) fn apply_request(
                 sequence: req.sequence,
             });
         }
-        Some(s) if req.sequence == s.sequence => return Ok(s.response.clone()),
+        Some(s) if req.sequence == s.sequence && !planted_skip_session_dedup => {
+            return Ok(s.response.clone());
+        }
+        Some(s) if req.sequence == s.sequence => {}
         Some(s) if req.sequence < s.sequence => return refuse(expired(Some(s.sequence))),
         None if req.sequence > 1 => return refuse(expired(None)),
         _ => {}

@@ -49,6 +49,10 @@ pub struct StateMachineConfig {
     /// Refuse (fatally) an entry whose index is not the applied index + 1. Default true. Off
     /// only for openraft's conformance suite, whose fixtures apply entries with gaps.
     pub check_apply_order: bool,
+    /// Planted bug (tests only; no config file or flag reaches it): apply a repeated
+    /// (client_id, sequence) again instead of answering from the session.
+    #[doc(hidden)]
+    pub planted_skip_session_dedup: bool,
 }
 
 impl StateMachineConfig {
@@ -61,6 +65,7 @@ impl StateMachineConfig {
             install_sst_bytes: 64 << 20,
             blocking: Blocking::Pool,
             check_apply_order: true,
+            planted_skip_session_dedup: false,
         }
     }
 

@@ -215,9 +215,14 @@ impl StateMachine {
                     outcome: Ok(Outcome::Applied),
                 }
             }
-            EntryPayload::Normal(req) => {
-                apply_request(&store, log_id.index, req, &mut batch, &mut ddl)?
-            }
+            EntryPayload::Normal(req) => apply_request(
+                &store,
+                log_id.index,
+                req,
+                &mut batch,
+                &mut ddl,
+                self.shared.cfg.planted_skip_session_dedup,
+            )?,
         };
         batch.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
         if let Ddl::Create(t) = &ddl {

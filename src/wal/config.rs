@@ -29,6 +29,10 @@ pub struct WalConfig {
     /// 0.24 ms per 12 KiB `write`+`fdatasync` on this machine's ext4). Costs one
     /// `segment_bytes` write per rotation. Default true.
     pub preallocate: bool,
+    /// Planted bug (tests only; no config file or flag reaches it): appends are written and
+    /// acknowledged without `fdatasync`, so a power loss can lose acknowledged entries.
+    #[doc(hidden)]
+    pub planted_ack_before_sync: bool,
 }
 
 impl WalConfig {
@@ -41,6 +45,7 @@ impl WalConfig {
             cache_bytes_max: 64 << 20,
             batch_bytes_max: 8 << 20,
             preallocate: true,
+            planted_ack_before_sync: false,
         }
     }
 

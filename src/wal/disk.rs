@@ -371,9 +371,11 @@ impl<C: RaftTypeConfig> Disk<C> {
             .write_all_at(&buf, seg.len)
             .map_err(|e| io_context(e, "write", &seg.path))?;
         seg.len += buf.len() as u64;
-        seg.file
-            .sync_data()
-            .map_err(|e| io_context(e, "sync", &seg.path))?;
+        if !self.cfg.planted_ack_before_sync {
+            seg.file
+                .sync_data()
+                .map_err(|e| io_context(e, "sync", &seg.path))?;
+        }
         seg.synced_len = seg.len;
         seg.positions.extend(positions);
         Ok(())

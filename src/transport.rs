@@ -1,0 +1,103 @@
+//! The one network seam for outgoing connections. Every channel this crate opens — to peers,
+//! to the leader for forwarded calls, from the client — comes from a [`Dialer`]. By default it
+//! dials TCP; the deterministic simulation gives it a connector over its simulated network,
+//! and every other line of gRPC code stays the same.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A byte stream to another node.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Opens a byte stream to `host:port`.
+pub type Connector =
+    Arc<dyn Fn(String) -> BoxFuture<'static, io::Result<Box<dyn Io>>> + Send + Sync>;
+
+/// How long a channel may take to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Cached channels kept at most (addresses come from the replicated membership or the
+/// client's endpoint list; bounded all the same).
+const CACHED_MAX: usize = 1024;
+
+/// Builds channels, and caches one per address. Cloning shares the cache. A channel's worker
+/// task lives on the tokio runtime that created it, so a dialer (and its cache) belongs to one
+/// node or client.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    connector: Option<Connector>,
+    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dialer")
+            .field("connector", &self.connector.as_ref().map(|_| "custom"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dialer {
+    /// Dials through `connector` instead of TCP.
+    pub fn with_connector(connector: Connector) -> Dialer {
+        Dialer {
+            connector: Some(connector),
+            channels: Arc::default(),
+        }
+    }
+
+    /// A new lazily connected channel to `addr` (`host:port`) that reconnects by itself.
+    /// Keepalive: a silently dead peer (a partition that drops packets) is noticed in seconds,
+    /// not when TCP gives up, so streams and channels get rebuilt.
+    pub fn dial(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
+        Ok(match &self.connector {
+            None => endpoint.connect_lazy(),
+            Some(connector) => {
+                let connector = connector.clone();
+                let addr = addr.to_string();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let connecting = connector(addr.clone());
+                    async move { connecting.await.map(TokioIo::new) }
+                }))
+            }
+        })
+    }
+
+    /// The cached channel to `addr`, dialled on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("channel cache");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        if channels.len() >= CACHED_MAX {
+            channels.clear();
+        }
+        let c = self.dial(addr, CONNECT_TIMEOUT)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Drops the cached channel to `addr`: the next call dials afresh. For a call that timed
+    /// out — its connection may be stalled rather than closed.
+    pub fn forget(&self, addr: &str) {
+        self.channels.lock().expect("channel cache").remove(addr);
+    }
+}
