@@ -1,0 +1,570 @@
+//! The simulated clients: setup, workers (register writes, CASes, linearizable and
+//! serializable reads, quota-tenant creates and deletes), an admin client (forced snapshots,
+//! leadership transfers), a quota poller, and the final client that checks recovery.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use raftgraph::client::{Client, ClientOptions};
+use raftgraph::proto::v1 as pb;
+use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
+use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
+use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use super::history::{Call, Key, Outcome};
+use super::world::{NODES, Shared, addr, now_ms};
+
+/// The register tenant and the quota tenant.
+pub const REGISTERS: &str = "r";
+pub const QUOTA: &str = "q";
+/// Registers in the register tenant.
+pub const KEYS: usize = 6;
+/// The quota tenant's node limit: tight, so creates hit it often.
+pub const QUOTA_NODES: u64 = 12;
+
+fn int(v: i64) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::IntValue(v)),
+    }
+}
+
+fn node_ref(id: u64) -> Option<pb::NodeRef> {
+    Some(pb::NodeRef {
+        r#ref: Some(pb::node_ref::Ref::Id(id)),
+    })
+}
+
+fn op(o: pb::operation::Op) -> pb::Operation {
+    pb::Operation { op: Some(o) }
+}
+
+fn prop(n: &pb::Node, key: &str) -> Option<i64> {
+    match n.properties.get(key)?.kind {
+        Some(pb::value::Kind::IntValue(v)) => Some(v),
+        _ => None,
+    }
+}
+
+pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
+    Client::new(
+        endpoints,
+        ClientOptions {
+            client_id: Some(id),
+            jitter_seed: Some(seed),
+            attempt_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(8),
+            dialer: super::net::dialer(),
+        },
+    )
+    .expect("valid endpoints")
+}
+
+fn all_endpoints() -> Vec<String> {
+    NODES.iter().map(|n| addr(n)).collect()
+}
+
+/// Classifies a failed call: definite failures and unknown outcomes.
+fn failure(s: &Status) -> Outcome {
+    let msg = format!("{:?}: {}", s.code(), s.message());
+    match s.code() {
+        Code::FailedPrecondition if s.message().contains("precondition ") => {
+            Outcome::Fail(format!("precondition: {msg}"))
+        }
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Unauthenticated => Outcome::Fail(msg),
+        _ => Outcome::Unknown(msg),
+    }
+}
+
+async fn pause(ms: std::ops::Range<u64>, rng: &mut SmallRng) {
+    tokio::time::sleep(Duration::from_millis(rng.random_range(ms))).await;
+}
+
+/// Brings the cluster up and creates the tenants and registers; retries until done.
+pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
+    let c = client(all_endpoints(), seed ^ 0x5e7, seed);
+    let members: Vec<pb::Member> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| pb::Member {
+            id: i as u64 + 1,
+            addr: addr(n),
+        })
+        .collect();
+    loop {
+        let m = members.clone();
+        match c
+            .cluster(|mut cc| {
+                let m = m.clone();
+                async move { cc.init(pb::InitRequest { members: m }).await }
+            })
+            .await
+        {
+            Ok(_) => break,
+            // A retried init that had succeeded already.
+            Err(s) if s.code() == Code::FailedPrecondition => break,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    for (tenant, max_nodes) in [(REGISTERS, None), (QUOTA, Some(QUOTA_NODES))] {
+        loop {
+            let r = c
+                .create_tenant(pb::CreateTenantRequest {
+                    request_id: None,
+                    id: tenant.into(),
+                    quotas: Some(pb::Quotas {
+                        max_nodes,
+                        max_edges: Some(10),
+                        max_storage_bytes: Some(1 << 20),
+                    }),
+                    config: None,
+                })
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(s) if s.code() == Code::AlreadyExists => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    let create = pb::WriteRequest {
+        tenant: REGISTERS.into(),
+        request_id: None,
+        preconditions: vec![],
+        operations: (0..KEYS)
+            .map(|_| {
+                op(pb::operation::Op::CreateNode(pb::CreateNode {
+                    labels: vec!["reg".into()],
+                    properties: [("v".to_string(), int(super::check_linearizable::INITIAL))].into(),
+                }))
+            })
+            .collect(),
+    };
+    let ids = loop {
+        // The same request id for every retry: applied once.
+        match c.write(create.clone()).await {
+            Ok(r) => {
+                break r
+                    .results
+                    .iter()
+                    .filter_map(|r| match r.result {
+                        Some(pb::op_result::Result::NodeCreated(id)) => Some(id),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(ids.len(), KEYS, "setup created every register");
+    let mut s = shared.borrow_mut();
+    s.registers = ids;
+    s.setup_done_ms = Some(now_ms());
+    s.trace("setup done".to_string());
+    Ok(())
+}
+
+async fn wait_setup(shared: &Rc<RefCell<Shared>>) {
+    while shared.borrow().setup_done_ms.is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn direct(node: &str) -> Channel {
+    super::net::dialer()
+        .dial(&addr(node), Duration::from_secs(1))
+        .expect("a valid address")
+}
+
+/// One worker: random operations until the work phase ends.
+pub async fn worker(
+    shared: Rc<RefCell<Shared>>,
+    index: u64,
+    seed: u64,
+    work_end_ms: u64,
+) -> turmoil::Result {
+    wait_setup(&shared).await;
+    let mut rng = SmallRng::seed_from_u64(seed ^ index.wrapping_mul(0x9e37_79b9));
+    let mut process = index << 32;
+    let mut c = client(all_endpoints(), process, seed ^ index);
+    let registers: Vec<Key> = shared.borrow().registers.clone();
+    let channels: BTreeMap<&str, Channel> = NODES.iter().map(|n| (*n, direct(n))).collect();
+    let mut counter = 0i64;
+    // The last value this worker saw per register: the expectation of its next CAS.
+    let mut seen: BTreeMap<Key, i64> = BTreeMap::new();
+    // Nodes this worker created in the quota tenant (id, tag).
+    let mut created: Vec<(u64, i64)> = Vec::new();
+    while now_ms() < work_end_ms {
+        counter += 1;
+        // Unique across the run: worker index in the high bits.
+        let unique = ((index as i64) << 40) | counter;
+        let key = registers[rng.random_range(0..registers.len())];
+        let roll = rng.random_range(0..100);
+        let call = match roll {
+            0..25 => Call::Write { key, value: unique },
+            25..40 => Call::Cas {
+                key,
+                expect: seen.get(&key).copied().unwrap_or(0),
+                value: unique,
+            },
+            40..65 => Call::Read {
+                key,
+                linearizable: true,
+                // A third go straight to one node (exercising follower reads).
+                via: rng
+                    .random_bool(0.5)
+                    .then(|| NODES[rng.random_range(0..NODES.len())].to_string()),
+            },
+            65..75 => Call::Read {
+                key,
+                linearizable: false,
+                via: Some(NODES[rng.random_range(0..NODES.len())].to_string()),
+            },
+            75..90 => Call::Create { tag: unique },
+            _ => match created.pop() {
+                Some((id, tag)) => Call::Delete { id, tag },
+                None => Call::Create { tag: unique },
+            },
+        };
+        let i = shared
+            .borrow_mut()
+            .history
+            .invoke(process, call.clone(), now_ms());
+        let outcome = perform(&c, &channels, &call).await;
+        match (&call, &outcome) {
+            (Call::Write { value, .. } | Call::Cas { value, .. }, Outcome::Ok(_)) => {
+                seen.insert(key, *value);
+            }
+            (Call::Read { .. }, Outcome::Ok(Some(v))) => {
+                seen.insert(key, *v);
+            }
+            (Call::Create { tag }, Outcome::Ok(Some(id))) => created.push((*id as u64, *tag)),
+            _ => {}
+        }
+        let unknown = matches!(outcome, Outcome::Unknown(_));
+        shared.borrow_mut().history.complete(i, outcome, now_ms());
+        if unknown {
+            // As in Jepsen: a process with an operation in doubt is done; a new one continues.
+            process += 1;
+            c = client(all_endpoints(), process, seed ^ process);
+        }
+        pause(0..30, &mut rng).await;
+    }
+    shared.borrow_mut().workers_running -= 1;
+    Ok(())
+}
+
+async fn perform(c: &Client, channels: &BTreeMap<&str, Channel>, call: &Call) -> Outcome {
+    let write = |preconditions, operations| pb::WriteRequest {
+        tenant: REGISTERS.into(),
+        request_id: None,
+        preconditions,
+        operations,
+    };
+    let set_v = |key: Key, value: i64| {
+        op(pb::operation::Op::UpdateNode(pb::UpdateNode {
+            node: node_ref(key),
+            set: [("v".to_string(), int(value))].into(),
+            remove: vec![],
+        }))
+    };
+    let r = match call {
+        Call::Write { key, value } => c
+            .write(write(vec![], vec![set_v(*key, *value)]))
+            .await
+            .map(|_| None),
+        Call::Cas { key, expect, value } => c
+            .write(write(
+                vec![pb::Precondition {
+                    check: Some(pb::precondition::Check::NodeProperty(pb::PropertyEquals {
+                        id: *key,
+                        key: "v".into(),
+                        value: Some(int(*expect)),
+                    })),
+                }],
+                vec![set_v(*key, *value)],
+            ))
+            .await
+            .map(|_| None),
+        Call::Read {
+            key,
+            linearizable,
+            via,
+        } => {
+            let consistency = if *linearizable {
+                pb::Consistency::Linearizable
+            } else {
+                pb::Consistency::Serializable
+            } as i32;
+            let req = pb::GetNodeRequest {
+                tenant: REGISTERS.into(),
+                id: *key,
+                consistency,
+            };
+            let got = match via {
+                None => c.get_node(req).await,
+                Some(node) => {
+                    let mut g = GraphServiceClient::new(channels[node.as_str()].clone());
+                    let mut r = Request::new(req);
+                    r.set_timeout(Duration::from_secs(2));
+                    match tokio::time::timeout(Duration::from_secs(2), g.get_node(r)).await {
+                        Ok(r) => r.map(|r| r.into_inner()),
+                        Err(_) => Err(Status::deadline_exceeded("no answer in 2 s")),
+                    }
+                }
+            };
+            match got {
+                Ok(n) => Ok(prop(&n, "v")),
+                Err(s) if s.code() == Code::NotFound => Ok(None),
+                Err(s) => Err(s),
+            }
+        }
+        Call::Create { tag } => c
+            .write(pb::WriteRequest {
+                tenant: QUOTA.into(),
+                request_id: None,
+                preconditions: vec![],
+                operations: vec![op(pb::operation::Op::CreateNode(pb::CreateNode {
+                    labels: vec!["q".into()],
+                    properties: [("c".to_string(), int(*tag))].into(),
+                }))],
+            })
+            .await
+            .map(|r| match r.results.first().and_then(|r| r.result) {
+                Some(pb::op_result::Result::NodeCreated(id)) => Some(id as i64),
+                _ => None,
+            }),
+        Call::Delete { id, .. } => c
+            .write(pb::WriteRequest {
+                tenant: QUOTA.into(),
+                request_id: None,
+                preconditions: vec![],
+                operations: vec![op(pb::operation::Op::DeleteNode(pb::DeleteNode {
+                    node: node_ref(*id),
+                }))],
+            })
+            .await
+            .map(|_| None),
+    };
+    match r {
+        Ok(v) => Outcome::Ok(v),
+        Err(s) => match (call, failure(&s)) {
+            // A read that failed for any reason tells nothing.
+            (Call::Read { .. }, Outcome::Fail(m)) => Outcome::Unknown(m),
+            (_, o) => o,
+        },
+    }
+}
+
+/// Forced snapshots and leadership transfers at random times during the work phase.
+pub async fn admin(shared: Rc<RefCell<Shared>>, seed: u64, work_end_ms: u64) -> turmoil::Result {
+    wait_setup(&shared).await;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xad31);
+    while now_ms() < work_end_ms {
+        pause(2_000..6_000, &mut rng).await;
+        let target = NODES[rng.random_range(0..NODES.len())];
+        let mut cc = ClusterServiceClient::new(direct(target));
+        let (what, r) = if rng.random_bool(0.5) {
+            let mut req = Request::new(pb::TriggerSnapshotRequest {});
+            req.set_timeout(Duration::from_secs(2));
+            ("snapshot", cc.trigger_snapshot(req).await.map(|_| ()))
+        } else {
+            let to = rng.random_range(1..=NODES.len() as u64);
+            let mut req = Request::new(pb::TransferLeadershipRequest { to });
+            req.set_timeout(Duration::from_secs(2));
+            ("transfer", cc.transfer_leadership(req).await.map(|_| ()))
+        };
+        let r = r.map_err(|s| format!("{:?}", s.code()));
+        shared
+            .borrow_mut()
+            .trace(format!("admin {what} via {target}: {r:?}"));
+    }
+    Ok(())
+}
+
+/// Polls every replica's usage of the quota tenant (serializable: its own applied state).
+pub async fn quota_poller(shared: Rc<RefCell<Shared>>, work_end_ms: u64) -> turmoil::Result {
+    wait_setup(&shared).await;
+    let channels: Vec<(&str, Channel)> = NODES.iter().map(|n| (*n, direct(n))).collect();
+    let mut ticks = 0u64;
+    while now_ms() < work_end_ms {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ticks += 1;
+        if ticks.is_multiple_of(20) {
+            let open: Vec<usize> = NODES
+                .iter()
+                .map(|n| turmoil::established_tcp_stream_count_on(*n))
+                .collect();
+            shared
+                .borrow_mut()
+                .trace(format!("open connections per node {open:?}"));
+        }
+        for (node, ch) in &channels {
+            if let Some(usage) = usage_of(ch.clone()).await {
+                shared
+                    .borrow_mut()
+                    .usage
+                    .push((now_ms(), node.to_string(), usage));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn usage_of(ch: Channel) -> Option<pb::Usage> {
+    let mut t = TenantServiceClient::new(ch);
+    let mut req = Request::new(pb::GetTenantRequest {
+        id: QUOTA.into(),
+        consistency: pb::Consistency::Serializable as i32,
+    });
+    req.set_timeout(Duration::from_secs(1));
+    let r = tokio::time::timeout(Duration::from_secs(1), t.get_tenant(req)).await;
+    r.ok()?.ok()?.into_inner().usage
+}
+
+/// What one replica holds at the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    pub applied: u64,
+    /// Tenant → its nodes, in id order: (id, labels, properties rendered, version).
+    pub data: BTreeMap<String, Vec<String>>,
+    /// The quota tenant's nodes: id → tag `c`.
+    pub quota_tags: BTreeMap<u64, i64>,
+    pub usage: Option<pb::Usage>,
+}
+
+/// After the faults stop: the cluster must take a write within `LIVENESS`, every replica must
+/// converge, and a final linearizable read of every register joins the history.
+pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
+    let healed = now_ms();
+    let c = client(all_endpoints(), u64::MAX - 1, seed);
+    let registers = shared.borrow().registers.clone();
+    // Liveness: a write goes through.
+    loop {
+        let r = c
+            .write(pb::WriteRequest {
+                tenant: REGISTERS.into(),
+                request_id: None,
+                preconditions: vec![],
+                operations: vec![op(pb::operation::Op::CreateNode(pb::CreateNode {
+                    labels: vec!["final".into()],
+                    properties: Default::default(),
+                }))],
+            })
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        if now_ms() - healed > super::world::LIVENESS_MS {
+            shared.borrow_mut().liveness = Some(Err(format!(
+                "no write succeeded within {} ms after the faults stopped (last: {r:?})",
+                super::world::LIVENESS_MS
+            )));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shared.borrow_mut().liveness = Some(Ok(now_ms() - healed));
+    // Every worker's last call has ended (each is bounded by the client's deadline): the
+    // state read below is final.
+    while shared.borrow().workers_running > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Final reads, recorded as history.
+    for key in &registers {
+        let call = Call::Read {
+            key: *key,
+            linearizable: true,
+            via: None,
+        };
+        let i = shared
+            .borrow_mut()
+            .history
+            .invoke(u64::MAX, call.clone(), now_ms());
+        let channels = BTreeMap::new();
+        let o = perform(&c, &channels, &call).await;
+        shared.borrow_mut().history.complete(i, o, now_ms());
+    }
+    // Convergence: every replica applies the same last index.
+    let mut replicas: BTreeMap<String, Replica>;
+    loop {
+        replicas = BTreeMap::new();
+        for n in NODES {
+            if let Some(r) = replica(n).await {
+                replicas.insert(n.to_string(), r);
+            }
+        }
+        let applied: Vec<u64> = replicas.values().map(|r| r.applied).collect();
+        if replicas.len() == NODES.len() && applied.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        if now_ms() - healed > super::world::CONVERGE_MS {
+            break; // the replica check reports what differs
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shared.borrow_mut().replicas = Some(replicas);
+    Ok(())
+}
+
+async fn replica(node: &str) -> Option<Replica> {
+    let ch = direct(node);
+    let mut cc = ClusterServiceClient::new(ch.clone());
+    let mut req = Request::new(pb::StatusRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    let status = cc.status(req).await.ok()?.into_inner();
+    let applied = status.applied.map_or(0, |a| a.index);
+    let mut data = BTreeMap::new();
+    let mut quota_tags = BTreeMap::new();
+    for tenant in [REGISTERS, QUOTA] {
+        let mut g = GraphServiceClient::new(ch.clone());
+        let mut req = Request::new(pb::ScanRequest {
+            tenant: tenant.into(),
+            kind: pb::ScanKind::Nodes as i32,
+            page_size: 1000,
+            consistency: pb::Consistency::Serializable as i32,
+        });
+        req.set_timeout(Duration::from_secs(2));
+        let mut stream = g.scan(req).await.ok()?.into_inner();
+        let mut rows = Vec::new();
+        while let Some(item) = stream.message().await.ok()? {
+            if let Some(pb::scan_item::Item::Node(n)) = item.item {
+                let props: BTreeMap<_, _> = n
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k, format!("{v:?}")))
+                    .collect();
+                rows.push(format!(
+                    "{} {:?} {:?} v{}",
+                    n.id, n.labels, props, n.version
+                ));
+                if tenant == QUOTA
+                    && let Some(tag) = prop(&n, "c")
+                {
+                    quota_tags.insert(n.id, tag);
+                }
+            }
+        }
+        data.insert(tenant.to_string(), rows);
+    }
+    let usage = usage_of(ch).await;
+    Some(Replica {
+        applied,
+        data,
+        quota_tags,
+        usage,
+    })
+}

@@ -1,0 +1,651 @@
+//! The simulated world: three raftgraph nodes on turmoil hosts, the clients, and the fault
+//! schedule, all derived from one seed.
+//!
+//! A node's WAL lives in a [`MemFs`] the harness keeps across restarts (the disk); its RocksDB
+//! state machine lives in a per-node temporary directory. A crash (`kill -9`) loses nothing
+//! written; a power loss loses or tears every unsynced WAL write and reverts the state machine
+//! to its last checkpoint, so recovery has to come from the log.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use raftgraph::node::{Node, NodeConfig, NodeEnv, PlantedBugs};
+use raftgraph::proto::v1 as pb;
+use raftgraph::state_machine::Blocking;
+use raftgraph::wal::{IoRuntime, MemFs};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::history::History;
+use super::workload::{self, Replica};
+
+pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
+pub const PORT: u16 = 7000;
+/// After the faults stop, a write must succeed within this (simulated) time.
+pub const LIVENESS_MS: u64 = 30_000;
+/// … and every replica must have applied the same index within this.
+pub const CONVERGE_MS: u64 = 60_000;
+
+pub fn addr(node: &str) -> String {
+    format!("{node}:{PORT}")
+}
+
+/// Simulated milliseconds since the start (inside a host or client).
+pub fn now_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One run's parameters.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    /// Simulated seconds of workload under faults.
+    pub work_secs: u64,
+    pub workers: u64,
+    pub planted: PlantedBugs,
+    /// Faults at fixed times (ms) instead of the seed's random schedule: pins a scenario.
+    pub script: Option<Vec<(u64, Fault)>>,
+    /// The test that replays this run (`seeds` replays any seed through `SIM_SEED`).
+    pub test: &'static str,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Options {
+        Options {
+            seed,
+            // SIM_WORK_SECS shortens or lengthens the faulty phase (for debugging a seed).
+            work_secs: std::env::var("SIM_WORK_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(60),
+            workers: 4,
+            planted: PlantedBugs::default(),
+            script: None,
+            test: "seeds",
+        }
+    }
+}
+
+/// Everything the hosts, clients and harness record.
+#[derive(Default)]
+pub struct Shared {
+    pub history: History,
+    /// Logical events in order, with simulated times: the determinism test compares these.
+    pub trace: Vec<String>,
+    /// Term → the nodes seen leading in it.
+    pub leaders: BTreeMap<u64, BTreeSet<u64>>,
+    /// The latest (term, leader) seen, for leader-targeted faults.
+    pub last_leader: Option<(u64, u64)>,
+    /// (time, node, usage of the quota tenant) as each replica reported it.
+    pub usage: Vec<(u64, String, pb::Usage)>,
+    pub registers: Vec<u64>,
+    pub setup_done_ms: Option<u64>,
+    /// Workers still running (the final checks wait for every call to end).
+    pub workers_running: u64,
+    /// Time from the end of faults to the first successful write, or why none succeeded.
+    pub liveness: Option<Result<u64, String>>,
+    pub replicas: Option<BTreeMap<String, Replica>>,
+    /// Node errors: a node that failed to start or stopped with an error.
+    pub node_errors: Vec<String>,
+    /// Snapshots installed or built, per node (from metrics).
+    pub snapshots: u64,
+}
+
+impl Shared {
+    /// Records `line` at the current simulated time (inside a host or client).
+    pub fn trace(&mut self, line: String) {
+        self.trace_at(now_ms(), line);
+    }
+
+    /// Records `line` at `t` ms (the harness, outside any host, passes the simulation's time).
+    pub fn trace_at(&mut self, t: u64, line: String) {
+        let line = format!("{t:>8} {line}");
+        // SIM_PRINT_TRACE=1 prints the trace as it happens (for a run that aborts).
+        if std::env::var_os("SIM_PRINT_TRACE").is_some() {
+            eprintln!("{line}");
+        }
+        self.trace.push(line);
+    }
+}
+
+/// One node's lasting state: its disk.
+struct Disk {
+    name: &'static str,
+    /// Tight reconnect loops the node's dialer saw.
+    alarms: Arc<std::sync::Mutex<Vec<String>>>,
+    config: NodeConfig,
+    wal: Arc<MemFs>,
+    boots: Cell<u64>,
+}
+
+fn node_config(dir: &Path, id: u64) -> NodeConfig {
+    let name = NODES[id as usize - 1];
+    let mut c = NodeConfig::new(
+        "sim",
+        id,
+        format!("0.0.0.0:{PORT}").parse().expect("an address"),
+        &dir.join(name),
+    );
+    c.advertise = Some(addr(name));
+    c.raft.heartbeat_ms = 100;
+    c.raft.election_timeout_min_ms = 500;
+    c.raft.election_timeout_max_ms = 1_000;
+    // Small, so snapshots are built, purge the log, and have to be sent to lagging nodes.
+    c.raft.snapshot_every_entries = 300;
+    c.raft.log_kept_behind_snapshot = 50;
+    c.storage.write_buffer_bytes = 4 << 20;
+    c.storage.block_cache_bytes = 4 << 20;
+    c.storage.wal_segment_bytes = 256 << 10;
+    c
+}
+
+async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> turmoil::Result {
+    let boot = disk.boots.get() + 1;
+    disk.boots.set(boot);
+    let id = disk.config.node_id;
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let local = listener.local_addr()?;
+    let env = NodeEnv {
+        wal_fs: disk.wal.clone(),
+        wal_io: IoRuntime::Inline,
+        blocking: Blocking::Inline,
+        clock: Arc::new(|| turmoil::since_epoch().map_or(0, |d| d.as_micros() as i64)),
+        dialer: super::net::node_dialer(disk.name, disk.alarms.clone()),
+        seed: Some(opts.seed ^ (id << 48) ^ (boot << 32)),
+        planted: opts.planted,
+    };
+    shared.borrow_mut().trace(format!("n{id} boot {boot}"));
+    let node = match Node::start_in(
+        disk.config.clone(),
+        super::net::incoming(listener),
+        local,
+        env,
+    )
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            let msg = format!("n{id} boot {boot}: failed to start: {e}");
+            shared.borrow_mut().node_errors.push(msg.clone());
+            return Err(msg.into());
+        }
+    };
+    // Watch the node's Raft state: leaders per term, snapshots, fatal errors.
+    let mut metrics = node.raft().metrics();
+    let mut last = None;
+    loop {
+        let m = metrics.borrow_watched().clone();
+        let seen = (
+            m.current_term,
+            m.state,
+            m.current_leader,
+            m.snapshot.map(|s| s.index),
+        );
+        if last != Some(seen) {
+            let mut s = shared.borrow_mut();
+            s.trace(format!(
+                "n{id} term {} {:?} leader {:?} snapshot {:?}",
+                seen.0, seen.1, seen.2, seen.3
+            ));
+            if m.state == ServerState::Leader {
+                s.leaders.entry(m.current_term).or_default().insert(id);
+                if s.last_leader.is_none_or(|(t, _)| t <= m.current_term) {
+                    s.last_leader = Some((m.current_term, id));
+                }
+            }
+            if last.is_some_and(|l: (u64, ServerState, Option<u64>, Option<u64>)| l.3 != seen.3) {
+                s.snapshots += 1;
+            }
+            last = Some(seen);
+        }
+        if let Err(e) = &m.running_state {
+            let msg = format!("n{id} boot {boot}: Raft stopped: {e}");
+            shared.borrow_mut().node_errors.push(msg.clone());
+            return Err(msg.into());
+        }
+        if metrics.changed().await.is_err() {
+            return Err(format!("n{id}: Raft metrics closed").into());
+        }
+    }
+}
+
+/// A fault the harness applies between steps.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Cut every link between the two sides for a while.
+    Partition { side: Vec<usize>, ms: u64 },
+    /// Cut the current leader off from the others.
+    IsolateLeader { ms: u64 },
+    /// Drop one direction of one link.
+    OneWay { from: usize, to: usize, ms: u64 },
+    /// Hold one link's messages, then release them all at once.
+    Hold { a: usize, b: usize, ms: u64 },
+    /// Raise one link's latency to up to `latency_ms` (past the client's attempt timeout, so
+    /// calls time out after their effect and are retried).
+    Slow {
+        a: usize,
+        b: usize,
+        latency_ms: u64,
+        ms: u64,
+    },
+    /// `kill -9`: the page cache survives.
+    Crash { nodes: Vec<usize>, down_ms: u64 },
+    /// Power loss: unsynced WAL writes lost or torn, the state machine back to its checkpoint.
+    PowerLoss { nodes: Vec<usize>, down_ms: u64 },
+    /// Crash the leader right after a long-down node restarts (mid snapshot transfer).
+    CrashLeaderDuringCatchUp { down_ms: u64 },
+}
+
+fn pick_nodes(rng: &mut SmallRng, max: usize) -> Vec<usize> {
+    let n = rng.random_range(1..=max);
+    let mut all: Vec<usize> = (0..NODES.len()).collect();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(all.remove(rng.random_range(0..all.len())));
+    }
+    out.sort();
+    out
+}
+
+fn random_fault(rng: &mut SmallRng) -> Fault {
+    let short = |rng: &mut SmallRng| rng.random_range(500..4_000);
+    // Long enough that the log moves past what the others keep: catch-up by snapshot.
+    let long = |rng: &mut SmallRng| rng.random_range(12_000..20_000);
+    match rng.random_range(0..100) {
+        0..15 => Fault::Partition {
+            side: pick_nodes(rng, 1),
+            ms: short(rng),
+        },
+        15..27 => Fault::IsolateLeader { ms: short(rng) },
+        27..35 => {
+            let from = rng.random_range(0..3);
+            Fault::OneWay {
+                from,
+                to: (from + rng.random_range(1..3)) % 3,
+                ms: short(rng),
+            }
+        }
+        35..42 => {
+            let a = rng.random_range(0..3);
+            Fault::Hold {
+                a,
+                b: (a + rng.random_range(1..3)) % 3,
+                ms: short(rng),
+            }
+        }
+        42..50 => {
+            let a = rng.random_range(0..3);
+            Fault::Slow {
+                a,
+                b: (a + rng.random_range(1..3)) % 3,
+                latency_ms: rng.random_range(200..3_000),
+                ms: short(rng),
+            }
+        }
+        50..68 => {
+            let long_down = rng.random_bool(0.3);
+            Fault::Crash {
+                nodes: pick_nodes(rng, 1),
+                down_ms: if long_down { long(rng) } else { short(rng) },
+            }
+        }
+        68..90 => {
+            let long_down = rng.random_bool(0.2);
+            Fault::PowerLoss {
+                nodes: pick_nodes(rng, 3),
+                down_ms: if long_down { long(rng) } else { short(rng) },
+            }
+        }
+        _ => Fault::CrashLeaderDuringCatchUp { down_ms: long(rng) },
+    }
+}
+
+/// What the harness undoes later.
+#[derive(Debug)]
+enum Undo {
+    Repair(usize, usize),
+    RepairOneWay(usize, usize),
+    Release(usize, usize),
+    Latency(usize, usize),
+    Start(usize),
+    /// Start `0`, then crash the leader `1` ms later (and start it again after a while).
+    StartThenCrashLeader(usize, u64),
+    CrashLeader,
+}
+
+/// The result of one run, for the checkers and for a failure report.
+pub struct Run {
+    pub shared: Shared,
+    /// The nodes' directories, removed when the run is dropped.
+    pub _dir: tempfile::TempDir,
+    pub sim_error: Option<String>,
+}
+
+/// Which database generation (`CURRENT`) each checkpoint of one node was taken from, learned
+/// by polling its state-machine directory. A power loss may revert the live database to its
+/// newest checkpoint only if no snapshot was installed since: an install is synced, so it is
+/// never undone.
+#[derive(Default)]
+struct SmWatch {
+    current: String,
+    /// Checkpoint directory name → the `CURRENT` it was first seen under (`None`: ambiguous,
+    /// an install was seen in the same poll).
+    taken_from: BTreeMap<String, Option<String>>,
+}
+
+impl SmWatch {
+    fn poll(&mut self, sm_dir: &Path) {
+        let Ok(current) = std::fs::read_to_string(sm_dir.join("CURRENT")) else {
+            return;
+        };
+        let current = current.trim().to_string();
+        let changed = current != self.current;
+        self.current = current;
+        for (name, _) in checkpoints(sm_dir) {
+            self.taken_from
+                .entry(name)
+                .or_insert_with(|| (!changed).then(|| self.current.clone()));
+        }
+    }
+
+    /// Reverts to the newest checkpoint when that is the state a power cut can leave.
+    fn power_loss(&mut self, sm_dir: &Path) -> String {
+        self.poll(sm_dir);
+        let Some((name, path)) = checkpoints(sm_dir).pop() else {
+            return "no checkpoint: database kept".into();
+        };
+        if self.taken_from.get(&name) != Some(&Some(self.current.clone())) {
+            return format!(
+                "{name} predates the installed {}: database kept",
+                self.current
+            );
+        }
+        let db = sm_dir.join(&self.current);
+        std::fs::remove_dir_all(&db).expect("remove the live database");
+        copy_dir(&path, &db);
+        format!("reverted to {name}")
+    }
+}
+
+/// The finished checkpoints in `sm_dir/snapshots`, oldest first.
+fn checkpoints(sm_dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut found: Vec<((u64, u64), String, PathBuf)> = Vec::new();
+    let Ok(entries) = std::fs::read_dir(sm_dir.join("snapshots")) else {
+        return Vec::new();
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("ckpt-") else {
+            continue;
+        };
+        if name.ends_with(".tmp") {
+            continue;
+        }
+        let mut parts = rest.split('-').map(|p| p.parse::<u64>().unwrap_or(0));
+        let key = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        found.push((key, name, e.path()));
+    }
+    found.sort();
+    found.into_iter().map(|(_, n, p)| (n, p)).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    let mut entries: Vec<_> = std::fs::read_dir(from)
+        .expect("read dir")
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+/// Runs one seed to the end and returns what was recorded.
+pub fn run(opts: &Options) -> Run {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = Rc::new(RefCell::new(Shared::default()));
+    let mut rng = SmallRng::seed_from_u64(opts.seed);
+    let work_ms = opts.work_secs * 1_000;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(opts.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .simulation_duration(Duration::from_millis(
+            work_ms + 60_000 + CONVERGE_MS + 60_000,
+        ))
+        .tcp_capacity(1 << 16)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(10))
+        .build();
+    let disks: Vec<Rc<Disk>> = (1..=NODES.len() as u64)
+        .map(|id| {
+            Rc::new(Disk {
+                name: NODES[id as usize - 1],
+                alarms: Arc::default(),
+                config: node_config(dir.path(), id),
+                wal: Arc::new(MemFs::new()),
+                boots: Cell::new(0),
+            })
+        })
+        .collect();
+    for (i, disk) in disks.iter().enumerate() {
+        let disk = disk.clone();
+        let shared = shared.clone();
+        let opts = opts.clone();
+        sim.host(NODES[i], move || {
+            host(disk.clone(), shared.clone(), opts.clone())
+        });
+    }
+    sim.client("setup", workload::setup(shared.clone(), opts.seed));
+    // The work phase's end is fixed in simulated time: the setup takes what it takes first.
+    let work_start_ms = 3_000;
+    let work_end_ms = work_start_ms + work_ms;
+    shared.borrow_mut().workers_running = opts.workers;
+    for w in 0..opts.workers {
+        sim.client(
+            format!("w{w}"),
+            workload::worker(shared.clone(), w + 1, opts.seed, work_end_ms),
+        );
+    }
+    sim.client(
+        "admin",
+        workload::admin(shared.clone(), opts.seed, work_end_ms),
+    );
+    sim.client(
+        "poller",
+        workload::quota_poller(shared.clone(), work_end_ms),
+    );
+
+    // The fault schedule: one fault at a time, each undone before the next.
+    let mut next_fault_ms = work_start_ms + rng.random_range(1_000..3_000);
+    let mut undo: Vec<(u64, Undo)> = Vec::new();
+    let mut down: BTreeSet<usize> = BTreeSet::new();
+    let mut finishing = false;
+    let mut script = opts.script.clone().unwrap_or_default();
+    let mut watches: Vec<SmWatch> = (0..NODES.len()).map(|_| SmWatch::default()).collect();
+    let mut next_poll_ms = 0;
+    let mut sim_error = None;
+    loop {
+        let now = sim.elapsed().as_millis() as u64;
+        // Undo what is due.
+        let mut due: Vec<Undo> = Vec::new();
+        undo.retain_mut(|(at, u)| {
+            if *at <= now {
+                due.push(std::mem::replace(u, Undo::CrashLeader));
+                false
+            } else {
+                true
+            }
+        });
+        for u in due {
+            match u {
+                Undo::Repair(a, b) => sim.repair(NODES[a], NODES[b]),
+                Undo::RepairOneWay(a, b) => sim.repair_oneway(NODES[a], NODES[b]),
+                Undo::Release(a, b) => sim.release(NODES[a], NODES[b]),
+                Undo::Latency(a, b) => {
+                    sim.set_link_max_message_latency(NODES[a], NODES[b], Duration::from_millis(10))
+                }
+                Undo::Start(n) => {
+                    sim.bounce(NODES[n]);
+                    down.remove(&n);
+                }
+                Undo::StartThenCrashLeader(n, after) => {
+                    sim.bounce(NODES[n]);
+                    down.remove(&n);
+                    undo.push((now + after, Undo::CrashLeader));
+                }
+                Undo::CrashLeader => {
+                    let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
+                    if let Some(l) = leader.filter(|l| !down.contains(l)) {
+                        shared.borrow_mut().trace_at(
+                            now,
+                            format!("fault: crash leader {} during catch-up", NODES[l]),
+                        );
+                        sim.crash(NODES[l]);
+                        disks[l].wal.kill();
+                        down.insert(l);
+                        undo.push((now + 3_000, Undo::Start(l)));
+                    }
+                    continue;
+                }
+            }
+            shared
+                .borrow_mut()
+                .trace_at(now, format!("fault undone: {u:?}"));
+        }
+        let scripted = script.first().is_some_and(|(at, _)| *at <= now);
+        let random = opts.script.is_none() && now >= next_fault_ms;
+        if !finishing && (scripted || random) && undo.is_empty() && now < work_end_ms {
+            let fault = if scripted {
+                script.remove(0).1
+            } else {
+                random_fault(&mut rng)
+            };
+            shared
+                .borrow_mut()
+                .trace_at(now, format!("fault: {fault:?}"));
+            let others = |side: &[usize]| -> Vec<usize> {
+                (0..NODES.len()).filter(|n| !side.contains(n)).collect()
+            };
+            match fault {
+                Fault::Partition { side, ms } => {
+                    for a in &side {
+                        for b in others(&side) {
+                            sim.partition(NODES[*a], NODES[b]);
+                            undo.push((now + ms, Undo::Repair(*a, b)));
+                        }
+                    }
+                }
+                Fault::IsolateLeader { ms } => {
+                    if let Some((_, l)) = shared.borrow().last_leader {
+                        let l = l as usize - 1;
+                        for b in others(&[l]) {
+                            sim.partition(NODES[l], NODES[b]);
+                            undo.push((now + ms, Undo::Repair(l, b)));
+                        }
+                    }
+                }
+                Fault::OneWay { from, to, ms } => {
+                    sim.partition_oneway(NODES[from], NODES[to]);
+                    undo.push((now + ms, Undo::RepairOneWay(from, to)));
+                }
+                Fault::Hold { a, b, ms } => {
+                    sim.hold(NODES[a], NODES[b]);
+                    undo.push((now + ms, Undo::Release(a, b)));
+                }
+                Fault::Slow {
+                    a,
+                    b,
+                    latency_ms,
+                    ms,
+                } => {
+                    sim.set_link_max_message_latency(
+                        NODES[a],
+                        NODES[b],
+                        Duration::from_millis(latency_ms),
+                    );
+                    undo.push((now + ms, Undo::Latency(a, b)));
+                }
+                Fault::Crash { nodes, down_ms } => {
+                    for n in nodes {
+                        sim.crash(NODES[n]);
+                        disks[n].wal.kill();
+                        down.insert(n);
+                        undo.push((now + down_ms, Undo::Start(n)));
+                    }
+                }
+                Fault::PowerLoss { nodes, down_ms } => {
+                    for n in nodes {
+                        sim.crash(NODES[n]);
+                        disks[n].wal.crash_random(&mut rng);
+                        let sm = watches[n].power_loss(&disks[n].config.sm_config().dir);
+                        shared
+                            .borrow_mut()
+                            .trace_at(now, format!("power loss {}: state machine {sm}", NODES[n]));
+                        down.insert(n);
+                        undo.push((now + down_ms, Undo::Start(n)));
+                    }
+                }
+                Fault::CrashLeaderDuringCatchUp { down_ms } => {
+                    let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
+                    let victim = (0..NODES.len()).find(|n| Some(*n) != leader);
+                    if let Some(n) = victim {
+                        sim.crash(NODES[n]);
+                        disks[n].wal.kill();
+                        down.insert(n);
+                        undo.push((now + down_ms, Undo::StartThenCrashLeader(n, 300)));
+                    }
+                }
+            }
+            next_fault_ms = now + rng.random_range(500..3_000);
+        }
+        if !finishing && now >= work_end_ms && undo.is_empty() {
+            // Heal: every link whole, every node up; then the final client checks recovery.
+            finishing = true;
+            for n in std::mem::take(&mut down) {
+                sim.bounce(NODES[n]);
+            }
+            shared.borrow_mut().trace_at(now, "faults stop".to_string());
+            sim.client("final", workload::finish(shared.clone(), opts.seed));
+        }
+        if now >= next_poll_ms {
+            for (w, d) in watches.iter_mut().zip(&disks) {
+                w.poll(&d.config.sm_config().dir);
+            }
+            next_poll_ms = now + 10;
+        }
+        match sim.step() {
+            Ok(true) if finishing => break,
+            Ok(_) => {}
+            Err(e) => {
+                sim_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(sim);
+    let mut shared = Rc::try_unwrap(shared)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|rc| std::mem::take(&mut *rc.borrow_mut()));
+    shared.history.close();
+    for d in &disks {
+        let alarms = d.alarms.lock().expect("alarms");
+        shared.node_errors.extend(alarms.iter().cloned());
+    }
+    Run {
+        shared,
+        _dir: dir,
+        sim_error,
+    }
+}
