@@ -1,0 +1,50 @@
+//! Regression test (found by the simulation): a client call's deadline covers the whole call.
+//! A write first asks the endpoints who leads (up to 1 s each), and a "session expired" refusal
+//! is resent once; before the fix each retry loop started its own deadline after discovery,
+//! so a call against an unresponsive cluster ran for discovery plus the deadline (the
+//! simulation saw an 8 s write take 10.3 s).
+//!
+//! Time is tokio's paused clock; the endpoints never answer (their connections never complete).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftgraph::client::{Client, ClientOptions};
+use raftgraph::proto::v1 as pb;
+use raftgraph::transport::{Connector, Dialer};
+
+#[tokio::test(start_paused = true)]
+async fn a_write_to_an_unresponsive_cluster_ends_at_its_deadline() {
+    let silent: Connector = Arc::new(|_addr| Box::pin(std::future::pending()));
+    let deadline = Duration::from_secs(3);
+    let client = Client::new(
+        vec!["a:1".into(), "b:1".into(), "c:1".into()],
+        ClientOptions {
+            client_id: Some(7),
+            jitter_seed: Some(7),
+            attempt_timeout: Duration::from_secs(1),
+            deadline,
+            dialer: Dialer::with_connector(silent),
+        },
+    )
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let r = client
+        .write(pb::WriteRequest {
+            tenant: "t".into(),
+            ..Default::default()
+        })
+        .await;
+    let took = started.elapsed();
+    assert!(r.is_err(), "{r:?}");
+    // Leader discovery alone takes the 3 s (1 s per endpoint); before the fix the write then
+    // retried for another full deadline.
+    assert!(
+        took <= deadline + Duration::from_millis(100),
+        "the call took {took:?} with a {deadline:?} deadline"
+    );
+    assert!(
+        took >= deadline - Duration::from_millis(100),
+        "gave up early: {took:?}"
+    );
+}
