@@ -38,7 +38,7 @@ use raftgraph::node::PlantedBugs;
 use world::{Options, Run};
 
 /// Seeds the README's test command runs (measured to fit the CI budget: docs/testing.md).
-const CI_SEEDS: u64 = 300;
+const CI_SEEDS: u64 = 200;
 
 /// What a passing run measured (printed through `Debug`).
 #[derive(Debug)]
