@@ -5,7 +5,8 @@
 //! - A create acknowledged with id `i` and not (possibly) deleted since must be present on
 //!   every replica, with its tag.
 //! - Every node present must carry the tag of a create that was acknowledged or in doubt.
-//! - No tag appears on two nodes (one request, applied twice).
+//! - No tag appears on two nodes, nor on a node other than the one its acknowledged create
+//!   returned (one request applied twice, even if one copy was deleted since).
 //! - A node acknowledged as deleted is absent.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +44,12 @@ pub fn check(history: &History, replicas: &BTreeMap<String, Replica>) -> Result<
                 return Err(format!(
                     "writes: {name} holds node {id} with tag {tag}, which no create that could \
                      have succeeded wrote (invented)"
+                ));
+            }
+            if let Some(first) = acked.get(tag).filter(|first| *first != id) {
+                return Err(format!(
+                    "writes: {name} holds node {id} with tag {tag}, whose create was acknowledged \
+                     as node {first}: one create applied twice"
                 ));
             }
             if let Some(other) = tags_seen.insert(*tag, *id) {

@@ -58,8 +58,11 @@ struct Summary {
 struct Failure {
     seed: u64,
     test: &'static str,
+    /// `SIM_PLANTED` and `SIM_WORK_SECS` of the run, as the replay needs them.
+    env: String,
     property: String,
     report: String,
+    dir: PathBuf,
 }
 
 /// Lines of a report shown in the test output (the whole report is in `report.txt`).
@@ -69,13 +72,13 @@ impl Failure {
     fn replay(&self) -> String {
         if self.test == "seeds" {
             format!(
-                "SIM_SEED={} cargo test --profile ci --test sim -- seeds",
-                self.seed
+                "{}SIM_SEED={} cargo test --profile ci --test sim -- seeds",
+                self.env, self.seed
             )
         } else {
             format!(
-                "cargo test --profile ci --test sim -- {} --exact",
-                self.test
+                "{}cargo test --profile ci --test sim -- {} --exact",
+                self.env, self.test
             )
         }
     }
@@ -97,22 +100,42 @@ impl std::fmt::Display for Failure {
                 String::new()
             },
             self.replay(),
-            failure_dir(self.test, self.seed).display()
+            self.dir.display()
         )
     }
 }
 
-/// `target/sim-failures/<seed>`, or `<test>-<seed>` for runs of a named scenario.
-fn failure_dir(test: &str, seed: u64) -> PathBuf {
+/// `target/sim-failures/<seed>`, `<planted bug>-<seed>` with a bug planted, or
+/// `<test>-<seed>` for a named scenario.
+fn failure_dir(opts: &Options) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let name = if test == "seeds" {
-        seed.to_string()
-    } else {
-        format!("{test}-{seed}")
+    let name = match (&opts.planted_name, opts.test) {
+        (Some(bug), _) => format!("{bug}-{}", opts.seed),
+        (None, "seeds") => opts.seed.to_string(),
+        (None, test) => format!("{test}-{}", opts.seed),
     };
     target.join("sim-failures").join(name)
+}
+
+/// The environment a replay of `opts` needs besides `SIM_SEED`.
+fn replay_env(opts: &Options) -> String {
+    let mut env = String::new();
+    if let Some(bug) = &opts.planted_name {
+        env.push_str(&format!("SIM_PLANTED={bug} "));
+    }
+    if opts.work_secs != Options::new(0).work_secs {
+        env.push_str(&format!("SIM_WORK_SECS={} ", opts.work_secs));
+    }
+    env
+}
+
+/// The node logs with the run's temporary directory (a random name) replaced by `$DATA`, so
+/// two runs of one seed log the same text.
+fn scrub(logs: &[u8], run: &Run) -> String {
+    let dir = run._dir.path().to_string_lossy().into_owned();
+    String::from_utf8_lossy(logs).replace(&dir, "$DATA")
 }
 
 /// Runs every checker; the first violated property fails the run.
@@ -164,10 +187,11 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
 /// Runs one seed and checks it; on failure writes the evidence.
 fn run_seed(opts: &Options) -> Result<Summary, Failure> {
     let (run, logs) = logs::capture(|| world::run(opts));
+    let logs = scrub(&logs, &run);
     let verdict = check(&run);
     // SIM_KEEP=1 keeps the evidence of passing runs too.
     if verdict.is_err() || std::env::var_os("SIM_KEEP").is_some() {
-        let dir = failure_dir(opts.test, opts.seed);
+        let dir = failure_dir(opts);
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::write(dir.join("history.txt"), run.shared.history.render());
         let _ = std::fs::write(dir.join("trace.txt"), run.shared.trace.join("\n"));
@@ -181,18 +205,16 @@ fn run_seed(opts: &Options) -> Result<Summary, Failure> {
         Err((property, report)) => Err(Failure {
             seed: opts.seed,
             test: opts.test,
+            env: replay_env(opts),
             property,
             report,
+            dir: failure_dir(opts),
         }),
     }
 }
 
 /// The seeds to run: `SIM_SEED`, else `SIM_SEEDS` (`N` or `A..B`), else the CI budget.
 fn seed_range() -> Range<u64> {
-    if let Ok(s) = std::env::var("SIM_SEED") {
-        let n: u64 = s.parse().expect("SIM_SEED is a number");
-        return n..n + 1;
-    }
     match std::env::var("SIM_SEEDS") {
         Ok(s) => match s.split_once("..") {
             Some((a, b)) => {
@@ -205,58 +227,144 @@ fn seed_range() -> Range<u64> {
     }
 }
 
-/// Runs `seeds` on every core; returns the failures.
-fn run_many(seeds: Range<u64>, make: impl Fn(u64) -> Options + Sync) -> Vec<Failure> {
+/// The planted bug a `SIM_PLANTED` name switches on (test code only).
+fn planted_by_name(name: &str) -> PlantedBugs {
+    let mut p = PlantedBugs::default();
+    match name {
+        "ack_before_sync" => p.ack_before_sync = true,
+        "stale_follower_reads" => p.stale_follower_reads = true,
+        "skip_session_dedup" => p.skip_session_dedup = true,
+        other => panic!("SIM_PLANTED={other}: not a planted bug"),
+    }
+    p
+}
+
+/// The options of seed `seed` as `SIM_SEED`, `SIM_PLANTED` and `SIM_WORK_SECS` describe them.
+fn options_from_env(seed: u64) -> Options {
+    let mut o = Options::new(seed);
+    if let Ok(name) = std::env::var("SIM_PLANTED") {
+        o.planted = planted_by_name(&name);
+        o.planted_name = Some(name);
+    }
+    o
+}
+
+/// How one seed ended, run in a child process of this test binary.
+struct ChildRun {
+    seed: u64,
+    passed: bool,
+    /// The child's report: its summary line, or the failure with its replay command.
+    output: String,
+}
+
+impl ChildRun {
+    /// The property a failed run names (`seed N violated <property>:`).
+    fn property(&self) -> Option<&str> {
+        let rest = self.output.split("violated ").nth(1)?;
+        rest.split(':').next()
+    }
+}
+
+/// Runs seed `seed` alone in a child process (`SIM_SEED=seed … -- seeds`), with `env` added.
+/// Each seed gets its own process: two simulations in one process were seen to influence each
+/// other (docs/testing.md), and a run that aborts takes only its own process down.
+fn run_child(seed: u64, env: &[(&str, String)]) -> ChildRun {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["seeds", "--exact", "--nocapture", "--test-threads=1"])
+        .env("SIM_SEED", seed.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run a child");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let report: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("seed {seed}")))
+        .take_while(|l| {
+            !l.starts_with("thread 'seeds'")
+                && !l.starts_with("note: run with")
+                && !l.starts_with("test result")
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    let output = if report.is_empty() {
+        format!(
+            "seed {seed} violated no abort: the child process ended with {}:\n{text}",
+            out.status
+        )
+    } else {
+        report.join("\n")
+    };
+    ChildRun {
+        seed,
+        passed: out.status.success(),
+        output,
+    }
+}
+
+/// Runs `seeds`, each in its own child process, as many at once as there are cores; returns
+/// the failed ones in seed order.
+fn run_many(seeds: Range<u64>, env: &[(&str, String)]) -> Vec<ChildRun> {
     let list: Vec<u64> = seeds.collect();
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|scope| {
-        for _ in 0..threads {
+        for _ in 0..parallel {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&seed) = list.get(i) else { break };
-                    let opts = make(seed);
-                    #[allow(clippy::disallowed_methods)] // reporting real time taken only
-                    let started = std::time::Instant::now();
-                    let r =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed(&opts)));
-                    let took = started.elapsed();
-                    match r {
-                        Ok(Ok(s)) => eprintln!("seed {seed}: ok in {took:.1?}: {s:?}"),
-                        Ok(Err(f)) => {
-                            eprintln!("seed {seed}: FAILED in {took:.1?}: {f}");
-                            failures.lock().expect("failures").push(f);
-                        }
-                        Err(p) => {
-                            let msg = p
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            let f = Failure {
-                                seed,
-                                test: opts.test,
-                                property: "no panic".into(),
-                                report: format!("the run panicked: {msg}"),
-                            };
-                            eprintln!("seed {seed}: PANICKED in {took:.1?}: {f}");
-                            failures.lock().expect("failures").push(f);
-                        }
+                    let run = run_child(seed, env);
+                    eprintln!("{}", run.output);
+                    if !run.passed {
+                        failures.lock().expect("failures").push(run);
                     }
                 }
             });
         }
     });
-    failures.into_inner().expect("failures")
+    let mut failures = failures.into_inner().expect("failures");
+    failures.sort_by_key(|r| r.seed);
+    failures
 }
 
+/// Runs one seed in this process and reports it; `Err` is the failure.
+fn run_and_report(opts: &Options) -> Result<(), Failure> {
+    #[allow(clippy::disallowed_methods)] // reporting real time taken only
+    let started = std::time::Instant::now();
+    let r = run_seed(opts);
+    let took = started.elapsed();
+    match &r {
+        Ok(s) => eprintln!("seed {}: ok in {took:.1?}: {s:?}", opts.seed),
+        Err(f) => eprintln!("{f}"),
+    }
+    r.map(|_| ())
+}
+
+/// `SIM_SEED`: that seed, in this process. Otherwise every seed of the range, each in a child.
 #[test]
 fn seeds() {
-    let failures = run_many(seed_range(), Options::new);
+    if let Ok(seed) = std::env::var("SIM_SEED") {
+        let seed: u64 = seed.parse().expect("SIM_SEED is a number");
+        if let Err(f) = run_and_report(&options_from_env(seed)) {
+            panic!("seed {seed} failed (above)\n{}", f.replay());
+        }
+        return;
+    }
+    let env: Vec<(&str, String)> = ["SIM_PLANTED", "SIM_WORK_SECS", "SIM_LOG", "SIM_KEEP"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k, v)))
+        .collect();
+    let failures = run_many(seed_range(), &env);
     if let Some(f) = failures.first() {
-        panic!("{} of the seeds failed; the first:\n{f}", failures.len());
+        panic!(
+            "{} of the seeds failed ({:?}); the first:\n{}",
+            failures.len(),
+            failures.iter().map(|f| f.seed).collect::<Vec<_>>(),
+            f.output
+        );
     }
 }
 
@@ -299,43 +407,35 @@ fn regression_no_tight_reconnect_loop_after_restart_into_a_partition() {
     }
 }
 
-/// Runs `seeds` in order until one fails; returns that failure.
-fn first_failure(seeds: Range<u64>, make: impl Fn(u64) -> Options) -> Option<Failure> {
-    seeds
-        .into_iter()
-        .find_map(|seed| run_seed(&make(seed)).err())
-}
-
 /// Seeds each planted bug may take to be caught (a run is about 4 s).
 const PLANTED_SEEDS: Range<u64> = 1..21;
 
-fn planted(test: &'static str, bugs: PlantedBugs, properties: &[&str]) {
-    let f = first_failure(PLANTED_SEEDS, |seed| {
-        let mut o = Options::new(seed);
-        o.test = test;
-        o.planted = bugs;
-        o
-    })
-    .unwrap_or_else(|| panic!("{bugs:?} was not caught within seeds {PLANTED_SEEDS:?}"));
-    eprintln!("{bugs:?} caught: {f}");
+/// Runs seeds in order, each in a child with bug `name` planted, until one fails; the failure
+/// must name one of `properties` and its replay command.
+fn planted(name: &str, properties: &[&str]) {
+    let env = [("SIM_PLANTED", name.to_string())];
+    let caught = PLANTED_SEEDS
+        .map(|seed| run_child(seed, &env))
+        .find(|r| !r.passed)
+        .unwrap_or_else(|| panic!("{name} was not caught within seeds {PLANTED_SEEDS:?}"));
+    eprintln!("{name} caught:\n{}", caught.output);
+    let property = caught.property().unwrap_or("?");
     assert!(
-        properties.contains(&f.property.as_str()),
-        "{bugs:?} was caught as {:?}, expected one of {properties:?}:\n{f}",
-        f.property
+        properties.contains(&property),
+        "{name} was caught as {property:?}, expected one of {properties:?}:\n{}",
+        caught.output
     );
-    assert!(f.to_string().contains(&format!(
-        "replay: cargo test --profile ci --test sim -- {test}"
-    )));
+    let replay = format!(
+        "replay: SIM_PLANTED={name} SIM_SEED={} cargo test --profile ci --test sim -- seeds",
+        caught.seed
+    );
+    assert!(caught.output.contains(&replay), "{}", caught.output);
 }
 
 #[test]
 fn planted_ack_before_fsync_is_caught() {
     planted(
-        "planted_ack_before_fsync_is_caught",
-        PlantedBugs {
-            ack_before_sync: true,
-            ..Default::default()
-        },
+        "ack_before_sync",
         // Lost acknowledged writes, or — as the WAL usually notices first — a log whose batch
         // records claim more was synced than survived, which the node refuses to start on.
         &["linearizability", "writes", "recovery"],
@@ -344,26 +444,12 @@ fn planted_ack_before_fsync_is_caught() {
 
 #[test]
 fn planted_stale_follower_reads_are_caught() {
-    planted(
-        "planted_stale_follower_reads_are_caught",
-        PlantedBugs {
-            stale_follower_reads: true,
-            ..Default::default()
-        },
-        &["linearizability"],
-    );
+    planted("stale_follower_reads", &["linearizability"]);
 }
 
 #[test]
 fn planted_skipped_session_dedup_is_caught() {
-    planted(
-        "planted_skipped_session_dedup_is_caught",
-        PlantedBugs {
-            skip_session_dedup: true,
-            ..Default::default()
-        },
-        &["writes", "linearizability"],
-    );
+    planted("skip_session_dedup", &["writes", "linearizability"]);
 }
 
 /// The seed and faults of the determinism test: a follower down long enough that it must be
@@ -399,11 +485,12 @@ fn determinism_options() -> Options {
 fn determinism_child() {
     let out = std::env::var("SIM_DETERMINISM_OUT").expect("SIM_DETERMINISM_OUT");
     let (run, logs) = logs::capture(|| world::run(&determinism_options()));
+    let logs = scrub(&logs, &run);
     let mut text = run.shared.trace.join("\n");
     text.push_str("\n--- history\n");
     text.push_str(&run.shared.history.render());
     text.push_str("--- node logs\n");
-    text.push_str(&String::from_utf8_lossy(&logs));
+    text.push_str(&logs);
     std::fs::write(out, text).expect("write the run");
 }
 

@@ -154,7 +154,8 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             .collect(),
     };
     let ids = loop {
-        // The same request id for every retry: applied once.
+        // Retried until it answers; a retry of an applied attempt creates extra registers,
+        // which nothing reads.
         match c.write(create.clone()).await {
             Ok(r) => {
                 break r
@@ -223,7 +224,7 @@ pub async fn worker(
             40..65 => Call::Read {
                 key,
                 linearizable: true,
-                // A third go straight to one node (exercising follower reads).
+                // Half go straight to one node (exercising follower reads).
                 via: rng
                     .random_bool(0.5)
                     .then(|| NODES[rng.random_range(0..NODES.len())].to_string()),
@@ -328,7 +329,8 @@ async fn perform(c: &Client, channels: &BTreeMap<&str, Channel>, call: &Call) ->
             };
             match got {
                 Ok(n) => Ok(prop(&n, "v")),
-                Err(s) if s.code() == Code::NotFound => Ok(None),
+                // The register itself is missing (not the tenant).
+                Err(s) if s.code() == Code::NotFound && s.message().contains(": node ") => Ok(None),
                 Err(s) => Err(s),
             }
         }
@@ -483,8 +485,10 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
     while shared.borrow().workers_running > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Final reads, recorded as history.
-    for key in &registers {
+    // Final reads, recorded as history; each register until one read answers.
+    let mut pending: Vec<u64> = registers.iter().rev().copied().collect();
+    while let Some(key) = pending.pop() {
+        let key = &key;
         let call = Call::Read {
             key: *key,
             linearizable: true,
@@ -496,7 +500,19 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             .invoke(u64::MAX, call.clone(), now_ms());
         let channels = BTreeMap::new();
         let o = perform(&c, &channels, &call).await;
+        let answered = matches!(o, Outcome::Ok(_));
         shared.borrow_mut().history.complete(i, o, now_ms());
+        if !answered {
+            pending.push(*key);
+            // An unknown read says nothing: read again until one answers.
+            if now_ms() - healed > super::world::CONVERGE_MS {
+                shared.borrow_mut().liveness = Some(Err(format!(
+                    "the final read of register {key} got no answer within {} ms",
+                    super::world::CONVERGE_MS
+                )));
+                return Ok(());
+            }
+        }
     }
     // Convergence: every replica applies the same last index.
     let mut replicas: BTreeMap<String, Replica>;
@@ -560,7 +576,18 @@ async fn replica(node: &str) -> Option<Replica> {
         }
         data.insert(tenant.to_string(), rows);
     }
-    let usage = usage_of(ch).await;
+    let usage = usage_of(ch.clone()).await;
+    // A write still in the log may apply during the scan: then read the replica again.
+    let mut req = Request::new(pb::StatusRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    let after = ClusterServiceClient::new(ch)
+        .status(req)
+        .await
+        .ok()?
+        .into_inner();
+    if after.applied.map_or(0, |a| a.index) != applied {
+        return None;
+    }
     Some(Replica {
         applied,
         data,

@@ -53,6 +53,8 @@ pub struct Options {
     pub script: Option<Vec<(u64, Fault)>>,
     /// The test that replays this run (`seeds` replays any seed through `SIM_SEED`).
     pub test: &'static str,
+    /// The `SIM_PLANTED` name of the planted bug, for the replay command.
+    pub planted_name: Option<String>,
 }
 
 impl Options {
@@ -68,6 +70,7 @@ impl Options {
             planted: PlantedBugs::default(),
             script: None,
             test: "seeds",
+            planted_name: None,
         }
     }
 }
