@@ -5,11 +5,13 @@
 //! there derives its own seed from its parent's, so a node's random choices depend only on its
 //! seed and the order of its own events — what the deterministic simulation needs. Code that
 //! runs outside such a scope (a production node started without a seed, or openraft tasks
-//! spawned from a gRPC handler, which draw no randomness) falls back to the OS generator.
+//! spawned from a gRPC handler, which draw no randomness) falls back to the OS generator and
+//! counts the draw in [`unseeded_draws`], which the simulation requires to stay zero.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::OptionalSend;
@@ -38,6 +40,16 @@ fn take_seed() -> Option<u64> {
         s
     })
     .ok()
+}
+
+/// Draws of openraft's randomness that came from the OS generator, in this process.
+static UNSEEDED_DRAWS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times openraft drew randomness outside a seeded scope in this process: always
+/// some in production; the simulation checks it stays zero, since an OS draw cannot be
+/// replayed.
+pub fn unseeded_draws() -> u64 {
+    UNSEEDED_DRAWS.load(Ordering::Relaxed)
 }
 
 /// Runs `f` with openraft's randomness seeded by `seed` (see the module docs).
@@ -103,7 +115,10 @@ impl AsyncRuntime for SeededTokio {
     fn thread_rng() -> Self::ThreadLocalRng {
         match take_seed() {
             Some(s) => SmallRng::seed_from_u64(s),
-            None => rand_openraft::make_rng(),
+            None => {
+                UNSEEDED_DRAWS.fetch_add(1, Ordering::Relaxed);
+                rand_openraft::make_rng()
+            }
         }
     }
 

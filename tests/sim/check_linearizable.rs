@@ -18,6 +18,10 @@ use super::history::{Call, History, Key, Op, Outcome};
 pub const INITIAL: i64 = 0;
 /// States the search may visit per key before it gives up (reported as a failure).
 const BUDGET: u64 = 20_000_000;
+/// Memo entries kept per key before the memo is cleared. The memo only prunes states already
+/// shown to fail, so clearing it costs time (bounded by `BUDGET`), never the verdict; it bounds
+/// memory to a few hundred MB where `BUDGET` states could take gigabytes.
+const MEMO_MAX: usize = 2_000_000;
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -132,6 +136,9 @@ impl Search<'_> {
         self.visited += 1;
         if self.visited > BUDGET {
             return Err(());
+        }
+        if self.memo.len() >= MEMO_MAX {
+            self.memo.clear();
         }
         if !self.memo.insert((done.clone(), state)) {
             return Ok(false);

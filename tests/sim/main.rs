@@ -20,6 +20,7 @@ mod check_leaders;
 mod check_linearizable;
 mod check_quota;
 mod check_recovery;
+mod check_refusals;
 mod check_replicas;
 mod check_values;
 mod check_writes;
@@ -51,6 +52,8 @@ struct Summary {
     snapshots: u64,
     terms: usize,
     visited: u64,
+    refused_cas: u64,
+    refused_quota: u64,
 }
 
 /// A failed run: the property, the report, how to replay it, where the evidence went.
@@ -160,6 +163,17 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
     named(check_replicas::check(replicas))?;
     named(check_writes::check(&s.history, replicas))?;
     named(check_quota::check(&s.usage, replicas))?;
+    named(check_refusals::check(&s.refused))?;
+    let unseeded = raftgraph::raft::runtime::unseeded_draws();
+    if unseeded > 0 {
+        return Err((
+            "determinism".to_string(),
+            format!(
+                "determinism: openraft drew randomness outside a seeded scope {unseeded} times \
+                 (the OS generator: the run cannot be replayed)"
+            ),
+        ));
+    }
     let ops = s.history.ops.len();
     let ok = s
         .history
@@ -181,6 +195,8 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         snapshots: s.snapshots,
         terms: s.leaders.len(),
         visited: stats.visited,
+        refused_cas: s.refused.precondition,
+        refused_quota: s.refused.quota,
     })
 }
 
@@ -275,9 +291,28 @@ fn run_child(seed: u64, env: &[(&str, String)]) -> ChildRun {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run a child");
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    // Output goes to files, not pipes: the watchdog below polls rather than reads.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    cmd.stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let mut child = cmd.spawn().expect("run a child");
+    let status = watch(&mut child);
+    let read = |p: &std::path::Path| {
+        String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+    };
+    let text = read(&err_path) + &read(&out_path);
+    let Some(status) = status else {
+        return ChildRun {
+            seed,
+            passed: false,
+            output: format!(
+                "seed {seed} violated watchdog: the child did not end within {CHILD_REAL_SECS_MAX} s \
+                 of real time (a seed takes about 5 s; something spins or blocks outside \
+                 simulated time) and was killed:\n{text}"
+            ),
+        };
+    };
     let report: Vec<&str> = text
         .lines()
         .skip_while(|l| !l.starts_with(&format!("seed {seed}")))
@@ -289,17 +324,36 @@ fn run_child(seed: u64, env: &[(&str, String)]) -> ChildRun {
         .filter(|l| !l.is_empty())
         .collect();
     let output = if report.is_empty() {
-        format!(
-            "seed {seed} violated no abort: the child process ended with {}:\n{text}",
-            out.status
-        )
+        format!("seed {seed} violated no abort: the child process ended with {status}:\n{text}")
     } else {
         report.join("\n")
     };
     ChildRun {
         seed,
-        passed: out.status.success(),
+        passed: status.success(),
         output,
+    }
+}
+
+/// Real seconds a child may run before the watchdog kills it: a generous bound (a seed takes
+/// about 5 s alone) that only a hang reaches, so a livelock fails the run instead of CI.
+const CHILD_REAL_SECS_MAX: u64 = 300;
+
+/// Waits for `child`; kills it and returns `None` once it has run `CHILD_REAL_SECS_MAX` s.
+fn watch(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    #[allow(clippy::disallowed_methods)] // a watchdog over a child process measures real time
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            return Some(status);
+        }
+        if started.elapsed().as_secs() >= CHILD_REAL_SECS_MAX {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        #[allow(clippy::disallowed_methods)] // polling a child process, outside any simulation
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
@@ -449,7 +503,12 @@ fn planted_stale_follower_reads_are_caught() {
 
 #[test]
 fn planted_skipped_session_dedup_is_caught() {
-    planted("skip_session_dedup", &["writes", "linearizability"]);
+    planted(
+        "skip_session_dedup",
+        // A create or write applied twice, or a retried delete applied twice, whose second
+        // application answers "not found" (a refusal the workload never provokes).
+        &["writes", "linearizability", "refusals"],
+    );
 }
 
 /// The seed and faults of the determinism test: a follower down long enough that it must be

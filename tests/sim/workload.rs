@@ -69,24 +69,59 @@ fn all_endpoints() -> Vec<String> {
     NODES.iter().map(|n| addr(n)).collect()
 }
 
-/// Classifies a failed call: definite failures and unknown outcomes.
-fn failure(s: &Status) -> Outcome {
+/// Classifies a failed call. Only the refusals this workload provokes on purpose, which the
+/// state machine returns after applying the entry as a no-op, are definite failures: a CAS
+/// whose precondition did not hold, and a create over the quota tenant's node limit. Any
+/// other error leaves the outcome unknown: timeouts and transport errors; `session expired`
+/// (an earlier attempt may have applied); codes that h2 or tonic produce on their own
+/// (`ENHANCE_YOUR_CALM` arrives as `RESOURCE_EXHAUSTED`); and any refusal this workload does
+/// not expect, which is also counted (`Shared::unexpected`) and fails the run.
+fn failure(call: &Call, s: &Status) -> (Outcome, Refusal) {
     let msg = format!("{:?}: {}", s.code(), s.message());
-    match s.code() {
-        Code::FailedPrecondition if s.message().contains("precondition ") => {
-            Outcome::Fail(format!("precondition: {msg}"))
+    let refusal = match (call, s.code()) {
+        (Call::Cas { .. }, Code::FailedPrecondition)
+            if s.message()
+                .starts_with(&format!("tenant {REGISTERS}: precondition ")) =>
+        {
+            Refusal::Precondition
         }
-        Code::InvalidArgument
-        | Code::NotFound
-        | Code::AlreadyExists
-        | Code::PermissionDenied
-        | Code::ResourceExhausted
-        | Code::FailedPrecondition
-        | Code::OutOfRange
-        | Code::Unimplemented
-        | Code::Unauthenticated => Outcome::Fail(msg),
-        _ => Outcome::Unknown(msg),
-    }
+        (Call::Create { .. }, Code::ResourceExhausted)
+            if s.message()
+                .starts_with(&format!("tenant {QUOTA}: quota exceeded for nodes")) =>
+        {
+            Refusal::Quota
+        }
+        (_, Code::FailedPrecondition) if s.message().contains("session expired") => Refusal::None,
+        (
+            _,
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::Unauthenticated,
+        ) => Refusal::Unexpected,
+        _ => Refusal::None,
+    };
+    let outcome = match refusal {
+        Refusal::Precondition => Outcome::Fail(format!("precondition: {msg}")),
+        Refusal::Quota => Outcome::Fail(format!("quota: {msg}")),
+        Refusal::None | Refusal::Unexpected => Outcome::Unknown(msg),
+    };
+    (outcome, refusal)
+}
+
+/// Which kind of refusal a failed call was (see [`failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    Precondition,
+    Quota,
+    /// A refusal the workload never provokes: a bug in the workload or the server.
+    Unexpected,
+    /// Not a refusal: the outcome is unknown.
+    None,
 }
 
 async fn pause(ms: std::ops::Range<u64>, rng: &mut SmallRng) {
@@ -244,7 +279,16 @@ pub async fn worker(
             .borrow_mut()
             .history
             .invoke(process, call.clone(), now_ms());
-        let outcome = perform(&c, &channels, &call).await;
+        let (outcome, refusal) = perform(&c, &channels, &call).await;
+        {
+            let mut sh = shared.borrow_mut();
+            match refusal {
+                Refusal::Precondition => sh.refused.precondition += 1,
+                Refusal::Quota => sh.refused.quota += 1,
+                Refusal::Unexpected => sh.refused.unexpected.push(format!("{call:?}: {outcome:?}")),
+                Refusal::None => {}
+            }
+        }
         match (&call, &outcome) {
             (Call::Write { value, .. } | Call::Cas { value, .. }, Outcome::Ok(_)) => {
                 seen.insert(key, *value);
@@ -268,7 +312,11 @@ pub async fn worker(
     Ok(())
 }
 
-async fn perform(c: &Client, channels: &BTreeMap<&str, Channel>, call: &Call) -> Outcome {
+async fn perform(
+    c: &Client,
+    channels: &BTreeMap<&str, Channel>,
+    call: &Call,
+) -> (Outcome, Refusal) {
     let write = |preconditions, operations| pb::WriteRequest {
         tenant: REGISTERS.into(),
         request_id: None,
@@ -362,11 +410,17 @@ async fn perform(c: &Client, channels: &BTreeMap<&str, Channel>, call: &Call) ->
             .map(|_| None),
     };
     match r {
-        Ok(v) => Outcome::Ok(v),
-        Err(s) => match (call, failure(&s)) {
-            // A read that failed for any reason tells nothing.
-            (Call::Read { .. }, Outcome::Fail(m)) => Outcome::Unknown(m),
-            (_, o) => o,
+        Ok(v) => (Outcome::Ok(v), Refusal::None),
+        Err(s) => match (call, failure(call, &s)) {
+            // A serializable read may reach a replica that has not applied the setup yet.
+            (
+                Call::Read {
+                    linearizable: false,
+                    ..
+                },
+                (o, Refusal::Unexpected),
+            ) => (o, Refusal::None),
+            (_, r) => r,
         },
     }
 }
@@ -499,7 +553,11 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             .history
             .invoke(u64::MAX, call.clone(), now_ms());
         let channels = BTreeMap::new();
-        let o = perform(&c, &channels, &call).await;
+        let (o, refusal) = perform(&c, &channels, &call).await;
+        if refusal == Refusal::Unexpected {
+            let mut sh = shared.borrow_mut();
+            sh.refused.unexpected.push(format!("{call:?}: {o:?}"));
+        }
         let answered = matches!(o, Outcome::Ok(_));
         shared.borrow_mut().history.complete(i, o, now_ms());
         if !answered {

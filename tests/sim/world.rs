@@ -98,6 +98,19 @@ pub struct Shared {
     pub node_errors: Vec<String>,
     /// Snapshots installed or built, per node (from metrics).
     pub snapshots: u64,
+    /// Definite refusals the workload saw, by kind.
+    pub refused: Refused,
+}
+
+/// Definite refusals, by kind (see `workload::failure`).
+#[derive(Default)]
+pub struct Refused {
+    /// CASes whose precondition did not hold.
+    pub precondition: u64,
+    /// Creates over the quota tenant's node limit.
+    pub quota: u64,
+    /// Refusals the workload never provokes: the call and its outcome.
+    pub unexpected: Vec<String>,
 }
 
 impl Shared {
