@@ -29,6 +29,8 @@ pub struct ClusterApi {
     raft: Raft,
     cluster_id: String,
     router: route::Router,
+    /// The node's WAL counters, reported by `Status` (zero when not given).
+    wal_stats: crate::wal::WalStats,
 }
 
 impl ClusterApi {
@@ -37,7 +39,14 @@ impl ClusterApi {
             raft,
             cluster_id,
             router: route::Router::default(),
+            wal_stats: crate::wal::WalStats::default(),
         }
+    }
+
+    /// Reports `stats` (the node's WAL) in `Status`.
+    pub fn with_wal_stats(mut self, stats: crate::wal::WalStats) -> Self {
+        self.wal_stats = stats;
+        self
     }
 
     /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
@@ -525,6 +534,8 @@ impl ClusterService for ClusterApi {
             purged: position(m.purged.as_ref()),
             membership: Some(membership_to_proto(&m.membership_config)),
             replication,
+            wal_group_commits: self.wal_stats.group_commits(),
+            wal_entries_synced: self.wal_stats.entries(),
         }))
     }
 }

@@ -69,6 +69,7 @@ pub use error::WalError;
 pub use fs::{StdFs, WalFile, WalFs};
 pub use memfs::{Fate, MemFs, PendingWrite};
 pub use runtime::IoRuntime;
+pub use shared::WalStats;
 pub use store::{REPLICATION_BATCH_BYTES_MAX, Wal, WalReader};
 
 /// File-format constants and helpers, public for tests that corrupt files on purpose.

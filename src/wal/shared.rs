@@ -6,7 +6,8 @@
 //! is over its byte budget, and reads of evicted entries go to the I/O task.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::RaftTypeConfig;
 use openraft::type_config::alias::{LogIdOf, VoteOf};
@@ -39,6 +40,35 @@ pub(crate) struct State<C: RaftTypeConfig> {
 
 pub(crate) struct Shared<C: RaftTypeConfig> {
     state: Mutex<State<C>>,
+    pub stats: WalStats,
+}
+
+/// What the WAL's I/O task has done since the log was opened; cheap to clone, read at any time.
+#[derive(Clone, Debug, Default)]
+pub struct WalStats(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    group_commits: AtomicU64,
+    entries: AtomicU64,
+}
+
+impl WalStats {
+    /// Groups written and made durable, each with one `fdatasync` (segment rotation,
+    /// truncation and purge sync too, and are not counted here).
+    pub fn group_commits(&self) -> u64 {
+        self.0.group_commits.load(Ordering::Relaxed)
+    }
+
+    /// Entries made durable by those groups.
+    pub fn entries(&self) -> u64 {
+        self.0.entries.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn group_committed(&self, entries: usize) {
+        self.0.group_commits.fetch_add(1, Ordering::Relaxed);
+        self.0.entries.fetch_add(entries as u64, Ordering::Relaxed);
+    }
 }
 
 fn index<C: RaftTypeConfig>(id: &Option<LogIdOf<C>>) -> Option<u64> {
@@ -73,6 +103,7 @@ where
                 next_seq: 1,
                 fatal: None,
             }),
+            stats: WalStats::default(),
         }
     }
 

@@ -148,6 +148,11 @@ where
         self.inner.call(Op::Sync).await
     }
 
+    /// Counters of the I/O task (group commits, entries made durable).
+    pub fn stats(&self) -> super::WalStats {
+        self.inner.shared.stats.clone()
+    }
+
     /// The first fatal error, if the WAL has stopped.
     pub fn fatal_error(&self) -> Option<String> {
         self.inner.shared.lock().fatal.clone()
