@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use openraft::async_runtime::WatchReceiver;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -166,7 +166,17 @@ impl Node {
             clock,
             ..NodeEnv::production()
         };
-        Self::start_in(config, TcpListenerStream::new(listener), local_addr, env).await
+        // `serve_with_incoming` takes the sockets as they are: tonic's `tcp_nodelay` applies
+        // only to listeners it binds itself. Without TCP_NODELAY a small response waits for
+        // the client's delayed ACK (Nagle): about 40 ms on Linux loopback.
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            accepted.inspect(|s| {
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::warn!(error = %e, "TCP_NODELAY not set on an accepted connection");
+                }
+            })
+        });
+        Self::start_in(config, incoming, local_addr, env).await
     }
 
     /// Starts a node in `env`, serving the connections `incoming` yields (accepted at
@@ -195,6 +205,7 @@ impl Node {
         let mut wal_config = config.wal_config();
         wal_config.planted_ack_before_sync = env.planted.ack_before_sync;
         let wal = Wal::open(wal_config, env.wal_fs.clone(), env.wal_io).await?;
+        let wal_stats = wal.stats();
         let mut sm_config = config.sm_config();
         sm_config.blocking = env.blocking;
         sm_config.planted_skip_session_dedup = env.planted.skip_session_dedup;
@@ -246,7 +257,9 @@ impl Node {
                 .with_router(router.clone()),
         );
         let cluster = ClusterServiceServer::new(
-            ClusterApi::new(raft.clone(), config.cluster_id.clone()).with_router(router),
+            ClusterApi::new(raft.clone(), config.cluster_id.clone())
+                .with_router(router)
+                .with_wal_stats(wal_stats),
         );
         let peers = RaftServiceServer::new(
             RaftGrpc::new(raft.clone(), sm_config.dir.join("snapshots"))
