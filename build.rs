@@ -1,4 +1,5 @@
-//! Generates the gRPC API from `proto/raftgraph/v1/*.proto` (needs `protoc`: Debian
+//! Generates the gRPC API from `proto/raftgraph/v1/*.proto`, and the etcd KV client the
+//! benchmark drives from `proto/etcd/kv.proto` (needs `protoc`: Debian
 //! `protobuf-compiler`; `.ci/run` installs it).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,5 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Ordered maps: property maps reach the log, where bytes must not depend on hash order.
         .btree_map(".")
         .compile_protos(&protos, &["proto"])?;
+    // etcd's KV API, client side only: `raftgraph bench --target etcd`.
+    let etcd = "proto/etcd/kv.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&[etcd], &["proto"])?;
     Ok(())
 }

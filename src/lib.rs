@@ -18,12 +18,14 @@
 //! - [`node`]: one node's lifecycle — config, data directory (lock + identity), serving, shutdown.
 //! - [`client`]: the Rust client (leader discovery, deadlines, exactly-once retries).
 //! - [`cli`]: the `raftgraph tenant|node|edge|cluster` commands.
+//! - [`bench`]: `raftgraph bench`, the load generator for raftgraph and etcd.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
     "build with `--cfg tokio_unstable` (set in .cargo/config.toml; do not override RUSTFLAGS)"
 );
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;

@@ -50,6 +50,15 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::ClusterCmd,
     },
+    /// Load a raftgraph cluster (or, with --target etcd, an etcd cluster) with concurrent
+    /// clients: throughput, p50/p99/p99.9 latency and errors.
+    Bench(raftgraph::bench::BenchArgs),
+    /// Read `bench --output json` lines of raftgraph and etcd runs (several rounds) and print
+    /// the medians, the raftgraph/etcd ratios and the bar, as a Markdown table.
+    BenchCompare {
+        /// The JSON lines file (`-` for standard input).
+        file: PathBuf,
+    },
     /// Measure WAL group commit: entries/s and entries per fsync with 1..N flushes in flight,
     /// beside one write+fdatasync per entry, on real files.
     WalBench {
@@ -209,6 +218,26 @@ async fn real_main() -> anyhow::Result<()> {
         Command::Node { global, cmd } => client_result(cli::node(&global, cmd).await)?,
         Command::Edge { global, cmd } => client_result(cli::edge(&global, cmd).await)?,
         Command::Cluster { global, cmd } => client_result(cli::cluster(&global, cmd).await)?,
+        Command::Bench(mut args) => {
+            args.validate().map_err(|e| anyhow::anyhow!(e))?;
+            let report = raftgraph::bench::run(&args).await?;
+            match args.output {
+                raftgraph::bench::Output::Table => print!("{}", report.table()),
+                raftgraph::bench::Output::Json => println!("{}", report.json()),
+            }
+        }
+        Command::BenchCompare { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            };
+            print!(
+                "{}",
+                raftgraph::bench::compare(&text).map_err(|e| anyhow::anyhow!(e))?
+            );
+        }
         Command::WalBench {
             dir,
             entries,

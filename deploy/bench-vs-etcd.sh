@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# raftgraph against etcd, side by side, on this machine and disk, fsync on for both.
+#
+#   bash deploy/bench-vs-etcd.sh
+#
+# Installs Debian's etcd-server (and etcd-client for etcdctl) if missing. Then, for each of
+# ROUNDS rounds (the order of the two stores alternates), it starts one store at a time — a
+# local three-node etcd cluster on 127.0.0.1:{1,2,3}2379, or the local three-node raftgraph
+# cluster of deploy/local-cluster.sh — runs `raftgraph bench` with 1, 64 and 256 clients for
+# writes (256-byte values), linearizable reads and serializable reads, and stops it, deleting
+# its data. Finally `raftgraph bench-compare` prints one table: the median of the rounds for
+# each figure, the raftgraph/etcd ratio, and the issue's bar.
+#
+# Writes and linearizable reads go to each store's leader (etcd's found with etcdctl; the
+# raftgraph client finds its own); serializable reads are spread over the three members.
+#
+# Environment: ROUNDS (3), SECS per run (10), CLIENTS ("1 64 256"), CONNS connections for more
+# than one client (8), RAFTGRAPH_BIN (else built with `cargo build --profile ci`).
+# Results: target/bench-vs-etcd/results.jsonl (one JSON line per run) and table.md.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-10}
+CLIENTS=${CLIENTS:-"1 64 256"}
+CONNS=${CONNS:-8}
+OUT=target/bench-vs-etcd
+RESULTS=$OUT/results.jsonl
+ETCD_ENDPOINTS=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
+RG_ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+
+if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
+  cargo build --profile ci --bin raftgraph
+  RAFTGRAPH_BIN="${CARGO_TARGET_DIR:-target}/ci/raftgraph"
+fi
+export RAFTGRAPH_BIN
+BIN=$RAFTGRAPH_BIN
+
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y etcd-server etcd-client
+fi
+
+mkdir -p "$OUT"
+: >"$RESULTS"
+ETCD_PIDS=()
+
+# Polls `cmd` once a second for up to `secs` seconds.
+wait_for() { # secs description cmd...
+  local secs=$1 what=$2
+  shift 2
+  for _ in $(seq "$secs"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  echo "timed out after ${secs}s waiting for $what" >&2
+  return 1
+}
+
+etcd_start() {
+  rm -rf "$OUT/etcd"
+  mkdir -p "$OUT/etcd"
+  local cluster=e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380
+  ETCD_PIDS=()
+  for i in 1 2 3; do
+    # fsync is etcd's default (only --unsafe-no-fsync turns it off).
+    etcd --name "e$i" --data-dir "$OUT/etcd/e$i" \
+      --listen-client-urls "http://127.0.0.1:${i}2379" \
+      --advertise-client-urls "http://127.0.0.1:${i}2379" \
+      --listen-peer-urls "http://127.0.0.1:${i}2380" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token raftgraph-bench \
+      >"$OUT/etcd/e$i.log" 2>&1 &
+    ETCD_PIDS+=($!)
+  done
+  wait_for 60 "etcd to be healthy" etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health
+}
+
+etcd_stop() {
+  if ((${#ETCD_PIDS[@]})); then
+    kill "${ETCD_PIDS[@]}" 2>/dev/null || true
+    wait "${ETCD_PIDS[@]}" 2>/dev/null || true
+  fi
+  ETCD_PIDS=()
+  rm -rf "$OUT/etcd"
+}
+
+# host:port of etcd's leader (the `simple` format's fifth field is IS LEADER).
+etcd_leader() {
+  etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint status -w simple |
+    awk -F', ' '$5 == "true" { sub("http://", "", $1); print $1 }'
+}
+
+raftgraph_start() {
+  bash deploy/local-cluster.sh clean >/dev/null
+  bash deploy/local-cluster.sh start
+}
+
+raftgraph_stop() {
+  bash deploy/local-cluster.sh clean >/dev/null
+}
+
+trap 'etcd_stop; raftgraph_stop' EXIT
+
+# Runs every load against `target`: writes and linearizable reads through `lead`, serializable
+# reads through `all`, fsyncs sampled on `all`.
+run_loads() { # target lead all
+  local target=$1 lead=$2 all=$3 conns
+  for c in $CLIENTS; do
+    conns=1
+    ((c > 1)) && conns=$CONNS
+    for w in create-node read-linearizable read-serializable; do
+      local endpoints=$lead
+      [[ $w == read-serializable ]] && endpoints=$all
+      echo "== $target $w, $c clients, $conns connections, ${SECS}s" >&2
+      "$BIN" bench --target "$target" --endpoints "$endpoints" --fsync-endpoints "$all" \
+        --clients "$c" --connections "$conns" --workload "$w" --duration "$SECS" \
+        --output json --quiet | tee -a "$RESULTS"
+    done
+  done
+}
+
+bench_etcd() {
+  etcd_start
+  local leader
+  leader=$(etcd_leader)
+  [[ -n $leader ]] || { echo "no etcd leader found" >&2; exit 1; }
+  run_loads etcd "$leader" "$ETCD_ENDPOINTS"
+  etcd_stop
+}
+
+bench_raftgraph() {
+  raftgraph_start
+  run_loads raftgraph "$RG_ENDPOINTS" "$RG_ENDPOINTS"
+  raftgraph_stop
+}
+
+for round in $(seq "$ROUNDS"); do
+  echo "=== round $round of $ROUNDS" >&2
+  if ((round % 2 == 1)); then
+    bench_etcd
+    bench_raftgraph
+  else
+    bench_raftgraph
+    bench_etcd
+  fi
+done
+
+"$BIN" bench-compare "$RESULTS" | tee "$OUT/table.md"

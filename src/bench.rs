@@ -1,0 +1,1112 @@
+//! `raftgraph bench`: a closed-loop load generator for a raftgraph cluster or, with
+//! `--target etcd`, for etcd's v3 KV API with the same shape of load, so both stores are
+//! measured by one tool.
+//!
+//! Each of `--clients` tasks issues one operation at a time and the next as soon as it is
+//! answered; the clients share `--connections` HTTP/2 connections (client `i` uses connection
+//! `i % connections`). Latency is measured per operation from send to answer, in microseconds,
+//! into one histogram per client (merged at the end). Errors are counted by gRPC code and never
+//! retried by the benchmark itself (the raftgraph client retries within its deadline, as a user
+//! would see it).
+//!
+//! | workload | raftgraph | etcd |
+//! |---|---|---|
+//! | `create-node` | a write creating one node with property `v` of `--value-bytes` | a put of a new key |
+//! | `update-node` | a write setting `v` of one of `--keys` prepared nodes | a put to one of `--keys` prepared keys |
+//! | `read-linearizable` | `GetNode`, linearizable (read index) | a range of one key, linearizable |
+//! | `read-serializable` | `GetNode` from the node asked, serializable | a range with `serializable` |
+//! | `mix` | `--write-percent` updates, the rest linearizable reads | the same |
+//!
+//! Writes are durable on both sides (raftgraph: fdatasync of the WAL on a quorum before the
+//! answer; etcd: its WAL fsync, which it does not let one turn off).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::client::{Client, ClientOptions};
+use crate::proto::etcd;
+use crate::proto::etcd::kv_client::KvClient;
+use crate::proto::v1 as pb;
+use crate::proto::v1::cluster_service_client::ClusterServiceClient;
+use crate::state_machine::OPERATIONS_MAX;
+use crate::transport::Dialer;
+
+/// Which store the benchmark drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    Raftgraph,
+    Etcd,
+}
+
+/// What each operation is (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    CreateNode,
+    UpdateNode,
+    ReadLinearizable,
+    ReadSerializable,
+    Mix,
+}
+
+/// How the result is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Values above this are refused: the load is about the store, not about huge payloads.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+/// Clients, connections and prepared keys are bounded so a typo cannot exhaust the machine.
+pub const CLIENTS_MAX: usize = 10_000;
+pub const CONNECTIONS_MAX: usize = 1_000;
+pub const KEYS_MAX: u64 = 10_000_000;
+
+/// `raftgraph bench` flags.
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// The store to drive.
+    #[arg(long, value_enum, default_value = "raftgraph")]
+    pub target: Target,
+    /// `host:port` of the store's members, comma separated (default: the local raftgraph
+    /// cluster of deploy/local-cluster.sh, or etcd's 127.0.0.1:2379).
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// HTTP/2 connections the clients share.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Concurrent clients, each with one operation in flight.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Seconds to run (after the setup), unless `--ops` is given.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Total operations to run instead of a duration.
+    #[arg(long)]
+    pub ops: Option<u64>,
+    #[arg(long, value_enum, default_value = "create-node")]
+    pub workload: Workload,
+    /// Bytes of each written value.
+    #[arg(long, default_value_t = 256)]
+    pub value_bytes: usize,
+    /// The raftgraph tenant (created with unlimited quotas if missing; ignored for etcd).
+    #[arg(long, default_value = "bench")]
+    pub tenant: String,
+    /// Nodes (or etcd keys) written before the run that `update-node`, the reads and `mix`
+    /// spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub keys: u64,
+    /// Members whose fsync counters are sampled before and after a write run (default: the
+    /// endpoints). raftgraph: `Status` (WAL group commits); etcd: `/metrics` on the client
+    /// port (`etcd_disk_wal_fsync_duration_seconds_count`).
+    #[arg(long, value_delimiter = ',')]
+    pub fsync_endpoints: Vec<String>,
+    /// In `mix`: percent of operations that are writes.
+    #[arg(long, default_value_t = 50)]
+    pub write_percent: u8,
+    /// One operation's deadline in seconds; a slower one counts as an error.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    /// Checks every flag; the message names the flag, its value and the bound.
+    pub fn validate(&mut self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            self.endpoints = match self.target {
+                Target::Raftgraph => vec![
+                    "127.0.0.1:7001".into(),
+                    "127.0.0.1:7002".into(),
+                    "127.0.0.1:7003".into(),
+                ],
+                Target::Etcd => vec!["127.0.0.1:2379".into()],
+            };
+        }
+        if self.fsync_endpoints.is_empty() {
+            self.fsync_endpoints = self.endpoints.clone();
+        }
+        for e in self.endpoints.iter().chain(&self.fsync_endpoints) {
+            crate::server::cluster::check_addr("--endpoints", e)
+                .map_err(|s| s.message().to_string())?;
+        }
+        let within = |flag: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{flag} {v}: must be in {lo}..={hi}"))
+            }
+        };
+        within("--clients", self.clients as u64, 1, CLIENTS_MAX as u64)?;
+        within(
+            "--connections",
+            self.connections as u64,
+            1,
+            CONNECTIONS_MAX as u64,
+        )?;
+        within(
+            "--value-bytes",
+            self.value_bytes as u64,
+            1,
+            VALUE_BYTES_MAX as u64,
+        )?;
+        within("--keys", self.keys, 1, KEYS_MAX)?;
+        within("--write-percent", self.write_percent.into(), 0, 100)?;
+        within("--timeout", self.timeout, 1, 3_600)?;
+        if let Some(n) = self.ops {
+            within("--ops", n, 1, u64::MAX)?;
+        } else if !(self.duration.is_finite() && self.duration > 0.0 && self.duration <= 86_400.0) {
+            return Err(format!(
+                "--duration {}: must be a number of seconds in (0, 86400]",
+                self.duration
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub target: Target,
+    pub workload: Workload,
+    pub clients: usize,
+    pub connections: usize,
+    pub value_bytes: usize,
+    /// Operations answered without error.
+    pub ok: u64,
+    /// Failed operations by code, and the first message of each code.
+    pub errors: Vec<(Code, u64, String)>,
+    pub seconds: f64,
+    /// Latency of answered operations, microseconds.
+    pub latency: Histogram<u64>,
+    /// Write runs: WAL fsyncs during the run per answered write, on the member that did the
+    /// most (the leader) and summed over the sampled members; `None` for reads or when the
+    /// counters could not be read.
+    pub fsyncs_per_write: Option<(f64, f64)>,
+}
+
+impl Report {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.iter().map(|e| e.1).sum()
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1_000.0
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "target": format!("{:?}", self.target).to_lowercase(),
+            "workload": self.workload.to_possible_value().map(|v| v.get_name().to_string()),
+            "clients": self.clients,
+            "connections": self.connections,
+            "value_bytes": self.value_bytes,
+            "ok": self.ok,
+            "errors": self.error_count(),
+            "errors_by_code": self.errors.iter().map(|(c, n, m)| json!({
+                "code": format!("{c:?}"), "count": n, "first": m
+            })).collect::<Vec<_>>(),
+            "seconds": self.seconds,
+            "ops_per_sec": self.throughput(),
+            "p50_ms": self.ms(0.50),
+            "p99_ms": self.ms(0.99),
+            "p999_ms": self.ms(0.999),
+            "max_ms": self.latency.max() as f64 / 1_000.0,
+            "leader_fsyncs_per_write": self.fsyncs_per_write.map(|f| f.0),
+            "cluster_fsyncs_per_write": self.fsyncs_per_write.map(|f| f.1),
+        })
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "target     workload           clients conns        ok  errors   secs      ops/s   p50 ms   p99 ms p99.9 ms\n\
+             {:<10} {:<18} {:>7} {:>5} {:>9} {:>7} {:>6.1} {:>10.0} {:>8.2} {:>8.2} {:>8.2}\n",
+            format!("{:?}", self.target).to_lowercase(),
+            self.workload
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+            self.clients,
+            self.connections,
+            self.ok,
+            self.error_count(),
+            self.seconds,
+            self.throughput(),
+            self.ms(0.50),
+            self.ms(0.99),
+            self.ms(0.999),
+        );
+        if let Some((leader, all)) = self.fsyncs_per_write {
+            s.push_str(&format!(
+                "fsyncs per write: {leader:.3} on the leader, {all:.3} over the sampled members\n"
+            ));
+        }
+        for (code, n, first) in &self.errors {
+            s.push_str(&format!("error {code:?} x{n}: {first}\n"));
+        }
+        s
+    }
+}
+
+/// One operation against the store.
+trait Driver: Send + Sync + 'static {
+    fn op(
+        &self,
+        client: usize,
+        seq: u64,
+        rng: &mut SmallRng,
+    ) -> impl std::future::Future<Output = Result<(), Status>> + Send;
+}
+
+fn value(bytes: usize, rng: &mut SmallRng) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..bytes)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The raftgraph side: one [`Client`] (session) per benchmark client.
+struct Raftgraph {
+    clients: Vec<Client>,
+    tenant: String,
+    workload: Workload,
+    value_bytes: usize,
+    write_percent: u8,
+    /// Node ids prepared for updates and reads.
+    ids: Vec<u64>,
+}
+
+fn node_op(o: pb::operation::Op) -> pb::Operation {
+    pb::Operation { op: Some(o) }
+}
+
+fn string_value(s: String) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::StringValue(s)),
+    }
+}
+
+impl Raftgraph {
+    async fn connect(a: &BenchArgs) -> Result<Raftgraph, Status> {
+        let dialers: Vec<Dialer> = (0..a.connections).map(|_| Dialer::default()).collect();
+        let options = |i: usize| ClientOptions {
+            deadline: Duration::from_secs(a.timeout),
+            attempt_timeout: Duration::from_secs(a.timeout),
+            dialer: dialers[i % dialers.len()].clone(),
+            ..Default::default()
+        };
+        let clients = (0..a.clients)
+            .map(|i| Client::new(a.endpoints.clone(), options(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin = &clients[0];
+        match admin
+            .create_tenant(pb::CreateTenantRequest {
+                id: a.tenant.clone(),
+                // Unlimited: repeated runs must not end in quota errors.
+                quotas: Some(pb::Quotas::default()),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Err(s),
+        }
+        let mut me = Raftgraph {
+            tenant: a.tenant.clone(),
+            workload: a.workload,
+            value_bytes: a.value_bytes,
+            write_percent: a.write_percent,
+            ids: Vec::new(),
+            clients,
+        };
+        if a.workload != Workload::CreateNode {
+            me.ids = me.prepare(a.keys).await?;
+            // Serializable reads go to every member: each must have applied the prepared
+            // nodes, or a lagging follower answers "not found".
+            caught_up(&a.endpoints).await?;
+        }
+        Ok(me)
+    }
+
+    /// Creates `keys` nodes, `OPERATIONS_MAX` per write, and returns their ids.
+    async fn prepare(&self, keys: u64) -> Result<Vec<u64>, Status> {
+        let mut rng = SmallRng::seed_from_u64(keys);
+        let mut ids = Vec::with_capacity(keys as usize);
+        while (ids.len() as u64) < keys {
+            let n = (keys - ids.len() as u64).min(OPERATIONS_MAX as u64) as usize;
+            let operations = (0..n).map(|_| self.create(&mut rng)).collect::<Vec<_>>();
+            let r = self.clients[0]
+                .write(pb::WriteRequest {
+                    tenant: self.tenant.clone(),
+                    operations,
+                    ..Default::default()
+                })
+                .await?;
+            for res in r.results {
+                if let Some(pb::op_result::Result::NodeCreated(id)) = res.result {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn create(&self, rng: &mut SmallRng) -> pb::Operation {
+        node_op(pb::operation::Op::CreateNode(pb::CreateNode {
+            labels: vec!["bench".into()],
+            properties: [("v".to_string(), string_value(value(self.value_bytes, rng)))].into(),
+        }))
+    }
+
+    fn node(&self, rng: &mut SmallRng) -> u64 {
+        self.ids[rng.random_range(0..self.ids.len())]
+    }
+
+    async fn update(&self, c: &Client, rng: &mut SmallRng) -> Result<(), Status> {
+        let id = self.node(rng);
+        let op = node_op(pb::operation::Op::UpdateNode(pb::UpdateNode {
+            node: Some(pb::NodeRef {
+                r#ref: Some(pb::node_ref::Ref::Id(id)),
+            }),
+            set: [("v".to_string(), string_value(value(self.value_bytes, rng)))].into(),
+            remove: vec![],
+        }));
+        self.write(c, op).await
+    }
+
+    async fn write(&self, c: &Client, op: pb::Operation) -> Result<(), Status> {
+        c.write(pb::WriteRequest {
+            tenant: self.tenant.clone(),
+            operations: vec![op],
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn read(
+        &self,
+        c: &Client,
+        rng: &mut SmallRng,
+        c_: pb::Consistency,
+    ) -> Result<(), Status> {
+        c.get_node(pb::GetNodeRequest {
+            tenant: self.tenant.clone(),
+            id: self.node(rng),
+            consistency: c_ as i32,
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Driver for Raftgraph {
+    async fn op(&self, client: usize, _seq: u64, rng: &mut SmallRng) -> Result<(), Status> {
+        let c = &self.clients[client];
+        match self.workload {
+            Workload::CreateNode => self.write(c, self.create(rng)).await,
+            Workload::UpdateNode => self.update(c, rng).await,
+            Workload::ReadLinearizable => self.read(c, rng, pb::Consistency::Linearizable).await,
+            Workload::ReadSerializable => self.read(c, rng, pb::Consistency::Serializable).await,
+            Workload::Mix => {
+                if rng.random_range(0..100) < self.write_percent {
+                    self.update(c, rng).await
+                } else {
+                    self.read(c, rng, pb::Consistency::Linearizable).await
+                }
+            }
+        }
+    }
+}
+
+/// The etcd side: one channel per connection, to the endpoints in turn.
+struct Etcd {
+    channels: Vec<Channel>,
+    workload: Workload,
+    value_bytes: usize,
+    write_percent: u8,
+    keys: u64,
+    timeout: Duration,
+}
+
+fn etcd_key(prefix: &str, n: u64) -> Vec<u8> {
+    format!("bench/{prefix}/{n:012}").into_bytes()
+}
+
+impl Etcd {
+    async fn connect(a: &BenchArgs) -> Result<Etcd, Status> {
+        let channels = (0..a.connections)
+            .map(|i| {
+                let addr = &a.endpoints[i % a.endpoints.len()];
+                Channel::from_shared(format!("http://{addr}"))
+                    .map(|e| e.connect_lazy())
+                    .map_err(|e| Status::invalid_argument(format!("--endpoints {addr:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let me = Etcd {
+            channels,
+            workload: a.workload,
+            value_bytes: a.value_bytes,
+            write_percent: a.write_percent,
+            keys: a.keys,
+            timeout: Duration::from_secs(a.timeout),
+        };
+        if a.workload != Workload::CreateNode {
+            let mut rng = SmallRng::seed_from_u64(a.keys);
+            for n in 0..a.keys {
+                let v = value(a.value_bytes, &mut rng);
+                me.put(0, etcd_key("k", n), v.into_bytes()).await?;
+            }
+        }
+        Ok(me)
+    }
+
+    fn kv(&self, client: usize) -> KvClient<Channel> {
+        KvClient::new(self.channels[client % self.channels.len()].clone())
+    }
+
+    async fn put(&self, client: usize, key: Vec<u8>, value: Vec<u8>) -> Result<(), Status> {
+        let mut req = tonic::Request::new(etcd::PutRequest {
+            key,
+            value,
+            lease: 0,
+        });
+        req.set_timeout(self.timeout);
+        self.kv(client).put(req).await.map(|_| ())
+    }
+
+    async fn range(&self, client: usize, key: Vec<u8>, serializable: bool) -> Result<(), Status> {
+        let mut req = tonic::Request::new(etcd::RangeRequest {
+            key,
+            serializable,
+            ..Default::default()
+        });
+        req.set_timeout(self.timeout);
+        let r = self.kv(client).range(req).await?.into_inner();
+        if r.kvs.is_empty() {
+            return Err(Status::not_found("etcd: a prepared key is missing"));
+        }
+        Ok(())
+    }
+
+    fn key(&self, rng: &mut SmallRng) -> Vec<u8> {
+        etcd_key("k", rng.random_range(0..self.keys))
+    }
+}
+
+impl Driver for Etcd {
+    async fn op(&self, client: usize, seq: u64, rng: &mut SmallRng) -> Result<(), Status> {
+        let val = |rng: &mut SmallRng| value(self.value_bytes, rng).into_bytes();
+        match self.workload {
+            Workload::CreateNode => {
+                // A new key: the client, a random prefix (runs do not overwrite each other)
+                // and the client's sequence.
+                let prefix = format!("c{client}-{:08x}", rng.random::<u32>());
+                let v = val(rng);
+                self.put(client, etcd_key(&prefix, seq), v).await
+            }
+            Workload::UpdateNode => {
+                let k = self.key(rng);
+                let v = val(rng);
+                self.put(client, k, v).await
+            }
+            Workload::ReadLinearizable => self.range(client, self.key(rng), false).await,
+            Workload::ReadSerializable => self.range(client, self.key(rng), true).await,
+            Workload::Mix => {
+                let k = self.key(rng);
+                if rng.random_range(0..100) < self.write_percent {
+                    let v = val(rng);
+                    self.put(client, k, v).await
+                } else {
+                    self.range(client, k, false).await
+                }
+            }
+        }
+    }
+}
+
+/// Errors by code: count and first message.
+#[derive(Default)]
+struct Errors(std::collections::BTreeMap<i32, (Code, u64, String)>);
+
+impl Errors {
+    fn add(&mut self, s: &Status) {
+        let e = self
+            .0
+            .entry(s.code() as i32)
+            .or_insert_with(|| (s.code(), 0, s.message().to_string()));
+        e.1 += 1;
+    }
+}
+
+/// Runs the benchmark `a` describes (call `validate` first).
+pub async fn run(a: &BenchArgs) -> anyhow::Result<Report> {
+    match a.target {
+        Target::Raftgraph => {
+            let d = Raftgraph::connect(a)
+                .await
+                .map_err(|s| anyhow::anyhow!("raftgraph setup: {:?}: {}", s.code(), s.message()))?;
+            drive(a, Arc::new(d)).await
+        }
+        Target::Etcd => {
+            let d = Etcd::connect(a)
+                .await
+                .map_err(|s| anyhow::anyhow!("etcd setup: {:?}: {}", s.code(), s.message()))?;
+            drive(a, Arc::new(d)).await
+        }
+    }
+}
+
+/// Waits (up to 30 s) until every member has applied what the most advanced one had applied
+/// when asked.
+async fn caught_up(endpoints: &[String]) -> Result<(), Status> {
+    let applied = |e: String| async move {
+        let ch = Dialer::default()
+            .dial(&e, Duration::from_secs(2))
+            .map_err(|err| Status::invalid_argument(format!("{e}: {err}")))?;
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        let s = ClusterServiceClient::new(ch)
+            .status(req)
+            .await?
+            .into_inner();
+        Ok::<u64, Status>(s.applied.map_or(0, |p| p.index))
+    };
+    let mut target = 0;
+    for e in endpoints {
+        target = target.max(applied(e.clone()).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'wait: loop {
+        for e in endpoints {
+            if applied(e.clone()).await? < target {
+                if Instant::now() >= deadline {
+                    return Err(Status::deadline_exceeded(format!(
+                        "member {e} did not apply index {target} within 30 s"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue 'wait;
+            }
+        }
+        return Ok(());
+    }
+}
+
+/// Whether the workload writes (its runs report fsyncs per write).
+fn writes(w: Workload) -> bool {
+    matches!(w, Workload::CreateNode | Workload::UpdateNode)
+}
+
+/// Each sampled member's fsync counter; `None` if any cannot be read.
+async fn fsync_counters(a: &BenchArgs) -> Option<Vec<u64>> {
+    let mut out = Vec::with_capacity(a.fsync_endpoints.len());
+    for e in &a.fsync_endpoints {
+        let n = match a.target {
+            Target::Raftgraph => {
+                let ch = Dialer::default().dial(e, Duration::from_secs(2)).ok()?;
+                let mut req = tonic::Request::new(pb::StatusRequest {});
+                req.set_timeout(Duration::from_secs(2));
+                ClusterServiceClient::new(ch)
+                    .status(req)
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .wal_group_commits
+            }
+            Target::Etcd => etcd_wal_fsyncs(e).await?,
+        };
+        out.push(n);
+    }
+    Some(out)
+}
+
+/// The largest member's and the summed increase of the counters, per write.
+fn per_write(before: &[u64], after: &[u64], writes: u64) -> Option<(f64, f64)> {
+    if before.len() != after.len() || writes == 0 {
+        return None;
+    }
+    let deltas: Vec<u64> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let w = writes as f64;
+    Some((
+        *deltas.iter().max()? as f64 / w,
+        deltas.iter().sum::<u64>() as f64 / w,
+    ))
+}
+
+/// The longest `/metrics` answer read from etcd.
+const METRICS_BYTES_MAX: u64 = 16 << 20;
+
+/// etcd's WAL fsync count from its Prometheus text on the client port.
+async fn etcd_wal_fsyncs(endpoint: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(endpoint).await.ok()?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        s.take(METRICS_BYTES_MAX)
+            .read_to_end(&mut body)
+            .await
+            .ok()?;
+        Some(body)
+    };
+    let body = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()??;
+    prometheus_value(
+        &String::from_utf8_lossy(&body),
+        "etcd_disk_wal_fsync_duration_seconds_count",
+    )
+}
+
+/// The value of an unlabelled metric in Prometheus text format.
+fn prometheus_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse::<f64>().ok())?
+        })
+        .map(|v| v as u64)
+}
+
+async fn drive<D: Driver>(a: &BenchArgs, d: Arc<D>) -> anyhow::Result<Report> {
+    let counters_before = if writes(a.workload) {
+        fsync_counters(a).await
+    } else {
+        None
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let issued = Arc::new(AtomicU64::new(0));
+    let bar = progress(a);
+    let started = Instant::now();
+    let until = a
+        .ops
+        .is_none()
+        .then(|| started + Duration::from_secs_f64(a.duration));
+    let mut tasks = Vec::with_capacity(a.clients);
+    for client in 0..a.clients {
+        let (d, done, issued) = (d.clone(), done.clone(), issued.clone());
+        let limit = a.ops;
+        let mut rng = SmallRng::from_os_rng();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds");
+            let mut errors = Errors::default();
+            let mut seq = 0;
+            loop {
+                if until.is_some_and(|u| Instant::now() >= u) {
+                    break;
+                }
+                if let Some(limit) = limit
+                    && issued.fetch_add(1, Ordering::Relaxed) >= limit
+                {
+                    break;
+                }
+                seq += 1;
+                let t = Instant::now();
+                match d.op(client, seq, &mut rng).await {
+                    Ok(()) => {
+                        hist.saturating_record(t.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(s) => errors.add(&s),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (hist, errors)
+        }));
+    }
+    let ticker = {
+        let (bar, done) = (bar.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_position(done.load(Ordering::Relaxed));
+            }
+        })
+    };
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut errors = Errors::default();
+    for t in tasks {
+        let (h, e) = t.await?;
+        latency.add(&h)?;
+        for (_, (code, n, first)) in e.0 {
+            let entry = errors.0.entry(code as i32).or_insert((code, 0, first));
+            entry.1 += n;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    ticker.abort();
+    bar.finish_and_clear();
+    let ok = latency.len();
+    let fsyncs_per_write = match counters_before {
+        Some(before) => match fsync_counters(a).await {
+            Some(after) => per_write(&before, &after, ok),
+            None => None,
+        },
+        None => None,
+    };
+    Ok(Report {
+        target: a.target,
+        workload: a.workload,
+        clients: a.clients,
+        connections: a.connections,
+        value_bytes: a.value_bytes,
+        ok,
+        errors: errors.0.into_values().collect(),
+        seconds,
+        latency,
+        fsyncs_per_write,
+    })
+}
+
+fn progress(a: &BenchArgs) -> indicatif::ProgressBar {
+    if a.quiet || a.output == Output::Json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match a.ops {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} {pos} ops ({per_sec}) {wide_bar}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, String> {
+        let mut a = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?
+            .a;
+        a.validate()?;
+        Ok(a)
+    }
+
+    #[test]
+    fn defaults_target_the_local_cluster() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.endpoints.len(), 3);
+        let e = parse(&["--target", "etcd"]).unwrap();
+        assert_eq!(e.endpoints, vec!["127.0.0.1:2379".to_string()]);
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag_value_and_bound() {
+        let e = parse(&["--clients", "0"]).unwrap_err();
+        assert!(e.contains("--clients 0") && e.contains("1..=10000"), "{e}");
+        let e = parse(&["--value-bytes", "2000000"]).unwrap_err();
+        assert!(e.contains("--value-bytes 2000000"), "{e}");
+        let e = parse(&["--duration=-1"]).unwrap_err();
+        assert!(e.contains("--duration -1"), "{e}");
+        let e = parse(&["--duration", "nan"]).unwrap_err();
+        assert!(e.contains("--duration NaN"), "{e}");
+        let e = parse(&["--write-percent", "101"]).unwrap_err();
+        assert!(e.contains("--write-percent 101"), "{e}");
+        let e = parse(&["--endpoints", "nohost"]).unwrap_err();
+        assert!(e.contains("nohost"), "{e}");
+    }
+
+    #[test]
+    fn fsyncs_per_write_take_the_busiest_member_and_the_sum() {
+        assert_eq!(
+            per_write(&[10, 20, 30], &[60, 45, 80], 100),
+            Some((0.5, 1.25))
+        );
+        assert_eq!(per_write(&[1], &[2, 3], 10), None);
+        assert_eq!(per_write(&[1], &[2], 0), None);
+    }
+
+    #[test]
+    fn prometheus_values_are_found_by_exact_name() {
+        let text = "# HELP x\n\
+                    etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 5\n\
+                    etcd_disk_wal_fsync_duration_seconds_count 1234\n\
+                    etcd_disk_wal_fsync_duration_seconds_sum 0.5\n";
+        assert_eq!(
+            prometheus_value(text, "etcd_disk_wal_fsync_duration_seconds_count"),
+            Some(1234)
+        );
+        assert_eq!(prometheus_value(text, "missing"), None);
+    }
+
+    #[test]
+    fn a_report_prints_throughput_and_quantiles() {
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for us in 1..=1_000u64 {
+            latency.record(us * 10).unwrap();
+        }
+        let r = Report {
+            target: Target::Raftgraph,
+            workload: Workload::CreateNode,
+            clients: 4,
+            connections: 1,
+            value_bytes: 256,
+            ok: 1_000,
+            errors: vec![(Code::Unavailable, 2, "down".into())],
+            seconds: 2.0,
+            latency,
+            fsyncs_per_write: Some((0.25, 0.75)),
+        };
+        let j = r.json();
+        assert_eq!(j["ops_per_sec"], 500.0);
+        assert_eq!(j["errors"], 2);
+        assert_eq!(j["workload"], "create-node");
+        let p50 = j["p50_ms"].as_f64().unwrap();
+        assert!((4.9..=5.1).contains(&p50), "{p50}");
+        let t = r.table();
+        assert!(
+            t.contains("create-node") && t.contains("Unavailable x2: down"),
+            "{t}"
+        );
+        assert!(t.contains("fsyncs per write: 0.250 on the leader"), "{t}");
+        assert_eq!(j["cluster_fsyncs_per_write"], 0.75);
+    }
+}
+
+/// One figure of a group of runs: the median over rounds.
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The runs of one store under one load.
+#[derive(Default)]
+struct Runs {
+    ops: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    p999: Vec<f64>,
+    fsyncs: Vec<f64>,
+    errors: u64,
+}
+
+/// The acceptance bar of issue 6 for a load, if it has one: (throughput ratio at least,
+/// p99 ratio at most, p50 ratio at most).
+fn bar(workload: &str, clients: u64) -> Option<(Option<f64>, Option<f64>, Option<f64>)> {
+    match (workload, clients) {
+        ("create-node" | "update-node", 64 | 256) => Some((Some(3.0), Some(0.5), None)),
+        ("create-node" | "update-node", 1) => Some((None, None, Some(1.0))),
+        ("read-linearizable", 1) => Some((None, None, Some(1.0))),
+        ("read-linearizable" | "read-serializable", 64) => Some((Some(3.0), None, None)),
+        _ => None,
+    }
+}
+
+/// `raftgraph bench-compare`: reads `--output json` lines of both stores (any number of
+/// rounds) and prints, per workload and client count, the median of each figure for etcd and
+/// raftgraph, the raftgraph/etcd ratio, and whether the issue's bar is met.
+pub fn compare(jsonl: &str) -> Result<String, String> {
+    use std::collections::BTreeMap;
+    // (workload, clients) -> (etcd, raftgraph)
+    let mut groups: BTreeMap<(String, u64), (Runs, Runs)> = BTreeMap::new();
+    for (n, line) in jsonl
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let field = |k: &str| {
+            v.get(k)
+                .ok_or_else(|| format!("line {}: no field {k:?}", n + 1))
+                .cloned()
+        };
+        let num = |k: &str| {
+            field(k)?
+                .as_f64()
+                .ok_or_else(|| format!("line {}: field {k:?} is not a number", n + 1))
+        };
+        let target = field("target")?;
+        let workload = field("workload")?
+            .as_str()
+            .ok_or_else(|| format!("line {}: workload is not a string", n + 1))?
+            .to_string();
+        let clients = num("clients")? as u64;
+        let g = groups.entry((workload, clients)).or_default();
+        let runs = match target.as_str() {
+            Some("etcd") => &mut g.0,
+            Some("raftgraph") => &mut g.1,
+            _ => {
+                return Err(format!(
+                    "line {}: target {target} is not etcd or raftgraph",
+                    n + 1
+                ));
+            }
+        };
+        runs.ops.push(num("ops_per_sec")?);
+        runs.p50.push(num("p50_ms")?);
+        runs.p99.push(num("p99_ms")?);
+        runs.p999.push(num("p999_ms")?);
+        runs.errors += num("errors")? as u64;
+        if let Some(f) = v.get("leader_fsyncs_per_write").and_then(|f| f.as_f64()) {
+            runs.fsyncs.push(f);
+        }
+    }
+    if groups.is_empty() {
+        return Err("no runs in the input".into());
+    }
+    let mut out = String::from(
+        "| load | clients | runs (etcd/raftgraph) | etcd ops/s | raftgraph ops/s | ratio | etcd p50 ms | raftgraph p50 ms | ratio | etcd p99 ms | raftgraph p99 ms | ratio | etcd p99.9 ms | raftgraph p99.9 ms | fsyncs/write on the leader (etcd/raftgraph) | errors (etcd/raftgraph) | bar |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for ((workload, clients), (e, r)) in &groups {
+        let (eo, ro) = (median(e.ops.clone()), median(r.ops.clone()));
+        let (e50, r50) = (median(e.p50.clone()), median(r.p50.clone()));
+        let (e99, r99) = (median(e.p99.clone()), median(r.p99.clone()));
+        let (e999, r999) = (median(e.p999.clone()), median(r.p999.clone()));
+        let fs = |v: &Vec<f64>| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3}", median(v.clone()))
+            }
+        };
+        let verdict = match bar(workload, *clients) {
+            None => "-".to_string(),
+            Some((thr, p99, p50)) => {
+                let mut parts = Vec::new();
+                let mut met = r.errors == 0 && e.ops.len() == r.ops.len() && !r.ops.is_empty();
+                if let Some(x) = thr {
+                    met &= ro / eo >= x;
+                    parts.push(format!("ops ≥{x}×"));
+                }
+                if let Some(x) = p99 {
+                    met &= r99 / e99 <= x;
+                    parts.push(format!("p99 ≤{x}×"));
+                }
+                if let Some(x) = p50 {
+                    met &= r50 / e50 <= x;
+                    parts.push(format!("p50 ≤{x}×"));
+                }
+                format!(
+                    "{} {}",
+                    if met { "met" } else { "MISSED" },
+                    parts.join(", ")
+                )
+            }
+        };
+        out.push_str(&format!(
+            "| {workload} | {clients} | {}/{} | {eo:.0} | {ro:.0} | {:.2} | {e50:.2} | {r50:.2} | {:.2} | {e99:.2} | {r99:.2} | {:.2} | {e999:.2} | {r999:.2} | {}/{} | {}/{} | {verdict} |\n",
+            e.ops.len(),
+            r.ops.len(),
+            ro / eo,
+            r50 / e50,
+            r99 / e99,
+            fs(&e.fsyncs),
+            fs(&r.fsyncs),
+            e.errors,
+            r.errors,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+
+    fn line(target: &str, workload: &str, clients: u64, ops: f64, p50: f64, p99: f64) -> String {
+        json!({
+            "target": target, "workload": workload, "clients": clients, "ops_per_sec": ops,
+            "p50_ms": p50, "p99_ms": p99, "p999_ms": p99 * 2.0, "errors": 0,
+            "leader_fsyncs_per_write": 0.5,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn medians_ratios_and_the_bar() {
+        let mut lines = Vec::new();
+        for (e, r) in [(4_000.0, 15_000.0), (5_000.0, 16_000.0), (6_000.0, 1_000.0)] {
+            lines.push(line("etcd", "create-node", 64, e, 10.0, 40.0));
+            lines.push(line("raftgraph", "create-node", 64, r, 2.0, 10.0));
+        }
+        lines.push(line("etcd", "read-serializable", 256, 9_000.0, 1.0, 2.0));
+        lines.push(line(
+            "raftgraph",
+            "read-serializable",
+            256,
+            18_000.0,
+            1.0,
+            2.0,
+        ));
+        let t = compare(&lines.join("\n")).unwrap();
+        // Medians: etcd 5,000, raftgraph 15,000: 3.00×; p99 10/40.
+        assert!(
+            t.contains("| create-node | 64 | 3/3 | 5000 | 15000 | 3.00 |"),
+            "{t}"
+        );
+        assert!(t.contains("| 0.25 |"), "{t}");
+        assert!(t.contains("met ops ≥3×, p99 ≤0.5×"), "{t}");
+        assert!(t.contains("| read-serializable | 256 |"), "{t}");
+    }
+
+    #[test]
+    fn a_missed_bar_and_bad_input_are_reported() {
+        let lines = [
+            line("etcd", "create-node", 64, 5_000.0, 10.0, 40.0),
+            line("raftgraph", "create-node", 64, 10_000.0, 2.0, 10.0),
+        ];
+        let t = compare(&lines.join("\n")).unwrap();
+        assert!(t.contains("MISSED ops ≥3×"), "{t}");
+        assert!(compare("").unwrap_err().contains("no runs"));
+        assert!(compare("{").unwrap_err().contains("line 1"));
+        let e = compare(r#"{"target":"x","workload":"mix","clients":1}"#).unwrap_err();
+        assert!(e.contains("target"), "{e}");
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_middle_mean() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![5.0]), 5.0);
+        assert!(median(vec![]).is_nan());
+    }
+}
