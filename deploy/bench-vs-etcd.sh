@@ -16,7 +16,8 @@
 #
 # Environment: ROUNDS (3), SECS per run (10), CLIENTS ("1 64 256"), CONNS connections for more
 # than one client (8), RAFTGRAPH_BIN (else built with `cargo build --profile ci`).
-# Results: target/bench-vs-etcd/results.jsonl (one JSON line per run) and table.md.
+# Results: target/bench-vs-etcd/results.jsonl (one JSON line per run) and table.md; etcd's logs
+# in target/bench-vs-etcd/logs/. Refuses to run while deploy/local-cluster.sh's cluster is up.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,7 +44,20 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y etcd-server etcd-client
 fi
 
-mkdir -p "$OUT"
+# The raftgraph rounds start and delete the cluster of deploy/local-cluster.sh: never one that
+# is already running.
+for i in 1 2 3; do
+  pid_file=target/local-cluster/node$i.pid
+  if [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    echo "a local raftgraph cluster is running (node $i); stop it first: bash deploy/local-cluster.sh stop" >&2
+    exit 1
+  fi
+done
+if pgrep -x etcd >/dev/null; then
+  echo "warning: an etcd is already running (Debian's service?); it adds load to every run" >&2
+fi
+
+mkdir -p "$OUT/logs"
 : >"$RESULTS"
 ETCD_PIDS=()
 
@@ -73,7 +87,7 @@ etcd_start() {
       --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
       --initial-cluster "$cluster" --initial-cluster-state new \
       --initial-cluster-token raftgraph-bench \
-      >"$OUT/etcd/e$i.log" 2>&1 &
+      >"$OUT/logs/etcd-e$i.log" 2>&1 &
     ETCD_PIDS+=($!)
   done
   wait_for 60 "etcd to be healthy" etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health
