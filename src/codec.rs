@@ -19,7 +19,13 @@ use serde::de::DeserializeOwned;
 
 /// Version byte in front of every encoded value. Bump it (and keep a decoder for the old one) when
 /// the encoding of any stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// - 1: the first format.
+/// - 2: a Raft entry carries a `Proposal` (a list of requests) instead of one `Request`, and log
+///   ids name a leader by term alone (standard Raft leader ids). No decoder for version 1 is
+///   kept: no raftgraph release ever wrote it, so a version-1 data directory is refused with
+///   `UnknownVersion { found: 1 }` and must be recreated.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The most bytes one decoded value may claim. Records are bounded well below this by
 /// `WalConfig::record_bytes_max`; this is the last line against a garbage length.

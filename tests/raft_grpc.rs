@@ -148,8 +148,15 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         quotas: Quotas::unlimited(),
         config: TenantConfig::default(),
     };
-    let r = leader.raft.client_write(request(1, create)).await.unwrap();
-    assert!(matches!(r.response().outcome, Ok(Outcome::Tenant(_))));
+    let r = leader
+        .raft
+        .client_write(request(1, create).into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.response().responses[0].outcome,
+        Ok(Outcome::Tenant(_))
+    ));
     let writes = (0..100u64).map(|i| {
         let op = Op::CreateNode {
             labels: ["L".to_string()].into(),
@@ -166,11 +173,11 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             timestamp_micros: 0,
             command: cmd,
         };
-        leader.raft.client_write(req)
+        leader.raft.client_write(req.into())
     });
     for r in futures::future::join_all(writes).await {
         assert!(matches!(
-            r.unwrap().response().outcome,
+            r.unwrap().response().responses[0].outcome,
             Ok(Outcome::Write(_))
         ));
     }
@@ -242,8 +249,15 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             node: raftgraph::state_machine::NodeRef::Id(1),
         }],
     });
-    let r = leader.raft.client_write(request(2, more)).await.unwrap();
-    assert!(matches!(r.response().outcome, Ok(Outcome::Write(_))));
+    let r = leader
+        .raft
+        .client_write(request(2, more).into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.response().responses[0].outcome,
+        Ok(Outcome::Write(_))
+    ));
     let last = leader.raft.metrics().borrow_watched().last_log_index;
     for n in &nodes {
         n.raft
@@ -322,8 +336,15 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             node: raftgraph::state_machine::NodeRef::Id(2),
         }],
     });
-    let r = leader.raft.client_write(request(3, again)).await.unwrap();
-    assert!(matches!(r.response().outcome, Ok(Outcome::Write(_))));
+    let r = leader
+        .raft
+        .client_write(request(3, again).into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.response().responses[0].outcome,
+        Ok(Outcome::Write(_))
+    ));
 
     // Phase 6: the graph service. A write sent to a follower is forwarded to the leader once;
     // linearizable reads from every node see it; errors carry the right codes.

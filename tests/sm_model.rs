@@ -34,13 +34,19 @@ async fn run(seed: u64, n: u64) {
             .filter_map(|t| Some((*t, (rd.tenant(t).ok()?, rd.tenant_digest(t).ok()?))))
             .collect();
         let session = match &e.payload {
-            EntryPayload::Normal(req) => rd.session(req.client_id).unwrap(),
+            EntryPayload::Normal(p) => rd.session(p.requests[0].client_id).unwrap(),
             _ => None,
         };
-        let response = h.sm.apply_entry(&e).unwrap();
-        let EntryPayload::Normal(req) = &e.payload else {
+        let mut responses = h.sm.apply_entry(&e).unwrap().responses;
+        let EntryPayload::Normal(p) = &e.payload else {
             continue;
         };
+        // These logs carry one request per entry (batched entries: tests/sm_batch.rs).
+        let [req] = p.requests.as_slice() else {
+            panic!("seed {seed} {e}: {} requests", p.requests.len());
+        };
+        assert_eq!(responses.len(), 1, "seed {seed} {e}");
+        let response = responses.remove(0);
         let key = (req.client_id, req.sequence);
         let expired = matches!(response.outcome, Err(ApplyError::SessionExpired { .. }));
 

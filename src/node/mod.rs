@@ -244,13 +244,13 @@ impl Node {
             .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
 
         let admission = Admission::new(config.server.proposals_in_flight_max);
-        let graph = GraphServiceServer::new(
-            GraphApi::new(raft.clone(), reader.clone(), clock.clone())
-                .with_admission(admission.clone())
-                .with_router(router.clone()),
-        )
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let graph = GraphApi::new(raft.clone(), reader.clone(), clock.clone())
+            .with_admission(admission.clone())
+            .with_router(router.clone());
+        let batch_stats = graph.batch_stats().clone();
+        let graph = GraphServiceServer::new(graph)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let tenants = TenantServiceServer::new(
             TenantApi::new(raft.clone(), reader.clone(), clock)
                 .with_admission(admission)
@@ -259,7 +259,8 @@ impl Node {
         let cluster = ClusterServiceServer::new(
             ClusterApi::new(raft.clone(), config.cluster_id.clone())
                 .with_router(router)
-                .with_wal_stats(wal_stats),
+                .with_wal_stats(wal_stats)
+                .with_batch_stats(batch_stats),
         );
         let peers = RaftServiceServer::new(
             RaftGrpc::new(raft.clone(), sm_config.dir.join("snapshots"))

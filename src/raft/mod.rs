@@ -2,21 +2,21 @@
 //! ([`network`]: the client side, [`service`]: the server side). Node bootstrap comes with the
 //! cluster.
 //!
-//! Entries carry a [`crate::state_machine::Request`]; applying one yields a
-//! [`crate::state_machine::Response`]. Node ids are `u64`; a node is known by its
-//! address (`BasicNode`).
+//! Entries carry a [`crate::state_machine::Proposal`] (one request, or client writes the leader
+//! batched); applying one yields [`crate::state_machine::Responses`], one per request. Node ids
+//! are `u64`; a node is known by its address (`BasicNode`).
 
 pub mod network;
 pub mod runtime;
 pub mod service;
 
-use crate::state_machine::{Request, Response};
+use crate::state_machine::{Proposal, Responses};
 
 openraft::declare_raft_types!(
     /// raftgraph's openraft type configuration.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Proposal,
+        R = Responses,
         AsyncRuntime = runtime::SeededTokio,
 );
 

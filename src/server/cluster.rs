@@ -3,6 +3,8 @@
 //! forwards them once, like writes. `Status` answers from the node asked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -11,6 +13,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::batch::BatchStats;
 use super::route;
 use super::status::invalid;
 use crate::proto::v1 as pb;
@@ -31,6 +34,8 @@ pub struct ClusterApi {
     router: route::Router,
     /// The node's WAL counters, reported by `Status` (zero when not given).
     wal_stats: crate::wal::WalStats,
+    /// The graph service's write batcher's counters, reported by `Status` (zero when not given).
+    batch_stats: Arc<BatchStats>,
 }
 
 impl ClusterApi {
@@ -40,7 +45,14 @@ impl ClusterApi {
             cluster_id,
             router: route::Router::default(),
             wal_stats: crate::wal::WalStats::default(),
+            batch_stats: Arc::default(),
         }
+    }
+
+    /// Reports `stats` (the graph service's write batcher) in `Status`.
+    pub fn with_batch_stats(mut self, stats: Arc<BatchStats>) -> Self {
+        self.batch_stats = stats;
+        self
     }
 
     /// Reports `stats` (the node's WAL) in `Status`.
@@ -536,6 +548,8 @@ impl ClusterService for ClusterApi {
             replication,
             wal_group_commits: self.wal_stats.group_commits(),
             wal_entries_synced: self.wal_stats.entries(),
+            batched_writes: self.batch_stats.requests.load(Ordering::Relaxed),
+            batched_entries: self.batch_stats.entries.load(Ordering::Relaxed),
         }))
     }
 }

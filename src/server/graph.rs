@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::admission::Admission;
+use super::batch::{BatchStats, Batcher};
 use super::convert;
 use super::route::{self, Proposed};
 use super::status::{apply_error, invalid, read_error};
@@ -32,16 +33,23 @@ pub struct GraphApi {
     clock: Clock,
     admission: Admission,
     router: route::Router,
+    batcher: Batcher,
 }
 
 impl GraphApi {
+    /// The write batcher's counters.
+    pub fn batch_stats(&self) -> &Arc<BatchStats> {
+        self.batcher.stats()
+    }
+
     pub fn new(raft: Raft, reader: GraphReader, clock: Clock) -> Self {
         GraphApi {
-            raft,
             reader,
             clock,
             admission: Admission::default(),
             router: route::Router::default(),
+            batcher: Batcher::spawn(raft.clone()),
+            raft,
         }
     }
 
@@ -81,7 +89,7 @@ impl GraphService for GraphApi {
         let was_forwarded = via.forwarded;
         let msg = request.into_inner();
         let req = convert::write_request(msg.clone(), (self.clock)())?;
-        match route::propose(&self.raft, req, was_forwarded).await? {
+        match self.batcher.propose(req, was_forwarded).await? {
             Proposed::Applied(Ok(Outcome::Write(results))) => {
                 Ok(Response::new(convert::write_response(&results)))
             }

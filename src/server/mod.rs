@@ -12,6 +12,7 @@
 //! - Every error a client sees comes through [`status`], with the code the table there gives.
 
 pub mod admission;
+pub mod batch;
 pub mod cluster;
 pub mod convert;
 pub mod graph;

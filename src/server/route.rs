@@ -17,7 +17,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::raft::TypeConfig;
 use crate::raft::service::Raft;
-use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX};
+use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX, Proposal, Response};
 use crate::transport::Dialer;
 
 /// Marks a request a follower forwarded, so it is forwarded at most once.
@@ -249,25 +249,48 @@ pub enum Proposed {
     Forward(BasicNode),
 }
 
-/// Proposes `req` and waits until it is applied. An unknown outcome (leadership changed
-/// mid-proposal) is UNAVAILABLE: retrying with the same (client_id, sequence) applies it once.
-pub async fn propose(
-    raft: &Raft,
-    req: crate::state_machine::Request,
-    was_forwarded: bool,
-) -> Result<Proposed, Status> {
-    let bytes = crate::codec::encoded_len(&req).map_err(|e| Status::internal(e.to_string()))?;
+/// The encoded size of `req`, or INVALID_ARGUMENT past [`PROPOSAL_BYTES_MAX`].
+pub fn check_size(req: &crate::state_machine::Request) -> Result<usize, Status> {
+    let bytes = crate::codec::encoded_len(req).map_err(|e| Status::internal(e.to_string()))?;
     if bytes > PROPOSAL_BYTES_MAX {
         return Err(invalid(
             "request",
             format!("{bytes} bytes encoded, limit {PROPOSAL_BYTES_MAX}; split it"),
         ));
     }
-    match raft.client_write(req).await {
-        Ok(r) => Ok(Proposed::Applied(r.response().outcome.clone())),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            leader_of(&f, was_forwarded).map(Proposed::Forward)
-        }
+    Ok(bytes)
+}
+
+/// Proposes `req` alone and waits until it is applied. An unknown outcome (leadership changed
+/// mid-proposal) is UNAVAILABLE: retrying with the same (client_id, sequence) applies it once.
+pub async fn propose(
+    raft: &Raft,
+    req: crate::state_machine::Request,
+    was_forwarded: bool,
+) -> Result<Proposed, Status> {
+    check_size(&req)?;
+    match propose_all(raft, req.into()).await? {
+        Ok(responses) => match <[_; 1]>::try_from(responses) {
+            Ok([r]) => Ok(Proposed::Applied(r.outcome)),
+            Err(v) => Err(Status::internal(format!(
+                "{} responses to one request",
+                v.len()
+            ))),
+        },
+        Err(f) => leader_of(&f, was_forwarded).map(Proposed::Forward),
+    }
+}
+
+/// Proposes one entry and waits until it is applied: its responses, in order, or where to
+/// forward (this node does not lead). Any other failure leaves the outcome unknown
+/// (UNAVAILABLE; a retry with the same request ids applies each request once).
+pub async fn propose_all(
+    raft: &Raft,
+    proposal: Proposal,
+) -> Result<Result<Vec<Response>, ForwardToLeader<TypeConfig>>, Status> {
+    match raft.client_write(proposal).await {
+        Ok(r) => Ok(Ok(r.data.responses)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(Err(f)),
         Err(e) => Err(Status::unavailable(format!("outcome unknown, retry: {e}"))),
     }
 }

@@ -2,7 +2,6 @@
 
 use std::io;
 
-use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use super::command::{
@@ -11,7 +10,7 @@ use super::command::{
 use super::keys;
 use super::ops::{Writer, corrupt, load, save};
 use super::store::Store;
-use super::txn::{Cf, Fail, Txn};
+use super::txn::{Cf, Fail, Layer, Txn};
 use crate::tenant::{TenantCounters, TenantRecord, check_quotas, validate_tenant_id};
 
 /// Most sessions one entry evicts: lowering `sessions_max` a long way evicts over several
@@ -59,18 +58,20 @@ fn fatal_of(f: Fail) -> io::Error {
     }
 }
 
-/// Applies `req` as entry `index`; its changes go into `batch`, column-family work into `ddl`.
+/// Applies `req` as part of entry `index`, over the changes of the entry's earlier requests
+/// (`layer`), to which its own are added when accepted; column-family work goes into `ddl`.
 /// Returns the response, or an error that must stop the node (I/O, corruption).
 pub(crate) fn apply_request(
     store: &Store,
     index: u64,
     req: &Request,
-    batch: &mut WriteBatch,
+    layer: &mut Layer,
     ddl: &mut Ddl,
     planted_skip_session_dedup: bool,
 ) -> io::Result<Response> {
+    let base: &Layer = layer;
     let session: Option<Session> = {
-        let txn = Txn::new(store.db(), store.meta()?);
+        let txn = Txn::new(store.db(), store.meta()?, base);
         load(&txn, Cf::Meta, &keys::session(req.client_id)).map_err(fatal_of)?
     };
     let refuse = |e: ApplyError| Ok(Response { outcome: Err(e) });
@@ -102,14 +103,14 @@ pub(crate) fn apply_request(
         _ => {}
     }
 
-    let mut txn = Txn::new(store.db(), store.meta()?);
+    let mut txn = Txn::new(store.db(), store.meta()?, base);
     let mut globals = load_globals(&txn).map_err(fatal_of)?;
     let outcome = match execute(store, &mut txn, index, req, &mut globals, ddl) {
         Ok(o) => Ok(o),
         Err(Fail::Fatal(e)) => return Err(e),
         Err(Fail::Refused(e)) => {
             // Nothing of a refused request is applied: start over from the database.
-            txn = Txn::new(store.db(), store.meta()?);
+            txn = Txn::new(store.db(), store.meta()?, base);
             globals = load_globals(&txn).map_err(fatal_of)?;
             *ddl = Ddl::None;
             Err(e)
@@ -128,7 +129,8 @@ pub(crate) fn apply_request(
     if globals != before {
         save(&mut txn, Cf::Meta, keys::GLOBALS, &globals).map_err(fatal_of)?;
     }
-    txn.into_batch(batch);
+    let changes = txn.into_changes();
+    layer.absorb(changes);
     Ok(response)
 }
 
@@ -310,10 +312,11 @@ fn write<'s>(
         .into());
     }
     let before = tenant_counters(txn, &w.tenant)?;
+    let cf_name = keys::tenant_cf(&w.tenant);
     let cf = store
-        .cf(&keys::tenant_cf(&w.tenant))
+        .cf(&cf_name)
         .ok_or_else(|| corrupt(format_args!("tenant {}: column family missing", w.tenant)))?;
-    txn.bind(cf);
+    txn.bind(cf_name, cf);
     txn.budget = Some((w.tenant.clone(), limits.entry_write_bytes_max));
     let mut writer = Writer::new(txn, &w.tenant, index, before.clone(), limits);
     let results = writer.run(w)?;

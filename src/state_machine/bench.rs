@@ -15,7 +15,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::vote::RaftLeaderIdExt;
 use tokio::time::Instant;
 
-use super::command::{Command, Op, Request, WriteRequest};
+use super::command::{Command, Op, Request, Response, WriteRequest};
 use super::config::StateMachineConfig;
 use super::graph::Value;
 use super::machine::StateMachine;
@@ -88,8 +88,10 @@ impl Driver {
         };
         let r = self
             .sm
-            .apply_entry(&Entry::new_normal(log_id(self.index), req))?;
-        r.outcome
+            .apply_entry(&Entry::new_normal(log_id(self.index), req.into()))?;
+        let [one] = <[Response; 1]>::try_from(r.responses)
+            .map_err(|v| io::Error::other(format!("{} responses to one request", v.len())))?;
+        one.outcome
             .map(|_| ())
             .map_err(|e| io::Error::other(format!("bench write refused: {e}")))
     }

@@ -190,6 +190,39 @@ pub enum Precondition {
     },
 }
 
+/// Requests one entry may carry.
+pub const PROPOSAL_REQUESTS_MAX: usize = 1_024;
+
+/// What one Raft entry carries: one request, or client writes the leader batched together.
+/// They apply in order, each exactly as if it were alone (its own session, preconditions,
+/// quota check and refusal), and land in one atomic batch with the entry's applied id.
+/// Tenant and limit commands are always proposed alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub requests: Vec<Request>,
+}
+
+impl From<Request> for Proposal {
+    fn from(r: Request) -> Self {
+        Proposal { requests: vec![r] }
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.requests.as_slice() {
+            [one] => write!(f, "{one}"),
+            all => write!(f, "{} requests", all.len()),
+        }
+    }
+}
+
+/// The responses of one entry's requests, in order (none for blank and membership entries).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Responses {
+    pub responses: Vec<Response>,
+}
+
 /// The result of applying one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -206,8 +239,6 @@ pub enum Outcome {
     Tenant(Box<TenantInfo>),
     Deleted,
     Limits(ClusterLimits),
-    /// An entry without a client command (blank, membership) was applied.
-    Applied,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
 
 use super::apply::{Ddl, apply_request};
-use super::command::{Outcome, Response};
+use super::command::{ApplyError, Command, PROPOSAL_REQUESTS_MAX, Response, Responses};
 use super::config::StateMachineConfig;
 use super::keys;
 use super::read::GraphReader;
@@ -23,6 +23,7 @@ use super::store::{
     RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, sync_dir, write_pointer,
 };
 use super::stream::read_meta;
+use super::txn::Layer;
 use crate::codec;
 use crate::raft::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::tenant::TenantCounters;
@@ -184,11 +185,11 @@ impl StateMachine {
         self.applied
     }
 
-    /// Applies one entry: its effects and the applied id in one batch. Returns the response
-    /// (for entries without a client command, `Outcome::Applied`). Errors are fatal for the
-    /// node. openraft applies through [`RaftStateMachine::apply`]; this is the same step, for
-    /// tests and tools.
-    pub fn apply_entry(&mut self, entry: &crate::raft::Entry) -> io::Result<Response> {
+    /// Applies one entry: its requests' effects and the applied id in one batch. Returns one
+    /// response per request (none for entries without client requests). Errors are fatal for
+    /// the node. openraft applies through [`RaftStateMachine::apply`]; this is the same step,
+    /// for tests and tools.
+    pub fn apply_entry(&mut self, entry: &crate::raft::Entry) -> io::Result<Responses> {
         let log_id = entry.log_id();
         if let Some(prev) = &self.applied
             && log_id.index != prev.index + 1
@@ -203,27 +204,53 @@ impl StateMachine {
         let mut batch = WriteBatch::default();
         let mut ddl = Ddl::None;
         let mut membership = None;
-        let response = match &entry.payload {
-            EntryPayload::Blank => Response {
-                outcome: Ok(Outcome::Applied),
-            },
+        let mut responses = Vec::new();
+        match &entry.payload {
+            EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m.clone());
                 batch.put_cf(&meta, keys::MEMBERSHIP, encode(&stored)?);
                 membership = Some(stored);
-                Response {
-                    outcome: Ok(Outcome::Applied),
-                }
             }
-            EntryPayload::Normal(req) => apply_request(
-                &store,
-                log_id.index,
-                req,
-                &mut batch,
-                &mut ddl,
-                self.shared.cfg.planted_skip_session_dedup,
-            )?,
-        };
+            EntryPayload::Normal(p) => {
+                let mut layer = Layer::default();
+                let alone = p.requests.len() == 1;
+                for req in &p.requests {
+                    let refusal = if p.requests.len() > PROPOSAL_REQUESTS_MAX {
+                        Some(format!(
+                            "{} requests in entry {log_id}, limit {PROPOSAL_REQUESTS_MAX}",
+                            p.requests.len()
+                        ))
+                    } else if !alone && !matches!(req.command, Command::Write(_)) {
+                        Some(format!(
+                            "client {} seq {}: tenant and limit commands are proposed alone",
+                            req.client_id, req.sequence
+                        ))
+                    } else {
+                        None
+                    };
+                    // A leader never proposes either; a refusal keeps every replica in step.
+                    let response = match refusal {
+                        Some(reason) => Response {
+                            outcome: Err(ApplyError::InvalidArgument {
+                                field: "proposal".into(),
+                                reason,
+                            }),
+                        },
+                        None => apply_request(
+                            &store,
+                            log_id.index,
+                            req,
+                            &mut layer,
+                            &mut ddl,
+                            self.shared.cfg.planted_skip_session_dedup,
+                        )?,
+                    };
+                    responses.push(response);
+                }
+                layer.into_batch(&store, &mut batch)?;
+            }
+        }
         batch.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
         if let Ddl::Create(t) = &ddl {
             store.create_tenant_cf(t, &self.shared.opts)?;
@@ -241,7 +268,7 @@ impl StateMachine {
         if let Some(m) = membership {
             self.membership = m;
         }
-        Ok(response)
+        Ok(Responses { responses })
     }
 
     /// Checkpoints the current state for a snapshot builder. A failed checkpoint still yields a

@@ -74,7 +74,8 @@ mod verify;
 
 pub use command::{
     ApplyError, ClusterLimits, Command, NodeRef, OPERATIONS_MAX, Op, OpResult, Outcome,
-    PRECONDITIONS_MAX, Precondition, Request, Response, WriteRequest,
+    PRECONDITIONS_MAX, PROPOSAL_REQUESTS_MAX, Precondition, Proposal, Request, Response, Responses,
+    WriteRequest,
 };
 pub use config::{Blocking, StateMachineConfig};
 pub use graph::{

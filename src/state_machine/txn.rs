@@ -1,5 +1,6 @@
-//! One entry's changes, buffered over the database so a refused request changes nothing and an
-//! accepted one lands in a single `WriteBatch` with the applied log id.
+//! One request's changes, buffered over the database and over the earlier requests of the same
+//! entry (a [`Layer`]), so a refused request changes nothing and an entry's accepted requests
+//! land in a single `WriteBatch` with the applied log id.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,7 +10,7 @@ use rocksdb::{BoundColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatc
 
 use super::command::ApplyError;
 use super::keys;
-use super::store::{Rocks, rocks_err};
+use super::store::{Rocks, Store, rocks_err};
 
 /// An apply failure: deterministic (returned to the client, nothing written) or fatal (I/O or
 /// corruption: the node stops rather than diverge).
@@ -39,10 +40,53 @@ pub(crate) enum Cf {
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 pub(crate) type Pair = (Vec<u8>, Vec<u8>);
 
+/// The changes of the requests an entry accepted so far, not yet in the database: what the
+/// entry's next request reads through, and what the entry finally writes.
+#[derive(Debug, Default)]
+pub(crate) struct Layer {
+    meta: Overlay,
+    /// By tenant column family name.
+    data: BTreeMap<String, Overlay>,
+}
+
+impl Layer {
+    /// Adds an accepted request's changes (they shadow earlier ones).
+    pub fn absorb(&mut self, (meta, data): (Overlay, Option<(String, Overlay)>)) {
+        self.meta.extend(meta);
+        if let Some((name, overlay)) = data {
+            self.data.entry(name).or_default().extend(overlay);
+        }
+    }
+
+    /// Moves every change into `batch`.
+    pub fn into_batch(self, store: &Store, batch: &mut WriteBatch) -> io::Result<()> {
+        let meta = store.meta()?;
+        put_all(batch, &meta, &self.meta);
+        for (name, overlay) in &self.data {
+            let cf = store
+                .cf(name)
+                .ok_or_else(|| io::Error::other(format!("column family {name} is missing")))?;
+            put_all(batch, &cf, overlay);
+        }
+        Ok(())
+    }
+}
+
+fn put_all(batch: &mut WriteBatch, cf: &Arc<BoundColumnFamily<'_>>, overlay: &Overlay) {
+    for (k, v) in overlay {
+        match v {
+            Some(v) => batch.put_cf(cf, k, v),
+            None => batch.delete_cf(cf, k),
+        }
+    }
+}
+
 pub(crate) struct Txn<'a> {
     db: &'a Rocks,
+    base: &'a Layer,
     meta_cf: Arc<BoundColumnFamily<'a>>,
-    data_cf: Option<Arc<BoundColumnFamily<'a>>>,
+    /// The bound tenant column family and its name.
+    data_cf: Option<(String, Arc<BoundColumnFamily<'a>>)>,
     meta: Overlay,
     data: Overlay,
     /// Change in logical bytes (key + value) of the data column family.
@@ -56,9 +100,10 @@ pub(crate) struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    pub fn new(db: &'a Rocks, meta_cf: Arc<BoundColumnFamily<'a>>) -> Self {
+    pub fn new(db: &'a Rocks, meta_cf: Arc<BoundColumnFamily<'a>>, base: &'a Layer) -> Self {
         Txn {
             db,
+            base,
             meta_cf,
             data_cf: None,
             meta: Overlay::new(),
@@ -69,26 +114,28 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// Binds the tenant column family the data keys go to.
-    pub fn bind(&mut self, cf: Arc<BoundColumnFamily<'a>>) {
-        self.data_cf = Some(cf);
+    /// Binds the tenant column family (named `name`) the data keys go to.
+    pub fn bind(&mut self, name: String, cf: Arc<BoundColumnFamily<'a>>) {
+        self.data_cf = Some((name, cf));
     }
 
-    fn parts(&self, which: Cf) -> (&Arc<BoundColumnFamily<'a>>, &Overlay) {
+    /// The column family, this request's changes to it, and the entry's earlier ones.
+    fn parts(&self, which: Cf) -> (&Arc<BoundColumnFamily<'a>>, &Overlay, Option<&Overlay>) {
         match which {
-            Cf::Meta => (&self.meta_cf, &self.meta),
-            Cf::Data => (
-                self.data_cf
+            Cf::Meta => (&self.meta_cf, &self.meta, Some(&self.base.meta)),
+            Cf::Data => {
+                let (name, cf) = self
+                    .data_cf
                     .as_ref()
-                    .expect("data keys are used after bind"),
-                &self.data,
-            ),
+                    .expect("data keys are used after bind");
+                (cf, &self.data, self.base.data.get(name))
+            }
         }
     }
 
     pub fn get(&self, which: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Fail> {
-        let (cf, overlay) = self.parts(which);
-        if let Some(v) = overlay.get(key) {
+        let (cf, overlay, base) = self.parts(which);
+        if let Some(v) = overlay.get(key).or_else(|| base.and_then(|b| b.get(key))) {
             return Ok(v.clone());
         }
         self.db
@@ -141,7 +188,20 @@ impl<'a> Txn<'a> {
     /// Up to `limit` pairs whose keys start with `prefix`, in key order, as this transaction
     /// sees them (its own puts and deletes over the database).
     pub fn scan(&self, which: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Pair>, Fail> {
-        let (cf, overlay) = self.parts(which);
+        let (cf, own, base) = self.parts(which);
+        // This request's changes shadow the entry's earlier ones, which shadow the database.
+        fn in_prefix<'o>(
+            o: &'o Overlay,
+            prefix: &'o [u8],
+        ) -> impl Iterator<Item = (&'o Vec<u8>, &'o Option<Vec<u8>>)> {
+            o.range(prefix.to_vec()..)
+                .take_while(move |(k, _)| k.starts_with(prefix))
+        }
+        let mut merged: BTreeMap<&Vec<u8>, &Option<Vec<u8>>> = BTreeMap::new();
+        if let Some(b) = base {
+            merged.extend(in_prefix(b, prefix));
+        }
+        merged.extend(in_prefix(own, prefix));
         let mut opts = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
             opts.set_iterate_upper_bound(end);
@@ -149,10 +209,7 @@ impl<'a> Txn<'a> {
         let mut db_iter =
             self.db
                 .iterator_cf_opt(cf, opts, IteratorMode::From(prefix, Direction::Forward));
-        let mut ov = overlay
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .peekable();
+        let mut ov = merged.into_iter().peekable();
         let mut next_db = || -> Result<Option<Pair>, Fail> {
             match db_iter.next() {
                 None => Ok(None),
@@ -185,19 +242,10 @@ impl<'a> Txn<'a> {
         Ok(out)
     }
 
-    /// Moves every buffered change into `batch`.
-    pub fn into_batch(self, batch: &mut WriteBatch) {
-        for (which, overlay) in [(Cf::Meta, &self.meta), (Cf::Data, &self.data)] {
-            if overlay.is_empty() {
-                continue;
-            }
-            let (cf, _) = self.parts(which);
-            for (k, v) in overlay {
-                match v {
-                    Some(v) => batch.put_cf(cf, k, v),
-                    None => batch.delete_cf(cf, k),
-                }
-            }
-        }
+    /// This request's changes, for [`Layer::absorb`]: the meta column family's, and the bound
+    /// tenant's with its column family name.
+    pub fn into_changes(self) -> (Overlay, Option<(String, Overlay)>) {
+        let data = self.data_cf.map(|(name, _)| (name, self.data));
+        (self.meta, data)
     }
 }

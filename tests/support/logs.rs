@@ -57,19 +57,19 @@ impl Gen {
                     .get(&client)
                     .cloned()
                     .unwrap_or_else(|| self.fresh(client));
-                Entry::new_normal(id, req)
+                Entry::new_normal(id, req.into())
             }
             7..=8 => {
                 // A stale sequence.
                 let client = self.rng.random_range(0..6);
                 let mut req = self.fresh(client);
                 req.sequence = req.sequence.saturating_sub(2).max(1);
-                Entry::new_normal(id, req)
+                Entry::new_normal(id, req.into())
             }
             _ => {
                 let client = self.rng.random_range(0..6);
                 let req = self.fresh(client);
-                Entry::new_normal(id, req)
+                Entry::new_normal(id, req.into())
             }
         }
     }

@@ -27,7 +27,7 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 }
 
 pub fn entry(index: u64, req: Request) -> Entry {
-    Entry::new_normal(log_id(1, index), req)
+    Entry::new_normal(log_id(1, index), req.into())
 }
 
 pub fn config(dir: &Path) -> StateMachineConfig {
@@ -94,9 +94,13 @@ impl Harness {
     pub fn apply(&mut self, req: Request) -> Response {
         let e = entry(self.next_index, req);
         self.next_index += 1;
-        self.sm
+        let mut r = self
+            .sm
             .apply_entry(&e)
             .expect("apply must not fail fatally")
+            .responses;
+        assert_eq!(r.len(), 1, "one response per request");
+        r.remove(0)
     }
 
     /// Applies `command` for `client` with its next sequence.

@@ -1,0 +1,171 @@
+//! Write batching on the leader: client writes that arrive together become one Raft entry (one
+//! openraft entry, one WAL record, one replication slot, one state-machine batch), each keeping
+//! its own session, preconditions, quota check and response.
+//!
+//! At most [`IN_FLIGHT`] batches are proposed at once. While they are, arriving writes queue,
+//! and the next batch takes everything queued (up to [`BATCH_REQUESTS_MAX`] requests and
+//! [`BATCH_BYTES_MAX`] encoded bytes): a lone client pays no wait, a busy leader makes large
+//! entries. A write that deletes nodes (its cascade has no small bound) goes in an entry of
+//! its own, as do tenant and limit commands, which do not come through here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::Status;
+
+use super::route::{self, Proposed};
+use crate::raft::service::Raft;
+use crate::state_machine::{Command, Op, Proposal, Request};
+
+/// Batches proposed at once. Two keep the log busy (one being replicated and synced while the
+/// next fills) without splitting a burst into many small entries.
+pub const IN_FLIGHT: usize = 2;
+/// Requests in one batch.
+pub const BATCH_REQUESTS_MAX: usize = 256;
+/// Encoded bytes of one batch's requests (a single larger request still goes alone, up to
+/// [`route::PROPOSAL_BYTES_MAX`]).
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+
+/// Counters of what the batcher proposed.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Entries proposed.
+    pub entries: AtomicU64,
+    /// Requests in them.
+    pub requests: AtomicU64,
+}
+
+struct Pending {
+    req: Request,
+    bytes: usize,
+    alone: bool,
+    was_forwarded: bool,
+    reply: oneshot::Sender<Result<Proposed, Status>>,
+}
+
+/// The handle services propose writes through (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Pending>,
+    stats: Arc<BatchStats>,
+}
+
+impl Batcher {
+    /// Starts the batching task of `raft` on the current runtime; it ends when every handle
+    /// is dropped.
+    pub fn spawn(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(BatchStats::default());
+        tokio::spawn(run(raft, rx, stats.clone()));
+        Batcher { tx, stats }
+    }
+
+    pub fn stats(&self) -> &Arc<BatchStats> {
+        &self.stats
+    }
+
+    /// Proposes `req` (a client write) in the next batch and waits until it is applied. The
+    /// queue is bounded by the node's admission control, which every caller passes first.
+    pub async fn propose(&self, req: Request, was_forwarded: bool) -> Result<Proposed, Status> {
+        let bytes = route::check_size(&req)?;
+        let alone = match &req.command {
+            Command::Write(w) => w
+                .operations
+                .iter()
+                .any(|op| matches!(op, Op::DeleteNode { .. })),
+            _ => true,
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            req,
+            bytes,
+            alone,
+            was_forwarded,
+            reply,
+        };
+        if self.tx.send(pending).is_err() {
+            return Err(Status::unavailable("the node is shutting down; retry"));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Status::unavailable(
+                "outcome unknown (the node stopped proposing); retry with the same request id",
+            ))
+        })
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<BatchStats>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carry: Option<Pending> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while !batch[0].alone && batch.len() < BATCH_REQUESTS_MAX {
+            match rx.try_recv() {
+                Ok(p) if !p.alone && bytes + p.bytes <= BATCH_BYTES_MAX => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
+                Ok(p) => {
+                    carry = Some(p);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        stats.entries.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            answer(&raft, batch).await;
+        });
+    }
+}
+
+/// Proposes one batch and hands each request its own answer.
+async fn answer(raft: &Raft, batch: Vec<Pending>) {
+    let (requests, waiters): (Vec<Request>, Vec<_>) = batch
+        .into_iter()
+        .map(|p| (p.req, (p.was_forwarded, p.reply)))
+        .unzip();
+    let n = requests.len();
+    match route::propose_all(raft, Proposal { requests }).await {
+        Ok(Ok(responses)) if responses.len() == n => {
+            for ((_, reply), r) in waiters.into_iter().zip(responses) {
+                // A caller that went away (deadline) no longer needs its answer.
+                let _ = reply.send(Ok(Proposed::Applied(r.outcome)));
+            }
+        }
+        Ok(Ok(responses)) => {
+            let msg = format!("{} responses to {n} requests", responses.len());
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(Status::internal(msg.clone())));
+            }
+        }
+        Ok(Err(forward)) => {
+            for (was_forwarded, reply) in waiters {
+                let _ =
+                    reply.send(route::leader_of(&forward, was_forwarded).map(Proposed::Forward));
+            }
+        }
+        Err(status) => {
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+    }
+}
