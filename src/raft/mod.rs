@@ -5,6 +5,12 @@
 //! Entries carry a [`crate::state_machine::Proposal`] (one request, or client writes the leader
 //! batched); applying one yields [`crate::state_machine::Responses`], one per request. Node ids
 //! are `u64`; a node is known by its address (`BasicNode`).
+//!
+//! Leader ids are standard Raft's: one leader per term (a vote is for one candidate per term).
+//! openraft's default would let a node that voted in a term vote again for a candidate with a
+//! higher node id in the same term, so two nodes could both lead one term (safe for openraft,
+//! which orders leaders by term and node id, but not Raft's election safety, which the
+//! simulation checks and operators expect when they read terms).
 
 pub mod network;
 pub mod runtime;
@@ -17,6 +23,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Proposal,
         R = Responses,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
         AsyncRuntime = runtime::SeededTokio,
 );
 
