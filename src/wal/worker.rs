@@ -95,7 +95,7 @@ where
             }
             self.flush();
         }
-        self.flush();
+        self.flush_all();
     }
 
     fn stopped(&self) -> io::Error {
@@ -121,16 +121,16 @@ where
             Op::Committed(c) => self.group.committed = Some(c),
             Op::Sync(reply) => self.group.barriers.push(reply),
             Op::Vote(vote, reply) => {
-                self.flush();
+                self.flush_all();
                 let r = self.guard(|d| d.save_vote(vote));
                 let _ = reply.send(r);
             }
             Op::Truncate(last_kept) => {
-                self.flush();
+                self.flush_all();
                 let _ = self.guard(|d| d.truncate_after(last_kept));
             }
             Op::Purge(upto) => {
-                self.flush();
+                self.flush_all();
                 let _ = self.guard(|d| d.purge(upto));
             }
             Op::Read { start, end, reply } => {
@@ -174,8 +174,23 @@ where
         }
     }
 
-    /// Writes and syncs the pending group, then acknowledges it in order.
+    /// Writes and syncs the pending group, then acknowledges it in order — unless all it
+    /// holds is a committed id: that rides with the next group instead of costing an
+    /// fdatasync of its own (one per write, on every member, otherwise). A committed id is a
+    /// hint for recovery: a stored one that lags only means less is re-applied from the log
+    /// before the node rejoins, never that anything is lost. That holds because a restarted
+    /// leader does not restore its leadership (`enable_leader_restore` is off in
+    /// `NodeConfig::raft_config`): a leader must win a new term, whose first entry every read
+    /// index then covers, instead of serving reads at the lagging id it read back.
     fn flush(&mut self) {
+        if self.group.entries.is_empty() && self.group.barriers.is_empty() {
+            return;
+        }
+        self.flush_all();
+    }
+
+    /// Writes and syncs the pending group, a lone committed id included.
+    fn flush_all(&mut self) {
         let group = std::mem::take(&mut self.group);
         if group.entries.is_empty() && group.committed.is_none() && group.barriers.is_empty() {
             return;
