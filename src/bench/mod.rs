@@ -30,16 +30,19 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::client::{Client, ClientOptions};
-use crate::proto::etcd;
-use crate::proto::etcd::kv_client::KvClient;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::state_machine::OPERATIONS_MAX;
 use crate::transport::Dialer;
+
+mod compare;
+mod etcd;
+
+pub use compare::compare;
+use etcd::{Etcd, etcd_wal_fsyncs};
 
 /// Which store the benchmark drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -456,115 +459,6 @@ impl Driver for Raftgraph {
     }
 }
 
-/// The etcd side: one channel per connection, to the endpoints in turn.
-struct Etcd {
-    channels: Vec<Channel>,
-    workload: Workload,
-    value_bytes: usize,
-    write_percent: u8,
-    keys: u64,
-    timeout: Duration,
-    /// Random per run: creates of two runs never overwrite each other's keys.
-    run: u32,
-}
-
-fn etcd_key(prefix: &str, n: u64) -> Vec<u8> {
-    format!("bench/{prefix}/{n:012}").into_bytes()
-}
-
-impl Etcd {
-    async fn connect(a: &BenchArgs) -> Result<Etcd, Status> {
-        let channels = (0..a.connections)
-            .map(|i| {
-                let addr = &a.endpoints[i % a.endpoints.len()];
-                Channel::from_shared(format!("http://{addr}"))
-                    .map(|e| e.connect_lazy())
-                    .map_err(|e| Status::invalid_argument(format!("--endpoints {addr:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let me = Etcd {
-            channels,
-            workload: a.workload,
-            value_bytes: a.value_bytes,
-            write_percent: a.write_percent,
-            keys: a.keys,
-            timeout: Duration::from_secs(a.timeout),
-            run: SmallRng::from_os_rng().random(),
-        };
-        if a.workload != Workload::CreateNode {
-            let mut rng = SmallRng::seed_from_u64(a.keys);
-            for n in 0..a.keys {
-                let v = value(a.value_bytes, &mut rng);
-                me.put(0, etcd_key("k", n), v.into_bytes()).await?;
-            }
-        }
-        Ok(me)
-    }
-
-    fn kv(&self, client: usize) -> KvClient<Channel> {
-        KvClient::new(self.channels[client % self.channels.len()].clone())
-    }
-
-    async fn put(&self, client: usize, key: Vec<u8>, value: Vec<u8>) -> Result<(), Status> {
-        let mut req = tonic::Request::new(etcd::PutRequest {
-            key,
-            value,
-            lease: 0,
-        });
-        req.set_timeout(self.timeout);
-        self.kv(client).put(req).await.map(|_| ())
-    }
-
-    async fn range(&self, client: usize, key: Vec<u8>, serializable: bool) -> Result<(), Status> {
-        let mut req = tonic::Request::new(etcd::RangeRequest {
-            key,
-            serializable,
-            ..Default::default()
-        });
-        req.set_timeout(self.timeout);
-        let r = self.kv(client).range(req).await?.into_inner();
-        if r.kvs.is_empty() {
-            return Err(Status::not_found("etcd: a prepared key is missing"));
-        }
-        Ok(())
-    }
-
-    fn key(&self, rng: &mut SmallRng) -> Vec<u8> {
-        etcd_key("k", rng.random_range(0..self.keys))
-    }
-}
-
-impl Driver for Etcd {
-    async fn op(&self, client: usize, seq: u64, rng: &mut SmallRng) -> Result<(), Status> {
-        let val = |rng: &mut SmallRng| value(self.value_bytes, rng).into_bytes();
-        match self.workload {
-            Workload::CreateNode => {
-                // A new key, ascending per client (as raftgraph's node ids ascend): the run,
-                // the client and the client's sequence.
-                let prefix = format!("{:08x}-c{client}", self.run);
-                let v = val(rng);
-                self.put(client, etcd_key(&prefix, seq), v).await
-            }
-            Workload::UpdateNode => {
-                let k = self.key(rng);
-                let v = val(rng);
-                self.put(client, k, v).await
-            }
-            Workload::ReadLinearizable => self.range(client, self.key(rng), false).await,
-            Workload::ReadSerializable => self.range(client, self.key(rng), true).await,
-            Workload::Mix => {
-                let k = self.key(rng);
-                if rng.random_range(0..100) < self.write_percent {
-                    let v = val(rng);
-                    self.put(client, k, v).await
-                } else {
-                    self.range(client, k, false).await
-                }
-            }
-        }
-    }
-}
-
 /// Errors by code: count and first message.
 #[derive(Default)]
 struct Errors(std::collections::BTreeMap<i32, (Code, u64, String)>);
@@ -676,44 +570,6 @@ fn per_write(before: &[u64], after: &[u64], writes: u64) -> Option<(f64, f64)> {
         *deltas.iter().max()? as f64 / w,
         deltas.iter().sum::<u64>() as f64 / w,
     ))
-}
-
-/// The longest `/metrics` answer read from etcd.
-const METRICS_BYTES_MAX: u64 = 16 << 20;
-
-/// etcd's WAL fsync count from its Prometheus text on the client port.
-async fn etcd_wal_fsyncs(endpoint: &str) -> Option<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(endpoint).await.ok()?;
-        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut body = Vec::new();
-        s.take(METRICS_BYTES_MAX)
-            .read_to_end(&mut body)
-            .await
-            .ok()?;
-        Some(body)
-    };
-    let body = tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .ok()??;
-    prometheus_value(
-        &String::from_utf8_lossy(&body),
-        "etcd_disk_wal_fsync_duration_seconds_count",
-    )
-}
-
-/// The value of an unlabelled metric in Prometheus text format.
-fn prometheus_value(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == name).then(|| v.trim().parse::<f64>().ok())?
-        })
-        .map(|v| v as u64)
 }
 
 async fn drive<D: Driver>(a: &BenchArgs, d: Arc<D>) -> anyhow::Result<Report> {
@@ -879,19 +735,6 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_values_are_found_by_exact_name() {
-        let text = "# HELP x\n\
-                    etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 5\n\
-                    etcd_disk_wal_fsync_duration_seconds_count 1234\n\
-                    etcd_disk_wal_fsync_duration_seconds_sum 0.5\n";
-        assert_eq!(
-            prometheus_value(text, "etcd_disk_wal_fsync_duration_seconds_count"),
-            Some(1234)
-        );
-        assert_eq!(prometheus_value(text, "missing"), None);
-    }
-
-    #[test]
     fn a_report_prints_throughput_and_quantiles() {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
         for us in 1..=1_000u64 {
@@ -922,235 +765,5 @@ mod tests {
         );
         assert!(t.contains("fsyncs per write: 0.250 on the leader"), "{t}");
         assert_eq!(j["cluster_fsyncs_per_write"], 0.75);
-    }
-}
-
-/// One figure of a group of runs: the median over rounds.
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// The runs of one store under one load.
-#[derive(Default)]
-struct Runs {
-    ops: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    p999: Vec<f64>,
-    fsyncs: Vec<f64>,
-    errors: u64,
-}
-
-/// The acceptance bar of issue 6 for a load, if it has one: (throughput ratio at least,
-/// p99 ratio at most, p50 ratio at most).
-fn bar(workload: &str, clients: u64) -> Option<(Option<f64>, Option<f64>, Option<f64>)> {
-    match (workload, clients) {
-        ("create-node" | "update-node", 64 | 256) => Some((Some(3.0), Some(0.5), None)),
-        ("create-node" | "update-node", 1) => Some((None, None, Some(1.0))),
-        ("read-linearizable", 1) => Some((None, None, Some(1.0))),
-        ("read-linearizable" | "read-serializable", 64) => Some((Some(3.0), None, None)),
-        _ => None,
-    }
-}
-
-/// `raftgraph bench-compare`: reads `--output json` lines of both stores (any number of
-/// rounds) and prints, per workload and client count, the median of each figure for etcd and
-/// raftgraph, the raftgraph/etcd ratio, and whether the issue's bar is met.
-pub fn compare(jsonl: &str) -> Result<String, String> {
-    use std::collections::BTreeMap;
-    // (workload, clients) -> (etcd, raftgraph)
-    // (workload, clients, connections, value bytes) -> (etcd, raftgraph)
-    let mut groups: BTreeMap<(String, u64, u64, u64), (Runs, Runs)> = BTreeMap::new();
-    for (n, line) in jsonl
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
-        let field = |k: &str| {
-            v.get(k)
-                .ok_or_else(|| format!("line {}: no field {k:?}", n + 1))
-                .cloned()
-        };
-        let num = |k: &str| {
-            field(k)?
-                .as_f64()
-                .ok_or_else(|| format!("line {}: field {k:?} is not a number", n + 1))
-        };
-        let target = field("target")?;
-        let workload = field("workload")?
-            .as_str()
-            .ok_or_else(|| format!("line {}: workload is not a string", n + 1))?
-            .to_string();
-        let clients = num("clients")? as u64;
-        let connections = num("connections")? as u64;
-        let value_bytes = num("value_bytes")? as u64;
-        let g = groups
-            .entry((workload, clients, connections, value_bytes))
-            .or_default();
-        let runs = match target.as_str() {
-            Some("etcd") => &mut g.0,
-            Some("raftgraph") => &mut g.1,
-            _ => {
-                return Err(format!(
-                    "line {}: target {target} is not etcd or raftgraph",
-                    n + 1
-                ));
-            }
-        };
-        runs.ops.push(num("ops_per_sec")?);
-        runs.p50.push(num("p50_ms")?);
-        runs.p99.push(num("p99_ms")?);
-        runs.p999.push(num("p999_ms")?);
-        runs.errors += num("errors")? as u64;
-        if let Some(f) = v.get("leader_fsyncs_per_write").and_then(|f| f.as_f64()) {
-            runs.fsyncs.push(f);
-        }
-    }
-    if groups.is_empty() {
-        return Err("no runs in the input".into());
-    }
-    let mut out = String::from(
-        "| load | clients | conns | value B | runs (etcd/raftgraph) | etcd ops/s | raftgraph ops/s | ratio | etcd p50 ms | raftgraph p50 ms | ratio | etcd p99 ms | raftgraph p99 ms | ratio | etcd p99.9 ms | raftgraph p99.9 ms | fsyncs/write, busiest member (etcd/raftgraph) | errors (etcd/raftgraph) | bar |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
-    );
-    for ((workload, clients, connections, value_bytes), (e, r)) in &groups {
-        let (eo, ro) = (median(e.ops.clone()), median(r.ops.clone()));
-        let (e50, r50) = (median(e.p50.clone()), median(r.p50.clone()));
-        let (e99, r99) = (median(e.p99.clone()), median(r.p99.clone()));
-        let (e999, r999) = (median(e.p999.clone()), median(r.p999.clone()));
-        let fs = |v: &Vec<f64>| {
-            if v.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{:.3}", median(v.clone()))
-            }
-        };
-        let verdict = match bar(workload, *clients) {
-            None => "-".to_string(),
-            Some((thr, p99, p50)) => {
-                let mut parts = Vec::new();
-                // Both stores ran, error-free, as often; a ratio that is not a finite number
-                // (a figure of 0) meets nothing.
-                let mut met = r.errors == 0
-                    && e.errors == 0
-                    && e.ops.len() == r.ops.len()
-                    && !r.ops.is_empty();
-                let finite = |x: f64| x.is_finite() && x > 0.0;
-                if let Some(x) = thr {
-                    met &= finite(ro / eo) && ro / eo >= x;
-                    parts.push(format!("ops ≥{x}×"));
-                }
-                if let Some(x) = p99 {
-                    met &= finite(r99 / e99) && r99 / e99 <= x;
-                    parts.push(format!("p99 ≤{x}×"));
-                }
-                if let Some(x) = p50 {
-                    met &= finite(r50 / e50) && r50 / e50 <= x;
-                    parts.push(format!("p50 ≤{x}×"));
-                }
-                format!(
-                    "{} {}",
-                    if met { "met" } else { "MISSED" },
-                    parts.join(", ")
-                )
-            }
-        };
-        out.push_str(&format!(
-            "| {workload} | {clients} | {connections} | {value_bytes} | {}/{} | {eo:.0} | {ro:.0} | {:.2} | {e50:.2} | {r50:.2} | {:.2} | {e99:.2} | {r99:.2} | {:.2} | {e999:.2} | {r999:.2} | {}/{} | {}/{} | {verdict} |\n",
-            e.ops.len(),
-            r.ops.len(),
-            ro / eo,
-            r50 / e50,
-            r99 / e99,
-            fs(&e.fsyncs),
-            fs(&r.fsyncs),
-            e.errors,
-            r.errors,
-        ));
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod compare_tests {
-    use super::*;
-
-    fn line(target: &str, workload: &str, clients: u64, ops: f64, p50: f64, p99: f64) -> String {
-        json!({
-            "target": target, "workload": workload, "clients": clients, "connections": 8,
-            "value_bytes": 256, "ops_per_sec": ops,
-            "p50_ms": p50, "p99_ms": p99, "p999_ms": p99 * 2.0, "errors": 0,
-            "leader_fsyncs_per_write": 0.5,
-        })
-        .to_string()
-    }
-
-    #[test]
-    fn medians_ratios_and_the_bar() {
-        let mut lines = Vec::new();
-        for (e, r) in [(4_000.0, 15_000.0), (5_000.0, 16_000.0), (6_000.0, 1_000.0)] {
-            lines.push(line("etcd", "create-node", 64, e, 10.0, 40.0));
-            lines.push(line("raftgraph", "create-node", 64, r, 2.0, 10.0));
-        }
-        lines.push(line("etcd", "read-serializable", 256, 9_000.0, 1.0, 2.0));
-        lines.push(line(
-            "raftgraph",
-            "read-serializable",
-            256,
-            18_000.0,
-            1.0,
-            2.0,
-        ));
-        let t = compare(&lines.join("\n")).unwrap();
-        // Medians: etcd 5,000, raftgraph 15,000: 3.00×; p99 10/40.
-        assert!(
-            t.contains("| create-node | 64 | 8 | 256 | 3/3 | 5000 | 15000 | 3.00 |"),
-            "{t}"
-        );
-        assert!(t.contains("| 0.25 |"), "{t}");
-        assert!(t.contains("met ops ≥3×, p99 ≤0.5×"), "{t}");
-        assert!(t.contains("| read-serializable | 256 |"), "{t}");
-    }
-
-    #[test]
-    fn a_missed_bar_and_bad_input_are_reported() {
-        let lines = [
-            line("etcd", "create-node", 64, 5_000.0, 10.0, 40.0),
-            line("raftgraph", "create-node", 64, 10_000.0, 2.0, 10.0),
-        ];
-        let t = compare(&lines.join("\n")).unwrap();
-        assert!(t.contains("MISSED ops ≥3×"), "{t}");
-        // An etcd figure of 0 meets nothing.
-        let lines = [
-            line("etcd", "create-node", 64, 0.0, 10.0, 40.0),
-            line("raftgraph", "create-node", 64, 10_000.0, 2.0, 10.0),
-        ];
-        let t = compare(&lines.join("\n")).unwrap();
-        assert!(t.contains("MISSED ops ≥3×"), "{t}");
-        assert!(compare("").unwrap_err().contains("no runs"));
-        assert!(compare("{").unwrap_err().contains("line 1"));
-        let e = compare(
-            r#"{"target":"x","workload":"mix","clients":1,"connections":1,"value_bytes":1}"#,
-        )
-        .unwrap_err();
-        assert!(e.contains("target"), "{e}");
-    }
-
-    #[test]
-    fn the_median_of_an_even_count_is_the_middle_mean() {
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(vec![5.0]), 5.0);
-        assert!(median(vec![]).is_nan());
     }
 }
