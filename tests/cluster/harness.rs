@@ -1,0 +1,362 @@
+//! The harness of the in-process cluster tests: whole nodes on their own runtimes, a TCP
+//! proxy that can cut a node off, crash/restart, and helpers for writes and reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use raftgraph::client::{Client, ClientOptions};
+use raftgraph::node::{Node, NodeConfig};
+use raftgraph::proto::v1 as pb;
+use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
+use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Raft timing for a test cluster.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+pub const FAST: Timing = Timing {
+    heartbeat_ms: 50,
+    election_min_ms: 300,
+    election_max_ms: 600,
+};
+
+/// A TCP proxy in front of a node, so a test can cut the node off: when cut, open connections
+/// are dropped and new ones are closed at once.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub cut: watch::Sender<bool>,
+}
+
+pub async fn proxy(target: SocketAddr) -> Proxy {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (cut, _) = watch::channel(false);
+    let cut_rx = cut.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = l.accept().await else {
+                return;
+            };
+            if *cut_rx.borrow() {
+                continue; // dropped: closed at once
+            }
+            let mut rx = cut_rx.clone();
+            tokio::spawn(async move {
+                let Ok(mut out) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = out.set_nodelay(true);
+                let _ = inbound.set_nodelay(true);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                    _ = rx.wait_for(|c| *c) => {}
+                }
+            });
+        }
+    });
+    Proxy { addr, cut }
+}
+
+pub struct TestNode {
+    pub config: NodeConfig,
+    pub rt: Option<tokio::runtime::Runtime>,
+    pub node: Option<Node>,
+    pub proxy: Option<Proxy>,
+}
+
+impl TestNode {
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is running")
+    }
+
+    pub fn advertise(&self) -> String {
+        self.config.advertise_addr()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // Dropping a runtime inside the test's runtime would panic; abandon it instead.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub fn clock() -> raftgraph::server::graph::Clock {
+    Arc::new(|| 1_700_000_000_000_000)
+}
+
+/// Starts `config`'s node on a runtime of its own, listening on `config.listen`.
+pub async fn boot(config: NodeConfig) -> (tokio::runtime::Runtime, Node) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = std::net::TcpListener::bind(config.listen).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let node = rt
+        .spawn(async move {
+            let l = TcpListener::from_std(listener).unwrap();
+            Node::start_with_clock(config, l, clock()).await
+        })
+        .await
+        .unwrap()
+        .expect("node starts");
+    (rt, node)
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub timing: Timing,
+    pub nodes: BTreeMap<u64, TestNode>,
+}
+
+impl Cluster {
+    /// `n` nodes, initialised as one cluster through node 1's cluster service.
+    pub async fn start(n: u64, timing: Timing, proxied: bool) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            timing,
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            c.add_node(id, proxied).await;
+        }
+        let members = c
+            .nodes
+            .iter()
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                addr: n.advertise(),
+            })
+            .collect();
+        let mut cc = ClusterServiceClient::connect(format!("http://{}", c.nodes[&1].advertise()))
+            .await
+            .unwrap();
+        cc.init(pb::InitRequest { members }).await.unwrap();
+        c.leader().await;
+        c
+    }
+
+    /// Starts a new, uninitialised node `id`.
+    pub async fn add_node(&mut self, id: u64, proxied: bool) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut config = NodeConfig::new("test", id, port, &self.dir.path().join(id.to_string()));
+        config.raft.heartbeat_ms = self.timing.heartbeat_ms;
+        config.raft.election_timeout_min_ms = self.timing.election_min_ms;
+        config.raft.election_timeout_max_ms = self.timing.election_max_ms;
+        config.storage.write_buffer_bytes = 8 << 20;
+        config.storage.block_cache_bytes = 8 << 20;
+        config.storage.wal_segment_bytes = 32 << 20;
+        let proxy = if proxied {
+            let p = proxy(port).await;
+            config.advertise = Some(p.addr.to_string());
+            Some(p)
+        } else {
+            None
+        };
+        let (rt, node) = boot(config.clone()).await;
+        self.nodes.insert(
+            id,
+            TestNode {
+                config,
+                rt: Some(rt),
+                node: Some(node),
+                proxy,
+            },
+        );
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.node.as_ref().map(|node| (*id, node)))
+    }
+
+    /// Waits for a live node that leads and has applied its own term's first entry (before
+    /// that, openraft may still answer writes with ForwardToLeader).
+    pub async fn leader(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for (id, n) in self.live() {
+                let m = n.raft().metrics().borrow_watched().clone();
+                let ready = m.current_leader == Some(id)
+                    && m.last_applied
+                        .as_ref()
+                        .is_some_and(|l| l.committed_leader_id().term == m.current_term);
+                if ready {
+                    return id;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no ready leader within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.advertise()).collect()
+    }
+
+    pub fn client(&self, client_id: u64) -> Client {
+        Client::new(
+            self.endpoints(),
+            ClientOptions {
+                client_id: Some(client_id),
+                deadline: WAIT,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// Aborts node `id`'s tasks where they stand and closes its files and sockets.
+    pub async fn crash(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).unwrap();
+        let rt = n.rt.take().unwrap();
+        tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        // Releases the reader's database handle and the data directory lock.
+        drop(n.node.take());
+    }
+
+    /// Node `id`'s current term, as its Raft metrics report it.
+    pub fn term(&self, id: u64) -> u64 {
+        self.nodes[&id]
+            .node()
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .current_term
+    }
+
+    /// Starts node `id` again on its data directory and port.
+    pub async fn restart(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).unwrap();
+        let (rt, node) = boot(n.config.clone()).await;
+        n.rt = Some(rt);
+        n.node = Some(node);
+    }
+
+    /// Waits until every live node applied at least the leader's last log index; returns it.
+    pub async fn converge(&self) -> u64 {
+        let leader = self.leader().await;
+        let last = self.nodes[&leader]
+            .node()
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .last_log_index;
+        for (_, n) in self.live() {
+            n.raft()
+                .wait(Some(WAIT))
+                .applied_index_at_least(last, "converged")
+                .await
+                .unwrap();
+        }
+        last.unwrap_or(0)
+    }
+
+    /// Stops every node (tasks aborted, files closed) before the test returns: a RocksDB left
+    /// open by an abandoned runtime can abort the process at exit.
+    pub async fn stop(mut self) {
+        let ids: Vec<u64> = self.live().map(|(id, _)| id).collect();
+        for id in ids {
+            self.crash(id).await;
+        }
+    }
+
+    /// Every live node's whole-state digest, after converging.
+    pub async fn assert_same_state(&self) {
+        self.converge().await;
+        let digests: BTreeSet<[u8; 32]> = self
+            .live()
+            .map(|(_, n)| n.reader().digest().unwrap())
+            .collect();
+        assert_eq!(digests.len(), 1, "replicas differ after converging");
+    }
+}
+
+pub fn node_op(name: &str) -> pb::Operation {
+    let value = pb::Value {
+        kind: Some(pb::value::Kind::StringValue(name.into())),
+    };
+    pb::Operation {
+        op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+            labels: vec!["Item".into()],
+            properties: [("name".to_string(), value)].into(),
+        })),
+    }
+}
+
+pub async fn create_tenant(c: &Client, id: &str) {
+    c.create_tenant(pb::CreateTenantRequest {
+        request_id: None,
+        id: id.into(),
+        quotas: Some(pb::Quotas::default()), // unlimited
+        config: None,
+    })
+    .await
+    .unwrap();
+}
+
+/// Writes one node named `name`; returns its id.
+pub async fn write_node(c: &Client, tenant: &str, name: &str) -> u64 {
+    let r = c
+        .write(pb::WriteRequest {
+            tenant: tenant.into(),
+            request_id: None,
+            preconditions: vec![],
+            operations: vec![node_op(name)],
+        })
+        .await
+        .unwrap_or_else(|s| panic!("write {name}: {s}"));
+    match r.results[0].result {
+        Some(pb::op_result::Result::NodeCreated(id)) => id,
+        ref other => panic!("unexpected result {other:?}"),
+    }
+}
+
+pub fn linearizable(tenant: &str, id: u64) -> pb::GetNodeRequest {
+    pb::GetNodeRequest {
+        tenant: tenant.into(),
+        id,
+        consistency: pb::Consistency::Linearizable as i32,
+    }
+}
+
+pub fn name_of(n: &pb::Node) -> String {
+    match &n.properties["name"].kind {
+        Some(pb::value::Kind::StringValue(s)) => s.clone(),
+        other => panic!("name is {other:?}"),
+    }
+}
+
+/// Reads `id` linearizably through node `addr` only.
+pub async fn read_at(addr: &str, tenant: &str, id: u64) -> Result<pb::Node, tonic::Status> {
+    let mut g = GraphServiceClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    g.get_node(linearizable(tenant, id))
+        .await
+        .map(|r| r.into_inner())
+}
