@@ -97,6 +97,16 @@ fn request(seq: u64, command: Command) -> Request {
     }
 }
 
+/// Proposes `req` alone on `raft` and returns its one outcome.
+async fn propose(
+    raft: &Raft,
+    req: Request,
+) -> Result<Outcome, raftgraph::state_machine::ApplyError> {
+    let r = raft.client_write(req.into()).await.unwrap();
+    let [one] = <[_; 1]>::try_from(r.data.responses).expect("one response per request");
+    one.outcome
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -148,15 +158,8 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         quotas: Quotas::unlimited(),
         config: TenantConfig::default(),
     };
-    let r = leader
-        .raft
-        .client_write(request(1, create).into())
-        .await
-        .unwrap();
-    assert!(matches!(
-        r.response().responses[0].outcome,
-        Ok(Outcome::Tenant(_))
-    ));
+    let r = propose(&leader.raft, request(1, create)).await;
+    assert!(matches!(r, Ok(Outcome::Tenant(_))), "{r:?}");
     let writes = (0..100u64).map(|i| {
         let op = Op::CreateNode {
             labels: ["L".to_string()].into(),
@@ -173,13 +176,10 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             timestamp_micros: 0,
             command: cmd,
         };
-        leader.raft.client_write(req.into())
+        propose(&leader.raft, req)
     });
     for r in futures::future::join_all(writes).await {
-        assert!(matches!(
-            r.unwrap().response().responses[0].outcome,
-            Ok(Outcome::Write(_))
-        ));
+        assert!(matches!(r, Ok(Outcome::Write(_))), "{r:?}");
     }
     let last = leader.raft.metrics().borrow_watched().last_log_index;
     for n in &nodes[..2] {
@@ -249,15 +249,8 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             node: raftgraph::state_machine::NodeRef::Id(1),
         }],
     });
-    let r = leader
-        .raft
-        .client_write(request(2, more).into())
-        .await
-        .unwrap();
-    assert!(matches!(
-        r.response().responses[0].outcome,
-        Ok(Outcome::Write(_))
-    ));
+    let r = propose(&leader.raft, request(2, more)).await;
+    assert!(matches!(r, Ok(Outcome::Write(_))), "{r:?}");
     let last = leader.raft.metrics().borrow_watched().last_log_index;
     for n in &nodes {
         n.raft
@@ -336,15 +329,8 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             node: raftgraph::state_machine::NodeRef::Id(2),
         }],
     });
-    let r = leader
-        .raft
-        .client_write(request(3, again).into())
-        .await
-        .unwrap();
-    assert!(matches!(
-        r.response().responses[0].outcome,
-        Ok(Outcome::Write(_))
-    ));
+    let r = propose(&leader.raft, request(3, again)).await;
+    assert!(matches!(r, Ok(Outcome::Write(_))), "{r:?}");
 
     // Phase 6: the graph service. A write sent to a follower is forwarded to the leader once;
     // linearizable reads from every node see it; errors carry the right codes.
