@@ -571,3 +571,31 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         tonic::Code::NotFound
     );
 }
+
+/// Regression: with openraft's default leader ids a node that had voted in a term granted a
+/// second vote in the same term to a candidate with a higher node id, and two nodes led one
+/// term (simulation seed 97). raftgraph's leader ids are standard Raft's: one vote per term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_votes_for_at_most_one_candidate_per_term() {
+    use openraft::raft::VoteRequest;
+    use openraft::type_config::alias::VoteOf;
+    use raftgraph::raft::TypeConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(1, dir.path()).await;
+    let ask = |candidate: u64| {
+        let raft = node.raft.clone();
+        async move {
+            let vote = VoteOf::<TypeConfig>::new(2, candidate);
+            raft.vote(VoteRequest::new(vote, None)).await.unwrap()
+        }
+    };
+    assert!(ask(2).await.vote_granted, "the first candidate of term 2");
+    let second = ask(3).await;
+    assert!(
+        !second.vote_granted,
+        "a second candidate of term 2 got the vote: {second:?}"
+    );
+    assert!(ask(2).await.vote_granted, "the same candidate again");
+    node.raft.shutdown().await.unwrap();
+}
