@@ -27,12 +27,13 @@ pub const BATCH_REQUESTS_MAX: usize = 256;
 /// [`route::PROPOSAL_BYTES_MAX`]).
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
-/// Counters of what the batcher proposed.
+/// Counters of the batcher's entries that were applied (on a follower, whose proposals are
+/// refused and forwarded, they stay at zero).
 #[derive(Debug, Default)]
 pub struct BatchStats {
-    /// Entries proposed.
+    /// Entries proposed here and applied.
     pub entries: AtomicU64,
-    /// Requests in them.
+    /// Client writes in them.
     pub requests: AtomicU64,
 }
 
@@ -124,20 +125,17 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Ba
                 Err(_) => break,
             }
         }
-        stats.entries.fetch_add(1, Ordering::Relaxed);
-        stats
-            .requests
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let raft = raft.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            answer(&raft, batch).await;
+            answer(&raft, batch, &stats).await;
         });
     }
 }
 
-/// Proposes one batch and hands each request its own answer.
-async fn answer(raft: &Raft, batch: Vec<Pending>) {
+/// Proposes one batch and hands each request its own answer; counts it if it was applied.
+async fn answer(raft: &Raft, batch: Vec<Pending>, stats: &BatchStats) {
     let (requests, waiters): (Vec<Request>, Vec<_>) = batch
         .into_iter()
         .map(|p| (p.req, (p.was_forwarded, p.reply)))
@@ -145,6 +143,8 @@ async fn answer(raft: &Raft, batch: Vec<Pending>) {
     let n = requests.len();
     match route::propose_all(raft, Proposal { requests }).await {
         Ok(Ok(responses)) if responses.len() == n => {
+            stats.entries.fetch_add(1, Ordering::Relaxed);
+            stats.requests.fetch_add(n as u64, Ordering::Relaxed);
             for ((_, reply), r) in waiters.into_iter().zip(responses) {
                 // A caller that went away (deadline) no longer needs its answer.
                 let _ = reply.send(Ok(Proposed::Applied(r.outcome)));
