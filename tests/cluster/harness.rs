@@ -319,6 +319,32 @@ pub async fn create_tenant(c: &Client, id: &str) {
     .unwrap();
 }
 
+/// Writes `n` nodes named `{prefix}-{i}` one after another, recording each id and name in `into`.
+pub async fn write_named(
+    c: &Client,
+    tenant: &str,
+    prefix: &str,
+    n: usize,
+    into: &mut BTreeMap<u64, String>,
+) {
+    for i in 0..n {
+        let name = format!("{prefix}-{i}");
+        into.insert(write_node(c, tenant, &name).await, name);
+    }
+}
+
+/// Node `addr`'s write-batcher counters from `Status`: (writes, entries).
+pub async fn batched(addr: &str) -> (u64, u64) {
+    let s = ClusterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (s.batched_writes, s.batched_entries)
+}
+
 /// Writes one node named `name`; returns its id.
 pub async fn write_node(c: &Client, tenant: &str, name: &str) -> u64 {
     let r = c

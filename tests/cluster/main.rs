@@ -30,10 +30,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
 
     // Writes through the leader and through a follower (the client is pointed at one node).
     let mut acknowledged = BTreeMap::new();
-    for i in 0..30 {
-        let name = format!("before-{i}");
-        acknowledged.insert(write_node(&client, "t", &name).await, name);
-    }
+    write_named(&client, "t", "before", 30, &mut acknowledged).await;
     let leader = cluster.leader().await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let via_follower = Client::new(
@@ -45,10 +42,51 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
         },
     )
     .unwrap();
-    for i in 0..10 {
-        let name = format!("follower-{i}");
-        acknowledged.insert(write_node(&via_follower, "t", &name).await, name);
+    write_named(&via_follower, "t", "follower", 10, &mut acknowledged).await;
+
+    // Writes sent to the follower itself are forwarded: the leader's batcher proposes and
+    // counts them; the follower's counts nothing (its proposals are refused with the
+    // leader's address).
+    let (leader_addr, follower_addr) = (
+        cluster.nodes[&leader].advertise(),
+        cluster.nodes[&follower].advertise(),
+    );
+    let (leader_before, follower_before) =
+        (batched(&leader_addr).await, batched(&follower_addr).await);
+    let mut direct = GraphServiceClient::connect(format!("http://{follower_addr}"))
+        .await
+        .unwrap();
+    for seq in 1..=5u64 {
+        let name = format!("forwarded-{seq}");
+        let r = direct
+            .write(pb::WriteRequest {
+                tenant: "t".into(),
+                request_id: Some(pb::RequestId {
+                    client_id: 3,
+                    sequence: seq,
+                }),
+                preconditions: vec![],
+                operations: vec![node_op(&name)],
+            })
+            .await
+            .unwrap_or_else(|s| panic!("write {name} through node {follower}: {s}"))
+            .into_inner();
+        match r.results[0].result {
+            Some(pb::op_result::Result::NodeCreated(id)) => acknowledged.insert(id, name),
+            ref other => panic!("unexpected result {other:?}"),
+        };
     }
+    let (writes, entries) = batched(&leader_addr).await;
+    assert!(
+        writes >= leader_before.0 + 5 && entries > leader_before.1 && entries <= writes,
+        "leader {leader}: batched {leader_before:?} before, {:?} after",
+        (writes, entries)
+    );
+    assert_eq!(
+        batched(&follower_addr).await,
+        follower_before,
+        "follower {follower}"
+    );
     // A linearizable read after a write, from every node.
     let (last_id, last_name) = acknowledged.last_key_value().unwrap();
     for n in cluster.nodes.values() {
@@ -87,10 +125,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
     // The leader crashes; writes go on (the client retries until a new leader answers).
     let old_term = cluster.term(leader);
     cluster.crash(leader).await;
-    for i in 0..30 {
-        let name = format!("after-{i}");
-        acknowledged.insert(write_node(&client, "t", &name).await, name);
-    }
+    write_named(&client, "t", "after", 30, &mut acknowledged).await;
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
     assert!(
@@ -117,10 +152,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
 
     // The crashed node restarts from its data directory (no init) and catches up.
     cluster.restart(leader).await;
-    for i in 0..10 {
-        let name = format!("rejoined-{i}");
-        acknowledged.insert(write_node(&client, "t", &name).await, name);
-    }
+    write_named(&client, "t", "rejoined", 10, &mut acknowledged).await;
     cluster.assert_same_state().await;
     let rejoined = cluster.nodes[&leader].node();
     assert_eq!(
@@ -253,10 +285,7 @@ async fn a_whole_cluster_restart_elects_a_leader_in_a_new_term_before_serving() 
     let client = cluster.client(1);
     create_tenant(&client, "t").await;
     let mut acknowledged = BTreeMap::new();
-    for i in 0..20 {
-        let name = format!("before-{i}");
-        acknowledged.insert(write_node(&client, "t", &name).await, name);
-    }
+    write_named(&client, "t", "before", 20, &mut acknowledged).await;
 
     // Every node stops where it stands, the leader first, and all restart together.
     let leader = cluster.leader().await;
@@ -294,10 +323,7 @@ async fn a_fourth_node_joins_as_learner_is_promoted_an_old_node_is_removed_and_l
     let client = cluster.client(1);
     create_tenant(&client, "t").await;
     let mut written = BTreeMap::new();
-    for i in 0..20 {
-        let name = format!("n{i}");
-        written.insert(write_node(&client, "t", &name).await, name);
-    }
+    write_named(&client, "t", "n", 20, &mut written).await;
 
     // Node 4 joins as a learner through a follower (forwarded to the leader) and catches up.
     cluster.add_node(4, false).await;
@@ -333,10 +359,7 @@ async fn a_fourth_node_joins_as_learner_is_promoted_an_old_node_is_removed_and_l
         let client = cluster.client(2);
         async move {
             let mut w = BTreeMap::new();
-            for i in 0..30 {
-                let name = format!("during-{i}");
-                w.insert(write_node(&client, "t", &name).await, name);
-            }
+            write_named(&client, "t", "during", 30, &mut w).await;
             w
         }
     });
