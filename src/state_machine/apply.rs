@@ -104,20 +104,21 @@ pub(crate) fn apply_request(
     }
 
     let mut txn = Txn::new(store.db(), store.meta()?, base);
-    let mut globals = load_globals(&txn).map_err(fatal_of)?;
+    // `execute` changes `globals` in memory only; `before` is what is stored.
+    let before = load_globals(&txn).map_err(fatal_of)?;
+    let mut globals = before.clone();
     let outcome = match execute(store, &mut txn, index, req, &mut globals, ddl) {
         Ok(o) => Ok(o),
         Err(Fail::Fatal(e)) => return Err(e),
         Err(Fail::Refused(e)) => {
             // Nothing of a refused request is applied: start over from the database.
             txn = Txn::new(store.db(), store.meta()?, base);
-            globals = load_globals(&txn).map_err(fatal_of)?;
+            globals = before.clone();
             *ddl = Ddl::None;
             Err(e)
         }
     };
     let response = Response { outcome };
-    let before = load_globals(&txn).map_err(fatal_of)?;
     let new = Session {
         sequence: req.sequence,
         last_index: index,

@@ -2,6 +2,7 @@
 //! entry (a [`Layer`]), so a refused request changes nothing and an entry's accepted requests
 //! land in a single `WriteBatch` with the applied log id.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub(crate) struct Layer {
     meta: Overlay,
     /// By tenant column family name.
     data: BTreeMap<String, Overlay>,
+    /// Meta column family values read from the database during this entry. The database does
+    /// not change until the entry's batch is written, so every request of a batched entry
+    /// reads the tenant record and the globals from RocksDB once, not once each.
+    meta_reads: RefCell<Overlay>,
 }
 
 impl Layer {
@@ -138,9 +143,22 @@ impl<'a> Txn<'a> {
         if let Some(v) = overlay.get(key).or_else(|| base.and_then(|b| b.get(key))) {
             return Ok(v.clone());
         }
-        self.db
+        if which == Cf::Meta
+            && let Some(v) = self.base.meta_reads.borrow().get(key)
+        {
+            return Ok(v.clone());
+        }
+        let v = self
+            .db
             .get_cf(cf, key)
-            .map_err(|e| fatal(rocks_err("read", e)))
+            .map_err(|e| fatal(rocks_err("read", e)))?;
+        if which == Cf::Meta {
+            self.base
+                .meta_reads
+                .borrow_mut()
+                .insert(key.to_vec(), v.clone());
+        }
+        Ok(v)
     }
 
     pub fn put(&mut self, which: Cf, key: &[u8], value: Vec<u8>) -> Result<(), Fail> {
