@@ -449,7 +449,9 @@ async fn tenants_with_prefix_colliding_ids_never_see_each_other() {
             .is_err()
     );
 
-    // Deleting t drops only its column family; t1 and t1a keep data, usage and digests.
+    // Deleting t drops only its column family; t1 and t1a keep data, usage and digests. (The
+    // scan first has the reader remember t, which the delete must make it forget.)
+    rd.scan_nodes("t", None, 10).unwrap();
     h.run(0, Command::DeleteTenant { tenant: "t".into() })
         .outcome
         .unwrap();
@@ -514,7 +516,14 @@ async fn state_survives_restart_and_tenant_admin_is_checked() {
         h.create_tenant("Bad!", Quotas::default()),
         Err(ApplyError::Tenant(_))
     ));
-    h.write("acme", vec![create_node(&["X"], &[])]).unwrap();
+    let made = h.write("acme", vec![create_node(&["X"], &[])]).unwrap();
+    let OpResult::NodeCreated(node) = made[0] else {
+        panic!("{made:?}")
+    };
+    // The reader remembers the tenant as enabled; each tenant command must make it look again.
+    // (One reader throughout: a reader is dropped before the restart below.)
+    let rd = h.reader();
+    assert!(rd.node("acme", node).unwrap().is_some());
 
     h.run(
         0,
@@ -531,6 +540,15 @@ async fn state_survives_restart_and_tenant_admin_is_checked() {
             tenant: "acme".into()
         }
     );
+    assert!(
+        matches!(
+            rd.node("acme", node),
+            Err(raftgraph::state_machine::ReadError::Refused(
+                ApplyError::TenantDisabled { .. }
+            ))
+        ),
+        "a read after the disable is refused"
+    );
     h.run(
         0,
         Command::SetTenantEnabled {
@@ -540,6 +558,8 @@ async fn state_survives_restart_and_tenant_admin_is_checked() {
     )
     .outcome
     .unwrap();
+    assert!(rd.node("acme", node).unwrap().is_some(), "enabled again");
+    drop(rd);
 
     let limits = ClusterLimits {
         tenants_max: 1,

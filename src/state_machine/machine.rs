@@ -205,6 +205,8 @@ impl StateMachine {
         let mut ddl = Ddl::None;
         let mut membership = None;
         let mut responses = Vec::new();
+        // Tenant commands (alone in their entry) may change a tenant record readers cache.
+        let mut tenant_change = false;
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
@@ -213,6 +215,10 @@ impl StateMachine {
                 membership = Some(stored);
             }
             EntryPayload::Normal(p) => {
+                tenant_change = p
+                    .requests
+                    .iter()
+                    .any(|r| !matches!(r.command, Command::Write(_)));
                 let mut layer = Layer::default();
                 let alone = p.requests.len() == 1;
                 for req in &p.requests {
@@ -263,6 +269,9 @@ impl StateMachine {
             .map_err(|e| rocks_err(&format!("apply {log_id}"), e))?;
         if let Ddl::Drop(t) = &ddl {
             store.drop_cf(&keys::tenant_cf(t))?;
+        }
+        if tenant_change {
+            store.tenants.invalidate();
         }
         self.applied = Some(log_id);
         if let Some(m) = membership {

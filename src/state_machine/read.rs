@@ -200,16 +200,25 @@ impl GraphReader {
         f: impl FnOnce(&Store, &Arc<rocksdb::BoundColumnFamily<'_>>) -> Result<T, ReadError>,
     ) -> Result<T, ReadError> {
         let store = self.store();
-        let rec = self.record(&store, tenant)?;
-        if !rec.enabled {
-            return Err(ApplyError::TenantDisabled {
+        let disabled = || {
+            Err(ApplyError::TenantDisabled {
                 tenant: tenant.to_string(),
             }
-            .into());
+            .into())
+        };
+        let enabled = store
+            .tenants
+            .enabled(tenant, || self.record(&store, tenant).map(|r| r.enabled))?;
+        if !enabled {
+            return disabled();
         }
-        let cf = store
-            .cf(&keys::tenant_cf(tenant))
-            .ok_or_else(|| corrupt(format!("tenant {tenant}: column family missing")))?;
+        let Some(cf) = store.cf(&keys::tenant_cf(tenant)) else {
+            // Deleted since the cache learned of it: answer as the record now says.
+            if !self.record(&store, tenant)?.enabled {
+                return disabled();
+            }
+            return Err(corrupt(format!("tenant {tenant}: column family missing")));
+        };
         f(&store, &cf)
     }
 

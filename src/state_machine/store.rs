@@ -9,10 +9,11 @@
 //! Every `db-*` other than the one `CURRENT` names is a leftover of an interrupted install and
 //! is removed on open.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rocksdb::{
@@ -71,6 +72,57 @@ pub(crate) struct Store {
     /// column families to agree with a RocksDB snapshot (digests) takes the snapshot, reads the
     /// registry and takes the handles under it for reading.
     pub ddl: RwLock<()>,
+    /// What readers learned of tenant records, so a read does not fetch and decode its
+    /// tenant's record each time.
+    pub tenants: TenantCache,
+}
+
+/// Whether each tenant readers looked up is enabled, valid while no entry that may change a
+/// tenant record has been written since. Apply calls [`TenantCache::invalidate`] after writing
+/// such an entry and before reporting it applied, so a read that waits for that entry (a
+/// linearizable one) never sees the older answer. Only tenants that exist are held, so it holds
+/// at most `tenants_max` names whatever names clients send.
+#[derive(Debug, Default)]
+pub(crate) struct TenantCache {
+    epoch: AtomicU64,
+    /// The epoch the names were read in, and each name's `enabled`.
+    seen: RwLock<(u64, BTreeMap<String, bool>)>,
+}
+
+impl TenantCache {
+    /// Forgets everything learned so far (call after writing a change to tenant records).
+    pub fn invalidate(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether `tenant` is enabled: remembered, or from `load` (which reads the record and
+    /// fails when there is none).
+    pub fn enabled<E>(
+        &self,
+        tenant: &str,
+        load: impl FnOnce() -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        // Read before the database: a change written after this load bumps the epoch past it.
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        {
+            let seen = self.seen.read().expect("tenant cache lock poisoned");
+            if seen.0 == epoch
+                && let Some(&enabled) = seen.1.get(tenant)
+            {
+                return Ok(enabled);
+            }
+        }
+        let enabled = load()?;
+        let mut seen = self.seen.write().expect("tenant cache lock poisoned");
+        if seen.0 < epoch {
+            *seen = (epoch, BTreeMap::new());
+        }
+        // A newer epoch's map must not take an answer read before it began.
+        if seen.0 == epoch {
+            seen.1.insert(tenant.to_string(), enabled);
+        }
+        Ok(enabled)
+    }
 }
 
 impl Store {
@@ -94,6 +146,7 @@ impl Store {
             dir: dir.to_path_buf(),
             remove_on_drop: AtomicBool::new(false),
             ddl: RwLock::new(()),
+            tenants: TenantCache::default(),
         })
     }
 
@@ -221,4 +274,46 @@ pub(crate) fn sync_tree(dir: &Path) -> io::Result<()> {
         }
     }
     sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TenantCache;
+
+    fn answer(v: bool) -> impl FnOnce() -> Result<bool, ()> {
+        move || Ok(v)
+    }
+
+    #[test]
+    fn the_cache_answers_until_invalidated() {
+        let c = TenantCache::default();
+        assert_eq!(c.enabled("t", answer(true)), Ok::<_, ()>(true));
+        assert_eq!(c.enabled("t", || panic!("remembered")), Ok::<_, ()>(true));
+        c.invalidate();
+        assert_eq!(c.enabled("t", answer(false)), Ok(false), "looked up again");
+        assert_eq!(c.enabled("t", || panic!("remembered")), Ok::<_, ()>(false));
+    }
+
+    #[test]
+    fn a_failed_lookup_is_not_remembered() {
+        let c = TenantCache::default();
+        assert_eq!(c.enabled("gone", || Err(())), Err(()));
+        assert_eq!(c.enabled("gone", answer(true)), Ok(true), "looked up again");
+    }
+
+    #[test]
+    fn an_answer_read_before_an_invalidation_is_not_kept_after_it() {
+        let c = TenantCache::default();
+        // The change lands (and invalidates) while this lookup reads the old record.
+        let stale = c.enabled("t", || {
+            c.invalidate();
+            Ok::<_, ()>(true)
+        });
+        assert_eq!(stale, Ok::<_, ()>(true));
+        assert_eq!(
+            c.enabled("t", answer(false)),
+            Ok(false),
+            "not the stale answer"
+        );
+    }
 }
