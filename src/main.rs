@@ -179,10 +179,9 @@ fn client_result(r: Result<(), tonic::Status>) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     // Errors print as one line of context (`error: a: b: c`), never as a backtrace.
-    match real_main().await {
+    match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -191,10 +190,36 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn real_main() -> anyhow::Result<()> {
+/// Parses the command line and, for a server, its configuration, then runs the command on a
+/// multi-threaded runtime: `server.worker_threads` threads for a server, one per core otherwise.
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    let command = match cli.command {
+        Command::Server(args) => {
+            let config = node_config(args)?;
+            if let Some(n) = config.server.worker_threads {
+                builder.worker_threads(n);
+            }
+            Run::Server(Box::new(config))
+        }
+        other => Run::Other(other),
+    };
+    builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("start the async runtime: {e}"))?
+        .block_on(run(command))
+}
+
+enum Run {
+    Server(Box<NodeConfig>),
+    Other(Command),
+}
+
+async fn run(command: Run) -> anyhow::Result<()> {
     // A server logs its lifecycle; client commands keep stderr for errors.
-    let default = if matches!(cli.command, Command::Server(_)) {
+    let default = if matches!(command, Run::Server(_)) {
         "info"
     } else {
         "warn"
@@ -206,14 +231,18 @@ async fn real_main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Command::Server(args) => {
-            let config = node_config(args)?;
+    let command = match command {
+        Run::Server(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("listen on {}: {e}", config.listen))?;
-            raftgraph::node::run(config, listener, terminated()).await?;
+            raftgraph::node::run(*config, listener, terminated()).await?;
+            return Ok(());
         }
+        Run::Other(c) => c,
+    };
+    match command {
+        Command::Server(_) => unreachable!("handled above"),
         Command::Tenant { global, cmd } => client_result(cli::tenant(&global, cmd).await)?,
         Command::Node { global, cmd } => client_result(cli::node(&global, cmd).await)?,
         Command::Edge { global, cmd } => client_result(cli::edge(&global, cmd).await)?,

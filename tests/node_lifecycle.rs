@@ -56,6 +56,14 @@ fn validate_refuses_bad_values_and_combinations_naming_the_field() {
             "server.proposals_in_flight_max",
             Box::new(|c| c.server.proposals_in_flight_max = 0),
         ),
+        (
+            "server.worker_threads",
+            Box::new(|c| c.server.worker_threads = Some(0)),
+        ),
+        (
+            "server.worker_threads",
+            Box::new(|c| c.server.worker_threads = Some(100_000)),
+        ),
         ("storage", Box::new(|c| c.storage.write_buffer_bytes = 1)),
         (
             "storage.wal_segment_bytes",
@@ -95,6 +103,11 @@ fn config_files_reject_unknown_keys_and_the_shipped_samples_are_valid() {
         c.validate().unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(c.node_id, i);
         assert_eq!(c.listen, addr(&format!("127.0.0.1:700{i}")));
+        assert_eq!(
+            c.server.worker_threads,
+            Some(1),
+            "{path}: one thread per local node"
+        );
         c.raft_config().unwrap();
     }
 }

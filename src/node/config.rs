@@ -15,6 +15,8 @@ use crate::wal::WalConfig;
 
 /// The most proposals in flight a node may be configured for.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1_000_000;
+/// Most runtime threads `server.worker_threads` may ask for.
+pub const WORKER_THREADS_MAX: usize = 1_024;
 
 /// The longest cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
@@ -80,12 +82,19 @@ pub struct ServerSection {
     /// Writes and admin commands in flight on this node before new ones are refused with
     /// UNAVAILABLE and a retry hint.
     pub proposals_in_flight_max: usize,
+    /// Threads of the node's async runtime (`raftgraph server` builds it from this). Unset:
+    /// one per CPU core. Where several nodes share one machine, as in the local cluster, one
+    /// each spares the cores the wake-ups between a node's own threads (measured in
+    /// BENCHMARKS.md). The WAL's I/O thread and RocksDB's are extra.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             proposals_in_flight_max: 4096,
+            worker_threads: None,
         }
     }
 }
@@ -238,6 +247,14 @@ impl NodeConfig {
                     "{}; use 1..={PROPOSALS_IN_FLIGHT_MAX}",
                     self.server.proposals_in_flight_max
                 ),
+            );
+        }
+        if let Some(n) = self.server.worker_threads
+            && !(1..=WORKER_THREADS_MAX).contains(&n)
+        {
+            return bad(
+                "server.worker_threads",
+                format!("{n}; use 1..={WORKER_THREADS_MAX}, or leave it unset for one per core"),
             );
         }
         self.wal_config().validate().map_err(|e| ConfigError {
