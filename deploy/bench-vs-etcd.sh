@@ -15,7 +15,9 @@
 # raftgraph client finds its own); serializable reads are spread over the three members.
 #
 # Environment: ROUNDS (3), SECS per run (10), CLIENTS ("1 64 256"), CONNS connections for more
-# than one client (8), RAFTGRAPH_BIN (else built with `cargo build --profile ci`).
+# than one client (8), RAFTGRAPH_BIN (else built with `cargo build --release`: the build users
+# run, without the ci profile's debug assertions; its first build compiles RocksDB once more,
+# about 14 minutes on 2 cores).
 # Results: target/bench-vs-etcd/results.jsonl (one JSON line per run) and table.md; etcd's logs
 # in target/bench-vs-etcd/logs/. Refuses to run while deploy/local-cluster.sh's cluster is up.
 set -euo pipefail
@@ -31,8 +33,8 @@ ETCD_ENDPOINTS=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
 RG_ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 
 if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
-  cargo build --profile ci --bin raftgraph
-  RAFTGRAPH_BIN="${CARGO_TARGET_DIR:-target}/ci/raftgraph"
+  cargo build --release --bin raftgraph
+  RAFTGRAPH_BIN="${CARGO_TARGET_DIR:-target}/release/raftgraph"
 fi
 export RAFTGRAPH_BIN
 BIN=$RAFTGRAPH_BIN
