@@ -22,6 +22,10 @@ use crate::codec;
 
 const META_FILE: &str = "wal.meta";
 const META_TMP_FILE: &str = "wal.meta.tmp";
+/// The next segment's file while a background thread zero-fills it (see `spare_segment`).
+const SPARE_FILE: &str = "spare.wal.tmp";
+
+type Spare = std::thread::JoinHandle<io::Result<Box<dyn super::fs::WalFile>>>;
 
 /// A truncation that was decided but may not have finished: entries after `last_kept` are void.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,17 @@ pub(crate) struct Disk<C: RaftTypeConfig> {
     committed: Option<LogIdOf<C>>,
     /// The committed id must be written again (new segment, or the record may have been cut).
     committed_dirty: bool,
+    /// The thread preparing the next segment's file, if one was started.
+    spare: Option<Spare>,
+}
+
+impl<C: RaftTypeConfig> Drop for Disk<C> {
+    fn drop(&mut self) {
+        // A WAL reopened in this directory must not find this thread still writing its spare.
+        if let Some(h) = self.spare.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 fn index_of<C: RaftTypeConfig>(id: &Option<LogIdOf<C>>) -> Option<u64> {
@@ -134,6 +149,7 @@ impl<C: RaftTypeConfig> Disk<C> {
             meta,
             committed: None,
             committed_dirty: false,
+            spare: None,
         };
         let committed_record = disk.scan_segments(&first_indexes)?;
         if let Some(intent) = disk.meta.truncate {
@@ -298,16 +314,65 @@ impl<C: RaftTypeConfig> Disk<C> {
             .back()
             .is_some_and(|s| s.len < self.cfg.segment_bytes || s.positions.is_empty());
         if !reuse {
-            let prealloc = if self.cfg.preallocate {
-                self.cfg.segment_bytes
-            } else {
-                0
+            let segment = match self.take_spare() {
+                Some(file) => Segment::from_spare(
+                    self.fs.as_ref(),
+                    &self.cfg.dir,
+                    next,
+                    file,
+                    &self.cfg.dir.join(SPARE_FILE),
+                )?,
+                None => {
+                    let prealloc = if self.cfg.preallocate {
+                        self.cfg.segment_bytes
+                    } else {
+                        0
+                    };
+                    Segment::create(self.fs.as_ref(), &self.cfg.dir, next, prealloc)?
+                }
             };
-            let segment = Segment::create(self.fs.as_ref(), &self.cfg.dir, next, prealloc)?;
             self.segments.push_back(segment);
             self.committed_dirty = true;
         }
+        self.start_spare();
         Ok(())
+    }
+
+    /// The prepared spare file, waiting for its thread if it is not done. `None` when there is
+    /// none or preparing it failed (then the caller creates the segment itself).
+    fn take_spare(&mut self) -> Option<Box<dyn super::fs::WalFile>> {
+        match self.spare.take()?.join() {
+            Ok(Ok(file)) => Some(file),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "preparing the next WAL segment failed; creating it now");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the thread preparing the next WAL segment panicked; creating it now"
+                );
+                None
+            }
+        }
+    }
+
+    /// Starts zero-filling the next segment's file in the background, unless one is on the
+    /// way or the configuration says not to.
+    fn start_spare(&mut self) {
+        if self.spare.is_some() || !self.cfg.preallocate || !self.cfg.spare_segment {
+            return;
+        }
+        let fs = self.fs.clone();
+        let path = self.cfg.dir.join(SPARE_FILE);
+        let bytes = self.cfg.segment_bytes;
+        let spawned = std::thread::Builder::new()
+            .name("raftgraph-wal-spare".into())
+            .spawn(move || segment::prepare_spare(fs.as_ref(), &path, bytes));
+        match spawned {
+            Ok(h) => self.spare = Some(h),
+            // Rotation then zero-fills in the write path, as without a spare.
+            Err(e) => tracing::warn!(error = %e, "could not start the WAL spare thread"),
+        }
     }
 
     /// Writes one group-commit batch — a batch record, the committed id if it changed, the
@@ -538,4 +603,77 @@ fn read_meta<C: RaftTypeConfig>(fs: &dyn WalFs, dir: &Path) -> Result<Meta<C>, W
             format!("meta does not decode: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::entry::RaftEntry;
+    use openraft::type_config::alias::{EntryOf, LeaderIdOf, LogIdOf};
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::{Disk, EncodedEntry, SPARE_FILE};
+    use crate::codec;
+    use crate::wal::{StdFs, WalConfig};
+
+    openraft::declare_raft_types!(TC);
+
+    fn entry(index: u64) -> EncodedEntry {
+        let log_id = LogIdOf::<TC>::new(LeaderIdOf::<TC>::new_committed(1, 0), index);
+        let e = EntryOf::<TC>::new_normal(log_id, format!("entry {index} {}", "x".repeat(40)));
+        EncodedEntry {
+            index,
+            bytes: codec::encode(&e).unwrap(),
+        }
+    }
+
+    fn payloads(disk: &Disk<TC>, end: u64) -> Vec<u64> {
+        disk.read(0, end)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id().index)
+            .collect()
+    }
+
+    #[test]
+    fn segments_made_from_spares_read_back_and_a_leftover_spare_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = WalConfig::new(dir.path().join("wal"));
+        cfg.segment_bytes = 1024; // a rotation every few groups
+        assert!(
+            cfg.preallocate && cfg.spare_segment,
+            "the defaults use spares"
+        );
+        let spare = cfg.dir.join(SPARE_FILE);
+
+        let (mut disk, _) = Disk::<TC>::recover(Arc::new(StdFs), cfg.clone()).unwrap();
+        for group in 0..20u64 {
+            let entries: Vec<_> = (group * 5..group * 5 + 5).map(entry).collect();
+            disk.write_group(&entries, None).unwrap();
+        }
+        assert!(disk.segments.len() >= 5, "{} segments", disk.segments.len());
+        assert_eq!(payloads(&disk, 100), (0..100).collect::<Vec<_>>());
+        for s in &disk.segments {
+            let len = std::fs::metadata(&s.path).unwrap().len();
+            assert!(len >= 1024, "{:?} is {len} bytes: not preallocated", s.path);
+        }
+        drop(disk); // joins the spare thread: the spare for the next rotation is ready
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), 1024);
+
+        // A crash can leave a half-made spare: recovery removes it, and nothing is lost.
+        std::fs::write(&spare, b"torn").unwrap();
+        let (mut disk, recovered) = Disk::<TC>::recover(Arc::new(StdFs), cfg.clone()).unwrap();
+        assert!(!spare.exists(), "a leftover spare is removed on open");
+        assert_eq!(recovered.last.map(|l| l.index), Some(99));
+        for group in 20..30u64 {
+            let entries: Vec<_> = (group * 5..group * 5 + 5).map(entry).collect();
+            disk.write_group(&entries, None).unwrap();
+        }
+        assert_eq!(payloads(&disk, 150), (0..150).collect::<Vec<_>>());
+        drop(disk);
+        let (disk, recovered) = Disk::<TC>::recover(Arc::new(StdFs), cfg).unwrap();
+        assert_eq!(recovered.last.map(|l| l.index), Some(149));
+        assert_eq!(payloads(&disk, 150), (0..150).collect::<Vec<_>>());
+    }
 }

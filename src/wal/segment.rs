@@ -53,23 +53,44 @@ impl Segment {
         preallocate_to: u64,
     ) -> io::Result<Segment> {
         let name = format::segment_file_name(first_index);
-        let path = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
         let mut file = fs.create(&tmp).map_err(|e| io_context(e, "create", &tmp))?;
         let header = format::encode_segment_header(first_index);
         file.write_all_at(&header, 0)
             .map_err(|e| io_context(e, "write header of", &tmp))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = SEGMENT_HEADER_BYTES;
-        while at < preallocate_to {
-            let n = (preallocate_to - at).min(zeros.len() as u64);
-            file.write_all_at(&zeros[..n as usize], at)
-                .map_err(|e| io_context(e, "preallocate", &tmp))?;
-            at += n;
-        }
-        file.sync_data().map_err(|e| io_context(e, "sync", &tmp))?;
-        fs.rename(&tmp, &path)
-            .map_err(|e| io_context(e, "rename", &tmp))?;
+        zero_fill(file.as_mut(), SEGMENT_HEADER_BYTES, preallocate_to, &tmp)?;
+        Self::publish(fs, dir, first_index, file, &tmp)
+    }
+
+    /// Creates `dir/{first_index}.wal` from a spare made by [`prepare_spare`] (a zero-filled,
+    /// synced file under a `.tmp` name): the header is written and synced, then the file is
+    /// renamed and the directory synced, as [`Segment::create`] does.
+    pub fn from_spare(
+        fs: &dyn WalFs,
+        dir: &Path,
+        first_index: u64,
+        mut file: Box<dyn WalFile>,
+        spare: &Path,
+    ) -> io::Result<Segment> {
+        let header = format::encode_segment_header(first_index);
+        file.write_all_at(&header, 0)
+            .map_err(|e| io_context(e, "write header of", spare))?;
+        Self::publish(fs, dir, first_index, file, spare)
+    }
+
+    /// Syncs `file` (at `tmp`, header written), renames it to the segment's name and syncs
+    /// the directory.
+    fn publish(
+        fs: &dyn WalFs,
+        dir: &Path,
+        first_index: u64,
+        mut file: Box<dyn WalFile>,
+        tmp: &Path,
+    ) -> io::Result<Segment> {
+        let path = dir.join(format::segment_file_name(first_index));
+        file.sync_data().map_err(|e| io_context(e, "sync", tmp))?;
+        fs.rename(tmp, &path)
+            .map_err(|e| io_context(e, "rename", tmp))?;
         fs.sync_dir(dir)
             .map_err(|e| io_context(e, "sync directory", dir))?;
         Ok(Segment {
@@ -302,6 +323,32 @@ pub(crate) fn scan<C: RaftTypeConfig>(
         scan.end = offset;
     }
     Ok(scan)
+}
+
+/// Writes zeros to `file[from..to]` in 1 MiB pieces.
+fn zero_fill(file: &mut dyn WalFile, from: u64, to: u64, path: &Path) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)
+            .map_err(|e| io_context(e, "preallocate", path))?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Makes a spare segment file at `path` (a `.tmp` name, so recovery removes a leftover one):
+/// `bytes` zeros, synced. [`Segment::from_spare`] turns it into the next segment.
+pub(crate) fn prepare_spare(
+    fs: &dyn WalFs,
+    path: &Path,
+    bytes: u64,
+) -> io::Result<Box<dyn WalFile>> {
+    let mut file = fs.create(path).map_err(|e| io_context(e, "create", path))?;
+    zero_fill(file.as_mut(), 0, bytes, path)?;
+    file.sync_data().map_err(|e| io_context(e, "sync", path))?;
+    Ok(file)
 }
 
 /// True when every byte of `file[from..file_len]` is zero. Reads in bounded chunks.

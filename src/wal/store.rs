@@ -107,7 +107,8 @@ where
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let record_bytes_max = cfg.record_bytes_max;
-        let task_cfg = cfg.clone();
+        let mut task_cfg = cfg.clone();
+        task_cfg.spare_segment &= matches!(io, IoRuntime::Thread);
         io.spawn("raftgraph-wal", async move {
             let batch_bytes_max = task_cfg.batch_bytes_max;
             let cache_bytes_max = task_cfg.cache_bytes_max;
