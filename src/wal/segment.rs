@@ -55,38 +55,23 @@ impl Segment {
         let name = format::segment_file_name(first_index);
         let tmp = dir.join(format!("{name}.tmp"));
         let mut file = fs.create(&tmp).map_err(|e| io_context(e, "create", &tmp))?;
-        let header = format::encode_segment_header(first_index);
-        file.write_all_at(&header, 0)
-            .map_err(|e| io_context(e, "write header of", &tmp))?;
         zero_fill(file.as_mut(), SEGMENT_HEADER_BYTES, preallocate_to, &tmp)?;
-        Self::publish(fs, dir, first_index, file, &tmp)
+        Self::from_spare(fs, dir, first_index, file, &tmp)
     }
 
-    /// Creates `dir/{first_index}.wal` from a spare made by [`prepare_spare`] (a zero-filled,
-    /// synced file under a `.tmp` name): the header is written and synced, then the file is
-    /// renamed and the directory synced, as [`Segment::create`] does.
+    /// Makes `file` (at `tmp`, a `.tmp` name; zero-filled by [`prepare_spare`] or by
+    /// [`Segment::create`]) the segment `dir/{first_index}.wal`: header written and synced,
+    /// renamed, directory synced.
     pub fn from_spare(
-        fs: &dyn WalFs,
-        dir: &Path,
-        first_index: u64,
-        mut file: Box<dyn WalFile>,
-        spare: &Path,
-    ) -> io::Result<Segment> {
-        let header = format::encode_segment_header(first_index);
-        file.write_all_at(&header, 0)
-            .map_err(|e| io_context(e, "write header of", spare))?;
-        Self::publish(fs, dir, first_index, file, spare)
-    }
-
-    /// Syncs `file` (at `tmp`, header written), renames it to the segment's name and syncs
-    /// the directory.
-    fn publish(
         fs: &dyn WalFs,
         dir: &Path,
         first_index: u64,
         mut file: Box<dyn WalFile>,
         tmp: &Path,
     ) -> io::Result<Segment> {
+        let header = format::encode_segment_header(first_index);
+        file.write_all_at(&header, 0)
+            .map_err(|e| io_context(e, "write header of", tmp))?;
         let path = dir.join(format::segment_file_name(first_index));
         file.sync_data().map_err(|e| io_context(e, "sync", tmp))?;
         fs.rename(tmp, &path)
