@@ -209,7 +209,6 @@ fn real_main() -> anyhow::Result<()> {
             if let Some(n) = config.server.worker_threads {
                 builder.worker_threads(n);
             }
-
             Run::Server(Box::new(config))
         }
         other => Run::Other(other),
