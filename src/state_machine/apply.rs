@@ -71,7 +71,7 @@ pub(crate) fn apply_request(
 ) -> io::Result<Response> {
     let base: &Layer = layer;
     let session: Option<Session> = {
-        let txn = Txn::new(store.db(), store.meta()?, base);
+        let txn = Txn::new(store, store.meta()?, base);
         load(&txn, Cf::Meta, &keys::session(req.client_id)).map_err(fatal_of)?
     };
     let refuse = |e: ApplyError| Ok(Response { outcome: Err(e) });
@@ -103,7 +103,7 @@ pub(crate) fn apply_request(
         _ => {}
     }
 
-    let mut txn = Txn::new(store.db(), store.meta()?, base);
+    let mut txn = Txn::new(store, store.meta()?, base);
     // `execute` changes `globals` in memory only; `before` is what is stored.
     let before = load_globals(&txn).map_err(fatal_of)?;
     let mut globals = before.clone();
@@ -112,7 +112,7 @@ pub(crate) fn apply_request(
         Err(Fail::Fatal(e)) => return Err(e),
         Err(Fail::Refused(e)) => {
             // Nothing of a refused request is applied: start over from the database.
-            txn = Txn::new(store.db(), store.meta()?, base);
+            txn = Txn::new(store, store.meta()?, base);
             globals = before.clone();
             *ddl = Ddl::None;
             Err(e)

@@ -205,6 +205,7 @@ impl StateMachine {
         let mut ddl = Ddl::None;
         let mut membership = None;
         let mut responses = Vec::new();
+        let mut learned = None;
         // Tenant commands (alone in their entry) may change a tenant record readers cache.
         let mut tenant_change = false;
         match &entry.payload {
@@ -254,7 +255,7 @@ impl StateMachine {
                     };
                     responses.push(response);
                 }
-                layer.into_batch(&store, &mut batch)?;
+                learned = Some(layer.into_batch(&store, &mut batch)?);
             }
         }
         batch.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
@@ -267,6 +268,11 @@ impl StateMachine {
             .db()
             .write(batch)
             .map_err(|e| rocks_err(&format!("apply {log_id}"), e))?;
+        store.meta_cache.forget(keys::APPLIED);
+        store.meta_cache.forget(keys::MEMBERSHIP);
+        if let Some(learned) = learned {
+            store.meta_cache.learn(learned);
+        }
         if let Ddl::Drop(t) = &ddl {
             store.drop_cf(&keys::tenant_cf(t))?;
         }

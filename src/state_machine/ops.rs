@@ -45,6 +45,15 @@ pub(crate) fn save<T: Serialize>(
     txn.put(which, key, bytes)
 }
 
+/// Whether a record's id was just allocated from the tenant's counters (so the database has
+/// never held its keys: no old value to read for the storage count) or names a stored one.
+#[derive(Clone, Copy)]
+enum IdIs {
+    Fresh,
+    Existing,
+}
+use IdIs::{Existing, Fresh};
+
 /// Applies the operations of `req` (already validated, tenant bound) for entry `index`.
 pub(crate) struct Writer<'t, 'a> {
     pub txn: &'t mut Txn<'a>,
@@ -186,7 +195,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                 let id = self.resolve(*node);
                 let mut rec = self.node(id)?;
                 update_properties(&mut rec.properties, set, remove);
-                self.put_node(id, rec)
+                self.put_node(id, rec, Existing)
             }
             Op::AddLabels { node, labels } => {
                 let id = self.resolve(*node);
@@ -196,7 +205,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                         self.txn.put(Cf::Data, &keys::label(l, id), Vec::new())?;
                     }
                 }
-                self.put_node(id, rec)
+                self.put_node(id, rec, Existing)
             }
             Op::RemoveLabels { node, labels } => {
                 let id = self.resolve(*node);
@@ -206,7 +215,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                         self.txn.delete(Cf::Data, &keys::label(l, id))?;
                     }
                 }
-                self.put_node(id, rec)
+                self.put_node(id, rec, Existing)
             }
             Op::DeleteNode { node } => self.delete_node(self.resolve(*node)),
             Op::CreateEdge {
@@ -221,7 +230,7 @@ impl<'t, 'a> Writer<'t, 'a> {
             Op::UpdateEdge { edge, set, remove } => {
                 let mut rec = self.edge(*edge)?;
                 update_properties(&mut rec.properties, set, remove);
-                self.put_edge(*edge, rec)?;
+                self.put_edge(*edge, rec, Existing)?;
                 Ok(OpResult::Done)
             }
             Op::DeleteEdge { edge } => {
@@ -240,20 +249,21 @@ impl<'t, 'a> Writer<'t, 'a> {
         let id = self.counters.next_node_id;
         self.counters.next_node_id += 1;
         for l in labels {
-            self.txn.put(Cf::Data, &keys::label(l, id), Vec::new())?;
+            self.txn
+                .put_new(Cf::Data, &keys::label(l, id), Vec::new())?;
         }
         let rec = NodeRecord {
             labels: labels.clone(),
             properties: properties.clone(),
             version: self.index,
         };
-        self.put_node(id, rec)?;
+        self.put_node(id, rec, Fresh)?;
         self.counters.usage.nodes += 1;
         Ok(OpResult::NodeCreated(id))
     }
 
     /// Stores a node at this entry's version, refusing one past the record limits.
-    fn put_node(&mut self, id: u64, mut rec: NodeRecord) -> Result<OpResult, Fail> {
+    fn put_node(&mut self, id: u64, mut rec: NodeRecord, id_is: IdIs) -> Result<OpResult, Fail> {
         rec.version = self.index;
         self.check_record(
             &format!("node {id}"),
@@ -262,16 +272,24 @@ impl<'t, 'a> Writer<'t, 'a> {
         )?;
         let bytes = codec::encode(&rec).map_err(|e| corrupt(format_args!("encode: {e}")))?;
         self.check_bytes(&format!("node {id}"), bytes.len())?;
-        self.txn.put(Cf::Data, &keys::node(id), bytes)?;
+        let key = keys::node(id);
+        match id_is {
+            Fresh => self.txn.put_new(Cf::Data, &key, bytes)?,
+            Existing => self.txn.put(Cf::Data, &key, bytes)?,
+        }
         Ok(OpResult::Done)
     }
 
-    fn put_edge(&mut self, id: u64, mut rec: EdgeRecord) -> Result<(), Fail> {
+    fn put_edge(&mut self, id: u64, mut rec: EdgeRecord, id_is: IdIs) -> Result<(), Fail> {
         rec.version = self.index;
         self.check_record(&format!("edge {id}"), rec.properties.len(), 0)?;
         let bytes = codec::encode(&rec).map_err(|e| corrupt(format_args!("encode: {e}")))?;
         self.check_bytes(&format!("edge {id}"), bytes.len())?;
-        self.txn.put(Cf::Data, &keys::edge(id), bytes)
+        let key = keys::edge(id);
+        match id_is {
+            Fresh => self.txn.put_new(Cf::Data, &key, bytes),
+            Existing => self.txn.put(Cf::Data, &key, bytes),
+        }
     }
 
     fn check_record(&self, what: &str, properties: usize, labels: usize) -> Result<(), Fail> {
@@ -316,13 +334,13 @@ impl<'t, 'a> Writer<'t, 'a> {
             properties: properties.clone(),
             version: self.index,
         };
-        self.put_edge(id, rec)?;
+        self.put_edge(id, rec, Fresh)?;
         let out = keys::adjacency(keys::OUT, source, edge_type, id);
         self.txn
-            .put(Cf::Data, &out, target.to_be_bytes().to_vec())?;
+            .put_new(Cf::Data, &out, target.to_be_bytes().to_vec())?;
         let inn = keys::adjacency(keys::IN, target, edge_type, id);
         self.txn
-            .put(Cf::Data, &inn, source.to_be_bytes().to_vec())?;
+            .put_new(Cf::Data, &inn, source.to_be_bytes().to_vec())?;
         self.counters.usage.edges += 1;
         Ok(OpResult::EdgeCreated(id))
     }

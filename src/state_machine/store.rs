@@ -9,12 +9,12 @@
 //! Every `db-*` other than the one `CURRENT` names is a leftover of an interrupted install and
 //! is removed on open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBWithThreadMode,
@@ -75,6 +75,83 @@ pub(crate) struct Store {
     /// What readers learned of tenant records, so a read does not fetch and decode its
     /// tenant's record each time.
     pub tenants: TenantCache,
+    /// Meta column family values apply has read or written, so the per-request reads of a
+    /// client's session, the tenant record, its counters and the globals do not go to RocksDB.
+    pub meta_cache: MetaCache,
+}
+
+/// Values of the meta column family as they are in the database (`None`: known absent). Only
+/// apply fills it, and only with what it read from the database or just wrote to it
+/// ([`MetaCache::learn`], after the write): nothing else writes the meta column family while
+/// the store is open (`reconcile` runs before the first apply; a snapshot install opens a new
+/// store). It answers the same as the database, so what it holds changes speed, never
+/// results; debug builds check every hit against the database.
+#[derive(Debug, Default)]
+pub(crate) struct MetaCache {
+    inner: Mutex<MetaMap>,
+}
+
+#[derive(Debug, Default)]
+struct MetaMap {
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Key and value bytes held, at most [`META_CACHE_BYTES_MAX`].
+    bytes: usize,
+}
+
+/// Bytes of keys and values the meta cache holds; past it, it starts over empty.
+pub(crate) const META_CACHE_BYTES_MAX: usize = 16 << 20;
+/// Larger values are not cached (a session holding a large response, say).
+pub(crate) const META_CACHE_VALUE_BYTES_MAX: usize = 64 << 10;
+
+fn cached_bytes(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
+}
+
+impl MetaCache {
+    /// The value under `key` if known: `Some(None)` when known absent.
+    pub fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.inner
+            .lock()
+            .expect("meta cache lock poisoned")
+            .values
+            .get(key)
+            .cloned()
+    }
+
+    /// Records values now in the database (call only after the write that put them there).
+    pub fn learn(&self, values: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) {
+        let mut m = self.inner.lock().expect("meta cache lock poisoned");
+        for (k, v) in values {
+            if let Some(old) = m.values.remove(&k) {
+                m.bytes -= cached_bytes(&k, &old);
+            }
+            let n = cached_bytes(&k, &v);
+            if v.as_ref()
+                .is_some_and(|v| v.len() > META_CACHE_VALUE_BYTES_MAX)
+            {
+                continue;
+            }
+            if m.bytes + n > META_CACHE_BYTES_MAX {
+                m.values.clear();
+                m.bytes = 0;
+            }
+            m.bytes += n;
+            m.values.insert(k, v);
+        }
+    }
+
+    /// Forgets `key` (written to the database other than through [`MetaCache::learn`]).
+    pub fn forget(&self, key: &[u8]) {
+        let mut m = self.inner.lock().expect("meta cache lock poisoned");
+        if let Some(old) = m.values.remove(key) {
+            m.bytes -= cached_bytes(key, &old);
+        }
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.inner.lock().expect("meta cache lock poisoned").bytes
+    }
 }
 
 /// Whether each tenant readers looked up is enabled, valid while no entry that may change a
@@ -147,6 +224,7 @@ impl Store {
             remove_on_drop: AtomicBool::new(false),
             ddl: RwLock::new(()),
             tenants: TenantCache::default(),
+            meta_cache: MetaCache::default(),
         })
     }
 
@@ -278,7 +356,47 @@ pub(crate) fn sync_tree(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::TenantCache;
+    use super::{META_CACHE_BYTES_MAX, META_CACHE_VALUE_BYTES_MAX, MetaCache, TenantCache};
+
+    #[test]
+    fn the_meta_cache_answers_what_it_learned_last() {
+        let c = MetaCache::default();
+        assert_eq!(c.get(b"k"), None, "unknown");
+        c.learn([(b"k".to_vec(), Some(b"v1".to_vec()))]);
+        c.learn([(b"k".to_vec(), Some(b"v22".to_vec()))]);
+        assert_eq!(c.get(b"k"), Some(Some(b"v22".to_vec())));
+        assert_eq!(c.bytes(), 4);
+        c.learn([(b"k".to_vec(), None)]);
+        assert_eq!(c.get(b"k"), Some(None), "known absent");
+        assert_eq!(c.bytes(), 1);
+        c.forget(b"k");
+        assert_eq!(c.get(b"k"), None);
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn the_meta_cache_stays_within_its_bytes() {
+        let c = MetaCache::default();
+        let big = vec![7u8; META_CACHE_VALUE_BYTES_MAX + 1];
+        c.learn([
+            (b"old".to_vec(), Some(b"x".to_vec())),
+            (b"old".to_vec(), Some(big)),
+        ]);
+        assert_eq!(
+            c.get(b"old"),
+            None,
+            "a too-large value replaces, and is not kept"
+        );
+        assert_eq!(c.bytes(), 0);
+        let value = vec![1u8; META_CACHE_VALUE_BYTES_MAX];
+        let n = META_CACHE_BYTES_MAX / value.len() + 2;
+        for i in 0..n as u32 {
+            c.learn([(i.to_be_bytes().to_vec(), Some(value.clone()))]);
+            assert!(c.bytes() <= META_CACHE_BYTES_MAX);
+        }
+        let last = (n as u32 - 1).to_be_bytes();
+        assert_eq!(c.get(&last), Some(Some(value)), "the newest is kept");
+    }
 
     fn answer(v: bool) -> impl FnOnce() -> Result<bool, ()> {
         move || Ok(v)

@@ -11,7 +11,7 @@ use rocksdb::{BoundColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatc
 
 use super::command::ApplyError;
 use super::keys;
-use super::store::{Rocks, Store, rocks_err};
+use super::store::{MetaCache, Rocks, Store, rocks_err};
 
 /// An apply failure: deterministic (returned to the client, nothing written) or fatal (I/O or
 /// corruption: the node stops rather than diverge).
@@ -48,9 +48,10 @@ pub(crate) struct Layer {
     meta: Overlay,
     /// By tenant column family name.
     data: BTreeMap<String, Overlay>,
-    /// Meta column family values read from the database during this entry. The database does
-    /// not change until the entry's batch is written, so every request of a batched entry
-    /// reads the tenant record and the globals from RocksDB once, not once each.
+    /// Meta column family values read from the database during this entry (the store's meta
+    /// cache learns them once the entry is written). The database does not change until the
+    /// entry's batch is written, so every request of a batched entry reads a key from RocksDB
+    /// at most once.
     meta_reads: RefCell<Overlay>,
 }
 
@@ -63,8 +64,10 @@ impl Layer {
         }
     }
 
-    /// Moves every change into `batch`.
-    pub fn into_batch(self, store: &Store, batch: &mut WriteBatch) -> io::Result<()> {
+    /// Moves every change into `batch`. Returns the meta values the database holds once the
+    /// batch is written (what this entry read, then what it changes), for
+    /// [`MetaCache::learn`] after the write.
+    pub fn into_batch(self, store: &Store, batch: &mut WriteBatch) -> io::Result<Overlay> {
         let meta = store.meta()?;
         put_all(batch, &meta, &self.meta);
         for (name, overlay) in &self.data {
@@ -73,7 +76,9 @@ impl Layer {
                 .ok_or_else(|| io::Error::other(format!("column family {name} is missing")))?;
             put_all(batch, &cf, overlay);
         }
-        Ok(())
+        let mut learned = self.meta_reads.into_inner();
+        learned.extend(self.meta);
+        Ok(learned)
     }
 }
 
@@ -88,6 +93,7 @@ fn put_all(batch: &mut WriteBatch, cf: &Arc<BoundColumnFamily<'_>>, overlay: &Ov
 
 pub(crate) struct Txn<'a> {
     db: &'a Rocks,
+    cache: &'a MetaCache,
     base: &'a Layer,
     meta_cf: Arc<BoundColumnFamily<'a>>,
     /// The bound tenant column family and its name.
@@ -105,9 +111,10 @@ pub(crate) struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    pub fn new(db: &'a Rocks, meta_cf: Arc<BoundColumnFamily<'a>>, base: &'a Layer) -> Self {
+    pub fn new(store: &'a Store, meta_cf: Arc<BoundColumnFamily<'a>>, base: &'a Layer) -> Self {
         Txn {
-            db,
+            db: store.db(),
+            cache: &store.meta_cache,
             base,
             meta_cf,
             data_cf: None,
@@ -143,10 +150,18 @@ impl<'a> Txn<'a> {
         if let Some(v) = overlay.get(key).or_else(|| base.and_then(|b| b.get(key))) {
             return Ok(v.clone());
         }
-        if which == Cf::Meta
-            && let Some(v) = self.base.meta_reads.borrow().get(key)
-        {
-            return Ok(v.clone());
+        if which == Cf::Meta {
+            if let Some(v) = self.base.meta_reads.borrow().get(key) {
+                return Ok(v.clone());
+            }
+            if let Some(v) = self.cache.get(key) {
+                debug_assert_eq!(
+                    v,
+                    self.db.get_cf(cf, key).ok().flatten(),
+                    "the meta cache disagrees with the database under {key:?}"
+                );
+                return Ok(v);
+            }
         }
         let v = self
             .db
@@ -164,6 +179,30 @@ impl<'a> Txn<'a> {
     pub fn put(&mut self, which: Cf, key: &[u8], value: Vec<u8>) -> Result<(), Fail> {
         if which == Cf::Data {
             let old = self.get(which, key)?.map_or(0, |v| key.len() + v.len());
+            self.data_bytes += (key.len() + value.len()) as i64 - old as i64;
+        }
+        self.charge((key.len() + value.len()) as u64)?;
+        self.overlay(which).insert(key.to_vec(), Some(value));
+        Ok(())
+    }
+
+    /// [`Txn::put`] of a key the database has never held (one made from an id just taken from
+    /// a tenant's counters, which only grow): the old value, if any, can only be in this
+    /// entry's changes, so the database is not read for it. Debug builds check that claim.
+    pub fn put_new(&mut self, which: Cf, key: &[u8], value: Vec<u8>) -> Result<(), Fail> {
+        if which == Cf::Data {
+            let (cf, overlay, base) = self.parts(which);
+            let old = match overlay.get(key).or_else(|| base.and_then(|b| b.get(key))) {
+                Some(v) => v.as_ref().map_or(0, |v| key.len() + v.len()),
+                None => {
+                    debug_assert_eq!(
+                        self.db.get_cf(cf, key).ok().flatten(),
+                        None,
+                        "put_new of a key the database holds: {key:?}"
+                    );
+                    0
+                }
+            };
             self.data_bytes += (key.len() + value.len()) as i64 - old as i64;
         }
         self.charge((key.len() + value.len()) as u64)?;
