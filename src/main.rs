@@ -6,6 +6,13 @@ use clap::{Parser, Subcommand};
 use raftgraph::cli;
 use raftgraph::node::NodeConfig;
 
+/// jemalloc rather than glibc's malloc: allocation (HTTP/2 frames, protobuf and bincode
+/// buffers, per-request futures) was ~15% of a node's CPU under 64-client writes, much of it in
+/// glibc's consolidation and free-list paths. jemalloc cut node CPU per write by ~8%; mimalloc
+/// measured worse than glibc here (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "raftgraph",
