@@ -140,6 +140,16 @@ pub(crate) fn load_globals(txn: &Txn) -> Result<Globals, Fail> {
 }
 
 /// Stores the session and evicts the least recently written ones past `sessions_max`.
+///
+/// The eviction index is written lazily: a session gets its key `(last_index, client)` when it
+/// is created, and a later write of the same client leaves that key behind (one memtable
+/// insert per write instead of a delete and an insert). So each session has one key, whose
+/// index is at most the session's `last_index`. Eviction takes the `n` oldest keys: a key whose
+/// index is its session's `last_index` goes with its session, a stale one is re-filed under
+/// the session's `last_index`, and that repeats until `n` are gone. The set evicted is exactly
+/// the `n` least recently written sessions (ties broken by client id): a session whose key is
+/// exact at `k` has every session last written before `k` among the keys before its own, so
+/// fewer than `n` of them.
 fn record_session(
     txn: &mut Txn,
     globals: &mut Globals,
@@ -147,28 +157,50 @@ fn record_session(
     session: Session,
     previous: Option<&Session>,
 ) -> Result<(), Fail> {
-    match previous {
-        Some(p) => txn.delete(Cf::Meta, &keys::eviction(p.last_index, client_id))?,
-        None => globals.sessions += 1,
+    if previous.is_none() {
+        globals.sessions += 1;
+        txn.put(
+            Cf::Meta,
+            &keys::eviction(session.last_index, client_id),
+            Vec::new(),
+        )?;
     }
-    txn.put(
-        Cf::Meta,
-        &keys::eviction(session.last_index, client_id),
-        Vec::new(),
-    )?;
     save(txn, Cf::Meta, &keys::session(client_id), &session)?;
     let excess = globals.sessions.saturating_sub(globals.limits.sessions_max);
-    let n = excess.min(EVICTIONS_PER_ENTRY_MAX) as usize;
-    if n == 0 {
-        return Ok(());
-    }
-    // This client's key has the highest index, so it is evicted last (sessions_max >= 1).
-    for (k, _) in txn.scan(Cf::Meta, &[keys::EVICTION], n)? {
-        let client =
-            keys::eviction_client(&k).ok_or_else(|| corrupt(format_args!("eviction key {k:?}")))?;
-        txn.delete(Cf::Meta, &k)?;
-        txn.delete(Cf::Meta, &keys::session(client))?;
-        globals.sessions -= 1;
+    let mut left = excess.min(EVICTIONS_PER_ENTRY_MAX);
+    // Keys visited, re-filed ones included, bound one entry's work; what is left over is
+    // evicted by the next entries.
+    let mut steps = 2 * EVICTIONS_PER_ENTRY_MAX;
+    // This client's session has the highest index, so it is evicted last (sessions_max >= 1).
+    while left > 0 && steps > 0 {
+        let oldest = txn.scan(Cf::Meta, &[keys::EVICTION], left.min(steps) as usize)?;
+        if oldest.is_empty() {
+            break;
+        }
+        for (k, _) in oldest {
+            steps -= 1;
+            let (index, client) = keys::eviction_parts(&k)
+                .ok_or_else(|| corrupt(format_args!("eviction key {k:?}")))?;
+            let s: Session = load(txn, Cf::Meta, &keys::session(client))?.ok_or_else(|| {
+                corrupt(format_args!(
+                    "eviction key {k:?}: client {client} has no session"
+                ))
+            })?;
+            txn.delete(Cf::Meta, &k)?;
+            if s.last_index == index {
+                txn.delete(Cf::Meta, &keys::session(client))?;
+                globals.sessions -= 1;
+                left -= 1;
+            } else if s.last_index > index {
+                let refiled = keys::eviction(s.last_index, client);
+                txn.put(Cf::Meta, &refiled, Vec::new())?;
+            } else {
+                return Err(corrupt(format_args!(
+                    "eviction key {k:?} is ahead of client {client}'s last write {}",
+                    s.last_index
+                )));
+            }
+        }
     }
     Ok(())
 }

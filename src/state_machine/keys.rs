@@ -11,7 +11,8 @@
 //! t <id> 0x00                         TenantRecord
 //! u <id> 0x00                         TenantCounters (usage, id counters)
 //! s <client_id: u64 BE>               Session
-//! x <last_index: u64 BE> <client_id: u64 BE>   session eviction order (empty value)
+//! x <index: u64 BE> <client_id: u64 BE>   session eviction order (empty value; `index` is at
+//!                                     most the session's `last_index`, see `apply`)
 //! ```
 //! The `0x00` after a tenant id (ids never contain it) makes tenant keys prefix-free: the keys of
 //! `t` are not a prefix of those of `t1`, so a prefix scan for one tenant never reaches another.
@@ -89,9 +90,11 @@ pub fn eviction(last_index: u64, client_id: u64) -> [u8; 17] {
     k
 }
 
-/// The client id of an eviction key.
-pub fn eviction_client(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
+/// The index and client id of an eviction key.
+pub fn eviction_parts(key: &[u8]) -> Option<(u64, u64)> {
+    let index = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let client = u64::from_be_bytes(key.get(9..17)?.try_into().ok()?);
+    (key.len() == 17).then_some((index, client))
 }
 
 fn id_key(kind: u8, id: u64) -> [u8; 9] {
