@@ -92,8 +92,9 @@ pub(crate) struct Store {
 }
 
 /// Values of the meta column family as they are in the database (`None`: known absent). Only
-/// apply fills it, and only with what it read from the database or just wrote to it
-/// ([`MetaCache::learn`], after the write): nothing else writes the meta column family while
+/// apply fills it, with what it reads from the database (which does not change before the
+/// entry's batch is written) and, after that write, with the entry's changes
+/// ([`MetaCache::learn`]): nothing else writes the meta column family while
 /// the store is open (`reconcile` runs before the first apply; a snapshot install opens a new
 /// store). It answers the same as the database, so what it holds changes speed, never
 /// results; debug builds check every hit against the database.
@@ -111,8 +112,8 @@ struct MetaMap {
 
 /// Bytes of keys and values the meta cache holds; past it, it starts over empty.
 pub(crate) const META_CACHE_BYTES_MAX: usize = 16 << 20;
-/// Larger values are not cached (a session holding a large response, say).
-pub(crate) const META_CACHE_VALUE_BYTES_MAX: usize = 64 << 10;
+/// Larger values are not cached (read from RocksDB each time).
+pub(crate) const META_CACHE_VALUE_BYTES_MAX: usize = 1 << 20;
 
 fn cached_bytes(key: &[u8], value: &Option<Vec<u8>>) -> usize {
     key.len() + value.as_ref().map_or(0, Vec::len)

@@ -2,7 +2,6 @@
 //! entry (a [`Layer`]), so a refused request changes nothing and an entry's accepted requests
 //! land in a single `WriteBatch` with the applied log id.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
@@ -48,11 +47,6 @@ pub(crate) struct Layer {
     meta: Overlay,
     /// By tenant column family name.
     data: BTreeMap<String, Overlay>,
-    /// Meta column family values read from the database during this entry (the store's meta
-    /// cache learns them once the entry is written). The database does not change until the
-    /// entry's batch is written, so every request of a batched entry reads a key from RocksDB
-    /// at most once.
-    meta_reads: RefCell<Overlay>,
 }
 
 impl Layer {
@@ -64,9 +58,8 @@ impl Layer {
         }
     }
 
-    /// Moves every change into `batch`. Returns the meta values the database holds once the
-    /// batch is written (what this entry read, then what it changes), for
-    /// [`MetaCache::learn`] after the write.
+    /// Moves every change into `batch`. Returns the entry's meta changes, for
+    /// [`MetaCache::learn`] once the batch is written.
     pub fn into_batch(self, store: &Store, batch: &mut WriteBatch) -> io::Result<Overlay> {
         let meta = store.meta()?;
         put_all(batch, &meta, &self.meta);
@@ -76,9 +69,7 @@ impl Layer {
                 .ok_or_else(|| io::Error::other(format!("column family {name} is missing")))?;
             put_all(batch, &cf, overlay);
         }
-        let mut learned = self.meta_reads.into_inner();
-        learned.extend(self.meta);
-        Ok(learned)
+        Ok(self.meta)
     }
 }
 
@@ -145,64 +136,68 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// The value this request or the entry's earlier ones left under `key`, if they touched it.
+    fn buffered(&self, which: Cf, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        let (_, overlay, base) = self.parts(which);
+        overlay.get(key).or_else(|| base.and_then(|b| b.get(key)))
+    }
+
     pub fn get(&self, which: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Fail> {
-        let (cf, overlay, base) = self.parts(which);
-        if let Some(v) = overlay.get(key).or_else(|| base.and_then(|b| b.get(key))) {
+        if let Some(v) = self.buffered(which, key) {
             return Ok(v.clone());
         }
-        if which == Cf::Meta {
-            if let Some(v) = self.base.meta_reads.borrow().get(key) {
-                return Ok(v.clone());
-            }
-            if let Some(v) = self.cache.get(key) {
-                debug_assert_eq!(
-                    v,
-                    self.db.get_cf(cf, key).ok().flatten(),
-                    "the meta cache disagrees with the database under {key:?}"
-                );
-                return Ok(v);
-            }
+        let (cf, _, _) = self.parts(which);
+        if which == Cf::Meta
+            && let Some(v) = self.cache.get(key)
+        {
+            debug_assert_eq!(
+                v,
+                self.db.get_cf(cf, key).ok().flatten(),
+                "the meta cache disagrees with the database under {key:?}"
+            );
+            return Ok(v);
         }
         let v = self
             .db
             .get_cf(cf, key)
             .map_err(|e| fatal(rocks_err("read", e)))?;
         if which == Cf::Meta {
-            self.base
-                .meta_reads
-                .borrow_mut()
-                .insert(key.to_vec(), v.clone());
+            // The database does not change before this entry's batch is written, and the cache
+            // learns that batch's changes after it is.
+            self.cache.learn([(key.to_vec(), v.clone())]);
         }
         Ok(v)
     }
 
     pub fn put(&mut self, which: Cf, key: &[u8], value: Vec<u8>) -> Result<(), Fail> {
-        if which == Cf::Data {
-            let old = self.get(which, key)?.map_or(0, |v| key.len() + v.len());
-            self.data_bytes += (key.len() + value.len()) as i64 - old as i64;
-        }
-        self.charge((key.len() + value.len()) as u64)?;
-        self.overlay(which).insert(key.to_vec(), Some(value));
-        Ok(())
+        let old = match which {
+            Cf::Data => self.get(which, key)?.map_or(0, |v| key.len() + v.len()),
+            Cf::Meta => 0,
+        };
+        self.insert(which, key, value, old)
     }
 
     /// [`Txn::put`] of a key the database has never held (one made from an id just taken from
     /// a tenant's counters, which only grow): the old value, if any, can only be in this
     /// entry's changes, so the database is not read for it. Debug builds check that claim.
     pub fn put_new(&mut self, which: Cf, key: &[u8], value: Vec<u8>) -> Result<(), Fail> {
+        let old = match self.buffered(which, key) {
+            Some(v) => v.as_ref().map_or(0, |v| key.len() + v.len()),
+            None => {
+                debug_assert_eq!(
+                    self.db.get_cf(self.parts(which).0, key).ok().flatten(),
+                    None,
+                    "put_new of a key the database holds: {key:?}"
+                );
+                0
+            }
+        };
+        self.insert(which, key, value, old)
+    }
+
+    /// Buffers a put over a value of `old` bytes (key + value; 0 when absent).
+    fn insert(&mut self, which: Cf, key: &[u8], value: Vec<u8>, old: usize) -> Result<(), Fail> {
         if which == Cf::Data {
-            let (cf, overlay, base) = self.parts(which);
-            let old = match overlay.get(key).or_else(|| base.and_then(|b| b.get(key))) {
-                Some(v) => v.as_ref().map_or(0, |v| key.len() + v.len()),
-                None => {
-                    debug_assert_eq!(
-                        self.db.get_cf(cf, key).ok().flatten(),
-                        None,
-                        "put_new of a key the database holds: {key:?}"
-                    );
-                    0
-                }
-            };
             self.data_bytes += (key.len() + value.len()) as i64 - old as i64;
         }
         self.charge((key.len() + value.len()) as u64)?;
