@@ -14,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::client::stream::WriteMux;
+
 /// A byte stream to another node.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -35,6 +37,8 @@ const CACHED_MAX: usize = 1024;
 pub struct Dialer {
     connector: Option<Connector>,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+    /// The client's write stream on each cached channel (see [`crate::client::stream`]).
+    write_streams: Arc<Mutex<BTreeMap<String, Arc<WriteMux>>>>,
 }
 
 impl fmt::Debug for Dialer {
@@ -51,6 +55,7 @@ impl Dialer {
         Dialer {
             connector: Some(connector),
             channels: Arc::default(),
+            write_streams: Arc::default(),
         }
     }
 
@@ -99,5 +104,26 @@ impl Dialer {
     /// out — its connection may be stalled rather than closed.
     pub fn forget(&self, addr: &str) {
         self.channels.lock().expect("channel cache").remove(addr);
+        self.write_streams
+            .lock()
+            .expect("write stream cache")
+            .remove(addr);
+    }
+
+    /// The write stream to `addr` over `channel` (this dialer's channel to it), opened on first
+    /// use and again after it ends.
+    pub fn write_stream(&self, addr: &str, channel: Channel) -> Arc<WriteMux> {
+        let mut streams = self.write_streams.lock().expect("write stream cache");
+        if let Some(m) = streams.get(addr)
+            && !m.ended()
+        {
+            return m.clone();
+        }
+        if streams.len() >= CACHED_MAX {
+            streams.clear();
+        }
+        let m = Arc::new(WriteMux::open(addr, channel));
+        streams.insert(addr.to_string(), m.clone());
+        m
     }
 }

@@ -15,6 +15,13 @@ use raftgraph::transport::{Connector, Dialer};
 
 #[tokio::test(start_paused = true)]
 async fn a_write_to_an_unresponsive_cluster_ends_at_its_deadline() {
+    // Over the connection's write stream and as unary calls.
+    for write_stream in [true, false] {
+        write_ends_at_deadline(write_stream).await;
+    }
+}
+
+async fn write_ends_at_deadline(write_stream: bool) {
     let silent: Connector = Arc::new(|_addr| Box::pin(std::future::pending()));
     let deadline = Duration::from_secs(3);
     let client = Client::new(
@@ -25,6 +32,7 @@ async fn a_write_to_an_unresponsive_cluster_ends_at_its_deadline() {
             attempt_timeout: Duration::from_secs(1),
             deadline,
             dialer: Dialer::with_connector(silent),
+            write_stream,
         },
     )
     .unwrap();
@@ -41,7 +49,7 @@ async fn a_write_to_an_unresponsive_cluster_ends_at_its_deadline() {
     // retried for another full deadline.
     assert!(
         took <= deadline + Duration::from_millis(100),
-        "the call took {took:?} with a {deadline:?} deadline"
+        "the call took {took:?} with a {deadline:?} deadline (write_stream {write_stream})"
     );
     assert!(
         took >= deadline - Duration::from_millis(100),

@@ -376,7 +376,11 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         panic!("{reply:?}")
     };
     // A retry of the same request (same id, sequence) returns the same node id: applied once.
-    let retry = via_follower.write(write).await.unwrap().into_inner();
+    let retry = via_follower
+        .write(write.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(retry, reply);
     for (n, addr) in &addrs {
         let mut c = GraphServiceClient::connect(format!("http://{addr}"))
@@ -480,6 +484,73 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
     let s = via_follower.write(bad).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     assert!(s.message().contains("operations[0]"), "{}", s.message());
+
+    // The write stream, through the follower: each call is answered by id, as the unary write
+    // would be; a bad call fails alone and the stream keeps serving; a retried request id
+    // applies once; closing the client's side ends the stream.
+    let (calls, queued) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = via_follower
+        .write_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(queued))
+        .await
+        .unwrap()
+        .into_inner();
+    let streamed = pb::WriteRequest {
+        request_id: Some(pb::RequestId {
+            client_id: 11,
+            sequence: 1,
+        }),
+        ..write.clone()
+    };
+    let call = |call_id: u64, write: Option<pb::WriteRequest>| pb::WriteCall {
+        call_id,
+        write,
+        timeout_ms: 30_000,
+    };
+    let bad_op = pb::WriteRequest {
+        request_id: Some(pb::RequestId {
+            client_id: 12,
+            sequence: 1,
+        }),
+        operations: vec![pb::Operation { op: None }],
+        ..write.clone()
+    };
+    calls.send(call(1, Some(streamed.clone()))).unwrap();
+    calls.send(call(2, None)).unwrap();
+    calls.send(call(3, Some(bad_op))).unwrap();
+    let mut by_id = BTreeMap::new();
+    for _ in 0..3 {
+        let a = answers
+            .message()
+            .await
+            .unwrap()
+            .expect("an answer per call");
+        assert!(by_id.insert(a.call_id, a).is_none(), "one answer per call");
+    }
+    let first = by_id[&1].response.clone().expect("call 1 applied");
+    assert!(by_id[&1].error.is_none());
+    let Some(pb::op_result::Result::NodeCreated(streamed_id)) = first.results[0].result else {
+        panic!("{first:?}")
+    };
+    assert_ne!(streamed_id, id, "a new node");
+    for (call_id, field) in [(2, "write"), (3, "operations[0]")] {
+        let e = by_id[&call_id].error.clone().expect("a bad call fails");
+        assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{e:?}");
+        assert!(e.message.contains(field), "{}", e.message);
+        assert!(by_id[&call_id].response.is_none());
+    }
+    calls.send(call(4, Some(streamed))).unwrap();
+    let again = answers.message().await.unwrap().unwrap();
+    assert_eq!(again.call_id, 4);
+    assert_eq!(
+        again.response,
+        Some(first),
+        "the retry returns the first answer"
+    );
+    drop(calls);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "the stream ends"
+    );
 
     // Phase 7: the tenant service, through a follower. The key is stored, never returned.
     let mut admin = TenantServiceClient::connect(format!("http://{}", addrs[&follower]))

@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// HTTP/2 connections the clients share.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// raftgraph: one unary `Write` call per write instead of the connection's shared
+    /// `WriteStream` (the Rust client's default), to compare the two.
+    #[arg(long)]
+    pub unary_writes: bool,
     /// Concurrent clients, each with one operation in flight.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
@@ -318,6 +322,7 @@ impl Raftgraph {
             deadline: Duration::from_secs(a.timeout),
             attempt_timeout: Duration::from_secs(a.timeout),
             dialer: dialers[i % dialers.len()].clone(),
+            write_stream: !a.unary_writes,
             ..Default::default()
         };
         let clients = (0..a.clients)

@@ -38,6 +38,8 @@ use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::raft::network::MESSAGE_BYTES_MAX;
 use crate::transport::Dialer;
 
+pub mod stream;
+
 /// How a client behaves.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -51,6 +53,9 @@ pub struct ClientOptions {
     pub jitter_seed: Option<u64>,
     /// How channels are dialled (TCP by default; the simulation supplies its network).
     pub dialer: Dialer,
+    /// Writes go over the connection's `WriteStream` (shared by the clients of one dialer)
+    /// instead of one unary call each. Same answers and guarantees; less work per write.
+    pub write_stream: bool,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +66,7 @@ impl Default for ClientOptions {
             deadline: Duration::from_secs(30),
             jitter_seed: None,
             dialer: Dialer::default(),
+            write_stream: true,
         }
     }
 }
@@ -192,7 +198,7 @@ impl Client {
     /// Runs `call` until it answers, a non-retryable error comes back, or the deadline.
     async fn retry<T, F, Fut>(&self, target: Target, call: F) -> Result<T, Status>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(&str, Channel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.options.deadline;
@@ -207,7 +213,7 @@ impl Client {
         mut call: F,
     ) -> Result<T, Status>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(&str, Channel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let mut attempt = 0u32;
@@ -217,7 +223,7 @@ impl Client {
             let timeout = self.options.attempt_timeout.min(left);
             let result = match self.channel(&addr) {
                 // Bounded here too: a server that ignores grpc-timeout cannot hang the call.
-                Ok(ch) => match tokio::time::timeout(timeout, call(ch, timeout)).await {
+                Ok(ch) => match tokio::time::timeout(timeout, call(&addr, ch, timeout)).await {
                     Ok(r) => r,
                     Err(_) => Err(Status::deadline_exceeded(format!(
                         "{addr}: no answer within {timeout:?}"
@@ -259,7 +265,7 @@ impl Client {
     async fn propose<Req, T, F, Fut>(&self, msg: Req, mut call: F) -> Result<T, Status>
     where
         Req: Clone + WithRequestId,
-        F: FnMut(Channel, Request<Req>) -> Fut,
+        F: FnMut(&str, Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         // One deadline for the whole call: leader discovery and the resend in a new session
@@ -278,10 +284,10 @@ impl Client {
                 sequence: session.1,
             });
             let r = self
-                .retry_until(Target::Leader, deadline, |ch, timeout| {
+                .retry_until(Target::Leader, deadline, |addr, ch, timeout| {
                     let mut req = Request::new(msg.clone());
                     req.set_timeout(timeout);
-                    call(ch, req)
+                    call(addr, ch, req)
                 })
                 .await;
             let Err(s) = &r else { return r };
@@ -305,8 +311,21 @@ impl Client {
 
     /// An atomic write batch (`request_id` is set by the client).
     pub async fn write(&self, req: pb::WriteRequest) -> Result<pb::WriteResponse, Status> {
-        self.propose(req, |ch, r| async move { Self::graph(ch).write(r).await })
-            .await
+        let streamed = self.options.write_stream;
+        let dialer = &self.options.dialer;
+        self.propose(req, |addr, ch, r| {
+            let stream = streamed.then(|| dialer.write_stream(addr, ch.clone()));
+            async move {
+                match stream {
+                    Some(s) => {
+                        let timeout = crate::server::route::Via::of(&r).deadline;
+                        s.call(r.into_inner(), timeout).await.map(Response::new)
+                    }
+                    None => Self::graph(ch).write(r).await,
+                }
+            }
+        })
+        .await
     }
 
     /// A read: serializable ones go to any endpoint, linearizable ones to the leader.
@@ -326,7 +345,7 @@ impl Client {
         } else {
             Target::Leader
         };
-        self.retry(target, |ch, t| {
+        self.retry(target, |_, ch, t| {
             let mut r = Request::new(msg.clone());
             r.set_timeout(t);
             call(ch, r)
@@ -369,14 +388,14 @@ impl Client {
     }
 
     pub async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
-        self.propose(req, |ch, r| async move {
+        self.propose(req, |_, ch, r| async move {
             TenantServiceClient::new(ch).create_tenant(r).await
         })
         .await
     }
 
     pub async fn update_quotas(&self, req: pb::UpdateQuotasRequest) -> Result<pb::Tenant, Status> {
-        self.propose(req, |ch, r| async move {
+        self.propose(req, |_, ch, r| async move {
             TenantServiceClient::new(ch).update_quotas(r).await
         })
         .await
@@ -386,7 +405,7 @@ impl Client {
         &self,
         req: pb::SetTenantConfigRequest,
     ) -> Result<pb::Tenant, Status> {
-        self.propose(req, |ch, r| async move {
+        self.propose(req, |_, ch, r| async move {
             TenantServiceClient::new(ch).set_tenant_config(r).await
         })
         .await
@@ -396,7 +415,7 @@ impl Client {
         &self,
         req: pb::SetTenantEnabledRequest,
     ) -> Result<pb::Tenant, Status> {
-        self.propose(req, |ch, r| async move {
+        self.propose(req, |_, ch, r| async move {
             TenantServiceClient::new(ch).set_tenant_enabled(r).await
         })
         .await
@@ -406,7 +425,7 @@ impl Client {
         &self,
         req: pb::DeleteTenantRequest,
     ) -> Result<pb::DeleteTenantResponse, Status> {
-        self.propose(req, |ch, r| async move {
+        self.propose(req, |_, ch, r| async move {
             TenantServiceClient::new(ch).delete_tenant(r).await
         })
         .await
@@ -431,7 +450,7 @@ impl Client {
 
     /// The status of the first endpoint that answers (not necessarily the leader's view).
     pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
-        self.retry(Target::Any, |ch, t| {
+        self.retry(Target::Any, |_, ch, t| {
             let mut r = Request::new(pb::StatusRequest {});
             r.set_timeout(t);
             async move { ClusterServiceClient::new(ch).status(r).await }
@@ -456,7 +475,7 @@ impl Client {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let mut call = call;
-        self.retry(Target::Any, |ch, _t| call(ClusterServiceClient::new(ch)))
+        self.retry(Target::Any, |_, ch, _t| call(ClusterServiceClient::new(ch)))
             .await
     }
 }

@@ -5,11 +5,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use openraft::BasicNode;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::admission::Admission;
 use super::batch::{BatchStats, Batcher};
@@ -59,6 +62,15 @@ impl GraphApi {
         self
     }
 
+    fn writes(&self) -> Writes {
+        Writes {
+            clock: self.clock.clone(),
+            admission: self.admission.clone(),
+            router: self.router.clone(),
+            batcher: self.batcher.clone(),
+        }
+    }
+
     /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
     pub fn with_router(mut self, router: route::Router) -> Self {
         self.router = router;
@@ -75,24 +87,33 @@ async fn client(
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
 }
 
-type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanItem, Status>> + Send + 'static>>;
+type AnswerStream = Pin<Box<dyn Stream<Item = Result<pb::WriteAnswer, Status>> + Send + 'static>>;
 
-#[tonic::async_trait]
-impl GraphService for GraphApi {
+/// Unanswered calls one write stream may have; past it the node stops reading the stream
+/// (HTTP/2 flow control then holds the client back) until answers go out.
+pub const STREAM_CALLS_MAX: usize = 1024;
+
+/// What a write needs, shared by the unary and the streamed path (cheap to clone).
+#[derive(Clone)]
+struct Writes {
+    clock: Clock,
+    admission: Admission,
+    router: route::Router,
+    batcher: Batcher,
+}
+
+impl Writes {
+    /// One client write, through the batcher here or forwarded once to the leader.
     async fn write(
         &self,
-        request: Request<pb::WriteRequest>,
-    ) -> Result<Response<pb::WriteResponse>, Status> {
+        msg: pb::WriteRequest,
+        via: route::Via,
+    ) -> Result<pb::WriteResponse, Status> {
         // Held until the answer is sent, including a forward to the leader.
         let _permit = self.admission.admit()?;
-        let via = route::Via::of(&request);
-        let was_forwarded = via.forwarded;
-        let msg = request.into_inner();
         let req = convert::write_request(msg.clone(), (self.clock)())?;
-        match self.batcher.propose(req, was_forwarded).await? {
-            Proposed::Applied(Ok(Outcome::Write(results))) => {
-                Ok(Response::new(convert::write_response(&results)))
-            }
+        match self.batcher.propose(req, via.forwarded).await? {
+            Proposed::Applied(Ok(Outcome::Write(results))) => Ok(convert::write_response(&results)),
             Proposed::Applied(Ok(other)) => {
                 Err(Status::internal(format!("write answered with {other:?}")))
             }
@@ -101,8 +122,110 @@ impl GraphService for GraphApi {
                 .await?
                 .write(via.forward(msg))
                 .await
+                .map(Response::into_inner)
                 .map_err(route::forwarded_outcome),
         }
+    }
+
+    /// One call of a write stream, answered as the unary write would be.
+    async fn call(&self, call: pb::WriteCall, forwarded: bool) -> pb::WriteAnswer {
+        let via = route::Via {
+            forwarded,
+            deadline: (call.timeout_ms > 0).then(|| Duration::from_millis(call.timeout_ms)),
+        };
+        let result = match call.write {
+            Some(w) => self.write(w, via).await,
+            None => Err(invalid("write", "missing from the call")),
+        };
+        match result {
+            Ok(response) => pb::WriteAnswer {
+                call_id: call.call_id,
+                response: Some(response),
+                error: None,
+            },
+            Err(status) => pb::WriteAnswer {
+                call_id: call.call_id,
+                response: None,
+                error: Some(call_error(&status)),
+            },
+        }
+    }
+}
+
+/// A status as a stream call's error (the retry hint kept).
+pub fn call_error(s: &Status) -> pb::CallError {
+    pb::CallError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        retry_pushback_ms: s
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// Reads a write stream's calls and answers each as it completes; at most
+/// [`STREAM_CALLS_MAX`] unanswered at a time. Calls still running when the client closes its
+/// side are answered; if the client goes away they finish unanswered, like abandoned unary
+/// calls.
+async fn serve_calls(
+    writes: Writes,
+    forwarded: bool,
+    mut calls: Streaming<pb::WriteCall>,
+    answers: mpsc::Sender<Result<pb::WriteAnswer, Status>>,
+) {
+    let slots = Arc::new(Semaphore::new(STREAM_CALLS_MAX));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let call = match calls.message().await {
+            Ok(Some(call)) => call,
+            Ok(None) => return,
+            Err(status) => {
+                let _ = answers.send(Err(status)).await;
+                return;
+            }
+        };
+        let writes = writes.clone();
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let answer = writes.call(call, forwarded).await;
+            // The client may have gone; its calls' outcomes are then read back by retrying.
+            let _ = answers.send(Ok(answer)).await;
+            drop(slot);
+        });
+    }
+}
+
+type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanItem, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl GraphService for GraphApi {
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let via = route::Via::of(&request);
+        self.writes()
+            .write(request.into_inner(), via)
+            .await
+            .map(Response::new)
+    }
+
+    type WriteStreamStream = AnswerStream;
+
+    async fn write_stream(
+        &self,
+        request: Request<Streaming<pb::WriteCall>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        let forwarded = route::Via::of(&request).forwarded;
+        let calls = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
+        tokio::spawn(serve_calls(self.writes(), forwarded, calls, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_node(

@@ -60,6 +60,8 @@ pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
             attempt_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(8),
             dialer: super::net::dialer(),
+            // Both write paths are checked: half the clients write over a write stream.
+            write_stream: id.is_multiple_of(2),
         },
     )
     .expect("valid endpoints")
