@@ -92,7 +92,7 @@ async fn run(seed: u64, n: u64) {
         let id = log_id(1, index);
         let payload = match &e.payload {
             EntryPayload::Normal(p) if matches!(p.requests[0].command, Command::Write(_)) => {
-                let mut requests = p.requests.clone();
+                let mut requests = p.requests.to_vec();
                 let want = rng.random_range(1..=8);
                 while requests.len() < want {
                     match rest.peek().map(|e| &e.payload) {
@@ -108,7 +108,9 @@ async fn run(seed: u64, n: u64) {
                 if requests.len() > 1 {
                     multi += 1;
                 }
-                EntryPayload::Normal(Proposal { requests })
+                EntryPayload::Normal(Proposal {
+                    requests: requests.into(),
+                })
             }
             other => other.clone(),
         };
@@ -170,9 +172,11 @@ async fn requests_of_one_entry_see_each_other_and_commands_go_alone() {
         .unwrap();
     let a = write_req(10, 1, vec![create_node(&["A"], &[])]);
     let b = write_req(11, 1, vec![create_node(&["B"], &[])]);
-    let entry = |index, requests| Entry {
+    let entry = |index, requests: Vec<_>| Entry {
         log_id: log_id(1, index),
-        payload: EntryPayload::Normal(Proposal { requests }),
+        payload: EntryPayload::Normal(Proposal {
+            requests: requests.into(),
+        }),
     };
     let r =
         h.sm.apply_entry(&entry(2, vec![a.clone(), b, a.clone()]))

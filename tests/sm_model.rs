@@ -42,7 +42,7 @@ async fn run(seed: u64, n: u64) {
             continue;
         };
         // These logs carry one request per entry (batched entries: tests/sm_batch.rs).
-        let [req] = p.requests.as_slice() else {
+        let [req] = &p.requests[..] else {
             panic!("seed {seed} {e}: {} requests", p.requests.len());
         };
         assert_eq!(responses.len(), 1, "seed {seed} {e}");

@@ -141,7 +141,14 @@ async fn answer(raft: &Raft, batch: Vec<Pending>, stats: &BatchStats) {
         .map(|p| (p.req, (p.was_forwarded, p.reply)))
         .unzip();
     let n = requests.len();
-    match route::propose_all(raft, Proposal { requests }).await {
+    match route::propose_all(
+        raft,
+        Proposal {
+            requests: requests.into(),
+        },
+    )
+    .await
+    {
         Ok(Ok(responses)) if responses.len() == n => {
             stats.entries.fetch_add(1, Ordering::Relaxed);
             stats.requests.fetch_add(n as u64, Ordering::Relaxed);

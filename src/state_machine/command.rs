@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -199,18 +200,22 @@ pub const PROPOSAL_REQUESTS_MAX: usize = 1_024;
 /// Tenant and limit commands are always proposed alone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
-    pub requests: Vec<Request>,
+    /// Shared: the log cache hands out an entry once per follower and once to apply, and
+    /// each copy is then a reference count, not a deep copy. Encoded exactly as a `Vec`.
+    pub requests: Arc<[Request]>,
 }
 
 impl From<Request> for Proposal {
     fn from(r: Request) -> Self {
-        Proposal { requests: vec![r] }
+        Proposal {
+            requests: Arc::new([r]),
+        }
     }
 }
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.requests.as_slice() {
+        match &self.requests[..] {
             [one] => write!(f, "{one}"),
             all => write!(f, "{} requests", all.len()),
         }
@@ -318,24 +323,26 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApplyError {
     }
 }
 
+/// Field names are built only for an error: validation runs for every request on every
+/// replica, and formatting them up front was a measurable share of apply.
 fn check_names<'a>(
-    field: &str,
+    field: impl Fn() -> String,
     names: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), ApplyError> {
     names
         .into_iter()
-        .try_for_each(|n| validate_name(n).map_err(|r| invalid(field, r)))
+        .try_for_each(|n| validate_name(n).map_err(|r| invalid(field(), r)))
 }
 
-fn check_properties(field: &str, props: &Properties) -> Result<(), ApplyError> {
+fn check_properties(field: impl Fn() -> String, props: &Properties) -> Result<(), ApplyError> {
     if props.len() > PROPERTIES_MAX {
         let reason = format!("{} properties, limit {PROPERTIES_MAX}", props.len());
-        return Err(invalid(field, reason));
+        return Err(invalid(field(), reason));
     }
     for (k, v) in props {
-        validate_name(k).map_err(|r| invalid(field, r))?;
+        validate_name(k).map_err(|r| invalid(field(), r))?;
         v.validate()
-            .map_err(|r| invalid(format!("{field}.{k}"), r))?;
+            .map_err(|r| invalid(format!("{}.{k}", field()), r))?;
     }
     Ok(())
 }
@@ -363,13 +370,13 @@ impl WriteRequest {
             ));
         }
         for (i, p) in self.preconditions.iter().enumerate() {
-            let field = format!("tenant {}: preconditions[{i}]", self.tenant);
+            let field = || format!("tenant {}: preconditions[{i}]", self.tenant);
             match p {
                 Precondition::NodePropertyEquals { key, value, .. }
                 | Precondition::EdgePropertyEquals { key, value, .. } => {
-                    validate_name(key).map_err(|r| invalid(&field, r))?;
+                    validate_name(key).map_err(|r| invalid(field(), r))?;
                     if let Some(v) = value {
-                        v.validate().map_err(|r| invalid(&field, r))?;
+                        v.validate().map_err(|r| invalid(field(), r))?;
                     }
                 }
                 _ => {}
@@ -382,17 +389,17 @@ impl WriteRequest {
     }
 
     fn validate_op(&self, i: usize, op: &Op) -> Result<(), ApplyError> {
-        let field = format!("tenant {}: operations[{i}]", self.tenant);
-        let sub = |name: &str| format!("{field}.{name}");
+        let field = || format!("tenant {}: operations[{i}]", self.tenant);
+        let sub = |name: &'static str| move || format!("{}.{name}", field());
         let node_ref = |r: &NodeRef| match r {
             NodeRef::Created(j) if (*j as usize) >= i => Err(invalid(
-                &field,
+                field(),
                 format!("refers to operation {j}, which does not come before it"),
             )),
             NodeRef::Created(j) => match self.operations[*j as usize] {
                 Op::CreateNode { .. } => Ok(()),
                 _ => Err(invalid(
-                    &field,
+                    field(),
                     format!("operation {j} is not a node create"),
                 )),
             },
@@ -401,11 +408,11 @@ impl WriteRequest {
         let labels = |l: &BTreeSet<String>| {
             if l.len() > LABELS_MAX {
                 return Err(invalid(
-                    sub("labels"),
+                    sub("labels")(),
                     format!("{} labels, limit {LABELS_MAX}", l.len()),
                 ));
             }
-            check_names(&sub("labels"), l)
+            check_names(sub("labels"), l)
         };
         match op {
             Op::CreateNode {
@@ -413,12 +420,12 @@ impl WriteRequest {
                 properties,
             } => {
                 labels(l)?;
-                check_properties(&sub("properties"), properties)
+                check_properties(sub("properties"), properties)
             }
             Op::UpdateNode { node, set, remove } => {
                 node_ref(node)?;
-                check_properties(&sub("set"), set)?;
-                check_names(&sub("remove"), remove)
+                check_properties(sub("set"), set)?;
+                check_names(sub("remove"), remove)
             }
             Op::AddLabels { node, labels: l } | Op::RemoveLabels { node, labels: l } => {
                 node_ref(node)?;
@@ -433,12 +440,12 @@ impl WriteRequest {
             } => {
                 node_ref(source)?;
                 node_ref(target)?;
-                validate_name(edge_type).map_err(|r| invalid(sub("edge_type"), r))?;
-                check_properties(&sub("properties"), properties)
+                validate_name(edge_type).map_err(|r| invalid(sub("edge_type")(), r))?;
+                check_properties(sub("properties"), properties)
             }
             Op::UpdateEdge { set, remove, .. } => {
-                check_properties(&sub("set"), set)?;
-                check_names(&sub("remove"), remove)
+                check_properties(sub("set"), set)?;
+                check_names(sub("remove"), remove)
             }
             Op::DeleteEdge { .. } => Ok(()),
         }

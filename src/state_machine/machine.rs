@@ -222,7 +222,7 @@ impl StateMachine {
                     .any(|r| !matches!(r.command, Command::Write(_)));
                 let mut layer = Layer::default();
                 let alone = p.requests.len() == 1;
-                for req in &p.requests {
+                for req in p.requests.iter() {
                     let refusal = if p.requests.len() > PROPOSAL_REQUESTS_MAX {
                         Some(format!(
                             "{} requests in entry {log_id}, limit {PROPOSAL_REQUESTS_MAX}",
