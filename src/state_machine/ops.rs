@@ -266,12 +266,12 @@ impl<'t, 'a> Writer<'t, 'a> {
     fn put_node(&mut self, id: u64, mut rec: NodeRecord, id_is: IdIs) -> Result<OpResult, Fail> {
         rec.version = self.index;
         self.check_record(
-            &format!("node {id}"),
+            format_args!("node {id}"),
             rec.properties.len(),
             rec.labels.len(),
         )?;
         let bytes = codec::encode(&rec).map_err(|e| corrupt(format_args!("encode: {e}")))?;
-        self.check_bytes(&format!("node {id}"), bytes.len())?;
+        self.check_bytes(format_args!("node {id}"), bytes.len())?;
         let key = keys::node(id);
         match id_is {
             Fresh => self.txn.put_new(Cf::Data, &key, bytes)?,
@@ -282,9 +282,9 @@ impl<'t, 'a> Writer<'t, 'a> {
 
     fn put_edge(&mut self, id: u64, mut rec: EdgeRecord, id_is: IdIs) -> Result<(), Fail> {
         rec.version = self.index;
-        self.check_record(&format!("edge {id}"), rec.properties.len(), 0)?;
+        self.check_record(format_args!("edge {id}"), rec.properties.len(), 0)?;
         let bytes = codec::encode(&rec).map_err(|e| corrupt(format_args!("encode: {e}")))?;
-        self.check_bytes(&format!("edge {id}"), bytes.len())?;
+        self.check_bytes(format_args!("edge {id}"), bytes.len())?;
         let key = keys::edge(id);
         match id_is {
             Fresh => self.txn.put_new(Cf::Data, &key, bytes),
@@ -292,7 +292,13 @@ impl<'t, 'a> Writer<'t, 'a> {
         }
     }
 
-    fn check_record(&self, what: &str, properties: usize, labels: usize) -> Result<(), Fail> {
+    /// `what` is formatted only for an error (these run for every record written).
+    fn check_record(
+        &self,
+        what: std::fmt::Arguments<'_>,
+        properties: usize,
+        labels: usize,
+    ) -> Result<(), Fail> {
         let reason = if properties > PROPERTIES_MAX {
             format!("would have {properties} properties, limit {PROPERTIES_MAX}")
         } else if labels > LABELS_MAX {
@@ -306,7 +312,7 @@ impl<'t, 'a> Writer<'t, 'a> {
         }))
     }
 
-    fn check_bytes(&self, what: &str, len: usize) -> Result<(), Fail> {
+    fn check_bytes(&self, what: std::fmt::Arguments<'_>, len: usize) -> Result<(), Fail> {
         if len <= RECORD_BYTES_MAX {
             return Ok(());
         }
