@@ -68,6 +68,13 @@ impl RocksOptions {
         // The WAL is shared; without a cap an idle tenant's memtable pins old WAL files forever.
         db.set_max_total_wal_size(4 * cfg.write_buffer_bytes as u64);
         db.set_max_background_jobs(2);
+        // Flushes and compactions run at the lowest CPU priority: on a busy machine they
+        // otherwise take a core from the threads that answer clients for tens of ms at a time.
+        if let Ok(mut env) = rocksdb::Env::new() {
+            env.lower_thread_pool_cpu_priority();
+            env.lower_high_priority_thread_pool_cpu_priority();
+            db.set_env(&env);
+        }
         db.set_keep_log_file_num(4);
         RocksOptions { db, cf, meta }
     }
