@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -83,6 +84,17 @@ impl WriteMux {
     /// Sends `write` (with the caller's `timeout`, which a forwarding follower keeps) and waits
     /// for its answer. The caller bounds the wait.
     pub async fn call(&self, write: pb::WriteRequest, timeout: Option<Duration>) -> Answer {
+        // A message over the transport's limit would end the stream (and fail every call on
+        // it, each then retried to its deadline); refuse it here instead, as a unary call's
+        // encoder would.
+        let len = write.encoded_len();
+        if len > MESSAGE_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "invalid argument write: {len} bytes encoded, limit {MESSAGE_BYTES_MAX} \
+                 (a proposal's limit is {})",
+                crate::server::route::PROPOSAL_BYTES_MAX
+            )));
+        }
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut calls = self.calls.lock().expect("calls");
@@ -186,6 +198,37 @@ fn call_status(e: pb::CallError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_over_the_message_limit_is_refused_without_touching_the_stream() {
+        // Never connects: the call must be refused before anything is sent.
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let mux = WriteMux::open("127.0.0.1:9", channel);
+        let big = pb::WriteRequest {
+            tenant: "t".into(),
+            operations: vec![pb::Operation {
+                op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+                    labels: vec![],
+                    properties: [(
+                        "v".to_string(),
+                        pb::Value {
+                            kind: Some(pb::value::Kind::BytesValue(vec![0; MESSAGE_BYTES_MAX])),
+                        },
+                    )]
+                    .into(),
+                })),
+            }],
+            ..Default::default()
+        };
+        let s = mux.call(big, None).await.unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("limit 83886080"), "{}", s.message());
+        assert!(mux.calls.lock().unwrap().waiting.is_empty());
+        assert!(
+            mux.calls.lock().unwrap().ended.is_none(),
+            "the stream is untouched"
+        );
+    }
 
     #[test]
     fn call_errors_keep_code_message_and_pushback() {
