@@ -70,6 +70,8 @@ impl RocksOptions {
         db.set_max_background_jobs(2);
         // Flushes and compactions run at the lowest CPU priority: on a busy machine they
         // otherwise take a core from the threads that answer clients for tens of ms at a time.
+        // Under saturation compaction then lags (more L0 files); RocksDB's L0 slowdown and
+        // stop triggers bound that lag by slowing writes, as they would without this.
         if let Ok(mut env) = rocksdb::Env::new() {
             env.lower_thread_pool_cpu_priority();
             env.lower_high_priority_thread_pool_cpu_priority();
