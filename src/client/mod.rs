@@ -36,6 +36,7 @@ use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::raft::network::MESSAGE_BYTES_MAX;
+use crate::server::admission::RETRY_PUSHBACK_HEADER;
 use crate::transport::Dialer;
 
 pub mod stream;
@@ -100,7 +101,7 @@ fn retryable(s: &Status) -> bool {
 }
 
 fn pushback(s: &Status) -> Option<Duration> {
-    let ms = s.metadata().get("grpc-retry-pushback-ms")?.to_str().ok()?;
+    let ms = s.metadata().get(RETRY_PUSHBACK_HEADER)?.to_str().ok()?;
     ms.parse::<u64>()
         .ok()
         .map(|ms| Duration::from_millis(ms.min(10_000)))
@@ -265,7 +266,7 @@ impl Client {
     async fn propose<Req, T, F, Fut>(&self, msg: Req, mut call: F) -> Result<T, Status>
     where
         Req: Clone + WithRequestId,
-        F: FnMut(&str, Channel, Request<Req>) -> Fut,
+        F: FnMut(&str, Channel, Request<Req>, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         // One deadline for the whole call: leader discovery and the resend in a new session
@@ -287,7 +288,7 @@ impl Client {
                 .retry_until(Target::Leader, deadline, |addr, ch, timeout| {
                     let mut req = Request::new(msg.clone());
                     req.set_timeout(timeout);
-                    call(addr, ch, req)
+                    call(addr, ch, req, timeout)
                 })
                 .await;
             let Err(s) = &r else { return r };
@@ -313,14 +314,11 @@ impl Client {
     pub async fn write(&self, req: pb::WriteRequest) -> Result<pb::WriteResponse, Status> {
         let streamed = self.options.write_stream;
         let dialer = &self.options.dialer;
-        self.propose(req, |addr, ch, r| {
+        self.propose(req, |addr, ch, r, timeout| {
             let stream = streamed.then(|| dialer.write_stream(addr, ch.clone()));
             async move {
                 match stream {
-                    Some(s) => {
-                        let timeout = crate::server::route::Via::of(&r).deadline;
-                        s.call(r.into_inner(), timeout).await.map(Response::new)
-                    }
+                    Some(s) => s.call(r.into_inner(), timeout).await.map(Response::new),
                     None => Self::graph(ch).write(r).await,
                 }
             }
@@ -388,14 +386,14 @@ impl Client {
     }
 
     pub async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r| async move {
+        self.propose(req, |_, ch, r, _| async move {
             TenantServiceClient::new(ch).create_tenant(r).await
         })
         .await
     }
 
     pub async fn update_quotas(&self, req: pb::UpdateQuotasRequest) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r| async move {
+        self.propose(req, |_, ch, r, _| async move {
             TenantServiceClient::new(ch).update_quotas(r).await
         })
         .await
@@ -405,7 +403,7 @@ impl Client {
         &self,
         req: pb::SetTenantConfigRequest,
     ) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r| async move {
+        self.propose(req, |_, ch, r, _| async move {
             TenantServiceClient::new(ch).set_tenant_config(r).await
         })
         .await
@@ -415,7 +413,7 @@ impl Client {
         &self,
         req: pb::SetTenantEnabledRequest,
     ) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r| async move {
+        self.propose(req, |_, ch, r, _| async move {
             TenantServiceClient::new(ch).set_tenant_enabled(r).await
         })
         .await
@@ -425,7 +423,7 @@ impl Client {
         &self,
         req: pb::DeleteTenantRequest,
     ) -> Result<pb::DeleteTenantResponse, Status> {
-        self.propose(req, |_, ch, r| async move {
+        self.propose(req, |_, ch, r, _| async move {
             TenantServiceClient::new(ch).delete_tenant(r).await
         })
         .await

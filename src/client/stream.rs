@@ -21,6 +21,7 @@ use tonic::{Code, Status};
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::raft::network::MESSAGE_BYTES_MAX;
+use crate::server::admission::RETRY_PUSHBACK_HEADER;
 
 type Answer = Result<pb::WriteResponse, Status>;
 
@@ -83,7 +84,7 @@ impl WriteMux {
 
     /// Sends `write` (with the caller's `timeout`, which a forwarding follower keeps) and waits
     /// for its answer. The caller bounds the wait.
-    pub async fn call(&self, write: pb::WriteRequest, timeout: Option<Duration>) -> Answer {
+    pub async fn call(&self, write: pb::WriteRequest, timeout: Duration) -> Answer {
         // A message over the transport's limit would end the stream (and fail every call on
         // it, each then retried to its deadline); refuse it here instead, as a unary call's
         // encoder would.
@@ -113,7 +114,7 @@ impl WriteMux {
         let call = pb::WriteCall {
             call_id: id,
             write: Some(write),
-            timeout_ms: timeout.map_or(0, |t| t.as_millis().clamp(1, u64::MAX as u128) as u64),
+            timeout_ms: timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
         };
         if self.send.send(call).is_err() {
             return Err(Status::unavailable(
@@ -190,7 +191,7 @@ fn call_status(e: pb::CallError) -> Status {
     if e.retry_pushback_ms > 0
         && let Ok(v) = MetadataValue::try_from(e.retry_pushback_ms.to_string())
     {
-        s.metadata_mut().insert("grpc-retry-pushback-ms", v);
+        s.metadata_mut().insert(RETRY_PUSHBACK_HEADER, v);
     }
     s
 }
@@ -220,7 +221,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let s = mux.call(big, None).await.unwrap_err();
+        let s = mux.call(big, Duration::from_secs(1)).await.unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("limit 83886080"), "{}", s.message());
         assert!(mux.calls.lock().unwrap().waiting.is_empty());
@@ -241,7 +242,7 @@ mod tests {
         assert_eq!(s.message(), "node overloaded");
         assert_eq!(
             s.metadata()
-                .get("grpc-retry-pushback-ms")
+                .get(RETRY_PUSHBACK_HEADER)
                 .map(|v| v.to_str().unwrap()),
             Some("50")
         );
@@ -251,7 +252,7 @@ mod tests {
             retry_pushback_ms: 0,
         });
         assert_eq!(s.code(), Code::Unknown);
-        assert!(s.metadata().get("grpc-retry-pushback-ms").is_none());
+        assert!(s.metadata().get(RETRY_PUSHBACK_HEADER).is_none());
     }
 
     #[test]

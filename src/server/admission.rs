@@ -9,6 +9,9 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
+/// The metadata key of the retry hint, in milliseconds (gRPC's retry pushback).
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
 /// How long a refused client is asked to wait before retrying.
 pub const RETRY_PUSHBACK_MS: u64 = 50;
 
@@ -39,7 +42,7 @@ impl Admission {
                 self.limit, self.limit
             ));
             s.metadata_mut().insert(
-                "grpc-retry-pushback-ms",
+                RETRY_PUSHBACK_HEADER,
                 RETRY_PUSHBACK_MS.to_string().parse().expect("ASCII digits"),
             );
             s

@@ -159,7 +159,7 @@ pub fn call_error(s: &Status) -> pb::CallError {
         message: s.message().to_string(),
         retry_pushback_ms: s
             .metadata()
-            .get("grpc-retry-pushback-ms")
+            .get(super::admission::RETRY_PUSHBACK_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
