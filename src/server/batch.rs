@@ -45,6 +45,16 @@ struct Pending {
     reply: oneshot::Sender<Result<Proposed, Status>>,
 }
 
+/// Whether the request came forwarded from a follower, and where its answer goes.
+type Waiter = (bool, oneshot::Sender<Result<Proposed, Status>>);
+
+impl Pending {
+    fn split_into(self, requests: &mut Vec<Request>, waiters: &mut Vec<Waiter>) {
+        requests.push(self.req);
+        waiters.push((self.was_forwarded, self.reply));
+    }
+}
+
 /// The handle services propose writes through (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Batcher {
@@ -110,13 +120,24 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Ba
                 None => return,
             },
         };
+        // Requests and their waiters go straight into the vectors the proposal and the
+        // answers use: a request is a few hundred bytes, and every extra move of a batch
+        // (growing one vector, splitting it into two) showed as memcpy in the leader's profile.
+        let alone = first.alone;
         let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while !batch[0].alone && batch.len() < BATCH_REQUESTS_MAX {
+        let room = if alone {
+            1
+        } else {
+            (rx.len() + 1).min(BATCH_REQUESTS_MAX)
+        };
+        let mut requests = Vec::with_capacity(room);
+        let mut waiters = Vec::with_capacity(room);
+        first.split_into(&mut requests, &mut waiters);
+        while !alone && requests.len() < BATCH_REQUESTS_MAX {
             match rx.try_recv() {
                 Ok(p) if !p.alone && bytes + p.bytes <= BATCH_BYTES_MAX => {
                     bytes += p.bytes;
-                    batch.push(p);
+                    p.split_into(&mut requests, &mut waiters);
                 }
                 Ok(p) => {
                     carry = Some(p);
@@ -129,17 +150,13 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Ba
         let stats = stats.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            answer(&raft, batch, &stats).await;
+            answer(&raft, requests, waiters, &stats).await;
         });
     }
 }
 
 /// Proposes one batch and hands each request its own answer; counts it if it was applied.
-async fn answer(raft: &Raft, batch: Vec<Pending>, stats: &BatchStats) {
-    let (requests, waiters): (Vec<Request>, Vec<_>) = batch
-        .into_iter()
-        .map(|p| (p.req, (p.was_forwarded, p.reply)))
-        .unzip();
+async fn answer(raft: &Raft, requests: Vec<Request>, waiters: Vec<Waiter>, stats: &BatchStats) {
     let n = requests.len();
     match route::propose_all(
         raft,

@@ -202,13 +202,16 @@ pub const PROPOSAL_REQUESTS_MAX: usize = 1_024;
 pub struct Proposal {
     /// Shared: the log cache hands out an entry once per follower and once to apply, and
     /// each copy is then a reference count, not a deep copy. Encoded exactly as a `Vec`.
-    pub requests: Arc<[Request]>,
+    /// An `Arc<Vec<_>>` rather than an `Arc<[_]>`: decoding or building a slice `Arc` copies
+    /// every request once more into a new allocation (4% of a follower's CPU at 64 clients,
+    /// in AppendEntries decoding).
+    pub requests: Arc<Vec<Request>>,
 }
 
 impl From<Request> for Proposal {
     fn from(r: Request) -> Self {
         Proposal {
-            requests: Arc::new([r]),
+            requests: Arc::new(vec![r]),
         }
     }
 }
