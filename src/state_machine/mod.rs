@@ -6,13 +6,17 @@
 //! against a `txn` overlay of the database; the overlay, the session record and the new
 //! applied id then go into **one** `WriteBatch`. Column-family create and drop cannot be in a
 //! batch: a tenant's CF is created before the batch that registers it and dropped after the
-//! batch that unregisters it (with RocksDB's WAL synced first), and [`StateMachine::open`]
+//! batch that unregisters it (with every memtable flushed first), and [`StateMachine::open`]
 //! reconciles CFs with the registry, so an interruption at any point converges.
 //!
-//! Writes are not synced: the synced Raft log ([`crate::wal`]) is the durability point, and after
-//! a crash the database is exactly "the state after entry N" for the N it reports; openraft
-//! replays the log after it. RocksDB's WAL stays on (unsynced) because it is what keeps a batch
-//! across column families atomic over a crash.
+//! Writes are not synced and skip RocksDB's WAL: the synced Raft log ([`crate::wal`]) is the
+//! durability point. A flush writes every column family's memtable in one MANIFEST commit
+//! (`atomic_flush`), so after a crash — a `kill -9` included, which loses the memtables — the
+//! database is exactly "the state after entry N" for the N it reports, and openraft replays the
+//! log after it. Every snapshot flushes first and the log is purged only behind a snapshot, so
+//! the entries after N are still in the log. (Until 2026-11-30 RocksDB's WAL was on, unsynced,
+//! for the same atomicity; writing it cost each replica ~4% of its CPU and a second copy of
+//! every write on disk.)
 //!
 //! Snapshots: a builder checkpoints the database (hard links, memtables flushed) on the
 //! state-machine task, then, off it, writes the checkpoint's logical content as a [`stream`]
@@ -49,7 +53,10 @@
 //! - Sessions are keyed by client id alone; that one principal cannot use another's client id
 //!   is for the server to enforce (tie client ids to the authenticated caller).
 //! - Apply itself runs RocksDB writes on the state-machine task (memtable writes, not synced);
-//!   only a tenant delete blocks there on an fsync (RocksDB's WAL, before the drop).
+//!   only a tenant delete blocks there on a flush of every memtable (before the drop).
+//! - A restart after a crash re-applies what the memtables held: up to the meta column
+//!   family's memtable (`META_WRITE_BUFFER_BYTES`, some 100,000 create-node writes) or a
+//!   snapshot interval, whichever is less.
 //! - `ClusterLimits` are replicated through the log (`Command::SetLimits`), not node config.
 //! - The latest checkpoint is kept beside the stream it produced; its hard links hold on to SST
 //!   files that compaction has since replaced, until the next snapshot.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBWithThreadMode,
-    MultiThreaded, Options,
+    FlushOptions, MultiThreaded, Options,
 };
 
 use super::config::StateMachineConfig;
@@ -47,8 +47,10 @@ pub(crate) struct RocksOptions {
 /// each entry the counters and the applied id), so the memtable is mostly superseded versions
 /// of a few hot keys: small, it stays in cache and inserts stay cheap, and a flush writes out
 /// little (versions collapse). At 16 MiB, memtable inserts were ~20% of a follower's CPU
-/// under 64-client writes (BENCHMARKS.md).
-pub(crate) const META_WRITE_BUFFER_BYTES: usize = 2 << 20;
+/// under 64-client writes (BENCHMARKS.md). Not smaller than 8 MiB: with `atomic_flush` a full
+/// meta memtable flushes every column family, and at 2 MiB that was several flushes a second
+/// under load, each writing a small SST file per tenant.
+pub(crate) const META_WRITE_BUFFER_BYTES: usize = 8 << 20;
 
 impl RocksOptions {
     pub fn new(cfg: &StateMachineConfig) -> Self {
@@ -78,6 +80,10 @@ impl RocksOptions {
             db.set_env(&env);
         }
         db.set_keep_log_file_num(4);
+        // Apply writes skip RocksDB's WAL (see `StateMachine::apply_entry`): a flush must then
+        // write every column family's memtable in one MANIFEST commit, or a crash between two
+        // column families' flushes would leave an entry half on disk.
+        db.set_atomic_flush(true);
         RocksOptions { db, cf, meta }
     }
 }
@@ -291,13 +297,24 @@ impl Store {
             .map_err(|e| rocks_err(&format!("create column family {name}"), e))
     }
 
-    /// Drops a column family after making every earlier batch durable in RocksDB's WAL, so a
+    /// Writes every column family's memtable to SST files (one atomic flush) and waits: what
+    /// apply has written, which skips RocksDB's WAL, is on disk afterwards.
+    pub fn flush_all(&self) -> io::Result<()> {
+        let names = self.cf_names()?;
+        let cfs: Vec<_> = names.iter().filter_map(|n| self.cf(n)).collect();
+        let refs: Vec<_> = cfs.iter().collect();
+        let mut opts = FlushOptions::default();
+        opts.set_wait(true);
+        self.db()
+            .flush_cfs_opt(&refs, &opts)
+            .map_err(|e| rocks_err("flush memtables", e))
+    }
+
+    /// Drops a column family after making every earlier batch durable (flushed), so a
     /// power cut can never leave the drop (durable in the MANIFEST) ahead of the registry
     /// change that ordered it.
     pub fn drop_cf(&self, name: &str) -> io::Result<()> {
-        self.db()
-            .flush_wal(true)
-            .map_err(|e| rocks_err("sync the WAL before a drop", e))?;
+        self.flush_all()?;
         let _ddl = self.ddl.write().expect("ddl lock poisoned");
         self.db()
             .drop_cf(name)
