@@ -56,7 +56,7 @@ fn every_value_kind_round_trips() {
     let wire = convert::value_to_proto(&v);
     // Through the wire encoding too.
     let decoded = pb::Value::decode(wire.encode_to_vec().as_slice()).unwrap();
-    assert_eq!(convert::value_from_proto("v", decoded).unwrap(), v);
+    assert_eq!(convert::value_from_proto("v", &decoded).unwrap(), v);
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn a_write_converts_with_the_leader_timestamp_and_references() {
             },
         ],
     };
-    let r = convert::write_request(req, 42).unwrap();
+    let r = convert::write_request(&req, 42).unwrap();
     assert_eq!((r.client_id, r.sequence, r.timestamp_micros), (7, 3, 42));
     let Command::Write(w) = r.command else {
         panic!()
@@ -111,7 +111,7 @@ fn missing_or_malformed_fields_are_refused_by_name() {
         operations: vec![create_node(BTreeMap::new())],
     };
     let refused = |req: pb::WriteRequest| {
-        let s = convert::write_request(req, 0).unwrap_err();
+        let s = convert::write_request(&req, 0).unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
         s.message().to_string()
     };
@@ -182,7 +182,7 @@ fn decoding_bounds_the_nesting_of_values() {
         preconditions: vec![],
         operations: vec![create_node(BTreeMap::from([("a".to_string(), v)]))],
     };
-    let s = convert::write_request(req, 0).unwrap_err();
+    let s = convert::write_request(&req, 0).unwrap_err();
     assert!(
         s.message().contains("nested deeper than 16"),
         "{}",

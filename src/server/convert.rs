@@ -3,6 +3,7 @@
 //! proposed; a problem becomes `INVALID_ARGUMENT` naming the field.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use tonic::Status;
 
@@ -17,31 +18,63 @@ use crate::tenant::{
     TenantConfig, TenantInfo, ToolConfig,
 };
 
+/// Where a value sits in a request: built for every field of every write, formatted only
+/// when something is wrong with it (formatting each path up front was an allocation or three
+/// per field on the leader's hot path).
+#[derive(Clone, Copy)]
+pub enum Field<'a> {
+    /// A top-level field.
+    Name(&'a str),
+    /// `parent.name`
+    Member(&'a Field<'a>, &'a str),
+    /// `parent[i]`
+    Index(&'a Field<'a>, usize),
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Name(n) => f.write_str(n),
+            Field::Member(p, n) => write!(f, "{p}.{n}"),
+            Field::Index(p, i) => write!(f, "{p}[{i}]"),
+        }
+    }
+}
+
+fn bad(field: Field<'_>, reason: &str) -> Status {
+    invalid(&field.to_string(), reason)
+}
+
 /// A property value from the wire. Recursion is bounded by prost's decoding depth (100);
 /// `WriteRequest::validate` then bounds nesting to `VALUE_DEPTH_MAX`.
-pub fn value_from_proto(field: &str, v: pb::Value) -> Result<Value, Status> {
+pub fn value_from_proto(field: &str, v: &pb::Value) -> Result<Value, Status> {
+    value_at(Field::Name(field), v)
+}
+
+fn value_at(field: Field<'_>, v: &pb::Value) -> Result<Value, Status> {
     use pb::value::Kind;
     let kind = v
         .kind
-        .ok_or_else(|| invalid(field, "value has no kind set"))?;
+        .as_ref()
+        .ok_or_else(|| bad(field, "value has no kind set"))?;
     Ok(match kind {
         Kind::NullValue(_) => Value::Null,
-        Kind::BoolValue(b) => Value::Bool(b),
-        Kind::IntValue(i) => Value::Int(i),
-        Kind::FloatValue(f) => Value::Float(f),
-        Kind::StringValue(s) => Value::String(s),
-        Kind::BytesValue(b) => Value::Bytes(b),
-        Kind::DatetimeMicros(t) => Value::DateTime(t),
-        Kind::DurationNanos(d) => Value::Duration(d),
+        Kind::BoolValue(b) => Value::Bool(*b),
+        Kind::IntValue(i) => Value::Int(*i),
+        Kind::FloatValue(f) => Value::Float(*f),
+        Kind::StringValue(s) => Value::String(s.clone()),
+        Kind::BytesValue(b) => Value::Bytes(b.clone()),
+        Kind::DatetimeMicros(t) => Value::DateTime(*t),
+        Kind::DurationNanos(d) => Value::Duration(*d),
         Kind::ListValue(l) => Value::List(
             l.values
-                .into_iter()
+                .iter()
                 .enumerate()
-                .map(|(i, v)| value_from_proto(&format!("{field}[{i}]"), v))
+                .map(|(i, v)| value_at(Field::Index(&field, i), v))
                 .collect::<Result<_, _>>()?,
         ),
-        Kind::MapValue(m) => Value::Map(props_from_proto(field, m.entries)?),
-        Kind::VectorValue(v) => Value::Vector(v.values),
+        Kind::MapValue(m) => Value::Map(props_from_proto(field, &m.entries)?),
+        Kind::VectorValue(v) => Value::Vector(v.values.clone()),
     })
 }
 
@@ -67,12 +100,12 @@ pub fn value_to_proto(v: &Value) -> pb::Value {
     pb::Value { kind: Some(kind) }
 }
 
-fn props_from_proto(field: &str, m: BTreeMap<String, pb::Value>) -> Result<Properties, Status> {
-    m.into_iter()
-        .map(|(k, v)| {
-            let v = value_from_proto(&format!("{field}.{k}"), v)?;
-            Ok((k, v))
-        })
+fn props_from_proto(
+    field: Field<'_>,
+    m: &BTreeMap<String, pb::Value>,
+) -> Result<Properties, Status> {
+    m.iter()
+        .map(|(k, v)| Ok((k.clone(), value_at(Field::Member(&field, k), v)?)))
         .collect()
 }
 
@@ -82,59 +115,64 @@ fn props_to_proto(m: &Properties) -> BTreeMap<String, pb::Value> {
         .collect()
 }
 
-fn node_ref(field: &str, r: Option<pb::NodeRef>) -> Result<NodeRef, Status> {
-    match r.and_then(|r| r.r#ref) {
-        Some(pb::node_ref::Ref::Id(id)) => Ok(NodeRef::Id(id)),
-        Some(pb::node_ref::Ref::Created(i)) => Ok(NodeRef::Created(i)),
-        None => Err(invalid(field, "node reference not set")),
+fn node_ref(field: Field<'_>, r: &Option<pb::NodeRef>) -> Result<NodeRef, Status> {
+    match r.as_ref().and_then(|r| r.r#ref.as_ref()) {
+        Some(pb::node_ref::Ref::Id(id)) => Ok(NodeRef::Id(*id)),
+        Some(pb::node_ref::Ref::Created(i)) => Ok(NodeRef::Created(*i)),
+        None => Err(bad(field, "node reference not set")),
     }
 }
 
-fn op_from_proto(field: &str, op: pb::Operation) -> Result<Op, Status> {
+fn op_from_proto(field: Field<'_>, op: &pb::Operation) -> Result<Op, Status> {
     use pb::operation::Op as P;
-    let set = |s: Vec<String>| s.into_iter().collect();
-    let op = op.op.ok_or_else(|| invalid(field, "no operation set"))?;
+    let set = |s: &[String]| s.iter().cloned().collect();
+    let at = |name| Field::Member(&field, name);
+    let op = op
+        .op
+        .as_ref()
+        .ok_or_else(|| bad(field, "no operation set"))?;
     Ok(match op {
         P::CreateNode(c) => Op::CreateNode {
-            labels: set(c.labels),
-            properties: props_from_proto(&format!("{field}.properties"), c.properties)?,
+            labels: set(&c.labels),
+            properties: props_from_proto(at("properties"), &c.properties)?,
         },
         P::UpdateNode(u) => Op::UpdateNode {
-            node: node_ref(&format!("{field}.node"), u.node)?,
-            set: props_from_proto(&format!("{field}.set"), u.set)?,
-            remove: set(u.remove),
+            node: node_ref(at("node"), &u.node)?,
+            set: props_from_proto(at("set"), &u.set)?,
+            remove: set(&u.remove),
         },
         P::AddLabels(a) => Op::AddLabels {
-            node: node_ref(&format!("{field}.node"), a.node)?,
-            labels: set(a.labels),
+            node: node_ref(at("node"), &a.node)?,
+            labels: set(&a.labels),
         },
         P::RemoveLabels(r) => Op::RemoveLabels {
-            node: node_ref(&format!("{field}.node"), r.node)?,
-            labels: set(r.labels),
+            node: node_ref(at("node"), &r.node)?,
+            labels: set(&r.labels),
         },
         P::DeleteNode(d) => Op::DeleteNode {
-            node: node_ref(&format!("{field}.node"), d.node)?,
+            node: node_ref(at("node"), &d.node)?,
         },
         P::CreateEdge(c) => Op::CreateEdge {
-            source: node_ref(&format!("{field}.source"), c.source)?,
-            target: node_ref(&format!("{field}.target"), c.target)?,
-            edge_type: c.edge_type,
-            properties: props_from_proto(&format!("{field}.properties"), c.properties)?,
+            source: node_ref(at("source"), &c.source)?,
+            target: node_ref(at("target"), &c.target)?,
+            edge_type: c.edge_type.clone(),
+            properties: props_from_proto(at("properties"), &c.properties)?,
         },
         P::UpdateEdge(u) => Op::UpdateEdge {
             edge: u.edge,
-            set: props_from_proto(&format!("{field}.set"), u.set)?,
-            remove: set(u.remove),
+            set: props_from_proto(at("set"), &u.set)?,
+            remove: set(&u.remove),
         },
         P::DeleteEdge(d) => Op::DeleteEdge { edge: d.edge },
     })
 }
 
-fn precondition_from_proto(field: &str, p: pb::Precondition) -> Result<Precondition, Status> {
+fn precondition_from_proto(field: Field<'_>, p: &pb::Precondition) -> Result<Precondition, Status> {
     use pb::precondition::Check;
-    let check = p.check.ok_or_else(|| invalid(field, "no check set"))?;
-    let value = |v: Option<pb::Value>| {
-        v.map(|v| value_from_proto(&format!("{field}.value"), v))
+    let check = p.check.as_ref().ok_or_else(|| bad(field, "no check set"))?;
+    let value = |v: &Option<pb::Value>| {
+        v.as_ref()
+            .map(|v| value_at(Field::Member(&field, "value"), v))
             .transpose()
     };
     Ok(match check {
@@ -148,13 +186,13 @@ fn precondition_from_proto(field: &str, p: pb::Precondition) -> Result<Precondit
         },
         Check::NodeProperty(p) => Precondition::NodePropertyEquals {
             node: p.id,
-            key: p.key,
-            value: value(p.value)?,
+            key: p.key.clone(),
+            value: value(&p.value)?,
         },
         Check::EdgeProperty(p) => Precondition::EdgePropertyEquals {
             edge: p.id,
-            key: p.key,
-            value: value(p.value)?,
+            key: p.key.clone(),
+            value: value(&p.value)?,
         },
         Check::NodeVersion(v) => Precondition::NodeVersion {
             node: v.id,
@@ -168,7 +206,7 @@ fn precondition_from_proto(field: &str, p: pb::Precondition) -> Result<Precondit
 }
 
 /// The `(client_id, sequence)` of a mutating request; sequences start at 1.
-fn request_id(id: Option<pb::RequestId>) -> Result<(u64, u64), Status> {
+fn request_id(id: Option<&pb::RequestId>) -> Result<(u64, u64), Status> {
     let id = id.ok_or_else(|| invalid("request_id", "required (client_id, sequence)"))?;
     if id.sequence == 0 {
         return Err(invalid("request_id.sequence", "0; sequences start at 1"));
@@ -186,23 +224,25 @@ fn request(id: (u64, u64), timestamp_micros: i64, command: Command) -> Request {
 }
 
 /// A write from the wire, checked in full, as the command to propose. `timestamp_micros` is
-/// the leader's clock.
-pub fn write_request(req: pb::WriteRequest, timestamp_micros: i64) -> Result<Request, Status> {
-    let id = request_id(req.request_id)?;
+/// the leader's clock. Takes the message by reference: the server keeps it to forward if this
+/// node turns out not to lead, and copying out what the command needs is cheaper than cloning
+/// the whole message first.
+pub fn write_request(req: &pb::WriteRequest, timestamp_micros: i64) -> Result<Request, Status> {
+    let id = request_id(req.request_id.as_ref())?;
     let operations = req
         .operations
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(i, op)| op_from_proto(&format!("operations[{i}]"), op))
+        .map(|(i, op)| op_from_proto(Field::Index(&Field::Name("operations"), i), op))
         .collect::<Result<_, _>>()?;
     let preconditions = req
         .preconditions
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(i, p)| precondition_from_proto(&format!("preconditions[{i}]"), p))
+        .map(|(i, p)| precondition_from_proto(Field::Index(&Field::Name("preconditions"), i), p))
         .collect::<Result<_, _>>()?;
     let write = WriteRequest {
-        tenant: req.tenant,
+        tenant: req.tenant.clone(),
         preconditions,
         operations,
     };
@@ -468,7 +508,7 @@ pub fn create_tenant(
     req: pb::CreateTenantRequest,
     timestamp_micros: i64,
 ) -> Result<Request, Status> {
-    let id = request_id(req.request_id)?;
+    let id = request_id(req.request_id.as_ref())?;
     let command = Command::CreateTenant {
         tenant: req.id,
         quotas: quotas_from_proto(req.quotas),
@@ -481,7 +521,7 @@ pub fn update_quotas(
     req: pb::UpdateQuotasRequest,
     timestamp_micros: i64,
 ) -> Result<Request, Status> {
-    let id = request_id(req.request_id)?;
+    let id = request_id(req.request_id.as_ref())?;
     let quotas = req
         .quotas
         .ok_or_else(|| invalid("quotas", "required (absent limits inside it are unlimited)"))?;
@@ -496,7 +536,7 @@ pub fn set_tenant_config(
     req: pb::SetTenantConfigRequest,
     timestamp_micros: i64,
 ) -> Result<Request, Status> {
-    let id = request_id(req.request_id)?;
+    let id = request_id(req.request_id.as_ref())?;
     let command = Command::SetTenantConfig {
         tenant: req.id,
         config: config_from_proto(req.config)?,
@@ -508,7 +548,7 @@ pub fn set_tenant_enabled(
     req: pb::SetTenantEnabledRequest,
     timestamp_micros: i64,
 ) -> Result<Request, Status> {
-    let id = request_id(req.request_id)?;
+    let id = request_id(req.request_id.as_ref())?;
     let command = Command::SetTenantEnabled {
         tenant: req.id,
         enabled: req.enabled,
@@ -520,7 +560,7 @@ pub fn delete_tenant(
     req: pb::DeleteTenantRequest,
     timestamp_micros: i64,
 ) -> Result<Request, Status> {
-    let id = request_id(req.request_id)?;
+    let id = request_id(req.request_id.as_ref())?;
     Ok(request(
         id,
         timestamp_micros,

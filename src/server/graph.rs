@@ -111,7 +111,7 @@ impl Writes {
     ) -> Result<pb::WriteResponse, Status> {
         // Held until the answer is sent, including a forward to the leader.
         let _permit = self.admission.admit()?;
-        let req = convert::write_request(msg.clone(), (self.clock)())?;
+        let req = convert::write_request(&msg, (self.clock)())?;
         match self.batcher.propose(req, via.forwarded).await? {
             Proposed::Applied(Ok(Outcome::Write(results))) => Ok(convert::write_response(&results)),
             Proposed::Applied(Ok(other)) => {
