@@ -277,9 +277,9 @@ impl Client {
             self.discover_leader().await;
         }
         let mut resent = false;
+        let mut msg = msg;
         loop {
             session.1 += 1;
-            let mut msg = msg.clone();
             msg.set_request_id(pb::RequestId {
                 client_id: session.0,
                 sequence: session.1,
