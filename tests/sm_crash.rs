@@ -1,7 +1,8 @@
 //! Crash tests: a child process applying a random log (tenant creates and deletes, snapshots
 //! every 40 entries) is killed with SIGKILL at random points — apply skips RocksDB's WAL, so a
 //! kill loses what was applied since the last flush, never more than since the last snapshot;
-//! separately its database is reverted to its last checkpoint (what a power cut does to unsynced RocksDB writes, at worst).
+//! separately its database is reverted to its last checkpoint (what a power cut does to
+//! unsynced RocksDB writes, at worst).
 //! After reopen, the state must be exactly a reference's state at the applied id it reports,
 //! every tenant must pass the consistency check, and replaying the rest of the log must reach
 //! the reference's final digest.

@@ -263,7 +263,7 @@ impl Client {
     }
 
     /// A proposal: one sequence for all its retries; see the module docs.
-    async fn propose<Req, T, F, Fut>(&self, msg: Req, mut call: F) -> Result<T, Status>
+    async fn propose<Req, T, F, Fut>(&self, mut msg: Req, mut call: F) -> Result<T, Status>
     where
         Req: Clone + WithRequestId,
         F: FnMut(&str, Channel, Request<Req>, Duration) -> Fut,
@@ -277,7 +277,6 @@ impl Client {
             self.discover_leader().await;
         }
         let mut resent = false;
-        let mut msg = msg;
         loop {
             session.1 += 1;
             msg.set_request_id(pb::RequestId {

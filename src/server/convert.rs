@@ -22,7 +22,7 @@ use crate::tenant::{
 /// when something is wrong with it (formatting each path up front was an allocation or three
 /// per field on the leader's hot path).
 #[derive(Clone, Copy)]
-pub enum Field<'a> {
+enum Field<'a> {
     /// A top-level field.
     Name(&'a str),
     /// `parent.name`

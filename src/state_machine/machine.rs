@@ -108,6 +108,8 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     applied: Option<LogId>,
     membership: StoredMembership,
+    /// Apply's write options: RocksDB's WAL off (see `apply_entry`).
+    unlogged: WriteOptions,
 }
 
 fn snapshot_name(last: &Option<LogId>) -> String {
@@ -169,10 +171,13 @@ impl StateMachine {
             current: Mutex::new(current),
             seq: AtomicU64::new(0),
         });
+        let mut unlogged = WriteOptions::default();
+        unlogged.disable_wal(true);
         Ok(StateMachine {
             shared,
             applied,
             membership,
+            unlogged,
         })
     }
 
@@ -269,11 +274,9 @@ impl StateMachine {
         // log is only purged behind a snapshot, so those entries are still there. Writing
         // RocksDB's WAL cost each replica ~4% of its CPU and a second copy of every write on
         // disk (BENCHMARKS.md).
-        let mut unlogged = WriteOptions::default();
-        unlogged.disable_wal(true);
         store
             .db()
-            .write_opt(batch, &unlogged)
+            .write_opt(batch, &self.unlogged)
             .map_err(|e| rocks_err(&format!("apply {log_id}"), e))?;
         store.meta_cache.forget(keys::APPLIED);
         store.meta_cache.forget(keys::MEMBERSHIP);
