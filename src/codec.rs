@@ -25,7 +25,10 @@ use serde::de::DeserializeOwned;
 ///   ids name a leader by term alone (standard Raft leader ids). No decoder for version 1 is
 ///   kept: no raftgraph release ever wrote it, so a version-1 data directory is refused with
 ///   `UnknownVersion { found: 1 }` and must be recreated.
-pub const FORMAT_VERSION: u8 = 2;
+/// - 3: a `Request` carries its command's fingerprint, stamped by the leader, instead of every
+///   replica computing it at apply. No decoder for version 2 is kept either (no release wrote
+///   it): a version-2 data directory is refused with `UnknownVersion { found: 2 }`.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The most bytes one decoded value may claim. Records are bounded well below this by
 /// `WalConfig::record_bytes_max`; this is the last line against a garbage length.

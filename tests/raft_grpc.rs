@@ -89,12 +89,7 @@ fn serve(node: &Node, dir: &Path, listener: TcpListener) {
 }
 
 fn request(seq: u64, command: Command) -> Request {
-    Request {
-        client_id: 1,
-        sequence: seq,
-        timestamp_micros: seq as i64,
-        command,
-    }
+    Request::new(1, seq, seq as i64, command).unwrap()
 }
 
 /// Proposes `req` alone on `raft` and returns its one outcome.
@@ -170,12 +165,7 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             preconditions: vec![],
             operations: vec![op],
         });
-        let req = Request {
-            client_id: 100 + i,
-            sequence: 1,
-            timestamp_micros: 0,
-            command: cmd,
-        };
+        let req = Request::new(100 + i, 1, 0, cmd).unwrap();
         propose(&leader.raft, req)
     });
     for r in futures::future::join_all(writes).await {

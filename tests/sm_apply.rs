@@ -283,15 +283,18 @@ async fn a_repeated_sequence_returns_the_stored_response_and_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
     h.create_tenant("t", Quotas::unlimited()).unwrap();
-    let req = |seq| Request {
-        client_id: 7,
-        sequence: seq,
-        timestamp_micros: 5,
-        command: Command::Write(WriteRequest {
-            tenant: "t".into(),
-            preconditions: vec![],
-            operations: vec![create_node(&[], &[])],
-        }),
+    let req = |seq| {
+        Request::new(
+            7,
+            seq,
+            5,
+            Command::Write(WriteRequest {
+                tenant: "t".into(),
+                preconditions: vec![],
+                operations: vec![create_node(&[], &[])],
+            }),
+        )
+        .unwrap()
     };
     let first = h.apply(req(1));
     assert_eq!(
@@ -300,6 +303,18 @@ async fn a_repeated_sequence_returns_the_stored_response_and_applies_nothing() {
     );
     let retry = h.apply(req(1));
     assert_eq!(retry, first, "the retry gets the original response");
+    // Apply compares the fingerprint the request carries (stamped by the leader, the same on
+    // every replica), not one of its own: the same command stamped differently is another
+    // request.
+    let mut restamped = req(1);
+    restamped.fingerprint[0] ^= 1;
+    assert_eq!(
+        h.apply(restamped).outcome,
+        Err(ApplyError::SequenceReused {
+            client_id: 7,
+            sequence: 1
+        })
+    );
     assert_eq!(
         h.reader().tenant("t").unwrap().usage.nodes,
         1,
@@ -359,16 +374,17 @@ async fn sessions_are_evicted_oldest_first_past_the_replicated_limit() {
         "{r}"
     );
     // Client 3's session is alive: its retry returns the stored response.
-    let retry = Request {
-        client_id: 3,
-        sequence: 1,
-        timestamp_micros: 0,
-        command: Command::Write(WriteRequest {
+    let retry = Request::new(
+        3,
+        1,
+        0,
+        Command::Write(WriteRequest {
             tenant: "t".into(),
             preconditions: vec![],
             operations: vec![create_node(&[], &[])],
         }),
-    };
+    )
+    .unwrap();
     let nodes = h.reader().tenant("t").unwrap().usage.nodes;
     assert_eq!(
         h.apply(retry).outcome,
@@ -406,12 +422,7 @@ async fn eviction_follows_the_last_write_of_each_client() {
     let mut send = |h: &mut Harness, lru: &mut Vec<u64>, max: u64, client: u64, cmd: Command| {
         let seq = seqs.entry(client).or_insert(0);
         *seq += 1;
-        let r = h.apply(Request {
-            client_id: client,
-            sequence: *seq,
-            timestamp_micros: 0,
-            command: cmd,
-        });
+        let r = h.apply(Request::new(client, *seq, 0, cmd).unwrap());
         assert!(r.outcome.is_ok(), "client {client}: {:?}", r.outcome);
         lru.retain(|c| *c != client);
         lru.push(client);
@@ -455,14 +466,17 @@ async fn eviction_follows_the_last_write_of_each_client() {
             if alive == Some(1) {
                 continue;
             }
-            let r = h.apply(Request {
-                client_id: client,
-                sequence: probe_seq,
-                timestamp_micros: 0,
-                command: Command::DeleteTenant {
-                    tenant: "probe".into(),
-                },
-            });
+            let r = h.apply(
+                Request::new(
+                    client,
+                    probe_seq,
+                    0,
+                    Command::DeleteTenant {
+                        tenant: "probe".into(),
+                    },
+                )
+                .unwrap(),
+            );
             match (alive, r.outcome) {
                 (Some(_), Err(ApplyError::SequenceReused { .. })) => {}
                 (None, Err(ApplyError::SessionExpired { last: None, .. })) => {}
@@ -766,12 +780,7 @@ async fn apply_out_of_order_is_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
     h.create_tenant("t", Quotas::unlimited()).unwrap();
-    let req = Request {
-        client_id: 9,
-        sequence: 1,
-        timestamp_micros: 0,
-        command: Command::DeleteTenant { tenant: "t".into() },
-    };
+    let req = Request::new(9, 1, 0, Command::DeleteTenant { tenant: "t".into() }).unwrap();
     for index in [1, 3] {
         let err = h.sm.apply_entry(&entry(index, req.clone())).unwrap_err();
         assert!(err.to_string().contains("apply out of order"), "{err}");
@@ -885,15 +894,18 @@ async fn a_used_sequence_with_another_request_is_refused_not_answered() {
     for t in ["a", "b"] {
         h.create_tenant(t, Quotas::unlimited()).unwrap();
     }
-    let write = |tenant: &str, seq| Request {
-        client_id: 42,
-        sequence: seq,
-        timestamp_micros: seq as i64,
-        command: Command::Write(WriteRequest {
-            tenant: tenant.into(),
-            preconditions: vec![],
-            operations: vec![create_node(&[], &[])],
-        }),
+    let write = |tenant: &str, seq| {
+        Request::new(
+            42,
+            seq,
+            seq as i64,
+            Command::Write(WriteRequest {
+                tenant: tenant.into(),
+                preconditions: vec![],
+                operations: vec![create_node(&[], &[])],
+            }),
+        )
+        .unwrap()
     };
     let first = h.apply(write("a", 1));
     // The same request, re-stamped by a new leader: the stored response.

@@ -148,16 +148,12 @@ proptest! {
 }
 
 fn write_req(client: u64, sequence: u64, ops: Vec<Op>) -> Request {
-    Request {
-        client_id: client,
-        sequence,
-        timestamp_micros: 0,
-        command: Command::Write(WriteRequest {
-            tenant: "t".into(),
-            preconditions: vec![],
-            operations: ops,
-        }),
-    }
+    let command = Command::Write(WriteRequest {
+        tenant: "t".into(),
+        preconditions: vec![],
+        operations: ops,
+    });
+    Request::new(client, sequence, 0, command).unwrap()
 }
 
 /// A request sees the ones before it in its entry (ids continue, a retry of an earlier
@@ -194,12 +190,7 @@ async fn requests_of_one_entry_see_each_other_and_commands_go_alone() {
     assert_eq!(ids[2], ids[0], "the retry is answered from its session");
     assert_eq!(h.reader().tenant("t").unwrap().usage.nodes, 2);
 
-    let create = Request {
-        client_id: 12,
-        sequence: 1,
-        timestamp_micros: 0,
-        command: Command::DeleteTenant { tenant: "t".into() },
-    };
+    let create = Request::new(12, 1, 0, Command::DeleteTenant { tenant: "t".into() }).unwrap();
     let c = write_req(13, 1, vec![create_node(&["C"], &[])]);
     let r =
         h.sm.apply_entry(&entry(3, vec![c, create]))

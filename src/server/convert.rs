@@ -214,13 +214,10 @@ fn request_id(id: Option<&pb::RequestId>) -> Result<(u64, u64), Status> {
     Ok((id.client_id, id.sequence))
 }
 
-fn request(id: (u64, u64), timestamp_micros: i64, command: Command) -> Request {
-    Request {
-        client_id: id.0,
-        sequence: id.1,
-        timestamp_micros,
-        command,
-    }
+/// The request to propose, fingerprinted here (see [`Request::fingerprint`]).
+fn request(id: (u64, u64), timestamp_micros: i64, command: Command) -> Result<Request, Status> {
+    Request::new(id.0, id.1, timestamp_micros, command)
+        .map_err(|e| Status::internal(format!("client {} seq {}: {e}", id.0, id.1)))
 }
 
 /// A write from the wire, checked in full, as the command to propose. `timestamp_micros` is
@@ -247,7 +244,7 @@ pub fn write_request(req: &pb::WriteRequest, timestamp_micros: i64) -> Result<Re
         operations,
     };
     write.validate().map_err(|e| apply_error(&e))?;
-    Ok(request(id, timestamp_micros, Command::Write(write)))
+    request(id, timestamp_micros, Command::Write(write))
 }
 
 pub fn write_response(results: &[OpResult]) -> pb::WriteResponse {
@@ -514,7 +511,7 @@ pub fn create_tenant(
         quotas: quotas_from_proto(req.quotas),
         config: config_from_proto(req.config)?,
     };
-    Ok(request(id, timestamp_micros, command))
+    request(id, timestamp_micros, command)
 }
 
 pub fn update_quotas(
@@ -529,7 +526,7 @@ pub fn update_quotas(
         tenant: req.id,
         quotas: quotas_from_proto(Some(quotas)),
     };
-    Ok(request(id, timestamp_micros, command))
+    request(id, timestamp_micros, command)
 }
 
 pub fn set_tenant_config(
@@ -541,7 +538,7 @@ pub fn set_tenant_config(
         tenant: req.id,
         config: config_from_proto(req.config)?,
     };
-    Ok(request(id, timestamp_micros, command))
+    request(id, timestamp_micros, command)
 }
 
 pub fn set_tenant_enabled(
@@ -553,7 +550,7 @@ pub fn set_tenant_enabled(
         tenant: req.id,
         enabled: req.enabled,
     };
-    Ok(request(id, timestamp_micros, command))
+    request(id, timestamp_micros, command)
 }
 
 pub fn delete_tenant(
@@ -561,9 +558,9 @@ pub fn delete_tenant(
     timestamp_micros: i64,
 ) -> Result<Request, Status> {
     let id = request_id(req.request_id.as_ref())?;
-    Ok(request(
+    request(
         id,
         timestamp_micros,
         Command::DeleteTenant { tenant: req.id },
-    ))
+    )
 }

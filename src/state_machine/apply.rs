@@ -5,7 +5,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use super::command::{
-    ApplyError, ClusterLimits, Command, Outcome, Request, Response, WriteRequest,
+    ApplyError, ClusterLimits, Command, Fingerprint, Outcome, Request, Response, WriteRequest,
 };
 use super::keys;
 use super::ops::{Writer, corrupt, load, save};
@@ -30,16 +30,13 @@ pub(crate) struct Globals {
 pub(crate) struct Session {
     pub sequence: u64,
     pub last_index: u64,
-    /// BLAKE3 of the encoded command: a repeat must be the same request (the leader re-stamps
-    /// the timestamp, so it is left out). Another request under a used sequence is refused
-    /// rather than answered with a response that belongs to something else.
-    pub fingerprint: [u8; 32],
+    /// The request's [`Fingerprint`] (stamped by the leader): a repeat must be the same
+    /// request. Another request under a used sequence is refused rather than answered with a
+    /// response that belongs to something else.
+    /// Encoded as one byte string (a plain array is 32 one-byte fields to encode and decode).
+    #[serde(with = "serde_bytes")]
+    pub fingerprint: Fingerprint,
     pub response: Response,
-}
-
-fn fingerprint(command: &Command) -> io::Result<[u8; 32]> {
-    let bytes = crate::codec::encode(command).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(*blake3::hash(&bytes).as_bytes())
 }
 
 /// Column-family work an entry needs beyond its batch (see `Store::create_tenant_cf`).
@@ -86,7 +83,7 @@ pub(crate) fn apply_request(
         sequence: req.sequence,
         last,
     };
-    let fingerprint = fingerprint(&req.command)?;
+    let fingerprint = req.fingerprint;
     match &session {
         Some(s) if req.sequence == s.sequence && s.fingerprint != fingerprint => {
             return refuse(ApplyError::SequenceReused {

@@ -80,12 +80,7 @@ impl Driver {
     fn apply(&mut self, command: Command) -> io::Result<()> {
         self.index += 1;
         self.seq += 1;
-        let req = Request {
-            client_id: 1,
-            sequence: self.seq,
-            timestamp_micros: 0,
-            command,
-        };
+        let req = Request::new(1, self.seq, 0, command).map_err(io::Error::other)?;
         let r = self
             .sm
             .apply_entry(&Entry::new_normal(log_id(self.index), req.into()))?;

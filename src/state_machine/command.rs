@@ -14,8 +14,9 @@ pub const OPERATIONS_MAX: usize = 10_000;
 /// Preconditions in one write request.
 pub const PRECONDITIONS_MAX: usize = 1_000;
 
-/// One client request, as proposed to Raft. `timestamp_micros` is stamped by the leader, so
-/// every replica applies the same time.
+/// One client request, as proposed to Raft. `timestamp_micros` and `fingerprint` are stamped by
+/// the node that makes the request (the leader), so every replica applies the same time and
+/// compares a repeat against the same fingerprint. Make one with [`Request::new`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     /// Chosen by the client; a client id has at most one request outstanding.
@@ -23,7 +24,40 @@ pub struct Request {
     /// 1, 2, 3, … per client id; a retry reuses its sequence.
     pub sequence: u64,
     pub timestamp_micros: i64,
+    /// [`fingerprint`] of `command`. A repeat of a sequence must be the same request: apply
+    /// compares this with the fingerprint its session stored. Computed once, where the request
+    /// is made, instead of by every replica at apply (encoding and hashing the command was ~9%
+    /// of a follower's CPU under load, BENCHMARKS.md).
+    /// Encoded as one byte string (a plain array is 32 one-byte fields to encode and decode).
+    #[serde(with = "serde_bytes")]
+    pub fingerprint: Fingerprint,
     pub command: Command,
+}
+
+/// BLAKE3 of a command's encoding.
+pub type Fingerprint = [u8; 32];
+
+/// BLAKE3 of `command`'s encoding. The timestamp is left out: the leader stamps a retry anew.
+pub fn fingerprint(command: &Command) -> Result<Fingerprint, crate::codec::CodecError> {
+    Ok(*blake3::hash(&crate::codec::encode(command)?).as_bytes())
+}
+
+impl Request {
+    /// A request with its command's fingerprint. Fails only if the command cannot be encoded.
+    pub fn new(
+        client_id: u64,
+        sequence: u64,
+        timestamp_micros: i64,
+        command: Command,
+    ) -> Result<Request, crate::codec::CodecError> {
+        Ok(Request {
+            client_id,
+            sequence,
+            timestamp_micros,
+            fingerprint: fingerprint(&command)?,
+            command,
+        })
+    }
 }
 
 impl fmt::Display for Request {
@@ -480,6 +514,20 @@ mod tests {
             preconditions: vec![],
             operations: ops,
         }
+    }
+
+    #[test]
+    fn fingerprint_covers_the_command_and_not_the_time() {
+        let a = Command::Write(write(vec![]));
+        let b = Command::DeleteTenant { tenant: "t".into() };
+        let r1 = Request::new(1, 1, 10, a.clone()).unwrap();
+        let r2 = Request::new(2, 9, 20, a.clone()).unwrap();
+        assert_eq!(r1.fingerprint, r2.fingerprint);
+        assert_eq!(r1.fingerprint, fingerprint(&a).unwrap());
+        assert_ne!(
+            r1.fingerprint,
+            Request::new(1, 1, 10, b).unwrap().fingerprint
+        );
     }
 
     #[test]

@@ -80,9 +80,9 @@ mod txn;
 mod verify;
 
 pub use command::{
-    ApplyError, ClusterLimits, Command, NodeRef, OPERATIONS_MAX, Op, OpResult, Outcome,
-    PRECONDITIONS_MAX, PROPOSAL_REQUESTS_MAX, Precondition, Proposal, Request, Response, Responses,
-    WriteRequest,
+    ApplyError, ClusterLimits, Command, Fingerprint, NodeRef, OPERATIONS_MAX, Op, OpResult,
+    Outcome, PRECONDITIONS_MAX, PROPOSAL_REQUESTS_MAX, Precondition, Proposal, Request, Response,
+    Responses, WriteRequest, fingerprint,
 };
 pub use config::{Blocking, StateMachineConfig};
 pub use graph::{

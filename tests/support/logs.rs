@@ -80,12 +80,13 @@ impl Gen {
         let client = self.client_of(slot);
         let seq = self.seqs.entry(client).or_insert(0);
         *seq += 1;
-        let req = Request {
-            client_id: client,
-            sequence: *seq,
-            timestamp_micros: 1_700_000_000_000_000 + i64::from(self.rng.random_range(0..1000u32)),
-            command: self.command(),
-        };
+        let req = Request::new(
+            client,
+            *seq,
+            1_700_000_000_000_000 + i64::from(self.rng.random_range(0..1000u32)),
+            self.command(),
+        )
+        .unwrap();
         self.last.insert(slot, req.clone());
         if self.rng.random_bool(0.05) {
             *self.seqs.entry(1000 + slot).or_insert(0) += 1;

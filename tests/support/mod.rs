@@ -108,12 +108,7 @@ impl Harness {
         let seq = self.sequences.entry(client).or_insert(0);
         *seq += 1;
         self.clock += 1_000;
-        let req = Request {
-            client_id: client,
-            sequence: *seq,
-            timestamp_micros: self.clock,
-            command,
-        };
+        let req = Request::new(client, *seq, self.clock, command).unwrap();
         self.apply(req)
     }
 
