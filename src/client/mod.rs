@@ -93,6 +93,13 @@ enum Target {
 /// The longest deadline a call may have (one day).
 pub const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
 
+/// `msg` as a gRPC request with `timeout` (sent as grpc-timeout, which the server keeps).
+fn unary<M>(msg: M, timeout: Duration) -> Request<M> {
+    let mut r = Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
@@ -181,8 +188,7 @@ impl Client {
         let each = self.options.attempt_timeout.min(Duration::from_secs(1));
         for addr in &self.endpoints {
             let Ok(ch) = self.channel(addr) else { continue };
-            let mut req = Request::new(pb::StatusRequest {});
-            req.set_timeout(each);
+            let req = unary(pb::StatusRequest {}, each);
             let answer =
                 tokio::time::timeout(each, ClusterServiceClient::new(ch).status(req)).await;
             if let Ok(Ok(s)) = answer {
@@ -263,10 +269,13 @@ impl Client {
     }
 
     /// A proposal: one sequence for all its retries; see the module docs.
+    ///
+    /// `call` gets the message to send (a clone: retries resend the same one) and the
+    /// attempt's timeout; [`unary`] makes it a gRPC request.
     async fn propose<Req, T, F, Fut>(&self, mut msg: Req, mut call: F) -> Result<T, Status>
     where
         Req: Clone + WithRequestId,
-        F: FnMut(&str, Channel, Request<Req>, Duration) -> Fut,
+        F: FnMut(&str, Channel, Req, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         // One deadline for the whole call: leader discovery and the resend in a new session
@@ -285,9 +294,7 @@ impl Client {
             });
             let r = self
                 .retry_until(Target::Leader, deadline, |addr, ch, timeout| {
-                    let mut req = Request::new(msg.clone());
-                    req.set_timeout(timeout);
-                    call(addr, ch, req, timeout)
+                    call(addr, ch, msg.clone(), timeout)
                 })
                 .await;
             let Err(s) = &r else { return r };
@@ -313,12 +320,14 @@ impl Client {
     pub async fn write(&self, req: pb::WriteRequest) -> Result<pb::WriteResponse, Status> {
         let streamed = self.options.write_stream;
         let dialer = &self.options.dialer;
-        self.propose(req, |addr, ch, r, timeout| {
+        self.propose(req, |addr, ch, m, timeout| {
+            // The stream carries the timeout in the call: no gRPC request (and its
+            // grpc-timeout header, formatted per call) is made for it.
             let stream = streamed.then(|| dialer.write_stream(addr, ch.clone()));
             async move {
                 match stream {
-                    Some(s) => s.call(r.into_inner(), timeout).await.map(Response::new),
-                    None => Self::graph(ch).write(r).await,
+                    Some(s) => s.call(m, timeout).await.map(Response::new),
+                    None => Self::graph(ch).write(unary(m, timeout)).await,
                 }
             }
         })
@@ -342,12 +351,8 @@ impl Client {
         } else {
             Target::Leader
         };
-        self.retry(target, |_, ch, t| {
-            let mut r = Request::new(msg.clone());
-            r.set_timeout(t);
-            call(ch, r)
-        })
-        .await
+        self.retry(target, |_, ch, t| call(ch, unary(msg.clone(), t)))
+            .await
     }
 
     pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
@@ -385,15 +390,19 @@ impl Client {
     }
 
     pub async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r, _| async move {
-            TenantServiceClient::new(ch).create_tenant(r).await
+        self.propose(req, |_, ch, m, t| async move {
+            TenantServiceClient::new(ch)
+                .create_tenant(unary(m, t))
+                .await
         })
         .await
     }
 
     pub async fn update_quotas(&self, req: pb::UpdateQuotasRequest) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r, _| async move {
-            TenantServiceClient::new(ch).update_quotas(r).await
+        self.propose(req, |_, ch, m, t| async move {
+            TenantServiceClient::new(ch)
+                .update_quotas(unary(m, t))
+                .await
         })
         .await
     }
@@ -402,8 +411,10 @@ impl Client {
         &self,
         req: pb::SetTenantConfigRequest,
     ) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r, _| async move {
-            TenantServiceClient::new(ch).set_tenant_config(r).await
+        self.propose(req, |_, ch, m, t| async move {
+            TenantServiceClient::new(ch)
+                .set_tenant_config(unary(m, t))
+                .await
         })
         .await
     }
@@ -412,8 +423,10 @@ impl Client {
         &self,
         req: pb::SetTenantEnabledRequest,
     ) -> Result<pb::Tenant, Status> {
-        self.propose(req, |_, ch, r, _| async move {
-            TenantServiceClient::new(ch).set_tenant_enabled(r).await
+        self.propose(req, |_, ch, m, t| async move {
+            TenantServiceClient::new(ch)
+                .set_tenant_enabled(unary(m, t))
+                .await
         })
         .await
     }
@@ -422,8 +435,10 @@ impl Client {
         &self,
         req: pb::DeleteTenantRequest,
     ) -> Result<pb::DeleteTenantResponse, Status> {
-        self.propose(req, |_, ch, r, _| async move {
-            TenantServiceClient::new(ch).delete_tenant(r).await
+        self.propose(req, |_, ch, m, t| async move {
+            TenantServiceClient::new(ch)
+                .delete_tenant(unary(m, t))
+                .await
         })
         .await
     }
@@ -448,8 +463,7 @@ impl Client {
     /// The status of the first endpoint that answers (not necessarily the leader's view).
     pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
         self.retry(Target::Any, |_, ch, t| {
-            let mut r = Request::new(pb::StatusRequest {});
-            r.set_timeout(t);
+            let r = unary(pb::StatusRequest {}, t);
             async move { ClusterServiceClient::new(ch).status(r).await }
         })
         .await
@@ -457,8 +471,7 @@ impl Client {
 
     /// The status of one endpoint, without retries.
     pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse, Status> {
-        let mut r = Request::new(pb::StatusRequest {});
-        r.set_timeout(self.options.attempt_timeout);
+        let r = unary(pb::StatusRequest {}, self.options.attempt_timeout);
         let ch = self.channel(addr)?;
         Ok(ClusterServiceClient::new(ch).status(r).await?.into_inner())
     }
