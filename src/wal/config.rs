@@ -27,17 +27,15 @@ pub struct WalConfig {
     /// A group commit syncs once it has gathered this many bytes, even if more appends are
     /// queued. Default 8 MiB; valid 4 KiB ..= 1 GiB.
     pub batch_bytes_max: u64,
-    /// Give each new segment its full `segment_bytes` length before use (a sparse file: no data
-    /// is written), so appends do not change the file's size and a sync need not journal one
-    /// (measured: 0.24 ms per 12 KiB `write`+`fdatasync` on this machine's ext4 when appends
-    /// grew the file, 0.13 ms into a zero-filled one). Segments were zero-filled until
-    /// 2026-11-30; that stalled every write once per segment (see `segment::prepare_spare`).
-    /// The sparse file's cost per sync was not measured alone; end to end, one client's write
-    /// p50 was 0.53 ms with either. Default true.
+    /// Zero-fill each new segment to `segment_bytes` before use, so appends overwrite allocated
+    /// blocks and a sync need not journal a file-size change (measured: 0.13 ms instead of
+    /// 0.24 ms per 12 KiB `write`+`fdatasync` on this machine's ext4). Costs one
+    /// `segment_bytes` write per rotation. Default true.
     pub preallocate: bool,
-    /// With `preallocate`, make the next segment's file on a background thread while the
-    /// active one fills, so a rotation costs a header write and three syncs and no file
-    /// creation in the write path. [`super::Wal::open`] turns it off under
+    /// With `preallocate`, zero-fill the next segment's file on a background thread while the
+    /// active one fills, so a rotation costs a header write and three syncs instead of a
+    /// `segment_bytes` write and sync in the write path (64 MiB stalled every write for
+    /// tens to hundreds of ms, once per segment). [`super::Wal::open`] turns it off under
     /// [`super::IoRuntime::Inline`]: the simulation must not depend on an OS thread's timing.
     /// Default true.
     pub spare_segment: bool,

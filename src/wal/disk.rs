@@ -22,7 +22,7 @@ use crate::codec;
 
 const META_FILE: &str = "wal.meta";
 const META_TMP_FILE: &str = "wal.meta.tmp";
-/// The next segment's file while a background thread makes it (see `spare_segment`).
+/// The next segment's file while a background thread zero-fills it (see `spare_segment`).
 const SPARE_FILE: &str = "spare.wal.tmp";
 
 type Spare = std::thread::JoinHandle<io::Result<Box<dyn super::fs::WalFile>>>;
@@ -356,7 +356,7 @@ impl<C: RaftTypeConfig> Disk<C> {
         }
     }
 
-    /// Starts making the next segment's file in the background, unless one is on the
+    /// Starts zero-filling the next segment's file in the background, unless one is on the
     /// way or the configuration says not to.
     fn start_spare(&mut self) {
         if self.spare.is_some() || !self.cfg.preallocate || !self.cfg.spare_segment {
@@ -370,7 +370,7 @@ impl<C: RaftTypeConfig> Disk<C> {
             .spawn(move || segment::prepare_spare(fs.as_ref(), &path, bytes));
         match spawned {
             Ok(h) => self.spare = Some(h),
-            // Rotation then makes the segment in the write path, as without a spare.
+            // Rotation then zero-fills in the write path, as without a spare.
             Err(e) => tracing::warn!(error = %e, "could not start the WAL spare thread"),
         }
     }
