@@ -40,9 +40,11 @@ use crate::transport::Dialer;
 
 mod compare;
 mod etcd;
+mod latency;
 
 pub use compare::compare;
 use etcd::{Etcd, etcd_wal_fsyncs};
+use latency::Latencies;
 
 /// Which store the benchmark drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -678,38 +680,6 @@ async fn drive<D: Driver>(a: &BenchArgs, d: Arc<D>) -> anyhow::Result<Report> {
         latency,
         fsyncs_per_write,
     })
-}
-
-/// One client's latencies, kept in a small buffer and added to the shared histogram when it
-/// fills (and at the end).
-struct Latencies {
-    shared: Arc<std::sync::Mutex<Histogram<u64>>>,
-    buf: Vec<u64>,
-}
-
-impl Latencies {
-    const BUFFERED: usize = 512;
-
-    fn new(shared: Arc<std::sync::Mutex<Histogram<u64>>>) -> Self {
-        Latencies {
-            shared,
-            buf: Vec::with_capacity(Self::BUFFERED),
-        }
-    }
-
-    fn record(&mut self, took: Duration) {
-        self.buf.push(took.as_micros().max(1) as u64);
-        if self.buf.len() == Self::BUFFERED {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        let mut h = self.shared.lock().expect("histogram");
-        for us in self.buf.drain(..) {
-            h.saturating_record(us);
-        }
-    }
 }
 
 fn progress(a: &BenchArgs) -> indicatif::ProgressBar {

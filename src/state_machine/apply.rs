@@ -33,6 +33,7 @@ pub(crate) struct Session {
     /// The request's [`Fingerprint`] (stamped by the leader): a repeat must be the same
     /// request. Another request under a used sequence is refused rather than answered with a
     /// response that belongs to something else.
+    ///
     /// Encoded as one byte string (a plain array is 32 one-byte fields to encode and decode).
     #[serde(with = "serde_bytes")]
     pub fingerprint: Fingerprint,

@@ -28,6 +28,7 @@ pub struct Request {
     /// compares this with the fingerprint its session stored. Computed once, where the request
     /// is made, instead of by every replica at apply (encoding and hashing the command was ~9%
     /// of a follower's CPU under load, BENCHMARKS.md).
+    ///
     /// Encoded as one byte string (a plain array is 32 one-byte fields to encode and decode).
     #[serde(with = "serde_bytes")]
     pub fingerprint: Fingerprint,

@@ -82,7 +82,7 @@ mod verify;
 pub use command::{
     ApplyError, ClusterLimits, Command, Fingerprint, NodeRef, OPERATIONS_MAX, Op, OpResult,
     Outcome, PRECONDITIONS_MAX, PROPOSAL_REQUESTS_MAX, Precondition, Proposal, Request, Response,
-    Responses, WriteRequest, fingerprint,
+    Responses, WriteRequest,
 };
 pub use config::{Blocking, StateMachineConfig};
 pub use graph::{
