@@ -35,7 +35,8 @@ pub struct WalConfig {
     /// With `preallocate`, zero-fill the next segment's file on a background thread while the
     /// active one fills, so a rotation costs a header write and three syncs instead of a
     /// `segment_bytes` write and sync in the write path (64 MiB stalled every write for
-    /// tens to hundreds of ms, once per segment). [`super::Wal::open`] turns it off under
+    /// tens to hundreds of ms, once per segment). The thread is paced by the active segment's
+    /// progress and runs at the lowest CPU priority (see `spare.rs`). [`super::Wal::open`] turns it off under
     /// [`super::IoRuntime::Inline`]: the simulation must not depend on an OS thread's timing.
     /// Default true.
     pub spare_segment: bool,

@@ -18,14 +18,13 @@ use super::error::WalError;
 use super::format::{self, META_BYTES_MAX, META_HEADER_BYTES, RecordKind};
 use super::fs::{WalFs, io_context};
 use super::segment::{self, Pos, Segment};
+use super::spare::{Pace, SpareFill};
 use crate::codec;
 
 const META_FILE: &str = "wal.meta";
 const META_TMP_FILE: &str = "wal.meta.tmp";
 /// The next segment's file while a background thread zero-fills it (see `spare_segment`).
 const SPARE_FILE: &str = "spare.wal.tmp";
-
-type Spare = std::thread::JoinHandle<io::Result<Box<dyn super::fs::WalFile>>>;
 
 /// A truncation that was decided but may not have finished: entries after `last_kept` are void.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,14 +80,16 @@ pub(crate) struct Disk<C: RaftTypeConfig> {
     /// The committed id must be written again (new segment, or the record may have been cut).
     committed_dirty: bool,
     /// The thread preparing the next segment's file, if one was started.
-    spare: Option<Spare>,
+    spare: Option<SpareFill>,
+    /// How far the active segment is written, for the spare thread's pacing.
+    pace: Arc<Pace>,
 }
 
 impl<C: RaftTypeConfig> Drop for Disk<C> {
     fn drop(&mut self) {
         // A WAL reopened in this directory must not find this thread still writing its spare.
-        if let Some(h) = self.spare.take() {
-            let _ = h.join();
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.finish();
         }
     }
 }
@@ -150,6 +151,7 @@ impl<C: RaftTypeConfig> Disk<C> {
             committed: None,
             committed_dirty: false,
             spare: None,
+            pace: Arc::default(),
         };
         let committed_record = disk.scan_segments(&first_indexes)?;
         if let Some(intent) = disk.meta.truncate {
@@ -341,16 +343,10 @@ impl<C: RaftTypeConfig> Disk<C> {
     /// The prepared spare file, waiting for its thread if it is not done. `None` when there is
     /// none or preparing it failed (then the caller creates the segment itself).
     fn take_spare(&mut self) -> Option<Box<dyn super::fs::WalFile>> {
-        match self.spare.take()?.join() {
-            Ok(Ok(file)) => Some(file),
-            Ok(Err(e)) => {
+        match self.spare.take()?.finish() {
+            Ok(file) => Some(file),
+            Err(e) => {
                 tracing::warn!(error = %e, "preparing the next WAL segment failed; creating it now");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "the thread preparing the next WAL segment panicked; creating it now"
-                );
                 None
             }
         }
@@ -362,14 +358,17 @@ impl<C: RaftTypeConfig> Disk<C> {
         if self.spare.is_some() || !self.cfg.preallocate || !self.cfg.spare_segment {
             return;
         }
-        let fs = self.fs.clone();
+        if let Some(active) = self.segments.back() {
+            self.pace.set_active(active.len);
+        }
         let path = self.cfg.dir.join(SPARE_FILE);
-        let bytes = self.cfg.segment_bytes;
-        let spawned = std::thread::Builder::new()
-            .name("raftgraph-wal-spare".into())
-            .spawn(move || segment::prepare_spare(fs.as_ref(), &path, bytes));
-        match spawned {
-            Ok(h) => self.spare = Some(h),
+        match SpareFill::start(
+            self.fs.clone(),
+            path,
+            self.cfg.segment_bytes,
+            self.pace.clone(),
+        ) {
+            Ok(spare) => self.spare = Some(spare),
             // Rotation then zero-fills in the write path, as without a spare.
             Err(e) => tracing::warn!(error = %e, "could not start the WAL spare thread"),
         }
@@ -443,6 +442,7 @@ impl<C: RaftTypeConfig> Disk<C> {
         }
         seg.synced_len = seg.len;
         seg.positions.extend(positions);
+        self.pace.set_active(seg.len);
         Ok(())
     }
 

@@ -20,6 +20,9 @@
 //!   `spare_segment` (on, except under `IoRuntime::Inline`) a background thread zero-fills the
 //!   next segment's file as `spare.wal.tmp` while the active one fills; rotation then writes
 //!   its header, syncs and renames it. Recovery removes a leftover spare like any `.tmp` file.
+//!   The thread runs at nice 19, writes and syncs 1 MiB at a time, and keeps only as far ahead
+//!   as the active segment requires (`spare.rs`), so its writes do not queue in front of the
+//!   WAL's syncs in one burst per rotation.
 //! - **Truncate** cuts the active segment with one synced length change; when whole segments go,
 //!   the intent is first recorded in `wal.meta`, so recovery finishes it. **Purge** records the
 //!   purge point in `wal.meta` first, then deletes whole segments it covers.
@@ -50,7 +53,7 @@
 //! - Without a spare (simulation, or the spare thread could not start or failed), rotation
 //!   zero-fills the next segment on the I/O task: a stall of one `segment_bytes` write (64 MiB
 //!   by default) every `segment_bytes` of log. If the log fills a segment faster than the spare
-//!   thread fills the next, rotation waits for that thread instead.
+//!   thread fills the next, rotation waits for that thread (which then stops pacing) instead.
 //! - Entries not yet durable are held in memory until synced; openraft bounds how many are in
 //!   flight.
 
@@ -63,6 +66,7 @@ mod memfs;
 mod runtime;
 mod segment;
 mod shared;
+mod spare;
 mod store;
 mod worker;
 

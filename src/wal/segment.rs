@@ -59,7 +59,7 @@ impl Segment {
         Self::from_spare(fs, dir, first_index, file, &tmp)
     }
 
-    /// Makes `file` (at `tmp`, a `.tmp` name; zero-filled by [`prepare_spare`] or by
+    /// Makes `file` (at `tmp`, a `.tmp` name; zero-filled by the spare thread or by
     /// [`Segment::create`]) the segment `dir/{first_index}.wal`: header written and synced,
     /// renamed, directory synced.
     pub fn from_spare(
@@ -321,19 +321,6 @@ fn zero_fill(file: &mut dyn WalFile, from: u64, to: u64, path: &Path) -> io::Res
         at += n;
     }
     Ok(())
-}
-
-/// Makes a spare segment file at `path` (a `.tmp` name, so recovery removes a leftover one):
-/// `bytes` zeros, synced. [`Segment::from_spare`] turns it into the next segment.
-pub(crate) fn prepare_spare(
-    fs: &dyn WalFs,
-    path: &Path,
-    bytes: u64,
-) -> io::Result<Box<dyn WalFile>> {
-    let mut file = fs.create(path).map_err(|e| io_context(e, "create", path))?;
-    zero_fill(file.as_mut(), 0, bytes, path)?;
-    file.sync_data().map_err(|e| io_context(e, "sync", path))?;
-    Ok(file)
 }
 
 /// True when every byte of `file[from..file_len]` is zero. Reads in bounded chunks.
