@@ -52,6 +52,16 @@ pub(crate) struct RocksOptions {
 /// under load, each writing a small SST file per tenant.
 pub(crate) const META_WRITE_BUFFER_BYTES: usize = 8 << 20;
 
+/// L0 files that start a compaction into the level below (RocksDB's default is 4). A tenant
+/// column family holds node records (`n` + id) and label index entries (`l` + label + id), so
+/// every flushed file's key range spans from the newest label entries to the newest nodes and
+/// overlaps every older node record: each L0 compaction rewrites the whole level below. At 4,
+/// under 256-client writes after 10 s of 64-client ones, that was 108 and 163 MB per node
+/// every ~4 s, the three nodes together, and every such window slowed all writes to 20–90 ms
+/// (BENCHMARKS.md). At 8 the rewrites come half as often; point reads may consult up to twice
+/// as many L0 files.
+pub(crate) const L0_COMPACTION_TRIGGER: i32 = 8;
+
 impl RocksOptions {
     pub fn new(cfg: &StateMachineConfig) -> Self {
         let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
@@ -60,6 +70,7 @@ impl RocksOptions {
         let mut cf = Options::default();
         cf.set_block_based_table_factory(&table);
         cf.set_write_buffer_size(cfg.cf_write_buffer_bytes);
+        cf.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER);
         let mut meta = cf.clone();
         meta.set_write_buffer_size(cfg.cf_write_buffer_bytes.min(META_WRITE_BUFFER_BYTES));
         let mut db = cf.clone();
@@ -399,7 +410,45 @@ pub(crate) fn sync_tree(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{META_CACHE_BYTES_MAX, META_CACHE_VALUE_BYTES_MAX, MetaCache, TenantCache};
+    use super::{
+        L0_COMPACTION_TRIGGER, META_CACHE_BYTES_MAX, META_CACHE_VALUE_BYTES_MAX, MetaCache,
+        RocksOptions, Store, TenantCache,
+    };
+    use crate::state_machine::StateMachineConfig;
+
+    /// The value RocksDB recorded in its newest OPTIONS file for `option` in column family `cf`.
+    fn recorded_option(dir: &std::path::Path, cf: &str, option: &str) -> Option<String> {
+        let newest = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("OPTIONS-"))
+            .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap_or(0))?;
+        let text = std::fs::read_to_string(dir.join(newest)).unwrap();
+        let section = format!("[CFOptions \"{cf}\"]");
+        let body = text.split(&section).nth(1)?;
+        let body = body.split("\n[").next()?;
+        body.lines().find_map(|l| {
+            let (k, v) = l.trim().split_once('=')?;
+            (k == option).then(|| v.to_string())
+        })
+    }
+
+    #[test]
+    fn tenant_and_meta_column_families_get_the_l0_compaction_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RocksOptions::new(&StateMachineConfig::new(dir.path()));
+        let db = dir.path().join("db");
+        let store = Store::open(&db, &opts).unwrap();
+        store.create_tenant_cf("acme", &opts).unwrap();
+        let want = Some(L0_COMPACTION_TRIGGER.to_string());
+        for cf in ["tenant.acme", "meta"] {
+            assert_eq!(
+                recorded_option(&db, cf, "level0_file_num_compaction_trigger"),
+                want,
+                "{cf}"
+            );
+        }
+    }
 
     #[test]
     fn the_meta_cache_answers_what_it_learned_last() {
