@@ -24,8 +24,9 @@ use super::fs::{WalFile, WalFs, io_context};
 
 /// Bytes written and synced per step.
 pub(crate) const CHUNK: u64 = 1 << 20;
-/// How long the filler sleeps when it is as far ahead as it needs to be.
-const IDLE: Duration = Duration::from_millis(10);
+/// How long the filler waits before looking at the active segment again when it is as far
+/// ahead as it needs to be. [`SpareFill::finish`] wakes it at once.
+const IDLE: Duration = Duration::from_millis(50);
 
 /// What the filler reads to pace itself; the I/O task writes it.
 #[derive(Debug, Default)]
@@ -45,7 +46,7 @@ impl Pace {
     /// How many bytes of a `total`-byte spare may be filled now.
     fn allowed(&self, total: u64) -> u64 {
         let active = self.active.load(Ordering::Relaxed);
-        if self.hurry.load(Ordering::Relaxed) || active >= total / 4 * 3 {
+        if self.hurry.load(Ordering::Acquire) || active >= total / 4 * 3 {
             return total;
         }
         active
@@ -64,9 +65,6 @@ pub(crate) struct SpareFill {
 impl SpareFill {
     /// Starts filling `path` (a `.tmp` name, so recovery removes a leftover one) with `bytes`
     /// zeros, paced by `pace`.
-    // An OS thread sleeping on the OS clock: spares exist only under `IoRuntime::Thread`; the
-    // simulation runs without them (`Wal::open`).
-    #[allow(clippy::disallowed_methods)]
     pub fn start(
         fs: Arc<dyn WalFs>,
         path: PathBuf,
@@ -79,8 +77,10 @@ impl SpareFill {
             .name("raftgraph-wal-spare".into())
             .spawn(move || {
                 lower_priority();
+                // Waits on the OS clock: spares exist only under `IoRuntime::Thread`; the
+                // simulation runs without them (`Wal::open`).
                 fill(fs.as_ref(), &path, bytes, &p, &mut || {
-                    std::thread::sleep(IDLE)
+                    std::thread::park_timeout(IDLE)
                 })
             })?;
         Ok(SpareFill { handle, pace })
@@ -88,7 +88,8 @@ impl SpareFill {
 
     /// The filled, synced file: finishes the fill at full speed if it is not done.
     pub fn finish(self) -> io::Result<Box<dyn WalFile>> {
-        self.pace.hurry.store(true, Ordering::Relaxed);
+        self.pace.hurry.store(true, Ordering::Release);
+        self.handle.thread().unpark();
         self.handle
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the spare segment thread panicked")))
