@@ -36,9 +36,9 @@ pub struct WalConfig {
     /// active one fills, so a rotation costs a header write and three syncs instead of a
     /// `segment_bytes` write and sync in the write path (64 MiB stalled every write for
     /// tens to hundreds of ms, once per segment). The thread is paced by the active segment's
-    /// progress and runs at the lowest CPU priority (see `spare.rs`). [`super::Wal::open`] turns it off under
-    /// [`super::IoRuntime::Inline`]: the simulation must not depend on an OS thread's timing.
-    /// Default true.
+    /// progress and runs at the lowest CPU priority (see `spare.rs`). [`super::Wal::open`]
+    /// turns it off under [`super::IoRuntime::Inline`]: the simulation must not depend on an
+    /// OS thread's timing. Default true.
     pub spare_segment: bool,
     /// Planted bug (tests only; no config file or flag reaches it): appends are written and
     /// acknowledged without `fdatasync`, so a power loss can lose acknowledged entries.

@@ -21,9 +21,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::fs::{WalFile, WalFs, io_context};
+use super::segment::zero_fill;
 
 /// Bytes written and synced per step.
-pub(crate) const CHUNK: u64 = 1 << 20;
+const CHUNK: u64 = 1 << 20;
 /// How long the filler waits before looking at the active segment again when it is as far
 /// ahead as it needs to be. [`SpareFill::finish`] wakes it at once.
 const IDLE: Duration = Duration::from_millis(50);
@@ -106,18 +107,16 @@ fn fill(
     idle: &mut dyn FnMut(),
 ) -> io::Result<Box<dyn WalFile>> {
     let mut file = fs.create(path).map_err(|e| io_context(e, "create", path))?;
-    let zeros = vec![0u8; CHUNK as usize];
     let mut at = 0;
     while at < bytes {
         if at >= pace.allowed(bytes) {
             idle();
             continue;
         }
-        let n = (bytes - at).min(CHUNK);
-        file.write_all_at(&zeros[..n as usize], at)
-            .map_err(|e| io_context(e, "preallocate", path))?;
+        let end = bytes.min(at + CHUNK);
+        zero_fill(file.as_mut(), at, end, path)?;
         file.sync_data().map_err(|e| io_context(e, "sync", path))?;
-        at += n;
+        at = end;
     }
     Ok(file)
 }
