@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::client::stream::WriteMux;
+use crate::client::stream::{Kind, Mux, ReadMux, WriteMux};
 
 /// A byte stream to another node.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -38,7 +38,29 @@ pub struct Dialer {
     connector: Option<Connector>,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
     /// The client's write stream on each cached channel (see [`crate::client::stream`]).
-    write_streams: Arc<Mutex<BTreeMap<String, Arc<WriteMux>>>>,
+    write_streams: Streams<crate::client::stream::Writes>,
+    /// The client's read stream on each cached channel.
+    read_streams: Streams<crate::client::stream::Reads>,
+}
+
+/// One stream of a kind per address.
+type Streams<K> = Arc<Mutex<BTreeMap<String, Arc<Mux<K>>>>>;
+
+/// The stream in `streams` to `addr` over `channel`, opened on first use and again after it
+/// ended.
+fn stream<K: Kind>(streams: &Streams<K>, addr: &str, channel: Channel) -> Arc<Mux<K>> {
+    let mut streams = streams.lock().expect("stream cache");
+    if let Some(m) = streams.get(addr)
+        && !m.ended()
+    {
+        return m.clone();
+    }
+    if streams.len() >= CACHED_MAX {
+        streams.clear();
+    }
+    let m = Arc::new(Mux::open(addr, channel));
+    streams.insert(addr.to_string(), m.clone());
+    m
 }
 
 impl fmt::Debug for Dialer {
@@ -56,6 +78,7 @@ impl Dialer {
             connector: Some(connector),
             channels: Arc::default(),
             write_streams: Arc::default(),
+            read_streams: Arc::default(),
         }
     }
 
@@ -106,24 +129,19 @@ impl Dialer {
         self.channels.lock().expect("channel cache").remove(addr);
         self.write_streams
             .lock()
-            .expect("write stream cache")
+            .expect("stream cache")
             .remove(addr);
+        self.read_streams.lock().expect("stream cache").remove(addr);
     }
 
     /// The write stream to `addr` over `channel` (this dialer's channel to it), opened on first
     /// use and again after it ends.
     pub fn write_stream(&self, addr: &str, channel: Channel) -> Arc<WriteMux> {
-        let mut streams = self.write_streams.lock().expect("write stream cache");
-        if let Some(m) = streams.get(addr)
-            && !m.ended()
-        {
-            return m.clone();
-        }
-        if streams.len() >= CACHED_MAX {
-            streams.clear();
-        }
-        let m = Arc::new(WriteMux::open(addr, channel));
-        streams.insert(addr.to_string(), m.clone());
-        m
+        stream(&self.write_streams, addr, channel)
+    }
+
+    /// The read stream to `addr` over `channel`, as [`Dialer::write_stream`].
+    pub fn read_stream(&self, addr: &str, channel: Channel) -> Arc<ReadMux> {
+        stream(&self.read_streams, addr, channel)
     }
 }

@@ -33,6 +33,7 @@ async fn write_ends_at_deadline(write_stream: bool) {
             deadline,
             dialer: Dialer::with_connector(silent),
             write_stream,
+            read_stream: true,
         },
     )
     .unwrap();
@@ -55,4 +56,41 @@ async fn write_ends_at_deadline(write_stream: bool) {
         took >= deadline - Duration::from_millis(100),
         "gave up early: {took:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_from_an_unresponsive_cluster_ends_at_its_deadline() {
+    // Over the connection's read stream and as unary calls.
+    for read_stream in [true, false] {
+        let silent: Connector = Arc::new(|_addr| Box::pin(std::future::pending()));
+        let deadline = Duration::from_secs(3);
+        let client = Client::new(
+            vec!["a:1".into(), "b:1".into(), "c:1".into()],
+            ClientOptions {
+                client_id: Some(7),
+                jitter_seed: Some(7),
+                attempt_timeout: Duration::from_secs(1),
+                deadline,
+                dialer: Dialer::with_connector(silent),
+                write_stream: true,
+                read_stream,
+            },
+        )
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let r = client
+            .get_node(pb::GetNodeRequest {
+                tenant: "t".into(),
+                id: 1,
+                consistency: pb::Consistency::Serializable as i32,
+            })
+            .await;
+        let took = started.elapsed();
+        let s = r.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "{s:?}");
+        assert!(
+            took <= deadline + Duration::from_millis(100) && took >= deadline / 2,
+            "the read took {took:?} with a {deadline:?} deadline (read_stream {read_stream})"
+        );
+    }
 }

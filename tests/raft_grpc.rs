@@ -542,6 +542,105 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         "the stream ends"
     );
 
+    // The read stream, through the follower: each kind of read is answered by id with the
+    // unary call's result (a linearizable one by the follower's read index, so it sees the
+    // streamed write), and a bad or missing call fails alone.
+    use pb::read_answer::Result as R;
+    use pb::read_call::Read;
+    let (calls, queued) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = via_follower
+        .read_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(queued))
+        .await
+        .unwrap()
+        .into_inner();
+    let read = |call_id: u64, read: Option<Read>| pb::ReadCall {
+        call_id,
+        timeout_ms: 30_000,
+        read,
+    };
+    let lin = pb::Consistency::Linearizable as i32;
+    let reads = [
+        Read::GetNode(pb::GetNodeRequest {
+            tenant: "t".into(),
+            id: streamed_id,
+            consistency: lin,
+        }),
+        Read::GetNode(pb::GetNodeRequest {
+            tenant: "t".into(),
+            id: 10_000,
+            consistency: 0,
+        }),
+        Read::GetEdge(pb::GetEdgeRequest {
+            tenant: "t".into(),
+            id: 10_000,
+            consistency: lin,
+        }),
+        Read::Neighbors(pb::NeighborsRequest {
+            tenant: "t".into(),
+            node: id,
+            direction: 7,
+            ..Default::default()
+        }),
+        Read::Neighbors(pb::NeighborsRequest {
+            tenant: "t".into(),
+            node: id,
+            consistency: lin,
+            ..Default::default()
+        }),
+        Read::NodesByLabel(pb::NodesByLabelRequest {
+            tenant: "t".into(),
+            label: "Via".into(),
+            limit: 10,
+            consistency: lin,
+            ..Default::default()
+        }),
+    ];
+    for (i, r) in reads.into_iter().enumerate() {
+        calls.send(read(i as u64 + 1, Some(r))).unwrap();
+    }
+    calls.send(read(7, None)).unwrap();
+    let mut by_id = BTreeMap::new();
+    for _ in 0..7 {
+        let a = answers
+            .message()
+            .await
+            .unwrap()
+            .expect("an answer per call");
+        assert!(
+            by_id.insert(a.call_id, a.result).is_none(),
+            "one answer per call"
+        );
+    }
+    let Some(R::Node(n)) = &by_id[&1] else {
+        panic!("{:?}", by_id[&1])
+    };
+    assert_eq!((n.id, &n.labels), (streamed_id, &vec!["Via".to_string()]));
+    let failed = |call_id: u64| match &by_id[&call_id] {
+        Some(R::Error(e)) => (tonic::Code::from_i32(e.code), e.message.clone()),
+        other => panic!("call {call_id}: {other:?}"),
+    };
+    assert_eq!(failed(2).0, tonic::Code::NotFound);
+    assert!(failed(2).1.contains("node 10000"), "{}", failed(2).1);
+    assert_eq!(failed(3).0, tonic::Code::NotFound);
+    assert_eq!(failed(4).0, tonic::Code::InvalidArgument);
+    assert!(failed(4).1.contains("direction"), "{}", failed(4).1);
+    assert!(
+        matches!(&by_id[&5], Some(R::Neighbors(p)) if p.neighbors.is_empty()),
+        "{:?}",
+        by_id[&5]
+    );
+    let Some(R::NodesPage(p)) = &by_id[&6] else {
+        panic!("{:?}", by_id[&6])
+    };
+    assert_eq!(p.nodes.len(), 2, "the unary and the streamed write");
+    assert_eq!(failed(7).0, tonic::Code::InvalidArgument);
+    assert!(failed(7).1.contains("read"), "{}", failed(7).1);
+    drop(calls);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "the stream ends"
+    );
+
     // Phase 7: the tenant service, through a follower. The key is stored, never returned.
     let mut admin = TenantServiceClient::connect(format!("http://{}", addrs[&follower]))
         .await

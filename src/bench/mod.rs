@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// `WriteStream` (the Rust client's default), to compare the two.
     #[arg(long)]
     pub unary_writes: bool,
+    /// raftgraph: one unary call per read instead of the connection's shared `ReadStream`
+    /// (the Rust client's default), to compare the two.
+    #[arg(long)]
+    pub unary_reads: bool,
     /// Concurrent clients, each with one operation in flight.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
@@ -332,6 +336,7 @@ impl Raftgraph {
             attempt_timeout: Duration::from_secs(a.timeout),
             dialer: dialers[i % dialers.len()].clone(),
             write_stream: !a.unary_writes,
+            read_stream: !a.unary_reads,
             ..Default::default()
         };
         let clients = (0..a.clients)
@@ -444,13 +449,22 @@ impl Raftgraph {
         rng: &mut SmallRng,
         c_: pb::Consistency,
     ) -> Result<(), Status> {
-        c.get_node(pb::GetNodeRequest {
-            tenant: self.tenant.clone(),
-            id: self.node(rng),
-            consistency: c_ as i32,
-        })
-        .await
-        .map(|_| ())
+        let id = self.node(rng);
+        let n = c
+            .get_node(pb::GetNodeRequest {
+                tenant: self.tenant.clone(),
+                id,
+                consistency: c_ as i32,
+            })
+            .await?;
+        // Counted as an error if the answer is not the node asked for.
+        if n.id != id {
+            return Err(Status::internal(format!(
+                "asked for node {id}, got node {}",
+                n.id
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -57,6 +57,9 @@ pub struct ClientOptions {
     /// Writes go over the connection's `WriteStream` (shared by the clients of one dialer)
     /// instead of one unary call each. Same answers and guarantees; less work per write.
     pub write_stream: bool,
+    /// Reads (`get_node`, `get_edge`, `neighbors`, `nodes_by_label`) go over the connection's
+    /// `ReadStream` instead of one unary call each. Same answers; less work per read.
+    pub read_stream: bool,
 }
 
 impl Default for ClientOptions {
@@ -68,6 +71,7 @@ impl Default for ClientOptions {
             jitter_seed: None,
             dialer: Dialer::default(),
             write_stream: true,
+            read_stream: true,
         }
     }
 }
@@ -92,6 +96,15 @@ enum Target {
 
 /// The longest deadline a call may have (one day).
 pub const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a read of `consistency` goes.
+fn read_target(consistency: i32) -> Target {
+    if consistency == pb::Consistency::Serializable as i32 {
+        Target::Any
+    } else {
+        Target::Leader
+    }
+}
 
 /// `msg` as a gRPC request with `timeout` (sent as grpc-timeout, which the server keeps).
 fn unary<M>(msg: M, timeout: Duration) -> Request<M> {
@@ -346,26 +359,72 @@ impl Client {
         F: FnMut(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let target = if consistency == pb::Consistency::Serializable as i32 {
-            Target::Any
-        } else {
-            Target::Leader
-        };
-        self.retry(target, |_, ch, t| call(ch, unary(msg.clone(), t)))
-            .await
-    }
-
-    pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
-        self.read(req.consistency, req, |ch, r| async move {
-            Self::graph(ch).get_node(r).await
+        self.retry(read_target(consistency), |_, ch, t| {
+            call(ch, unary(msg.clone(), t))
         })
         .await
     }
 
-    pub async fn get_edge(&self, req: pb::GetEdgeRequest) -> Result<pb::Edge, Status> {
-        self.read(req.consistency, req, |ch, r| async move {
-            Self::graph(ch).get_edge(r).await
+    /// A graph read, as [`Client::read`] but over the connection's read stream unless
+    /// `read_stream` is off: `read` wraps the request as a stream call, `pick` takes the
+    /// answer's result apart, `call` is the unary call.
+    async fn graph_read<Req, T, W, P, F, Fut>(
+        &self,
+        consistency: i32,
+        msg: Req,
+        read: W,
+        pick: P,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        Req: Clone,
+        W: Fn(Req) -> pb::read_call::Read,
+        P: Fn(pb::read_answer::Result) -> Option<T> + Copy,
+        F: FnMut(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        if !self.options.read_stream {
+            return self.read(consistency, msg, call).await;
+        }
+        let dialer = &self.options.dialer;
+        self.retry(read_target(consistency), |addr, ch, t| {
+            let stream = dialer.read_stream(addr, ch);
+            let r = read(msg.clone());
+            let addr = addr.to_string();
+            async move {
+                let answer = stream.call(r, t).await?;
+                match pick(answer) {
+                    Some(v) => Ok(Response::new(v)),
+                    None => Err(Status::internal(format!(
+                        "{addr}: read stream answered with a result of another kind"
+                    ))),
+                }
+            }
         })
+        .await
+    }
+
+    pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
+        use pb::read_answer::Result as R;
+        self.graph_read(
+            req.consistency,
+            req,
+            pb::read_call::Read::GetNode,
+            |a| if let R::Node(n) = a { Some(n) } else { None },
+            |ch, r| async move { Self::graph(ch).get_node(r).await },
+        )
+        .await
+    }
+
+    pub async fn get_edge(&self, req: pb::GetEdgeRequest) -> Result<pb::Edge, Status> {
+        use pb::read_answer::Result as R;
+        self.graph_read(
+            req.consistency,
+            req,
+            pb::read_call::Read::GetEdge,
+            |a| if let R::Edge(e) = a { Some(e) } else { None },
+            |ch, r| async move { Self::graph(ch).get_edge(r).await },
+        )
         .await
     }
 
@@ -373,9 +432,20 @@ impl Client {
         &self,
         req: pb::NeighborsRequest,
     ) -> Result<pb::NeighborsResponse, Status> {
-        self.read(req.consistency, req, |ch, r| async move {
-            Self::graph(ch).neighbors(r).await
-        })
+        use pb::read_answer::Result as R;
+        self.graph_read(
+            req.consistency,
+            req,
+            pb::read_call::Read::Neighbors,
+            |a| {
+                if let R::Neighbors(n) = a {
+                    Some(n)
+                } else {
+                    None
+                }
+            },
+            |ch, r| async move { Self::graph(ch).neighbors(r).await },
+        )
         .await
     }
 
@@ -383,9 +453,20 @@ impl Client {
         &self,
         req: pb::NodesByLabelRequest,
     ) -> Result<pb::NodesPage, Status> {
-        self.read(req.consistency, req, |ch, r| async move {
-            Self::graph(ch).nodes_by_label(r).await
-        })
+        use pb::read_answer::Result as R;
+        self.graph_read(
+            req.consistency,
+            req,
+            pb::read_call::Read::NodesByLabel,
+            |a| {
+                if let R::NodesPage(p) = a {
+                    Some(p)
+                } else {
+                    None
+                }
+            },
+            |ch, r| async move { Self::graph(ch).nodes_by_label(r).await },
+        )
         .await
     }
 

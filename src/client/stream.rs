@@ -1,49 +1,155 @@
-//! Writes multiplexed over one `WriteStream` per connection: each write is a call with an id,
-//! sent on the connection's stream; a task reads the answers and hands each to its caller. On
-//! a loaded client this replaces an HTTP/2 stream, its headers and trailers per write with one
-//! data frame each way.
+//! Calls multiplexed over one stream per connection: `WriteStream` for writes ([`WriteMux`]),
+//! `ReadStream` for reads ([`ReadMux`]). Each call has an id and is sent on the connection's
+//! stream; a task reads the answers and hands each to its caller. On a loaded client this
+//! replaces an HTTP/2 stream, its headers and trailers per call with one data frame each way.
 //!
-//! A call whose stream breaks before its answer fails with UNAVAILABLE (outcome unknown), which
-//! the client retries with the same request id, so it still applies at most once. A broken
-//! stream is replaced on the next call.
+//! A call whose stream breaks before its answer fails with UNAVAILABLE (for a write: outcome
+//! unknown), which the client retries (a write with the same request id, so it still applies
+//! at most once). A broken stream is replaced on the next call.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::raft::network::MESSAGE_BYTES_MAX;
 use crate::server::admission::RETRY_PUSHBACK_HEADER;
 
-type Answer = Result<pb::WriteResponse, Status>;
+/// What kind of calls a stream carries: its messages and how to open it.
+pub trait Kind: Send + Sync + 'static {
+    /// One call as sent on the stream.
+    type Call: Message + Send + 'static;
+    /// One answer as it comes back.
+    type Answer: Send + 'static;
+    /// What a successful answer gives the caller.
+    type Output: Send + 'static;
+    /// "write" or "read", for messages.
+    const WHAT: &'static str;
+    /// What a caller whose stream ended must do.
+    const RETRY: &'static str;
+    /// Opens the stream on `client`, sending `calls`.
+    fn open(
+        client: GraphServiceClient<Channel>,
+        calls: UnboundedReceiverStream<Self::Call>,
+    ) -> BoxFuture<'static, Result<Streaming<Self::Answer>, Status>>;
+    fn call_id(a: &Self::Answer) -> u64;
+    /// The answer as the unary call's result.
+    fn outcome(a: Self::Answer) -> Result<Self::Output, Status>;
+}
 
-#[derive(Default)]
-struct Calls {
+/// Writes on a `WriteStream`.
+pub struct Writes;
+
+impl Kind for Writes {
+    type Call = pb::WriteCall;
+    type Answer = pb::WriteAnswer;
+    type Output = pb::WriteResponse;
+    const WHAT: &'static str = "write";
+    const RETRY: &'static str = "outcome unknown, retry with the same request id";
+
+    fn open(
+        mut client: GraphServiceClient<Channel>,
+        calls: UnboundedReceiverStream<pb::WriteCall>,
+    ) -> BoxFuture<'static, Result<Streaming<pb::WriteAnswer>, Status>> {
+        Box::pin(async move { client.write_stream(calls).await.map(|r| r.into_inner()) })
+    }
+
+    fn call_id(a: &pb::WriteAnswer) -> u64 {
+        a.call_id
+    }
+
+    fn outcome(a: pb::WriteAnswer) -> Result<pb::WriteResponse, Status> {
+        match (a.response, a.error) {
+            (_, Some(e)) => Err(call_status(e)),
+            (Some(r), None) => Ok(r),
+            (None, None) => Err(Status::internal(format!(
+                "write stream answer to call {} has neither a response nor an error",
+                a.call_id
+            ))),
+        }
+    }
+}
+
+/// Reads on a `ReadStream`.
+pub struct Reads;
+
+impl Kind for Reads {
+    type Call = pb::ReadCall;
+    type Answer = pb::ReadAnswer;
+    type Output = pb::read_answer::Result;
+    const WHAT: &'static str = "read";
+    const RETRY: &'static str = "retry";
+
+    fn open(
+        mut client: GraphServiceClient<Channel>,
+        calls: UnboundedReceiverStream<pb::ReadCall>,
+    ) -> BoxFuture<'static, Result<Streaming<pb::ReadAnswer>, Status>> {
+        Box::pin(async move { client.read_stream(calls).await.map(|r| r.into_inner()) })
+    }
+
+    fn call_id(a: &pb::ReadAnswer) -> u64 {
+        a.call_id
+    }
+
+    fn outcome(a: pb::ReadAnswer) -> Result<pb::read_answer::Result, Status> {
+        match a.result {
+            Some(pb::read_answer::Result::Error(e)) => Err(call_status(e)),
+            Some(r) => Ok(r),
+            None => Err(Status::internal(format!(
+                "read stream answer to call {} has neither a result nor an error",
+                a.call_id
+            ))),
+        }
+    }
+}
+
+type Answer<K> = Result<<K as Kind>::Output, Status>;
+
+struct Calls<K: Kind> {
     next_id: u64,
     /// Ordered, not hashed: when a stream breaks, its callers are failed in call order (the
     /// simulation's schedule must not depend on hash order).
-    waiting: BTreeMap<u64, oneshot::Sender<Answer>>,
+    waiting: BTreeMap<u64, oneshot::Sender<Answer<K>>>,
     /// Why the stream ended, once it has.
     ended: Option<Status>,
 }
 
-/// One connection's write stream. Cheap to share (`Arc`).
-pub struct WriteMux {
-    send: mpsc::UnboundedSender<pb::WriteCall>,
-    calls: Arc<Mutex<Calls>>,
+impl<K: Kind> Default for Calls<K> {
+    fn default() -> Self {
+        Calls {
+            next_id: 0,
+            waiting: BTreeMap::new(),
+            ended: None,
+        }
+    }
 }
 
-impl std::fmt::Debug for WriteMux {
+/// One connection's stream of `K` calls. Cheap to share (`Arc`).
+pub struct Mux<K: Kind> {
+    send: mpsc::UnboundedSender<K::Call>,
+    calls: Arc<Mutex<Calls<K>>>,
+    kind: PhantomData<K>,
+}
+
+/// One connection's write stream.
+pub type WriteMux = Mux<Writes>;
+/// One connection's read stream.
+pub type ReadMux = Mux<Reads>;
+
+impl<K: Kind> std::fmt::Debug for Mux<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteMux")
+        f.debug_struct("Mux")
+            .field("kind", &K::WHAT)
             .field("ended", &self.ended())
             .finish_non_exhaustive()
     }
@@ -51,30 +157,39 @@ impl std::fmt::Debug for WriteMux {
 
 /// Removes a call from the waiting set when its caller stops waiting (answered, timed out or
 /// dropped), so an abandoned call's answer is discarded and the set stays bounded.
-struct Waiting {
-    calls: Arc<Mutex<Calls>>,
+struct Waiting<K: Kind> {
+    calls: Arc<Mutex<Calls<K>>>,
     id: u64,
 }
 
-impl Drop for Waiting {
+impl<K: Kind> Drop for Waiting<K> {
     fn drop(&mut self) {
         self.calls.lock().expect("calls").waiting.remove(&self.id);
     }
 }
 
-impl WriteMux {
-    /// Opens a write stream on `channel` (to `addr`, for messages); calls may be sent at once,
-    /// they queue until the stream is up.
-    pub fn open(addr: &str, channel: Channel) -> WriteMux {
+/// The caller's timeout as sent in a call (a follower forwarding the call keeps it).
+fn timeout_ms(timeout: Duration) -> u64 {
+    timeout.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+impl<K: Kind> Mux<K> {
+    /// Opens a stream on `channel` (to `addr`, for messages); calls may be sent at once, they
+    /// queue until the stream is up.
+    pub fn open(addr: &str, channel: Channel) -> Mux<K> {
         let (send, queued) = mpsc::unbounded_channel();
         let calls = Arc::new(Mutex::new(Calls::default()));
-        tokio::spawn(read_answers(
+        tokio::spawn(read_answers::<K>(
             addr.to_string(),
             channel,
             UnboundedReceiverStream::new(queued),
             calls.clone(),
         ));
-        WriteMux { send, calls }
+        Mux {
+            send,
+            calls,
+            kind: PhantomData,
+        }
     }
 
     /// Whether the stream has ended (a new one is needed).
@@ -82,20 +197,8 @@ impl WriteMux {
         self.calls.lock().expect("calls").ended.is_some() || self.send.is_closed()
     }
 
-    /// Sends `write` (with the caller's `timeout`, which a forwarding follower keeps) and waits
-    /// for its answer. The caller bounds the wait.
-    pub async fn call(&self, write: pb::WriteRequest, timeout: Duration) -> Answer {
-        // A message over the transport's limit would end the stream (and fail every call on
-        // it, each then retried to its deadline); refuse it here instead, as a unary call's
-        // encoder would.
-        let len = write.encoded_len();
-        if len > MESSAGE_BYTES_MAX {
-            return Err(Status::invalid_argument(format!(
-                "invalid argument write: {len} bytes encoded, limit {MESSAGE_BYTES_MAX} \
-                 (a proposal's limit is {})",
-                crate::server::route::PROPOSAL_BYTES_MAX
-            )));
-        }
+    /// Sends the call `make(id)` makes and waits for its answer. The caller bounds the wait.
+    async fn send_call(&self, make: impl FnOnce(u64) -> K::Call) -> Answer<K> {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut calls = self.calls.lock().expect("calls");
@@ -111,53 +214,90 @@ impl WriteMux {
             calls: self.calls.clone(),
             id,
         };
-        let call = pb::WriteCall {
-            call_id: id,
-            write: Some(write),
-            timeout_ms: timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
-        };
+        let call = make(id);
+        // A message over the transport's limit would end the stream (and fail every call on
+        // it, each then retried to its deadline); refuse it here instead, as a unary call's
+        // encoder would.
+        let len = call.encoded_len();
+        if len > MESSAGE_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "invalid argument {}: {len} bytes encoded, limit {MESSAGE_BYTES_MAX} \
+                 (a proposal's limit is {})",
+                K::WHAT,
+                crate::server::route::PROPOSAL_BYTES_MAX
+            )));
+        }
         if self.send.send(call).is_err() {
-            return Err(Status::unavailable(
-                "write stream closed before the write was sent; retry",
-            ));
+            return Err(Status::unavailable(format!(
+                "{} stream closed before the {} was sent; {}",
+                K::WHAT,
+                K::WHAT,
+                K::RETRY
+            )));
         }
         rx.await.unwrap_or_else(|_| {
-            Err(Status::unavailable(
-                "write stream ended before the answer (outcome unknown); retry with the same \
-                 request id",
-            ))
+            Err(Status::unavailable(format!(
+                "{} stream ended before the answer; {}",
+                K::WHAT,
+                K::RETRY
+            )))
         })
+    }
+}
+
+impl Mux<Writes> {
+    /// Sends `write` (with the caller's `timeout`, which a forwarding follower keeps) and waits
+    /// for its answer. The caller bounds the wait.
+    pub async fn call(&self, write: pb::WriteRequest, timeout: Duration) -> Answer<Writes> {
+        self.send_call(|call_id| pb::WriteCall {
+            call_id,
+            write: Some(write),
+            timeout_ms: timeout_ms(timeout),
+        })
+        .await
+    }
+}
+
+impl Mux<Reads> {
+    /// Sends `read` (with the caller's `timeout`) and waits for its answer: the unary call's
+    /// result, as the answer's variant of the same kind. The caller bounds the wait.
+    pub async fn call(&self, read: pb::read_call::Read, timeout: Duration) -> Answer<Reads> {
+        self.send_call(|call_id| pb::ReadCall {
+            call_id,
+            timeout_ms: timeout_ms(timeout),
+            read: Some(read),
+        })
+        .await
     }
 }
 
 /// The stream's reader: opens it, hands out answers until it ends, then fails every waiting
 /// call and refuses new ones.
-async fn read_answers(
+async fn read_answers<K: Kind>(
     addr: String,
     channel: Channel,
-    queued: UnboundedReceiverStream<pb::WriteCall>,
-    calls: Arc<Mutex<Calls>>,
+    queued: UnboundedReceiverStream<K::Call>,
+    calls: Arc<Mutex<Calls<K>>>,
 ) {
-    let mut client = GraphServiceClient::new(channel)
+    let client = GraphServiceClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let why = match client.write_stream(queued).await {
+    let why = match K::open(client, queued).await {
         Err(s) => s,
-        Ok(answers) => {
-            let mut answers = answers.into_inner();
-            loop {
-                match answers.message().await {
-                    Ok(Some(a)) => deliver(&calls, a),
-                    Ok(None) => break Status::unavailable("the node closed the stream"),
-                    Err(s) => break s,
-                }
+        Ok(mut answers) => loop {
+            match answers.message().await {
+                Ok(Some(a)) => deliver(&calls, a),
+                Ok(None) => break Status::unavailable("the node closed the stream"),
+                Err(s) => break s,
             }
-        }
+        },
     };
     let ended = Status::unavailable(format!(
-        "write stream to {addr} ended ({:?}: {}); outcome unknown, retry with the same request id",
+        "{} stream to {addr} ended ({:?}: {}); {}",
+        K::WHAT,
         why.code(),
-        why.message()
+        why.message(),
+        K::RETRY
     ));
     let waiting = {
         let mut calls = calls.lock().expect("calls");
@@ -170,22 +310,14 @@ async fn read_answers(
 }
 
 /// Hands one answer to its caller (none if the caller stopped waiting).
-fn deliver(calls: &Mutex<Calls>, a: pb::WriteAnswer) {
-    let Some(tx) = calls.lock().expect("calls").waiting.remove(&a.call_id) else {
+fn deliver<K: Kind>(calls: &Mutex<Calls<K>>, a: K::Answer) {
+    let Some(tx) = calls.lock().expect("calls").waiting.remove(&K::call_id(&a)) else {
         return;
     };
-    let answer = match (a.response, a.error) {
-        (_, Some(e)) => Err(call_status(e)),
-        (Some(r), None) => Ok(r),
-        (None, None) => Err(Status::internal(format!(
-            "write stream answer to call {} has neither a response nor an error",
-            a.call_id
-        ))),
-    };
-    let _ = tx.send(answer);
+    let _ = tx.send(K::outcome(a));
 }
 
-/// A stream call's error as the status a unary write would have returned.
+/// A stream call's error as the status the unary call would have returned.
 fn call_status(e: pb::CallError) -> Status {
     let mut s = Status::new(Code::from_i32(e.code), e.message);
     if e.retry_pushback_ms > 0
@@ -257,7 +389,7 @@ mod tests {
 
     #[test]
     fn an_answer_reaches_only_its_own_waiting_caller() {
-        let calls = Mutex::new(Calls::default());
+        let calls = Mutex::new(Calls::<Writes>::default());
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
         calls.lock().unwrap().waiting.insert(1, tx1);

@@ -3,6 +3,7 @@
 //! asks the leader for it and waits for its own apply to reach it; only if the leader cannot
 //! give one is the read forwarded), straight from the replica for `CONSISTENCY_SERIALIZABLE`.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,14 @@ impl GraphApi {
         self
     }
 
+    fn reads(&self) -> Reads {
+        Reads {
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            router: self.router.clone(),
+        }
+    }
+
     fn writes(&self) -> Writes {
         Writes {
             clock: self.clock.clone(),
@@ -87,9 +96,9 @@ async fn client(
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
 }
 
-type AnswerStream = Pin<Box<dyn Stream<Item = Result<pb::WriteAnswer, Status>> + Send + 'static>>;
+type AnswerStream<A> = Pin<Box<dyn Stream<Item = Result<A, Status>> + Send + 'static>>;
 
-/// Unanswered calls one write stream may have; past it the node stops reading the stream
+/// Unanswered calls one write or read stream may have; past it the node stops reading the stream
 /// (HTTP/2 flow control then holds the client back) until answers go out.
 pub const STREAM_CALLS_MAX: usize = 1024;
 
@@ -166,16 +175,20 @@ pub fn call_error(s: &Status) -> pb::CallError {
     }
 }
 
-/// Reads a write stream's calls and answers each as it completes; at most
-/// [`STREAM_CALLS_MAX`] unanswered at a time. Calls still running when the client closes its
-/// side are answered; if the client goes away they finish unanswered, like abandoned unary
-/// calls.
-async fn serve_calls(
-    writes: Writes,
-    forwarded: bool,
-    mut calls: Streaming<pb::WriteCall>,
-    answers: mpsc::Sender<Result<pb::WriteAnswer, Status>>,
-) {
+/// Reads a stream's calls and answers each as it completes (`handle` runs each as its own
+/// task); at most [`STREAM_CALLS_MAX`] unanswered at a time. Calls still running when the
+/// client closes its side are answered; if the client goes away they finish unanswered, like
+/// abandoned unary calls.
+async fn serve_calls<C, A, F, Fut>(
+    mut calls: Streaming<C>,
+    answers: mpsc::Sender<Result<A, Status>>,
+    handle: F,
+) where
+    C: Send + 'static,
+    A: Send + 'static,
+    F: Fn(C) -> Fut,
+    Fut: Future<Output = A> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(STREAM_CALLS_MAX));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -189,10 +202,10 @@ async fn serve_calls(
                 return;
             }
         };
-        let writes = writes.clone();
+        let answering = handle(call);
         let answers = answers.clone();
         tokio::spawn(async move {
-            let answer = writes.call(call, forwarded).await;
+            let answer = answering.await;
             // The client may have gone; its calls' outcomes are then read back by retrying.
             let _ = answers.send(Ok(answer)).await;
             drop(slot);
@@ -200,55 +213,41 @@ async fn serve_calls(
     }
 }
 
-type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanItem, Status>> + Send + 'static>>;
+/// What a read needs, shared by the unary and the streamed path (cheap to clone).
+#[derive(Clone)]
+struct Reads {
+    raft: Raft,
+    reader: GraphReader,
+    router: route::Router,
+}
 
-#[tonic::async_trait]
-impl GraphService for GraphApi {
-    async fn write(
+impl Reads {
+    /// Where `consistency` says the read must be served: `None` here (after a read index when
+    /// linearizable), or the leader's client to forward it to.
+    async fn route(
         &self,
-        request: Request<pb::WriteRequest>,
-    ) -> Result<Response<pb::WriteResponse>, Status> {
-        let via = route::Via::of(&request);
-        self.writes()
-            .write(request.into_inner(), via)
-            .await
-            .map(Response::new)
+        consistency: i32,
+        via: route::Via,
+    ) -> Result<Option<GraphServiceClient<Channel>>, Status> {
+        match route::read_route(&self.raft, &self.router, consistency, via.forwarded).await? {
+            None => Ok(None),
+            Some(leader) => client(&self.router, &leader).await.map(Some),
+        }
     }
 
-    type WriteStreamStream = AnswerStream;
-
-    async fn write_stream(
-        &self,
-        request: Request<Streaming<pb::WriteCall>>,
-    ) -> Result<Response<AnswerStream>, Status> {
-        let forwarded = route::Via::of(&request).forwarded;
-        let calls = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
-        tokio::spawn(serve_calls(self.writes(), forwarded, calls, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn get_node(
-        &self,
-        request: Request<pb::GetNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
-        let via = route::Via::of(&request);
-        let was_forwarded = via.forwarded;
-        let msg = request.into_inner();
-        if let Some(leader) =
-            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
-        {
-            return client(&self.router, &leader)
-                .await?
+    async fn get_node(&self, msg: pb::GetNodeRequest, via: route::Via) -> Result<pb::Node, Status> {
+        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+            return leader
                 .get_node(via.forward(msg))
-                .await;
+                .await
+                .map(Response::into_inner);
         }
         match self
             .reader
             .node(&msg.tenant, msg.id)
             .map_err(|e| read_error(&e))?
         {
-            Some(n) => Ok(Response::new(convert::node_to_proto(&n))),
+            Some(n) => Ok(convert::node_to_proto(&n)),
             None => Err(Status::not_found(format!(
                 "tenant {}: node {} not found",
                 msg.tenant, msg.id
@@ -256,27 +255,19 @@ impl GraphService for GraphApi {
         }
     }
 
-    async fn get_edge(
-        &self,
-        request: Request<pb::GetEdgeRequest>,
-    ) -> Result<Response<pb::Edge>, Status> {
-        let via = route::Via::of(&request);
-        let was_forwarded = via.forwarded;
-        let msg = request.into_inner();
-        if let Some(leader) =
-            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
-        {
-            return client(&self.router, &leader)
-                .await?
+    async fn get_edge(&self, msg: pb::GetEdgeRequest, via: route::Via) -> Result<pb::Edge, Status> {
+        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+            return leader
                 .get_edge(via.forward(msg))
-                .await;
+                .await
+                .map(Response::into_inner);
         }
         match self
             .reader
             .edge(&msg.tenant, msg.id)
             .map_err(|e| read_error(&e))?
         {
-            Some(e) => Ok(Response::new(convert::edge_to_proto(&e))),
+            Some(e) => Ok(convert::edge_to_proto(&e)),
             None => Err(Status::not_found(format!(
                 "tenant {}: edge {} not found",
                 msg.tenant, msg.id
@@ -286,18 +277,14 @@ impl GraphService for GraphApi {
 
     async fn neighbors(
         &self,
-        request: Request<pb::NeighborsRequest>,
-    ) -> Result<Response<pb::NeighborsResponse>, Status> {
-        let via = route::Via::of(&request);
-        let was_forwarded = via.forwarded;
-        let msg = request.into_inner();
-        if let Some(leader) =
-            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
-        {
-            return client(&self.router, &leader)
-                .await?
+        msg: pb::NeighborsRequest,
+        via: route::Via,
+    ) -> Result<pb::NeighborsResponse, Status> {
+        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+            return leader
                 .neighbors(via.forward(msg))
-                .await;
+                .await
+                .map(Response::into_inner);
         }
         let direction = match pb::Direction::try_from(msg.direction) {
             Ok(pb::Direction::Out) => Direction::Out,
@@ -321,10 +308,135 @@ impl GraphService for GraphApi {
                 route::limit(msg.limit),
             )
             .map_err(|e| read_error(&e))?;
-        Ok(Response::new(pb::NeighborsResponse {
+        Ok(pb::NeighborsResponse {
             neighbors: page.items.iter().map(convert::neighbor_to_proto).collect(),
             next: page.next.unwrap_or_default(),
-        }))
+        })
+    }
+
+    async fn nodes_by_label(
+        &self,
+        msg: pb::NodesByLabelRequest,
+        via: route::Via,
+    ) -> Result<pb::NodesPage, Status> {
+        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+            return leader
+                .nodes_by_label(via.forward(msg))
+                .await
+                .map(Response::into_inner);
+        }
+        let after = (!msg.after.is_empty()).then_some(msg.after.as_slice());
+        let page = self
+            .reader
+            .nodes_by_label(&msg.tenant, &msg.label, after, route::limit(msg.limit))
+            .map_err(|e| read_error(&e))?;
+        Ok(pb::NodesPage {
+            nodes: page.items.iter().map(convert::node_to_proto).collect(),
+            next: page.next.unwrap_or_default(),
+        })
+    }
+
+    /// One call of a read stream, answered as the unary read would be.
+    async fn call(self, call: pb::ReadCall, forwarded: bool) -> pb::ReadAnswer {
+        use pb::read_answer::Result as R;
+        use pb::read_call::Read;
+        let via = route::Via {
+            forwarded,
+            deadline: (call.timeout_ms > 0).then(|| Duration::from_millis(call.timeout_ms)),
+        };
+        let result = match call.read {
+            Some(Read::GetNode(m)) => self.get_node(m, via).await.map(R::Node),
+            Some(Read::GetEdge(m)) => self.get_edge(m, via).await.map(R::Edge),
+            Some(Read::Neighbors(m)) => self.neighbors(m, via).await.map(R::Neighbors),
+            Some(Read::NodesByLabel(m)) => self.nodes_by_label(m, via).await.map(R::NodesPage),
+            None => Err(invalid("read", "missing from the call")),
+        };
+        pb::ReadAnswer {
+            call_id: call.call_id,
+            result: Some(result.unwrap_or_else(|s| R::Error(call_error(&s)))),
+        }
+    }
+}
+
+type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanItem, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl GraphService for GraphApi {
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let via = route::Via::of(&request);
+        self.writes()
+            .write(request.into_inner(), via)
+            .await
+            .map(Response::new)
+    }
+
+    type WriteStreamStream = AnswerStream<pb::WriteAnswer>;
+
+    async fn write_stream(
+        &self,
+        request: Request<Streaming<pb::WriteCall>>,
+    ) -> Result<Response<AnswerStream<pb::WriteAnswer>>, Status> {
+        let forwarded = route::Via::of(&request).forwarded;
+        let calls = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
+        let writes = self.writes();
+        tokio::spawn(serve_calls(calls, tx, move |call| {
+            let writes = writes.clone();
+            async move { writes.call(call, forwarded).await }
+        }));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReadStreamStream = AnswerStream<pb::ReadAnswer>;
+
+    async fn read_stream(
+        &self,
+        request: Request<Streaming<pb::ReadCall>>,
+    ) -> Result<Response<AnswerStream<pb::ReadAnswer>>, Status> {
+        let forwarded = route::Via::of(&request).forwarded;
+        let calls = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
+        let reads = self.reads();
+        tokio::spawn(serve_calls(calls, tx, move |call| {
+            reads.clone().call(call, forwarded)
+        }));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let via = route::Via::of(&request);
+        self.reads()
+            .get_node(request.into_inner(), via)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_edge(
+        &self,
+        request: Request<pb::GetEdgeRequest>,
+    ) -> Result<Response<pb::Edge>, Status> {
+        let via = route::Via::of(&request);
+        self.reads()
+            .get_edge(request.into_inner(), via)
+            .await
+            .map(Response::new)
+    }
+
+    async fn neighbors(
+        &self,
+        request: Request<pb::NeighborsRequest>,
+    ) -> Result<Response<pb::NeighborsResponse>, Status> {
+        let via = route::Via::of(&request);
+        self.reads()
+            .neighbors(request.into_inner(), via)
+            .await
+            .map(Response::new)
     }
 
     async fn nodes_by_label(
@@ -332,25 +444,10 @@ impl GraphService for GraphApi {
         request: Request<pb::NodesByLabelRequest>,
     ) -> Result<Response<pb::NodesPage>, Status> {
         let via = route::Via::of(&request);
-        let was_forwarded = via.forwarded;
-        let msg = request.into_inner();
-        if let Some(leader) =
-            route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
-        {
-            return client(&self.router, &leader)
-                .await?
-                .nodes_by_label(via.forward(msg))
-                .await;
-        }
-        let after = (!msg.after.is_empty()).then_some(msg.after.as_slice());
-        let page = self
-            .reader
-            .nodes_by_label(&msg.tenant, &msg.label, after, route::limit(msg.limit))
-            .map_err(|e| read_error(&e))?;
-        Ok(Response::new(pb::NodesPage {
-            nodes: page.items.iter().map(convert::node_to_proto).collect(),
-            next: page.next.unwrap_or_default(),
-        }))
+        self.reads()
+            .nodes_by_label(request.into_inner(), via)
+            .await
+            .map(Response::new)
     }
 
     type ScanStream = ScanStream;

@@ -52,6 +52,7 @@ fn prop(n: &pb::Node, key: &str) -> Option<i64> {
 }
 
 pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
+    let pairing = id ^ (id >> 32);
     Client::new(
         endpoints,
         ClientOptions {
@@ -60,8 +61,10 @@ pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
             attempt_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(8),
             dialer: super::net::dialer(),
-            // Both write paths are checked: half the clients write over a write stream.
-            write_stream: id.is_multiple_of(2),
+            // Both write paths and both read paths are checked, in all four pairings (workers
+            // 1..=4 start as processes `index << 32`, so the worker index decides).
+            write_stream: pairing.is_multiple_of(2),
+            read_stream: (pairing / 2).is_multiple_of(2),
         },
     )
     .expect("valid endpoints")
