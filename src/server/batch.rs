@@ -8,6 +8,7 @@
 //! entries. A write that deletes nodes (its cascade has no small bound) goes in an entry of
 //! its own, as do tenant and limit commands, which do not come through here.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -78,7 +79,30 @@ impl Batcher {
 
     /// Proposes `req` (a client write) in the next batch and waits until it is applied. The
     /// queue is bounded by the node's admission control, which every caller passes first.
-    pub async fn propose(&self, req: Request, was_forwarded: bool) -> Result<Proposed, Status> {
+    ///
+    /// The request is queued at the call; the future only holds the answer's receiver, so a
+    /// write's task stays small to create and move.
+    pub fn propose(
+        &self,
+        req: Request,
+        was_forwarded: bool,
+    ) -> impl Future<Output = Result<Proposed, Status>> + use<> {
+        let queued = self.queue(req, was_forwarded);
+        async move {
+            queued?.await.unwrap_or_else(|_| {
+                Err(Status::unavailable(
+                    "outcome unknown (the node stopped proposing); retry with the same request id",
+                ))
+            })
+        }
+    }
+
+    /// Queues `req` for the next batch: the receiver of its answer.
+    fn queue(
+        &self,
+        req: Request,
+        was_forwarded: bool,
+    ) -> Result<oneshot::Receiver<Result<Proposed, Status>>, Status> {
         let bytes = route::check_size(&req)?;
         let alone = match &req.command {
             Command::Write(w) => w
@@ -98,11 +122,7 @@ impl Batcher {
         if self.tx.send(pending).is_err() {
             return Err(Status::unavailable("the node is shutting down; retry"));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(Status::unavailable(
-                "outcome unknown (the node stopped proposing); retry with the same request id",
-            ))
-        })
+        Ok(answer)
     }
 }
 

@@ -127,12 +127,20 @@ impl Writes {
                 Err(Status::internal(format!("write answered with {other:?}")))
             }
             Proposed::Applied(Err(e)) => Err(apply_error(&e)),
-            Proposed::Forward(leader) => client(&self.router, &leader)
-                .await?
-                .write(via.forward(msg))
+            // Boxed: a forward's future is large and rare; inline it would make every write's
+            // task that much larger to create and move.
+            Proposed::Forward(leader) => {
+                let router = self.router.clone();
+                Box::pin(async move {
+                    client(&router, &leader)
+                        .await?
+                        .write(via.forward(msg))
+                        .await
+                        .map(Response::into_inner)
+                        .map_err(route::forwarded_outcome)
+                })
                 .await
-                .map(Response::into_inner)
-                .map_err(route::forwarded_outcome),
+            }
         }
     }
 
@@ -237,8 +245,7 @@ impl Reads {
 
     async fn get_node(&self, msg: pb::GetNodeRequest, via: route::Via) -> Result<pb::Node, Status> {
         if let Some(mut leader) = self.route(msg.consistency, via).await? {
-            return leader
-                .get_node(via.forward(msg))
+            return Box::pin(async move { leader.get_node(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
         }
@@ -257,8 +264,7 @@ impl Reads {
 
     async fn get_edge(&self, msg: pb::GetEdgeRequest, via: route::Via) -> Result<pb::Edge, Status> {
         if let Some(mut leader) = self.route(msg.consistency, via).await? {
-            return leader
-                .get_edge(via.forward(msg))
+            return Box::pin(async move { leader.get_edge(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
         }
@@ -281,8 +287,7 @@ impl Reads {
         via: route::Via,
     ) -> Result<pb::NeighborsResponse, Status> {
         if let Some(mut leader) = self.route(msg.consistency, via).await? {
-            return leader
-                .neighbors(via.forward(msg))
+            return Box::pin(async move { leader.neighbors(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
         }
@@ -320,8 +325,7 @@ impl Reads {
         via: route::Via,
     ) -> Result<pb::NodesPage, Status> {
         if let Some(mut leader) = self.route(msg.consistency, via).await? {
-            return leader
-                .nodes_by_label(via.forward(msg))
+            return Box::pin(async move { leader.nodes_by_label(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
         }
@@ -337,7 +341,7 @@ impl Reads {
     }
 
     /// One call of a read stream, answered as the unary read would be.
-    async fn call(self, call: pb::ReadCall, forwarded: bool) -> pb::ReadAnswer {
+    async fn call(&self, call: pb::ReadCall, forwarded: bool) -> pb::ReadAnswer {
         use pb::read_answer::Result as R;
         use pb::read_call::Read;
         let via = route::Via {
@@ -382,7 +386,8 @@ impl GraphService for GraphApi {
         let forwarded = route::Via::of(&request).forwarded;
         let calls = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
-        let writes = self.writes();
+        // One handle per stream, shared by its calls (one count each, not one per field).
+        let writes = Arc::new(self.writes());
         tokio::spawn(serve_calls(calls, tx, move |call| {
             let writes = writes.clone();
             async move { writes.call(call, forwarded).await }
@@ -399,9 +404,10 @@ impl GraphService for GraphApi {
         let forwarded = route::Via::of(&request).forwarded;
         let calls = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
-        let reads = self.reads();
+        let reads = Arc::new(self.reads());
         tokio::spawn(serve_calls(calls, tx, move |call| {
-            reads.clone().call(call, forwarded)
+            let reads = reads.clone();
+            async move { reads.call(call, forwarded).await }
         }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -219,13 +219,16 @@ pub async fn read_route(
     match pb::Consistency::try_from(consistency) {
         Ok(pb::Consistency::Serializable) => Ok(None),
         Ok(pb::Consistency::Linearizable) => {
-            match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            // Boxed: openraft's future is ~2.7 KB, and inline it would make every read's task
+            // (serializable ones too) that much larger to create and move.
+            match Box::pin(raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
                 Ok(_) => Ok(None),
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     let leader = leader_of(&f, was_forwarded)?;
                     // Served here once this replica has applied the leader's read index; the
                     // read is forwarded only when the leader cannot give one.
-                    if follower_read_index(raft, router, &leader).await? {
+                    // Boxed: large, and only a follower's linearizable reads take it.
+                    if Box::pin(follower_read_index(raft, router, &leader)).await? {
                         Ok(None)
                     } else {
                         Ok(Some(leader))
