@@ -15,7 +15,9 @@
 # raftgraph client finds its own); serializable reads are spread over the three members.
 #
 # Environment: ROUNDS (3), SECS per run (10), CLIENTS ("1 64 256"), CONNS connections for more
-# than one client (8), RAFTGRAPH_BIN (else built with `cargo build --release`: the build users
+# than one client (8), RG_BENCH_ARGS extra `raftgraph bench` flags for the raftgraph runs only
+# (e.g. "--label bench": created nodes get a label, one index entry more per write; by default
+# a created node is its one 256-byte property, as an etcd put is its value), RAFTGRAPH_BIN (else built with `cargo build --release`: the build users
 # run, without the ci profile's debug assertions; its first build compiles RocksDB once more,
 # about 14 minutes on 2 cores).
 # Results: target/bench-vs-etcd/results.jsonl (one JSON line per run) and table.md; etcd's logs
@@ -27,6 +29,7 @@ ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-"1 64 256"}
 CONNS=${CONNS:-8}
+read -r -a RG_EXTRA <<<"${RG_BENCH_ARGS:-}"
 OUT=target/bench-vs-etcd
 RESULTS=$OUT/results.jsonl
 ETCD_ENDPOINTS=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
@@ -115,7 +118,8 @@ trap 'etcd_stop; raftgraph_stop' EXIT
 # Runs every load against `target`: writes and linearizable reads through `lead`, serializable
 # reads through `all`, fsyncs sampled on `all`.
 run_loads() { # target lead all
-  local target=$1 lead=$2 all=$3 conns
+  local target=$1 lead=$2 all=$3 conns extra=()
+  [[ $target == raftgraph ]] && extra=("${RG_EXTRA[@]}")
   for c in $CLIENTS; do
     conns=1
     ((c > 1)) && conns=$CONNS
@@ -125,7 +129,7 @@ run_loads() { # target lead all
       echo "== $target $w, $c clients, $conns connections, ${SECS}s" >&2
       "$BIN" bench --target "$target" --endpoints "$endpoints" --fsync-endpoints "$all" \
         --clients "$c" --connections "$conns" --workload "$w" --duration "$SECS" \
-        --output json --quiet | tee -a "$RESULTS"
+        --output json --quiet "${extra[@]}" | tee -a "$RESULTS"
     done
   done
 }

@@ -115,6 +115,10 @@ pub struct BenchArgs {
     /// Bytes of each written value.
     #[arg(long, default_value_t = 256)]
     pub value_bytes: usize,
+    /// raftgraph: a label every created node gets (one label-index entry more per write).
+    /// Without it a created node is only its one property, as an etcd put is only its value.
+    #[arg(long)]
+    pub label: Option<String>,
     /// The raftgraph tenant (created with unlimited quotas if missing; ignored for etcd).
     #[arg(long, default_value = "bench")]
     pub tenant: String,
@@ -203,6 +207,8 @@ pub struct Report {
     pub clients: usize,
     pub connections: usize,
     pub value_bytes: usize,
+    /// raftgraph: the label of created nodes, if any.
+    pub label: Option<String>,
     /// Operations answered without error.
     pub ok: u64,
     /// Failed operations by code, and the first message of each code.
@@ -236,6 +242,7 @@ impl Report {
             "clients": self.clients,
             "connections": self.connections,
             "value_bytes": self.value_bytes,
+            "label": self.label,
             "ok": self.ok,
             "errors": self.error_count(),
             "errors_by_code": self.errors.iter().map(|(c, n, m)| json!({
@@ -313,6 +320,7 @@ struct Raftgraph {
     tenant: String,
     workload: Workload,
     value_bytes: usize,
+    label: Option<String>,
     write_percent: u8,
     /// Node ids prepared for updates and reads.
     ids: Vec<u64>,
@@ -360,6 +368,7 @@ impl Raftgraph {
             tenant: a.tenant.clone(),
             workload: a.workload,
             value_bytes: a.value_bytes,
+            label: a.label.clone(),
             write_percent: a.write_percent,
             ids: Vec::new(),
             clients,
@@ -412,7 +421,7 @@ impl Raftgraph {
 
     fn create(&self, rng: &mut SmallRng) -> pb::Operation {
         node_op(pb::operation::Op::CreateNode(pb::CreateNode {
-            labels: vec!["bench".into()],
+            labels: self.label.iter().cloned().collect(),
             properties: [("v".to_string(), string_value(value(self.value_bytes, rng)))].into(),
         }))
     }
@@ -688,6 +697,7 @@ async fn drive<D: Driver>(a: &BenchArgs, d: Arc<D>) -> anyhow::Result<Report> {
         clients: a.clients,
         connections: a.connections,
         value_bytes: a.value_bytes,
+        label: a.label.clone(),
         ok,
         errors: errors.0.into_values().collect(),
         seconds,
@@ -778,6 +788,7 @@ mod tests {
             clients: 4,
             connections: 1,
             value_bytes: 256,
+            label: Some("bench".into()),
             ok: 1_000,
             errors: vec![(Code::Unavailable, 2, "down".into())],
             seconds: 2.0,
@@ -788,6 +799,7 @@ mod tests {
         assert_eq!(j["ops_per_sec"], 500.0);
         assert_eq!(j["errors"], 2);
         assert_eq!(j["workload"], "create-node");
+        assert_eq!(j["label"], "bench");
         let p50 = j["p50_ms"].as_f64().unwrap();
         assert!((4.9..=5.1).contains(&p50), "{p50}");
         let t = r.table();
