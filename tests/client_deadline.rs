@@ -21,10 +21,10 @@ async fn a_write_to_an_unresponsive_cluster_ends_at_its_deadline() {
     }
 }
 
-async fn write_ends_at_deadline(write_stream: bool) {
+/// A client of three endpoints whose connections never complete, with a 1 s attempt timeout.
+fn silent_client(deadline: Duration, write_stream: bool, read_stream: bool) -> Client {
     let silent: Connector = Arc::new(|_addr| Box::pin(std::future::pending()));
-    let deadline = Duration::from_secs(3);
-    let client = Client::new(
+    Client::new(
         vec!["a:1".into(), "b:1".into(), "c:1".into()],
         ClientOptions {
             client_id: Some(7),
@@ -33,10 +33,15 @@ async fn write_ends_at_deadline(write_stream: bool) {
             deadline,
             dialer: Dialer::with_connector(silent),
             write_stream,
-            read_stream: true,
+            read_stream,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+async fn write_ends_at_deadline(write_stream: bool) {
+    let deadline = Duration::from_secs(3);
+    let client = silent_client(deadline, write_stream, true);
     let started = tokio::time::Instant::now();
     let r = client
         .write(pb::WriteRequest {
@@ -62,21 +67,8 @@ async fn write_ends_at_deadline(write_stream: bool) {
 async fn a_read_from_an_unresponsive_cluster_ends_at_its_deadline() {
     // Over the connection's read stream and as unary calls.
     for read_stream in [true, false] {
-        let silent: Connector = Arc::new(|_addr| Box::pin(std::future::pending()));
         let deadline = Duration::from_secs(3);
-        let client = Client::new(
-            vec!["a:1".into(), "b:1".into(), "c:1".into()],
-            ClientOptions {
-                client_id: Some(7),
-                jitter_seed: Some(7),
-                attempt_timeout: Duration::from_secs(1),
-                deadline,
-                dialer: Dialer::with_connector(silent),
-                write_stream: true,
-                read_stream,
-            },
-        )
-        .unwrap();
+        let client = silent_client(deadline, true, read_stream);
         let started = tokio::time::Instant::now();
         let r = client
             .get_node(pb::GetNodeRequest {

@@ -45,6 +45,10 @@ pub trait Kind: Send + Sync + 'static {
     fn call_id(a: &Self::Answer) -> u64;
     /// The answer as the unary call's result.
     fn outcome(a: Self::Answer) -> Result<Self::Output, Status>;
+    /// Said after a call's size when it is over the transport's limit.
+    fn size_note() -> String {
+        String::new()
+    }
 }
 
 /// Writes on a `WriteStream`.
@@ -62,6 +66,13 @@ impl Kind for Writes {
         calls: UnboundedReceiverStream<pb::WriteCall>,
     ) -> BoxFuture<'static, Result<Streaming<pb::WriteAnswer>, Status>> {
         Box::pin(async move { client.write_stream(calls).await.map(|r| r.into_inner()) })
+    }
+
+    fn size_note() -> String {
+        format!(
+            " (a proposal's limit is {})",
+            crate::server::route::PROPOSAL_BYTES_MAX
+        )
     }
 
     fn call_id(a: &pb::WriteAnswer) -> u64 {
@@ -221,10 +232,9 @@ impl<K: Kind> Mux<K> {
         let len = call.encoded_len();
         if len > MESSAGE_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
-                "invalid argument {}: {len} bytes encoded, limit {MESSAGE_BYTES_MAX} \
-                 (a proposal's limit is {})",
+                "invalid argument {}: {len} bytes encoded, limit {MESSAGE_BYTES_MAX}{}",
                 K::WHAT,
-                crate::server::route::PROPOSAL_BYTES_MAX
+                K::size_note()
             )));
         }
         if self.send.send(call).is_err() {

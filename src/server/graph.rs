@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use openraft::BasicNode;
@@ -146,10 +145,7 @@ impl Writes {
 
     /// One call of a write stream, answered as the unary write would be.
     async fn call(&self, call: pb::WriteCall, forwarded: bool) -> pb::WriteAnswer {
-        let via = route::Via {
-            forwarded,
-            deadline: (call.timeout_ms > 0).then(|| Duration::from_millis(call.timeout_ms)),
-        };
+        let via = route::Via::of_call(forwarded, call.timeout_ms);
         let result = match call.write {
             Some(w) => self.write(w, via).await,
             None => Err(invalid("write", "missing from the call")),
@@ -181,6 +177,27 @@ pub fn call_error(s: &Status) -> pb::CallError {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     }
+}
+
+/// The answer stream of a write or read stream: a task reads the calls and answers each with
+/// `handle(call, forwarded)` as it completes (`forwarded`: whether a follower forwarded the
+/// stream).
+fn answer_calls<C, A, F, Fut>(
+    request: Request<Streaming<C>>,
+    handle: F,
+) -> Response<AnswerStream<A>>
+where
+    C: Send + 'static,
+    A: Send + 'static,
+    F: Fn(C, bool) -> Fut + Send + 'static,
+    Fut: Future<Output = A> + Send + 'static,
+{
+    let forwarded = route::Via::of(&request).forwarded;
+    let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
+    tokio::spawn(serve_calls(request.into_inner(), tx, move |call| {
+        handle(call, forwarded)
+    }));
+    Response::new(Box::pin(ReceiverStream::new(rx)))
 }
 
 /// Reads a stream's calls and answers each as it completes (`handle` runs each as its own
@@ -344,10 +361,7 @@ impl Reads {
     async fn call(&self, call: pb::ReadCall, forwarded: bool) -> pb::ReadAnswer {
         use pb::read_answer::Result as R;
         use pb::read_call::Read;
-        let via = route::Via {
-            forwarded,
-            deadline: (call.timeout_ms > 0).then(|| Duration::from_millis(call.timeout_ms)),
-        };
+        let via = route::Via::of_call(forwarded, call.timeout_ms);
         let result = match call.read {
             Some(Read::GetNode(m)) => self.get_node(m, via).await.map(R::Node),
             Some(Read::GetEdge(m)) => self.get_edge(m, via).await.map(R::Edge),
@@ -383,16 +397,12 @@ impl GraphService for GraphApi {
         &self,
         request: Request<Streaming<pb::WriteCall>>,
     ) -> Result<Response<AnswerStream<pb::WriteAnswer>>, Status> {
-        let forwarded = route::Via::of(&request).forwarded;
-        let calls = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
         // One handle per stream, shared by its calls (one count each, not one per field).
         let writes = Arc::new(self.writes());
-        tokio::spawn(serve_calls(calls, tx, move |call| {
+        Ok(answer_calls(request, move |call, forwarded| {
             let writes = writes.clone();
             async move { writes.call(call, forwarded).await }
-        }));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }))
     }
 
     type ReadStreamStream = AnswerStream<pb::ReadAnswer>;
@@ -401,15 +411,11 @@ impl GraphService for GraphApi {
         &self,
         request: Request<Streaming<pb::ReadCall>>,
     ) -> Result<Response<AnswerStream<pb::ReadAnswer>>, Status> {
-        let forwarded = route::Via::of(&request).forwarded;
-        let calls = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
         let reads = Arc::new(self.reads());
-        tokio::spawn(serve_calls(calls, tx, move |call| {
+        Ok(answer_calls(request, move |call, forwarded| {
             let reads = reads.clone();
             async move { reads.call(call, forwarded).await }
-        }));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }))
     }
 
     async fn get_node(

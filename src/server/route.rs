@@ -149,6 +149,15 @@ impl Via {
         }
     }
 
+    /// How a stream call arrived: on a stream `forwarded` or not, with the call's own deadline
+    /// in milliseconds (0: none).
+    pub fn of_call(forwarded: bool, timeout_ms: u64) -> Via {
+        Via {
+            forwarded,
+            deadline: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+        }
+    }
+
     /// `msg` as a forwarded request: marked, with the caller's deadline (capped at 300 s) or,
     /// without one, the default forward deadline.
     pub fn forward<T>(&self, msg: T) -> Request<T> {
