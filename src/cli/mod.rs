@@ -1,0 +1,98 @@
+//! The command-line client: `raftgraph tenant|node|edge|cluster …`. Each command makes one
+//! [`Client`] (a fresh session), runs one call with the client's retries, and prints the answer
+//! as a table or as JSON (`--output json`, one document on stdout). Errors go to stderr with
+//! the gRPC code and the server's message, and the process exits non-zero.
+//!
+//! One file per command family: [`tenant()`], [`node()`], [`edge()`], [`cluster()`]; `json.rs`
+//! turns answers into JSON and tables.
+
+mod cluster;
+mod edge;
+mod json;
+mod node;
+mod tenant;
+
+use clap::{Args, ValueEnum};
+use serde_json::Value as Json;
+use tonic::Status;
+
+use crate::client::{Client, ClientOptions};
+use crate::proto::v1 as pb;
+
+pub use cluster::{ClusterCmd, cluster};
+pub use edge::{EdgeCmd, edge};
+pub use json::{parse_prop, table};
+pub use node::{NodeCmd, node};
+pub use tenant::{QuotaArgs, TenantCmd, tenant};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Options every client command takes.
+#[derive(Args, Clone, Debug)]
+pub struct Global {
+    /// Servers (cluster members) to talk to, `host:port`, comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTGRAPH_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    pub endpoints: Vec<String>,
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Read from the node asked without a read index (may be stale).
+    #[arg(long, global = true)]
+    pub serializable: bool,
+    /// Whole-call deadline in seconds, retries included.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+pub(super) fn client(g: &Global) -> Result<Client, Status> {
+    Client::new(
+        g.endpoints.clone(),
+        ClientOptions {
+            deadline: std::time::Duration::from_secs(g.timeout.max(1)),
+            ..Default::default()
+        },
+    )
+}
+
+pub(super) fn consistency(g: &Global) -> i32 {
+    if g.serializable {
+        pb::Consistency::Serializable as i32
+    } else {
+        pb::Consistency::Linearizable as i32
+    }
+}
+
+pub(super) fn print(g: &Global, v: Json) {
+    match g.output {
+        Output::Json => println!("{v}"),
+        Output::Table => print!("{}", table(&v)),
+    }
+}
+
+pub(super) fn node_ref(id: u64) -> Option<pb::NodeRef> {
+    Some(pb::NodeRef {
+        r#ref: Some(pb::node_ref::Ref::Id(id)),
+    })
+}
+
+pub(super) async fn write(c: &Client, tenant: &str, op: pb::operation::Op) -> Result<Json, Status> {
+    let r = c
+        .write(pb::WriteRequest {
+            tenant: tenant.into(),
+            request_id: None,
+            preconditions: vec![],
+            operations: vec![pb::Operation { op: Some(op) }],
+        })
+        .await?;
+    Ok(json::results_json(&r))
+}
