@@ -1,14 +1,14 @@
 //! The state machine applying graph operations, admin commands and sessions, read back through
 //! the reader: each test states the behaviour a bug would break.
 
-mod support;
+mod helpers;
 
+use helpers::sm_harness::*;
 use raftgraph::state_machine::{
     ApplyError, ClusterLimits, Command, Direction, NodeRef, Op, OpResult, Outcome, Precondition,
     Request, Value, WriteRequest,
 };
 use raftgraph::tenant::{LlmProvider, LlmProviderConfig, Quotas, Resource, Secret, TenantConfig};
-use support::*;
 
 fn quotas(nodes: u64, edges: u64, bytes: u64) -> Quotas {
     Quotas {

@@ -7,8 +7,10 @@
 //! index) as a variable-length integer, so storage usage depends on the indexes' encoded
 //! widths, and those must be the same in both runs.
 
-mod support;
+mod helpers;
 
+use helpers::sm_harness::*;
+use helpers::sm_logs::{TENANTS, random_log};
 use openraft::entry::RaftEntry;
 use openraft::{EntryPayload, Membership};
 use proptest::prelude::*;
@@ -18,8 +20,6 @@ use raftgraph::state_machine::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use support::logs::{TENANTS, random_log};
-use support::*;
 
 /// Everything the two runs must agree on, versions and indexes left out.
 fn state(rd: &GraphReader) -> String {

@@ -7,16 +7,16 @@
 //! every tenant must pass the consistency check, and replaying the rest of the log must reach
 //! the reference's final digest.
 
-mod support;
+mod helpers;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use helpers::sm_harness::*;
+use helpers::sm_logs::{TENANTS, random_log};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use support::logs::{TENANTS, random_log};
-use support::*;
 
 const CHILD_ENV: &str = "RAFTGRAPH_SM_CRASH_CHILD";
 const LOG_LEN: u64 = 500;

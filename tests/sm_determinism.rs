@@ -2,15 +2,15 @@
 //! through, restarted midway, and restored from another's snapshot midway — ends in the same
 //! whole-state digest, and a snapshot's stream digest equals the live digest where it was taken.
 
-mod support;
+mod helpers;
 
 use std::io;
 
+use helpers::sm_harness::*;
+use helpers::sm_logs::{TENANTS, random_log};
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
 use raftgraph::state_machine::stream::{StreamSink, read_stream};
-use support::logs::{TENANTS, random_log};
-use support::*;
 
 struct Discard;
 

@@ -2,16 +2,16 @@
 //! its column family, every index matches the records, a successful write never grows a
 //! resource past its limit, and a repeated (client, sequence) never applies again.
 
-mod support;
+mod helpers;
 
 use std::collections::BTreeMap;
 
+use helpers::sm_harness::*;
+use helpers::sm_logs::{TENANTS, random_log};
 use openraft::EntryPayload;
 use proptest::prelude::*;
 use raftgraph::state_machine::{ApplyError, Command, Outcome, Response};
 use raftgraph::tenant::{Quotas, Resource};
-use support::logs::{TENANTS, random_log};
-use support::*;
 
 fn within(quotas: &Quotas, r: Resource, v: u64) -> bool {
     let limit = match r {

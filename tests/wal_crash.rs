@@ -1,9 +1,9 @@
 //! Durability of the WAL under power loss, cut files, corruption and failing I/O, through the
 //! `MemFs` file seam.
 
-mod common;
+mod helpers;
 
-use common::*;
+use helpers::wal_log::*;
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftLogStorage;
 use raftgraph::wal::{Fate, MemFs, WalError};

@@ -2,12 +2,12 @@
 //! was written, and allocates no more than the record limit (plus fixed-size scan buffers) for any
 //! single allocation — checked with a counting global allocator.
 
-mod common;
+mod helpers;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::*;
+use helpers::wal_log::*;
 use raftgraph::wal::MemFs;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -1,11 +1,11 @@
 //! Property test: random append / truncate / purge / vote / reopen / injected-fault-and-power-cut
 //! sequences against a simple in-memory model; every read is compared.
 
-mod common;
+mod helpers;
 
 use std::collections::BTreeMap;
 
-use common::*;
+use helpers::wal_log::*;
 use openraft::storage::RaftLogStorage;
 use proptest::prelude::*;
 use raftgraph::wal::{MemFs, Wal, WalConfig};

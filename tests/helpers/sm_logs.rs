@@ -14,7 +14,7 @@ use raftgraph::tenant::{Quotas, TenantConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::log_id;
+use super::sm_harness::log_id;
 
 pub const TENANTS: [&str; 3] = ["t", "t1", "t1a"];
 

@@ -1,8 +1,5 @@
 //! Helpers shared by the state-machine tests: a harness that applies requests as consecutive
 //! log entries and remembers each client's next sequence.
-#![allow(dead_code)]
-
-pub mod logs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,4 @@
 //! Helpers shared by the WAL tests: a type config, entry builders, acknowledged appends, reads.
-#![allow(dead_code)]
 
 use std::io;
 use std::path::PathBuf;

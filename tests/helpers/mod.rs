@@ -1,0 +1,12 @@
+//! Helpers shared by the integration tests, one file per kind:
+//! - [`wal_log`]: a type config, entry builders, acknowledged appends and reads for the WAL tests;
+//! - [`sm_harness`]: a harness that applies requests to a state machine as consecutive entries;
+//! - [`sm_logs`]: random multi-tenant request logs for the state-machine property tests.
+//!
+//! Each test crate includes this module and uses the files it needs; the rest is dead code
+//! there.
+#![allow(dead_code)]
+
+pub mod sm_harness;
+pub mod sm_logs;
+pub mod wal_log;
