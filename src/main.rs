@@ -7,9 +7,9 @@ use raftgraph::cli;
 use raftgraph::node::NodeConfig;
 
 /// jemalloc rather than glibc's malloc: allocation (HTTP/2 frames, protobuf and bincode
-/// buffers, per-request futures) was ~15% of a node's CPU under 64-client writes, much of it in
-/// glibc's consolidation and free-list paths. jemalloc cut node CPU per write by ~8%; mimalloc
-/// measured worse than glibc here (BENCHMARKS.md).
+/// buffers, per-request futures) is a large share of a server's CPU under load, and glibc
+/// spends much of it in consolidation and free-list paths; mimalloc did worse than glibc
+/// (BENCHMARKS.md has the measurements).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node: `raftgraph server --config node.toml` (flags and RAFTGRAPH_* env override
+    /// Run a server (one cluster member): `raftgraph server --config node.toml` (flags and RAFTGRAPH_* env override
     /// the file). Stops gracefully on SIGTERM or Ctrl-C.
     Server(ServerArgs),
     /// Tenants: create, get, list, quotas, enable, disable, delete.
@@ -105,7 +105,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServerArgs {
-    /// The node's TOML file (see deploy/node1.toml). Without it every required value must come
+    /// The server's TOML file (see deploy/node1.toml). Without it every required value must come
     /// from flags or the environment.
     #[arg(long, env = "RAFTGRAPH_CONFIG")]
     config: Option<PathBuf>,
@@ -206,8 +206,8 @@ fn real_main() -> anyhow::Result<()> {
     // Tokio runs a task woken by the running one next (the "LIFO slot"). Here that is the
     // connection task each time a gRPC handler finishes, so every response left in its own
     // write syscall. Without the slot, the handlers that finish together (a batch of writes
-    // applied, a round of reads released by one heartbeat) share one write: in BENCHMARKS.md,
-    // +8% linearizable and +18% serializable reads, +12% writes with 64 clients.
+    // applied, a round of reads released by one heartbeat) share one write (BENCHMARKS.md
+    // measures the gain for reads and writes).
     // (`disable_lifo_slot` needs `--cfg tokio_unstable`, which .cargo/config.toml sets.)
     builder.disable_lifo_slot();
     let command = match cli.command {

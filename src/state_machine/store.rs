@@ -46,8 +46,8 @@ pub(crate) struct RocksOptions {
 /// The meta column family's memtable. Every write rewrites its client's session there (and
 /// each entry the counters and the applied id), so the memtable is mostly superseded versions
 /// of a few hot keys: small, it stays in cache and inserts stay cheap, and a flush writes out
-/// little (versions collapse). At 16 MiB, memtable inserts were ~20% of a follower's CPU
-/// under 64-client writes (BENCHMARKS.md). Not smaller than 8 MiB: with `atomic_flush` a full
+/// little (versions collapse). A large one makes every insert walk a deep skiplist of
+/// superseded versions (BENCHMARKS.md measures the cost). Not smaller than 8 MiB: with `atomic_flush` a full
 /// meta memtable flushes every column family, and at 2 MiB that was several flushes a second
 /// under load, each writing a small SST file per tenant.
 pub(crate) const META_WRITE_BUFFER_BYTES: usize = 8 << 20;
@@ -55,10 +55,9 @@ pub(crate) const META_WRITE_BUFFER_BYTES: usize = 8 << 20;
 /// L0 files that start a compaction into the level below (RocksDB's default is 4). A tenant
 /// column family holds node records (`n` + id) and label index entries (`l` + label + id), so
 /// every flushed file's key range spans from the newest label entries to the newest nodes and
-/// overlaps every older node record: each L0 compaction rewrites the whole level below. At 4,
-/// under 256-client writes after 10 s of 64-client ones, that was 108 and 163 MB per node
-/// every ~4 s, the three nodes together, and every such window slowed all writes to 20–90 ms
-/// (BENCHMARKS.md). At 8 the rewrites come half as often; point reads may consult up to twice
+/// overlaps every older node record: each L0 compaction rewrites the whole level below, on
+/// every replica at about the same time, and writes slow while one runs (BENCHMARKS.md). At 8
+/// the rewrites come half as often; point reads may consult up to twice
 /// as many L0 files.
 pub(crate) const L0_COMPACTION_TRIGGER: i32 = 8;
 

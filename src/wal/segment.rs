@@ -44,7 +44,7 @@ impl Segment {
     ///
     /// With `preallocate_to` past the header, the file is first filled with zeros up to that size
     /// (in the same sync): later appends then overwrite allocated blocks, and `fdatasync` need not
-    /// journal a size change — about half the cost per sync on ext4. Recovery reads a run of zeros
+    /// journal a size change, which makes each sync cheaper. Recovery reads a run of zeros
     /// reaching the end of a file as its unused tail.
     pub fn create(
         fs: &dyn WalFs,

@@ -1,9 +1,8 @@
 //! The next segment's file, zero-filled by a background thread while the active segment fills.
 //!
-//! Zero-filling a whole segment at once (64 MiB by default) took ~0.1 s of CPU per node and
-//! queued 64 MiB of writes ahead of the WAL's own `fdatasync`s; the three nodes of a cluster
-//! hold the same log, so they rotated, and filled, together. Under 256-client writes that was a
-//! window of ~0.3 s in which most writes took 20–60 ms (BENCHMARKS.md). So the filler
+//! Zero-filling a whole segment at once queues a segment's worth of writes ahead of the WAL's
+//! own `fdatasync`s; the members of a cluster hold the same log, so they rotate, and fill,
+//! together, and writes stall until the queue drains (BENCHMARKS.md). So the filler
 //! - runs at the lowest CPU priority (nice 19), on time the threads that answer clients leave;
 //! - writes and syncs one [`CHUNK`] at a time, so at most one chunk of zeros is ever queued in
 //!   front of a WAL sync;
