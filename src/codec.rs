@@ -30,9 +30,7 @@ use serde::de::DeserializeOwned;
 ///   it): a version-2 data directory is refused with `UnknownVersion { found: 2 }`.
 pub const FORMAT_VERSION: u8 = 3;
 
-/// The most bytes one decoded value may claim. Records are bounded well below this by
-/// `WalConfig::record_bytes_max`; this is the last line against a garbage length.
-pub const DECODE_BYTES_MAX: usize = 64 << 20;
+pub use crate::wire::DECODE_BYTES_MAX;
 
 type Config = bincode::config::Configuration<
     bincode::config::LittleEndian,

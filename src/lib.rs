@@ -2,23 +2,38 @@
 //!
 //! A client write becomes a Raft entry (openraft). The Raft log **is** the write-ahead log
 //! ([`wal`]): once a quorum has an entry synced it is committed and applied to a RocksDB state
-//! machine with one column family per tenant. Snapshots are RocksDB checkpoints. See
-//! `../shared/DESIGN.md` for the whole shape; each module's docs give its design, invariants and
-//! caveats.
+//! machine with one column family per tenant. Snapshots are RocksDB checkpoints. The design and
+//! its decisions are in `docs/design.md`, the path of a write and a read in
+//! `docs/architecture.md`; each module's docs give its design, invariants and caveats.
 //!
-//! Modules (dependencies point inward: `wal` knows nothing of tonic, RocksDB or tenants):
-//! - [`codec`]: the one serializer for everything in the log and on disk.
-//! - [`wal`]: the Raft log storage — segments, CRC32C records, group commit, recovery.
-//! - [`tenant`]: tenant ids, quotas, usage and configs as pure logic.
-//! - [`state_machine`]: the RocksDB state machine — apply, reads, snapshots, digests.
-//! - [`raft`]: the openraft type configuration.
-//! - [`proto`]: the gRPC API generated from `proto/raftgraph/v1`.
-//! - [`server`]: the gRPC services (graph, tenant, cluster), routing to the leader, admission
-//!   control, conversions at the edge and the one error → status mapping.
-//! - [`node`]: one node's lifecycle — config, data directory (lock + identity), serving, shutdown.
-//! - [`client`]: the Rust client (leader discovery, deadlines, exactly-once retries).
-//! - [`cli`]: the `raftgraph tenant|node|edge|cluster` commands.
-//! - [`bench`]: `raftgraph bench`, the load generator for raftgraph and etcd.
+//! **Words.** A *node* is a graph vertex; a *member* is one of the cluster's Raft participants
+//! (voter or learner; `NodeId` is openraft's name for its id); a *server* is the process that
+//! hosts a member ([`node::Node`] runs one).
+//!
+//! **Layers.** A module imports only the modules below it; `tests/architecture.rs` reads every
+//! `crate::…` path in `src/` and fails on one that breaks these rules, and on files of one
+//! module that import each other.
+//!
+//! | module | what it owns | may import |
+//! |---|---|---|
+//! | [`wire`] | limits, header names and stream bounds both ends of a connection agree on | — |
+//! | [`proto`] | the gRPC API generated from `proto/raftgraph/v1` | — |
+//! | [`codec`] | the one serializer for everything in the log and on disk | `wire` |
+//! | [`tenant`] | tenant ids, quotas, usage and configs as pure logic | `codec`, `wire` |
+//! | [`command`] | the replicated vocabulary: graph values, requests, responses | `tenant`, `codec`, `wire` |
+//! | [`raft`] | the openraft type configuration and its runtime | `command` |
+//! | [`wal`] | the Raft log storage: segments, CRC32C records, group commit, recovery | `codec`, `wire` |
+//! | [`transport`] | outgoing channels (the network seam) and address checks | `wire` |
+//! | [`state_machine`] | RocksDB: apply, reads, snapshots, digests; the `Raft` handle over it | `raft`, `command`, `tenant`, `codec`, `wire` |
+//! | [`client`] | the Rust client: leader discovery, deadlines, exactly-once retries | `transport`, `proto`, `wire` |
+//! | [`server`] | the client-facing gRPC services, routing, admission, edge conversions | everything above but `client` |
+//! | [`peer`] | openraft's network over gRPC between members | `state_machine`, `raft`, `codec`, `transport`, `proto`, `wire` |
+//! | [`node`] | one server process: config, data directory, serving, shutdown | everything above |
+//! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster` commands | `client`, `command`, `proto`, `wire` |
+//! | [`bench`](mod@bench) | `raftgraph bench`, the load generator for raftgraph and etcd | `client`, `command`, `transport`, `proto`, `wire` |
+//!
+//! `wal`, `state_machine`, `tenant` and `command` never see tonic or generated protobuf types:
+//! the server and the peer service convert at the edge.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
@@ -29,7 +44,9 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod command;
 pub mod node;
+pub mod peer;
 pub mod proto;
 pub mod raft;
 pub mod server;
@@ -37,3 +54,4 @@ pub mod state_machine;
 pub mod tenant;
 pub mod transport;
 pub mod wal;
+pub mod wire;

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::client::stream::{Kind, Mux, ReadMux, WriteMux};
+use crate::wire::ADDR_BYTES_MAX;
 
 /// A byte stream to another node.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -28,7 +28,7 @@ pub type Connector =
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cached channels kept at most (addresses come from the replicated membership or the
 /// client's endpoint list; bounded all the same).
-const CACHED_MAX: usize = 1024;
+pub const CACHED_MAX: usize = 1024;
 
 /// Builds channels, and caches one per address. Cloning shares the cache. A channel's worker
 /// task lives on the tokio runtime that created it, so a dialer (and its cache) belongs to one
@@ -37,30 +37,6 @@ const CACHED_MAX: usize = 1024;
 pub struct Dialer {
     connector: Option<Connector>,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
-    /// The client's write stream on each cached channel (see [`crate::client::stream`]).
-    write_streams: Streams<crate::client::stream::Writes>,
-    /// The client's read stream on each cached channel.
-    read_streams: Streams<crate::client::stream::Reads>,
-}
-
-/// One stream of a kind per address.
-type Streams<K> = Arc<Mutex<BTreeMap<String, Arc<Mux<K>>>>>;
-
-/// The stream in `streams` to `addr` over `channel`, opened on first use and again after it
-/// ended.
-fn stream<K: Kind>(streams: &Streams<K>, addr: &str, channel: Channel) -> Arc<Mux<K>> {
-    let mut streams = streams.lock().expect("stream cache");
-    if let Some(m) = streams.get(addr)
-        && !m.ended()
-    {
-        return m.clone();
-    }
-    if streams.len() >= CACHED_MAX {
-        streams.clear();
-    }
-    let m = Arc::new(Mux::open(addr, channel));
-    streams.insert(addr.to_string(), m.clone());
-    m
 }
 
 impl fmt::Debug for Dialer {
@@ -77,8 +53,6 @@ impl Dialer {
         Dialer {
             connector: Some(connector),
             channels: Arc::default(),
-            write_streams: Arc::default(),
-            read_streams: Arc::default(),
         }
     }
 
@@ -127,21 +101,74 @@ impl Dialer {
     /// out — its connection may be stalled rather than closed.
     pub fn forget(&self, addr: &str) {
         self.channels.lock().expect("channel cache").remove(addr);
-        self.write_streams
-            .lock()
-            .expect("stream cache")
-            .remove(addr);
-        self.read_streams.lock().expect("stream cache").remove(addr);
     }
+}
 
-    /// The write stream to `addr` over `channel` (this dialer's channel to it), opened on first
-    /// use and again after it ends.
-    pub fn write_stream(&self, addr: &str, channel: Channel) -> Arc<WriteMux> {
-        stream(&self.write_streams, addr, channel)
+/// An address that cannot be dialled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    #[error("{bytes} bytes, limit {ADDR_BYTES_MAX}")]
+    TooLong { bytes: usize },
+    #[error("{addr:?} is not host:port (e.g. 127.0.0.1:7001)")]
+    NotHostPort { addr: String },
+}
+
+/// Checks that `addr` is `host:port` with a non-zero numeric port, at most [`ADDR_BYTES_MAX`]
+/// bytes: a DNS name or IPv4 address, or a bracketed IPv6 address — nothing a URI would read as
+/// a scheme, user info or path, since the address is dialled as `http://{addr}`.
+pub fn check_addr(addr: &str) -> Result<(), AddrError> {
+    if addr.len() > ADDR_BYTES_MAX {
+        return Err(AddrError::TooLong { bytes: addr.len() });
     }
+    let host_ok = |h: &str| {
+        let plain = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+        let v6 = h.len() > 2
+            && h.starts_with('[')
+            && h.ends_with(']')
+            && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        plain || v6
+    };
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        return Err(AddrError::NotHostPort { addr: addr.into() });
+    }
+    Ok(())
+}
 
-    /// The read stream to `addr` over `channel`, as [`Dialer::write_stream`].
-    pub fn read_stream(&self, addr: &str, channel: Channel) -> Arc<ReadMux> {
-        stream(&self.read_streams, addr, channel)
+#[cfg(test)]
+mod tests {
+    use super::{AddrError, check_addr};
+
+    #[test]
+    fn addresses_must_be_dialable_host_port() {
+        for ok in [
+            "127.0.0.1:7001",
+            "node-1.internal:7001",
+            "[::1]:7001",
+            "h_2:1",
+        ] {
+            check_addr(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "http://x:1",
+            "a/b:1",
+            "u@h:1",
+            "h:0",
+            "h:",
+            ":1",
+            "h:99999",
+            "[zz]:1",
+            "h",
+        ] {
+            let e = check_addr(bad).expect_err(bad);
+            assert!(e.to_string().contains("host:port"), "{bad}: {e}");
+        }
+        let e = check_addr(&format!("{}:1", "h".repeat(300))).unwrap_err();
+        assert_eq!(e, AddrError::TooLong { bytes: 302 });
+        assert!(e.to_string().contains("limit 256"), "{e}");
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftgraph::client::{Client, ClientOptions};
+use raftgraph::client::{Client, ClientOptions, Pool};
 use raftgraph::proto::v1 as pb;
 use raftgraph::transport::{Connector, Dialer};
 
@@ -31,7 +31,7 @@ fn silent_client(deadline: Duration, write_stream: bool, read_stream: bool) -> C
             jitter_seed: Some(7),
             attempt_timeout: Duration::from_secs(1),
             deadline,
-            dialer: Dialer::with_connector(silent),
+            pool: Pool::new(Dialer::with_connector(silent)),
             write_stream,
             read_stream,
         },

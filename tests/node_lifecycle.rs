@@ -10,7 +10,7 @@ use openraft::async_runtime::WatchReceiver;
 use raftgraph::node::{DataDir, DataDirError, Identity, Node, NodeConfig, NodeError};
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
-use raftgraph::server::admission::Admission;
+use raftgraph::server::Admission;
 use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(60);

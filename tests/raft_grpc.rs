@@ -12,21 +12,23 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Config, SnapshotPolicy};
+use raftgraph::peer::GrpcNetworkFactory;
+use raftgraph::peer::RaftGrpc;
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
 use raftgraph::proto::v1::graph_service_server::GraphServiceServer;
 use raftgraph::proto::v1::raft_service_server::RaftServiceServer;
 use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
 use raftgraph::proto::v1::tenant_service_server::TenantServiceServer;
-use raftgraph::raft::network::{GrpcNetworkFactory, MESSAGE_BYTES_MAX};
-use raftgraph::raft::service::{Raft, RaftGrpc};
-use raftgraph::server::graph::{Clock, GraphApi};
-use raftgraph::server::tenant::TenantApi;
+use raftgraph::server::TenantApi;
+use raftgraph::server::{Clock, GraphApi};
+use raftgraph::state_machine::Raft;
 use raftgraph::state_machine::{
     Command, GraphReader, Op, Outcome, Request, StateMachine, StateMachineConfig, WriteRequest,
 };
 use raftgraph::tenant::{Quotas, TenantConfig};
 use raftgraph::wal::{IoRuntime, StdFs, Wal, WalConfig};
+use raftgraph::wire::PEER_MESSAGE_BYTES_MAX;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -71,13 +73,13 @@ async fn start(id: u64, dir: &Path) -> Node {
 
 fn serve(node: &Node, dir: &Path, listener: TcpListener) {
     let svc = RaftServiceServer::new(RaftGrpc::new(node.raft.clone(), dir.join("sm/snapshots")))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let clock: Clock = Arc::new(|| 1_700_000_000_000_000);
     let (raft, reader) = (node.raft.clone(), node.reader.clone());
     let graph = GraphServiceServer::new(GraphApi::new(raft.clone(), reader.clone(), clock.clone()))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let tenants = TenantServiceServer::new(TenantApi::new(raft, reader, clock));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -102,8 +104,52 @@ async fn propose(
     one.outcome
 }
 
+/// The cluster the phases of [`a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients`]
+/// share: each phase starts from the state the one before left.
+struct Cluster {
+    _dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Node>,
+    leader_id: u64,
+}
+
+impl Cluster {
+    fn leader(&self) -> &Node {
+        &self.nodes[(self.leader_id - 1) as usize]
+    }
+}
+
+/// What the graph-service phase hands to the stream phases.
+struct ViaFollower {
+    client: GraphServiceClient<tonic::transport::Channel>,
+    /// The unary write (client 9, sequence 1) and the node it created.
+    write: pb::WriteRequest,
+    id: u64,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients() {
+    let (cluster, node3) = two_members_elect_a_leader_while_a_third_waits().await;
+    let li = writes_replicate_to_both_members(&cluster).await;
+    let cluster =
+        a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(cluster, node3, li).await;
+    writes_replicate_to_all_three(&cluster).await;
+    garbage_from_the_network_is_refused_and_the_node_keeps_serving(&cluster).await;
+    let (addrs, follower, via) =
+        the_graph_service_forwards_once_and_reads_linearizably(&cluster).await;
+    let streamed_id = the_write_stream_answers_each_call_by_id(&via).await;
+    the_read_stream_answers_each_read_by_id(&via, streamed_id).await;
+    the_tenant_service_stores_a_key_and_never_returns_it(&addrs, follower).await;
+}
+
+/// A member-to-be that is not serving yet: its listener and its address.
+struct Waiting {
+    dir: tempfile::TempDir,
+    listener: TcpListener,
+    node: Node,
+    addr: BasicNode,
+}
+
+async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
@@ -146,7 +192,24 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         .await
         .unwrap();
     assert_ne!(m.current_leader, Some(3), "node 3 cannot have been elected");
+    let mut dirs = dirs;
+    let waiting = Waiting {
+        dir: dirs.pop().unwrap(),
+        listener: listeners.pop().unwrap().unwrap(),
+        node: nodes.pop().unwrap(),
+        addr: node3,
+    };
+    let cluster = Cluster {
+        _dirs: dirs,
+        nodes,
+        leader_id,
+    };
+    (cluster, waiting)
+}
 
+/// Returns the index of the last write, which every member has applied.
+async fn writes_replicate_to_both_members(cluster: &Cluster) -> u64 {
+    let (nodes, leader) = (&cluster.nodes, cluster.leader());
     // Phase 2: a tenant and 100 writes proposed concurrently (pipelined, group-committed).
     let create = Command::CreateTenant {
         tenant: "t".into(),
@@ -184,32 +247,40 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         nodes[0].reader.digest().unwrap(),
         nodes[1].reader.digest().unwrap()
     );
+    last.unwrap()
+}
 
+async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
+    mut cluster: Cluster,
+    node3: Waiting,
+    li: u64,
+) -> Cluster {
     // Phase 3: snapshot on the leader and purge its log; then node 3 joins as a learner and can
     // only catch up from the snapshot, streamed over gRPC; then it is promoted to voter.
-    let li = last.unwrap();
-    leader.raft.trigger().snapshot().await.unwrap();
+    let leader = cluster.leader().raft.clone();
+    leader.trigger().snapshot().await.unwrap();
     let at_least = |id: Option<
         &openraft::type_config::alias::LogIdOf<raftgraph::raft::TypeConfig>,
     >| { id.is_some_and(|l| l.index >= li) };
     leader
-        .raft
         .wait(WAIT)
         .metrics(|m| at_least(m.snapshot.as_ref()), "snapshot built")
         .await
         .unwrap();
-    leader.raft.trigger().purge_log(li).await.unwrap();
+    leader.trigger().purge_log(li).await.unwrap();
     leader
-        .raft
         .wait(WAIT)
         .metrics(|m| at_least(m.purged.as_ref()), "log purged")
         .await
         .unwrap();
-    serve(&nodes[2], dirs[2].path(), listeners[2].take().unwrap());
-    leader.raft.add_learner(3, node3, true).await.unwrap();
+    serve(&node3.node, node3.dir.path(), node3.listener);
+    cluster.nodes.push(node3.node);
+    cluster._dirs.push(node3.dir);
+    let nodes = &cluster.nodes;
+    leader.add_learner(3, node3.addr, true).await.unwrap();
     // Compare at one applied index: the leader's last entry (the learner's membership entry).
-    let joined = leader.raft.metrics().borrow_watched().last_log_index;
-    for n in &nodes {
+    let joined = leader.metrics().borrow_watched().last_log_index;
+    for n in nodes {
         n.raft
             .wait(WAIT)
             .applied_index_at_least(joined, "node 3 caught up")
@@ -225,12 +296,12 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         snap.is_some_and(|s| s.index >= li),
         "node 3 installed the snapshot"
     );
-    leader
-        .raft
-        .change_membership([1, 2, 3], false)
-        .await
-        .unwrap();
+    leader.change_membership([1, 2, 3], false).await.unwrap();
+    cluster
+}
 
+async fn writes_replicate_to_all_three(cluster: &Cluster) {
+    let (nodes, leader) = (&cluster.nodes, cluster.leader());
     // Phase 4: writes keep replicating to all three.
     let more = Command::Write(WriteRequest {
         tenant: "t".into(),
@@ -242,7 +313,7 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
     let r = propose(&leader.raft, request(2, more)).await;
     assert!(matches!(r, Ok(Outcome::Write(_))), "{r:?}");
     let last = leader.raft.metrics().borrow_watched().last_log_index;
-    for n in &nodes {
+    for n in nodes {
         n.raft
             .wait(WAIT)
             .applied_index_at_least(last, "applied")
@@ -250,7 +321,10 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
             .unwrap();
         assert_eq!(n.reader.tenant("t").unwrap().usage.nodes, 99);
     }
+}
 
+async fn garbage_from_the_network_is_refused_and_the_node_keeps_serving(cluster: &Cluster) {
+    let (leader, leader_id) = (cluster.leader(), cluster.leader_id);
     // Phase 5: garbage from the network is refused by name and the node keeps serving.
     let addr = leader
         .raft
@@ -321,7 +395,12 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
     });
     let r = propose(&leader.raft, request(3, again)).await;
     assert!(matches!(r, Ok(Outcome::Write(_))), "{r:?}");
+}
 
+async fn the_graph_service_forwards_once_and_reads_linearizably(
+    cluster: &Cluster,
+) -> (BTreeMap<u64, String>, u64, ViaFollower) {
+    let (leader, leader_id) = (cluster.leader(), cluster.leader_id);
     // Phase 6: the graph service. A write sent to a follower is forwarded to the leader once;
     // linearizable reads from every node see it; errors carry the right codes.
     let addrs: BTreeMap<u64, String> = leader
@@ -474,7 +553,17 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
     let s = via_follower.write(bad).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     assert!(s.message().contains("operations[0]"), "{}", s.message());
+    let via = ViaFollower {
+        client: via_follower,
+        write,
+        id,
+    };
+    (addrs, follower, via)
+}
 
+/// Returns the id of the node the streamed write created.
+async fn the_write_stream_answers_each_call_by_id(via: &ViaFollower) -> u64 {
+    let (mut via_follower, write, id) = (via.client.clone(), &via.write, via.id);
     // The write stream, through the follower: each call is answered by id, as the unary write
     // would be; a bad call fails alone and the stream keeps serving; a retried request id
     // applies once; closing the client's side ends the stream.
@@ -541,7 +630,11 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         answers.message().await.unwrap().is_none(),
         "the stream ends"
     );
+    streamed_id
+}
 
+async fn the_read_stream_answers_each_read_by_id(via: &ViaFollower, streamed_id: u64) {
+    let (mut via_follower, id) = (via.client.clone(), via.id);
     // The read stream, through the follower: each kind of read is answered by id with the
     // unary call's result (a linearizable one by the follower's read index, so it sees the
     // streamed write), and a bad or missing call fails alone.
@@ -640,7 +733,12 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         answers.message().await.unwrap().is_none(),
         "the stream ends"
     );
+}
 
+async fn the_tenant_service_stores_a_key_and_never_returns_it(
+    addrs: &BTreeMap<u64, String>,
+    follower: u64,
+) {
     // Phase 7: the tenant service, through a follower. The key is stored, never returned.
     let mut admin = TenantServiceClient::connect(format!("http://{}", addrs[&follower]))
         .await
@@ -670,7 +768,7 @@ async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients
         Some(1_000_000),
         "absent quotas: the defaults"
     );
-    for (n, addr) in &addrs {
+    for (n, addr) in addrs {
         let mut c = TenantServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();

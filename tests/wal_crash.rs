@@ -425,7 +425,7 @@ async fn operations_take_effect_in_submission_order_while_flushes_are_pending() 
 #[tokio::test(flavor = "current_thread")]
 async fn replication_reads_stop_at_a_byte_budget() {
     use openraft::RaftLogReader;
-    use raftgraph::wal::REPLICATION_BATCH_BYTES_MAX;
+    use raftgraph::wire::REPLICATION_BATCH_BYTES_MAX;
     let fs = MemFs::new();
     let mut wal = open(&fs, &cfg(1 << 30)).await.unwrap();
     let mb = "x".repeat(3 << 20);

@@ -31,10 +31,10 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::client::{Client, ClientOptions};
+use crate::client::{Client, ClientOptions, Pool};
+use crate::command::OPERATIONS_MAX;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
-use crate::state_machine::OPERATIONS_MAX;
 use crate::transport::Dialer;
 
 mod compare;
@@ -162,8 +162,8 @@ impl BenchArgs {
             self.fsync_endpoints = self.endpoints.clone();
         }
         for e in self.endpoints.iter().chain(&self.fsync_endpoints) {
-            crate::server::cluster::check_addr("--endpoints", e)
-                .map_err(|s| s.message().to_string())?;
+            crate::transport::check_addr(e)
+                .map_err(|e| format!("invalid argument --endpoints: {e}"))?;
         }
         let within = |flag: &str, v: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&v) {
@@ -211,8 +211,8 @@ trait Driver: Send + Sync + 'static {
 }
 
 /// A random lowercase-alphanumeric string of `bytes` bytes (for both targets). Filled from
-/// whole random words, a byte per character: drawing and pushing one `char` at a time was
-/// ~14% of the load generator's CPU at 256 bytes (the slight bias of `% 36` does not matter
+/// whole random words, a byte per character: drawing and pushing one `char` at a time costs
+/// CPU the load generator shares with the cluster it measures (the slight bias of `% 36` does not matter
 /// for a payload).
 fn value(bytes: usize, rng: &mut SmallRng) -> String {
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -248,11 +248,11 @@ fn string_value(s: String) -> pb::Value {
 
 impl Raftgraph {
     async fn connect(a: &BenchArgs) -> Result<Raftgraph, Status> {
-        let dialers: Vec<Dialer> = (0..a.connections).map(|_| Dialer::default()).collect();
+        let pools: Vec<Pool> = (0..a.connections).map(|_| Pool::default()).collect();
         let options = |i: usize| ClientOptions {
             deadline: Duration::from_secs(a.timeout),
             attempt_timeout: Duration::from_secs(a.timeout),
-            dialer: dialers[i % dialers.len()].clone(),
+            pool: pools[i % pools.len()].clone(),
             write_stream: !a.unary_writes,
             read_stream: !a.unary_reads,
             ..Default::default()
@@ -537,8 +537,8 @@ async fn drive<D: Driver>(a: &BenchArgs, d: Arc<D>) -> anyhow::Result<Report> {
     // Latencies above the operation timeout (plus slack for retries' last attempt) saturate.
     let max_us = (a.timeout * 2 + 1) * 1_000_000;
     // One histogram for all clients, fed in batches: a histogram per client (128 KiB of
-    // counters each) made every record a cache miss, ~7% of the load generator's CPU with 256
-    // clients, and the generator shares the machine with the cluster it measures.
+    // counters each) makes every record a cache miss, and the generator shares the machine
+    // with the cluster it measures.
     let shared = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, max_us, 3,
     )?));

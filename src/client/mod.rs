@@ -35,11 +35,13 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
-use crate::raft::network::MESSAGE_BYTES_MAX;
-use crate::server::admission::RETRY_PUSHBACK_HEADER;
-use crate::transport::Dialer;
+use crate::transport::check_addr;
+use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, RETRY_PUSHBACK_HEADER};
 
-pub mod stream;
+mod pool;
+mod stream;
+
+pub use pool::Pool;
 
 /// How a client behaves.
 #[derive(Clone, Debug)]
@@ -52,9 +54,10 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// Seed of the backoff jitter; `None` derives it from the client id.
     pub jitter_seed: Option<u64>,
-    /// How channels are dialled (TCP by default; the simulation supplies its network).
-    pub dialer: Dialer,
-    /// Writes go over the connection's `WriteStream` (shared by the clients of one dialer)
+    /// The connections (TCP by default; the simulation supplies its network). Clients whose
+    /// options hold clones of one pool share its connections and streams.
+    pub pool: Pool,
+    /// Writes go over the connection's `WriteStream` (shared by the clients of one pool)
     /// instead of one unary call each. Same answers and guarantees; less work per write.
     pub write_stream: bool,
     /// Reads (`get_node`, `get_edge`, `neighbors`, `nodes_by_label`) go over the connection's
@@ -69,7 +72,7 @@ impl Default for ClientOptions {
             attempt_timeout: Duration::from_secs(5),
             deadline: Duration::from_secs(30),
             jitter_seed: None,
-            dialer: Dialer::default(),
+            pool: Pool::default(),
             write_stream: true,
             read_stream: true,
         }
@@ -134,7 +137,9 @@ impl Client {
             return Err(Status::invalid_argument("endpoints: none given"));
         }
         for e in &endpoints {
-            crate::server::cluster::check_addr("endpoints", e)?;
+            check_addr(e).map_err(|e| {
+                Status::invalid_argument(format!("invalid argument endpoints: {e}"))
+            })?;
         }
         let client_id = options
             .client_id
@@ -169,7 +174,7 @@ impl Client {
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
         self.options
-            .dialer
+            .pool
             .channel(addr)
             .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))
     }
@@ -259,7 +264,7 @@ impl Client {
             tracing::debug!(%addr, code = ?status.code(), msg = status.message(), "retrying");
             if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) {
                 // The connection may be stalled rather than closed: dial afresh next time.
-                self.options.dialer.forget(&addr);
+                self.options.pool.forget(&addr);
             }
             // The leader may have moved or be unreachable from here: forget it and go through
             // the endpoints (which forward); the next proposal asks again.
@@ -325,18 +330,18 @@ impl Client {
 
     fn graph(ch: Channel) -> GraphServiceClient<Channel> {
         GraphServiceClient::new(ch)
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 
     /// An atomic write batch (`request_id` is set by the client).
     pub async fn write(&self, req: pb::WriteRequest) -> Result<pb::WriteResponse, Status> {
         let streamed = self.options.write_stream;
-        let dialer = &self.options.dialer;
+        let pool = &self.options.pool;
         self.propose(req, |addr, ch, m, timeout| {
             // The stream carries the timeout in the call: no gRPC request (and its
             // grpc-timeout header, formatted per call) is made for it.
-            let stream = streamed.then(|| dialer.write_stream(addr, ch.clone()));
+            let stream = streamed.then(|| pool.write_stream(addr, ch.clone()));
             async move {
                 match stream {
                     Some(s) => s.call(m, timeout).await.map(Response::new),
@@ -386,9 +391,9 @@ impl Client {
         if !self.options.read_stream {
             return self.read(consistency, msg, call).await;
         }
-        let dialer = &self.options.dialer;
+        let pool = &self.options.pool;
         self.retry(read_target(consistency), |addr, ch, t| {
-            let stream = dialer.read_stream(addr, ch);
+            let stream = pool.read_stream(addr, ch);
             let r = read(msg.clone());
             let addr = addr.to_string();
             async move {

@@ -22,8 +22,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
-use crate::raft::network::MESSAGE_BYTES_MAX;
-use crate::server::admission::RETRY_PUSHBACK_HEADER;
+use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, PROPOSAL_BYTES_MAX, RETRY_PUSHBACK_HEADER};
 
 /// What kind of calls a stream carries: its messages and how to open it.
 pub trait Kind: Send + Sync + 'static {
@@ -69,10 +68,7 @@ impl Kind for Writes {
     }
 
     fn size_note() -> String {
-        format!(
-            " (a proposal's limit is {})",
-            crate::server::route::PROPOSAL_BYTES_MAX
-        )
+        format!(" (a proposal's limit is {PROPOSAL_BYTES_MAX})")
     }
 
     fn call_id(a: &pb::WriteAnswer) -> u64 {
@@ -230,9 +226,9 @@ impl<K: Kind> Mux<K> {
         // it, each then retried to its deadline); refuse it here instead, as a unary call's
         // encoder would.
         let len = call.encoded_len();
-        if len > MESSAGE_BYTES_MAX {
+        if len > CLIENT_MESSAGE_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
-                "invalid argument {}: {len} bytes encoded, limit {MESSAGE_BYTES_MAX}{}",
+                "invalid argument {}: {len} bytes encoded, limit {CLIENT_MESSAGE_BYTES_MAX}{}",
                 K::WHAT,
                 K::size_note()
             )));
@@ -290,8 +286,8 @@ async fn read_answers<K: Kind>(
     calls: Arc<Mutex<Calls<K>>>,
 ) {
     let client = GraphServiceClient::new(channel)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     let why = match K::open(client, queued).await {
         Err(s) => s,
         Ok(mut answers) => loop {
@@ -355,7 +351,10 @@ mod tests {
                     properties: [(
                         "v".to_string(),
                         pb::Value {
-                            kind: Some(pb::value::Kind::BytesValue(vec![0; MESSAGE_BYTES_MAX])),
+                            kind: Some(pb::value::Kind::BytesValue(vec![
+                                0;
+                                CLIENT_MESSAGE_BYTES_MAX
+                            ])),
                         },
                     )]
                     .into(),

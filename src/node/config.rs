@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::server::cluster::check_addr;
 use crate::state_machine::StateMachineConfig;
+use crate::transport::check_addr;
 use crate::wal::WalConfig;
 
 /// The most proposals in flight a node may be configured for.
@@ -207,9 +207,9 @@ impl NodeConfig {
                     "required when listen has port 0: peers cannot dial an unknown port",
                 );
             }
-            Some(a) => check_addr("advertise", a).map_err(|s| ConfigError {
+            Some(a) => check_addr(a).map_err(|e| ConfigError {
                 field: "advertise".into(),
-                reason: s.message().to_string(),
+                reason: e.to_string(),
             })?,
             None => {}
         }

@@ -10,8 +10,8 @@
 //! has every acknowledged entry synced already). A crash skips all of it and loses nothing
 //! acknowledged.
 
-pub mod config;
-pub mod data_dir;
+mod config;
+mod data_dir;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,22 +29,22 @@ use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-pub use self::config::{ConfigError, NodeConfig};
+pub use self::config::{
+    CLUSTER_ID_BYTES_MAX, ConfigError, NodeConfig, PROPOSALS_IN_FLIGHT_MAX, RaftSection,
+    ServerSection, StorageSection, WORKER_THREADS_MAX, check_cluster_id,
+};
 pub use self::data_dir::{DataDir, DataDirError, Identity};
+use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::graph_service_server::GraphServiceServer;
 use crate::proto::v1::raft_service_server::RaftServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
-use crate::raft::network::{GrpcNetworkFactory, MESSAGE_BYTES_MAX};
-use crate::raft::service::{Raft, RaftGrpc};
-use crate::server::admission::Admission;
-use crate::server::cluster::ClusterApi;
-use crate::server::graph::{Clock, GraphApi};
-use crate::server::route::Router;
-use crate::server::tenant::TenantApi;
+use crate::server::{Admission, Clock, ClusterApi, GraphApi, Router, TenantApi};
+use crate::state_machine::Raft;
 use crate::state_machine::{Blocking, GraphReader, StateMachine};
 use crate::transport::Dialer;
 use crate::wal::{IoRuntime, StdFs, Wal, WalFs};
+use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 
 /// The services a node reports in the health service (besides "" for the whole server).
 pub const SERVICES: [&str; 4] = [
@@ -88,8 +88,10 @@ pub fn system_clock() -> Clock {
     Arc::new(now)
 }
 
-/// Bugs planted on purpose, to show the simulation catches them. Only test code sets these:
-/// no config file, flag or environment variable reaches them. All off by default.
+/// Bugs planted on purpose, to show the simulation catches them. They exist only with the
+/// `testing` feature, which only the tests enable: no config file, flag or environment
+/// variable reaches them, and no binary built without it contains them. All off by default.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlantedBugs {
@@ -116,6 +118,7 @@ pub struct NodeEnv {
     pub dialer: Dialer,
     /// Seeds openraft's randomness (election timeouts); `None`: the OS generator.
     pub seed: Option<u64>,
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted: PlantedBugs,
 }
@@ -131,6 +134,7 @@ impl NodeEnv {
             clock: system_clock(),
             dialer: Dialer::default(),
             seed: None,
+            #[cfg(feature = "testing")]
             planted: PlantedBugs::default(),
         }
     }
@@ -182,6 +186,9 @@ impl Node {
     /// Starts a node in `env`, serving the connections `incoming` yields (accepted at
     /// `local_addr`). Production nodes come from [`Node::start`]; the deterministic simulation
     /// calls this with its own files, threads, clock, randomness and network.
+    ///
+    /// Four steps: open the storage (data directory, WAL, state machine), start Raft on it,
+    /// build the services, serve.
     pub async fn start_in<I, IO, IE>(
         config: NodeConfig,
         incoming: I,
@@ -194,102 +201,17 @@ impl Node {
         IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         config.validate()?;
-        let raft_config = config.raft_config()?;
-        let data_dir = DataDir::open(
-            &config.data_dir,
-            &Identity {
-                cluster_id: config.cluster_id.clone(),
-                node_id: config.node_id,
-            },
-        )?;
-        let mut wal_config = config.wal_config();
-        wal_config.planted_ack_before_sync = env.planted.ack_before_sync;
-        let wal = Wal::open(wal_config, env.wal_fs.clone(), env.wal_io).await?;
-        let wal_stats = wal.stats();
-        let mut sm_config = config.sm_config();
-        sm_config.blocking = env.blocking;
-        sm_config.planted_skip_session_dedup = env.planted.skip_session_dedup;
-        let sm = StateMachine::open(sm_config.clone())
-            .await
-            .map_err(NodeError::StateMachine)?;
-        let reader = sm.reader();
-        let network = GrpcNetworkFactory {
-            connect_timeout: None,
-            dialer: env.dialer.clone(),
-            blocking: env.blocking,
-        };
-        // openraft's randomness (election timeouts) comes from the seed when there is one.
-        let raft = Raft::new(config.node_id, raft_config, network, wal, sm);
-        let raft = match env.seed {
-            Some(seed) => crate::raft::runtime::seeded(seed, raft).await,
-            None => raft.await,
-        }
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let clock = env.clock.clone();
-        let router = Router {
-            dialer: env.dialer.clone(),
-            planted_stale_follower_reads: env.planted.stale_follower_reads,
-        };
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
-
-        let admission = Admission::new(config.server.proposals_in_flight_max);
-        let graph = GraphApi::new(raft.clone(), reader.clone(), clock.clone())
-            .with_admission(admission.clone())
-            .with_router(router.clone());
-        let batch_stats = graph.batch_stats().clone();
-        let graph = GraphServiceServer::new(graph)
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let tenants = TenantServiceServer::new(
-            TenantApi::new(raft.clone(), reader.clone(), clock)
-                .with_admission(admission)
-                .with_router(router.clone()),
-        );
-        let cluster = ClusterServiceServer::new(
-            ClusterApi::new(raft.clone(), config.cluster_id.clone())
-                .with_router(router)
-                .with_wal_stats(wal_stats)
-                .with_batch_stats(batch_stats),
-        );
-        let peers = RaftServiceServer::new(
-            RaftGrpc::new(raft.clone(), sm_config.dir.join("snapshots"))
-                .with_blocking(env.blocking),
-        )
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
-
-        for svc in SERVICES {
-            health.set_service_status(svc, ServingStatus::Serving).await;
-        }
+        let storage = Storage::open(&config, &env).await?;
+        let reader = storage.sm.reader();
+        let recv_dir = storage.sm_config.dir.join("snapshots");
+        let wal_stats = storage.wal.stats();
+        let raft = start_raft(&config, &env, storage.wal, storage.sm).await?;
+        let (health, routes) = services(&config, &env, &raft, &reader, recv_dir, wal_stats).await?;
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            // A client or peer that vanished without closing is noticed in seconds.
-            .http2_keepalive_interval(Some(Duration::from_secs(1)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(3)))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(graph)
-            .add_service(tenants)
-            .add_service(cluster)
-            .add_service(peers)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            });
-        let server = tokio::spawn(server);
+        let server = tokio::spawn(routes.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
         tracing::info!(
             node = config.node_id,
             cluster = %config.cluster_id,
@@ -305,7 +227,7 @@ impl Node {
             stop: Some(stop),
             server,
             local_addr,
-            _data_dir: data_dir,
+            _data_dir: storage.data_dir,
         })
     }
 
@@ -401,6 +323,142 @@ impl Node {
             )
             .await;
     }
+}
+
+/// A node's storage, opened: the locked data directory, the WAL and the state machine.
+struct Storage {
+    data_dir: DataDir,
+    wal: Wal<crate::raft::TypeConfig>,
+    sm: StateMachine,
+    sm_config: crate::state_machine::StateMachineConfig,
+}
+
+impl Storage {
+    /// Locks the data directory (checking its identity), then opens the WAL and the state
+    /// machine in it.
+    async fn open(config: &NodeConfig, env: &NodeEnv) -> Result<Storage, NodeError> {
+        let data_dir = DataDir::open(
+            &config.data_dir,
+            &Identity {
+                cluster_id: config.cluster_id.clone(),
+                node_id: config.node_id,
+            },
+        )?;
+        #[allow(unused_mut)] // set only by a planted bug
+        let mut wal_config = config.wal_config();
+        #[cfg(feature = "testing")]
+        {
+            wal_config.planted_ack_before_sync = env.planted.ack_before_sync;
+        }
+        let wal = Wal::open(wal_config, env.wal_fs.clone(), env.wal_io).await?;
+        let mut sm_config = config.sm_config();
+        sm_config.blocking = env.blocking;
+        #[cfg(feature = "testing")]
+        {
+            sm_config.planted_skip_session_dedup = env.planted.skip_session_dedup;
+        }
+        let sm = StateMachine::open(sm_config.clone())
+            .await
+            .map_err(NodeError::StateMachine)?;
+        Ok(Storage {
+            data_dir,
+            wal,
+            sm,
+            sm_config,
+        })
+    }
+}
+
+/// Starts Raft on the opened log and state machine; its randomness (election timeouts) comes
+/// from the environment's seed when there is one.
+async fn start_raft(
+    config: &NodeConfig,
+    env: &NodeEnv,
+    wal: Wal<crate::raft::TypeConfig>,
+    sm: StateMachine,
+) -> Result<Raft, NodeError> {
+    let raft_config = config.raft_config()?;
+    let network = GrpcNetworkFactory {
+        connect_timeout: None,
+        dialer: env.dialer.clone(),
+        blocking: env.blocking,
+    };
+    let raft = Raft::new(config.node_id, raft_config, network, wal, sm);
+    match env.seed {
+        Some(seed) => crate::raft::seeded(seed, raft).await,
+        None => raft.await,
+    }
+    .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// Builds every service a node serves (health, reflection, graph, tenant, cluster, Raft) into
+/// one router, with health reporting each service as serving.
+async fn services(
+    config: &NodeConfig,
+    env: &NodeEnv,
+    raft: &Raft,
+    reader: &GraphReader,
+    recv_dir: std::path::PathBuf,
+    wal_stats: crate::wal::WalStats,
+) -> Result<(HealthReporter, tonic::transport::server::Router), NodeError> {
+    let router = Router {
+        dialer: env.dialer.clone(),
+        #[cfg(feature = "testing")]
+        planted_stale_follower_reads: env.planted.stale_follower_reads,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
+
+    let admission = Admission::new(config.server.proposals_in_flight_max);
+    let graph = GraphApi::new(raft.clone(), reader.clone(), env.clock.clone())
+        .with_admission(admission.clone())
+        .with_router(router.clone());
+    let batch_stats = graph.batch_stats().clone();
+    let graph = GraphServiceServer::new(graph)
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let tenants = TenantServiceServer::new(
+        TenantApi::new(raft.clone(), reader.clone(), env.clock.clone())
+            .with_admission(admission)
+            .with_router(router.clone()),
+    );
+    let cluster = ClusterServiceServer::new(
+        ClusterApi::new(raft.clone(), config.cluster_id.clone())
+            .with_router(router)
+            .with_wal_stats(wal_stats)
+            .with_batch_stats(batch_stats),
+    );
+    let peers =
+        RaftServiceServer::new(RaftGrpc::new(raft.clone(), recv_dir).with_blocking(env.blocking))
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+
+    for svc in SERVICES {
+        health.set_service_status(svc, ServingStatus::Serving).await;
+    }
+    let routes = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // A client or peer that vanished without closing is noticed in seconds.
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(graph)
+        .add_service(tenants)
+        .add_service(cluster)
+        .add_service(peers);
+    Ok((health, routes))
 }
 
 /// Starts a node and serves until `signal` resolves (the binary passes SIGTERM/SIGINT).

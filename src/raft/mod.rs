@@ -1,6 +1,8 @@
-//! Raft wiring: the openraft type configuration, and openraft's network over gRPC
-//! ([`network`]: the client side, [`service`]: the server side). Node bootstrap comes with the
-//! cluster.
+//! The openraft type configuration, its aliases and its runtime ([`SeededTokio`]: tokio with a
+//! seedable generator). Near the bottom of the crate: it names the replicated vocabulary
+//! ([`crate::command`]) and nothing above it. The gRPC adapters of openraft's network live at
+//! the edge ([`crate::peer`]); the `Raft` handle over the state machine is
+//! [`crate::state_machine::Raft`].
 //!
 //! Entries carry a [`crate::state_machine::Proposal`] (one request, or client writes the leader
 //! batched); applying one yields [`crate::state_machine::Responses`], one per request. Node ids
@@ -12,11 +14,13 @@
 //! which orders leaders by term and node id, but not Raft's election safety, which the
 //! simulation checks and operators expect when they read terms).
 
-pub mod network;
-pub mod runtime;
-pub mod service;
+mod runtime;
 
-use crate::state_machine::{Proposal, Responses};
+pub use runtime::SeededTokio;
+#[doc(hidden)] // for the node's start and the simulation's determinism check
+pub use runtime::{seeded, unseeded_draws};
+
+use crate::command::{Proposal, Responses};
 
 openraft::declare_raft_types!(
     /// raftgraph's openraft type configuration.

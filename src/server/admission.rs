@@ -9,8 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
-/// The metadata key of the retry hint, in milliseconds (gRPC's retry pushback).
-pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+use crate::wire::RETRY_PUSHBACK_HEADER;
 
 /// How long a refused client is asked to wait before retrying.
 pub const RETRY_PUSHBACK_MS: u64 = 50;

@@ -16,17 +16,13 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use super::route::{self, Proposed};
-use crate::raft::service::Raft;
+use crate::state_machine::Raft;
 use crate::state_machine::{Command, Op, Proposal, Request};
+use crate::wire::{BATCH_BYTES_MAX, BATCH_REQUESTS_MAX};
 
 /// Batches proposed at once. Two keep the log busy (one being replicated and synced while the
 /// next fills) without splitting a burst into many small entries.
 pub const IN_FLIGHT: usize = 2;
-/// Requests in one batch.
-pub const BATCH_REQUESTS_MAX: usize = 256;
-/// Encoded bytes of one batch's requests (a single larger request still goes alone, up to
-/// [`route::PROPOSAL_BYTES_MAX`]).
-pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
 /// Counters of the batcher's entries that were applied (on a follower, whose proposals are
 /// refused and forwarded, they stay at zero).

@@ -19,11 +19,10 @@ use super::status::invalid;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::cluster_service_server::ClusterService;
-use crate::raft::service::Raft;
 use crate::raft::{LogId, NodeId, StoredMembership};
+use crate::state_machine::Raft;
+use crate::transport::check_addr;
 
-/// The longest `host:port` accepted for a member.
-pub const ADDR_BYTES_MAX: usize = 256;
 /// The most members named in one request.
 pub const MEMBERS_MAX: usize = 64;
 
@@ -114,40 +113,8 @@ pub fn member(field: &str, m: Option<pb::Member>) -> Result<(NodeId, BasicNode),
     if m.id == 0 {
         return Err(invalid(&format!("{field}.id"), "node ids start at 1"));
     }
-    check_addr(&format!("{field}.addr"), &m.addr)?;
+    check_addr(&m.addr).map_err(|e| invalid(&format!("{field}.addr"), e))?;
     Ok((m.id, BasicNode::new(m.addr)))
-}
-
-/// `host:port` with a numeric port, at most [`ADDR_BYTES_MAX`] bytes.
-pub fn check_addr(field: &str, addr: &str) -> Result<(), Status> {
-    if addr.len() > ADDR_BYTES_MAX {
-        return Err(invalid(
-            field,
-            format!("{} bytes, limit {ADDR_BYTES_MAX}", addr.len()),
-        ));
-    }
-    // A DNS name or IPv4 address, or a bracketed IPv6 address: nothing a URI would read as a
-    // scheme, user info or path, since the address is dialled as `http://{addr}`.
-    let host_ok = |h: &str| {
-        let plain = !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
-        let v6 = h.len() > 2
-            && h.starts_with('[')
-            && h.ends_with(']')
-            && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
-        plain || v6
-    };
-    let ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if !ok {
-        return Err(invalid(
-            field,
-            format!("{addr:?} is not host:port (e.g. 127.0.0.1:7001)"),
-        ));
-    }
-    Ok(())
 }
 
 fn ids(field: &str, ids: &[u64]) -> Result<BTreeSet<NodeId>, Status> {
@@ -551,38 +518,5 @@ impl ClusterService for ClusterApi {
             batched_writes: self.batch_stats.requests.load(Ordering::Relaxed),
             batched_entries: self.batch_stats.entries.load(Ordering::Relaxed),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_addr;
-
-    #[test]
-    fn addresses_must_be_dialable_host_port() {
-        for ok in [
-            "127.0.0.1:7001",
-            "node-1.internal:7001",
-            "[::1]:7001",
-            "h_2:1",
-        ] {
-            check_addr("a", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        for bad in [
-            "http://x:1",
-            "a/b:1",
-            "u@h:1",
-            "h:0",
-            "h:",
-            ":1",
-            "h:99999",
-            "[zz]:1",
-            "h",
-        ] {
-            let e = check_addr("a", bad).expect_err(bad);
-            assert!(e.message().contains("host:port"), "{bad}: {}", e.message());
-        }
-        let e = check_addr("a", &format!("{}:1", "h".repeat(300))).unwrap_err();
-        assert!(e.message().contains("limit 256"), "{}", e.message());
     }
 }

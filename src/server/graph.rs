@@ -22,9 +22,9 @@ use super::status::{apply_error, invalid, read_error};
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::graph_service_server::GraphService;
-use crate::raft::network::MESSAGE_BYTES_MAX;
-use crate::raft::service::Raft;
+use crate::state_machine::Raft;
 use crate::state_machine::{Direction, GraphReader, Outcome};
+use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, RETRY_PUSHBACK_HEADER, STREAM_CALLS_MAX};
 
 /// Wall-clock microseconds since the Unix epoch, injected (the simulation supplies its own).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -91,15 +91,11 @@ async fn client(
     node: &BasicNode,
 ) -> Result<GraphServiceClient<Channel>, Status> {
     Ok(GraphServiceClient::new(router.channel(node)?)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX))
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
 }
 
 type AnswerStream<A> = Pin<Box<dyn Stream<Item = Result<A, Status>> + Send + 'static>>;
-
-/// Unanswered calls one write or read stream may have; past it the node stops reading the stream
-/// (HTTP/2 flow control then holds the client back) until answers go out.
-pub const STREAM_CALLS_MAX: usize = 1024;
 
 /// What a write needs, shared by the unary and the streamed path (cheap to clone).
 #[derive(Clone)]
@@ -172,7 +168,7 @@ pub fn call_error(s: &Status) -> pb::CallError {
         message: s.message().to_string(),
         retry_pushback_ms: s
             .metadata()
-            .get(super::admission::RETRY_PUSHBACK_HEADER)
+            .get(RETRY_PUSHBACK_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),

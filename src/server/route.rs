@@ -16,9 +16,10 @@ use super::status::invalid;
 use crate::proto::v1 as pb;
 use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::raft::TypeConfig;
-use crate::raft::service::Raft;
+use crate::state_machine::Raft;
 use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX, Proposal, Response};
 use crate::transport::Dialer;
+use crate::wire::PROPOSAL_BYTES_MAX;
 
 /// Marks a request a follower forwarded, so it is forwarded at most once.
 const FORWARDED: &str = "x-raftgraph-forwarded";
@@ -42,12 +43,13 @@ pub fn leader_of(
 }
 
 /// What the services need to reach the leader: the node's [`Dialer`] (one cached channel per
-/// leader address, reconnecting by itself), and the planted bugs only tests switch on.
+/// leader address, reconnecting by itself), and the planted bug only tests switch on.
 #[derive(Clone, Debug, Default)]
 pub struct Router {
     pub dialer: Dialer,
-    /// Planted bug (tests only; no config reaches it): a follower serves a "linearizable" read
-    /// from its local state without asking the leader for a read index.
+    /// Planted bug (the `testing` feature only; no config reaches it): a follower serves a
+    /// "linearizable" read from its local state without asking the leader for a read index.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_stale_follower_reads: bool,
 }
@@ -78,6 +80,7 @@ async fn follower_read_index(
     router: &Router,
     leader: &BasicNode,
 ) -> Result<bool, Status> {
+    #[cfg(feature = "testing")]
     if router.planted_stale_follower_reads {
         return Ok(true);
     }
@@ -212,11 +215,6 @@ pub fn forwarded_outcome(s: Status) -> Status {
         _ => s,
     }
 }
-
-/// The largest encoded command proposed: below the WAL's default record limit (16 MiB) with
-/// room for the entry's own fields. A larger write is refused here rather than by the WAL,
-/// whose refusal would stop the leader.
-pub const PROPOSAL_BYTES_MAX: usize = 15 << 20;
 
 /// `None`: serve the read here (after a read index when linearizable). `Some(leader)`: forward.
 pub async fn read_route(

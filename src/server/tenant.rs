@@ -14,7 +14,7 @@ use super::status::{apply_error, read_error};
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::proto::v1::tenant_service_server::TenantService;
-use crate::raft::service::Raft;
+use crate::state_machine::Raft;
 use crate::state_machine::{GraphReader, Outcome};
 
 /// The tenant service of one node.

@@ -4,13 +4,13 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{
-    ApplyError, ClusterLimits, Command, Fingerprint, Outcome, Request, Response, WriteRequest,
-};
 use super::keys;
 use super::ops::{Writer, corrupt, load, save};
 use super::store::Store;
 use super::txn::{Cf, Fail, Layer, Txn};
+use crate::command::{
+    ApplyError, ClusterLimits, Command, Fingerprint, Outcome, Request, Response, WriteRequest,
+};
 use crate::tenant::{TenantCounters, TenantRecord, check_quotas, validate_tenant_id};
 
 /// Most sessions one entry evicts: lowering `sessions_max` a long way evicts over several

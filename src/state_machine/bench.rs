@@ -15,10 +15,10 @@ use openraft::storage::RaftStateMachine;
 use openraft::vote::RaftLeaderIdExt;
 use tokio::time::Instant;
 
-use super::command::{Command, Op, Request, Response, WriteRequest};
 use super::config::StateMachineConfig;
-use super::graph::Value;
 use super::machine::StateMachine;
+use crate::command::Value;
+use crate::command::{Command, Op, Request, Response, WriteRequest};
 use crate::raft::{Entry, LogId, TypeConfig};
 use crate::tenant::{Quotas, TenantConfig};
 

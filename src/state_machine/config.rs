@@ -46,11 +46,15 @@ pub struct StateMachineConfig {
     /// 64 KiB..=1 GiB.
     pub install_sst_bytes: u64,
     pub blocking: Blocking,
-    /// Refuse (fatally) an entry whose index is not the applied index + 1. Default true. Off
-    /// only for openraft's conformance suite, whose fixtures apply entries with gaps.
+    /// Refuse (fatally) an entry whose index is not exactly the applied index + 1. Default
+    /// true. Off (the `testing` feature only) for openraft's conformance suite, whose fixtures
+    /// apply entries with gaps; an index at or below the applied one is refused either way.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
     pub check_apply_order: bool,
-    /// Planted bug (tests only; no config file or flag reaches it): apply a repeated
-    /// (client_id, sequence) again instead of answering from the session.
+    /// Planted bug (the `testing` feature only; no config file or flag reaches it): apply a
+    /// repeated (client_id, sequence) again instead of answering from the session.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_skip_session_dedup: bool,
 }
@@ -64,9 +68,30 @@ impl StateMachineConfig {
             block_cache_bytes: 64 << 20,
             install_sst_bytes: 64 << 20,
             blocking: Blocking::Pool,
+            #[cfg(feature = "testing")]
             check_apply_order: true,
+            #[cfg(feature = "testing")]
             planted_skip_session_dedup: false,
         }
+    }
+
+    /// Whether an entry may follow the applied one with a gap (never, outside openraft's
+    /// conformance suite).
+    pub(crate) fn apply_gaps_allowed(&self) -> bool {
+        #[cfg(feature = "testing")]
+        if !self.check_apply_order {
+            return true;
+        }
+        false
+    }
+
+    /// Whether a repeated request is applied again (a planted bug; never outside tests).
+    pub(crate) fn skips_session_dedup(&self) -> bool {
+        #[cfg(feature = "testing")]
+        if self.planted_skip_session_dedup {
+            return true;
+        }
+        false
     }
 
     pub fn validate(&self) -> io::Result<()> {

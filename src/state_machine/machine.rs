@@ -14,10 +14,10 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{WriteBatch, WriteOptions};
 
 use super::apply::{Ddl, apply_request};
-use super::command::{ApplyError, Command, PROPOSAL_REQUESTS_MAX, Response, Responses};
 use super::config::StateMachineConfig;
 use super::keys;
 use super::read::GraphReader;
+use super::shared::{CurrentSnapshot, Shared};
 use super::snapshot::{SnapshotFile, checkpoint, install_stream, write_stream_file};
 use super::store::{
     RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, sync_dir, write_pointer,
@@ -25,83 +25,10 @@ use super::store::{
 use super::stream::read_meta;
 use super::txn::Layer;
 use crate::codec;
+use crate::command::{ApplyError, Command, Response, Responses};
 use crate::raft::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::tenant::TenantCounters;
-
-/// The current snapshot: its meta and where its stream file is.
-#[derive(Clone, Debug)]
-pub(crate) struct CurrentSnapshot {
-    pub meta: SnapshotMeta,
-    pub path: PathBuf,
-}
-
-/// State shared by the state machine, its snapshot builders and its readers.
-pub(crate) struct Shared {
-    pub cfg: StateMachineConfig,
-    pub opts: RocksOptions,
-    /// Readers clone the `Arc`; an install swaps it and the old database closes (and its
-    /// directory is removed) when the last reader drops it.
-    pub store: RwLock<Arc<Store>>,
-    pub generation: AtomicU64,
-    pub current: Mutex<Option<CurrentSnapshot>>,
-    pub seq: AtomicU64,
-}
-
-impl Shared {
-    pub fn store(&self) -> Arc<Store> {
-        self.store.read().expect("store lock poisoned").clone()
-    }
-
-    fn snapshots(&self) -> PathBuf {
-        self.cfg.dir.join(SNAPSHOTS)
-    }
-
-    /// Renames the fsynced stream at `tmp` to `cur.path` and makes it the current snapshot
-    /// unless a newer one already is; removes older stream files, and checkpoints other than
-    /// `keep_checkpoint` when one is given. Returns an open handle to the stream. All of it
-    /// happens under the snapshot lock, so no reader can find a path that is being removed.
-    fn publish(
-        &self,
-        cur: CurrentSnapshot,
-        tmp: &Path,
-        keep_checkpoint: Option<&Path>,
-    ) -> io::Result<SnapshotFile> {
-        let mut slot = self.current.lock().expect("snapshot lock poisoned");
-        fs::rename(tmp, &cur.path)?;
-        sync_dir(&self.snapshots())?;
-        let file = SnapshotFile::open(&cur.path)?;
-        if slot
-            .as_ref()
-            .is_some_and(|c| c.meta.last_log_id > cur.meta.last_log_id)
-        {
-            // A newer snapshot won meanwhile (e.g. an install): keep only the handle.
-            fs::remove_file(&cur.path)?;
-            return Ok(file);
-        }
-        let keep = cur.path.clone();
-        *slot = Some(cur);
-        let mut stale_checkpoints = Vec::new();
-        for entry in fs::read_dir(self.snapshots())? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".rgsnap") && path != keep {
-                fs::remove_file(&path)?;
-            } else if let Some(k) = keep_checkpoint
-                && name.starts_with("ckpt-")
-                && !name.ends_with(".tmp")
-                && path != k
-            {
-                stale_checkpoints.push(path);
-            }
-        }
-        // Removing a checkpoint unlinks thousands of files: not while readers wait on the lock.
-        drop(slot);
-        for path in stale_checkpoints {
-            fs::remove_dir_all(&path)?;
-        }
-        Ok(file)
-    }
-}
+use crate::wire::PROPOSAL_REQUESTS_MAX;
 
 /// The RocksDB state machine. See the module docs for layout and invariants.
 pub struct StateMachine {
@@ -196,13 +123,14 @@ impl StateMachine {
     /// for tests and tools.
     pub fn apply_entry(&mut self, entry: &crate::raft::Entry) -> io::Result<Responses> {
         let log_id = entry.log_id();
-        if let Some(prev) = &self.applied
-            && log_id.index != prev.index + 1
-            && self.shared.cfg.check_apply_order
-        {
-            return Err(io::Error::other(format!(
-                "apply out of order: applied {prev}, next entry {log_id}"
-            )));
+        if let Some(prev) = &self.applied {
+            let next = prev.index + 1;
+            let gap = log_id.index > next && self.shared.cfg.apply_gaps_allowed();
+            if log_id.index != next && !gap {
+                return Err(io::Error::other(format!(
+                    "apply out of order: applied {prev}, next entry {log_id}"
+                )));
+            }
         }
         let store = self.shared.store();
         let meta = store.meta()?;
@@ -227,12 +155,16 @@ impl StateMachine {
                     .any(|r| !matches!(r.command, Command::Write(_)));
                 let mut layer = Layer::default();
                 let alone = p.requests.len() == 1;
+                // Checked once per entry: an entry over the limit has every request refused.
+                let too_many = (p.requests.len() > PROPOSAL_REQUESTS_MAX).then(|| {
+                    format!(
+                        "{} requests in entry {log_id}, limit {PROPOSAL_REQUESTS_MAX}",
+                        p.requests.len()
+                    )
+                });
                 for req in p.requests.iter() {
-                    let refusal = if p.requests.len() > PROPOSAL_REQUESTS_MAX {
-                        Some(format!(
-                            "{} requests in entry {log_id}, limit {PROPOSAL_REQUESTS_MAX}",
-                            p.requests.len()
-                        ))
+                    let refusal = if let Some(reason) = &too_many {
+                        Some(reason.clone())
                     } else if !alone && !matches!(req.command, Command::Write(_)) {
                         Some(format!(
                             "client {} seq {}: tenant and limit commands are proposed alone",
@@ -255,7 +187,7 @@ impl StateMachine {
                             req,
                             &mut layer,
                             &mut ddl,
-                            self.shared.cfg.planted_skip_session_dedup,
+                            self.shared.cfg.skips_session_dedup(),
                         )?,
                     };
                     responses.push(response);
@@ -271,9 +203,9 @@ impl StateMachine {
         // crash the database is what its last flush wrote — every column family at once
         // (`atomic_flush`), so the state after some entry N with N as its applied id — and
         // openraft replays the log after N. Flushes happen at least at every snapshot, and the
-        // log is only purged behind a snapshot, so those entries are still there. Writing
-        // RocksDB's WAL cost each replica ~4% of its CPU and a second copy of every write on
-        // disk (BENCHMARKS.md).
+        // log is only purged behind a snapshot, so those entries are still there. Skipping
+        // RocksDB's WAL spares every replica a second copy of each write on disk and the CPU
+        // to write it (BENCHMARKS.md).
         store
             .db()
             .write_opt(batch, &self.unlogged)

@@ -14,9 +14,9 @@
 //! (`atomic_flush`), so after a crash — a `kill -9` included, which loses the memtables — the
 //! database is exactly "the state after entry N" for the N it reports, and openraft replays the
 //! log after it. Every snapshot flushes first and the log is purged only behind a snapshot, so
-//! the entries after N are still in the log. (Until 2026-11-30 RocksDB's WAL was on, unsynced,
-//! for the same atomicity; writing it cost each replica ~4% of its CPU and a second copy of
-//! every write on disk.)
+//! the entries after N are still in the log. (RocksDB's own WAL would give the same atomicity
+//! at the cost of a second copy of every write on disk and the CPU to write it; BENCHMARKS.md
+//! has the measurement.)
 //!
 //! Snapshots: a builder checkpoints the database (hard links, memtables flushed) on the
 //! state-machine task, then, off it, writes the checkpoint's logical content as a [`stream`]
@@ -66,30 +66,30 @@
 
 mod apply;
 pub mod bench;
-mod command;
 mod config;
-mod graph;
 pub mod keys;
 mod machine;
 mod ops;
 mod read;
+mod shared;
 mod snapshot;
 mod store;
 pub mod stream;
 mod txn;
 mod verify;
 
-pub use command::{
-    ApplyError, ClusterLimits, Command, Fingerprint, NodeRef, OPERATIONS_MAX, Op, OpResult,
-    Outcome, PRECONDITIONS_MAX, PROPOSAL_REQUESTS_MAX, Precondition, Proposal, Request, Response,
-    Responses, WriteRequest,
+pub use crate::command::{
+    ApplyError, ClusterLimits, Command, Direction, Edge, EdgeRecord, Fingerprint, LABELS_MAX,
+    NAME_BYTES_MAX, Node, NodeRecord, NodeRef, OPERATIONS_MAX, Op, OpResult, Outcome,
+    PRECONDITIONS_MAX, PROPERTIES_MAX, Precondition, Properties, Proposal, RECORD_BYTES_MAX,
+    Request, Response, Responses, VALUE_BYTES_MAX, VALUE_DEPTH_MAX, VALUE_ITEMS_MAX, Value,
+    WriteRequest,
 };
 pub use config::{Blocking, StateMachineConfig};
-pub use graph::{
-    Direction, Edge, EdgeRecord, LABELS_MAX, NAME_BYTES_MAX, Node, NodeRecord, PROPERTIES_MAX,
-    Properties, RECORD_BYTES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX, VALUE_ITEMS_MAX, Value,
-};
 pub use machine::{Builder, StateMachine};
+
+/// The openraft handle of a member, over this state machine.
+pub type Raft = openraft::Raft<crate::raft::TypeConfig, StateMachine>;
 pub use read::{
     GraphReader, Neighbor, PAGE_BYTES_MAX, PAGE_ITEMS_MAX, Page, ReadError, SessionInfo,
 };

@@ -6,15 +6,15 @@ use std::io;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::command::{
-    ApplyError, ClusterLimits, NodeRef, Op, OpResult, Precondition, WriteRequest,
-};
-use super::graph::{
-    EdgeRecord, LABELS_MAX, NodeRecord, PROPERTIES_MAX, Properties, RECORD_BYTES_MAX,
-};
 use super::keys;
 use super::txn::{Cf, Fail, Txn, fatal};
 use crate::codec;
+use crate::command::{
+    ApplyError, ClusterLimits, NodeRef, Op, OpResult, Precondition, WriteRequest,
+};
+use crate::command::{
+    EdgeRecord, LABELS_MAX, NodeRecord, PROPERTIES_MAX, Properties, RECORD_BYTES_MAX,
+};
 use crate::tenant::TenantCounters;
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> Fail {

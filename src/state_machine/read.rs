@@ -8,14 +8,14 @@ use rocksdb::{Direction as ScanDir, IteratorMode, ReadOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::command::ApplyError;
-use super::graph::{Direction, Edge, EdgeRecord, Node, NodeRecord, validate_name};
 use super::keys;
-use super::machine::Shared;
+use super::shared::Shared;
 use super::snapshot::{Item, cf_handles, registered_cfs, walk};
 use super::store::{Store, rocks_err};
 use super::stream::StateHasher;
 use crate::codec;
+use crate::command::ApplyError;
+use crate::command::{Direction, Edge, EdgeRecord, Node, NodeRecord, validate_name};
 use crate::raft::LogId;
 use crate::tenant::{TenantCounters, TenantInfo, TenantRecord, validate_tenant_id};
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use rocksdb::{BoundColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch};
 
-use super::command::ApplyError;
 use super::keys;
 use super::store::{MetaCache, Rocks, Store, rocks_err};
+use crate::command::ApplyError;
 
 /// An apply failure: deterministic (returned to the client, nothing written) or fatal (I/O or
 /// corruption: the node stops rather than diverge).

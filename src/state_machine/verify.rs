@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rocksdb::IteratorMode;
 
-use super::graph::{EdgeRecord, NodeRecord};
 use super::keys;
 use super::read::{GraphReader, ReadError};
 use super::store::rocks_err;
 use crate::codec;
+use crate::command::{EdgeRecord, NodeRecord};
 use crate::tenant::Usage;
 
 /// What [`GraphReader::verify_tenant`] found.

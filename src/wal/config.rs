@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::error::WalError;
-use crate::codec::DECODE_BYTES_MAX;
+use crate::wire::{DECODE_BYTES_MAX, WAL_RECORD_BYTES};
 
 /// How the WAL lays out and batches its files. Defaults suit a production node; tests shrink
 /// `segment_bytes` to exercise rotation.
@@ -20,28 +20,30 @@ pub struct WalConfig {
     pub record_bytes_max: u32,
     /// Encoded bytes of already-durable entries kept in memory to serve reads without touching
     /// files. Entries not yet durable are always kept. The entries are held decoded, which for
-    /// small writes is several times their encoded size (about 7x for 256-byte create-node
-    /// writes: a 64 MiB budget held ~450 MB). Followers read entries a few milliseconds after
+    /// small writes is several times their encoded size, so resident memory is a multiple of
+    /// this budget (BENCHMARKS.md). Followers read entries a few milliseconds after
     /// they are appended, so a small cache serves them. Default 8 MiB; 0 disables the cache.
     pub cache_bytes_max: u64,
     /// A group commit syncs once it has gathered this many bytes, even if more appends are
     /// queued. Default 8 MiB; valid 4 KiB ..= 1 GiB.
     pub batch_bytes_max: u64,
     /// Zero-fill each new segment to `segment_bytes` before use, so appends overwrite allocated
-    /// blocks and a sync need not journal a file-size change (measured: 0.13 ms instead of
-    /// 0.24 ms per 12 KiB `write`+`fdatasync` on this machine's ext4). Costs one
+    /// blocks and a sync need not journal a file-size change, which makes each sync cheaper
+    /// (BENCHMARKS.md, WAL group commit). Costs one
     /// `segment_bytes` write per rotation. Default true.
     pub preallocate: bool,
     /// With `preallocate`, zero-fill the next segment's file on a background thread while the
     /// active one fills, so a rotation costs a header write and three syncs instead of a
-    /// `segment_bytes` write and sync in the write path (64 MiB stalled every write for
-    /// tens to hundreds of ms, once per segment). The thread is paced by the active segment's
+    /// `segment_bytes` write and sync in the write path, which stalls every write once per
+    /// segment. The thread is paced by the active segment's
     /// progress and runs at the lowest CPU priority (see `spare.rs`). [`super::Wal::open`]
     /// turns it off under [`super::IoRuntime::Inline`]: the simulation must not depend on an
     /// OS thread's timing. Default true.
     pub spare_segment: bool,
-    /// Planted bug (tests only; no config file or flag reaches it): appends are written and
-    /// acknowledged without `fdatasync`, so a power loss can lose acknowledged entries.
+    /// Planted bug (the `testing` feature only; no config file or flag reaches it): appends
+    /// are written and acknowledged without `fdatasync`, so a power loss can lose acknowledged
+    /// entries.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_ack_before_sync: bool,
 }
@@ -52,13 +54,24 @@ impl WalConfig {
         Self {
             dir: dir.into(),
             segment_bytes: 64 << 20,
-            record_bytes_max: 16 << 20,
+            record_bytes_max: WAL_RECORD_BYTES as u32,
             cache_bytes_max: 8 << 20,
             batch_bytes_max: 8 << 20,
             preallocate: true,
             spare_segment: true,
+            #[cfg(feature = "testing")]
             planted_ack_before_sync: false,
         }
+    }
+
+    /// Whether an append is synced before it is acknowledged: always, unless a test planted
+    /// the bug.
+    pub(crate) fn sync_appends(&self) -> bool {
+        #[cfg(feature = "testing")]
+        if self.planted_ack_before_sync {
+            return false;
+        }
+        true
     }
 
     /// Rejects values outside their documented ranges, naming the field and the value.

@@ -435,7 +435,7 @@ impl<C: RaftTypeConfig> Disk<C> {
             .write_all_at(&buf, seg.len)
             .map_err(|e| io_context(e, "write", &seg.path))?;
         seg.len += buf.len() as u64;
-        if !self.cfg.planted_ack_before_sync {
+        if self.cfg.sync_appends() {
             seg.file
                 .sync_data()
                 .map_err(|e| io_context(e, "sync", &seg.path))?;

@@ -14,8 +14,8 @@
 //!   the I/O task writes everything queued as one batch and syncs it once, then fires the flush
 //!   callbacks in log order. Each batch begins with a record of where the previous sync ended.
 //! - **Preallocation.** A new segment is zero-filled to `segment_bytes` before use, so appends
-//!   overwrite allocated blocks and `fdatasync` need not journal a size change (half the cost
-//!   per sync on this machine's ext4). Recovery reads zeros reaching the end of a file as its
+//!   overwrite allocated blocks and `fdatasync` need not journal a size change, which makes
+//!   each sync cheaper (BENCHMARKS.md). Recovery reads zeros reaching the end of a file as its
 //!   unused tail; zeros followed by anything else are judged like any other bad bytes. With
 //!   `spare_segment` (on, except under `IoRuntime::Inline`) a background thread zero-fills the
 //!   next segment's file as `spare.wal.tmp` while the active one fills; rotation then writes
@@ -78,7 +78,7 @@ pub use fs::{StdFs, WalFile, WalFs};
 pub use memfs::{Fate, MemFs, PendingWrite};
 pub use runtime::IoRuntime;
 pub use shared::WalStats;
-pub use store::{REPLICATION_BATCH_BYTES_MAX, Wal, WalReader};
+pub use store::{Wal, WalReader};
 
 /// File-format constants and helpers, public for tests that corrupt files on purpose.
 pub mod layout {

@@ -19,6 +19,7 @@ use super::runtime::IoRuntime;
 use super::shared::Shared;
 use super::worker::{Op, Worker};
 use crate::codec;
+use crate::wire::REPLICATION_BATCH_BYTES_MAX;
 
 struct Inner<C: RaftTypeConfig> {
     shared: Arc<Shared<C>>,
@@ -230,9 +231,6 @@ where
         Ok(entries)
     }
 }
-
-/// Encoded bytes one replication read returns at most (beyond its first entry).
-pub const REPLICATION_BATCH_BYTES_MAX: usize = 32 << 20;
 
 impl<C: RaftTypeConfig> RaftLogStorage<C> for Wal<C>
 where

@@ -94,7 +94,7 @@ impl Drop for TestNode {
     }
 }
 
-pub fn clock() -> raftgraph::server::graph::Clock {
+pub fn clock() -> raftgraph::server::Clock {
     Arc::new(|| 1_700_000_000_000_000)
 }
 

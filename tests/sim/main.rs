@@ -164,7 +164,7 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
     named(check_writes::check(&s.history, replicas))?;
     named(check_quota::check(&s.usage, replicas))?;
     named(check_refusals::check(&s.refused))?;
-    let unseeded = raftgraph::raft::runtime::unseeded_draws();
+    let unseeded = raftgraph::raft::unseeded_draws();
     if unseeded > 0 {
         return Err((
             "determinism".to_string(),

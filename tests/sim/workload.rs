@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use raftgraph::client::{Client, ClientOptions};
+use raftgraph::client::{Client, ClientOptions, Pool};
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
@@ -60,7 +60,7 @@ pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
             jitter_seed: Some(seed),
             attempt_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(8),
-            dialer: super::net::dialer(),
+            pool: Pool::new(super::net::dialer()),
             // Both write paths and both read paths are checked, in all four pairings (workers
             // 1..=4 start as processes `index << 32`, so the worker index decides).
             write_stream: pairing.is_multiple_of(2),

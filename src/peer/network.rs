@@ -20,17 +20,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
-use super::{NodeId, SnapshotMeta, TypeConfig};
 use crate::codec;
 use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::proto::v1::{RaftPayload, SnapshotChunk, snapshot_chunk};
+use crate::raft::{NodeId, SnapshotMeta, TypeConfig};
 use crate::state_machine::{Blocking, SnapshotFile};
 use crate::transport::{CONNECT_TIMEOUT, Dialer};
-
-/// Bytes of snapshot stream per chunk.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// The largest gRPC message either side accepts: a maximum-size Raft batch plus framing.
-pub const MESSAGE_BYTES_MAX: usize = 80 << 20;
+use crate::wire::{PEER_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 
 type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -113,8 +109,8 @@ impl GrpcNetwork {
             .dial(addr, connect_timeout.unwrap_or(CONNECT_TIMEOUT))
             .map(|c| {
                 RaftServiceClient::new(c)
-                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
             })
             .map_err(|e| format!("node {target}: bad address {addr:?}: {e}"));
         GrpcNetwork {

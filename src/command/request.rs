@@ -26,8 +26,8 @@ pub struct Request {
     pub timestamp_micros: i64,
     /// [`fingerprint`] of `command`. A repeat of a sequence must be the same request: apply
     /// compares this with the fingerprint its session stored. Computed once, where the request
-    /// is made, instead of by every replica at apply (encoding and hashing the command was ~9%
-    /// of a follower's CPU under load, BENCHMARKS.md).
+    /// is made, so no replica encodes and hashes the command again at apply (BENCHMARKS.md
+    /// measures what that cost followers).
     ///
     /// Encoded as one byte string (a plain array is 32 one-byte fields to encode and decode).
     #[serde(with = "serde_bytes")]
@@ -226,9 +226,6 @@ pub enum Precondition {
     },
 }
 
-/// Requests one entry may carry.
-pub const PROPOSAL_REQUESTS_MAX: usize = 1_024;
-
 /// What one Raft entry carries: one request, or client writes the leader batched together.
 /// They apply in order, each exactly as if it were alone (its own session, preconditions,
 /// quota check and refusal), and land in one atomic batch with the entry's applied id.
@@ -238,8 +235,8 @@ pub struct Proposal {
     /// Shared: the log cache hands out an entry once per follower and once to apply, and
     /// each copy is then a reference count, not a deep copy. Encoded exactly as a `Vec`.
     /// An `Arc<Vec<_>>` rather than an `Arc<[_]>`: decoding or building a slice `Arc` copies
-    /// every request once more into a new allocation (4% of a follower's CPU at 64 clients,
-    /// in AppendEntries decoding).
+    /// every request once more into a new allocation, on every AppendEntries decode
+    /// (BENCHMARKS.md).
     pub requests: Arc<Vec<Request>>,
 }
 

@@ -14,16 +14,14 @@ use serde::de::DeserializeOwned;
 use std::io::Write;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::TypeConfig;
 use super::network::SnapshotHeader;
 use crate::codec;
 use crate::proto::v1::raft_service_server::RaftService;
 use crate::proto::v1::{
     RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, snapshot_chunk,
 };
-use crate::state_machine::{Blocking, SnapshotFile, StateMachine};
-
-pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+use crate::raft::TypeConfig;
+use crate::state_machine::{Blocking, Raft, SnapshotFile};
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// The Raft RPC service of one node.

@@ -1,0 +1,9 @@
+//! The peer side of openraft's network over gRPC: [`GrpcNetworkFactory`] dials other members
+//! and sends Raft RPCs and snapshots; [`RaftGrpc`] receives them, decodes the payloads and hands them to
+//! openraft. Beside the client-facing services ([`crate::server`]) at the edge of the crate.
+
+mod network;
+mod service;
+
+pub use network::{GrpcNetwork, GrpcNetworkFactory};
+pub use service::RaftGrpc;

@@ -1,0 +1,86 @@
+//! The wire contract: every limit, header name and stream bound that both ends of a connection
+//! must agree on — client and server, or two members. Client, server and peer code import
+//! these from here; none reaches into another's internals for them.
+//!
+//! A leaf module: it imports nothing from the crate.
+//!
+//! **Invariants** (checked at compile time below)
+//! - A proposal plus the entry's own framing fits one WAL record:
+//!   `PROPOSAL_BYTES_MAX + ENTRY_FRAMING_BYTES <= WAL_RECORD_BYTES`.
+//! - One replication message (its first entry, which may be a whole record, plus at most
+//!   `REPLICATION_BATCH_BYTES_MAX` of further entries, plus framing) fits a peer message:
+//!   `WAL_RECORD_BYTES + REPLICATION_BATCH_BYTES_MAX + ENTRY_FRAMING_BYTES <= PEER_MESSAGE_BYTES_MAX`.
+//! - A snapshot chunk fits a peer message.
+//! - The batcher never builds an entry a member would refuse: `BATCH_REQUESTS_MAX <=
+//!   PROPOSAL_REQUESTS_MAX` and `BATCH_BYTES_MAX <= PROPOSAL_BYTES_MAX`.
+//! - Every stored or logged value decodes within the codec's bound: `WAL_RECORD_BYTES <=
+//!   DECODE_BYTES_MAX`.
+//!
+//! **Caveats**
+//! - The client service still accepts messages up to [`PEER_MESSAGE_BYTES_MAX`]; deriving its
+//!   limit from [`PROPOSAL_BYTES_MAX`] belongs to the peer-plane work (it changes what a client
+//!   is told for an oversized write).
+
+/// The largest encoded request the leader proposes. A larger write is refused with
+/// INVALID_ARGUMENT before it reaches the log: the WAL's refusal of an oversized record would
+/// stop the leader.
+pub const PROPOSAL_BYTES_MAX: usize = 15 << 20;
+
+/// Requests one Raft entry may carry (a member refuses to apply an entry with more).
+pub const PROPOSAL_REQUESTS_MAX: usize = 1_024;
+
+/// Room in a WAL record for an entry's own fields around its proposal (log id, payload tag,
+/// the proposal's length prefixes, the codec's format byte).
+pub const ENTRY_FRAMING_BYTES: usize = 1 << 20;
+
+/// The WAL record limit a member runs with (`WalConfig::record_bytes_max`'s default; a node
+/// does not let it be configured).
+pub const WAL_RECORD_BYTES: usize = 16 << 20;
+
+/// Encoded bytes one replication read returns at most beyond its first entry.
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 32 << 20;
+
+/// The largest gRPC message two members exchange: a maximum-size replication batch plus
+/// framing.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 80 << 20;
+
+/// The largest gRPC message the client-facing services and the Rust client exchange (see the
+/// caveat in the module docs).
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX;
+
+/// Bytes of snapshot stream per chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// The most bytes the codec lets one decoded value claim (the last line against a garbage
+/// length; records are bounded well below it).
+pub const DECODE_BYTES_MAX: usize = 64 << 20;
+
+/// Requests the leader's batcher puts in one entry.
+pub const BATCH_REQUESTS_MAX: usize = 256;
+
+/// Encoded bytes of one batch's requests (a single larger request still goes alone, up to
+/// [`PROPOSAL_BYTES_MAX`]).
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+
+/// Unanswered calls one write or read stream may have; past it the server stops reading the
+/// stream (HTTP/2 flow control then holds the client back) until answers go out.
+pub const STREAM_CALLS_MAX: usize = 1024;
+
+/// The longest `host:port` accepted for a member or an endpoint.
+pub const ADDR_BYTES_MAX: usize = 256;
+
+/// The metadata key of the retry hint, in milliseconds (gRPC's retry pushback).
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
+const _: () = {
+    assert!(PROPOSAL_BYTES_MAX + ENTRY_FRAMING_BYTES <= WAL_RECORD_BYTES);
+    assert!(
+        WAL_RECORD_BYTES + REPLICATION_BATCH_BYTES_MAX + ENTRY_FRAMING_BYTES
+            <= PEER_MESSAGE_BYTES_MAX
+    );
+    assert!(SNAPSHOT_CHUNK_BYTES + ENTRY_FRAMING_BYTES <= PEER_MESSAGE_BYTES_MAX);
+    assert!(BATCH_REQUESTS_MAX <= PROPOSAL_REQUESTS_MAX);
+    assert!(BATCH_BYTES_MAX <= PROPOSAL_BYTES_MAX);
+    assert!(WAL_RECORD_BYTES <= DECODE_BYTES_MAX);
+    assert!(PROPOSAL_BYTES_MAX <= CLIENT_MESSAGE_BYTES_MAX);
+};
