@@ -1,0 +1,30 @@
+//! The client-facing side of a server: the gRPC API's conversions at the edge, the one error →
+//! status mapping (`status.rs`), and the graph service ([`GraphApi`]: writes through Raft with
+//! one forward from a follower, linearizable reads by read index), the tenant service
+//! ([`TenantApi`]), the cluster service ([`ClusterApi`]: bootstrap, membership, leadership,
+//! snapshots, status) and admission control ([`Admission`]: a bounded number of proposals in
+//! flight per server).
+//!
+//! **Invariants**
+//! - Nothing from the network reaches the log unchecked: [`convert`] refuses missing fields and
+//!   unknown enum values, and runs `WriteRequest::validate` (the same bounds apply enforces).
+//! - No response carries a secret: tenant configs go out with `api_key` empty and `api_key_set`
+//!   telling whether one is stored.
+//! - Every error a client sees comes through `status.rs`, with the code the table there gives.
+
+mod admission;
+mod batch;
+mod cluster;
+#[doc(hidden)] // the conversions, public for their tests only
+pub mod convert;
+mod graph;
+mod route;
+mod status;
+mod tenant;
+
+pub use admission::Admission;
+pub use batch::BatchStats;
+pub use cluster::ClusterApi;
+pub use graph::{Clock, GraphApi};
+pub use route::Router;
+pub use tenant::TenantApi;
