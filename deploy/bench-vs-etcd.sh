@@ -5,7 +5,7 @@
 #
 # Installs Debian's etcd-server (and etcd-client for etcdctl) if missing. Then, for each of
 # ROUNDS rounds (the order of the two stores alternates), it starts one store at a time — a
-# local three-node etcd cluster on 127.0.0.1:{1,2,3}2379, or the local three-node raftgraph
+# local three-member etcd cluster on 127.0.0.1:{1,2,3}2379, or the local three-member raftgraph
 # cluster of deploy/local-cluster.sh — runs `raftgraph bench` with 1, 64 and 256 clients for
 # writes (256-byte values), linearizable reads and serializable reads, and stops it, deleting
 # its data. Finally `raftgraph bench-compare` prints one table: the median of the rounds for

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's run command: starts the local three-node cluster (deploy/local-cluster.sh), creates
-# a tenant, writes a few nodes and edges through different nodes, and reads them back through
-# the CLI. The cluster keeps running afterwards; stop it with `bash deploy/local-cluster.sh stop`.
+# The README's run command: starts the local three-member cluster (deploy/local-cluster.sh),
+# creates a tenant, writes a few nodes and edges through different servers, and reads them back
+# through the CLI. The cluster keeps running afterwards; stop it with
+# `bash deploy/local-cluster.sh stop`.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

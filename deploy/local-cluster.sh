@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# A local three-node raftgraph cluster on 127.0.0.1:7001-7003 (configs: deploy/node{1,2,3}.toml,
+# A local three-member raftgraph cluster on 127.0.0.1:7001-7003 (configs: deploy/node{1,2,3}.toml,
 # data and logs under target/local-cluster/).
 #
-#   bash deploy/local-cluster.sh start    # build, start the three nodes, init the cluster once
-#   bash deploy/local-cluster.sh status   # each node's view (state, term, leader, log)
-#   bash deploy/local-cluster.sh stop     # SIGTERM each node and wait for it to exit
+#   bash deploy/local-cluster.sh start    # build, start the three servers, init the cluster once
+#   bash deploy/local-cluster.sh status   # each member's view (state, term, leader, log)
+#   bash deploy/local-cluster.sh stop     # SIGTERM each server and wait for it to exit
 #   bash deploy/local-cluster.sh clean    # stop, then delete target/local-cluster
 #
 # Run from the repository root. RAFTGRAPH_BIN overrides the binary (otherwise it is built with
@@ -24,7 +24,7 @@ bin() {
   fi
 }
 
-running() { # node number
+running() { # server number
   local pid_file="$DIR/node$1.pid"
   [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
 }
@@ -36,7 +36,7 @@ has_leader() {
   "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"state":"leader"'
 }
 
-# `cluster status` prints a row even for an unreachable node; an answer has a node id.
+# `cluster status` prints a row even for an unreachable member; an answer has a member id.
 answers() {
   "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"node":[0-9]'
 }

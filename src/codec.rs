@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 ///   it): a version-2 data directory is refused with `UnknownVersion { found: 2 }`.
 pub const FORMAT_VERSION: u8 = 3;
 
-pub use crate::wire::DECODE_BYTES_MAX;
+use crate::wire::DECODE_BYTES_MAX;
 
 type Config = bincode::config::Configuration<
     bincode::config::LittleEndian,

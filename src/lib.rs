@@ -8,11 +8,12 @@
 //!
 //! **Words.** A *node* is a graph vertex; a *member* is one of the cluster's Raft participants
 //! (voter or learner; `NodeId` is openraft's name for its id); a *server* is the process that
-//! hosts a member ([`node::Node`] runs one).
+//! hosts a member ([`server::Server`] runs one).
 //!
-//! **Layers.** A module imports only the modules below it; `tests/architecture.rs` reads every
-//! `crate::…` path in `src/` and fails on one that breaks these rules, and on files of one
-//! module that import each other.
+//! **Layers.** A module imports only the modules its row names; every row names only modules
+//! above it, so there is no circle. `tests/architecture.rs` reads this table, parses every file
+//! in `src/`, and fails on a `crate::…` (or `super::…`) path that breaks it, and on files of one
+//! directory module that import each other in a circle.
 //!
 //! | module | what it owns | may import |
 //! |---|---|---|
@@ -26,26 +27,26 @@
 //! | [`transport`] | outgoing channels (the network seam) and address checks | `wire` |
 //! | [`state_machine`] | RocksDB: apply, reads, snapshots, digests; the `Raft` handle over it | `raft`, `command`, `tenant`, `codec`, `wire` |
 //! | [`client`] | the Rust client: leader discovery, deadlines, exactly-once retries | `transport`, `proto`, `wire` |
-//! | [`server`] | the client-facing gRPC services, routing, admission, edge conversions | everything above but `client` |
+//! | [`api`] | the client-facing gRPC services, routing, admission, edge conversions | `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `transport`, `proto`, `wire` |
 //! | [`peer`] | openraft's network over gRPC between members | `state_machine`, `raft`, `codec`, `transport`, `proto`, `wire` |
-//! | [`node`] | one server process: config, data directory, serving, shutdown | everything above |
+//! | [`server`] | the server process: config, data directory, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `transport`, `proto`, `wire` |
 //! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster` commands | `client`, `command`, `proto`, `wire` |
 //! | [`bench`](mod@bench) | `raftgraph bench`, the load generator for raftgraph and etcd | `client`, `command`, `transport`, `proto`, `wire` |
 //!
 //! `wal`, `state_machine`, `tenant` and `command` never see tonic or generated protobuf types:
-//! the server and the peer service convert at the edge.
+//! the client-facing services and the peer service convert at the edge.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
     "build with `--cfg tokio_unstable` (set in .cargo/config.toml; do not override RUSTFLAGS)"
 );
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod command;
-pub mod node;
 pub mod peer;
 pub mod proto;
 pub mod raft;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use raftgraph::cli;
-use raftgraph::node::NodeConfig;
+use raftgraph::server::ServerConfig;
 
 /// jemalloc rather than glibc's malloc: allocation (HTTP/2 frames, protobuf and bincode
 /// buffers, per-request futures) is a large share of a server's CPU under load, and glibc
@@ -122,16 +122,17 @@ struct ServerArgs {
 }
 
 /// The file, then flags/env on top; then `validate()`.
-fn node_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
+fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     let mut c = match &a.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-            NodeConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            ServerConfig::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => {
             let missing = |what: &str| anyhow::anyhow!("no --config: --{what} is required");
-            NodeConfig::new(
+            ServerConfig::new(
                 a.cluster_id
                     .as_deref()
                     .ok_or_else(|| missing("cluster-id"))?,
@@ -212,7 +213,7 @@ fn real_main() -> anyhow::Result<()> {
     builder.disable_lifo_slot();
     let command = match cli.command {
         Command::Server(args) => {
-            let config = node_config(args)?;
+            let config = server_config(args)?;
             if let Some(n) = config.server.worker_threads {
                 builder.worker_threads(n);
             }
@@ -227,7 +228,7 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 enum Run {
-    Server(Box<NodeConfig>),
+    Server(Box<ServerConfig>),
     Other(Command),
 }
 
@@ -250,7 +251,7 @@ async fn run(command: Run) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("listen on {}: {e}", config.listen))?;
-            raftgraph::node::run(*config, listener, terminated()).await?;
+            raftgraph::server::run(*config, listener, terminated()).await?;
             return Ok(());
         }
         Run::Other(c) => c,
@@ -300,7 +301,8 @@ async fn run(command: Run) -> anyhow::Result<()> {
             value_bytes,
             snapshot_mib,
         } => {
-            use raftgraph::state_machine::{OPERATIONS_MAX, bench};
+            use raftgraph::command::OPERATIONS_MAX;
+            use raftgraph::state_machine::bench;
             if ops.is_empty() || ops.iter().any(|&o| o == 0 || o > OPERATIONS_MAX) {
                 anyhow::bail!("--ops takes sizes in 1..={OPERATIONS_MAX}, got {ops:?}");
             }

@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::wire::ADDR_BYTES_MAX;
 
-/// A byte stream to another node.
+/// A byte stream to another server.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
@@ -28,11 +28,11 @@ pub type Connector =
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cached channels kept at most (addresses come from the replicated membership or the
 /// client's endpoint list; bounded all the same).
-pub const CACHED_MAX: usize = 1024;
+pub(crate) const CACHED_MAX: usize = 1024;
 
 /// Builds channels, and caches one per address. Cloning shares the cache. A channel's worker
 /// task lives on the tokio runtime that created it, so a dialer (and its cache) belongs to one
-/// node or client.
+/// server or client.
 #[derive(Clone, Default)]
 pub struct Dialer {
     connector: Option<Connector>,

@@ -33,7 +33,7 @@ pub const PROPOSAL_REQUESTS_MAX: usize = 1_024;
 /// the proposal's length prefixes, the codec's format byte).
 pub const ENTRY_FRAMING_BYTES: usize = 1 << 20;
 
-/// The WAL record limit a member runs with (`WalConfig::record_bytes_max`'s default; a node
+/// The WAL record limit a member runs with (`WalConfig::record_bytes_max`'s default; a server
 /// does not let it be configured).
 pub const WAL_RECORD_BYTES: usize = 16 << 20;
 
@@ -68,6 +68,10 @@ pub const STREAM_CALLS_MAX: usize = 1024;
 
 /// The longest `host:port` accepted for a member or an endpoint.
 pub const ADDR_BYTES_MAX: usize = 256;
+
+/// The metadata key a member sets on a call it forwards to the leader, so the leader never
+/// forwards it again.
+pub const FORWARDED_HEADER: &str = "x-raftgraph-forwarded";
 
 /// The metadata key of the retry hint, in milliseconds (gRPC's retry pushback).
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";

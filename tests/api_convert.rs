@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use prost::Message;
+use raftgraph::api::convert;
+use raftgraph::command::{Command, NodeRef, Op, Value};
 use raftgraph::proto::v1 as pb;
-use raftgraph::server::convert;
-use raftgraph::state_machine::{Command, NodeRef, Op, Value};
 use raftgraph::tenant::{
     LlmProvider, LlmProviderConfig, Quotas, Secret, TenantConfig, TenantInfo, Usage,
 };

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Config, SnapshotPolicy};
+use raftgraph::api::TenantApi;
+use raftgraph::api::{Clock, GraphApi};
+use raftgraph::command::{Command, Op, Outcome, Request, WriteRequest};
 use raftgraph::peer::GrpcNetworkFactory;
 use raftgraph::peer::RaftGrpc;
 use raftgraph::proto::v1 as pb;
@@ -20,12 +23,8 @@ use raftgraph::proto::v1::graph_service_server::GraphServiceServer;
 use raftgraph::proto::v1::raft_service_server::RaftServiceServer;
 use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
 use raftgraph::proto::v1::tenant_service_server::TenantServiceServer;
-use raftgraph::server::TenantApi;
-use raftgraph::server::{Clock, GraphApi};
 use raftgraph::state_machine::Raft;
-use raftgraph::state_machine::{
-    Command, GraphReader, Op, Outcome, Request, StateMachine, StateMachineConfig, WriteRequest,
-};
+use raftgraph::state_machine::{GraphReader, StateMachine, StateMachineConfig};
 use raftgraph::tenant::{Quotas, TenantConfig};
 use raftgraph::wal::{IoRuntime, StdFs, Wal, WalConfig};
 use raftgraph::wire::PEER_MESSAGE_BYTES_MAX;
@@ -95,10 +94,7 @@ fn request(seq: u64, command: Command) -> Request {
 }
 
 /// Proposes `req` alone on `raft` and returns its one outcome.
-async fn propose(
-    raft: &Raft,
-    req: Request,
-) -> Result<Outcome, raftgraph::state_machine::ApplyError> {
+async fn propose(raft: &Raft, req: Request) -> Result<Outcome, raftgraph::command::ApplyError> {
     let r = raft.client_write(req.into()).await.unwrap();
     let [one] = <[_; 1]>::try_from(r.data.responses).expect("one response per request");
     one.outcome
@@ -107,9 +103,10 @@ async fn propose(
 /// The cluster the phases of [`a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients`]
 /// share: each phase starts from the state the one before left.
 struct Cluster {
-    _dirs: Vec<tempfile::TempDir>,
     nodes: Vec<Node>,
     leader_id: u64,
+    // Last: the directories are removed after the nodes that use them are dropped.
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -200,9 +197,9 @@ async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) 
         addr: node3,
     };
     let cluster = Cluster {
-        _dirs: dirs,
         nodes,
         leader_id,
+        _dirs: dirs,
     };
     (cluster, waiting)
 }
@@ -307,7 +304,7 @@ async fn writes_replicate_to_all_three(cluster: &Cluster) {
         tenant: "t".into(),
         preconditions: vec![],
         operations: vec![Op::DeleteNode {
-            node: raftgraph::state_machine::NodeRef::Id(1),
+            node: raftgraph::command::NodeRef::Id(1),
         }],
     });
     let r = propose(&leader.raft, request(2, more)).await;
@@ -390,7 +387,7 @@ async fn garbage_from_the_network_is_refused_and_the_node_keeps_serving(cluster:
         tenant: "t".into(),
         preconditions: vec![],
         operations: vec![Op::DeleteNode {
-            node: raftgraph::state_machine::NodeRef::Id(2),
+            node: raftgraph::command::NodeRef::Id(2),
         }],
     });
     let r = propose(&leader.raft, request(3, again)).await;

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use raftgraph::node::{DataDir, DataDirError, Identity, Node, NodeConfig, NodeError};
+use raftgraph::api::Admission;
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
-use raftgraph::server::Admission;
+use raftgraph::server::{DataDir, DataDirError, Identity, Server, ServerConfig, ServerError};
 use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,12 +19,12 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn valid(dir: &Path) -> NodeConfig {
-    NodeConfig::new("c1", 1, addr("127.0.0.1:7001"), dir)
+fn valid(dir: &Path) -> ServerConfig {
+    ServerConfig::new("c1", 1, addr("127.0.0.1:7001"), dir)
 }
 
 /// A change that makes a valid config invalid.
-type Change = Box<dyn Fn(&mut NodeConfig)>;
+type Change = Box<dyn Fn(&mut ServerConfig)>;
 
 #[test]
 fn validate_refuses_bad_values_and_combinations_naming_the_field() {
@@ -89,16 +89,16 @@ fn validate_refuses_bad_values_and_combinations_naming_the_field() {
 
 #[test]
 fn config_files_reject_unknown_keys_and_the_shipped_samples_are_valid() {
-    let e = NodeConfig::from_toml(
+    let e = ServerConfig::from_toml(
         "cluster_id = \"c\"\nnode_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nheartbeat = 5\n",
     )
     .unwrap_err();
     assert!(e.to_string().contains("heartbeat"), "{e}");
-    let e = NodeConfig::from_toml("node_id = 1\n").unwrap_err();
+    let e = ServerConfig::from_toml("node_id = 1\n").unwrap_err();
     assert!(e.to_string().contains("cluster_id"), "{e}");
     for i in 1..=3u64 {
         let path = format!("{}/deploy/node{i}.toml", env!("CARGO_MANIFEST_DIR"));
-        let c = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap())
+        let c = ServerConfig::from_toml(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         c.validate().unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(c.node_id, i);
@@ -155,16 +155,16 @@ fn a_data_directory_is_locked_and_keeps_its_identity() {
     );
 }
 
-async fn start(id: u64, dir: &Path) -> Node {
+async fn start(id: u64, dir: &Path) -> Server {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut c = NodeConfig::new("c1", id, l.local_addr().unwrap(), dir);
+    let mut c = ServerConfig::new("c1", id, l.local_addr().unwrap(), dir);
     c.raft.heartbeat_ms = 50;
     c.raft.election_timeout_min_ms = 300;
     c.raft.election_timeout_max_ms = 600;
     c.storage.write_buffer_bytes = 8 << 20;
     c.storage.block_cache_bytes = 8 << 20;
     c.storage.wal_segment_bytes = 8 << 20;
-    Node::start(c, l).await.unwrap()
+    Server::start(c, l).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,17 +172,17 @@ async fn a_node_refuses_a_running_nodes_directory_and_another_nodes_directory() 
     let dir = tempfile::tempdir().unwrap();
     let node = start(1, dir.path()).await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let c = NodeConfig::new("c1", 1, l.local_addr().unwrap(), dir.path());
-    match Node::start(c, l).await {
-        Err(NodeError::DataDir(DataDirError::Locked { .. })) => {}
+    let c = ServerConfig::new("c1", 1, l.local_addr().unwrap(), dir.path());
+    match Server::start(c, l).await {
+        Err(ServerError::DataDir(DataDirError::Locked { .. })) => {}
         Err(e) => panic!("expected a lock error, got {e}"),
         Ok(_) => panic!("a second node started on a locked directory"),
     }
     node.shutdown().await.unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let c = NodeConfig::new("c1", 2, l.local_addr().unwrap(), dir.path());
-    match Node::start(c, l).await {
-        Err(NodeError::DataDir(DataDirError::WrongIdentity { .. })) => {}
+    let c = ServerConfig::new("c1", 2, l.local_addr().unwrap(), dir.path());
+    match Server::start(c, l).await {
+        Err(ServerError::DataDir(DataDirError::WrongIdentity { .. })) => {}
         Err(e) => panic!("expected an identity error, got {e}"),
         Ok(_) => panic!("node 2 started on node 1's directory"),
     }

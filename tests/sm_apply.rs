@@ -4,10 +4,11 @@
 mod helpers;
 
 use helpers::sm_harness::*;
-use raftgraph::state_machine::{
+use raftgraph::command::{
     ApplyError, ClusterLimits, Command, Direction, NodeRef, Op, OpResult, Outcome, Precondition,
     Request, Value, WriteRequest,
 };
+use raftgraph::state_machine::StateMachine;
 use raftgraph::tenant::{LlmProvider, LlmProviderConfig, Quotas, Resource, Secret, TenantConfig};
 
 fn quotas(nodes: u64, edges: u64, bytes: u64) -> Quotas {
@@ -727,7 +728,7 @@ async fn pages_are_bounded_and_resume_from_their_cursor() {
             ApplyError::InvalidArgument { .. }
         ))
     ));
-    let out = raftgraph::state_machine::Direction::Out;
+    let out = raftgraph::command::Direction::Out;
     assert!(rd.neighbors("t", 1, out, Some(&long), None, 10).is_err());
     assert!(
         rd.scan_nodes("t", None, raftgraph::state_machine::PAGE_ITEMS_MAX + 1)
@@ -742,7 +743,7 @@ async fn oversized_input_is_refused_naming_the_field_and_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
     h.create_tenant("t", Quotas::unlimited()).unwrap();
-    let long = "x".repeat(raftgraph::state_machine::NAME_BYTES_MAX + 1);
+    let long = "x".repeat(raftgraph::command::NAME_BYTES_MAX + 1);
     let err = h
         .write("t", vec![create_node(&[long.as_str()], &[])])
         .unwrap_err()
@@ -753,7 +754,7 @@ async fn oversized_input_is_refused_naming_the_field_and_limit() {
     );
     // A node grown past the record limit by repeated updates is refused.
     let n = created(&h.write("t", vec![create_node(&[], &[])]).unwrap()[0]);
-    let mb = Value::Bytes(vec![1; raftgraph::state_machine::VALUE_BYTES_MAX]);
+    let mb = Value::Bytes(vec![1; raftgraph::command::VALUE_BYTES_MAX]);
     let mut last = Ok(vec![]);
     for i in 0..6 {
         last = h.write(
@@ -790,6 +791,39 @@ async fn apply_out_of_order_is_fatal() {
         "nothing of a refused entry applied"
     );
     assert!(h.sm.apply_entry(&entry(2, req)).is_ok());
+}
+
+/// The switch openraft's conformance suite needs (the `testing` feature) allows gaps only: an
+/// entry at or below the applied index is refused whatever the switch says.
+#[tokio::test]
+async fn with_gaps_allowed_an_entry_at_or_below_the_applied_index_is_still_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.check_apply_order = false;
+    let mut sm = StateMachine::open(cfg).await.unwrap();
+    let req = |seq| {
+        let create = Command::CreateTenant {
+            tenant: format!("t{seq}"),
+            quotas: Quotas::unlimited(),
+            config: Default::default(),
+        };
+        Request::new(9, seq, 0, create).unwrap()
+    };
+    sm.apply_entry(&entry(1, req(1))).unwrap();
+    sm.apply_entry(&entry(3, req(2)))
+        .expect("a gap is allowed with the check relaxed");
+    for index in [3, 2, 1] {
+        let err = sm.apply_entry(&entry(index, req(3))).unwrap_err();
+        assert!(
+            err.to_string().contains("apply out of order"),
+            "{index}: {err}"
+        );
+    }
+    assert_eq!(sm.applied().map(|l| l.index), Some(3));
+    assert!(
+        sm.reader().tenant("t3").is_err(),
+        "nothing of a refused entry applied"
+    );
 }
 
 #[tokio::test]
@@ -1020,10 +1054,8 @@ async fn pages_of_large_nodes_stop_at_the_byte_budget_and_continue_by_cursor() {
         .unwrap();
     }
     let rd = h.reader();
-    type Pager<'a> = Box<
-        dyn Fn(Option<&[u8]>) -> raftgraph::state_machine::Page<raftgraph::state_machine::Node>
-            + 'a,
-    >;
+    type Pager<'a> =
+        Box<dyn Fn(Option<&[u8]>) -> raftgraph::state_machine::Page<raftgraph::command::Node> + 'a>;
     let pagers: [(&str, Pager); 2] = [
         (
             "by label",

@@ -14,10 +14,9 @@ use helpers::sm_logs::{TENANTS, random_log};
 use openraft::entry::RaftEntry;
 use openraft::{EntryPayload, Membership};
 use proptest::prelude::*;
+use raftgraph::command::{ApplyError, Command, Op, Proposal, Request, Response, WriteRequest};
 use raftgraph::raft::Entry;
-use raftgraph::state_machine::{
-    ApplyError, Command, GraphReader, Op, Proposal, Request, Response, WriteRequest,
-};
+use raftgraph::state_machine::GraphReader;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -182,7 +181,7 @@ async fn requests_of_one_entry_see_each_other_and_commands_go_alone() {
     let ids: Vec<u64> = r
         .iter()
         .map(|r| match &r.outcome {
-            Ok(raftgraph::state_machine::Outcome::Write(w)) => created(&w[0]),
+            Ok(raftgraph::command::Outcome::Write(w)) => created(&w[0]),
             other => panic!("{other:?}"),
         })
         .collect();

@@ -202,7 +202,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_old_state_keeps_serving() {
 /// cascaded deletes, quota and session refusals, tenant creation and deletion.
 #[tokio::test]
 async fn the_random_logs_cover_successes_and_every_kind_of_refusal() {
-    use raftgraph::state_machine::{ApplyError, Outcome};
+    use raftgraph::command::{ApplyError, Outcome};
     use std::collections::BTreeMap;
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;

@@ -10,7 +10,7 @@ use helpers::sm_harness::*;
 use helpers::sm_logs::{TENANTS, random_log};
 use openraft::EntryPayload;
 use proptest::prelude::*;
-use raftgraph::state_machine::{ApplyError, Command, Outcome, Response};
+use raftgraph::command::{ApplyError, Command, Outcome, Response};
 use raftgraph::tenant::{Quotas, Resource};
 
 fn within(quotas: &Quotas, r: Resource, v: u64) -> bool {

@@ -1,8 +1,8 @@
-//! Admission control: a node holds at most `limit` proposals in flight (writes and admin
+//! Admission control: a server holds at most `limit` proposals in flight (writes and admin
 //! commands from the moment they are admitted until their answer is sent, including calls it
 //! forwards to the leader). Past the limit a call is refused at once with UNAVAILABLE and a
 //! retry hint (`grpc-retry-pushback-ms`), so overload costs the client a retry instead of the
-//! node unbounded memory. Nothing refused here reached the log: a retry is always safe.
+//! server unbounded memory. Nothing refused here reached the log: a retry is always safe.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use crate::wire::RETRY_PUSHBACK_HEADER;
 /// How long a refused client is asked to wait before retrying.
 pub const RETRY_PUSHBACK_MS: u64 = 50;
 
-/// The in-flight proposal budget of one node, shared by every service that proposes.
+/// The in-flight proposal budget of one server, shared by every service that proposes.
 #[derive(Clone, Debug)]
 pub struct Admission {
     permits: Arc<Semaphore>,
@@ -31,7 +31,7 @@ impl Admission {
         }
     }
 
-    /// A permit for one proposal, held until the answer is sent; UNAVAILABLE when the node is
+    /// A permit for one proposal, held until the answer is sent; UNAVAILABLE when the server is
     /// at its limit.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.permits.clone().try_acquire_owned().map_err(|_| {

@@ -16,8 +16,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use super::route::{self, Proposed};
+use crate::command::{Command, Op, Proposal, Request};
 use crate::state_machine::Raft;
-use crate::state_machine::{Command, Op, Proposal, Request};
 use crate::wire::{BATCH_BYTES_MAX, BATCH_REQUESTS_MAX};
 
 /// Batches proposed at once. Two keep the log busy (one being replicated and synced while the
@@ -74,7 +74,7 @@ impl Batcher {
     }
 
     /// Proposes `req` (a client write) in the next batch and waits until it is applied. The
-    /// queue is bounded by the node's admission control, which every caller passes first.
+    /// queue is bounded by the server's admission control, which every caller passes first.
     ///
     /// The request is queued at the call; the future only holds the answer's receiver, so a
     /// write's task stays small to create and move.

@@ -1,6 +1,6 @@
 //! The cluster service: bootstrap, membership changes, leadership transfer, snapshots and the
-//! node's view of the cluster. Membership changes and transfers run on the leader; a follower
-//! forwards them once, like writes. `Status` answers from the node asked.
+//! member's view of the cluster. Membership changes and transfers run on the leader; a follower
+//! forwards them once, like writes. `Status` answers from the server asked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,12 +26,12 @@ use crate::transport::check_addr;
 /// The most members named in one request.
 pub const MEMBERS_MAX: usize = 64;
 
-/// The cluster service of one node.
+/// The cluster service of one server.
 pub struct ClusterApi {
     raft: Raft,
     cluster_id: String,
     router: route::Router,
-    /// The node's WAL counters, reported by `Status` (zero when not given).
+    /// The member's WAL counters, reported by `Status` (zero when not given).
     wal_stats: crate::wal::WalStats,
     /// The graph service's write batcher's counters, reported by `Status` (zero when not given).
     batch_stats: Arc<BatchStats>,
@@ -54,19 +54,19 @@ impl ClusterApi {
         self
     }
 
-    /// Reports `stats` (the node's WAL) in `Status`.
+    /// Reports `stats` (the member's WAL) in `Status`.
     pub fn with_wal_stats(mut self, stats: crate::wal::WalStats) -> Self {
         self.wal_stats = stats;
         self
     }
 
-    /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
+    /// Reaches the leader through `router` (the server's dialer) instead of a private TCP one.
     pub fn with_router(mut self, router: route::Router) -> Self {
         self.router = router;
         self
     }
 
-    /// `None` when this node leads (membership checks then run on the leader's view);
+    /// `None` when this member leads (membership checks then run on the leader's view);
     /// otherwise the leader to forward to, or UNAVAILABLE when none is known or the request
     /// was forwarded already.
     fn leader_elsewhere(&self, was_forwarded: bool) -> Result<Option<BasicNode>, Status> {
@@ -87,7 +87,7 @@ impl ClusterApi {
         }
     }
 
-    /// The membership this node knows now.
+    /// The membership as this member knows it now.
     fn current(&self) -> pb::MembershipResponse {
         pb::MembershipResponse {
             membership: Some(membership_to_proto(
@@ -389,13 +389,13 @@ impl ClusterService for ClusterApi {
             .membership_config
             .clone();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
-        // Nodes already gone are skipped: a retry of a remove that went through succeeds.
+        // Members already gone are skipped: a retry of a remove that went through succeeds.
         let (remove_voters, remove_learners): (BTreeSet<_>, BTreeSet<_>) = ids
             .into_iter()
             .filter(|id| m.membership().get_node(id).is_some())
             .partition(|id| voters.contains(id));
         let mut last = None;
-        // Voters, then learners: two membership changes. If the first removes this node (the
+        // Voters, then learners: two membership changes. If the first removes this member (the
         // leader), the second is forwarded to the new leader, which skips the voters gone.
         let changes = [
             // `retain = false`: a removed voter leaves the cluster instead of staying a learner.

@@ -8,11 +8,12 @@ use std::fmt;
 use tonic::Status;
 
 use super::status::{apply_error, invalid};
-use crate::proto::v1 as pb;
-use crate::state_machine::{
-    Command, Edge, Neighbor, Node, NodeRef, Op, OpResult, Precondition, Properties, Request, Value,
+use crate::command::{
+    Command, Edge, Node, NodeRef, Op, OpResult, Precondition, Properties, Request, Value,
     WriteRequest,
 };
+use crate::proto::v1 as pb;
+use crate::state_machine::Neighbor;
 use crate::tenant::{
     AgentConfig, AutoEmbedConfig, LlmProvider, LlmProviderConfig, NlqConfig, Quotas, Secret,
     TenantConfig, TenantInfo, ToolConfig,
@@ -222,7 +223,7 @@ fn request(id: (u64, u64), timestamp_micros: i64, command: Command) -> Result<Re
 
 /// A write from the wire, checked in full, as the command to propose. `timestamp_micros` is
 /// the leader's clock. Takes the message by reference: the server keeps it to forward if this
-/// node turns out not to lead, and copying out what the command needs is cheaper than cloning
+/// member turns out not to lead, and copying out what the command needs is cheaper than cloning
 /// the whole message first.
 pub fn write_request(req: &pb::WriteRequest, timestamp_micros: i64) -> Result<Request, Status> {
     let id = request_id(req.request_id.as_ref())?;

@@ -19,17 +19,18 @@ use super::batch::{BatchStats, Batcher};
 use super::convert;
 use super::route::{self, Proposed};
 use super::status::{apply_error, invalid, read_error};
+use crate::command::{Direction, Outcome};
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::graph_service_server::GraphService;
+use crate::state_machine::GraphReader;
 use crate::state_machine::Raft;
-use crate::state_machine::{Direction, GraphReader, Outcome};
 use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, RETRY_PUSHBACK_HEADER, STREAM_CALLS_MAX};
 
 /// Wall-clock microseconds since the Unix epoch, injected (the simulation supplies its own).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// The graph service of one node.
+/// The graph service of one server.
 pub struct GraphApi {
     raft: Raft,
     reader: GraphReader,
@@ -56,7 +57,7 @@ impl GraphApi {
         }
     }
 
-    /// Shares `admission` (the node's in-flight proposal budget) instead of a private default.
+    /// Shares `admission` (the server's in-flight proposal budget) instead of a private default.
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
         self
@@ -79,7 +80,7 @@ impl GraphApi {
         }
     }
 
-    /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
+    /// Reaches the leader through `router` (the server's dialer) instead of a private TCP one.
     pub fn with_router(mut self, router: route::Router) -> Self {
         self.router = router;
         self

@@ -13,16 +13,15 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::status::invalid;
+use crate::command::{ApplyError, Outcome, Proposal, Response};
 use crate::proto::v1 as pb;
 use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::raft::TypeConfig;
+use crate::state_machine::PAGE_ITEMS_MAX;
 use crate::state_machine::Raft;
-use crate::state_machine::{ApplyError, Outcome, PAGE_ITEMS_MAX, Proposal, Response};
 use crate::transport::Dialer;
-use crate::wire::PROPOSAL_BYTES_MAX;
+use crate::wire::{FORWARDED_HEADER, PROPOSAL_BYTES_MAX};
 
-/// Marks a request a follower forwarded, so it is forwarded at most once.
-const FORWARDED: &str = "x-raftgraph-forwarded";
 /// Deadline of a forwarded call when the caller set none.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,7 +41,7 @@ pub fn leader_of(
     }
 }
 
-/// What the services need to reach the leader: the node's [`Dialer`] (one cached channel per
+/// What the services need to reach the leader: the server's [`Dialer`] (one cached channel per
 /// leader address, reconnecting by itself), and the planted bug only tests switch on.
 #[derive(Clone, Debug, Default)]
 pub struct Router {
@@ -69,7 +68,7 @@ const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 /// read to the leader instead.
 const FOLLOWER_APPLY_WAIT: Duration = Duration::from_secs(2);
 /// A follower this many entries behind the read index forwards at once: it would not catch up
-/// within the wait (e.g. a learner still installing a snapshot, or a removed node).
+/// within the wait (e.g. a learner still installing a snapshot, or a removed member).
 const FOLLOWER_LAG_MAX: u64 = 10_000;
 
 /// Follower read: asks the leader for a read index, then waits until this replica applied it.
@@ -89,7 +88,7 @@ async fn follower_read_index(
     req.set_timeout(READ_INDEX_TIMEOUT);
     let index = match peer.read_index(req).await {
         Ok(r) => r.into_inner().index,
-        // The node we took for leader no longer leads: a forward would be refused there too.
+        // The member we took for leader no longer leads: a forward would be refused there too.
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
             return Err(Status::unavailable(format!(
                 "leadership is moving ({}); retry",
@@ -125,7 +124,7 @@ async fn follower_read_index(
 }
 
 pub fn was_forwarded<T>(r: &Request<T>) -> bool {
-    r.metadata().contains_key(FORWARDED)
+    r.metadata().contains_key(FORWARDED_HEADER)
 }
 
 /// The longest deadline a forwarded call gets, whatever the caller asked.
@@ -170,7 +169,7 @@ impl Via {
                 .map_or(FORWARD_TIMEOUT, |d| d.min(FORWARD_TIMEOUT_MAX)),
         );
         r.metadata_mut()
-            .insert(FORWARDED, "1".parse().expect("an ASCII value"));
+            .insert(FORWARDED_HEADER, "1".parse().expect("an ASCII value"));
         r
     }
 }
@@ -260,7 +259,7 @@ pub enum Proposed {
 }
 
 /// The encoded size of `req`, or INVALID_ARGUMENT past [`PROPOSAL_BYTES_MAX`].
-pub fn check_size(req: &crate::state_machine::Request) -> Result<usize, Status> {
+pub fn check_size(req: &crate::command::Request) -> Result<usize, Status> {
     let bytes = crate::codec::encoded_len(req).map_err(|e| Status::internal(e.to_string()))?;
     if bytes > PROPOSAL_BYTES_MAX {
         return Err(invalid(
@@ -275,7 +274,7 @@ pub fn check_size(req: &crate::state_machine::Request) -> Result<usize, Status> 
 /// mid-proposal) is UNAVAILABLE: retrying with the same (client_id, sequence) applies it once.
 pub async fn propose(
     raft: &Raft,
-    req: crate::state_machine::Request,
+    req: crate::command::Request,
     was_forwarded: bool,
 ) -> Result<Proposed, Status> {
     check_size(&req)?;
@@ -292,7 +291,7 @@ pub async fn propose(
 }
 
 /// Proposes one entry and waits until it is applied: its responses, in order, or where to
-/// forward (this node does not lead). Any other failure leaves the outcome unknown
+/// forward (this member does not lead). Any other failure leaves the outcome unknown
 /// (UNAVAILABLE; a retry with the same request ids applies each request once).
 pub async fn propose_all(
     raft: &Raft,

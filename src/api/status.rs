@@ -13,7 +13,8 @@
 
 use tonic::{Code, Status};
 
-use crate::state_machine::{ApplyError, ReadError};
+use crate::command::ApplyError;
+use crate::state_machine::ReadError;
 use crate::tenant::TenantError;
 
 /// The status code of a deterministic apply (or read-validation) error.

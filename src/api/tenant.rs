@@ -11,13 +11,14 @@ use super::convert;
 use super::graph::Clock;
 use super::route::{self, Proposed};
 use super::status::{apply_error, read_error};
+use crate::command::Outcome;
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::proto::v1::tenant_service_server::TenantService;
+use crate::state_machine::GraphReader;
 use crate::state_machine::Raft;
-use crate::state_machine::{GraphReader, Outcome};
 
-/// The tenant service of one node.
+/// The tenant service of one server.
 pub struct TenantApi {
     raft: Raft,
     reader: GraphReader,
@@ -37,13 +38,13 @@ impl TenantApi {
         }
     }
 
-    /// Shares `admission` (the node's in-flight proposal budget) instead of a private default.
+    /// Shares `admission` (the server's in-flight proposal budget) instead of a private default.
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
         self
     }
 
-    /// Reaches the leader through `router` (the node's dialer) instead of a private TCP one.
+    /// Reaches the leader through `router` (the server's dialer) instead of a private TCP one.
     pub fn with_router(mut self, router: route::Router) -> Self {
         self.router = router;
         self
@@ -52,7 +53,7 @@ impl TenantApi {
     /// Proposes an admin command; `Ok(Err(leader))` means "forward to this leader".
     async fn admin(
         &self,
-        req: crate::state_machine::Request,
+        req: crate::command::Request,
         was_forwarded: bool,
     ) -> Result<Result<Outcome, BasicNode>, Status> {
         match route::propose(&self.raft, req, was_forwarded).await? {

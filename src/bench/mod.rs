@@ -14,7 +14,7 @@
 //! | `create-node` | a write creating one node with property `v` of `--value-bytes` | a put of a new key |
 //! | `update-node` | a write setting `v` of one of `--keys` prepared nodes | a put to one of `--keys` prepared keys |
 //! | `read-linearizable` | `GetNode`, linearizable (read index) | a range of one key, linearizable |
-//! | `read-serializable` | `GetNode` from the node asked, serializable | a range with `serializable` |
+//! | `read-serializable` | `GetNode` from the server asked, serializable | a range with `serializable` |
 //! | `mix` | `--write-percent` updates, the rest linearizable reads | the same |
 //!
 //! Writes are durable on both sides (raftgraph: fdatasync of the WAL on a quorum before the

@@ -46,7 +46,7 @@ pub struct Global {
     pub endpoints: Vec<String>,
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Output,
-    /// Read from the node asked without a read index (may be stale).
+    /// Read from the server asked without a read index (may be stale).
     #[arg(long, global = true)]
     pub serializable: bool,
     /// Whole-call deadline in seconds, retries included.

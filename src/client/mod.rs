@@ -13,7 +13,7 @@
 //! (`session expired`, nothing applied) is resent once in a new session.
 //!
 //! **Routing.** Proposals and linearizable reads go to the leader when it is known (learned
-//! from `Status` at the start of a proposal; any node would forward, this saves the hop),
+//! from `Status` at the start of a proposal; any member would forward, this saves the hop),
 //! serializable reads to the endpoints in turn. UNAVAILABLE, DEADLINE_EXCEEDED (one attempt's),
 //! CANCELLED and UNKNOWN (transport) are retried with jittered exponential backoff (or the
 //! server's `grpc-retry-pushback-ms`) until the call's deadline; after a failed attempt the
@@ -564,7 +564,7 @@ impl Client {
 
     /// A cluster-service call, sent to the endpoints in turn with the retries of every call
     /// (non-leaders forward membership changes and transfers to the leader). Retrying is safe:
-    /// adding a present learner, promoting a voter and removing an absent node are no-ops.
+    /// adding a present learner, promoting a voter and removing an absent member are no-ops.
     pub async fn cluster<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
         F: FnMut(ClusterServiceClient<Channel>) -> Fut,

@@ -15,7 +15,7 @@ pub const OPERATIONS_MAX: usize = 10_000;
 pub const PRECONDITIONS_MAX: usize = 1_000;
 
 /// One client request, as proposed to Raft. `timestamp_micros` and `fingerprint` are stamped by
-/// the node that makes the request (the leader), so every replica applies the same time and
+/// the member that makes the request (the leader), so every replica applies the same time and
 /// compares a repeat against the same fingerprint. Make one with [`Request::new`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -111,7 +111,7 @@ pub enum Command {
     SetLimits(ClusterLimits),
 }
 
-/// Cluster-wide limits. Replicated (set through the log) rather than per-node configuration, so
+/// Cluster-wide limits. Replicated (set through the log) rather than per-server configuration, so
 /// every replica makes the same decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterLimits {

@@ -1,6 +1,6 @@
 //! The peer side of openraft's network over gRPC: [`GrpcNetworkFactory`] dials other members
 //! and sends Raft RPCs and snapshots; [`RaftGrpc`] receives them, decodes the payloads and hands them to
-//! openraft. Beside the client-facing services ([`crate::server`]) at the edge of the crate.
+//! openraft. Beside the client-facing services ([`crate::api`]) at the edge of the crate.
 
 mod network;
 mod service;

@@ -93,7 +93,7 @@ fn decode_reply<T: DeserializeOwned>(
             "node {target}: undecodable reply: {e}"
         )))
     })?;
-    // The peer could not handle it (e.g. it is shutting down): treat like an unreachable node.
+    // The peer could not handle it (e.g. it is shutting down): treat like an unreachable member.
     r.map_err(|e| unreachable(format!("node {target}: {e}")))
 }
 

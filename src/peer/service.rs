@@ -24,7 +24,7 @@ use crate::raft::TypeConfig;
 use crate::state_machine::{Blocking, Raft, SnapshotFile};
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
-/// The Raft RPC service of one node.
+/// The Raft RPC service of one server.
 pub struct RaftGrpc {
     raft: Raft,
     /// Where incoming snapshot streams are written before install (the state machine's
@@ -216,7 +216,7 @@ impl RaftService for RaftGrpc {
                 .await?;
             drop(file);
             // Verify the whole stream (framing, checksums, digest, meta) before openraft sees
-            // it: a failed install is fatal for the node, a refused transfer is not.
+            // it: a failed install is fatal for the member, a refused transfer is not.
             let p = path.clone();
             let stream_meta = blocking.run(move || verify_stream(&p)).await?;
             if stream_meta != meta {

@@ -4,21 +4,22 @@
 //! the edge ([`crate::peer`]); the `Raft` handle over the state machine is
 //! [`crate::state_machine::Raft`].
 //!
-//! Entries carry a [`crate::state_machine::Proposal`] (one request, or client writes the leader
-//! batched); applying one yields [`crate::state_machine::Responses`], one per request. Node ids
-//! are `u64`; a node is known by its address (`BasicNode`).
+//! Entries carry a [`crate::command::Proposal`] (one request, or client writes the leader
+//! batched); applying one yields [`crate::command::Responses`], one per request. Member ids
+//! (openraft's `NodeId`) are `u64`; a member is known by its address (`BasicNode`).
 //!
 //! Leader ids are standard Raft's: one leader per term (a vote is for one candidate per term).
-//! openraft's default would let a node that voted in a term vote again for a candidate with a
-//! higher node id in the same term, so two nodes could both lead one term (safe for openraft,
-//! which orders leaders by term and node id, but not Raft's election safety, which the
-//! simulation checks and operators expect when they read terms).
+//! openraft's default would let a member that voted in a term vote again for a candidate with
+//! a higher member id in the same term, so two members could both lead one term (safe for
+//! openraft, which orders leaders by term and member id, but not Raft's election safety, which
+//! the simulation checks and operators expect when they read terms).
 
 mod runtime;
 
 pub use runtime::SeededTokio;
-#[doc(hidden)] // for the node's start and the simulation's determinism check
-pub use runtime::{seeded, unseeded_draws};
+pub(crate) use runtime::seeded;
+#[doc(hidden)] // for the simulation's determinism check
+pub use runtime::unseeded_draws;
 
 use crate::command::{Proposal, Responses};
 

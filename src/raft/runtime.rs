@@ -1,10 +1,10 @@
 //! openraft's async runtime: tokio, with openraft's randomness (election timeouts, the first
-//! tick) drawn from a seed when a node is started with one.
+//! tick) drawn from a seed when a server is started with one.
 //!
 //! The seed lives in a task-local set around `Raft::new`; every task openraft spawns from
-//! there derives its own seed from its parent's, so a node's random choices depend only on its
+//! there derives its own seed from its parent's, so a member's random choices depend only on its
 //! seed and the order of its own events — what the deterministic simulation needs. Code that
-//! runs outside such a scope (a production node started without a seed, or openraft tasks
+//! runs outside such a scope (a production server started without a seed, or openraft tasks
 //! spawned from a gRPC handler, which draw no randomness) falls back to the OS generator and
 //! counts the draw in [`unseeded_draws`], which the simulation requires to stay zero.
 

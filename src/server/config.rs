@@ -1,5 +1,5 @@
-//! A node's configuration: a TOML file (see `deploy/node1.toml`), overridden by flags and
-//! `RAFTGRAPH_*` environment variables (the binary applies those). [`NodeConfig::validate`]
+//! A server's configuration: a TOML file (see `deploy/node1.toml`), overridden by flags and
+//! `RAFTGRAPH_*` environment variables (the binary applies those). [`ServerConfig::validate`]
 //! refuses bad values and bad combinations with a message naming the field.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use crate::state_machine::StateMachineConfig;
 use crate::transport::check_addr;
 use crate::wal::WalConfig;
 
-/// The most proposals in flight a node may be configured for.
+/// The most proposals in flight a server may be configured for.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1_000_000;
 /// Most runtime threads `server.worker_threads` may ask for.
 pub const WORKER_THREADS_MAX: usize = 1_024;
@@ -21,14 +21,14 @@ pub const WORKER_THREADS_MAX: usize = 1_024;
 /// The longest cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
 
-/// Everything a node needs to start.
+/// Everything a server needs to start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeConfig {
+pub struct ServerConfig {
     /// Names the cluster; recorded in the data directory on first start and checked on every
-    /// later one, so a node never starts on another cluster's data. `[A-Za-z0-9_.-]`, 1..=64.
+    /// later one, so a server never starts on another cluster's data. `[A-Za-z0-9_.-]`, 1..=64.
     pub cluster_id: String,
-    /// This node's Raft id, unique in the cluster, at least 1. Recorded in the data directory.
+    /// This member's Raft id, unique in the cluster, at least 1. Recorded in the data directory.
     pub node_id: u64,
     /// Address to listen on for clients and peers (`ip:port`).
     pub listen: SocketAddr,
@@ -79,12 +79,12 @@ impl Default for RaftSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// Writes and admin commands in flight on this node before new ones are refused with
+    /// Writes and admin commands in flight on this server before new ones are refused with
     /// UNAVAILABLE and a retry hint.
     pub proposals_in_flight_max: usize,
-    /// Threads of the node's async runtime (`raftgraph server` builds it from this). Unset:
-    /// one per CPU core. Where several nodes share one machine, as in the local cluster, one
-    /// each spares the cores the wake-ups between a node's own threads (measured in
+    /// Threads of the server's async runtime (`raftgraph server` builds it from this). Unset:
+    /// one per CPU core. Where several servers share one machine, as in the local cluster, one
+    /// each spares the cores the wake-ups between a server's own threads (measured in
     /// BENCHMARKS.md). The WAL's I/O thread and RocksDB's are extra.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
@@ -152,10 +152,10 @@ pub fn check_cluster_id(id: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-impl NodeConfig {
+impl ServerConfig {
     /// A configuration with defaults for everything but identity, addresses and directory.
     pub fn new(cluster_id: &str, node_id: u64, listen: SocketAddr, data_dir: &Path) -> Self {
-        NodeConfig {
+        ServerConfig {
             cluster_id: cluster_id.into(),
             node_id,
             listen,
@@ -286,7 +286,7 @@ impl NodeConfig {
         c
     }
 
-    /// openraft's configuration: pre-vote on (a node cut off and healed must not depose a
+    /// openraft's configuration: pre-vote on (a member cut off and healed must not depose a
     /// healthy leader), snapshots by entry count.
     pub fn raft_config(&self) -> Result<Arc<openraft::Config>, ConfigError> {
         let r = &self.raft;
@@ -306,7 +306,7 @@ impl NodeConfig {
             // WAL syncs a lone committed id only with the next group and the state machine
             // syncs nothing — and answer a linearizable read with a state that misses an
             // acknowledged write (the simulation found this after a power cut of all three
-            // nodes). Off, it must win a new term first; its first entry in that term is
+            // members). Off, it must win a new term first; its first entry in that term is
             // committed only after every earlier entry, so every read index covers them.
             enable_leader_restore: Some(false),
             snapshot_policy: policy,

@@ -1,6 +1,7 @@
-//! A node's data directory: an exclusive lock (`LOCK`, held while the node runs, so no second
-//! process starts on it) and its identity (`IDENTITY`: cluster id and node id, written on first
-//! start and checked on every later one, so a node never starts on another node's data).
+//! A member's data directory: an exclusive lock (`LOCK`, held while the server runs, so no
+//! second process starts on it) and its identity (`IDENTITY`: cluster id and member id, written
+//! on first start and checked on every later one, so a server never starts on another member's
+//! data).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

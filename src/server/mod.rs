@@ -1,10 +1,10 @@
-//! One raftgraph node: opens its data directory (locked, identity checked), the WAL and the
+//! One raftgraph server: opens its data directory (locked, identity checked), the WAL and the
 //! state machine, starts Raft, and serves every gRPC service on one listener — graph, tenant,
 //! cluster, Raft (peers), the standard health service and server reflection — until told to
-//! stop. A restarted node rejoins from its data directory; only a brand-new cluster needs
+//! stop. A restarted member rejoins from its data directory; only a brand-new cluster needs
 //! `cluster init`.
 //!
-//! **Shutdown** ([`Node::shutdown`]): health goes NOT_SERVING; a leader hands leadership to an
+//! **Shutdown** ([`Server::shutdown`]): health goes NOT_SERVING; a leader hands leadership to an
 //! up-to-date voter (bounded by two election timeouts) so the cluster does not wait out an
 //! election; the server stops accepting and drains in-flight calls; Raft shuts down (the WAL
 //! has every acknowledged entry synced already). A crash skips all of it and loses nothing
@@ -30,23 +30,23 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use self::config::{
-    CLUSTER_ID_BYTES_MAX, ConfigError, NodeConfig, PROPOSALS_IN_FLIGHT_MAX, RaftSection,
+    CLUSTER_ID_BYTES_MAX, ConfigError, PROPOSALS_IN_FLIGHT_MAX, RaftSection, ServerConfig,
     ServerSection, StorageSection, WORKER_THREADS_MAX, check_cluster_id,
 };
 pub use self::data_dir::{DataDir, DataDirError, Identity};
+use crate::api::{Admission, Clock, ClusterApi, GraphApi, Router, TenantApi};
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::graph_service_server::GraphServiceServer;
 use crate::proto::v1::raft_service_server::RaftServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
-use crate::server::{Admission, Clock, ClusterApi, GraphApi, Router, TenantApi};
 use crate::state_machine::Raft;
 use crate::state_machine::{Blocking, GraphReader, StateMachine};
 use crate::transport::Dialer;
 use crate::wal::{IoRuntime, StdFs, Wal, WalFs};
 use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 
-/// The services a node reports in the health service (besides "" for the whole server).
+/// The services a server reports in the health service (besides "" for the whole server).
 pub const SERVICES: [&str; 4] = [
     "raftgraph.v1.GraphService",
     "raftgraph.v1.TenantService",
@@ -57,9 +57,9 @@ pub const SERVICES: [&str; 4] = [
 /// How long a graceful shutdown lets in-flight calls finish.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
-/// Why a node could not start or stopped with an error.
+/// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum NodeError {
+pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -103,9 +103,9 @@ pub struct PlantedBugs {
     pub skip_session_dedup: bool,
 }
 
-/// Where a node gets its files, threads, time, randomness and network.
+/// Where a server gets its files, threads, time, randomness and network.
 #[derive(Clone)]
-pub struct NodeEnv {
+pub struct ServerEnv {
     /// The WAL's files.
     pub wal_fs: Arc<dyn WalFs>,
     /// Where the WAL's group-commit task runs.
@@ -123,11 +123,11 @@ pub struct NodeEnv {
     pub planted: PlantedBugs,
 }
 
-impl NodeEnv {
+impl ServerEnv {
     /// Real files (synced with fsync), a WAL thread, tokio's blocking pool, the system clock,
     /// TCP, OS randomness.
-    pub fn production() -> NodeEnv {
-        NodeEnv {
+    pub fn production() -> ServerEnv {
+        ServerEnv {
             wal_fs: Arc::new(StdFs),
             wal_io: IoRuntime::Thread,
             blocking: Blocking::Pool,
@@ -140,9 +140,9 @@ impl NodeEnv {
     }
 }
 
-/// A running node.
-pub struct Node {
-    config: NodeConfig,
+/// A running server.
+pub struct Server {
+    config: ServerConfig,
     raft: Raft,
     reader: GraphReader,
     health: HealthReporter,
@@ -153,22 +153,22 @@ pub struct Node {
     _data_dir: DataDir,
 }
 
-impl Node {
-    /// Opens the node's state and starts serving on `listener`.
-    pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<Node, NodeError> {
+impl Server {
+    /// Opens the member's state and starts serving on `listener`.
+    pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Server, ServerError> {
         Self::start_with_clock(config, listener, system_clock()).await
     }
 
-    /// [`Node::start`] with an injected clock for entry timestamps.
+    /// [`Server::start`] with an injected clock for entry timestamps.
     pub async fn start_with_clock(
-        config: NodeConfig,
+        config: ServerConfig,
         listener: TcpListener,
         clock: Clock,
-    ) -> Result<Node, NodeError> {
-        let local_addr = listener.local_addr().map_err(NodeError::Listener)?;
-        let env = NodeEnv {
+    ) -> Result<Server, ServerError> {
+        let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
+        let env = ServerEnv {
             clock,
-            ..NodeEnv::production()
+            ..ServerEnv::production()
         };
         // `serve_with_incoming` takes the sockets as they are: tonic's `tcp_nodelay` applies
         // only to listeners it binds itself. Without TCP_NODELAY a small response waits for
@@ -183,29 +183,30 @@ impl Node {
         Self::start_in(config, incoming, local_addr, env).await
     }
 
-    /// Starts a node in `env`, serving the connections `incoming` yields (accepted at
-    /// `local_addr`). Production nodes come from [`Node::start`]; the deterministic simulation
+    /// Starts a server in `env`, serving the connections `incoming` yields (accepted at
+    /// `local_addr`). Production servers come from [`Server::start`]; the deterministic simulation
     /// calls this with its own files, threads, clock, randomness and network.
     ///
     /// Four steps: open the storage (data directory, WAL, state machine), start Raft on it,
     /// build the services, serve.
     pub async fn start_in<I, IO, IE>(
-        config: NodeConfig,
+        config: ServerConfig,
         incoming: I,
         local_addr: SocketAddr,
-        env: NodeEnv,
-    ) -> Result<Node, NodeError>
+        env: ServerEnv,
+    ) -> Result<Server, ServerError>
     where
         I: Stream<Item = Result<IO, IE>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         config.validate()?;
+        let raft_config = config.raft_config()?;
         let storage = Storage::open(&config, &env).await?;
         let reader = storage.sm.reader();
-        let recv_dir = storage.sm_config.dir.join("snapshots");
+        let recv_dir = storage.snapshots_dir.clone();
         let wal_stats = storage.wal.stats();
-        let raft = start_raft(&config, &env, storage.wal, storage.sm).await?;
+        let raft = start_raft(&config, raft_config, &env, storage.wal, storage.sm).await?;
         let (health, routes) = services(&config, &env, &raft, &reader, recv_dir, wal_stats).await?;
 
         let (stop, stopped) = oneshot::channel::<()>();
@@ -219,7 +220,7 @@ impl Node {
             advertise = %config.advertise_addr(),
             "node serving"
         );
-        Ok(Node {
+        Ok(Server {
             config,
             raft,
             reader,
@@ -239,7 +240,7 @@ impl Node {
         &self.reader
     }
 
-    pub fn config(&self) -> &NodeConfig {
+    pub fn config(&self) -> &ServerConfig {
         &self.config
     }
 
@@ -249,22 +250,22 @@ impl Node {
     }
 
     /// Serves until `signal` resolves or the server fails, then shuts down gracefully.
-    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), NodeError> {
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
         tokio::select! {
             _ = signal => self.shutdown().await,
             r = &mut self.server => {
                 let _ = self.raft.shutdown().await;
                 match r {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(NodeError::Serve(e.to_string())),
-                    Err(e) => Err(NodeError::Serve(e.to_string())),
+                    Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
+                    Err(e) => Err(ServerError::Serve(e.to_string())),
                 }
             }
         }
     }
 
     /// Graceful stop: see the module docs.
-    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
         for svc in std::iter::once("").chain(SERVICES) {
             self.health
                 .set_service_status(svc, ServingStatus::NotServing)
@@ -286,17 +287,17 @@ impl Node {
         self.raft
             .shutdown()
             .await
-            .map_err(|e| NodeError::Raft(format!("shutdown: {e}")))?;
+            .map_err(|e| ServerError::Raft(format!("shutdown: {e}")))?;
         match served {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeError::Serve(e.to_string())),
-            Err(e) => Err(NodeError::Serve(e.to_string())),
+            Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
+            Err(e) => Err(ServerError::Serve(e.to_string())),
         }
     }
 
-    /// If this node leads, asks the most up-to-date other voter to take over and waits (at
-    /// most two election timeouts) until this node has heard from the new leader. Best effort: on timeout
-    /// the others elect a leader after an election timeout as after a crash.
+    /// If this member leads, asks the most up-to-date other voter to take over and waits (at
+    /// most two election timeouts) until this member has heard from the new leader. Best effort:
+    /// on timeout the others elect a leader after an election timeout as after a crash.
     async fn hand_off_leadership(&self) {
         let m = self.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(m.id) {
@@ -325,18 +326,19 @@ impl Node {
     }
 }
 
-/// A node's storage, opened: the locked data directory, the WAL and the state machine.
+/// A member's storage, opened: the locked data directory, the WAL and the state machine.
 struct Storage {
     data_dir: DataDir,
     wal: Wal<crate::raft::TypeConfig>,
     sm: StateMachine,
-    sm_config: crate::state_machine::StateMachineConfig,
+    /// Where incoming snapshot streams are written (the state machine's `snapshots/`).
+    snapshots_dir: std::path::PathBuf,
 }
 
 impl Storage {
     /// Locks the data directory (checking its identity), then opens the WAL and the state
     /// machine in it.
-    async fn open(config: &NodeConfig, env: &NodeEnv) -> Result<Storage, NodeError> {
+    async fn open(config: &ServerConfig, env: &ServerEnv) -> Result<Storage, ServerError> {
         let data_dir = DataDir::open(
             &config.data_dir,
             &Identity {
@@ -344,12 +346,12 @@ impl Storage {
                 node_id: config.node_id,
             },
         )?;
-        #[allow(unused_mut)] // set only by a planted bug
-        let mut wal_config = config.wal_config();
+        let wal_config = config.wal_config();
         #[cfg(feature = "testing")]
-        {
-            wal_config.planted_ack_before_sync = env.planted.ack_before_sync;
-        }
+        let wal_config = crate::wal::WalConfig {
+            planted_ack_before_sync: env.planted.ack_before_sync,
+            ..wal_config
+        };
         let wal = Wal::open(wal_config, env.wal_fs.clone(), env.wal_io).await?;
         let mut sm_config = config.sm_config();
         sm_config.blocking = env.blocking;
@@ -357,14 +359,15 @@ impl Storage {
         {
             sm_config.planted_skip_session_dedup = env.planted.skip_session_dedup;
         }
-        let sm = StateMachine::open(sm_config.clone())
+        let snapshots_dir = sm_config.dir.join("snapshots");
+        let sm = StateMachine::open(sm_config)
             .await
-            .map_err(NodeError::StateMachine)?;
+            .map_err(ServerError::StateMachine)?;
         Ok(Storage {
             data_dir,
             wal,
             sm,
-            sm_config,
+            snapshots_dir,
         })
     }
 }
@@ -372,12 +375,12 @@ impl Storage {
 /// Starts Raft on the opened log and state machine; its randomness (election timeouts) comes
 /// from the environment's seed when there is one.
 async fn start_raft(
-    config: &NodeConfig,
-    env: &NodeEnv,
+    config: &ServerConfig,
+    raft_config: Arc<openraft::Config>,
+    env: &ServerEnv,
     wal: Wal<crate::raft::TypeConfig>,
     sm: StateMachine,
-) -> Result<Raft, NodeError> {
-    let raft_config = config.raft_config()?;
+) -> Result<Raft, ServerError> {
     let network = GrpcNetworkFactory {
         connect_timeout: None,
         dialer: env.dialer.clone(),
@@ -388,19 +391,19 @@ async fn start_raft(
         Some(seed) => crate::raft::seeded(seed, raft).await,
         None => raft.await,
     }
-    .map_err(|e| NodeError::Raft(e.to_string()))
+    .map_err(|e| ServerError::Raft(e.to_string()))
 }
 
-/// Builds every service a node serves (health, reflection, graph, tenant, cluster, Raft) into
+/// Builds every service a server serves (health, reflection, graph, tenant, cluster, Raft) into
 /// one router, with health reporting each service as serving.
 async fn services(
-    config: &NodeConfig,
-    env: &NodeEnv,
+    config: &ServerConfig,
+    env: &ServerEnv,
     raft: &Raft,
     reader: &GraphReader,
     recv_dir: std::path::PathBuf,
     wal_stats: crate::wal::WalStats,
-) -> Result<(HealthReporter, tonic::transport::server::Router), NodeError> {
+) -> Result<(HealthReporter, tonic::transport::server::Router), ServerError> {
     let router = Router {
         dialer: env.dialer.clone(),
         #[cfg(feature = "testing")]
@@ -414,10 +417,10 @@ async fn services(
     };
     let reflection_v1 = reflection()
         .build_v1()
-        .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
+        .map_err(|e| ServerError::Serve(format!("reflection: {e}")))?;
     let reflection_v1alpha = reflection()
         .build_v1alpha()
-        .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
+        .map_err(|e| ServerError::Serve(format!("reflection: {e}")))?;
 
     let admission = Admission::new(config.server.proposals_in_flight_max);
     let graph = GraphApi::new(raft.clone(), reader.clone(), env.clock.clone())
@@ -461,11 +464,14 @@ async fn services(
     Ok((health, routes))
 }
 
-/// Starts a node and serves until `signal` resolves (the binary passes SIGTERM/SIGINT).
+/// Starts a server and serves until `signal` resolves (the binary passes SIGTERM/SIGINT).
 pub async fn run(
-    config: NodeConfig,
+    config: ServerConfig,
     listener: TcpListener,
     signal: impl Future<Output = ()>,
-) -> Result<(), NodeError> {
-    Node::start(config, listener).await?.run_until(signal).await
+) -> Result<(), ServerError> {
+    Server::start(config, listener)
+        .await?
+        .run_until(signal)
+        .await
 }

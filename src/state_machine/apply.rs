@@ -58,7 +58,7 @@ fn fatal_of(f: Fail) -> io::Error {
 
 /// Applies `req` as part of entry `index`, over the changes of the entry's earlier requests
 /// (`layer`), to which its own are added when accepted; column-family work goes into `ddl`.
-/// Returns the response, or an error that must stop the node (I/O, corruption).
+/// Returns the response, or an error that must stop the member (I/O, corruption).
 pub(crate) fn apply_request(
     store: &Store,
     index: u64,

@@ -1,4 +1,4 @@
-//! State machine configuration (per node; nothing here changes what apply decides).
+//! State machine configuration (per server; nothing here changes what apply decides).
 
 use std::io;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ impl Blocking {
     }
 }
 
-/// Node-local settings of the state machine.
+/// Server-local settings of the state machine.
 #[derive(Clone, Debug)]
 pub struct StateMachineConfig {
     /// Directory holding `CURRENT`, the database directories and snapshots.

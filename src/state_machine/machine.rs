@@ -119,7 +119,7 @@ impl StateMachine {
 
     /// Applies one entry: its requests' effects and the applied id in one batch. Returns one
     /// response per request (none for entries without client requests). Errors are fatal for
-    /// the node. openraft applies through [`RaftStateMachine::apply`]; this is the same step,
+    /// the member. openraft applies through [`RaftStateMachine::apply`]; this is the same step,
     /// for tests and tools.
     pub fn apply_entry(&mut self, entry: &crate::raft::Entry) -> io::Result<Responses> {
         let log_id = entry.log_id();

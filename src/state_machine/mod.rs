@@ -57,7 +57,7 @@
 //! - A restart after a crash re-applies what the memtables held: up to the meta column
 //!   family's memtable (`META_WRITE_BUFFER_BYTES`, some 100,000 create-node writes) or a
 //!   snapshot interval, whichever is less.
-//! - `ClusterLimits` are replicated through the log (`Command::SetLimits`), not node config.
+//! - `ClusterLimits` are replicated through the log (`Command::SetLimits`), not server config.
 //! - The latest checkpoint is kept beside the stream it produced; its hard links hold on to SST
 //!   files that compaction has since replaced, until the next snapshot.
 //! - Decoding a stored value recurses over nested property values; apply bounds nesting
@@ -67,7 +67,7 @@
 mod apply;
 pub mod bench;
 mod config;
-pub mod keys;
+mod keys;
 mod machine;
 mod ops;
 mod read;
@@ -78,13 +78,6 @@ pub mod stream;
 mod txn;
 mod verify;
 
-pub use crate::command::{
-    ApplyError, ClusterLimits, Command, Direction, Edge, EdgeRecord, Fingerprint, LABELS_MAX,
-    NAME_BYTES_MAX, Node, NodeRecord, NodeRef, OPERATIONS_MAX, Op, OpResult, Outcome,
-    PRECONDITIONS_MAX, PROPERTIES_MAX, Precondition, Properties, Proposal, RECORD_BYTES_MAX,
-    Request, Response, Responses, VALUE_BYTES_MAX, VALUE_DEPTH_MAX, VALUE_ITEMS_MAX, Value,
-    WriteRequest,
-};
 pub use config::{Blocking, StateMachineConfig};
 pub use machine::{Builder, StateMachine};
 

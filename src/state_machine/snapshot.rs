@@ -201,7 +201,7 @@ impl StreamSink for SstSink<'_> {
     }
 }
 
-/// Copies everything read through it into `w`, so the received stream becomes this node's
+/// Copies everything read through it into `w`, so the received stream becomes this member's
 /// current snapshot in the same pass.
 struct Tee<R, W> {
     r: R,

@@ -1,7 +1,7 @@
 //! The snapshot stream: the logical content of a checkpoint, the same bytes on every replica.
 //!
 //! Raw SST files differ between replicas with compaction timing, so what travels (and what a
-//! node keeps as its current snapshot) is this stream, read from a checkpoint in key order.
+//! replica keeps as its current snapshot) is this stream, read from a checkpoint in key order.
 //!
 //! ```text
 //! header  "RGSNAP\0\0" (8 bytes) | version: u32 LE (= 1)

@@ -13,7 +13,7 @@ use super::store::{MetaCache, Rocks, Store, rocks_err};
 use crate::command::ApplyError;
 
 /// An apply failure: deterministic (returned to the client, nothing written) or fatal (I/O or
-/// corruption: the node stops rather than diverge).
+/// corruption: the member stops rather than diverge).
 #[derive(Debug)]
 pub(crate) enum Fail {
     Refused(ApplyError),

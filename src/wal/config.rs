@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::error::WalError;
 use crate::wire::{DECODE_BYTES_MAX, WAL_RECORD_BYTES};
 
-/// How the WAL lays out and batches its files. Defaults suit a production node; tests shrink
+/// How the WAL lays out and batches its files. Defaults suit a production server; tests shrink
 /// `segment_bytes` to exercise rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalConfig {

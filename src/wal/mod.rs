@@ -81,6 +81,7 @@ pub use shared::WalStats;
 pub use store::{Wal, WalReader};
 
 /// File-format constants and helpers, public for tests that corrupt files on purpose.
+#[doc(hidden)]
 pub mod layout {
     pub use super::format::{
         RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_record_header, parse_segment_file_name,

@@ -178,9 +178,9 @@ where
     /// holds is a committed id: that rides with the next group instead of costing an
     /// fdatasync of its own (one per write, on every member, otherwise). A committed id is a
     /// hint for recovery: a stored one that lags only means less is re-applied from the log
-    /// before the node rejoins, never that anything is lost. That holds because a restarted
+    /// before the member rejoins, never that anything is lost. That holds because a restarted
     /// leader does not restore its leadership (`enable_leader_restore` is off in
-    /// `NodeConfig::raft_config`): a leader must win a new term, whose first entry every read
+    /// `ServerConfig::raft_config`): a leader must win a new term, whose first entry every read
     /// index then covers, instead of serving reads at the lagging id it read back.
     fn flush(&mut self) {
         if self.group.entries.is_empty() && self.group.barriers.is_empty() {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use raftgraph::client::{Client, ClientOptions};
-use raftgraph::node::{Node, NodeConfig};
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
+use raftgraph::server::{Server, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -69,14 +69,14 @@ pub async fn proxy(target: SocketAddr) -> Proxy {
 }
 
 pub struct TestNode {
-    pub config: NodeConfig,
+    pub config: ServerConfig,
     pub rt: Option<tokio::runtime::Runtime>,
-    pub node: Option<Node>,
+    pub node: Option<Server>,
     pub proxy: Option<Proxy>,
 }
 
 impl TestNode {
-    pub fn node(&self) -> &Node {
+    pub fn node(&self) -> &Server {
         self.node.as_ref().expect("node is running")
     }
 
@@ -94,12 +94,12 @@ impl Drop for TestNode {
     }
 }
 
-pub fn clock() -> raftgraph::server::Clock {
+pub fn clock() -> raftgraph::api::Clock {
     Arc::new(|| 1_700_000_000_000_000)
 }
 
 /// Starts `config`'s node on a runtime of its own, listening on `config.listen`.
-pub async fn boot(config: NodeConfig) -> (tokio::runtime::Runtime, Node) {
+pub async fn boot(config: ServerConfig) -> (tokio::runtime::Runtime, Server) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -110,7 +110,7 @@ pub async fn boot(config: NodeConfig) -> (tokio::runtime::Runtime, Node) {
     let node = rt
         .spawn(async move {
             let l = TcpListener::from_std(listener).unwrap();
-            Node::start_with_clock(config, l, clock()).await
+            Server::start_with_clock(config, l, clock()).await
         })
         .await
         .unwrap()
@@ -157,7 +157,7 @@ impl Cluster {
             .unwrap()
             .local_addr()
             .unwrap();
-        let mut config = NodeConfig::new("test", id, port, &self.dir.path().join(id.to_string()));
+        let mut config = ServerConfig::new("test", id, port, &self.dir.path().join(id.to_string()));
         config.raft.heartbeat_ms = self.timing.heartbeat_ms;
         config.raft.election_timeout_min_ms = self.timing.election_min_ms;
         config.raft.election_timeout_max_ms = self.timing.election_max_ms;
@@ -183,7 +183,7 @@ impl Cluster {
         );
     }
 
-    pub fn live(&self) -> impl Iterator<Item = (u64, &Node)> {
+    pub fn live(&self) -> impl Iterator<Item = (u64, &Server)> {
         self.nodes
             .iter()
             .filter_map(|(id, n)| n.node.as_ref().map(|node| (*id, node)))

@@ -1,4 +1,4 @@
-//! Whole nodes (`raftgraph::node::Node`: data directory, WAL, RocksDB, every gRPC service) in
+//! Whole nodes (`raftgraph::server::Node`: data directory, WAL, RocksDB, every gRPC service) in
 //! one process, each on its own tokio runtime over real loopback gRPC, driven through the Rust
 //! client and the cluster service. A crash is the node's runtime shut down with its tasks
 //! aborted where they stand (no graceful shutdown, no leadership hand-off); a restart opens the

@@ -9,10 +9,12 @@ use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::vote::RaftLeaderIdExt;
+use raftgraph::command::{
+    ApplyError, Command, Op, OpResult, Outcome, Properties, Request, Response, Value, WriteRequest,
+};
 use raftgraph::raft::{Entry, LogId, TypeConfig};
 use raftgraph::state_machine::{
-    ApplyError, Blocking, Command, GraphReader, Op, OpResult, Outcome, Properties, Request,
-    Response, SnapshotFile, StateMachine, StateMachineConfig, Value, WriteRequest,
+    Blocking, GraphReader, SnapshotFile, StateMachine, StateMachineConfig,
 };
 use raftgraph::tenant::{Quotas, TenantConfig};
 

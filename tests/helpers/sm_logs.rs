@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use openraft::entry::RaftEntry;
 use openraft::{EntryPayload, Membership};
-use raftgraph::raft::Entry;
-use raftgraph::state_machine::{
+use raftgraph::command::{
     ClusterLimits, Command, NodeRef, Op, Precondition, Request, Value, WriteRequest,
 };
+use raftgraph::raft::Entry;
 use raftgraph::tenant::{Quotas, TenantConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -161,7 +161,7 @@ impl Gen {
         }
     }
 
-    fn props(&mut self) -> raftgraph::state_machine::Properties {
+    fn props(&mut self) -> raftgraph::command::Properties {
         let n = self.rng.random_range(0..3);
         (0..n)
             .map(|_| (format!("p{}", self.rng.random_range(0..4)), self.value()))

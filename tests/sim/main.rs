@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use raftgraph::node::PlantedBugs;
+use raftgraph::server::PlantedBugs;
 use world::{Options, Run};
 
 /// Seeds the README's test command runs (measured to fit the CI budget: docs/testing.md).

@@ -15,8 +15,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
-use raftgraph::node::{Node, NodeConfig, NodeEnv, PlantedBugs};
 use raftgraph::proto::v1 as pb;
+use raftgraph::server::{PlantedBugs, Server, ServerConfig, ServerEnv};
 use raftgraph::state_machine::Blocking;
 use raftgraph::wal::{IoRuntime, MemFs};
 use rand::rngs::SmallRng;
@@ -135,14 +135,14 @@ struct Disk {
     name: &'static str,
     /// Tight reconnect loops the node's dialer saw.
     alarms: Arc<std::sync::Mutex<Vec<String>>>,
-    config: NodeConfig,
+    config: ServerConfig,
     wal: Arc<MemFs>,
     boots: Cell<u64>,
 }
 
-fn node_config(dir: &Path, id: u64) -> NodeConfig {
+fn node_config(dir: &Path, id: u64) -> ServerConfig {
     let name = NODES[id as usize - 1];
-    let mut c = NodeConfig::new(
+    let mut c = ServerConfig::new(
         "sim",
         id,
         format!("0.0.0.0:{PORT}").parse().expect("an address"),
@@ -167,7 +167,7 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
     let id = disk.config.node_id;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let local = listener.local_addr()?;
-    let env = NodeEnv {
+    let env = ServerEnv {
         wal_fs: disk.wal.clone(),
         wal_io: IoRuntime::Inline,
         blocking: Blocking::Inline,
@@ -177,7 +177,7 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
         planted: opts.planted,
     };
     shared.borrow_mut().trace(format!("n{id} boot {boot}"));
-    let node = match Node::start_in(
+    let node = match Server::start_in(
         disk.config.clone(),
         super::net::incoming(listener),
         local,
