@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's run command: starts the local three-member cluster (deploy/local-cluster.sh),
-# creates a tenant, writes a few nodes and edges through different servers, and reads them back
+# The README's run command: starts the local three-member cluster (deploy/local-cluster.sh;
+# certificates on first start, TLS between members and to clients), creates a tenant, writes a few nodes and edges through different servers, and reads them back
 # through the CLI. The cluster keeps running afterwards; stop it with
 # `bash deploy/local-cluster.sh stop`.
 set -euo pipefail
@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/local-cluster.sh start
 RG="${RAFTGRAPH_BIN:-${CARGO_TARGET_DIR:-target}/ci/raftgraph}"
+# Every call below speaks TLS to the cluster and trusts its CA.
+export RAFTGRAPH_CA=target/local-cluster/certs/ca.pem
 
 id_of() { sed -E 's/.*"id":([0-9]+).*/\1/'; }
 

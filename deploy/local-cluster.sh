@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A local three-member raftgraph cluster on 127.0.0.1:7001-7003 (configs: deploy/node{1,2,3}.toml,
-# data and logs under target/local-cluster/).
+# A local three-member raftgraph cluster: clients on 127.0.0.1:7001-7003 (TLS), members on
+# 127.0.0.1:7101-7103 (mutual TLS). Configs: deploy/node{1,2,3}.toml; data, logs and the
+# certificates (created with `raftgraph certs` on first start) under target/local-cluster/.
+# Client commands need the cluster's CA: export RAFTGRAPH_CA=target/local-cluster/certs/ca.pem
 #
 #   bash deploy/local-cluster.sh start    # build, start the three servers, init the cluster once
 #   bash deploy/local-cluster.sh status   # each member's view (state, term, leader, log)
@@ -14,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=target/local-cluster
 ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+CERTS=$DIR/certs
+export RAFTGRAPH_CA=$CERTS/ca.pem
 mkdir -p "$DIR"
 
 bin() {
@@ -41,10 +45,22 @@ answers() {
   "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"node":[0-9]'
 }
 
+# The cluster's CA and one certificate per member, once (keys 0600).
+certificates() {
+  if [[ -f "$CERTS/ca.pem" ]]; then return 0; fi
+  "$(bin)" certs init --cluster-id local --dir "$CERTS" >/dev/null
+  for i in 1 2 3; do
+    "$(bin)" certs member --cluster-id local --id "$i" --host 127.0.0.1 --host localhost \
+      --dir "$CERTS" >/dev/null
+  done
+  echo "certificates created in $CERTS (CA: $CERTS/ca.pem)"
+}
+
 start() {
   if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
     cargo build --profile ci --bin raftgraph
   fi
+  certificates
   for i in 1 2 3; do
     if running "$i"; then
       echo "node $i already running (pid $(cat "$DIR/node$i.pid"))"

@@ -24,13 +24,14 @@
 //! | [`command`] | the replicated vocabulary: graph values, requests, responses | `tenant`, `codec`, `wire` |
 //! | [`raft`] | the openraft type configuration and its runtime | `command` |
 //! | [`wal`] | the Raft log storage: segments, CRC32C records, group commit, recovery | `codec`, `wire` |
-//! | [`transport`] | outgoing channels (the network seam) and address checks | `wire` |
+//! | [`tls`] | certificates (names, generation), TLS configs and their reload, the TLS listener | — |
+//! | [`transport`] | outgoing channels (the network seam, TLS when asked) and address checks | `wire` |
 //! | [`state_machine`] | RocksDB: apply, reads, snapshots, digests; the `Raft` handle over it | `raft`, `command`, `tenant`, `codec`, `wire` |
 //! | [`client`] | the Rust client: leader discovery, deadlines, exactly-once retries | `transport`, `proto`, `wire` |
-//! | [`api`] | the client-facing gRPC services, routing, admission, edge conversions | `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `transport`, `proto`, `wire` |
-//! | [`peer`] | openraft's network over gRPC between members | `state_machine`, `raft`, `codec`, `transport`, `proto`, `wire` |
-//! | [`server`] | the server process: config, data directory, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `transport`, `proto`, `wire` |
-//! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster` commands | `client`, `command`, `proto`, `wire` |
+//! | [`api`] | the client-facing gRPC services, routing, admission, edge conversions | `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
+//! | [`peer`] | openraft's network over gRPC between members, and who may call it | `state_machine`, `raft`, `codec`, `tls`, `transport`, `proto`, `wire` |
+//! | [`server`] | the server process: config, data directory, two listeners, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
+//! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster\|certs` commands | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
 //! | [`bench`](mod@bench) | `raftgraph bench`, the load generator for raftgraph and etcd | `client`, `command`, `transport`, `proto`, `wire` |
 //!
 //! `wal`, `state_machine`, `tenant` and `command` never see tonic or generated protobuf types:
@@ -53,6 +54,7 @@ pub mod raft;
 pub mod server;
 pub mod state_machine;
 pub mod tenant;
+pub mod tls;
 pub mod transport;
 pub mod wal;
 pub mod wire;

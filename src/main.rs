@@ -59,6 +59,11 @@ enum Command {
     },
     /// Load a raftgraph cluster (or, with --target etcd, an etcd cluster) with concurrent
     /// clients: throughput, p50/p99/p99.9 latency and errors.
+    /// Certificates: the cluster's CA, member and client certificates (PEM, keys 0600).
+    Certs {
+        #[command(subcommand)]
+        cmd: cli::CertsCmd,
+    },
     Bench(raftgraph::bench::BenchArgs),
     /// Read `bench --output json` lines of raftgraph and etcd runs (several rounds) and print
     /// the medians, the raftgraph/etcd ratios and the bar, as a Markdown table.
@@ -109,20 +114,54 @@ struct ServerArgs {
     /// from flags or the environment.
     #[arg(long, env = "RAFTGRAPH_CONFIG")]
     config: Option<PathBuf>,
+    /// Names the cluster (`cluster_id`).
     #[arg(long, env = "RAFTGRAPH_CLUSTER_ID")]
     cluster_id: Option<String>,
-    #[arg(long, env = "RAFTGRAPH_NODE_ID")]
-    node_id: Option<u64>,
+    /// This member's id, at least 1 (`member_id`). `--node-id` and `RAFTGRAPH_NODE_ID` are
+    /// older spellings.
+    #[arg(long, alias = "node-id", env = "RAFTGRAPH_MEMBER_ID")]
+    member_id: Option<u64>,
+    /// The client listener, `ip:port` (`listen`).
     #[arg(long, env = "RAFTGRAPH_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// The address clients dial (`advertise`).
     #[arg(long, env = "RAFTGRAPH_ADVERTISE")]
     advertise: Option<String>,
+    /// The peer listener, `ip:port` (`peer_listen`); always mutual TLS.
+    #[arg(long, env = "RAFTGRAPH_PEER_LISTEN")]
+    peer_listen: Option<std::net::SocketAddr>,
+    /// The address other members dial (`peer_advertise`).
+    #[arg(long, env = "RAFTGRAPH_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
+    /// TLS on the client listener (`tls`): on (default) or off (plaintext, local experiments).
+    #[arg(long, env = "RAFTGRAPH_TLS")]
+    tls: Option<raftgraph::server::TlsMode>,
+    /// The cluster's CA certificate, PEM (`certs.ca`).
+    #[arg(long, env = "RAFTGRAPH_CA")]
+    ca: Option<PathBuf>,
+    /// This member's certificate, PEM (`certs.cert`).
+    #[arg(long, env = "RAFTGRAPH_CERT")]
+    cert: Option<PathBuf>,
+    /// This member's private key, PEM (`certs.key`).
+    #[arg(long, env = "RAFTGRAPH_KEY")]
+    key: Option<PathBuf>,
+    /// The data directory (`data_dir`).
     #[arg(long, env = "RAFTGRAPH_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
 
-/// The file, then flags/env on top; then `validate()`.
 fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
+    // The older spelling of the member id's variable, when the new one is not set.
+    let member_id = match a.member_id {
+        Some(id) => Some(id),
+        None => match std::env::var("RAFTGRAPH_NODE_ID") {
+            Ok(v) => Some(
+                v.parse()
+                    .map_err(|_| anyhow::anyhow!("RAFTGRAPH_NODE_ID={v:?}: not a member id"))?,
+            ),
+            Err(_) => None,
+        },
+    };
     let mut c = match &a.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -136,8 +175,9 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
                 a.cluster_id
                     .as_deref()
                     .ok_or_else(|| missing("cluster-id"))?,
-                a.node_id.ok_or_else(|| missing("node-id"))?,
+                member_id.ok_or_else(|| missing("member-id"))?,
                 a.listen.ok_or_else(|| missing("listen"))?,
+                a.peer_listen.ok_or_else(|| missing("peer-listen"))?,
                 a.data_dir.as_deref().ok_or_else(|| missing("data-dir"))?,
             )
         }
@@ -145,7 +185,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = a.cluster_id {
         c.cluster_id = v;
     }
-    if let Some(v) = a.node_id {
+    if let Some(v) = member_id {
         c.node_id = v;
     }
     if let Some(v) = a.listen {
@@ -154,6 +194,27 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = a.advertise {
         c.advertise = Some(v);
     }
+    if let Some(v) = a.peer_listen {
+        c.peer_listen = v;
+    }
+    if let Some(v) = a.peer_advertise {
+        c.peer_advertise = Some(v);
+    }
+    if let Some(v) = a.tls {
+        c.tls = v;
+    }
+    match (a.ca, a.cert, a.key, &mut c.certs) {
+        (None, None, None, _) => {}
+        (ca, cert, key, Some(files)) => {
+            files.ca = ca.unwrap_or_else(|| files.ca.clone());
+            files.cert = cert.unwrap_or_else(|| files.cert.clone());
+            files.key = key.unwrap_or_else(|| files.key.clone());
+        }
+        (Some(ca), Some(cert), Some(key), None) => {
+            c.certs = Some(raftgraph::tls::CertFiles { ca, cert, key });
+        }
+        _ => anyhow::bail!("--ca, --cert and --key go together (or name them in [certs])"),
+    }
     if let Some(v) = a.data_dir {
         c.data_dir = v;
     }
@@ -161,7 +222,21 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     Ok(c)
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Yields once per SIGHUP (nothing if the handler cannot be installed).
+fn hangups() -> impl futures::Stream<Item = ()> + Unpin {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => Box::pin(futures::stream::poll_fn(move |cx| {
+            hup.poll_recv(cx)
+                .map(|o| o.map(|_| tracing::info!("SIGHUP: reloading certificates")))
+        })) as std::pin::Pin<Box<dyn futures::Stream<Item = ()> + Send>>,
+        Err(e) => {
+            tracing::warn!("no SIGHUP handler ({e}): certificates reload only on restart");
+            Box::pin(futures::stream::pending())
+        }
+    }
+}
+
 async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -219,7 +294,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Run::Server(Box::new(config))
         }
-        other => Run::Other(other),
+        other => Run::Other(Box::new(other)),
     };
     builder
         .build()
@@ -229,7 +304,7 @@ fn real_main() -> anyhow::Result<()> {
 
 enum Run {
     Server(Box<ServerConfig>),
-    Other(Command),
+    Other(Box<Command>),
 }
 
 async fn run(command: Run) -> anyhow::Result<()> {
@@ -248,13 +323,10 @@ async fn run(command: Run) -> anyhow::Result<()> {
         .init();
     let command = match command {
         Run::Server(config) => {
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("listen on {}: {e}", config.listen))?;
-            raftgraph::server::run(*config, listener, terminated()).await?;
+            raftgraph::server::run(*config, terminated(), hangups()).await?;
             return Ok(());
         }
-        Run::Other(c) => c,
+        Run::Other(c) => *c,
     };
     match command {
         Command::Server(_) => unreachable!("handled above"),
@@ -262,6 +334,7 @@ async fn run(command: Run) -> anyhow::Result<()> {
         Command::Node { global, cmd } => client_result(cli::node(&global, cmd).await)?,
         Command::Edge { global, cmd } => client_result(cli::edge(&global, cmd).await)?,
         Command::Cluster { global, cmd } => client_result(cli::cluster(&global, cmd).await)?,
+        Command::Certs { cmd } => cli::certs(cmd)?,
         Command::Bench(mut args) => {
             args.validate().map_err(|e| anyhow::anyhow!(e))?;
             let report = raftgraph::bench::run(&args).await?;

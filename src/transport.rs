@@ -1,7 +1,9 @@
 //! The one network seam for outgoing connections. Every channel this crate opens — to peers,
 //! to the leader for forwarded calls, from the client — comes from a [`Dialer`]. By default it
 //! dials TCP; the deterministic simulation gives it a connector over its simulated network,
-//! and every other line of gRPC code stays the same.
+//! and every other line of gRPC code stays the same. With [`Dialer::with_tls`] every connection
+//! is TLS over that byte stream, verifying the name the caller expects (the dialled host, or a
+//! member's name on the peer plane: [`crate::tls::member_name`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +26,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub type Connector =
     Arc<dyn Fn(String) -> BoxFuture<'static, io::Result<Box<dyn Io>>> + Send + Sync>;
 
+/// The TLS a dialer speaks: the client config in force, taken at each new connection (so a
+/// reload applies to connections opened after it).
+pub type TlsDial = Arc<dyn Fn() -> Arc<rustls::ClientConfig> + Send + Sync>;
+
 /// How long a channel may take to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cached channels kept at most (addresses come from the replicated membership or the
@@ -36,6 +42,7 @@ pub(crate) const CACHED_MAX: usize = 1024;
 #[derive(Clone, Default)]
 pub struct Dialer {
     connector: Option<Connector>,
+    tls: Option<TlsDial>,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
 }
 
@@ -43,6 +50,7 @@ impl fmt::Debug for Dialer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dialer")
             .field("connector", &self.connector.as_ref().map(|_| "custom"))
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -52,16 +60,40 @@ impl Dialer {
     pub fn with_connector(connector: Connector) -> Dialer {
         Dialer {
             connector: Some(connector),
+            tls: None,
             channels: Arc::default(),
         }
     }
 
-    /// A new lazily connected channel to `addr` (`host:port`) that reconnects by itself.
-    /// Keepalive: a silently dead peer (a partition that drops packets) is noticed in seconds,
-    /// not when TCP gives up, so streams and channels get rebuilt.
+    /// This dialer speaking TLS with `tls` on every connection it opens.
+    pub fn with_tls(mut self, tls: TlsDial) -> Dialer {
+        self.tls = Some(tls);
+        self.channels = Arc::default();
+        self
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A new lazily connected channel to `addr` (`host:port`) that reconnects by itself; with
+    /// TLS it verifies that the server's certificate names `host`.
     pub fn dial(
         &self,
         addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.dial_named(addr, None, connect_timeout)
+    }
+
+    /// [`Dialer::dial`], verifying (with TLS) that the server's certificate names `name`
+    /// instead of the dialled host. Keepalive: a silently dead peer (a partition that drops
+    /// packets) is noticed in seconds, not when TCP gives up, so streams and channels get
+    /// rebuilt.
+    pub fn dial_named(
+        &self,
+        addr: &str,
+        name: Option<&str>,
         connect_timeout: Duration,
     ) -> Result<Channel, tonic::transport::Error> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
@@ -70,37 +102,120 @@ impl Dialer {
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true);
-        Ok(match &self.connector {
-            None => endpoint.connect_lazy(),
-            Some(connector) => {
-                let connector = connector.clone();
-                let addr = addr.to_string();
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                    let connecting = connector(addr.clone());
-                    async move { connecting.await.map(TokioIo::new) }
-                }))
-            }
-        })
+        if self.connector.is_none() && self.tls.is_none() {
+            return Ok(endpoint.connect_lazy());
+        }
+        let connector = self.connector.clone();
+        let tls = self.tls.clone();
+        let addr = addr.to_string();
+        let name = name.map_or_else(|| host_of(&addr).to_string(), str::to_string);
+        Ok(
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                let (addr, name) = (addr.clone(), name.clone());
+                let (connector, tls) = (connector.clone(), tls.clone());
+                async move {
+                    let io: Box<dyn Io> = match &connector {
+                        Some(c) => c(addr.clone()).await?,
+                        None => {
+                            let s = tokio::net::TcpStream::connect(&addr).await?;
+                            s.set_nodelay(true)?;
+                            Box::new(s)
+                        }
+                    };
+                    let io = match tls {
+                        None => io,
+                        Some(tls) => handshake(io, &addr, &name, tls()).await?,
+                    };
+                    Ok::<_, io::Error>(TokioIo::new(io))
+                }
+            })),
+        )
     }
 
     /// The cached channel to `addr`, dialled on first use.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.channel_named(addr, None)
+    }
+
+    /// The cached channel to `addr` whose server must be `name` ([`Dialer::dial_named`]).
+    pub fn channel_named(
+        &self,
+        addr: &str,
+        name: Option<&str>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let key = cache_key(addr, name);
         let mut channels = self.channels.lock().expect("channel cache");
-        if let Some(c) = channels.get(addr) {
+        if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
         if channels.len() >= CACHED_MAX {
             channels.clear();
         }
-        let c = self.dial(addr, CONNECT_TIMEOUT)?;
-        channels.insert(addr.to_string(), c.clone());
+        let c = self.dial_named(addr, name, CONNECT_TIMEOUT)?;
+        channels.insert(key, c.clone());
         Ok(c)
     }
 
     /// Drops the cached channel to `addr`: the next call dials afresh. For a call that timed
     /// out — its connection may be stalled rather than closed.
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().expect("channel cache").remove(addr);
+        self.forget_named(addr, None)
+    }
+
+    /// [`Dialer::forget`] for a channel from [`Dialer::channel_named`].
+    pub fn forget_named(&self, addr: &str, name: Option<&str>) {
+        self.channels
+            .lock()
+            .expect("channel cache")
+            .remove(&cache_key(addr, name));
+    }
+}
+
+fn cache_key(addr: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("{n}@{addr}"),
+        None => addr.to_string(),
+    }
+}
+
+/// The host of `host:port`, without an IPv6 address's brackets.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// The client side of a TLS handshake over `io`, verifying the server's certificate names
+/// `name`. Errors say what failed and where, in words an operator can act on.
+async fn handshake(
+    io: Box<dyn Io>,
+    addr: &str,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<Box<dyn Io>> {
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS to {addr}: {name:?} is not a DNS name or IP address"),
+        )
+    })?;
+    match tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, io)
+        .await
+    {
+        Ok(s) => Ok(Box::new(s)),
+        Err(e) => {
+            let hint = if e.to_string().contains("InvalidContentType") {
+                " (the server does not speak TLS: is its listener plaintext?)"
+            } else {
+                ""
+            };
+            Err(io::Error::new(
+                e.kind(),
+                format!("TLS to {addr} (expecting {name}): {e}{hint}"),
+            ))
+        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! The `raftgraph` binary as a user runs it: three `raftgraph server` processes (configured by
-//! a file, by `RAFTGRAPH_*` environment variables and by flags), `raftgraph cluster init`, CLI
-//! writes and reads with JSON output, a CLI error's exit code and message, SIGTERM stopping each
-//! server cleanly, and a restart refused on another node's data directory. Waits poll with a
-//! 60 s bound; nothing asserts how long anything took.
+//! The `raftgraph` binary as a user runs it: certificates from `raftgraph certs`, three
+//! `raftgraph server` processes (configured by a file, by `RAFTGRAPH_*` environment variables
+//! and by flags) with TLS on both listeners, `raftgraph cluster init`, CLI writes and reads with
+//! JSON output, a plaintext CLI refused with words, a CLI error's exit code and message,
+//! SIGTERM stopping each server cleanly, and a restart refused on another member's data
+//! directory. Waits poll with a 60 s bound; nothing asserts how long anything took.
 // Real processes on the real clock: these polls are bounded waits, not simulated time.
 #![allow(clippy::disallowed_methods)]
 
@@ -18,12 +19,32 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// The CA every CLI call trusts (set once by the test, before any call).
+static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn cli(args: &[&str]) -> Output {
-    Command::new(BIN)
+    let mut c = Command::new(BIN);
+    c.args(args).env_remove("RAFTGRAPH_ENDPOINTS");
+    match CA.get() {
+        Some(ca) => c.env("RAFTGRAPH_CA", ca),
+        None => c.env_remove("RAFTGRAPH_CA"),
+    };
+    c.output().unwrap()
+}
+
+/// `raftgraph certs …` in `dir`, checked.
+fn certs(dir: &Path, args: &[&str]) {
+    let out = Command::new(BIN)
+        .arg("certs")
         .args(args)
-        .env_remove("RAFTGRAPH_ENDPOINTS")
+        .args(["--cluster-id", "bin", "--dir", dir.to_str().unwrap()])
         .output()
-        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -90,14 +111,20 @@ fn server(configure: impl FnOnce(&mut Command)) -> Child {
     c.spawn().unwrap()
 }
 
-fn write_config(dir: &Path, addr: &str) -> std::path::PathBuf {
+fn write_config(dir: &Path, addr: &str, peer: &str) -> std::path::PathBuf {
     let path = dir.join("node1.toml");
+    let certs = dir.join("certs");
     let text = format!(
-        "cluster_id = \"bin\"\nnode_id = 1\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
+        "cluster_id = \"bin\"\nmember_id = 1\nlisten = \"{addr}\"\npeer_listen = \"{peer}\"\n\
+         data_dir = \"{}\"\n\
+         [certs]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
          [raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
          [storage]\nwrite_buffer_bytes = 8388608\nblock_cache_bytes = 8388608\n\
          wal_segment_bytes = 8388608\n",
-        dir.join("node1").display()
+        dir.join("node1").display(),
+        certs.join("ca.pem").display(),
+        certs.join("member-1.pem").display(),
+        certs.join("member-1.key").display(),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -106,10 +133,24 @@ fn write_config(dir: &Path, addr: &str) -> std::path::PathBuf {
 #[test]
 fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs(&certs_dir, &["init"]);
+    for id in ["1", "2", "3"] {
+        certs(&certs_dir, &["member", "--id", id, "--host", "127.0.0.1"]);
+    }
+    let cert = |name: &str| certs_dir.join(name).to_str().unwrap().to_string();
+    let key_mode = std::fs::metadata(certs_dir.join("member-1.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        key_mode.permissions().mode() & 0o777,
+        0o600,
+        "keys are 0600"
+    );
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let config = write_config(dir.path(), &addrs[0]);
-    // Node 1 from a file; node 2 from the environment; node 3 from flags (over a file that
-    // names another node: flags win).
+    let peers: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let config = write_config(dir.path(), &addrs[0], &peers[0]);
+    // Node 1 from a file; node 2 from the environment (with the member id's older variable
+    // name); node 3 from flags (over a file that names another member: flags win).
     let mut nodes = vec![
         server(|c| {
             c.args(["--config", config.to_str().unwrap()]);
@@ -118,14 +159,38 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
             c.env("RAFTGRAPH_CLUSTER_ID", "bin")
                 .env("RAFTGRAPH_NODE_ID", "2")
                 .env("RAFTGRAPH_LISTEN", &addrs[1])
+                .env("RAFTGRAPH_PEER_LISTEN", &peers[1])
+                .env("RAFTGRAPH_CA", cert("ca.pem"))
+                .env("RAFTGRAPH_CERT", cert("member-2.pem"))
+                .env("RAFTGRAPH_KEY", cert("member-2.key"))
                 .env("RAFTGRAPH_DATA_DIR", dir.path().join("node2"));
         }),
         server(|c| {
             c.args(["--config", config.to_str().unwrap()])
-                .args(["--node-id", "3", "--listen", &addrs[2]])
+                .args(["--member-id", "3", "--listen", &addrs[2]])
+                .args(["--peer-listen", &peers[2]])
+                .args([
+                    "--cert",
+                    &cert("member-3.pem"),
+                    "--key",
+                    &cert("member-3.key"),
+                ])
                 .args(["--data-dir", dir.path().join("node3").to_str().unwrap()]);
         }),
     ];
+    // A client without the CA speaks plaintext; the TLS listener tells it why it is refused.
+    wait_until("node 1 to refuse a plaintext client", || {
+        let out = cli(&[
+            "cluster",
+            "status",
+            "--endpoints",
+            &addrs[0],
+            "--output",
+            "json",
+        ]);
+        String::from_utf8_lossy(&out.stdout).contains("requires TLS")
+    });
+    CA.set(cert("ca.pem")).unwrap();
     for (i, a) in addrs.iter().enumerate() {
         wait_until(&format!("node {} to answer", i + 1), || {
             status(a)["node"].as_u64() == Some(i as u64 + 1)
@@ -225,7 +290,13 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
 
     // Node 1's directory refuses to serve as node 2.
     let mut wrong = server(|c| {
-        c.args(["--config", config.to_str().unwrap(), "--node-id", "2"]);
+        c.args(["--config", config.to_str().unwrap(), "--node-id", "2"])
+            .args([
+                "--cert",
+                &cert("member-2.pem"),
+                "--key",
+                &cert("member-2.key"),
+            ]);
         c.stderr(std::process::Stdio::piped());
     });
     let s = wait_exit(&mut wrong);

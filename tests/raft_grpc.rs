@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use raftgraph::api::TenantApi;
 use raftgraph::api::{Clock, GraphApi};
 use raftgraph::command::{Command, Op, Outcome, Request, WriteRequest};
@@ -23,13 +23,44 @@ use raftgraph::proto::v1::graph_service_server::GraphServiceServer;
 use raftgraph::proto::v1::raft_service_server::RaftServiceServer;
 use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
 use raftgraph::proto::v1::tenant_service_server::TenantServiceServer;
+use raftgraph::raft::Member;
 use raftgraph::state_machine::Raft;
 use raftgraph::state_machine::{GraphReader, StateMachine, StateMachineConfig};
 use raftgraph::tenant::{Quotas, TenantConfig};
+use raftgraph::transport::Dialer;
 use raftgraph::wal::{IoRuntime, StdFs, Wal, WalConfig};
 use raftgraph::wire::PEER_MESSAGE_BYTES_MAX;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+
+mod helpers;
+use helpers::certs::TestCa;
+
+/// The cluster's CA (one per test process).
+fn ca() -> &'static TestCa {
+    static CA: std::sync::OnceLock<TestCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("raft_grpc-certs");
+        TestCa::new(&dir, "test")
+    })
+}
+
+/// A dialer that speaks TLS as member `id` (its certificate from [`ca`]).
+fn dialer(id: u64) -> Dialer {
+    static DIALERS: std::sync::Mutex<BTreeMap<u64, Dialer>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    DIALERS
+        .lock()
+        .unwrap()
+        .entry(id)
+        .or_insert_with(|| ca().dialer_as(&ca().member(id)))
+        .clone()
+}
+
+/// A channel to `addr` presenting member 1's certificate (every service here is behind the
+/// peer plane's mutual TLS).
+fn channel(addr: &str) -> tonic::transport::Channel {
+    dialer(1).channel(addr).unwrap()
+}
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));
 
@@ -64,28 +95,50 @@ async fn start(id: u64, dir: &Path) -> Node {
         .await
         .unwrap();
     let reader = sm.reader();
-    let raft = Raft::new(id, config(), GrpcNetworkFactory::default(), wal, sm)
-        .await
-        .unwrap();
+    let network = GrpcNetworkFactory {
+        cluster_id: "test".into(),
+        dialer: dialer(id),
+        ..Default::default()
+    };
+    let raft = Raft::new(id, config(), network, wal, sm).await.unwrap();
     Node { raft, reader }
 }
 
-fn serve(node: &Node, dir: &Path, listener: TcpListener) {
-    let svc = RaftServiceServer::new(RaftGrpc::new(node.raft.clone(), dir.join("sm/snapshots")))
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+/// Serves member `id`'s Raft, graph and tenant services on `listener`, all behind mutual TLS
+/// (the peer listener's config: a client certificate of the CA required).
+fn serve(id: u64, node: &Node, dir: &Path, listener: TcpListener) {
+    let svc = RaftServiceServer::new(RaftGrpc::new(
+        node.raft.clone(),
+        "test",
+        dir.join("sm/snapshots"),
+    ))
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let clock: Clock = Arc::new(|| 1_700_000_000_000_000);
     let (raft, reader) = (node.raft.clone(), node.reader.clone());
-    let graph = GraphServiceServer::new(GraphApi::new(raft.clone(), reader.clone(), clock.clone()))
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    let tenants = TenantServiceServer::new(TenantApi::new(raft, reader, clock));
+    let router = raftgraph::api::Router {
+        dialer: dialer(id),
+        peer_dialer: dialer(id),
+        cluster_id: "test".into(),
+        ..Default::default()
+    };
+    let graph = GraphServiceServer::new(
+        GraphApi::new(raft.clone(), reader.clone(), clock.clone()).with_router(router.clone()),
+    )
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let tenants = TenantServiceServer::new(TenantApi::new(raft, reader, clock).with_router(router));
+    let tls = raftgraph::tls::Credentials::load(&ca().member(id))
+        .unwrap()
+        .peer_server()
+        .unwrap();
+    let incoming = raftgraph::tls::accept(listener, move || tls.clone(), "test");
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .add_service(graph)
             .add_service(tenants)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
 }
 
@@ -143,7 +196,7 @@ struct Waiting {
     dir: tempfile::TempDir,
     listener: TcpListener,
     node: Node,
-    addr: BasicNode,
+    addr: Member,
 }
 
 async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) {
@@ -152,7 +205,8 @@ async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) 
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+        let a = l.local_addr().unwrap().to_string();
+        members.insert(id, Member::new(a.clone(), a));
         listeners.push(Some(l));
     }
 
@@ -161,7 +215,7 @@ async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) 
     for (i, id) in (1..=3u64).enumerate() {
         let node = start(id, dirs[i].path()).await;
         if id != 3 {
-            serve(&node, dirs[i].path(), listeners[i].take().unwrap());
+            serve(id, &node, dirs[i].path(), listeners[i].take().unwrap());
         }
         nodes.push(node);
     }
@@ -270,7 +324,7 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
         .metrics(|m| at_least(m.purged.as_ref()), "log purged")
         .await
         .unwrap();
-    serve(&node3.node, node3.dir.path(), node3.listener);
+    serve(3, &node3.node, node3.dir.path(), node3.listener);
     cluster.nodes.push(node3.node);
     cluster._dirs.push(node3.dir);
     let nodes = &cluster.nodes;
@@ -332,13 +386,10 @@ async fn garbage_from_the_network_is_refused_and_the_node_keeps_serving(cluster:
         .find(|(id, _)| **id == leader_id)
         .unwrap()
         .1
-        .addr
+        .peer_addr
         .clone();
-    let mut peer = raftgraph::proto::v1::raft_service_client::RaftServiceClient::connect(format!(
-        "http://{addr}"
-    ))
-    .await
-    .unwrap();
+    let mut peer =
+        raftgraph::proto::v1::raft_service_client::RaftServiceClient::new(channel(&addr));
     let bad = raftgraph::proto::v1::RaftPayload {
         data: vec![1, 2, 3],
     };
@@ -406,12 +457,10 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
         .borrow_watched()
         .membership_config
         .nodes()
-        .map(|(id, n)| (*id, n.addr.clone()))
+        .map(|(id, n)| (*id, n.api_addr.clone()))
         .collect();
     let follower = addrs.keys().copied().find(|id| *id != leader_id).unwrap();
-    let mut via_follower = GraphServiceClient::connect(format!("http://{}", addrs[&follower]))
-        .await
-        .unwrap();
+    let mut via_follower = GraphServiceClient::new(channel(&addrs[&follower]));
     let create = pb::Operation {
         op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
             labels: vec!["Via".into()],
@@ -449,9 +498,7 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
         .into_inner();
     assert_eq!(retry, reply);
     for (n, addr) in &addrs {
-        let mut c = GraphServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut c = GraphServiceClient::new(channel(addr));
         let get = pb::GetNodeRequest {
             tenant: "t".into(),
             id,
@@ -737,9 +784,7 @@ async fn the_tenant_service_stores_a_key_and_never_returns_it(
     follower: u64,
 ) {
     // Phase 7: the tenant service, through a follower. The key is stored, never returned.
-    let mut admin = TenantServiceClient::connect(format!("http://{}", addrs[&follower]))
-        .await
-        .unwrap();
+    let mut admin = TenantServiceClient::new(channel(&addrs[&follower]));
     let llm = pb::LlmProviderConfig {
         provider: pb::LlmProvider::Anthropic as i32,
         model: "m".into(),
@@ -766,9 +811,7 @@ async fn the_tenant_service_stores_a_key_and_never_returns_it(
         "absent quotas: the defaults"
     );
     for (n, addr) in addrs {
-        let mut c = TenantServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut c = TenantServiceClient::new(channel(addr));
         let get = pb::GetTenantRequest {
             id: "u".into(),
             consistency: 0,

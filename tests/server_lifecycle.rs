@@ -10,8 +10,13 @@ use openraft::async_runtime::WatchReceiver;
 use raftgraph::api::Admission;
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
-use raftgraph::server::{DataDir, DataDirError, Identity, Server, ServerConfig, ServerError};
+use raftgraph::server::{
+    DataDir, DataDirError, Identity, Listeners, Server, ServerConfig, ServerError, TlsMode,
+};
 use tokio::net::TcpListener;
+
+mod helpers;
+use helpers::certs::TestCa;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -20,7 +25,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn valid(dir: &Path) -> ServerConfig {
-    ServerConfig::new("c1", 1, addr("127.0.0.1:7001"), dir)
+    ServerConfig::new("c1", 1, addr("127.0.0.1:7001"), addr("127.0.0.1:7101"), dir)
 }
 
 /// A change that makes a valid config invalid.
@@ -31,7 +36,17 @@ fn validate_refuses_bad_values_and_combinations_naming_the_field() {
     let dir = Path::new("/tmp/x");
     valid(dir).validate().unwrap();
     let cases: Vec<(&str, Change)> = vec![
-        ("node_id", Box::new(|c| c.node_id = 0)),
+        ("member_id", Box::new(|c| c.node_id = 0)),
+        ("cluster_id", Box::new(|c| c.cluster_id = "a..b".into())),
+        (
+            "peer_advertise",
+            Box::new(|c| c.peer_listen = addr("0.0.0.0:7101")),
+        ),
+        (
+            "peer_advertise",
+            Box::new(|c| c.peer_advertise = Some("http://x:1".into())),
+        ),
+        ("peer_listen", Box::new(|c| c.peer_listen = c.listen)),
         ("cluster_id", Box::new(|c| c.cluster_id = String::new())),
         ("cluster_id", Box::new(|c| c.cluster_id = "a b".into())),
         ("cluster_id", Box::new(|c| c.cluster_id = "x".repeat(65))),
@@ -90,12 +105,19 @@ fn validate_refuses_bad_values_and_combinations_naming_the_field() {
 #[test]
 fn config_files_reject_unknown_keys_and_the_shipped_samples_are_valid() {
     let e = ServerConfig::from_toml(
-        "cluster_id = \"c\"\nnode_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nheartbeat = 5\n",
+        "cluster_id = \"c\"\nmember_id = 1\nlisten = \"127.0.0.1:1\"\npeer_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\nheartbeat = 5\n",
     )
     .unwrap_err();
     assert!(e.to_string().contains("heartbeat"), "{e}");
-    let e = ServerConfig::from_toml("node_id = 1\n").unwrap_err();
+    let e = ServerConfig::from_toml("member_id = 1\n").unwrap_err();
     assert!(e.to_string().contains("cluster_id"), "{e}");
+    // `node_id`, the key's older spelling, is still read.
+    let c = ServerConfig::from_toml(
+        "cluster_id = \"c\"\nnode_id = 7\nlisten = \"127.0.0.1:1\"\npeer_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.node_id, 7);
+    assert_eq!(c.tls, TlsMode::On, "TLS on the client listener by default");
     for i in 1..=3u64 {
         let path = format!("{}/deploy/node{i}.toml", env!("CARGO_MANIFEST_DIR"));
         let c = ServerConfig::from_toml(&std::fs::read_to_string(&path).unwrap())
@@ -115,10 +137,7 @@ fn config_files_reject_unknown_keys_and_the_shipped_samples_are_valid() {
 #[test]
 fn a_data_directory_is_locked_and_keeps_its_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let me = Identity {
-        cluster_id: "c1".into(),
-        node_id: 1,
-    };
+    let me = Identity::new("c1", 1);
     let held = DataDir::open(dir.path(), &me).unwrap();
     match DataDir::open(dir.path(), &me) {
         Err(DataDirError::Locked { .. }) => {}
@@ -126,21 +145,21 @@ fn a_data_directory_is_locked_and_keeps_its_identity() {
     }
     drop(held);
     drop(DataDir::open(dir.path(), &me).unwrap());
-    for other in [
-        Identity {
-            cluster_id: "c1".into(),
-            node_id: 2,
-        },
-        Identity {
-            cluster_id: "c2".into(),
-            node_id: 1,
-        },
-    ] {
+    for other in [Identity::new("c1", 2), Identity::new("c2", 1)] {
         let e = DataDir::open(dir.path(), &other).unwrap_err();
         assert!(matches!(e, DataDirError::WrongIdentity { .. }), "{e}");
         let msg = e.to_string();
         assert!(msg.contains("\"c1\" node 1"), "{msg}");
     }
+    // A directory of the previous data format (no `format` key) is refused, saying why.
+    std::fs::write(
+        dir.path().join("IDENTITY"),
+        "cluster_id = \"c1\"\nnode_id = 1\n",
+    )
+    .unwrap();
+    let e = DataDir::open(dir.path(), &me).unwrap_err();
+    assert!(matches!(e, DataDirError::OldFormat { found: 1, .. }), "{e}");
+    assert!(e.to_string().contains("format 1"), "{e}");
     std::fs::write(dir.path().join("IDENTITY"), "garbage = [").unwrap();
     let e = DataDir::open(dir.path(), &me).unwrap_err();
     assert!(matches!(e, DataDirError::BadIdentity { .. }), "{e}");
@@ -155,9 +174,25 @@ fn a_data_directory_is_locked_and_keeps_its_identity() {
     );
 }
 
-async fn start(id: u64, dir: &Path) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut c = ServerConfig::new("c1", id, l.local_addr().unwrap(), dir);
+/// Both listeners on free loopback ports, and a config for member `id` of cluster c1 on them
+/// (its certificate from `ca`; the client listener plaintext).
+async fn bound(ca: &TestCa, id: u64, dir: &Path) -> (ServerConfig, Listeners) {
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = ServerConfig::new(
+        "c1",
+        id,
+        api.local_addr().unwrap(),
+        peer.local_addr().unwrap(),
+        dir,
+    );
+    c.tls = TlsMode::Off;
+    c.certs = Some(ca.member(id));
+    (c, Listeners { api, peer })
+}
+
+async fn start(ca: &TestCa, id: u64, dir: &Path) -> Server {
+    let (mut c, l) = bound(ca, id, dir).await;
     c.raft.heartbeat_ms = 50;
     c.raft.election_timeout_min_ms = 300;
     c.raft.election_timeout_max_ms = 600;
@@ -170,17 +205,17 @@ async fn start(id: u64, dir: &Path) -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refuses_a_running_nodes_directory_and_another_nodes_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(1, dir.path()).await;
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let c = ServerConfig::new("c1", 1, l.local_addr().unwrap(), dir.path());
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "c1");
+    let node = start(&ca, 1, dir.path()).await;
+    let (c, l) = bound(&ca, 1, dir.path()).await;
     match Server::start(c, l).await {
         Err(ServerError::DataDir(DataDirError::Locked { .. })) => {}
         Err(e) => panic!("expected a lock error, got {e}"),
         Ok(_) => panic!("a second node started on a locked directory"),
     }
     node.shutdown().await.unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let c = ServerConfig::new("c1", 2, l.local_addr().unwrap(), dir.path());
+    let (c, l) = bound(&ca, 2, dir.path()).await;
     match Server::start(c, l).await {
         Err(ServerError::DataDir(DataDirError::WrongIdentity { .. })) => {}
         Err(e) => panic!("expected an identity error, got {e}"),
@@ -198,7 +233,9 @@ async fn health_and_reflection_answer_stock_tools() {
     use tonic_reflection::pb::v1::{FileDescriptorResponse, ServerReflectionRequest};
 
     let dir = tempfile::tempdir().unwrap();
-    let node = start(1, dir.path()).await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "c1");
+    let node = start(&ca, 1, dir.path()).await;
     let url = format!("http://{}", node.local_addr());
 
     let channel = tonic::transport::Channel::from_shared(url)
@@ -251,11 +288,15 @@ async fn health_and_reflection_answer_stock_tools() {
         "raftgraph.v1.GraphService",
         "raftgraph.v1.TenantService",
         "raftgraph.v1.ClusterService",
-        "raftgraph.v1.RaftService",
         "grpc.health.v1.Health",
     ] {
         assert!(listed.iter().any(|s| s == want), "{want} not in {listed:?}");
     }
+    // The client listener does not serve (or list) the peers' service.
+    assert!(
+        !listed.iter().any(|s| s == "raftgraph.v1.RaftService"),
+        "{listed:?}"
+    );
     // grpcurl's `describe` needs the file that defines a symbol.
     let mut answers = refl
         .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
@@ -276,9 +317,11 @@ async fn health_and_reflection_answer_stock_tools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_shuts_down_gracefully_hands_leadership_to_another_voter() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "c1");
     let mut nodes = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
-        nodes.push(Some(start(i as u64 + 1, d.path()).await));
+        nodes.push(Some(start(&ca, i as u64 + 1, d.path()).await));
     }
     let members = nodes
         .iter()
@@ -286,6 +329,7 @@ async fn a_leader_that_shuts_down_gracefully_hands_leadership_to_another_voter()
         .map(|n| pb::Member {
             id: n.config().node_id,
             addr: n.local_addr().to_string(),
+            peer_addr: n.peer_local_addr().to_string(),
         })
         .collect();
     let url = format!("http://{}", nodes[0].as_ref().unwrap().local_addr());
@@ -296,6 +340,7 @@ async fn a_leader_that_shuts_down_gracefully_hands_leadership_to_another_voter()
             members: vec![pb::Member {
                 id: 9,
                 addr: "127.0.0.1:9".into(),
+                peer_addr: "127.0.0.1:10".into(),
             }],
         })
         .await

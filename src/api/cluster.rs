@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{ChangeMembers, ServerState};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -19,17 +19,20 @@ use super::status::invalid;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::cluster_service_server::ClusterService;
-use crate::raft::{LogId, NodeId, StoredMembership};
+use crate::raft::{LogId, Member, NodeId, StoredMembership};
 use crate::state_machine::Raft;
 use crate::transport::check_addr;
 
-/// The most members named in one request.
+/// The most members (voters and learners) a cluster may have, and so the most named in one
+/// request: every membership entry lists them all and must stay far below a WAL record.
 pub const MEMBERS_MAX: usize = 64;
 
 /// The cluster service of one server.
 pub struct ClusterApi {
     raft: Raft,
     cluster_id: String,
+    /// This member's advertised client and peer addresses, reported by `Status`.
+    me: Member,
     router: route::Router,
     /// The member's WAL counters, reported by `Status` (zero when not given).
     wal_stats: crate::wal::WalStats,
@@ -42,10 +45,17 @@ impl ClusterApi {
         ClusterApi {
             raft,
             cluster_id,
+            me: Member::default(),
             router: route::Router::default(),
             wal_stats: crate::wal::WalStats::default(),
             batch_stats: Arc::default(),
         }
+    }
+
+    /// Reports `me` (this member's advertised addresses) in `Status`.
+    pub fn with_addresses(mut self, me: Member) -> Self {
+        self.me = me;
+        self
     }
 
     /// Reports `stats` (the graph service's write batcher) in `Status`.
@@ -69,7 +79,7 @@ impl ClusterApi {
     /// `None` when this member leads (membership checks then run on the leader's view);
     /// otherwise the leader to forward to, or UNAVAILABLE when none is known or the request
     /// was forwarded already.
-    fn leader_elsewhere(&self, was_forwarded: bool) -> Result<Option<BasicNode>, Status> {
+    fn leader_elsewhere(&self, was_forwarded: bool) -> Result<Option<Member>, Status> {
         let m = self.raft.metrics().borrow_watched().clone();
         if m.current_leader == Some(m.id) {
             return Ok(None);
@@ -81,7 +91,7 @@ impl ClusterApi {
             (Some(leader), false) => Ok(Some(leader)),
             (Some(leader), true) => Err(Status::unavailable(format!(
                 "leadership is moving (leader at {}); retry",
-                leader.addr
+                leader.api_addr
             ))),
             (None, _) => Err(Status::unavailable("no leader is known; retry")),
         }
@@ -102,19 +112,26 @@ pub const LEARNER_WAIT: Duration = Duration::from_secs(60);
 
 async fn client(
     router: &route::Router,
-    node: &BasicNode,
+    node: &Member,
 ) -> Result<ClusterServiceClient<Channel>, Status> {
     Ok(ClusterServiceClient::new(router.channel(node)?))
 }
 
-/// Checks a member from the wire: a non-zero id and a `host:port` address.
-pub fn member(field: &str, m: Option<pb::Member>) -> Result<(NodeId, BasicNode), Status> {
+/// Checks a member from the wire: a non-zero id, and `host:port` client and peer addresses.
+pub fn member(field: &str, m: Option<pb::Member>) -> Result<(NodeId, Member), Status> {
     let m = m.ok_or_else(|| invalid(field, "missing"))?;
     if m.id == 0 {
-        return Err(invalid(&format!("{field}.id"), "node ids start at 1"));
+        return Err(invalid(&format!("{field}.id"), "member ids start at 1"));
     }
     check_addr(&m.addr).map_err(|e| invalid(&format!("{field}.addr"), e))?;
-    Ok((m.id, BasicNode::new(m.addr)))
+    if m.peer_addr.is_empty() {
+        return Err(invalid(
+            &format!("{field}.peer_addr"),
+            "missing: the member's peer address (its peer_advertise)",
+        ));
+    }
+    check_addr(&m.peer_addr).map_err(|e| invalid(&format!("{field}.peer_addr"), e))?;
+    Ok((m.id, Member::new(m.peer_addr, m.addr)))
 }
 
 fn ids(field: &str, ids: &[u64]) -> Result<BTreeSet<NodeId>, Status> {
@@ -137,7 +154,8 @@ fn membership_to_proto(m: &StoredMembership) -> pb::Membership {
     for (id, node) in m.nodes() {
         let member = pb::Member {
             id: *id,
-            addr: node.addr.clone(),
+            addr: node.api_addr.clone(),
+            peer_addr: node.peer_addr.clone(),
         };
         if voters.contains(id) {
             out.voters.push(member);
@@ -158,7 +176,7 @@ fn position(l: Option<&LogId>) -> Option<pb::LogPosition> {
 /// A membership change's result: the new membership and its log index, or a forward.
 enum Changed {
     Done(pb::MembershipResponse, u64),
-    Forward(BasicNode),
+    Forward(Member),
 }
 
 fn changed(
@@ -273,15 +291,22 @@ impl ClusterService for ClusterApi {
             )));
         }
         let index = match membership.get_node(&id) {
-            Some(present) if present.addr != node.addr => {
+            Some(present) if present != &node => {
                 return Err(Status::already_exists(format!(
-                    "node {id} is already a learner at {}, not {}; remove it first to change \
-                     its address",
-                    present.addr, node.addr
+                    "member {id} is already a learner at {} (peer {}), not {} (peer {}); remove \
+                     it first to change its addresses",
+                    present.api_addr, present.peer_addr, node.api_addr, node.peer_addr
                 )));
             }
             // Already a learner at this address: nothing to change (a retry lands here).
             Some(_) => m.last_log_index.unwrap_or(0),
+            None if membership.nodes().count() >= MEMBERS_MAX => {
+                return Err(Status::failed_precondition(format!(
+                    "the cluster has {} members (voters and learners), limit {MEMBERS_MAX}; \
+                     remove one first",
+                    membership.nodes().count()
+                )));
+            }
             None => {
                 let r = self.raft.add_learner(id, node, false).await;
                 match changed(r, was_forwarded)? {
@@ -492,7 +517,7 @@ impl ClusterService for ClusterApi {
         let leader_addr = m
             .current_leader
             .and_then(|l| membership.get_node(&l))
-            .map(|n| n.addr.clone())
+            .map(|n| n.api_addr.clone())
             .unwrap_or_default();
         let replication = m
             .replication
@@ -517,6 +542,8 @@ impl ClusterService for ClusterApi {
             wal_entries_synced: self.wal_stats.entries(),
             batched_writes: self.batch_stats.requests.load(Ordering::Relaxed),
             batched_entries: self.batch_stats.entries.load(Ordering::Relaxed),
+            addr: self.me.api_addr.clone(),
+            peer_addr: self.me.peer_addr.clone(),
         }))
     }
 }

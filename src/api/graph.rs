@@ -7,8 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::raft::Member;
 use futures::{Stream, StreamExt};
-use openraft::BasicNode;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -89,7 +89,7 @@ impl GraphApi {
 
 async fn client(
     router: &route::Router,
-    node: &BasicNode,
+    node: &Member,
 ) -> Result<GraphServiceClient<Channel>, Status> {
     Ok(GraphServiceClient::new(router.channel(node)?)
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)

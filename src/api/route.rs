@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use openraft::BasicNode;
+use crate::raft::Member;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
@@ -16,9 +16,10 @@ use super::status::invalid;
 use crate::command::{ApplyError, Outcome, Proposal, Response};
 use crate::proto::v1 as pb;
 use crate::proto::v1::raft_service_client::RaftServiceClient;
-use crate::raft::TypeConfig;
+use crate::raft::{NodeId, TypeConfig};
 use crate::state_machine::PAGE_ITEMS_MAX;
 use crate::state_machine::Raft;
+use crate::tls::member_name;
 use crate::transport::Dialer;
 use crate::wire::{FORWARDED_HEADER, PROPOSAL_BYTES_MAX};
 
@@ -27,25 +28,27 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a request must go instead: the leader's address, or UNAVAILABLE when no leader is
 /// known or the request was already forwarded once.
-pub fn leader_of(
-    f: &ForwardToLeader<TypeConfig>,
-    was_forwarded: bool,
-) -> Result<BasicNode, Status> {
+pub fn leader_of(f: &ForwardToLeader<TypeConfig>, was_forwarded: bool) -> Result<Member, Status> {
     match (&f.leader_node, was_forwarded) {
         (Some(n), false) => Ok(n.clone()),
         (Some(n), true) => Err(Status::unavailable(format!(
             "leadership is moving (leader {:?} at {}); retry",
-            f.leader_id, n.addr
+            f.leader_id, n.api_addr
         ))),
         (None, _) => Err(Status::unavailable("no leader is known; retry")),
     }
 }
 
-/// What the services need to reach the leader: the server's [`Dialer`] (one cached channel per
+/// What the services need to reach the leader: the server's dialers (one cached channel per
 /// leader address, reconnecting by itself), and the planted bug only tests switch on.
 #[derive(Clone, Debug, Default)]
 pub struct Router {
+    /// Client-plane channels: calls forwarded to the leader's client listener.
     pub dialer: Dialer,
+    /// Peer-plane channels (mutual TLS in production): the leader's read index.
+    pub peer_dialer: Dialer,
+    /// The cluster whose member certificates the peer plane expects.
+    pub cluster_id: String,
     /// Planted bug (the `testing` feature only; no config reaches it): a follower serves a
     /// "linearizable" read from its local state without asking the leader for a read index.
     #[cfg(feature = "testing")]
@@ -55,10 +58,20 @@ pub struct Router {
 
 impl Router {
     /// The channel to `node` (the leader) for forwarded calls.
-    pub fn channel(&self, node: &BasicNode) -> Result<Channel, Status> {
+    pub fn channel(&self, node: &Member) -> Result<Channel, Status> {
         self.dialer
-            .channel(&node.addr)
-            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))
+            .channel(&node.api_addr)
+            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.api_addr)))
+    }
+
+    /// The peer-plane channel to member `id` at `node`; its certificate must name it.
+    fn peer_channel(&self, id: NodeId, node: &Member) -> Result<Channel, Status> {
+        let name = member_name(&self.cluster_id, id);
+        self.peer_dialer
+            .channel_named(&node.peer_addr, Some(&name))
+            .map_err(|e| {
+                Status::unavailable(format!("leader peer address {}: {e}", node.peer_addr))
+            })
     }
 }
 
@@ -77,13 +90,14 @@ const FOLLOWER_LAG_MAX: u64 = 10_000;
 async fn follower_read_index(
     raft: &Raft,
     router: &Router,
-    leader: &BasicNode,
+    leader_id: NodeId,
+    leader: &Member,
 ) -> Result<bool, Status> {
     #[cfg(feature = "testing")]
     if router.planted_stale_follower_reads {
         return Ok(true);
     }
-    let mut peer = RaftServiceClient::new(router.channel(leader)?);
+    let mut peer = RaftServiceClient::new(router.peer_channel(leader_id, leader)?);
     let mut req = Request::new(pb::ReadIndexRequest {});
     req.set_timeout(READ_INDEX_TIMEOUT);
     let index = match peer.read_index(req).await {
@@ -102,7 +116,10 @@ async fn follower_read_index(
                 s.code(),
                 tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
             ) {
-                router.dialer.forget(&leader.addr);
+                let name = member_name(&router.cluster_id, leader_id);
+                router
+                    .peer_dialer
+                    .forget_named(&leader.peer_addr, Some(&name));
             }
             return Ok(false);
         }
@@ -221,7 +238,7 @@ pub async fn read_route(
     router: &Router,
     consistency: i32,
     was_forwarded: bool,
-) -> Result<Option<BasicNode>, Status> {
+) -> Result<Option<Member>, Status> {
     match pb::Consistency::try_from(consistency) {
         Ok(pb::Consistency::Serializable) => Ok(None),
         Ok(pb::Consistency::Linearizable) => {
@@ -231,10 +248,13 @@ pub async fn read_route(
                 Ok(_) => Ok(None),
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     let leader = leader_of(&f, was_forwarded)?;
+                    let Some(leader_id) = f.leader_id else {
+                        return Err(Status::unavailable("no leader is known; retry"));
+                    };
                     // Served here once this replica has applied the leader's read index; the
                     // read is forwarded only when the leader cannot give one.
                     // Boxed: large, and only a follower's linearizable reads take it.
-                    if Box::pin(follower_read_index(raft, router, &leader)).await? {
+                    if Box::pin(follower_read_index(raft, router, leader_id, &leader)).await? {
                         Ok(None)
                     } else {
                         Ok(Some(leader))
@@ -255,7 +275,7 @@ pub enum Proposed {
     /// Applied: the state machine's answer.
     Applied(Result<Outcome, ApplyError>),
     /// Not the leader: forward to it.
-    Forward(BasicNode),
+    Forward(Member),
 }
 
 /// The encoded size of `req`, or INVALID_ARGUMENT past [`PROPOSAL_BYTES_MAX`].

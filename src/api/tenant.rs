@@ -2,7 +2,7 @@
 //! follower); reads are local, after a read index when linearizable. Responses never carry a
 //! secret (see `convert`).
 
-use openraft::BasicNode;
+use crate::raft::Member;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -55,7 +55,7 @@ impl TenantApi {
         &self,
         req: crate::command::Request,
         was_forwarded: bool,
-    ) -> Result<Result<Outcome, BasicNode>, Status> {
+    ) -> Result<Result<Outcome, Member>, Status> {
         match route::propose(&self.raft, req, was_forwarded).await? {
             Proposed::Applied(Ok(o)) => Ok(Ok(o)),
             Proposed::Applied(Err(e)) => Err(apply_error(&e)),
@@ -66,7 +66,7 @@ impl TenantApi {
 
 async fn client(
     router: &route::Router,
-    node: &BasicNode,
+    node: &Member,
 ) -> Result<TenantServiceClient<Channel>, Status> {
     Ok(TenantServiceClient::new(router.channel(node)?))
 }

@@ -10,14 +10,16 @@ use crate::proto::v1 as pb;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
-    /// Bootstrap a new cluster on the first endpoint: `--member 1=127.0.0.1:7001` per voter.
+    /// Bootstrap a new cluster on the first endpoint: `--member 1=127.0.0.1:7001` per voter
+    /// (its client address; its peer address is asked from it).
     Init {
         #[arg(long = "member", required = true)]
         members: Vec<String>,
     },
     /// Each endpoint's view: state, term, leader, log positions.
     Status,
-    /// Add a learner (`--wait`: until it has caught up).
+    /// Add a learner (`--wait`: until it has caught up). `--addr` is its client address; its
+    /// peer address is asked from it.
     AddLearner {
         #[arg(long)]
         id: u64,
@@ -39,12 +41,37 @@ pub enum ClusterCmd {
     Snapshot,
 }
 
-fn member(s: &str) -> Result<pb::Member, Status> {
+fn member(s: &str) -> Result<(u64, String), Status> {
     let bad = || Status::invalid_argument(format!("--member {s:?}: expected ID=HOST:PORT"));
     let (id, addr) = s.split_once('=').ok_or_else(bad)?;
+    Ok((id.parse().map_err(|_| bad())?, addr.into()))
+}
+
+/// Member `id` as the membership records it: its client address `addr`, and the peer address
+/// the server at `addr` reports — after checking it is member `id` (over TLS with `--ca`, the
+/// answer comes from a server the cluster's CA signed).
+async fn discover(c: &crate::client::Client, id: u64, addr: String) -> Result<pb::Member, Status> {
+    let s = c.status_of(&addr).await.map_err(|e| {
+        Status::new(
+            e.code(),
+            format!("asking {addr} for its peer address: {}", e.message()),
+        )
+    })?;
+    if s.node_id != id {
+        return Err(Status::invalid_argument(format!(
+            "{addr} is member {} (of cluster {:?}), not {id}",
+            s.node_id, s.cluster_id
+        )));
+    }
+    if s.peer_addr.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{addr} reports no peer address (a server older than this client?)"
+        )));
+    }
     Ok(pb::Member {
-        id: id.parse().map_err(|_| bad())?,
-        addr: addr.into(),
+        id,
+        addr,
+        peer_addr: s.peer_addr,
     })
 }
 
@@ -53,16 +80,13 @@ pub async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<(), Status> {
     let first = g.endpoints[0].clone();
     let v = match cmd {
         ClusterCmd::Init { members } => {
-            let members = members
-                .iter()
-                .map(|m| member(m))
-                .collect::<Result<_, _>>()?;
-            let mut cc = crate::proto::v1::cluster_service_client::ClusterServiceClient::connect(
-                format!("http://{first}"),
-            )
-            .await
-            .map_err(|e| Status::unavailable(format!("{first}: {e}")))?;
-            cc.init(pb::InitRequest { members }).await?;
+            let mut found = Vec::new();
+            for m in &members {
+                let (id, addr) = member(m)?;
+                found.push(discover(&c, id, addr).await?);
+            }
+            let mut cc = c.cluster_client(&first)?;
+            cc.init(pb::InitRequest { members: found }).await?;
             json!({"initialized": first})
         }
         ClusterCmd::Status => {
@@ -77,7 +101,7 @@ pub async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<(), Status> {
         }
         ClusterCmd::AddLearner { id, addr, wait } => {
             let req = pb::AddLearnerRequest {
-                member: Some(pb::Member { id, addr }),
+                member: Some(discover(&c, id, addr).await?),
                 wait,
             };
             let r = c
@@ -115,11 +139,7 @@ pub async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<(), Status> {
             json!({"transfer_requested_to": to})
         }
         ClusterCmd::Snapshot => {
-            let mut cc = crate::proto::v1::cluster_service_client::ClusterServiceClient::connect(
-                format!("http://{first}"),
-            )
-            .await
-            .map_err(|e| Status::unavailable(format!("{first}: {e}")))?;
+            let mut cc = c.cluster_client(&first)?;
             cc.trigger_snapshot(pb::TriggerSnapshotRequest {}).await?;
             json!({"snapshot_triggered_on": first})
         }

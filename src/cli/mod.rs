@@ -6,6 +6,7 @@
 //! One file per command family: [`tenant()`], [`node()`], [`edge()`], [`cluster()`]; `json.rs`
 //! turns answers into JSON and tables.
 
+mod certs;
 mod cluster;
 mod edge;
 mod json;
@@ -16,9 +17,11 @@ use clap::{Args, ValueEnum};
 use serde_json::Value as Json;
 use tonic::Status;
 
-use crate::client::{Client, ClientOptions};
+use crate::client::{Client, ClientOptions, Pool};
 use crate::proto::v1 as pb;
+use crate::transport::Dialer;
 
+pub use certs::{CertsCmd, certs};
 pub use cluster::{ClusterCmd, cluster};
 pub use edge::{EdgeCmd, edge};
 pub use json::{parse_prop, table};
@@ -52,6 +55,37 @@ pub struct Global {
     /// Whole-call deadline in seconds, retries included.
     #[arg(long, global = true, default_value_t = 30)]
     pub timeout: u64,
+    /// The cluster's CA certificate (PEM): connect with TLS and trust the servers it signed.
+    /// Without it the client speaks plaintext, which a server with TLS on refuses.
+    #[arg(long, global = true, env = "RAFTGRAPH_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate and key from the cluster's CA to present (optional).
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTGRAPH_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTGRAPH_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// The dialer `g` asks for: TLS trusting `--ca` (with `--client-cert` when given), or
+/// plaintext.
+pub fn dialer(g: &Global) -> Result<Dialer, Status> {
+    let Some(ca) = &g.ca else {
+        return Ok(Dialer::default());
+    };
+    let identity = g.client_cert.as_deref().zip(g.client_key.as_deref());
+    let config = crate::tls::client_config_from_files(ca, identity)
+        .map_err(|e| Status::invalid_argument(format!("--ca/--client-cert: {e}")))?;
+    Ok(Dialer::default().with_tls(std::sync::Arc::new(move || config.clone())))
 }
 
 pub(super) fn client(g: &Global) -> Result<Client, Status> {
@@ -59,6 +93,7 @@ pub(super) fn client(g: &Global) -> Result<Client, Status> {
         g.endpoints.clone(),
         ClientOptions {
             deadline: std::time::Duration::from_secs(g.timeout.max(1)),
+            pool: Pool::new(dialer(g)?),
             ..Default::default()
         },
     )

@@ -116,6 +116,27 @@ fn unary<M>(msg: M, timeout: Duration) -> Request<M> {
     r
 }
 
+/// `s` with the causes of a transport failure (refused connection, TLS handshake, a server
+/// that wants TLS) in its message: tonic's own message for them is only "transport error".
+pub fn explained(s: Status) -> Status {
+    let mut why = String::new();
+    let mut source = std::error::Error::source(&s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !why.contains(&text) && !s.message().contains(&text) {
+            why.push_str(": ");
+            why.push_str(&text);
+        }
+        source = e.source();
+    }
+    if why.is_empty() {
+        return s;
+    }
+    let mut out = Status::new(s.code(), format!("{}{why}", s.message()));
+    *out.metadata_mut() = s.metadata().clone();
+    out
+}
+
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
@@ -258,8 +279,8 @@ impl Client {
             };
             let status = match result {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if !retryable(&s) => return Err(s),
-                Err(s) => s,
+                Err(s) if !retryable(&s) => return Err(explained(s)),
+                Err(s) => explained(s),
             };
             tracing::debug!(%addr, code = ?status.code(), msg = status.message(), "retrying");
             if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) {
@@ -559,7 +580,17 @@ impl Client {
     pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse, Status> {
         let r = unary(pb::StatusRequest {}, self.options.attempt_timeout);
         let ch = self.channel(addr)?;
-        Ok(ClusterServiceClient::new(ch).status(r).await?.into_inner())
+        Ok(ClusterServiceClient::new(ch)
+            .status(r)
+            .await
+            .map_err(explained)?
+            .into_inner())
+    }
+
+    /// The cluster service of one endpoint, over this client's connection to it (TLS when the
+    /// client's pool speaks it).
+    pub fn cluster_client(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, Status> {
+        Ok(ClusterServiceClient::new(self.channel(addr)?))
     }
 
     /// A cluster-service call, sent to the endpoints in turn with the retries of every call

@@ -1,4 +1,5 @@
-//! openraft's network over tonic: one lazily connected channel per peer, a deadline on every
+//! openraft's network over tonic: one lazily connected channel per peer (mutual TLS in
+//! production: the peer's certificate must name the member dialled), a deadline on every
 //! unary RPC (openraft's `hard_ttl`), pipelined appends on one bidirectional stream, and
 //! snapshots streamed in 1 MiB chunks read from the snapshot file.
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use openraft::OptionalSend;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
@@ -15,7 +17,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, OptionalSend};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
@@ -23,7 +24,7 @@ use tonic::transport::Channel;
 use crate::codec;
 use crate::proto::v1::raft_service_client::RaftServiceClient;
 use crate::proto::v1::{RaftPayload, SnapshotChunk, snapshot_chunk};
-use crate::raft::{NodeId, SnapshotMeta, TypeConfig};
+use crate::raft::{Member, NodeId, SnapshotMeta, TypeConfig};
 use crate::state_machine::{Blocking, SnapshotFile};
 use crate::transport::{CONNECT_TIMEOUT, Dialer};
 use crate::wire::{PEER_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
@@ -31,9 +32,12 @@ use crate::wire::{PEER_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
-/// Creates one [`GrpcNetwork`] per peer; peers are addressed by `BasicNode::addr` (`host:port`).
+/// Creates one [`GrpcNetwork`] per peer; peers are dialled at [`Member::peer_addr`], and (with
+/// TLS) must present a certificate naming them ([`crate::tls::member_name`]).
 #[derive(Clone, Debug, Default)]
 pub struct GrpcNetworkFactory {
+    /// The cluster the peers' certificates must name.
+    pub cluster_id: String,
     /// Time allowed to connect a channel. Default [`CONNECT_TIMEOUT`].
     pub connect_timeout: Option<Duration>,
     /// How channels are dialled (TCP by default).
@@ -45,10 +49,11 @@ pub struct GrpcNetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcNetwork;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcNetwork {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcNetwork {
         GrpcNetwork::new(
             target,
-            &node.addr,
+            &node.peer_addr,
+            &crate::tls::member_name(&self.cluster_id, target),
             &self.dialer,
             self.connect_timeout,
             self.blocking,
@@ -98,15 +103,17 @@ fn decode_reply<T: DeserializeOwned>(
 }
 
 impl GrpcNetwork {
+    /// The client of member `target` at `addr`, whose certificate must name `name`.
     pub fn new(
         target: NodeId,
         addr: &str,
+        name: &str,
         dialer: &Dialer,
         connect_timeout: Option<Duration>,
         blocking: Blocking,
     ) -> Self {
         let client = dialer
-            .dial(addr, connect_timeout.unwrap_or(CONNECT_TIMEOUT))
+            .dial_named(addr, Some(name), connect_timeout.unwrap_or(CONNECT_TIMEOUT))
             .map(|c| {
                 RaftServiceClient::new(c)
                     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)

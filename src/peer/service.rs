@@ -1,11 +1,19 @@
-//! The server side of the Raft network: decodes peer RPCs, hands them to openraft, encodes the
-//! replies. A payload that does not decode is INVALID_ARGUMENT and changes nothing.
+//! The server side of the Raft network: checks who is calling, decodes peer RPCs, hands them to
+//! openraft, encodes the replies.
+//!
+//! **Who may call.** Every RPC first checks the identity the connection's transport reports
+//! ([`ConnInfo`]: on the TLS peer listener, the member its verified certificate names): it must
+//! name this cluster and a member of the membership this member knows (any member of the
+//! cluster while this member knows none yet: a new learner first hears from the leader that
+//! added it). Otherwise UNAUTHENTICATED, before a byte of the payload is decoded. A payload
+//! that does not decode is INVALID_ARGUMENT and changes nothing.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{
     AppendEntriesRequest, StreamAppendResult, TransferLeaderRequest, VoteRequest,
 };
@@ -22,11 +30,14 @@ use crate::proto::v1::{
 };
 use crate::raft::TypeConfig;
 use crate::state_machine::{Blocking, Raft, SnapshotFile};
+use crate::tls::ConnInfo;
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// The Raft RPC service of one server.
 pub struct RaftGrpc {
     raft: Raft,
+    /// The cluster callers' certificates must name.
+    cluster_id: String,
     /// Where incoming snapshot streams are written before install (the state machine's
     /// `snapshots/` directory: `*.tmp` there is removed on open).
     recv_dir: PathBuf,
@@ -48,14 +59,43 @@ impl Drop for TempFile {
 }
 
 impl RaftGrpc {
-    pub fn new(raft: Raft, recv_dir: PathBuf) -> Self {
+    pub fn new(raft: Raft, cluster_id: &str, recv_dir: PathBuf) -> Self {
         RaftGrpc {
             raft,
+            cluster_id: cluster_id.into(),
             recv_dir,
             seq: AtomicU64::new(0),
             receiving: tokio::sync::Semaphore::new(1),
             blocking: Blocking::Pool,
         }
+    }
+
+    /// The member calling (see the module docs), or UNAUTHENTICATED saying why not.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<u64, Status> {
+        let Some((cluster, id)) = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|i| i.member.as_ref())
+        else {
+            return Err(Status::unauthenticated(
+                "the peer plane needs a member certificate of this cluster's CA (mutual TLS)",
+            ));
+        };
+        if *cluster != self.cluster_id {
+            return Err(Status::unauthenticated(format!(
+                "the caller's certificate names cluster {cluster:?}; this is cluster {:?}",
+                self.cluster_id
+            )));
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let nodes = m.membership_config.membership();
+        if nodes.nodes().next().is_some() && nodes.get_node(id).is_none() {
+            return Err(Status::unauthenticated(format!(
+                "member {id} is not in this cluster's membership"
+            )));
+        }
+        Ok(*id)
     }
 
     /// Runs the received file's I/O `blocking`'s way (inline in the simulation).
@@ -101,9 +141,10 @@ type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Se
 impl RaftService for RaftGrpc {
     async fn read_index(
         &self,
-        _req: Request<ReadIndexRequest>,
+        req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
         use openraft::errors::{LinearizableReadError, RaftError};
+        self.authenticate(&req)?;
         match self
             .raft
             .get_read_log_id(openraft::raft::ReadPolicy::ReadIndex)
@@ -120,11 +161,13 @@ impl RaftService for RaftGrpc {
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.authenticate(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode("vote", &req.into_inner().data)?;
         reply(self.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.authenticate(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode("pre_vote", &req.into_inner().data)?;
         reply(self.raft.pre_vote(rpc).await)
     }
@@ -133,6 +176,7 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.authenticate(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append_entries", &req.into_inner().data)?;
         reply(self.raft.append_entries(rpc).await)
@@ -144,6 +188,7 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<PayloadStream>, Status> {
+        self.authenticate(&req)?;
         // A message that fails to arrive or decode ends the input; the leader then retries.
         let input = req.into_inner().scan((), |_, item| {
             let rpc = item
@@ -164,6 +209,7 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.authenticate(&req)?;
         let rpc: TransferLeaderRequest<TypeConfig> =
             decode("transfer_leader", &req.into_inner().data)?;
         reply(self.raft.handle_transfer_leader(rpc).await)
@@ -173,6 +219,7 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.authenticate(&req)?;
         let mut chunks = req.into_inner();
         let (vote, meta): SnapshotHeader = match chunks.message().await?.and_then(|c| c.part) {
             Some(snapshot_chunk::Part::Header(h)) => decode("snapshot header", &h)?,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::state_machine::StateMachineConfig;
+use crate::tls::{CertFiles, check_nameable};
 use crate::transport::check_addr;
 use crate::wal::WalConfig;
 
@@ -29,13 +30,31 @@ pub struct ServerConfig {
     /// later one, so a server never starts on another cluster's data. `[A-Za-z0-9_.-]`, 1..=64.
     pub cluster_id: String,
     /// This member's Raft id, unique in the cluster, at least 1. Recorded in the data directory.
+    /// The file's key is `member_id` (`node_id`, its older spelling, is read too).
+    #[serde(rename = "member_id", alias = "node_id")]
     pub node_id: u64,
-    /// Address to listen on for clients and peers (`ip:port`).
+    /// Address to listen on for clients (`ip:port`): graph, tenant, cluster, health and
+    /// reflection services. Never serves Raft messages.
     pub listen: SocketAddr,
-    /// Address peers and clients dial (`host:port`); defaults to `listen`. Must be set when
-    /// `listen` is a wildcard address (0.0.0.0 or ::).
+    /// Address clients dial (`host:port`); defaults to `listen`. Must be set when `listen` is a
+    /// wildcard address (0.0.0.0 or ::).
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Address to listen on for other members (`ip:port`): Raft messages, read index,
+    /// snapshots. Always mutual TLS.
+    pub peer_listen: SocketAddr,
+    /// Address other members dial (`host:port`); defaults to `peer_listen`, and must be set
+    /// when it is a wildcard address.
+    #[serde(default)]
+    pub peer_advertise: Option<String>,
+    /// TLS on the client listener: `on` (the default) or `off` (plaintext, for local
+    /// experiments only; logged as a warning at start). The peer listener always uses TLS.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// The cluster's CA certificate and this member's certificate and key (`raftgraph certs`
+    /// writes them). Required by a server that listens on TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs: Option<CertFiles>,
     /// The data directory: `wal/`, `sm/`, `IDENTITY` and `LOCK` live here.
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -44,6 +63,15 @@ pub struct ServerConfig {
     pub server: ServerSection,
     #[serde(default)]
     pub storage: StorageSection,
+}
+
+/// Whether the client listener speaks TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    On,
+    Off,
 }
 
 /// Raft timing and log compaction.
@@ -138,6 +166,29 @@ fn bad(field: &str, reason: impl Into<String>) -> Result<(), ConfigError> {
     })
 }
 
+/// An advertised address: required when `listen` is a wildcard or port 0, else `host:port`.
+fn check_advertise(
+    field: &str,
+    advertise: &Option<String>,
+    listen: SocketAddr,
+) -> Result<(), ConfigError> {
+    match advertise {
+        None if listen.ip().is_unspecified() => bad(
+            field,
+            format!("required when listening on the wildcard {listen}: nobody can dial it"),
+        ),
+        None if listen.port() == 0 => bad(
+            field,
+            "required when listening on port 0: nobody can dial an unknown port",
+        ),
+        Some(a) => check_addr(a).map_err(|e| ConfigError {
+            field: field.into(),
+            reason: e.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// `[A-Za-z0-9_.-]`, 1..=64 bytes.
 pub fn check_cluster_id(id: &str) -> Result<(), ConfigError> {
     let ok_chars = id
@@ -153,13 +204,24 @@ pub fn check_cluster_id(id: &str) -> Result<(), ConfigError> {
 }
 
 impl ServerConfig {
-    /// A configuration with defaults for everything but identity, addresses and directory.
-    pub fn new(cluster_id: &str, node_id: u64, listen: SocketAddr, data_dir: &Path) -> Self {
+    /// A configuration with defaults for everything but identity, addresses and directory
+    /// (and no certificate files).
+    pub fn new(
+        cluster_id: &str,
+        node_id: u64,
+        listen: SocketAddr,
+        peer_listen: SocketAddr,
+        data_dir: &Path,
+    ) -> Self {
         ServerConfig {
             cluster_id: cluster_id.into(),
             node_id,
             listen,
             advertise: None,
+            peer_listen,
+            peer_advertise: None,
+            tls: TlsMode::On,
+            certs: None,
             data_dir: data_dir.into(),
             raft: RaftSection::default(),
             server: ServerSection::default(),
@@ -175,44 +237,49 @@ impl ServerConfig {
         })
     }
 
-    /// The address peers and clients dial.
+    /// The address clients dial.
     pub fn advertise_addr(&self) -> String {
         self.advertise
             .clone()
             .unwrap_or_else(|| self.listen.to_string())
     }
 
+    /// The address other members dial.
+    pub fn peer_advertise_addr(&self) -> String {
+        self.peer_advertise
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.to_string())
+    }
+
+    /// This member as the membership records it.
+    pub fn member(&self) -> crate::raft::Member {
+        crate::raft::Member::new(self.peer_advertise_addr(), self.advertise_addr())
+    }
+
     /// Refuses values that cannot work, naming the field and the value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_cluster_id(&self.cluster_id)?;
         if self.node_id == 0 {
-            return bad("node_id", "0; node ids start at 1");
+            return bad("member_id", "0; member ids start at 1");
         }
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "empty");
         }
-        match &self.advertise {
-            None if self.listen.ip().is_unspecified() => {
-                return bad(
-                    "advertise",
-                    format!(
-                        "required when listen is the wildcard {}: peers cannot dial it",
-                        self.listen
-                    ),
-                );
-            }
-            None if self.listen.port() == 0 => {
-                return bad(
-                    "advertise",
-                    "required when listen has port 0: peers cannot dial an unknown port",
-                );
-            }
-            Some(a) => check_addr(a).map_err(|e| ConfigError {
-                field: "advertise".into(),
-                reason: e.to_string(),
-            })?,
-            None => {}
+        check_advertise("advertise", &self.advertise, self.listen)?;
+        check_advertise("peer_advertise", &self.peer_advertise, self.peer_listen)?;
+        if self.listen == self.peer_listen && self.listen.port() != 0 {
+            return bad(
+                "peer_listen",
+                format!(
+                    "{} is also `listen`: peers and clients need separate listeners",
+                    self.peer_listen
+                ),
+            );
         }
+        check_nameable(&self.cluster_id).map_err(|reason| ConfigError {
+            field: "cluster_id".into(),
+            reason,
+        })?;
         let r = &self.raft;
         if !(10..=60_000).contains(&r.heartbeat_ms) {
             return bad(

@@ -9,12 +9,37 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The format of the data this build writes (WAL entries, snapshots, the state machine).
+/// **2**: members are recorded with a peer address and a client address ([`crate::raft::Member`]).
+/// Format 1 (members with one address, shared by peers and clients) is not read: its log and
+/// snapshots cannot be decoded with the new member type, and a cluster of that format accepted
+/// unauthenticated peers, so its membership cannot be carried over as it stands.
+pub const DATA_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
 /// What a data directory belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     pub cluster_id: String,
     pub node_id: u64,
+    /// Absent in directories written before formats were recorded: format 1.
+    #[serde(default = "format_1")]
+    pub format: u32,
+}
+
+impl Identity {
+    /// Member `node_id` of `cluster_id`, in this build's [`DATA_FORMAT`].
+    pub fn new(cluster_id: &str, node_id: u64) -> Identity {
+        Identity {
+            cluster_id: cluster_id.into(),
+            node_id,
+            format: DATA_FORMAT,
+        }
+    }
 }
 
 /// Why a data directory cannot be used.
@@ -34,6 +59,13 @@ pub enum DataDirError {
         cluster: String,
         node: u64,
     },
+    #[error(
+        "data directory {dir} holds data of format {found}; this build reads format {DATA_FORMAT} \
+         only (members now have separate peer and client addresses and authenticate with \
+         certificates). Start this member with an empty data directory and add it to a cluster \
+         of the new format; see docs/security.md, \"Upgrading from format 1\""
+    )]
+    OldFormat { dir: PathBuf, found: u32 },
     #[error("data directory {dir}: IDENTITY is unreadable: {reason}")]
     BadIdentity { dir: PathBuf, reason: String },
     #[error("data directory {dir}: {source}")]
@@ -81,6 +113,15 @@ impl DataDir {
                         dir: dir.into(),
                         reason: e.to_string(),
                     })?;
+                if found.format != identity.format
+                    && found.cluster_id == identity.cluster_id
+                    && found.node_id == identity.node_id
+                {
+                    return Err(DataDirError::OldFormat {
+                        dir: dir.into(),
+                        found: found.format,
+                    });
+                }
                 if &found != identity {
                     return Err(DataDirError::WrongIdentity {
                         dir: dir.into(),

@@ -1,8 +1,12 @@
 //! One raftgraph server: opens its data directory (locked, identity checked), the WAL and the
-//! state machine, starts Raft, and serves every gRPC service on one listener — graph, tenant,
-//! cluster, Raft (peers), the standard health service and server reflection — until told to
-//! stop. A restarted member rejoins from its data directory; only a brand-new cluster needs
-//! `cluster init`.
+//! state machine, starts Raft, and serves on two listeners until told to stop:
+//! - the **client listener** (`listen`): graph, tenant, cluster, the standard health service and
+//!   server reflection; TLS by default (`tls = "off"` for local experiments);
+//! - the **peer listener** (`peer_listen`): the Raft service only, always mutual TLS; every RPC
+//!   checks that the caller's certificate names a member of this cluster ([`crate::peer`]).
+//!
+//! A restarted member rejoins from its data directory; only a brand-new cluster needs
+//! `cluster init`. SIGHUP makes the binary call [`Server::reload_tls`].
 //!
 //! **Shutdown** ([`Server::shutdown`]): health goes NOT_SERVING; a leader hands leadership to an
 //! up-to-date voter (bounded by two election timeouts) so the cluster does not wait out an
@@ -12,9 +16,11 @@
 
 mod config;
 mod data_dir;
+mod io;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +28,7 @@ use futures::{Stream, StreamExt};
 use openraft::async_runtime::WatchReceiver;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Connected;
@@ -31,9 +37,10 @@ use tonic_health::server::HealthReporter;
 
 pub use self::config::{
     CLUSTER_ID_BYTES_MAX, ConfigError, PROPOSALS_IN_FLIGHT_MAX, RaftSection, ServerConfig,
-    ServerSection, StorageSection, WORKER_THREADS_MAX, check_cluster_id,
+    ServerSection, StorageSection, TlsMode, WORKER_THREADS_MAX, check_cluster_id,
 };
-pub use self::data_dir::{DataDir, DataDirError, Identity};
+pub use self::data_dir::{DATA_FORMAT, DataDir, DataDirError, Identity};
+pub use self::io::ApiIo;
 use crate::api::{Admission, Clock, ClusterApi, GraphApi, Router, TenantApi};
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
@@ -42,17 +49,25 @@ use crate::proto::v1::raft_service_server::RaftServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::state_machine::Raft;
 use crate::state_machine::{Blocking, GraphReader, StateMachine};
+use crate::tls::TlsSource;
 use crate::transport::Dialer;
 use crate::wal::{IoRuntime, StdFs, Wal, WalFs};
 use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 
 /// The services a server reports in the health service (besides "" for the whole server).
-pub const SERVICES: [&str; 4] = [
+/// The Raft service is served on the peer listener only, and has no health entry.
+pub const SERVICES: [&str; 3] = [
     "raftgraph.v1.GraphService",
     "raftgraph.v1.TenantService",
     "raftgraph.v1.ClusterService",
-    "raftgraph.v1.RaftService",
 ];
+
+/// HTTP/2 streams one connection may have open at once on the client listener: a client that
+/// opens more waits for one to finish instead of making the server hold them all.
+pub const API_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// HTTP/2 streams one connection may have open at once on the peer listener (a member opens
+/// one append stream and a few unary calls to each peer).
+pub const PEER_STREAMS_PER_CONNECTION_MAX: u32 = 64;
 
 /// How long a graceful shutdown lets in-flight calls finish.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -72,6 +87,8 @@ pub enum ServerError {
     Raft(String),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("gRPC server: {0}")]
     Serve(String),
 }
@@ -114,8 +131,13 @@ pub struct ServerEnv {
     pub blocking: Blocking,
     /// Timestamps for entries.
     pub clock: Clock,
-    /// Outgoing connections.
+    /// Outgoing connections on the client plane (calls forwarded to the leader).
     pub dialer: Dialer,
+    /// Outgoing connections on the peer plane (Raft messages, the leader's read index).
+    pub peer_dialer: Dialer,
+    /// The TLS files and configs in force, for [`Server::reload_tls`]; `None` without TLS
+    /// (the simulation, whose transport reports identities itself).
+    pub tls: Option<Arc<TlsSource>>,
     /// Seeds openraft's randomness (election timeouts); `None`: the OS generator.
     pub seed: Option<u64>,
     #[cfg(feature = "testing")]
@@ -133,10 +155,35 @@ impl ServerEnv {
             blocking: Blocking::Pool,
             clock: system_clock(),
             dialer: Dialer::default(),
+            peer_dialer: Dialer::default(),
+            tls: None,
             seed: None,
             #[cfg(feature = "testing")]
             planted: PlantedBugs::default(),
         }
+    }
+}
+
+/// The two listeners a server serves on.
+pub struct Listeners {
+    /// Clients: graph, tenant, cluster, health, reflection.
+    pub api: TcpListener,
+    /// Other members: Raft messages, read index, snapshots.
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both of `config`'s listen addresses.
+    pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
+        let bind = |a| async move {
+            TcpListener::bind(a).await.map_err(|e| {
+                ServerError::Listener(std::io::Error::new(e.kind(), format!("{a}: {e}")))
+            })
+        };
+        Ok(Listeners {
+            api: bind(config.listen).await?,
+            peer: bind(config.peer_listen).await?,
+        })
     }
 }
 
@@ -146,59 +193,119 @@ pub struct Server {
     raft: Raft,
     reader: GraphReader,
     health: HealthReporter,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    tls: Option<Arc<TlsSource>>,
+    stop: Option<watch::Sender<bool>>,
+    api_server: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
     local_addr: SocketAddr,
+    peer_local_addr: SocketAddr,
     // Last: the lock is released only after everything above is dropped.
     _data_dir: DataDir,
 }
 
 impl Server {
-    /// Opens the member's state and starts serving on `listener`.
-    pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Server, ServerError> {
-        Self::start_with_clock(config, listener, system_clock()).await
+    /// Opens the member's state and starts serving on `listeners`: the peer listener with
+    /// mutual TLS, the client listener with TLS unless `tls = "off"`.
+    pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<Server, ServerError> {
+        Self::start_with_clock(config, listeners, system_clock()).await
     }
 
     /// [`Server::start`] with an injected clock for entry timestamps.
     pub async fn start_with_clock(
         config: ServerConfig,
-        listener: TcpListener,
+        listeners: Listeners,
         clock: Clock,
     ) -> Result<Server, ServerError> {
-        let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
+        config.validate()?;
+        let files = config.certs.clone().ok_or_else(|| ConfigError {
+            field: "certs".into(),
+            reason: "missing: the peer listener always uses mutual TLS; create the files with \
+                     `raftgraph certs init` and `raftgraph certs member`, and name them in \
+                     [certs] (ca, cert, key)"
+                .into(),
+        })?;
+        let tls = TlsSource::load(files, &config.cluster_id, config.node_id)?;
+        let local_addr = listeners.api.local_addr().map_err(ServerError::Listener)?;
+        let peer_local_addr = listeners.peer.local_addr().map_err(ServerError::Listener)?;
+        let peer_tls = tls.clone();
+        let peer_incoming = crate::tls::accept(
+            listeners.peer,
+            move || peer_tls.configs().peer_server,
+            "peer",
+        );
+        let api_tls = tls.clone();
+        let api_incoming: Pin<Box<dyn Stream<Item = std::io::Result<ApiIo>> + Send>> =
+            match config.tls {
+                TlsMode::On => Box::pin(
+                    crate::tls::accept(listeners.api, move || api_tls.configs().api_server, "api")
+                        .map(|c| c.map(ApiIo::Tls)),
+                ),
+                TlsMode::Off => {
+                    tracing::warn!(
+                        listen = %config.listen,
+                        "tls = \"off\": the client listener is plaintext; anyone on the network \
+                         can read and alter client traffic. For local experiments only."
+                    );
+                    // `serve_with_incoming` takes the sockets as they are: tonic's
+                    // `tcp_nodelay` applies only to listeners it binds itself. Without
+                    // TCP_NODELAY a small response waits for the client's delayed ACK (Nagle):
+                    // about 40 ms on Linux loopback.
+                    Box::pin(TcpListenerStream::new(listeners.api).map(|accepted| {
+                        accepted.map(|s| {
+                            if let Err(e) = s.set_nodelay(true) {
+                                tracing::warn!(error = %e, "TCP_NODELAY not set");
+                            }
+                            ApiIo::Plain(s)
+                        })
+                    }))
+                }
+            };
+        let client_tls = tls.clone();
+        let peer_client_tls = tls.clone();
+        let tls_dial = move || client_tls.configs().peer_client;
         let env = ServerEnv {
             clock,
+            dialer: match config.tls {
+                TlsMode::On => Dialer::default().with_tls(Arc::new(tls_dial)),
+                TlsMode::Off => Dialer::default(),
+            },
+            peer_dialer: Dialer::default()
+                .with_tls(Arc::new(move || peer_client_tls.configs().peer_client)),
+            tls: Some(tls),
             ..ServerEnv::production()
         };
-        // `serve_with_incoming` takes the sockets as they are: tonic's `tcp_nodelay` applies
-        // only to listeners it binds itself. Without TCP_NODELAY a small response waits for
-        // the client's delayed ACK (Nagle): about 40 ms on Linux loopback.
-        let incoming = TcpListenerStream::new(listener).map(|accepted| {
-            accepted.inspect(|s| {
-                if let Err(e) = s.set_nodelay(true) {
-                    tracing::warn!(error = %e, "TCP_NODELAY not set on an accepted connection");
-                }
-            })
-        });
-        Self::start_in(config, incoming, local_addr, env).await
+        Self::start_in(
+            config,
+            Incoming {
+                api: api_incoming,
+                api_addr: local_addr,
+                peer: peer_incoming,
+                peer_addr: peer_local_addr,
+            },
+            env,
+        )
+        .await
     }
 
-    /// Starts a server in `env`, serving the connections `incoming` yields (accepted at
-    /// `local_addr`). Production servers come from [`Server::start`]; the deterministic simulation
-    /// calls this with its own files, threads, clock, randomness and network.
+    /// Starts a server in `env`, serving the connections `incoming` yields. Production servers
+    /// come from [`Server::start`]; the deterministic simulation calls this with its own files,
+    /// threads, clock, randomness and network (whose connections report the caller's member
+    /// identity themselves, as the TLS listener does from certificates).
     ///
     /// Four steps: open the storage (data directory, WAL, state machine), start Raft on it,
     /// build the services, serve.
-    pub async fn start_in<I, IO, IE>(
+    pub async fn start_in<A, AIO, AE, P, PIO, PE>(
         config: ServerConfig,
-        incoming: I,
-        local_addr: SocketAddr,
+        incoming: Incoming<A, P>,
         env: ServerEnv,
     ) -> Result<Server, ServerError>
     where
-        I: Stream<Item = Result<IO, IE>> + Send + 'static,
-        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        A: Stream<Item = Result<AIO, AE>> + Send + 'static,
+        AIO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        AE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        P: Stream<Item = Result<PIO, PE>> + Send + 'static,
+        PIO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        PE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         config.validate()?;
         let raft_config = config.raft_config()?;
@@ -207,29 +314,54 @@ impl Server {
         let recv_dir = storage.snapshots_dir.clone();
         let wal_stats = storage.wal.stats();
         let raft = start_raft(&config, raft_config, &env, storage.wal, storage.sm).await?;
-        let (health, routes) = services(&config, &env, &raft, &reader, recv_dir, wal_stats).await?;
+        let (health, api_routes, peer_routes) =
+            services(&config, &env, &raft, &reader, recv_dir, wal_stats).await?;
 
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(routes.serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        }));
+        let (stop, stopped) = watch::channel(false);
+        let until = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let api_server = tokio::spawn(
+            api_routes.serve_with_incoming_shutdown(incoming.api, until(stopped.clone())),
+        );
+        let peer_server =
+            tokio::spawn(peer_routes.serve_with_incoming_shutdown(incoming.peer, until(stopped)));
         tracing::info!(
-            node = config.node_id,
+            member = config.node_id,
             cluster = %config.cluster_id,
-            addr = %local_addr,
+            addr = %incoming.api_addr,
             advertise = %config.advertise_addr(),
-            "node serving"
+            peer_addr = %incoming.peer_addr,
+            peer_advertise = %config.peer_advertise_addr(),
+            client_tls = ?config.tls,
+            "server serving"
         );
         Ok(Server {
             config,
             raft,
             reader,
             health,
+            tls: env.tls.clone(),
             stop: Some(stop),
-            server,
-            local_addr,
+            api_server,
+            peer_server,
+            local_addr: incoming.api_addr,
+            peer_local_addr: incoming.peer_addr,
             _data_dir: storage.data_dir,
         })
+    }
+
+    /// Re-reads the certificate files (the binary calls this on SIGHUP). Connections accepted
+    /// or dialled afterwards use the new ones; on error the old ones stay in force.
+    pub fn reload_tls(&self) -> Result<(), ServerError> {
+        match &self.tls {
+            Some(t) => {
+                t.reload()?;
+                tracing::info!(cert = %t.files().cert.display(), "certificates reloaded");
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     pub fn raft(&self) -> &Raft {
@@ -244,23 +376,48 @@ impl Server {
         &self.config
     }
 
-    /// The address the listener is bound to.
+    /// The address the client listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// The address the peer listener is bound to.
+    pub fn peer_local_addr(&self) -> SocketAddr {
+        self.peer_local_addr
+    }
+
     /// Serves until `signal` resolves or the server fails, then shuts down gracefully.
-    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
-        tokio::select! {
-            _ = signal => self.shutdown().await,
-            r = &mut self.server => {
-                let _ = self.raft.shutdown().await;
-                match r {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
-                    Err(e) => Err(ServerError::Serve(e.to_string())),
+    /// `reload` yields each time the certificates should be re-read (SIGHUP).
+    pub async fn run_until(
+        mut self,
+        signal: impl Future<Output = ()>,
+        mut reload: impl Stream<Item = ()> + Unpin,
+    ) -> Result<(), ServerError> {
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = &mut signal => return self.shutdown().await,
+                Some(()) = reload.next() => {
+                    if let Err(e) = self.reload_tls() {
+                        tracing::error!("certificates not reloaded, the old ones stay: {e}");
+                    }
                 }
+                r = &mut self.api_server => return self.failed("client listener", r).await,
+                r = &mut self.peer_server => return self.failed("peer listener", r).await,
             }
+        }
+    }
+
+    async fn failed(
+        self,
+        which: &str,
+        r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+    ) -> Result<(), ServerError> {
+        let _ = self.raft.shutdown().await;
+        match r {
+            Ok(Ok(())) => Err(ServerError::Serve(format!("{which} stopped"))),
+            Ok(Err(e)) => Err(ServerError::Serve(format!("{which}: {e}"))),
+            Err(e) => Err(ServerError::Serve(format!("{which}: {e}"))),
         }
     }
 
@@ -273,26 +430,36 @@ impl Server {
         }
         self.hand_off_leadership().await;
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         // In-flight calls get a bounded drain; long scans or waits are then cut off.
-        let served = match tokio::time::timeout(DRAIN, &mut self.server).await {
-            Ok(r) => r,
+        let drained = tokio::time::timeout(DRAIN, async {
+            let api = (&mut self.api_server).await;
+            let peer = (&mut self.peer_server).await;
+            (api, peer)
+        })
+        .await;
+        let served = match drained {
+            Ok((api, peer)) => [api, peer],
             Err(_) => {
                 tracing::warn!("calls still running after {DRAIN:?}; closing them");
-                self.server.abort();
-                Ok(Ok(()))
+                self.api_server.abort();
+                self.peer_server.abort();
+                [Ok(Ok(())), Ok(Ok(()))]
             }
         };
         self.raft
             .shutdown()
             .await
             .map_err(|e| ServerError::Raft(format!("shutdown: {e}")))?;
-        match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
-            Err(e) => Err(ServerError::Serve(e.to_string())),
+        for r in served {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ServerError::Serve(e.to_string())),
+                Err(e) => return Err(ServerError::Serve(e.to_string())),
+            }
         }
+        Ok(())
     }
 
     /// If this member leads, asks the most up-to-date other voter to take over and waits (at
@@ -341,10 +508,7 @@ impl Storage {
     async fn open(config: &ServerConfig, env: &ServerEnv) -> Result<Storage, ServerError> {
         let data_dir = DataDir::open(
             &config.data_dir,
-            &Identity {
-                cluster_id: config.cluster_id.clone(),
-                node_id: config.node_id,
-            },
+            &Identity::new(&config.cluster_id, config.node_id),
         )?;
         let wal_config = config.wal_config();
         #[cfg(feature = "testing")]
@@ -382,8 +546,9 @@ async fn start_raft(
     sm: StateMachine,
 ) -> Result<Raft, ServerError> {
     let network = GrpcNetworkFactory {
+        cluster_id: config.cluster_id.clone(),
         connect_timeout: None,
-        dialer: env.dialer.clone(),
+        dialer: env.peer_dialer.clone(),
         blocking: env.blocking,
     };
     let raft = Raft::new(config.node_id, raft_config, network, wal, sm);
@@ -394,8 +559,17 @@ async fn start_raft(
     .map_err(|e| ServerError::Raft(e.to_string()))
 }
 
-/// Builds every service a server serves (health, reflection, graph, tenant, cluster, Raft) into
-/// one router, with health reporting each service as serving.
+/// The connections a server serves: on the client listener and on the peer listener, with
+/// the addresses they were accepted at.
+pub struct Incoming<A, P> {
+    pub api: A,
+    pub api_addr: SocketAddr,
+    pub peer: P,
+    pub peer_addr: SocketAddr,
+}
+
+/// Builds the services: the client listener's router (health, reflection, graph, tenant,
+/// cluster), with health reporting each as serving, and the peer listener's (Raft only).
 async fn services(
     config: &ServerConfig,
     env: &ServerEnv,
@@ -403,17 +577,34 @@ async fn services(
     reader: &GraphReader,
     recv_dir: std::path::PathBuf,
     wal_stats: crate::wal::WalStats,
-) -> Result<(HealthReporter, tonic::transport::server::Router), ServerError> {
+) -> Result<
+    (
+        HealthReporter,
+        tonic::transport::server::Router,
+        tonic::transport::server::Router,
+    ),
+    ServerError,
+> {
     let router = Router {
         dialer: env.dialer.clone(),
+        peer_dialer: env.peer_dialer.clone(),
+        cluster_id: config.cluster_id.clone(),
         #[cfg(feature = "testing")]
         planted_stale_follower_reads: env.planted.stale_follower_reads,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Reflection lists what the client listener serves: not the Raft service.
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for svc in SERVICES {
+            b = b.with_service_name(svc);
+        }
+        b
     };
     let reflection_v1 = reflection()
         .build_v1()
@@ -437,41 +628,51 @@ async fn services(
     );
     let cluster = ClusterServiceServer::new(
         ClusterApi::new(raft.clone(), config.cluster_id.clone())
+            .with_addresses(config.member())
             .with_router(router)
             .with_wal_stats(wal_stats)
             .with_batch_stats(batch_stats),
     );
-    let peers =
-        RaftServiceServer::new(RaftGrpc::new(raft.clone(), recv_dir).with_blocking(env.blocking))
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let peers = RaftServiceServer::new(
+        RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir).with_blocking(env.blocking),
+    )
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
 
     for svc in SERVICES {
         health.set_service_status(svc, ServingStatus::Serving).await;
     }
-    let routes = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        // A client or peer that vanished without closing is noticed in seconds.
-        .http2_keepalive_interval(Some(Duration::from_secs(1)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+    let builder = || {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            // A client or peer that vanished without closing is noticed in seconds.
+            .http2_keepalive_interval(Some(Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+    };
+    let api = builder()
+        .max_concurrent_streams(Some(API_STREAMS_PER_CONNECTION_MAX))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(graph)
         .add_service(tenants)
-        .add_service(cluster)
+        .add_service(cluster);
+    let peer = builder()
+        .max_concurrent_streams(Some(PEER_STREAMS_PER_CONNECTION_MAX))
         .add_service(peers);
-    Ok((health, routes))
+    Ok((health, api, peer))
 }
 
-/// Starts a server and serves until `signal` resolves (the binary passes SIGTERM/SIGINT).
+/// Binds the listeners, starts a server and serves until `signal` resolves (the binary passes
+/// SIGTERM/SIGINT), re-reading its certificates whenever `reload` yields (SIGHUP).
 pub async fn run(
     config: ServerConfig,
-    listener: TcpListener,
     signal: impl Future<Output = ()>,
+    reload: impl Stream<Item = ()> + Unpin,
 ) -> Result<(), ServerError> {
-    Server::start(config, listener)
+    let listeners = Listeners::bind(&config).await?;
+    Server::start(config, listeners)
         .await?
-        .run_until(signal)
+        .run_until(signal, reload)
         .await
 }

@@ -11,7 +11,9 @@ use raftgraph::client::{Client, ClientOptions};
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
-use raftgraph::server::{Server, ServerConfig};
+use raftgraph::server::{Listeners, Server, ServerConfig, TlsMode};
+
+use super::helpers::certs::TestCa;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -31,18 +33,26 @@ pub const FAST: Timing = Timing {
     election_max_ms: 600,
 };
 
-/// A TCP proxy in front of a node, so a test can cut the node off: when cut, open connections
-/// are dropped and new ones are closed at once.
+/// TCP proxies in front of a node's two listeners, so a test can cut the node off: when cut,
+/// open connections are dropped and new ones are closed at once.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub peer_addr: SocketAddr,
     pub cut: watch::Sender<bool>,
 }
 
-pub async fn proxy(target: SocketAddr) -> Proxy {
+pub async fn proxy(target: SocketAddr, peer_target: SocketAddr) -> Proxy {
+    let (cut, _) = watch::channel(false);
+    Proxy {
+        addr: forward(target, cut.subscribe()).await,
+        peer_addr: forward(peer_target, cut.subscribe()).await,
+        cut,
+    }
+}
+
+async fn forward(target: SocketAddr, cut_rx: watch::Receiver<bool>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let (cut, _) = watch::channel(false);
-    let cut_rx = cut.subscribe();
     tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = l.accept().await else {
@@ -65,7 +75,7 @@ pub async fn proxy(target: SocketAddr) -> Proxy {
             });
         }
     });
-    Proxy { addr, cut }
+    addr
 }
 
 pub struct TestNode {
@@ -83,6 +93,10 @@ impl TestNode {
     pub fn advertise(&self) -> String {
         self.config.advertise_addr()
     }
+
+    pub fn peer_advertise(&self) -> String {
+        self.config.peer_advertise_addr()
+    }
 }
 
 impl Drop for TestNode {
@@ -98,19 +112,27 @@ pub fn clock() -> raftgraph::api::Clock {
     Arc::new(|| 1_700_000_000_000_000)
 }
 
-/// Starts `config`'s node on a runtime of its own, listening on `config.listen`.
+/// Starts `config`'s node on a runtime of its own, listening on `config.listen` and
+/// `config.peer_listen`.
 pub async fn boot(config: ServerConfig) -> (tokio::runtime::Runtime, Server) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let listener = std::net::TcpListener::bind(config.listen).unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let bind = |a| {
+        let l = std::net::TcpListener::bind(a).unwrap();
+        l.set_nonblocking(true).unwrap();
+        l
+    };
+    let (api, peer) = (bind(config.listen), bind(config.peer_listen));
     let node = rt
         .spawn(async move {
-            let l = TcpListener::from_std(listener).unwrap();
-            Server::start_with_clock(config, l, clock()).await
+            let listeners = Listeners {
+                api: TcpListener::from_std(api).unwrap(),
+                peer: TcpListener::from_std(peer).unwrap(),
+            };
+            Server::start_with_clock(config, listeners, clock()).await
         })
         .await
         .unwrap()
@@ -120,6 +142,9 @@ pub async fn boot(config: ServerConfig) -> (tokio::runtime::Runtime, Server) {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// The cluster's CA; the members' certificates. The client listeners run without TLS here
+    /// (these tests are about Raft); tests/peer_security.rs covers TLS on both.
+    pub ca: TestCa,
     pub timing: Timing,
     pub nodes: BTreeMap<u64, TestNode>,
 }
@@ -127,8 +152,11 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes, initialised as one cluster through node 1's cluster service.
     pub async fn start(n: u64, timing: Timing, proxied: bool) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(&dir.path().join("certs"), "test");
         let mut c = Cluster {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+            ca,
             timing,
             nodes: BTreeMap::new(),
         };
@@ -141,6 +169,7 @@ impl Cluster {
             .map(|(id, n)| pb::Member {
                 id: *id,
                 addr: n.advertise(),
+                peer_addr: n.peer_advertise(),
             })
             .collect();
         let mut cc = ClusterServiceClient::connect(format!("http://{}", c.nodes[&1].advertise()))
@@ -153,11 +182,22 @@ impl Cluster {
 
     /// Starts a new, uninitialised node `id`.
     pub async fn add_node(&mut self, id: u64, proxied: bool) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut config = ServerConfig::new("test", id, port, &self.dir.path().join(id.to_string()));
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (port, peer_port) = (free(), free());
+        let mut config = ServerConfig::new(
+            "test",
+            id,
+            port,
+            peer_port,
+            &self.dir.path().join(id.to_string()),
+        );
+        config.tls = TlsMode::Off;
+        config.certs = Some(self.ca.member(id));
         config.raft.heartbeat_ms = self.timing.heartbeat_ms;
         config.raft.election_timeout_min_ms = self.timing.election_min_ms;
         config.raft.election_timeout_max_ms = self.timing.election_max_ms;
@@ -165,8 +205,9 @@ impl Cluster {
         config.storage.block_cache_bytes = 8 << 20;
         config.storage.wal_segment_bytes = 32 << 20;
         let proxy = if proxied {
-            let p = proxy(port).await;
+            let p = proxy(port, peer_port).await;
             config.advertise = Some(p.addr.to_string());
+            config.peer_advertise = Some(p.peer_addr.to_string());
             Some(p)
         } else {
             None
@@ -181,6 +222,15 @@ impl Cluster {
                 proxy,
             },
         );
+    }
+
+    /// A peer-plane channel to member `target`, presenting member `as_member`'s certificate.
+    pub fn peer_channel(&self, target: u64, as_member: u64) -> tonic::transport::Channel {
+        let name = raftgraph::tls::member_name("test", target);
+        self.ca
+            .dialer_as(&self.ca.member(as_member))
+            .dial_named(&self.nodes[&target].peer_advertise(), Some(&name), WAIT)
+            .unwrap()
     }
 
     pub fn live(&self) -> impl Iterator<Item = (u64, &Server)> {

@@ -9,6 +9,8 @@
 //! pre-vote test — is the scenario itself, and a slow machine only makes it milder.
 
 mod harness;
+#[path = "../helpers/mod.rs"]
+mod helpers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -104,10 +106,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
         .last_applied
         .unwrap()
         .index;
-    let mut peer =
-        RaftServiceClient::connect(format!("http://{}", cluster.nodes[&leader].advertise()))
-            .await
-            .unwrap();
+    let mut peer = RaftServiceClient::new(cluster.peer_channel(leader, follower));
     let index = peer
         .read_index(pb::ReadIndexRequest {})
         .await
@@ -115,10 +114,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
         .into_inner()
         .index;
     assert!(index >= applied, "read index {index} < applied {applied}");
-    let mut peer =
-        RaftServiceClient::connect(format!("http://{}", cluster.nodes[&follower].advertise()))
-            .await
-            .unwrap();
+    let mut peer = RaftServiceClient::new(cluster.peer_channel(follower, leader));
     let s = peer.read_index(pb::ReadIndexRequest {}).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
 
@@ -338,6 +334,7 @@ async fn a_fourth_node_joins_as_learner_is_promoted_an_old_node_is_removed_and_l
             member: Some(pb::Member {
                 id: 4,
                 addr: cluster.nodes[&4].advertise(),
+                peer_addr: cluster.nodes[&4].peer_advertise(),
             }),
             wait: true,
         })
@@ -449,6 +446,7 @@ async fn a_fourth_node_joins_as_learner_is_promoted_an_old_node_is_removed_and_l
             members: vec![pb::Member {
                 id: asked,
                 addr: cluster.nodes[&asked].advertise(),
+                peer_addr: cluster.nodes[&asked].peer_advertise(),
             }],
         })
         .await

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests, one file per kind:
+//! - [`certs`]: a CA, member and client certificates, and TLS dialers for in-process servers;
 //! - [`wal_log`]: a type config, entry builders, acknowledged appends and reads for the WAL tests;
 //! - [`sm_harness`]: a harness that applies requests to a state machine as consecutive entries;
 //! - [`sm_logs`]: random multi-tenant request logs for the state-machine property tests.
@@ -7,6 +8,7 @@
 //! there.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod sm_harness;
 pub mod sm_logs;
 pub mod wal_log;

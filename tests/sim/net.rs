@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use raftgraph::tls::ConnInfo;
 use raftgraph::transport::{Connector, Dialer, Io};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
@@ -15,9 +16,20 @@ use tonic::transport::server::Connected;
 /// An accepted turmoil connection, as tonic's server wants it.
 pub struct SimStream(pub turmoil::net::TcpStream);
 
+/// The identity the simulated transport reports for a connection: the member whose host
+/// (`n<id>`) dialled it, as the TLS listener reports the member a verified certificate names.
+/// The peer service applies the same check to it as in production; only the proof (a
+/// certificate) is left out — TLS handshakes would draw randomness outside the seed.
 impl Connected for SimStream {
-    type ConnectInfo = ();
-    fn connect_info(&self) {}
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        let remote = self.0.peer_addr().ok();
+        let member = remote
+            .and_then(|a| turmoil::reverse_lookup(a.ip()))
+            .and_then(|host| host.strip_prefix('n')?.parse::<u64>().ok())
+            .map(|id| ("sim".to_string(), id));
+        ConnInfo { remote, member }
+    }
 }
 
 impl AsyncRead for SimStream {

@@ -142,6 +142,7 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
         .map(|(i, n)| pb::Member {
             id: i as u64 + 1,
             addr: addr(n),
+            peer_addr: super::world::peer_addr(n),
         })
         .collect();
     loop {

@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use raftgraph::proto::v1 as pb;
-use raftgraph::server::{PlantedBugs, Server, ServerConfig, ServerEnv};
+use raftgraph::server::{Incoming, PlantedBugs, Server, ServerConfig, ServerEnv};
 use raftgraph::state_machine::Blocking;
 use raftgraph::wal::{IoRuntime, MemFs};
 use rand::rngs::SmallRng;
@@ -27,6 +27,8 @@ use super::workload::{self, Replica};
 
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 pub const PORT: u16 = 7000;
+/// Each member's peer listener.
+pub const PEER_PORT: u16 = 7100;
 /// After the faults stop, a write must succeed within this (simulated) time.
 pub const LIVENESS_MS: u64 = 30_000;
 /// … and every replica must have applied the same index within this.
@@ -34,6 +36,10 @@ pub const CONVERGE_MS: u64 = 60_000;
 
 pub fn addr(node: &str) -> String {
     format!("{node}:{PORT}")
+}
+
+pub fn peer_addr(node: &str) -> String {
+    format!("{node}:{PEER_PORT}")
 }
 
 /// Simulated milliseconds since the start (inside a host or client).
@@ -146,9 +152,11 @@ fn node_config(dir: &Path, id: u64) -> ServerConfig {
         "sim",
         id,
         format!("0.0.0.0:{PORT}").parse().expect("an address"),
+        format!("0.0.0.0:{PEER_PORT}").parse().expect("an address"),
         &dir.join(name),
     );
     c.advertise = Some(addr(name));
+    c.peer_advertise = Some(peer_addr(name));
     c.raft.heartbeat_ms = 100;
     c.raft.election_timeout_min_ms = 500;
     c.raft.election_timeout_max_ms = 1_000;
@@ -166,25 +174,27 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
     disk.boots.set(boot);
     let id = disk.config.node_id;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let local = listener.local_addr()?;
+    let peer_listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT)).await?;
+    let incoming = Incoming {
+        api_addr: listener.local_addr()?,
+        api: super::net::incoming(listener),
+        peer_addr: peer_listener.local_addr()?,
+        peer: super::net::incoming(peer_listener),
+    };
+    let dialer = super::net::node_dialer(disk.name, disk.alarms.clone());
     let env = ServerEnv {
         wal_fs: disk.wal.clone(),
         wal_io: IoRuntime::Inline,
         blocking: Blocking::Inline,
         clock: Arc::new(|| turmoil::since_epoch().map_or(0, |d| d.as_micros() as i64)),
-        dialer: super::net::node_dialer(disk.name, disk.alarms.clone()),
+        dialer: dialer.clone(),
+        peer_dialer: dialer,
+        tls: None,
         seed: Some(opts.seed ^ (id << 48) ^ (boot << 32)),
         planted: opts.planted,
     };
     shared.borrow_mut().trace(format!("n{id} boot {boot}"));
-    let node = match Server::start_in(
-        disk.config.clone(),
-        super::net::incoming(listener),
-        local,
-        env,
-    )
-    .await
-    {
+    let node = match Server::start_in(disk.config.clone(), incoming, env).await {
         Ok(n) => n,
         Err(e) => {
             let msg = format!("n{id} boot {boot}: failed to start: {e}");
