@@ -38,6 +38,15 @@ const CLUSTER: &str = "sec";
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn start(ca_files: CertFiles, id: u64, dir: &Path) -> Server {
+    start_with(ca_files, id, dir, &|_| {}).await
+}
+
+async fn start_with(
+    ca_files: CertFiles,
+    id: u64,
+    dir: &Path,
+    tweak: &dyn Fn(&mut ServerConfig),
+) -> Server {
     // The servers' log, shown for a failing test.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("info,raftgraph=debug")
@@ -60,6 +69,7 @@ async fn start(ca_files: CertFiles, id: u64, dir: &Path) -> Server {
     c.storage.write_buffer_bytes = 8 << 20;
     c.storage.block_cache_bytes = 8 << 20;
     c.storage.wal_segment_bytes = 8 << 20;
+    tweak(&mut c);
     Server::start(c, Listeners { api, peer }).await.unwrap()
 }
 
@@ -72,11 +82,16 @@ struct Cluster {
 impl Cluster {
     /// Three members with TLS on both listeners, initialised through member 1's client port.
     async fn start() -> Cluster {
+        Self::start_with(&|_| {}).await
+    }
+
+    /// [`Cluster::start`] with `tweak` applied to every member's config.
+    async fn start_with(tweak: &dyn Fn(&mut ServerConfig)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(&dir.path().join("certs"), CLUSTER);
         let mut servers = Vec::new();
         for id in 1..=3 {
-            servers.push(start(ca.member(id), id, dir.path()).await);
+            servers.push(start_with(ca.member(id), id, dir.path(), tweak).await);
         }
         let members = servers
             .iter()
@@ -303,7 +318,7 @@ async fn a_certificate_of_the_ca_must_name_this_cluster_and_a_member_before_anyt
             p.append_entries(garbage()).await.map(|_| ()),
             p.transfer_leader(garbage()).await.map(|_| ()),
             p.read_index(pb::ReadIndexRequest {}).await.map(|_| ()),
-            p.install_snapshot(futures::stream::iter([pb::SnapshotChunk { part: None }]))
+            p.install_snapshot(futures::stream::iter([pb::SnapshotChunk::default()]))
                 .await
                 .map(|_| ()),
             p.stream_append(futures::stream::iter([garbage()]))
@@ -353,6 +368,7 @@ fn forged() -> (pb::RaftPayload, pb::RaftPayload, pb::SnapshotChunk) {
         payload(raftgraph::codec::encode(&append).unwrap()),
         pb::SnapshotChunk {
             part: Some(pb::snapshot_chunk::Part::Header(header)),
+            total_bytes: 8,
         },
     )
 }
@@ -537,4 +553,231 @@ async fn reloaded_certificates_serve_new_connections_and_bad_files_keep_the_old_
     );
     status(&new).await.unwrap();
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_transfers_are_bounded_by_a_chunk_deadline_their_declared_size_and_free_space() {
+    const MAX: u64 = 1 << 60;
+    let c = Cluster::start_with(&|c| {
+        c.raft.snapshot_chunk_timeout_ms = 500;
+        c.storage.snapshot_receive_bytes_max = MAX;
+    })
+    .await;
+    let leader = c.leader().await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let sender = (1..=3).find(|id| *id != target).unwrap();
+    let mut p = c.peer(&c.ca.dialer_as(&c.ca.member(sender)), target);
+    let (_, _, header) = forged();
+    let declaring = |total: u64| pb::SnapshotChunk {
+        total_bytes: total,
+        ..header.clone()
+    };
+    let data = |b: &[u8]| pb::SnapshotChunk {
+        part: Some(pb::snapshot_chunk::Part::Data(b.to_vec())),
+        total_bytes: 0,
+    };
+    let refusal = |id: u64| {
+        let ch =
+            c.ca.dialer()
+                .channel(&c.server(id).local_addr().to_string())
+                .unwrap();
+        async move {
+            ClusterServiceClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .snapshot_refused
+        }
+    };
+
+    // More than this member takes, and nothing declared: refused before a byte is received.
+    for total in [MAX + 1, 0] {
+        let s = p
+            .install_snapshot(futures::stream::iter([declaring(total)]))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("declared"), "{}", s.message());
+    }
+    // No room for it (a petabyte, three times over, on this machine's disk): refused, and the
+    // reason is in the member's Status.
+    let s = p
+        .install_snapshot(futures::stream::iter([declaring(1 << 50)]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("free"), "{}", s.message());
+    assert!(refusal(target).await.contains("free"));
+    // A sender that sends more than it declared.
+    let s = p
+        .install_snapshot(futures::stream::iter([declaring(4), data(b"RGSNAP\0\0")]))
+        .await
+        .unwrap_err();
+    assert!(
+        s.message().contains("more than the 4 bytes"),
+        "{}",
+        s.message()
+    );
+    // A sender that stalls after its header loses the receive slot after the chunk deadline...
+    let (stall, chunks) = tokio::sync::mpsc::channel(1);
+    stall.send(declaring(8)).await.unwrap();
+    let s = p
+        .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(chunks))
+        .await
+        .unwrap_err();
+    assert!(
+        s.message().contains("no snapshot chunk within 500ms"),
+        "{}",
+        s.message()
+    );
+    assert!(refusal(target).await.contains("no snapshot chunk"));
+    drop(stall);
+    // ... so the next transfer is received (and this one, not a real snapshot stream, is refused
+    // by the verification, not by a slot still held).
+    let s = p
+        .install_snapshot(futures::stream::iter([declaring(8), data(b"RGSNAP\0\0")]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message().contains("receiving snapshot"),
+        "{}",
+        s.message()
+    );
+    // The member serves on: its state follows the leader's.
+    let client = c.client(vec![c.server(target).local_addr().to_string()]);
+    client
+        .create_tenant(pb::CreateTenantRequest {
+            id: "after".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = c.digests().await;
+    assert!(d.windows(2).all(|w| w[0] == w[1]));
+    c.stop().await;
+}
+
+/// `payload` with the encoding of the string value `marker` replaced by `levels` lists nested in
+/// one another around a null (built byte by byte: encoding such a value would recurse as deep).
+fn with_nested_value(payload: &[u8], marker: &str, levels: usize) -> Vec<u8> {
+    use raftgraph::command::Value;
+    let list = raftgraph::codec::encode(&Value::List(vec![Value::Null])).unwrap();
+    let (list, null) = (&list[1..3], &list[3..]);
+    let at = payload
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the marker is in the payload");
+    // The string's variant index and length precede its bytes (one byte each here).
+    let start = at - 2;
+    let mut out = payload[..start].to_vec();
+    for _ in 0..levels {
+        out.extend_from_slice(list);
+    }
+    out.extend_from_slice(null);
+    out.extend_from_slice(&payload[at + marker.len()..]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_nested_past_the_bound_is_refused_on_the_peer_and_client_paths_and_the_member_serves_on()
+ {
+    use openraft::entry::RaftEntry;
+    use openraft::raft::AppendEntriesRequest;
+    use raftgraph::command::{Command, Op, Request, Value, WriteRequest};
+
+    let c = Cluster::start().await;
+    let leader = c.leader().await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let client = c.client(c.endpoints());
+    client
+        .create_tenant(pb::CreateTenantRequest {
+            id: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // The peer path: an append from a member whose one entry holds a value nested 100,000
+    // levels deep (~200 KB). Unbounded, decoding it overflows the worker's stack (SIGSEGV).
+    let marker = "NESTED-VALUE-MARKER";
+    let op = Op::CreateNode {
+        labels: ["L".to_string()].into(),
+        properties: [("k".to_string(), Value::String(marker.into()))].into(),
+    };
+    let write = Command::Write(WriteRequest {
+        tenant: "t".into(),
+        preconditions: vec![],
+        operations: vec![op],
+    });
+    let m = c.server(target).raft().metrics().borrow_watched().clone();
+    let log_id = openraft::type_config::alias::LogIdOf::<TypeConfig>::new(
+        <openraft::type_config::alias::LeaderIdOf<TypeConfig> as openraft::vote::RaftLeaderIdExt>::new_committed(m.current_term, leader),
+        m.last_log_index.unwrap_or(0) + 1,
+    );
+    let entry =
+        raftgraph::raft::Entry::new_normal(log_id, Request::new(1, 1, 0, write).unwrap().into());
+    let append = AppendEntriesRequest::<TypeConfig> {
+        vote: m.vote,
+        prev_log_id: m.last_applied,
+        entries: vec![entry],
+        leader_commit: None,
+    };
+    let plain = raftgraph::codec::encode(&append).unwrap();
+    let bomb = with_nested_value(&plain, marker, 100_000);
+    let mut p = c.peer(&c.ca.dialer_as(&c.ca.member(leader)), target);
+    let s = p
+        .append_entries(pb::RaftPayload { data: bomb })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message().contains("nested deeper than 16 levels"),
+        "{}",
+        s.message()
+    );
+
+    // The client path: protobuf's own decoder bounds recursion (100 levels) before the request
+    // is converted.
+    let mut v = pb::Value {
+        kind: Some(pb::value::Kind::NullValue(pb::Null {})),
+    };
+    for _ in 0..200 {
+        v = pb::Value {
+            kind: Some(pb::value::Kind::ListValue(pb::ValueList {
+                values: vec![v],
+            })),
+        };
+    }
+    let deep = pb::WriteRequest {
+        tenant: "t".into(),
+        request_id: None,
+        preconditions: vec![],
+        operations: vec![pb::Operation {
+            op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+                labels: vec!["L".into()],
+                properties: [("k".to_string(), v)].into(),
+            })),
+        }],
+    };
+    let api = c.server(target).local_addr().to_string();
+    let mut g = raftgraph::proto::v1::graph_service_client::GraphServiceClient::new(
+        c.ca.dialer().channel(&api).unwrap(),
+    );
+    let s = g.write(deep).await.unwrap_err();
+    assert_ne!(s.code(), Code::Ok);
+    assert!(s.message().contains("recursion limit"), "{s:?}");
+
+    // Both members serve on, with the same state.
+    client
+        .create_tenant(pb::CreateTenantRequest {
+            id: "u".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = c.digests().await;
+    assert!(d.windows(2).all(|w| w[0] == w[1]));
+    c.stop().await;
 }

@@ -403,6 +403,7 @@ async fn garbage_from_the_network_is_refused_and_the_node_keeps_serving(cluster:
             0;
             10
         ])),
+        total_bytes: 10,
     };
     let s = peer
         .install_snapshot(futures::stream::iter([no_header]))
@@ -417,11 +418,13 @@ async fn garbage_from_the_network_is_refused_and_the_node_keeps_serving(cluster:
     let torn = [
         raftgraph::proto::v1::SnapshotChunk {
             part: Some(raftgraph::proto::v1::snapshot_chunk::Part::Header(header)),
+            total_bytes: 8,
         },
         raftgraph::proto::v1::SnapshotChunk {
             part: Some(raftgraph::proto::v1::snapshot_chunk::Part::Data(
                 b"RGSNAP\0\0".to_vec(),
             )),
+            total_bytes: 0,
         },
     ];
     let s = peer

@@ -33,6 +33,8 @@ pub struct ClusterApi {
     cluster_id: String,
     /// This member's advertised client and peer addresses, reported by `Status`.
     me: Member,
+    /// Why the last snapshot transfer to this member was refused, reported by `Status`.
+    snapshot_refused: Arc<std::sync::Mutex<Option<String>>>,
     router: route::Router,
     /// The member's WAL counters, reported by `Status` (zero when not given).
     wal_stats: crate::wal::WalStats,
@@ -46,6 +48,7 @@ impl ClusterApi {
             raft,
             cluster_id,
             me: Member::default(),
+            snapshot_refused: Arc::default(),
             router: route::Router::default(),
             wal_stats: crate::wal::WalStats::default(),
             batch_stats: Arc::default(),
@@ -55,6 +58,16 @@ impl ClusterApi {
     /// Reports `me` (this member's advertised addresses) in `Status`.
     pub fn with_addresses(mut self, me: Member) -> Self {
         self.me = me;
+        self
+    }
+
+    /// Reports the reason `refused` holds (the peer service's last refused snapshot transfer)
+    /// in `Status`.
+    pub fn with_snapshot_refusals(
+        mut self,
+        refused: Arc<std::sync::Mutex<Option<String>>>,
+    ) -> Self {
+        self.snapshot_refused = refused;
         self
     }
 
@@ -544,6 +557,12 @@ impl ClusterService for ClusterApi {
             batched_entries: self.batch_stats.entries.load(Ordering::Relaxed),
             addr: self.me.api_addr.clone(),
             peer_addr: self.me.peer_addr.clone(),
+            snapshot_refused: self
+                .snapshot_refused
+                .lock()
+                .expect("refusal")
+                .clone()
+                .unwrap_or_default(),
         }))
     }
 }

@@ -20,9 +20,15 @@ pub const VALUE_DEPTH_MAX: usize = 16;
 /// refused, which also bounds every key/value pair a snapshot stream carries.
 pub const RECORD_BYTES_MAX: usize = 4 << 20;
 
+/// Levels (a value and the lists and maps around it) a value may have when it is decoded from
+/// the log, a snapshot or a peer: the deepest value validation lets in. Deeper input is refused
+/// by the decoder itself, before recursion could exhaust the stack.
+pub const VALUE_DECODE_DEPTH_MAX: usize = VALUE_DEPTH_MAX;
+
 /// A property value. Maps are ordered (`BTreeMap`) so their bytes are the same everywhere.
-/// Floats compare by bits in preconditions (so `NaN` equals the same `NaN`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Floats compare by bits in preconditions (so `NaN` equals the same `NaN`). Decoding bounds
+/// nesting at [`VALUE_DECODE_DEPTH_MAX`].
+#[derive(Clone, Debug, Serialize)]
 pub enum Value {
     Null,
     Bool(bool),
@@ -37,6 +43,61 @@ pub enum Value {
     List(Vec<Value>),
     Map(BTreeMap<String, Value>),
     Vector(Vec<f32>),
+}
+
+/// [`Value`]'s shape for the derived decoder; [`Value`]'s own `Deserialize` wraps it with the
+/// depth bound. Same variants in the same order: the same bytes.
+#[derive(Deserialize)]
+#[serde(remote = "Value")]
+enum ValueShape {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    Bytes(Vec<u8>),
+    DateTime(i64),
+    Duration(i64),
+    List(Vec<Value>),
+    Map(BTreeMap<String, Value>),
+    Vector(Vec<f32>),
+}
+
+std::thread_local! {
+    /// Values being decoded on this thread, outermost to innermost (decoding is synchronous).
+    static DECODE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of [`DECODE_DEPTH`], left when dropped (also on an error or a panic).
+struct Level;
+
+impl Level {
+    fn enter() -> (Level, usize) {
+        let depth = DECODE_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        (Level, depth)
+    }
+}
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        DECODE_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        let (_level, depth) = Level::enter();
+        if depth > VALUE_DECODE_DEPTH_MAX {
+            return Err(serde::de::Error::custom(format_args!(
+                "a property value nested deeper than {VALUE_DECODE_DEPTH_MAX} levels of lists \
+                 and maps"
+            )));
+        }
+        ValueShape::deserialize(d)
+    }
 }
 
 impl PartialEq for Value {
@@ -207,6 +268,61 @@ mod tests {
         assert!(big.validate().unwrap_err().contains("limit 1048576"));
         let m = Value::Map(BTreeMap::from([(String::new(), Value::Null)]));
         assert!(m.validate().unwrap_err().contains("empty name"));
+    }
+
+    /// `n` lists nested in one another around a null, as the codec encodes them, built byte by
+    /// byte (encoding it would recurse as deep as decoding it).
+    fn nested_lists(n: usize) -> Vec<u8> {
+        let one = crate::codec::encode(&Value::List(vec![Value::Null])).unwrap();
+        let inner = crate::codec::encode(&Value::Null).unwrap();
+        let (header, list) = one.split_at(one.len() - 3);
+        assert_eq!(
+            &list[2..],
+            &inner[header.len()..],
+            "a list of one null ends in a null"
+        );
+        let mut bytes = header.to_vec();
+        for _ in 0..n {
+            bytes.extend_from_slice(&list[..2]);
+        }
+        bytes.extend_from_slice(&inner[header.len()..]);
+        bytes
+    }
+
+    #[test]
+    fn decoding_refuses_values_nested_past_the_bound_without_deep_recursion() {
+        // The deepest value validation admits decodes.
+        let mut v = Value::Int(1);
+        for _ in 0..VALUE_DEPTH_MAX - 1 {
+            v = Value::List(vec![v]);
+        }
+        v.validate().unwrap();
+        let back: Value = crate::codec::decode(&crate::codec::encode(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        // `n` lists around a null are n + 1 levels: the bound admits 16, refuses 17.
+        crate::codec::decode::<Value>(&nested_lists(VALUE_DECODE_DEPTH_MAX - 1)).unwrap();
+        let e = crate::codec::decode::<Value>(&nested_lists(VALUE_DECODE_DEPTH_MAX)).unwrap_err();
+        assert!(
+            e.to_string().contains("nested deeper than 16 levels"),
+            "{e}"
+        );
+        // 100,000 levels (200 KB): refused by name on a 256 KiB stack, where unbounded
+        // recursion would overflow it and kill the process.
+        let bomb = nested_lists(100_000);
+        let e = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                crate::codec::decode::<Value>(&bomb)
+                    .unwrap_err()
+                    .to_string()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(e.contains("nested deeper than 16 levels"), "{e}");
+        // The depth count is back to zero: a value decodes after a refused one.
+        let again: Value = crate::codec::decode(&crate::codec::encode(&v).unwrap()).unwrap();
+        assert_eq!(again, v);
     }
 
     #[test]

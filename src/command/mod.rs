@@ -9,8 +9,8 @@ mod request;
 
 pub use graph::{
     Direction, Edge, EdgeRecord, LABELS_MAX, NAME_BYTES_MAX, Node, NodeRecord, PROPERTIES_MAX,
-    Properties, RECORD_BYTES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX, VALUE_ITEMS_MAX, Value,
-    validate_name,
+    Properties, RECORD_BYTES_MAX, VALUE_BYTES_MAX, VALUE_DECODE_DEPTH_MAX, VALUE_DEPTH_MAX,
+    VALUE_ITEMS_MAX, Value, validate_name,
 };
 pub use request::{
     ApplyError, ClusterLimits, Command, Fingerprint, NodeRef, OPERATIONS_MAX, Op, OpResult,

@@ -261,8 +261,17 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
                 .await
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         }
+        let total_bytes = {
+            let file = file.clone();
+            blocking
+                .run(move || file.lock().expect("snapshot file").metadata())
+                .await
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+                .len()
+        };
         let first = SnapshotChunk {
             part: Some(snapshot_chunk::Part::Header(header)),
+            total_bytes,
         };
         // Chunks are read as the transport asks for them: memory stays at one chunk. A read
         // error ends the stream early; the receiver then refuses the incomplete snapshot.
@@ -291,6 +300,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
                 Ok(buf) if !buf.is_empty() => {
                     let chunk = SnapshotChunk {
                         part: Some(snapshot_chunk::Part::Data(buf)),
+                        total_bytes: 0,
                     };
                     Some((chunk, Some(file)))
                 }

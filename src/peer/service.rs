@@ -8,9 +8,11 @@
 //! added it). Otherwise UNAUTHENTICATED, before a byte of the payload is decoded. A payload
 //! that does not decode is INVALID_ARGUMENT and changes nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use openraft::async_runtime::WatchReceiver;
@@ -46,6 +48,50 @@ pub struct RaftGrpc {
     receiving: tokio::sync::Semaphore,
     /// Where the received file is written, synced and verified.
     blocking: Blocking,
+    /// How a transfer is bounded.
+    limits: SnapshotLimits,
+    /// Why the last transfer to this member was refused (reported by `Status`).
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+/// What a snapshot transfer to this member may take.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotLimits {
+    /// The longest wait for the next chunk: a sender that stalls past it loses the receive slot
+    /// (the transfer is abandoned and its file removed), so the real leader can send again.
+    pub chunk_timeout: Duration,
+    /// The most bytes one transfer may declare and send.
+    pub bytes_max: u64,
+}
+
+impl Default for SnapshotLimits {
+    fn default() -> Self {
+        SnapshotLimits {
+            chunk_timeout: Duration::from_secs(30),
+            bytes_max: 1 << 40,
+        }
+    }
+}
+
+/// Free space a transfer of `n` bytes needs where it is received: the stream itself, and about
+/// twice more while it is installed (the SST files cut from it and the new database).
+pub const SNAPSHOT_SPACE_FACTOR: u64 = 3;
+
+/// Bytes available to this process on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `st` is written by statvfs before it is read.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Removes a partly received snapshot when the transfer ends in any way, including the
@@ -67,7 +113,28 @@ impl RaftGrpc {
             seq: AtomicU64::new(0),
             receiving: tokio::sync::Semaphore::new(1),
             blocking: Blocking::Pool,
+            limits: SnapshotLimits::default(),
+            refused: Arc::default(),
         }
+    }
+
+    /// Bounds transfers by `limits`.
+    pub fn with_limits(mut self, limits: SnapshotLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Where the reason of a refused transfer is left for `Status`.
+    pub fn with_refusals(mut self, refused: Arc<Mutex<Option<String>>>) -> Self {
+        self.refused = refused;
+        self
+    }
+
+    /// Logs and records why a transfer was refused; the status to answer.
+    fn refuse(&self, status: Status) -> Status {
+        tracing::warn!("snapshot transfer refused: {}", status.message());
+        *self.refused.lock().expect("refusal") = Some(status.message().to_string());
+        status
     }
 
     /// The member calling (see the module docs), or UNAUTHENTICATED saying why not.
@@ -102,6 +169,19 @@ impl RaftGrpc {
     pub fn with_blocking(mut self, blocking: Blocking) -> Self {
         self.blocking = blocking;
         self
+    }
+}
+
+/// The next chunk of a transfer, or DEADLINE_EXCEEDED when none comes within `timeout`.
+async fn next_chunk(
+    chunks: &mut Streaming<SnapshotChunk>,
+    timeout: Duration,
+) -> Result<Option<SnapshotChunk>, Status> {
+    match tokio::time::timeout(timeout, chunks.message()).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no snapshot chunk within {timeout:?}: transfer abandoned"
+        ))),
     }
 }
 
@@ -221,18 +301,49 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftPayload>, Status> {
         self.authenticate(&req)?;
         let mut chunks = req.into_inner();
-        let (vote, meta): SnapshotHeader = match chunks.message().await?.and_then(|c| c.part) {
-            Some(snapshot_chunk::Part::Header(h)) => decode("snapshot header", &h)?,
+        let limits = self.limits;
+        let first = next_chunk(&mut chunks, limits.chunk_timeout)
+            .await
+            .map_err(|s| self.refuse(s))?;
+        let (vote, meta, total): (_, _, u64) = match first {
+            Some(SnapshotChunk {
+                part: Some(snapshot_chunk::Part::Header(h)),
+                total_bytes,
+            }) => {
+                let (vote, meta): SnapshotHeader = decode("snapshot header", &h)?;
+                (vote, meta, total_bytes)
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "snapshot stream must start with its header",
                 ));
             }
         };
+        if total == 0 || total > limits.bytes_max {
+            return Err(self.refuse(Status::resource_exhausted(format!(
+                "a snapshot of {total} bytes declared; this member takes 1..={} bytes",
+                limits.bytes_max
+            ))));
+        }
         let _one = self
             .receiving
             .try_acquire()
             .map_err(|_| Status::unavailable("a snapshot is already being received; retry"))?;
+        let need = total.saturating_mul(SNAPSHOT_SPACE_FACTOR);
+        let dir = self.recv_dir.clone();
+        let free = self
+            .blocking
+            .run(move || free_bytes(&dir))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("free space of the snapshot directory: {e}"))
+            })?;
+        if free < need {
+            return Err(self.refuse(Status::resource_exhausted(format!(
+                "a snapshot of {total} bytes needs {need} bytes free to receive and install; \
+                 {free} are; the member keeps serving its current state"
+            ))));
+        }
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
         let tmp = TempFile(self.recv_dir.join(format!("incoming-{n}.tmp")));
         let path = tmp.0.clone();
@@ -241,9 +352,20 @@ impl RaftService for RaftGrpc {
             let p = path.clone();
             let file = blocking.run(move || std::fs::File::create(p)).await?;
             let file = std::sync::Arc::new(std::sync::Mutex::new(file));
-            while let Some(chunk) = chunks.message().await.map_err(std::io::Error::other)? {
+            let mut got: u64 = 0;
+            while let Some(chunk) = next_chunk(&mut chunks, limits.chunk_timeout)
+                .await
+                .map_err(std::io::Error::other)?
+            {
                 match chunk.part {
                     Some(snapshot_chunk::Part::Data(d)) => {
+                        got = got.saturating_add(d.len() as u64);
+                        if got > total {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!("the sender sent more than the {total} bytes it declared"),
+                            ));
+                        }
                         let f = file.clone();
                         blocking
                             .run(move || f.lock().expect("snapshot file").write_all(&d))
@@ -256,6 +378,12 @@ impl RaftService for RaftGrpc {
                         ));
                     }
                 }
+            }
+            if got != total {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the sender declared {total} bytes and sent {got}"),
+                ));
             }
             let f = file.clone();
             blocking
@@ -275,8 +403,9 @@ impl RaftService for RaftGrpc {
             SnapshotFile::open(&path)
         }
         .await;
-        let file =
-            received.map_err(|e| Status::invalid_argument(format!("receiving snapshot: {e}")))?;
+        let file = received.map_err(|e| {
+            self.refuse(Status::invalid_argument(format!("receiving snapshot: {e}")))
+        })?;
         let snapshot = Snapshot {
             meta: meta.clone(),
             snapshot: file,
@@ -286,6 +415,7 @@ impl RaftService for RaftGrpc {
         drop(tmp);
         if r.is_ok() {
             tracing::info!(last = ?last, "installed a snapshot streamed from the leader");
+            *self.refused.lock().expect("refusal") = None;
         }
         reply(r)
     }

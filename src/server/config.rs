@@ -89,6 +89,9 @@ pub struct RaftSection {
     /// Entries kept in the log behind a snapshot, so briefly lagging followers catch up from
     /// the log rather than a whole snapshot.
     pub log_kept_behind_snapshot: u64,
+    /// A snapshot transfer to this member is abandoned when no chunk arrives for this long, ms:
+    /// a stalled sender cannot hold the one receive slot.
+    pub snapshot_chunk_timeout_ms: u64,
 }
 
 impl Default for RaftSection {
@@ -99,6 +102,7 @@ impl Default for RaftSection {
             election_timeout_max_ms: 2000,
             snapshot_every_entries: 100_000,
             log_kept_behind_snapshot: 10_000,
+            snapshot_chunk_timeout_ms: 30_000,
         }
     }
 }
@@ -137,6 +141,9 @@ pub struct StorageSection {
     pub write_buffer_bytes: usize,
     /// RocksDB block cache, bytes.
     pub block_cache_bytes: usize,
+    /// The largest snapshot this member accepts from a leader, bytes (the sender declares the
+    /// size first; the member also refuses one it has no room for: see docs/security.md).
+    pub snapshot_receive_bytes_max: u64,
 }
 
 impl Default for StorageSection {
@@ -147,6 +154,7 @@ impl Default for StorageSection {
             wal_segment_bytes: wal.segment_bytes,
             write_buffer_bytes: sm.write_buffer_bytes,
             block_cache_bytes: sm.block_cache_bytes,
+            snapshot_receive_bytes_max: 1 << 40,
         }
     }
 }
@@ -307,6 +315,18 @@ impl ServerConfig {
                 ),
             );
         }
+        if !(100..=3_600_000).contains(&r.snapshot_chunk_timeout_ms) {
+            return bad(
+                "raft.snapshot_chunk_timeout_ms",
+                format!("{}; use 100..=3600000", r.snapshot_chunk_timeout_ms),
+            );
+        }
+        if self.storage.snapshot_receive_bytes_max == 0 {
+            return bad(
+                "storage.snapshot_receive_bytes_max",
+                "0: this member could never catch up from a snapshot",
+            );
+        }
         if !(1..=PROPOSALS_IN_FLIGHT_MAX).contains(&self.server.proposals_in_flight_max) {
             return bad(
                 "server.proposals_in_flight_max",
@@ -384,6 +404,14 @@ impl ServerConfig {
             field: "raft".into(),
             reason: e.to_string(),
         })
+    }
+
+    /// How snapshot transfers to this member are bounded.
+    pub fn snapshot_limits(&self) -> crate::peer::SnapshotLimits {
+        crate::peer::SnapshotLimits {
+            chunk_timeout: Duration::from_millis(self.raft.snapshot_chunk_timeout_ms),
+            bytes_max: self.storage.snapshot_receive_bytes_max,
+        }
     }
 
     /// The election timeout's upper bound, for callers that wait "a few elections".

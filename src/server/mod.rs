@@ -626,15 +626,20 @@ async fn services(
             .with_admission(admission)
             .with_router(router.clone()),
     );
+    let snapshot_refused = Arc::new(std::sync::Mutex::new(None));
     let cluster = ClusterServiceServer::new(
         ClusterApi::new(raft.clone(), config.cluster_id.clone())
             .with_addresses(config.member())
+            .with_snapshot_refusals(snapshot_refused.clone())
             .with_router(router)
             .with_wal_stats(wal_stats)
             .with_batch_stats(batch_stats),
     );
     let peers = RaftServiceServer::new(
-        RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir).with_blocking(env.blocking),
+        RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir)
+            .with_blocking(env.blocking)
+            .with_limits(config.snapshot_limits())
+            .with_refusals(snapshot_refused),
     )
     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
