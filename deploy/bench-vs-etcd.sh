@@ -119,7 +119,8 @@ trap 'etcd_stop; raftgraph_stop' EXIT
 # reads through `all`, fsyncs sampled on `all`.
 run_loads() { # target lead all
   local target=$1 lead=$2 all=$3 conns extra=()
-  [[ $target == raftgraph ]] && extra=("${RG_EXTRA[@]}")
+  # raftgraph's local cluster speaks TLS to clients (its CA from deploy/local-cluster.sh).
+  [[ $target == raftgraph ]] && extra=(--ca target/local-cluster/certs/ca.pem "${RG_EXTRA[@]}")
   for c in $CLIENTS; do
     conns=1
     ((c > 1)) && conns=$CONNS

@@ -32,7 +32,7 @@
 //! | [`peer`] | openraft's network over gRPC between members, and who may call it | `state_machine`, `raft`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`server`] | the server process: config, data directory, two listeners, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster\|certs` commands | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
-//! | [`bench`](mod@bench) | `raftgraph bench`, the load generator for raftgraph and etcd | `client`, `command`, `transport`, `proto`, `wire` |
+//! | [`bench`](mod@bench) | `raftgraph bench`, the load generator for raftgraph and etcd | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
 //!
 //! `wal`, `state_machine`, `tenant` and `command` never see tonic or generated protobuf types:
 //! the client-facing services and the peer service convert at the edge.

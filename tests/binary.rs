@@ -311,3 +311,72 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
         .unwrap();
     assert!(err.contains("belongs to cluster \"bin\" node 1"), "{err}");
 }
+
+#[test]
+fn a_server_reloads_its_certificates_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    for d in [&old, &new] {
+        certs(d, &["init"]);
+        certs(d, &["member", "--id", "1", "--host", "127.0.0.1"]);
+    }
+    // The server reads `live/`, which holds the old CA's files first.
+    let live = dir.path().join("live");
+    let install = |from: &Path| {
+        std::fs::create_dir_all(&live).unwrap();
+        for f in ["ca.pem", "member-1.pem", "member-1.key"] {
+            std::fs::copy(from.join(f), live.join(f)).unwrap();
+        }
+    };
+    install(&old);
+    let (addr, peer) = (free_addr(), free_addr());
+    let path = |f: &str| live.join(f).to_str().unwrap().to_string();
+    let mut server = server(|c| {
+        c.args(["--cluster-id", "bin", "--member-id", "1"])
+            .args(["--listen", &addr, "--peer-listen", &peer])
+            .args(["--ca", &path("ca.pem"), "--cert", &path("member-1.pem")])
+            .args(["--key", &path("member-1.key")])
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap()]);
+    });
+    // A client pinned to a CA: `cluster status` over TLS trusting only it.
+    let answers = |ca: &Path| {
+        let out = Command::new(BIN)
+            .args([
+                "cluster",
+                "status",
+                "--endpoints",
+                &addr,
+                "--output",
+                "json",
+            ])
+            .args(["--ca", ca.join("ca.pem").to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("\"node\":1")
+    };
+    wait_until("the server to answer clients of the old CA", || {
+        answers(&old)
+    });
+    assert!(
+        !answers(&new),
+        "a client of the new CA trusted the old certificate"
+    );
+
+    install(&new);
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &server.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until("a client of the new CA to connect after SIGHUP", || {
+        answers(&new)
+    });
+    assert!(
+        !answers(&old),
+        "the old certificate still served a new connection"
+    );
+    sigterm(&server);
+    assert!(wait_exit(&mut server).success());
+}

@@ -194,6 +194,19 @@ impl Cluster {
         out
     }
 
+    /// A tenant created through `endpoints` is applied on every member, whose states agree.
+    async fn serves_on(&self, endpoints: Vec<String>, tenant: &str) {
+        self.client(endpoints)
+            .create_tenant(pb::CreateTenantRequest {
+                id: tenant.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let d = self.digests().await;
+        assert!(d.windows(2).all(|w| w[0] == w[1]), "states differ: {d:?}");
+    }
+
     async fn stop(self) {
         for s in self.servers {
             s.shutdown().await.unwrap();
@@ -646,16 +659,8 @@ async fn snapshot_transfers_are_bounded_by_a_chunk_deadline_their_declared_size_
         s.message()
     );
     // The member serves on: its state follows the leader's.
-    let client = c.client(vec![c.server(target).local_addr().to_string()]);
-    client
-        .create_tenant(pb::CreateTenantRequest {
-            id: "after".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let d = c.digests().await;
-    assert!(d.windows(2).all(|w| w[0] == w[1]));
+    c.serves_on(vec![c.server(target).local_addr().to_string()], "after")
+        .await;
     c.stop().await;
 }
 
@@ -769,15 +774,7 @@ async fn a_value_nested_past_the_bound_is_refused_on_the_peer_and_client_paths_a
     assert_ne!(s.code(), Code::Ok);
     assert!(s.message().contains("recursion limit"), "{s:?}");
 
-    // Both members serve on, with the same state.
-    client
-        .create_tenant(pb::CreateTenantRequest {
-            id: "u".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let d = c.digests().await;
-    assert!(d.windows(2).all(|w| w[0] == w[1]));
+    // The members serve on, with the same state.
+    c.serves_on(c.endpoints(), "u").await;
     c.stop().await;
 }

@@ -94,6 +94,10 @@ pub struct BenchArgs {
     /// HTTP/2 connections the clients share.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// raftgraph: the cluster's CA certificate; the clients speak TLS and trust it (without it,
+    /// plaintext, which a server with TLS on refuses).
+    #[arg(long, env = "RAFTGRAPH_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// raftgraph: one unary `Write` call per write instead of the connection's shared
     /// `WriteStream` (the Rust client's default), to compare the two.
     #[arg(long)]
@@ -248,7 +252,10 @@ fn string_value(s: String) -> pb::Value {
 
 impl Raftgraph {
     async fn connect(a: &BenchArgs) -> Result<Raftgraph, Status> {
-        let pools: Vec<Pool> = (0..a.connections).map(|_| Pool::default()).collect();
+        let dialer = dialer(a)?;
+        let pools: Vec<Pool> = (0..a.connections)
+            .map(|_| Pool::new(dialer.clone()))
+            .collect();
         let options = |i: usize| ClientOptions {
             deadline: Duration::from_secs(a.timeout),
             attempt_timeout: Duration::from_secs(a.timeout),
@@ -293,7 +300,7 @@ impl Raftgraph {
             me.ids = me.prepare(a.keys).await?;
             // Serializable reads go to every member: each must have applied the prepared
             // nodes, or a lagging follower answers "not found".
-            caught_up(&a.endpoints).await?;
+            caught_up(a, &a.endpoints).await?;
         }
         Ok(me)
     }
@@ -438,11 +445,22 @@ pub async fn run(a: &BenchArgs) -> anyhow::Result<Report> {
     }
 }
 
+/// A dialer for raftgraph: TLS trusting `--ca`, or plaintext. (Each call builds a fresh one:
+/// callers keep what they need.)
+fn dialer(a: &BenchArgs) -> Result<Dialer, Status> {
+    let Some(ca) = &a.ca else {
+        return Ok(Dialer::default());
+    };
+    let config = crate::tls::client_config_from_files(ca, None)
+        .map_err(|e| Status::invalid_argument(format!("--ca: {e}")))?;
+    Ok(Dialer::default().with_tls(Arc::new(move || config.clone())))
+}
+
 /// Waits (up to 30 s) until every member has applied what the most advanced one had applied
 /// when asked.
-async fn caught_up(endpoints: &[String]) -> Result<(), Status> {
+async fn caught_up(a: &BenchArgs, endpoints: &[String]) -> Result<(), Status> {
     let applied = |e: String| async move {
-        let ch = Dialer::default()
+        let ch = dialer(a)?
             .dial(&e, Duration::from_secs(2))
             .map_err(|err| Status::invalid_argument(format!("{e}: {err}")))?;
         let mut req = tonic::Request::new(pb::StatusRequest {});
@@ -485,7 +503,7 @@ async fn fsync_counters(a: &BenchArgs) -> Option<Vec<u64>> {
     for e in &a.fsync_endpoints {
         let n = match a.target {
             Target::Raftgraph => {
-                let ch = Dialer::default().dial(e, Duration::from_secs(2)).ok()?;
+                let ch = dialer(a).ok()?.dial(e, Duration::from_secs(2)).ok()?;
                 let mut req = tonic::Request::new(pb::StatusRequest {});
                 req.set_timeout(Duration::from_secs(2));
                 ClusterServiceClient::new(ch)

@@ -120,13 +120,18 @@ pub fn generate_member(
         now,
         days,
     )?;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    signed(p, &issuer)
+}
+
+/// A new key, and a certificate of `p` for it signed by `issuer`, for signatures only.
+fn signed(mut p: CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Result<Generated, TlsError> {
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let key = KeyPair::generate().map_err(gen_err)?;
-    let cert = p.signed_by(&key, &issuer).map_err(gen_err)?;
+    let cert = p.signed_by(&key, issuer).map_err(gen_err)?;
     Ok(Generated {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -144,14 +149,8 @@ pub fn generate_client(
 ) -> Result<Generated, TlsError> {
     let issuer = issuer(ca_cert_pem, ca_key_pem)?;
     let mut p = params(Vec::new(), name, now, days)?;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().map_err(gen_err)?;
-    let cert = p.signed_by(&key, &issuer).map_err(gen_err)?;
-    Ok(Generated {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    signed(p, &issuer)
 }
 
 /// Writes `<dir>/<stem>.pem` (0644) and `<dir>/<stem>.key` (0600, created with that mode, never
