@@ -6,4 +6,4 @@ mod network;
 mod service;
 
 pub use network::{GrpcNetwork, GrpcNetworkFactory};
-pub use service::{RaftGrpc, SNAPSHOT_SPACE_FACTOR, SnapshotLimits};
+pub use service::{PeerGate, RaftGrpc, SNAPSHOT_SPACE_FACTOR, SnapshotLimits};

@@ -5,8 +5,10 @@
 //! ([`ConnInfo`]: on the TLS peer listener, the member its verified certificate names): it must
 //! name this cluster and a member of the membership this member knows (any member of the
 //! cluster while this member knows none yet: a new learner first hears from the leader that
-//! added it). Otherwise UNAUTHENTICATED, before a byte of the payload is decoded. A payload
-//! that does not decode is INVALID_ARGUMENT and changes nothing.
+//! added it). Otherwise UNAUTHENTICATED. The server runs the check as an interceptor
+//! ([`PeerGate`]), on the request's headers before the message body is read; each handler runs
+//! it again before decoding its payload. A payload that does not decode is INVALID_ARGUMENT
+//! and changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -58,7 +60,8 @@ pub struct RaftGrpc {
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotLimits {
     /// The longest wait for the next chunk: a sender that stalls past it loses the receive slot
-    /// (the transfer is abandoned and its file removed), so the real leader can send again.
+    /// (the transfer is abandoned and its file removed), so the real leader can send again. Per
+    /// chunk only: a sender that trickles one chunk inside it each time keeps the slot.
     pub chunk_timeout: Duration,
     /// The most bytes one transfer may declare and send.
     pub bytes_max: u64,
@@ -139,10 +142,38 @@ impl RaftGrpc {
 
     /// The member calling (see the module docs), or UNAUTHENTICATED saying why not.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<u64, Status> {
-        let Some((cluster, id)) = req
-            .extensions()
-            .get::<ConnInfo>()
-            .and_then(|i| i.member.as_ref())
+        self.gate().check(req.extensions())
+    }
+
+    /// The same check as an interceptor: put in front of the service
+    /// ([`tonic::service::interceptor::InterceptedService`]), it runs on the request's headers,
+    /// before tonic reads and decodes the message body.
+    pub fn gate(&self) -> PeerGate {
+        PeerGate {
+            raft: self.raft.clone(),
+            cluster_id: self.cluster_id.clone(),
+        }
+    }
+
+    /// Runs the received file's I/O `blocking`'s way (inline in the simulation).
+    pub fn with_blocking(mut self, blocking: Blocking) -> Self {
+        self.blocking = blocking;
+        self
+    }
+}
+
+/// Who may call the peer service (see the module docs).
+#[derive(Clone)]
+pub struct PeerGate {
+    raft: Raft,
+    cluster_id: String,
+}
+
+impl PeerGate {
+    /// The member the connection's identity ([`ConnInfo`]) names, if it may call; otherwise
+    /// UNAUTHENTICATED saying why not.
+    pub fn check(&self, extensions: &tonic::Extensions) -> Result<u64, Status> {
+        let Some((cluster, id)) = extensions.get::<ConnInfo>().and_then(|i| i.member.as_ref())
         else {
             return Err(Status::unauthenticated(
                 "the peer plane needs a member certificate of this cluster's CA (mutual TLS)",
@@ -164,11 +195,12 @@ impl RaftGrpc {
         }
         Ok(*id)
     }
+}
 
-    /// Runs the received file's I/O `blocking`'s way (inline in the simulation).
-    pub fn with_blocking(mut self, blocking: Blocking) -> Self {
-        self.blocking = blocking;
-        self
+impl tonic::service::Interceptor for PeerGate {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.check(req.extensions())?;
+        Ok(req)
     }
 }
 

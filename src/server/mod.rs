@@ -635,14 +635,18 @@ async fn services(
             .with_wal_stats(wal_stats)
             .with_batch_stats(batch_stats),
     );
-    let peers = RaftServiceServer::new(
-        RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir)
-            .with_blocking(env.blocking)
-            .with_limits(config.snapshot_limits())
-            .with_refusals(snapshot_refused),
-    )
-    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let raft_grpc = RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir)
+        .with_blocking(env.blocking)
+        .with_limits(config.snapshot_limits())
+        .with_refusals(snapshot_refused);
+    // The caller's identity is checked on the headers, before a message body is read.
+    let gate = raft_grpc.gate();
+    let peers = tonic::service::interceptor::InterceptedService::new(
+        RaftServiceServer::new(raft_grpc)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        gate,
+    );
 
     for svc in SERVICES {
         health.set_service_status(svc, ServingStatus::Serving).await;

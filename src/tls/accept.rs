@@ -2,10 +2,11 @@
 //! handshake bounded in time, the handshakes in progress bounded in number, and a plaintext
 //! HTTP/2 client told in words why it is refused.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +24,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once per listener; connections past it are closed at once, so a
 /// flood of silent connections cannot hold unbounded memory or starve the accept loop.
 pub const HANDSHAKES_MAX: usize = 256;
+/// Handshakes in progress at once from one IP address: one source cannot take every slot.
+pub const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
+/// How long a new connection may take to send its first byte (a TLS client sends its hello at
+/// once): silent connections give their slot back sooner than the whole handshake timeout.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a plaintext HTTP/2 client is told (in a GOAWAY frame's debug data) on a TLS listener.
 pub const PLAINTEXT_REFUSAL: &str = "this raftgraph listener requires TLS: connect with TLS \
                                      and the cluster's CA certificate (raftgraph --ca FILE)";
@@ -98,6 +104,7 @@ where
 {
     let (tx, rx) = mpsc::channel::<Conn>(64);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let per_address = Arc::new(Mutex::new(BTreeMap::new()));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -112,6 +119,15 @@ where
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let Some(from) = PerAddress::enter(&per_address, remote.ip()) else {
+                tracing::warn!(
+                    plane,
+                    %remote,
+                    "{HANDSHAKES_PER_ADDRESS_MAX} TLS handshakes from this address already in \
+                     progress: connection closed"
+                );
+                continue;
             };
             let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                 tracing::warn!(
@@ -152,7 +168,7 @@ where
                         "TLS handshake not done within {HANDSHAKE_TIMEOUT:?}: connection closed"
                     ),
                 }
-                drop(permit);
+                drop((permit, from));
             });
         }
     });
@@ -160,6 +176,39 @@ where
         rx,
         |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
     )
+}
+
+/// One handshake in progress from an address, counted in a shared map until dropped.
+struct PerAddress {
+    map: Arc<Mutex<BTreeMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn enter(map: &Arc<Mutex<BTreeMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PerAddress> {
+        let mut m = map.lock().expect("handshakes per address");
+        let n = m.entry(ip).or_insert(0);
+        if *n >= HANDSHAKES_PER_ADDRESS_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(PerAddress {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().expect("handshakes per address");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The TLS handshake, after a look at the first bytes: an HTTP/2 client speaking plaintext
@@ -171,32 +220,79 @@ async fn handshake(
 ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
     // One peek: a TLS record starts 0x16; an HTTP/2 preface starts with `P`.
     let mut first = [0u8; 1];
-    if tcp.peek(&mut first).await? == 0 {
+    let peeked = tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nothing sent within {FIRST_BYTE_TIMEOUT:?}"),
+            )
+        })??;
+    if peeked == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "closed before the handshake",
         ));
     }
     if first[0] == b'P' {
-        let _ = tcp.write_all(&goaway(PLAINTEXT_REFUSAL)).await;
-        // Read what the client sends until it closes (at most 64 KiB, within the handshake
-        // timeout): closing at once would reset the connection before the client read the
-        // GOAWAY, and it would report a broken pipe instead of the reason.
-        let mut sink = [0u8; 4096];
-        let mut left: usize = 64 << 10;
-        while left > 0 {
-            match tcp.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-        let _ = tcp.shutdown().await;
+        refuse_plaintext(&mut tcp).await;
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "a plaintext HTTP/2 client on a TLS listener (told to use TLS)",
         ));
     }
     tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+}
+
+/// Tells a plaintext HTTP/2 client why it is refused. Its first request is waited for (its
+/// preface, then frames up to its first HEADERS, at most 64 KiB and one second): a GOAWAY that
+/// arrives before the client sent a request fails that request as "connection closed", without
+/// the reason. Then the GOAWAY goes out, and what the client sends is read until it closes
+/// (64 KiB at most), so the connection is not reset before the client has read it. All of it
+/// runs within the handshake timeout.
+async fn refuse_plaintext(tcp: &mut TcpStream) {
+    const PREFACE: usize = 24;
+    const READ_MAX: usize = 64 << 10;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Frames start after the preface: a 9-byte header (length 3, type 1, …) and the payload.
+    let has_headers = |b: &[u8]| {
+        let mut at = PREFACE;
+        while at + 9 <= b.len() {
+            if b[at + 3] == 0x1 {
+                return true;
+            }
+            let len =
+                (usize::from(b[at]) << 16) | (usize::from(b[at + 1]) << 8) | usize::from(b[at + 2]);
+            at += 9 + len;
+        }
+        false
+    };
+    // A client that waits for the server's frames before its first request gets the GOAWAY
+    // after a second anyway.
+    let first_request = async {
+        while seen.len() < READ_MAX && !has_headers(&seen) {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    if let Ok(false) = tokio::time::timeout(Duration::from_secs(1), first_request).await {
+        return;
+    }
+    if tcp.write_all(&goaway(PLAINTEXT_REFUSAL)).await.is_err() {
+        return;
+    }
+    let mut left = READ_MAX;
+    while left > 0 {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+    let _ = tcp.shutdown().await;
 }
 
 /// An empty SETTINGS frame (the server preface) and a GOAWAY with INADEQUATE_SECURITY and

@@ -83,6 +83,17 @@ fn issuer<'a>(ca_cert_pem: &str, ca_key_pem: &str) -> Result<Issuer<'a, KeyPair>
         .map_err(|e| TlsError::Config(format!("the CA certificate: {e}")))
 }
 
+/// Host names and addresses as SANs. A host that could pass for a member name (under
+/// `.raftgraph`) or a wildcard is refused: one certificate must name one member.
+fn host_sans(hosts: &[String]) -> Result<Vec<SanType>, TlsError> {
+    if let Some(h) = hosts.iter().find(|h| super::reserved_host(h)) {
+        return Err(TlsError::Config(format!(
+            "--host {h:?}: names under .raftgraph and wildcards are reserved for member names"
+        )));
+    }
+    sans_for(hosts)
+}
+
 fn sans_for(hosts: &[String]) -> Result<Vec<SanType>, TlsError> {
     hosts
         .iter()
@@ -113,7 +124,7 @@ pub fn generate_member(
     }
     let issuer = issuer(ca_cert_pem, ca_key_pem)?;
     let mut sans = sans_for(&[member_name(cluster_id, id)])?;
-    sans.extend(sans_for(hosts)?);
+    sans.extend(host_sans(hosts)?);
     let mut p = params(
         sans,
         &format!("raftgraph member {id} of cluster {cluster_id}"),
@@ -153,9 +164,11 @@ pub fn generate_client(
     signed(p, &issuer)
 }
 
-/// Writes `<dir>/<stem>.pem` (0644) and `<dir>/<stem>.key` (0600, created with that mode, never
-/// readable by others even for a moment). Refuses to overwrite either unless `replace`.
-/// Returns the two paths.
+/// Writes `<dir>/<stem>.pem` (0644) and `<dir>/<stem>.key` (0600). Each is written to a new
+/// temporary file created with its mode (never readable by others, even for a moment), synced,
+/// and renamed into place, then the directory is synced: a crash leaves the old file or the
+/// new one, and a replaced key is a new file (a descriptor open on the old one cannot read it).
+/// Refuses to overwrite either unless `replace`. Returns the two paths.
 pub fn write_pem_files(
     dir: &Path,
     stem: &str,
@@ -170,32 +183,27 @@ pub fn write_pem_files(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cert = dir.join(format!("{stem}.pem"));
     let key = dir.join(format!("{stem}.key"));
-    for (path, body, mode) in [(&key, &g.key_pem, 0o600), (&cert, &g.cert_pem, 0o644)] {
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).mode(mode);
-        if replace {
-            o.create(true).truncate(true);
-        } else {
-            o.create_new(true);
-        }
-        let mut f = o.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                TlsError::Config(format!(
-                    "{} exists; not overwritten (pass --replace to replace it)",
-                    path.display()
-                ))
-            } else {
-                TlsError::Read {
-                    path: path.clone(),
-                    source: e,
-                }
-            }
-        })?;
-        // A replaced file keeps its old mode unless set again.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(io(path))?;
-        f.write_all(body.as_bytes()).map_err(io(path))?;
-        f.sync_all().map_err(io(path))?;
+    if !replace && let Some(p) = [&key, &cert].into_iter().find(|p| p.exists()) {
+        return Err(TlsError::Config(format!(
+            "{} exists; not overwritten (pass --replace to replace it)",
+            p.display()
+        )));
     }
+    for (path, body, mode) in [(&key, &g.key_pem, 0o600), (&cert, &g.cert_pem, 0o644)] {
+        let tmp = path.with_extension("new");
+        let _ = std::fs::remove_file(&tmp); // left by a crash
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(body.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok((cert, key))
 }

@@ -30,7 +30,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 
-pub use accept::{Conn, ConnInfo, HANDSHAKE_TIMEOUT, HANDSHAKES_MAX, PLAINTEXT_REFUSAL, accept};
+pub use accept::{
+    Conn, ConnInfo, FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, HANDSHAKES_MAX,
+    HANDSHAKES_PER_ADDRESS_MAX, PLAINTEXT_REFUSAL, accept,
+};
 pub use generate::{Generated, generate_ca, generate_client, generate_member, write_pem_files};
 
 /// The DNS-name suffix of member names.
@@ -45,10 +48,18 @@ pub fn member_name(cluster_id: &str, id: u64) -> String {
 pub fn parse_member_name(name: &str) -> Option<(&str, u64)> {
     let rest = name.strip_prefix('m')?.strip_suffix(NAME_SUFFIX)?;
     let (id, cluster) = rest.split_once('.')?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || cluster.is_empty() {
+    // Canonical only: the decimal form `member_name` writes (no sign, no leading zero), >= 1.
+    let n: u64 = id.parse().ok()?;
+    if n == 0 || n.to_string() != id || cluster.is_empty() {
         return None;
     }
-    Some((cluster, id.parse().ok()?))
+    Some((cluster, n))
+}
+
+/// Whether `host` could be mistaken for a member name (it ends in `.raftgraph`) or is a
+/// wildcard: neither may be put in a certificate as a host name.
+pub fn reserved_host(host: &str) -> bool {
+    host.contains('*') || host.to_ascii_lowercase().ends_with(NAME_SUFFIX)
 }
 
 /// Refuses a cluster id that cannot appear in a certificate's DNS name (e.g. `a..b` or `-a`):
@@ -146,15 +157,26 @@ fn config_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
-/// The member a certificate names ([`member_name`]), if any: `(cluster id, member id)`.
+/// The member a certificate names ([`member_name`]): `(cluster id, member id)`. `None` when it
+/// names none, or more than one (a certificate must not stand for two members), or has a
+/// wildcard name under `.raftgraph`.
 pub fn named_member(cert: &CertificateDer<'_>) -> Option<(String, u64)> {
     use x509_parser::extensions::GeneralName;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(d) => parse_member_name(d).map(|(c, id)| (c.to_string(), id)),
-        _ => None,
-    })
+    let mut found = None;
+    for n in &san.value.general_names {
+        let GeneralName::DNSName(d) = n else { continue };
+        if !reserved_host(d) {
+            continue;
+        }
+        match (parse_member_name(d), &found) {
+            (Some((c, id)), None) => found = Some((c.to_string(), id)),
+            // A second member name, or a wildcard or malformed one under `.raftgraph`.
+            _ => return None,
+        }
+    }
+    found
 }
 
 /// A CA, a certificate chain and its key, loaded and checked.
@@ -346,7 +368,47 @@ impl TlsSource {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_nameable, member_name, parse_member_name};
+    use super::{
+        check_nameable, generate_ca, generate_member, member_name, named_member, parse_member_name,
+    };
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    #[test]
+    fn a_certificate_stands_for_one_member_and_hosts_cannot_pose_as_members() {
+        #[allow(clippy::disallowed_methods)] // certificate validity, not simulated time
+        let now = std::time::SystemTime::now();
+        let ca = generate_ca("local", now, 1).unwrap();
+        let member = |hosts: &[&str]| {
+            let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+            generate_member(&ca.cert_pem, &ca.key_pem, "local", 1, &hosts, now, 1)
+        };
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let one = member(&["127.0.0.1", "node1.example"]).unwrap();
+        assert_eq!(named_member(&der(&one.cert_pem)), Some(("local".into(), 1)));
+        for bad in [
+            "m2.local.raftgraph",
+            "*.local.raftgraph",
+            "X.RAFTGRAPH",
+            "*.example",
+        ] {
+            let e = member(&[bad]).unwrap_err().to_string();
+            assert!(e.contains("reserved"), "{bad}: {e}");
+        }
+        // Made with rcgen directly (the CLI refuses it): two member names name no member.
+        let issuer = rcgen::Issuer::from_ca_cert_pem(
+            &ca.cert_pem,
+            rcgen::KeyPair::from_pem(&ca.key_pem).unwrap(),
+        )
+        .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let two =
+            rcgen::CertificateParams::new(vec![member_name("local", 1), member_name("local", 2)])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+        assert_eq!(named_member(two.der()), None);
+    }
 
     #[test]
     fn member_names_round_trip_and_refuse_other_names() {
@@ -364,6 +426,9 @@ mod tests {
             "2.local.raftgraph",
             "localhost",
             "m99999999999999999999999.c.raftgraph",
+            "m02.local.raftgraph",
+            "m0.local.raftgraph",
+            "m+2.local.raftgraph",
         ] {
             assert_eq!(parse_member_name(bad), None, "{bad}");
         }
