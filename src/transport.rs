@@ -72,10 +72,6 @@ impl Dialer {
         self
     }
 
-    pub fn uses_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// A new lazily connected channel to `addr` (`host:port`) that reconnects by itself; with
     /// TLS it verifies that the server's certificate names `host`.
     pub fn dial(

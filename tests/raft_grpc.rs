@@ -20,7 +20,6 @@ use raftgraph::peer::RaftGrpc;
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
 use raftgraph::proto::v1::graph_service_server::GraphServiceServer;
-use raftgraph::proto::v1::raft_service_server::RaftServiceServer;
 use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
 use raftgraph::proto::v1::tenant_service_server::TenantServiceServer;
 use raftgraph::raft::Member;
@@ -107,13 +106,7 @@ async fn start(id: u64, dir: &Path) -> Node {
 /// Serves member `id`'s Raft, graph and tenant services on `listener`, all behind mutual TLS
 /// (the peer listener's config: a client certificate of the CA required).
 fn serve(id: u64, node: &Node, dir: &Path, listener: TcpListener) {
-    let svc = RaftServiceServer::new(RaftGrpc::new(
-        node.raft.clone(),
-        "test",
-        dir.join("sm/snapshots"),
-    ))
-    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let svc = RaftGrpc::new(node.raft.clone(), "test", dir.join("sm/snapshots")).into_service();
     let clock: Clock = Arc::new(|| 1_700_000_000_000_000);
     let (raft, reader) = (node.raft.clone(), node.reader.clone());
     let router = raftgraph::api::Router {

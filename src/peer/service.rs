@@ -5,10 +5,10 @@
 //! ([`ConnInfo`]: on the TLS peer listener, the member its verified certificate names): it must
 //! name this cluster and a member of the membership this member knows (any member of the
 //! cluster while this member knows none yet: a new learner first hears from the leader that
-//! added it). Otherwise UNAUTHENTICATED. The server runs the check as an interceptor
-//! ([`PeerGate`]), on the request's headers before the message body is read; each handler runs
-//! it again before decoding its payload. A payload that does not decode is INVALID_ARGUMENT
-//! and changes nothing.
+//! added it). Otherwise UNAUTHENTICATED. The check is an interceptor ([`PeerGate`], put in
+//! front by [`RaftGrpc::into_service`]): it runs on the request's headers, before the message
+//! body is read or a payload decoded. A payload that does not decode is INVALID_ARGUMENT and
+//! changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -28,13 +28,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::network::SnapshotHeader;
 use crate::codec;
-use crate::proto::v1::raft_service_server::RaftService;
+use crate::proto::v1::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::v1::{
     RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, snapshot_chunk,
 };
 use crate::raft::TypeConfig;
 use crate::state_machine::{Blocking, Raft, SnapshotFile};
 use crate::tls::ConnInfo;
+use crate::wire::PEER_MESSAGE_BYTES_MAX;
+use tonic::service::interceptor::InterceptedService;
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// The Raft RPC service of one server.
@@ -140,19 +142,20 @@ impl RaftGrpc {
         status
     }
 
-    /// The member calling (see the module docs), or UNAUTHENTICATED saying why not.
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<u64, Status> {
-        self.gate().check(req.extensions())
-    }
-
-    /// The same check as an interceptor: put in front of the service
-    /// ([`tonic::service::interceptor::InterceptedService`]), it runs on the request's headers,
-    /// before tonic reads and decodes the message body.
-    pub fn gate(&self) -> PeerGate {
-        PeerGate {
+    /// The service as it is served: behind [`PeerGate`], which checks the caller on the
+    /// request's headers before tonic reads and decodes the message body, with the peer message
+    /// limit both ways. The handlers rely on the gate: serve a `RaftGrpc` only this way.
+    pub fn into_service(self) -> InterceptedService<RaftServiceServer<RaftGrpc>, PeerGate> {
+        let gate = PeerGate {
             raft: self.raft.clone(),
             cluster_id: self.cluster_id.clone(),
-        }
+        };
+        InterceptedService::new(
+            RaftServiceServer::new(self)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+            gate,
+        )
     }
 
     /// Runs the received file's I/O `blocking`'s way (inline in the simulation).
@@ -253,10 +256,9 @@ type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Se
 impl RaftService for RaftGrpc {
     async fn read_index(
         &self,
-        req: Request<ReadIndexRequest>,
+        _req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
         use openraft::errors::{LinearizableReadError, RaftError};
-        self.authenticate(&req)?;
         match self
             .raft
             .get_read_log_id(openraft::raft::ReadPolicy::ReadIndex)
@@ -273,13 +275,11 @@ impl RaftService for RaftGrpc {
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.authenticate(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode("vote", &req.into_inner().data)?;
         reply(self.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.authenticate(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode("pre_vote", &req.into_inner().data)?;
         reply(self.raft.pre_vote(rpc).await)
     }
@@ -288,7 +288,6 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.authenticate(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append_entries", &req.into_inner().data)?;
         reply(self.raft.append_entries(rpc).await)
@@ -300,7 +299,6 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<PayloadStream>, Status> {
-        self.authenticate(&req)?;
         // A message that fails to arrive or decode ends the input; the leader then retries.
         let input = req.into_inner().scan((), |_, item| {
             let rpc = item
@@ -321,7 +319,6 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.authenticate(&req)?;
         let rpc: TransferLeaderRequest<TypeConfig> =
             decode("transfer_leader", &req.into_inner().data)?;
         reply(self.raft.handle_transfer_leader(rpc).await)
@@ -331,7 +328,6 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.authenticate(&req)?;
         let mut chunks = req.into_inner();
         let limits = self.limits;
         let first = next_chunk(&mut chunks, limits.chunk_timeout)

@@ -45,14 +45,13 @@ use crate::api::{Admission, Clock, ClusterApi, GraphApi, Router, TenantApi};
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::graph_service_server::GraphServiceServer;
-use crate::proto::v1::raft_service_server::RaftServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::state_machine::Raft;
 use crate::state_machine::{Blocking, GraphReader, StateMachine};
 use crate::tls::TlsSource;
 use crate::transport::Dialer;
 use crate::wal::{IoRuntime, StdFs, Wal, WalFs};
-use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
+use crate::wire::CLIENT_MESSAGE_BYTES_MAX;
 
 /// The services a server reports in the health service (besides "" for the whole server).
 /// The Raft service is served on the peer listener only, and has no health entry.
@@ -635,18 +634,12 @@ async fn services(
             .with_wal_stats(wal_stats)
             .with_batch_stats(batch_stats),
     );
-    let raft_grpc = RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir)
+    // The caller's identity is checked on the headers, before a message body is read.
+    let peers = RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir)
         .with_blocking(env.blocking)
         .with_limits(config.snapshot_limits())
-        .with_refusals(snapshot_refused);
-    // The caller's identity is checked on the headers, before a message body is read.
-    let gate = raft_grpc.gate();
-    let peers = tonic::service::interceptor::InterceptedService::new(
-        RaftServiceServer::new(raft_grpc)
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        gate,
-    );
+        .with_refusals(snapshot_refused)
+        .into_service();
 
     for svc in SERVICES {
         health.set_service_status(svc, ServingStatus::Serving).await;
