@@ -921,6 +921,63 @@ async fn one_entry_is_bounded_in_bytes_written_and_edges_cascaded() {
     assert_eq!(h.reader().tenant("t").unwrap().usage.edges, 0);
 }
 
+/// The byte bound holds per entry: requests batched into one entry share it, so an entry of
+/// many requests, each under the bound alone, never buffers more than the bound.
+#[tokio::test]
+async fn the_write_byte_bound_holds_per_entry_not_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let limits = ClusterLimits {
+        entry_write_bytes_max: 1 << 20,
+        ..ClusterLimits::default()
+    };
+    h.run(0, Command::SetLimits(limits)).outcome.unwrap();
+    h.create_tenant("t", Quotas::unlimited()).unwrap();
+
+    // Four clients each create a ~400 KB node: alone each fits 1 MiB, batched only two do.
+    let big = || create_node(&[], &[("b", Value::Bytes(vec![7; 400_000]))]);
+    let requests: Vec<Request> = (10..14)
+        .map(|client| {
+            let cmd = Command::Write(WriteRequest {
+                tenant: "t".into(),
+                preconditions: vec![],
+                operations: vec![big()],
+            });
+            Request::new(client, 1, h.clock, cmd).unwrap()
+        })
+        .collect();
+    use openraft::entry::RaftEntry;
+    let e = raftgraph::raft::Entry::new_normal(
+        log_id(1, h.next_index),
+        raftgraph::command::Proposal {
+            requests: std::sync::Arc::new(requests),
+        },
+    );
+    h.next_index += 1;
+    let responses = h.sm.apply_entry(&e).expect("not fatal").responses;
+    assert_eq!(responses.len(), 4);
+    assert!(responses[0].outcome.is_ok() && responses[1].outcome.is_ok());
+    for r in &responses[2..] {
+        let Err(
+            err @ ApplyError::EntryTooLarge {
+                earlier,
+                written,
+                limit,
+                ..
+            },
+        ) = &r.outcome
+        else {
+            panic!("{:?}", r.outcome)
+        };
+        assert_eq!(*limit, 1 << 20);
+        assert!(*earlier > 800_000 && *written > 400_000, "{err}");
+        assert!(err.to_string().contains("same Raft entry"), "{err}");
+    }
+    assert_eq!(h.reader().tenant("t").unwrap().usage.nodes, 2);
+    // The same write alone, in an entry of its own, fits.
+    h.write("t", vec![big()]).unwrap();
+}
+
 #[tokio::test]
 async fn a_used_sequence_with_another_request_is_refused_not_answered() {
     let dir = tempfile::tempdir().unwrap();
@@ -990,6 +1047,64 @@ async fn tenant_configs_are_validated_replicated_and_read_back_redacted() {
         (llm.model.as_str(), llm.api_key),
         ("m", Some(Secret::Redacted))
     );
+}
+
+/// Tenant pages are bounded in bytes as well as count: 24 configs of ~525 KB each (12.6 MB)
+/// do not fit one page of the 8 MiB budget, and the cursor continues it without loss or repeat.
+#[tokio::test]
+async fn tenant_pages_stop_at_the_byte_budget_and_continue_by_cursor() {
+    use raftgraph::state_machine::PAGE_BYTES_MAX;
+    use raftgraph::tenant::ToolConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let long = |c: char| c.to_string().repeat(4096);
+    let config = TenantConfig {
+        tools: (0..64)
+            .map(|i| ToolConfig {
+                name: format!("tool{i}"),
+                description: long('d'),
+                enabled: true,
+                api_key: Some(Secret::new(long('k'))),
+            })
+            .collect(),
+        ..TenantConfig::default()
+    };
+    for i in 0..24 {
+        let cmd = Command::CreateTenant {
+            tenant: format!("t{i:02}"),
+            quotas: Quotas::unlimited(),
+            config: config.clone(),
+        };
+        h.run(0, cmd).outcome.unwrap();
+    }
+    let rd = h.reader();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let p = rd.tenants(after.as_deref(), 1000).unwrap();
+        pages += 1;
+        assert!(!p.items.is_empty());
+        // A page stops once its records reach the budget: about 8 MiB / 525 KB = 16 of them.
+        let most = PAGE_BYTES_MAX / (64 * 2 * 4096) + 1;
+        assert!(
+            p.items.len() <= most,
+            "{} tenants in one page",
+            p.items.len()
+        );
+        seen.extend(p.items.iter().map(|t| t.id.clone()));
+        match p.next {
+            Some(n) => after = Some(String::from_utf8(n).unwrap()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..24).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 2);
+    // An exact-count page that ends the list carries no cursor.
+    let all = rd.tenants(Some("t21"), 2).unwrap();
+    assert_eq!(all.items.len(), 2);
+    assert!(all.next.is_none());
 }
 
 /// The byte bound stops buffering as soon as it is passed, also inside one operation's cascade.

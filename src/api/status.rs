@@ -7,6 +7,7 @@
 //! | tenant already exists | `ALREADY_EXISTS` |
 //! | quota exceeded, tenant limit reached | `RESOURCE_EXHAUSTED` |
 //! | precondition failed, tenant disabled, cascade too large, session expired, sequence reused | `FAILED_PRECONDITION` |
+//! | the Raft entry a write was batched into had no byte budget left for it (`EntryTooLarge`; a retry with a new sequence lands in another entry) | `ABORTED` |
 //! | local storage failure on a read | `INTERNAL` |
 //!
 //! The message is the error's own text, which names the tenant, field, limit and value.
@@ -37,6 +38,7 @@ pub fn apply_error_code(e: &ApplyError) -> Code {
         | ApplyError::CascadeTooLarge { .. }
         | ApplyError::SessionExpired { .. }
         | ApplyError::SequenceReused { .. } => Code::FailedPrecondition,
+        ApplyError::EntryTooLarge { .. } => Code::Aborted,
     }
 }
 
@@ -81,6 +83,15 @@ mod tests {
                     limit: 1,
                 },
                 Code::InvalidArgument,
+            ),
+            (
+                ApplyError::EntryTooLarge {
+                    tenant: t(),
+                    earlier: 1,
+                    written: 1,
+                    limit: 1,
+                },
+                Code::Aborted,
             ),
             (
                 ApplyError::Tenant(TenantError::InvalidId {

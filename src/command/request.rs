@@ -349,6 +349,18 @@ pub enum ApplyError {
         sequence: u64,
         last: Option<u64>,
     },
+    /// The entry this request arrived in had already buffered `earlier` bytes for the requests
+    /// before it; with this request's `written` it passes the per-entry bound. (Appended last:
+    /// sessions store responses, and bincode names a variant by its position.)
+    #[error(
+        "tenant {tenant}: this request writes at least {written} bytes after the {earlier} bytes of the requests batched before it in the same Raft entry, limit {limit} per entry; retry it with a new sequence"
+    )]
+    EntryTooLarge {
+        tenant: String,
+        earlier: u64,
+        written: u64,
+        limit: u64,
+    },
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApplyError {

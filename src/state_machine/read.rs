@@ -24,9 +24,9 @@ type RawPair = (Box<[u8]>, Box<[u8]>);
 /// Items one page may hold.
 pub const PAGE_ITEMS_MAX: usize = 1_000;
 /// A page stops early once its records reach this many bytes (always holding at least one):
-/// at most 8 MiB + one 4 MiB node of records, which stays well below the 80 MiB gRPC message
-/// limit even where protobuf encodes larger than the stored form (e.g. 4 bytes per null in a
-/// list against 1). Its `next` cursor continues where it stopped.
+/// at most 8 MiB + one 4 MiB node of records, which stays within the 64 MiB answer limit
+/// (`wire::CLIENT_ANSWER_BYTES_MAX`) even where protobuf encodes larger than the stored form
+/// (e.g. 4 bytes per null in a list against 1). Its `next` cursor continues where it stopped.
 pub const PAGE_BYTES_MAX: usize = 8 << 20;
 
 /// A read failed: a deterministic refusal (bad argument, no such tenant) or local I/O.
@@ -176,17 +176,25 @@ impl GraphReader {
             None => vec![keys::TENANT],
         };
         let mut items = Vec::new();
+        // Records' bytes (configs can be large): the page stops once they reach the budget.
+        let mut bytes = 0usize;
+        let mut full = false;
         let mode = IteratorMode::From(&start, ScanDir::Forward);
         for kv in store.db().iterator_cf(&cf, mode) {
             let (k, v) = kv.map_err(|e| rocks_err("list tenants", e))?;
-            if k.first() != Some(&keys::TENANT) || items.len() == limit {
+            if k.first() != Some(&keys::TENANT) {
                 break;
             }
+            if items.len() == limit || bytes >= PAGE_BYTES_MAX {
+                full = true;
+                break;
+            }
+            bytes += v.len();
             let rec: TenantRecord = decode(&v, "tenant record")?;
             let counters = self.counters(&store, &rec.id)?;
             items.push(rec.info(&counters));
         }
-        let next = (items.len() == limit).then(|| items.last().map(|t| t.id.clone().into_bytes()));
+        let next = full.then(|| items.last().map(|t| t.id.clone().into_bytes()));
         Ok(Page {
             items,
             next: next.flatten(),

@@ -47,11 +47,20 @@ pub(crate) struct Layer {
     meta: Overlay,
     /// By tenant column family name.
     data: BTreeMap<String, Overlay>,
+    /// Bytes the absorbed requests buffered (their `Txn::written_bytes`): what the entry's
+    /// later requests are charged on top of.
+    written_bytes: u64,
 }
 
 impl Layer {
     /// Adds an accepted request's changes (they shadow earlier ones).
-    pub fn absorb(&mut self, (meta, data): (Overlay, Option<(String, Overlay)>)) {
+    pub fn absorb(&mut self, changes: Changes) {
+        let Changes {
+            meta,
+            data,
+            written_bytes,
+        } = changes;
+        self.written_bytes += written_bytes;
         self.meta.extend(meta);
         if let Some((name, overlay)) = data {
             self.data.entry(name).or_default().extend(overlay);
@@ -96,9 +105,18 @@ pub(crate) struct Txn<'a> {
     /// Bytes this transaction has buffered (every put's key + value, every delete's key, over
     /// both column families): what bounds one entry's memory and batch size.
     pub written_bytes: u64,
-    /// When set, the tenant and the most bytes this transaction may buffer: a put or delete
-    /// past it is refused (`RequestTooLarge`) before anything more is buffered.
+    /// When set, the tenant and the most bytes this transaction and the entry's earlier
+    /// requests may buffer together: a put or delete past it is refused (`RequestTooLarge`,
+    /// or `EntryTooLarge` when the earlier requests' share made the difference) before
+    /// anything more is buffered. One bound per entry, however many requests it carries.
     pub budget: Option<(String, u64)>,
+}
+
+/// One accepted request's changes, for [`Layer::absorb`].
+pub(crate) struct Changes {
+    meta: Overlay,
+    data: Option<(String, Overlay)>,
+    written_bytes: u64,
 }
 
 impl<'a> Txn<'a> {
@@ -218,10 +236,19 @@ impl<'a> Txn<'a> {
 
     fn charge(&mut self, bytes: u64) -> Result<(), Fail> {
         self.written_bytes += bytes;
+        let earlier = self.base.written_bytes;
         match &self.budget {
             Some((tenant, limit)) if self.written_bytes > *limit => {
                 Err(Fail::Refused(ApplyError::RequestTooLarge {
                     tenant: tenant.clone(),
+                    written: self.written_bytes,
+                    limit: *limit,
+                }))
+            }
+            Some((tenant, limit)) if earlier.saturating_add(self.written_bytes) > *limit => {
+                Err(Fail::Refused(ApplyError::EntryTooLarge {
+                    tenant: tenant.clone(),
+                    earlier,
                     written: self.written_bytes,
                     limit: *limit,
                 }))
@@ -296,8 +323,11 @@ impl<'a> Txn<'a> {
 
     /// This request's changes, for [`Layer::absorb`]: the meta column family's, and the bound
     /// tenant's with its column family name.
-    pub fn into_changes(self) -> (Overlay, Option<(String, Overlay)>) {
-        let data = self.data_cf.map(|(name, _)| (name, self.data));
-        (self.meta, data)
+    pub fn into_changes(self) -> Changes {
+        Changes {
+            data: self.data_cf.map(|(name, _)| (name, self.data)),
+            meta: self.meta,
+            written_bytes: self.written_bytes,
+        }
     }
 }
