@@ -15,11 +15,10 @@
 //!   PROPOSAL_REQUESTS_MAX` and `BATCH_BYTES_MAX <= PROPOSAL_BYTES_MAX`.
 //! - Every stored or logged value decodes within the codec's bound: `WAL_RECORD_BYTES <=
 //!   DECODE_BYTES_MAX`.
-//!
-//! **Caveats**
-//! - The client service still accepts messages up to [`PEER_MESSAGE_BYTES_MAX`]; deriving its
-//!   limit from [`PROPOSAL_BYTES_MAX`] belongs to the peer-plane work (it changes what a client
-//!   is told for an oversized write).
+//! - A client request is no larger than the largest proposal plus framing
+//!   (`CLIENT_REQUEST_BYTES_MAX = PROPOSAL_BYTES_MAX + ENTRY_FRAMING_BYTES`): a message the
+//!   server accepts is one it could propose, give or take protobuf's and bincode's different
+//!   sizes (a request between the two limits is refused by the proposal check, naming it).
 
 /// The largest encoded request the leader proposes. A larger write is refused with
 /// INVALID_ARGUMENT before it reaches the log: the WAL's refusal of an oversized record would
@@ -44,9 +43,27 @@ pub const REPLICATION_BATCH_BYTES_MAX: usize = 32 << 20;
 /// framing.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 80 << 20;
 
-/// The largest gRPC message the client-facing services and the Rust client exchange (see the
-/// caveat in the module docs).
-pub const CLIENT_MESSAGE_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX;
+/// The largest gRPC message a client sends the client-facing services (graph, tenant): what a
+/// server decodes, and so holds, per call before admission sees it.
+pub const CLIENT_REQUEST_BYTES_MAX: usize = PROPOSAL_BYTES_MAX + ENTRY_FRAMING_BYTES;
+
+/// The largest answer of the client-facing services: a page stops at 8 MiB of records plus one
+/// record of at most 4 MiB (`state_machine::PAGE_BYTES_MAX`, `RECORD_BYTES_MAX`), and protobuf
+/// may encode a stored value up to 4 times larger (a null is 1 byte stored, 4 in protobuf).
+pub const CLIENT_ANSWER_BYTES_MAX: usize = 64 << 20;
+
+/// The most bytes of answers one read or write stream holds unsent (reserved before a call is
+/// read, resized to its answer once computed, given back when the transport takes it); past it
+/// the stream stops reading calls until answers go out. Room for four pages of 8 MiB at once,
+/// so a page read does not hold up a stream's point reads. One reservation always passes when
+/// nothing is held, so a single answer larger than this still flows.
+pub const STREAM_ANSWER_BYTES_MAX: usize = 32 << 20;
+
+/// The most bytes of unsent stream answers one connection holds over all its streams (a client
+/// that opens many streams and never reads holds about this much of the server's memory in
+/// them). A connection whose client stops reading one stream stalls its other streams once this
+/// is spent.
+pub const CONNECTION_ANSWER_BYTES_MAX: usize = 64 << 20;
 
 /// Bytes of snapshot stream per chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -62,8 +79,9 @@ pub const BATCH_REQUESTS_MAX: usize = 256;
 /// [`PROPOSAL_BYTES_MAX`]).
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
-/// Unanswered calls one write or read stream may have; past it the server stops reading the
-/// stream (HTTP/2 flow control then holds the client back) until answers go out.
+/// Unanswered calls one write or read stream may have, counting both calls still running and
+/// answers not yet taken by the transport; past it the server stops reading the stream (HTTP/2
+/// flow control then holds the client back) until answers go out.
 pub const STREAM_CALLS_MAX: usize = 1024;
 
 /// The longest `host:port` accepted for a member or an endpoint.
@@ -86,5 +104,7 @@ const _: () = {
     assert!(BATCH_REQUESTS_MAX <= PROPOSAL_REQUESTS_MAX);
     assert!(BATCH_BYTES_MAX <= PROPOSAL_BYTES_MAX);
     assert!(WAL_RECORD_BYTES <= DECODE_BYTES_MAX);
-    assert!(PROPOSAL_BYTES_MAX <= CLIENT_MESSAGE_BYTES_MAX);
+    assert!(PROPOSAL_BYTES_MAX < CLIENT_REQUEST_BYTES_MAX);
+    assert!(CLIENT_REQUEST_BYTES_MAX <= WAL_RECORD_BYTES);
+    assert!(STREAM_ANSWER_BYTES_MAX <= CONNECTION_ANSWER_BYTES_MAX);
 };

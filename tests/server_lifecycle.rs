@@ -390,11 +390,11 @@ async fn a_leader_that_shuts_down_gracefully_hands_leadership_to_another_voter()
 
 #[test]
 fn admission_refuses_past_the_limit_with_a_retry_hint_and_admits_again_after() {
-    let a = Admission::new(2);
-    let p1 = a.admit().unwrap();
-    let _p2 = a.admit().unwrap();
+    let a = Admission::new(2, 64 << 20);
+    let p1 = a.admit(100).unwrap();
+    let _p2 = a.admit(100).unwrap();
     assert_eq!(a.in_flight(), 2);
-    let s = a.admit().unwrap_err();
+    let s = a.admit(100).unwrap_err();
     assert_eq!(s.code(), tonic::Code::Unavailable);
     assert!(s.message().contains("limit"), "{}", s.message());
     assert_eq!(
@@ -406,5 +406,37 @@ fn admission_refuses_past_the_limit_with_a_retry_hint_and_admits_again_after() {
         "50"
     );
     drop(p1);
-    drop(a.admit().unwrap());
+    drop(a.admit(100).unwrap());
+}
+
+/// Bytes in flight are bounded too: a few large writes use up the budget that thousands of
+/// small ones would not, and the refusal names the byte limit.
+#[test]
+fn admission_refuses_past_the_byte_budget_naming_it() {
+    let mib = 1 << 20;
+    let a = Admission::new(4096, 40 * mib);
+    let big: Vec<_> = (0..2).map(|_| a.admit(16 * mib).unwrap()).collect();
+    assert_eq!(a.bytes_in_flight(), 32 * mib);
+    let s = a.admit(16 * mib).unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unavailable);
+    assert!(
+        s.message()
+            .contains("proposal_bytes_in_flight_max = 41943040"),
+        "{}",
+        s.message()
+    );
+    assert!(s.metadata().get("grpc-retry-pushback-ms").is_some());
+    // A refused byte admission gave its count permit back.
+    assert_eq!(a.in_flight(), 2);
+    // Small proposals still fit in what is left.
+    let small: Vec<_> = (0..1000).map(|_| a.admit(1000).unwrap()).collect();
+    drop(big);
+    drop(small);
+    assert_eq!((a.in_flight(), a.bytes_in_flight()), (0, 0));
+    // A budget below one largest request is raised to it: such a request is always admissible.
+    let tiny = Admission::new(1, 1);
+    drop(
+        tiny.admit(raftgraph::wire::CLIENT_REQUEST_BYTES_MAX)
+            .unwrap(),
+    );
 }

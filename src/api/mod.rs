@@ -22,7 +22,7 @@ mod route;
 mod status;
 mod tenant;
 
-pub use admission::Admission;
+pub use admission::{Admission, PROPOSAL_BYTES_IN_FLIGHT_DEFAULT, Permit};
 pub use batch::BatchStats;
 pub use cluster::ClusterApi;
 pub use graph::{Clock, GraphApi};

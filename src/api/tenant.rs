@@ -11,12 +11,15 @@ use super::convert;
 use super::graph::Clock;
 use super::route::{self, Proposed};
 use super::status::{apply_error, read_error};
+use prost::Message;
+
 use crate::command::Outcome;
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::proto::v1::tenant_service_server::TenantService;
 use crate::state_machine::GraphReader;
 use crate::state_machine::Raft;
+use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX};
 
 /// The tenant service of one server.
 pub struct TenantApi {
@@ -68,7 +71,9 @@ async fn client(
     router: &route::Router,
     node: &Member,
 ) -> Result<TenantServiceClient<Channel>, Status> {
-    Ok(TenantServiceClient::new(router.channel(node)?))
+    Ok(TenantServiceClient::new(router.channel(node)?)
+        .max_decoding_message_size(CLIENT_ANSWER_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX))
 }
 
 fn tenant_of(o: Outcome) -> Result<Response<pb::Tenant>, Status> {
@@ -90,7 +95,7 @@ impl TenantService for TenantApi {
         let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::create_tenant(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit()?;
+        let _permit = self.admission.admit(msg.encoded_len())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&self.router, &leader)
@@ -157,7 +162,7 @@ impl TenantService for TenantApi {
         let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::update_quotas(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit()?;
+        let _permit = self.admission.admit(msg.encoded_len())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&self.router, &leader)
@@ -176,7 +181,7 @@ impl TenantService for TenantApi {
         let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit()?;
+        let _permit = self.admission.admit(msg.encoded_len())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&self.router, &leader)
@@ -195,7 +200,7 @@ impl TenantService for TenantApi {
         let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit()?;
+        let _permit = self.admission.admit(msg.encoded_len())?;
         match self.admin(req, fwd).await? {
             Ok(o) => tenant_of(o),
             Err(leader) => client(&self.router, &leader)
@@ -214,7 +219,7 @@ impl TenantService for TenantApi {
         let fwd = via.forwarded;
         let msg = request.into_inner();
         let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit()?;
+        let _permit = self.admission.admit(msg.encoded_len())?;
         match self.admin(req, fwd).await? {
             Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),
             Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),

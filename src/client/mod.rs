@@ -36,7 +36,7 @@ use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::transport::check_addr;
-use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, RETRY_PUSHBACK_HEADER};
+use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, RETRY_PUSHBACK_HEADER};
 
 mod pool;
 mod stream;
@@ -349,10 +349,16 @@ impl Client {
         }
     }
 
+    fn tenants(ch: Channel) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(ch)
+            .max_decoding_message_size(CLIENT_ANSWER_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX)
+    }
+
     fn graph(ch: Channel) -> GraphServiceClient<Channel> {
         GraphServiceClient::new(ch)
-            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_decoding_message_size(CLIENT_ANSWER_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX)
     }
 
     /// An atomic write batch (`request_id` is set by the client).
@@ -498,18 +504,14 @@ impl Client {
 
     pub async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            TenantServiceClient::new(ch)
-                .create_tenant(unary(m, t))
-                .await
+            Self::tenants(ch).create_tenant(unary(m, t)).await
         })
         .await
     }
 
     pub async fn update_quotas(&self, req: pb::UpdateQuotasRequest) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            TenantServiceClient::new(ch)
-                .update_quotas(unary(m, t))
-                .await
+            Self::tenants(ch).update_quotas(unary(m, t)).await
         })
         .await
     }
@@ -519,9 +521,7 @@ impl Client {
         req: pb::SetTenantConfigRequest,
     ) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            TenantServiceClient::new(ch)
-                .set_tenant_config(unary(m, t))
-                .await
+            Self::tenants(ch).set_tenant_config(unary(m, t)).await
         })
         .await
     }
@@ -531,9 +531,7 @@ impl Client {
         req: pb::SetTenantEnabledRequest,
     ) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            TenantServiceClient::new(ch)
-                .set_tenant_enabled(unary(m, t))
-                .await
+            Self::tenants(ch).set_tenant_enabled(unary(m, t)).await
         })
         .await
     }
@@ -543,16 +541,14 @@ impl Client {
         req: pb::DeleteTenantRequest,
     ) -> Result<pb::DeleteTenantResponse, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            TenantServiceClient::new(ch)
-                .delete_tenant(unary(m, t))
-                .await
+            Self::tenants(ch).delete_tenant(unary(m, t)).await
         })
         .await
     }
 
     pub async fn get_tenant(&self, req: pb::GetTenantRequest) -> Result<pb::Tenant, Status> {
         self.read(req.consistency, req, |ch, r| async move {
-            TenantServiceClient::new(ch).get_tenant(r).await
+            Self::tenants(ch).get_tenant(r).await
         })
         .await
     }
@@ -562,7 +558,7 @@ impl Client {
         req: pb::ListTenantsRequest,
     ) -> Result<pb::ListTenantsResponse, Status> {
         self.read(req.consistency, req, |ch, r| async move {
-            TenantServiceClient::new(ch).list_tenants(r).await
+            Self::tenants(ch).list_tenants(r).await
         })
         .await
     }

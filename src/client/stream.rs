@@ -22,7 +22,9 @@ use tonic::{Code, Status, Streaming};
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
-use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, PROPOSAL_BYTES_MAX, RETRY_PUSHBACK_HEADER};
+use crate::wire::{
+    CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, PROPOSAL_BYTES_MAX, RETRY_PUSHBACK_HEADER,
+};
 
 /// What kind of calls a stream carries: its messages and how to open it.
 pub trait Kind: Send + Sync + 'static {
@@ -226,9 +228,9 @@ impl<K: Kind> Mux<K> {
         // it, each then retried to its deadline); refuse it here instead, as a unary call's
         // encoder would.
         let len = call.encoded_len();
-        if len > CLIENT_MESSAGE_BYTES_MAX {
+        if len > CLIENT_REQUEST_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
-                "invalid argument {}: {len} bytes encoded, limit {CLIENT_MESSAGE_BYTES_MAX}{}",
+                "invalid argument {}: {len} bytes encoded, limit {CLIENT_REQUEST_BYTES_MAX}{}",
                 K::WHAT,
                 K::size_note()
             )));
@@ -286,8 +288,8 @@ async fn read_answers<K: Kind>(
     calls: Arc<Mutex<Calls<K>>>,
 ) {
     let client = GraphServiceClient::new(channel)
-        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+        .max_decoding_message_size(CLIENT_ANSWER_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX);
     let why = match K::open(client, queued).await {
         Err(s) => s,
         Ok(mut answers) => loop {
@@ -353,7 +355,7 @@ mod tests {
                         pb::Value {
                             kind: Some(pb::value::Kind::BytesValue(vec![
                                 0;
-                                CLIENT_MESSAGE_BYTES_MAX
+                                CLIENT_REQUEST_BYTES_MAX
                             ])),
                         },
                     )]
@@ -364,7 +366,7 @@ mod tests {
         };
         let s = mux.call(big, Duration::from_secs(1)).await.unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert!(s.message().contains("limit 83886080"), "{}", s.message());
+        assert!(s.message().contains("limit 16777216"), "{}", s.message());
         assert!(mux.calls.lock().unwrap().waiting.is_empty());
         assert!(
             mux.calls.lock().unwrap().ended.is_none(),

@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::PROPOSAL_BYTES_IN_FLIGHT_DEFAULT;
 use crate::state_machine::StateMachineConfig;
 use crate::tls::{CertFiles, check_nameable};
 use crate::transport::check_addr;
 use crate::wal::WalConfig;
+use crate::wire::CLIENT_REQUEST_BYTES_MAX;
 
 /// The most proposals in flight a server may be configured for.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1_000_000;
+/// The largest `server.proposal_bytes_in_flight_max` accepted (64 GiB).
+pub const PROPOSAL_BYTES_IN_FLIGHT_MAX: usize = 64 << 30;
 /// Most runtime threads `server.worker_threads` may ask for.
 pub const WORKER_THREADS_MAX: usize = 1_024;
 
@@ -114,6 +118,9 @@ pub struct ServerSection {
     /// Writes and admin commands in flight on this server before new ones are refused with
     /// UNAVAILABLE and a retry hint.
     pub proposals_in_flight_max: usize,
+    /// Encoded bytes of those writes and admin commands in flight before new ones are refused
+    /// the same way (at least 16 MiB, the largest request a client may send).
+    pub proposal_bytes_in_flight_max: usize,
     /// Threads of the server's async runtime (`raftgraph server` builds it from this). Unset:
     /// one per CPU core. Where several servers share one machine, as in the local cluster, one
     /// each spares the cores the wake-ups between a server's own threads (measured in
@@ -126,6 +133,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             proposals_in_flight_max: 4096,
+            proposal_bytes_in_flight_max: PROPOSAL_BYTES_IN_FLIGHT_DEFAULT,
             worker_threads: None,
         }
     }
@@ -333,6 +341,16 @@ impl ServerConfig {
                 format!(
                     "{}; use 1..={PROPOSALS_IN_FLIGHT_MAX}",
                     self.server.proposals_in_flight_max
+                ),
+            );
+        }
+        let bytes = self.server.proposal_bytes_in_flight_max;
+        if !(CLIENT_REQUEST_BYTES_MAX..=PROPOSAL_BYTES_IN_FLIGHT_MAX).contains(&bytes) {
+            return bad(
+                "server.proposal_bytes_in_flight_max",
+                format!(
+                    "{bytes}; use {CLIENT_REQUEST_BYTES_MAX}..={PROPOSAL_BYTES_IN_FLIGHT_MAX} (at \
+                     least one request of the largest size a client may send)"
                 ),
             );
         }

@@ -51,7 +51,7 @@ use crate::state_machine::{Blocking, GraphReader, StateMachine};
 use crate::tls::TlsSource;
 use crate::transport::Dialer;
 use crate::wal::{IoRuntime, StdFs, Wal, WalFs};
-use crate::wire::CLIENT_MESSAGE_BYTES_MAX;
+use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX};
 
 /// The services a server reports in the health service (besides "" for the whole server).
 /// The Raft service is served on the peer listener only, and has no health entry.
@@ -612,19 +612,24 @@ async fn services(
         .build_v1alpha()
         .map_err(|e| ServerError::Serve(format!("reflection: {e}")))?;
 
-    let admission = Admission::new(config.server.proposals_in_flight_max);
+    let admission = Admission::new(
+        config.server.proposals_in_flight_max,
+        config.server.proposal_bytes_in_flight_max,
+    );
     let graph = GraphApi::new(raft.clone(), reader.clone(), env.clock.clone())
         .with_admission(admission.clone())
         .with_router(router.clone());
     let batch_stats = graph.batch_stats().clone();
     let graph = GraphServiceServer::new(graph)
-        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+        .max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_ANSWER_BYTES_MAX);
     let tenants = TenantServiceServer::new(
         TenantApi::new(raft.clone(), reader.clone(), env.clock.clone())
             .with_admission(admission)
             .with_router(router.clone()),
-    );
+    )
+    .max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX)
+    .max_encoding_message_size(CLIENT_ANSWER_BYTES_MAX);
     let snapshot_refused = Arc::new(std::sync::Mutex::new(None));
     let cluster = ClusterServiceServer::new(
         ClusterApi::new(raft.clone(), config.cluster_id.clone())

@@ -563,10 +563,20 @@ async fn a_maximum_size_entry_replicates_and_a_larger_one_is_refused() {
     }
     cluster.assert_same_state().await;
 
-    // 16 MiB: refused at the edge with the limit named; nothing applied; the node serves on.
-    let s = g.write(big(16, 51)).await.unwrap_err();
+    // 15 MiB of values: a message the transport takes (under 16 MiB) but over the proposal
+    // limit once encoded: refused at the edge with the limit named.
+    let s = g.write(big(15, 51)).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-    assert!(s.message().contains("limit"), "{}", s.message());
+    assert!(s.message().contains("limit 15728640"), "{}", s.message());
+    // 16 MiB: over the client message limit, refused by the transport before it is decoded,
+    // naming the limit. Nothing applied either way; the node serves on.
+    let s = g.write(big(16, 52)).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
+    assert!(
+        s.message().contains("limit is: 16777216"),
+        "{}",
+        s.message()
+    );
     let id = write_node(&client, "t", "small").await;
     assert_eq!(
         name_of(&read_at(&follower_addr, "t", id).await.unwrap()),
