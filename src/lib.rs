@@ -19,16 +19,17 @@
 //! |---|---|---|
 //! | [`wire`] | limits, header names and stream bounds both ends of a connection agree on | — |
 //! | [`proto`] | the gRPC API generated from `proto/raftgraph/v1` | — |
+//! | [`budget`] | bytes held for a reader that may never take them (unsent stream answers) | — |
 //! | [`codec`] | the one serializer for everything in the log and on disk | `wire` |
 //! | [`tenant`] | tenant ids, quotas, usage and configs as pure logic | `codec`, `wire` |
 //! | [`command`] | the replicated vocabulary: graph values, requests, responses | `tenant`, `codec`, `wire` |
 //! | [`raft`] | the openraft type configuration and its runtime | `command` |
 //! | [`wal`] | the Raft log storage: segments, CRC32C records, group commit, recovery | `codec`, `wire` |
-//! | [`tls`] | certificates (names, generation), TLS configs and their reload, the TLS listener | — |
+//! | [`tls`] | certificates (names, generation), TLS configs and their reload, the TLS listener | `budget`, `wire` |
 //! | [`transport`] | outgoing channels (the network seam, TLS when asked) and address checks | `wire` |
 //! | [`state_machine`] | RocksDB: apply, reads, snapshots, digests; the `Raft` handle over it | `raft`, `command`, `tenant`, `codec`, `wire` |
 //! | [`client`] | the Rust client: leader discovery, deadlines, exactly-once retries | `transport`, `proto`, `wire` |
-//! | [`api`] | the client-facing gRPC services, routing, admission, edge conversions | `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
+//! | [`api`] | the client-facing gRPC services, routing, admission, edge conversions | `budget`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`peer`] | openraft's network over gRPC between members, and who may call it | `state_machine`, `raft`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`server`] | the server process: config, data directory, two listeners, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster\|certs` commands | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
@@ -44,6 +45,7 @@ compile_error!(
 
 pub mod api;
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod codec;

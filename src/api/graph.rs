@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::raft::Member;
 use futures::{Stream, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -19,13 +19,19 @@ use super::batch::{BatchStats, Batcher};
 use super::convert;
 use super::route::{self, Proposed};
 use super::status::{apply_error, invalid, read_error};
+use crate::budget::{ByteBudget, Reservation};
 use crate::command::{Direction, Outcome};
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::graph_service_server::GraphService;
 use crate::state_machine::GraphReader;
+use crate::state_machine::PAGE_BYTES_MAX;
 use crate::state_machine::Raft;
-use crate::wire::{CLIENT_MESSAGE_BYTES_MAX, RETRY_PUSHBACK_HEADER, STREAM_CALLS_MAX};
+use crate::tls::ConnInfo;
+use crate::wire::{
+    CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, RETRY_PUSHBACK_HEADER,
+    STREAM_ANSWER_BYTES_MAX, STREAM_CALLS_MAX,
+};
 
 /// Wall-clock microseconds since the Unix epoch, injected (the simulation supplies its own).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -92,8 +98,8 @@ async fn client(
     node: &Member,
 ) -> Result<GraphServiceClient<Channel>, Status> {
     Ok(GraphServiceClient::new(router.channel(node)?)
-        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .max_decoding_message_size(CLIENT_ANSWER_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX))
 }
 
 type AnswerStream<A> = Pin<Box<dyn Stream<Item = Result<A, Status>> + Send + 'static>>;
@@ -115,7 +121,7 @@ impl Writes {
         via: route::Via,
     ) -> Result<pb::WriteResponse, Status> {
         // Held until the answer is sent, including a forward to the leader.
-        let _permit = self.admission.admit()?;
+        let _permit = self.admission.admit(msg.encoded_len())?;
         let req = convert::write_request(&msg, (self.clock)())?;
         match self.batcher.propose(req, via.forwarded).await? {
             Proposed::Applied(Ok(Outcome::Write(results))) => Ok(convert::write_response(&results)),
@@ -176,6 +182,72 @@ pub fn call_error(s: &Status) -> pb::CallError {
     }
 }
 
+/// What a stream call reserves of its stream's and connection's answer budgets before it runs:
+/// its answer's likely size, resized to the real one once computed (see [`serve_calls`]).
+trait StreamCall {
+    fn answer_reserve(&self) -> usize;
+}
+
+/// A point read or a write's answer: small, and topped up when a record turns out larger. Every
+/// call reserves this much before it is read.
+const SMALL_ANSWER_RESERVE: usize = 64 << 10;
+
+impl StreamCall for pb::WriteCall {
+    fn answer_reserve(&self) -> usize {
+        SMALL_ANSWER_RESERVE
+    }
+}
+
+impl StreamCall for pb::ReadCall {
+    fn answer_reserve(&self) -> usize {
+        use pb::read_call::Read;
+        match self.read {
+            // A page may be as large as the page byte budget.
+            Some(Read::Neighbors(_) | Read::NodesByLabel(_)) => PAGE_BYTES_MAX,
+            Some(Read::GetNode(_) | Read::GetEdge(_)) | None => SMALL_ANSWER_RESERVE,
+        }
+    }
+}
+
+/// An answer with what it holds of its stream's bounds.
+struct Held<A> {
+    answer: Result<A, Status>,
+    hold: Hold,
+}
+
+/// A call's count slot and answer bytes (of the stream's budget and the connection's).
+struct Hold {
+    _slot: OwnedSemaphorePermit,
+    _bytes: Option<(Reservation, Reservation)>,
+}
+
+/// The answers as the transport takes them. An answer's hold is given back when the transport
+/// asks for the next one. That is not when the client has it: hyper hands an answer to HTTP/2
+/// (which buffers it until the client's window lets it out) and asks for the next at once, and
+/// tonic's encoder takes small answers until it has 32 KiB. So each stream can leave about one
+/// answer in the transport beyond the budgets (`docs/security.md`, "Not bounded yet").
+struct Answers<A> {
+    rx: mpsc::UnboundedReceiver<Held<A>>,
+    last: Option<Hold>,
+}
+
+impl<A> Stream for Answers<A> {
+    type Item = Result<A, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.last = None;
+        self.rx.poll_recv(cx).map(|held| {
+            held.map(|h| {
+                self.last = Some(h.hold);
+                h.answer
+            })
+        })
+    }
+}
+
 /// The answer stream of a write or read stream: a task reads the calls and answers each with
 /// `handle(call, forwarded)` as it completes (`forwarded`: whether a follower forwarded the
 /// stream).
@@ -184,53 +256,97 @@ fn answer_calls<C, A, F, Fut>(
     handle: F,
 ) -> Response<AnswerStream<A>>
 where
-    C: Send + 'static,
-    A: Send + 'static,
+    C: StreamCall + Send + 'static,
+    A: prost::Message + Send + 'static,
     F: Fn(C, bool) -> Fut + Send + 'static,
     Fut: Future<Output = A> + Send + 'static,
 {
     let forwarded = route::Via::of(&request).forwarded;
-    let (tx, rx) = mpsc::channel(STREAM_CALLS_MAX);
-    tokio::spawn(serve_calls(request.into_inner(), tx, move |call| {
-        handle(call, forwarded)
-    }));
-    Response::new(Box::pin(ReceiverStream::new(rx)))
+    // The connection's budget, shared by its streams; a private one if the transport has none.
+    let connection = request
+        .extensions()
+        .get::<ConnInfo>()
+        .map_or_else(|| ConnInfo::default().answers, |c| c.answers.clone());
+    // Every answer waits here until the transport takes it; the bounds are in `serve_calls`.
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(serve_calls(
+        request.into_inner(),
+        tx,
+        connection,
+        move |call| handle(call, forwarded),
+    ));
+    Response::new(Box::pin(Answers { rx, last: None }))
 }
 
 /// Reads a stream's calls and answers each as it completes (`handle` runs each as its own
-/// task); at most [`STREAM_CALLS_MAX`] unanswered at a time. Calls still running when the
-/// client closes its side are answered; if the client goes away they finish unanswered, like
-/// abandoned unary calls.
+/// task). What a client that stops reading answers can make the server hold is bounded:
+/// - at most [`STREAM_CALLS_MAX`] calls running or answered and not yet taken by the transport;
+/// - at most [`STREAM_ANSWER_BYTES_MAX`] bytes of answers of this stream and
+///   [`CONNECTION_ANSWER_BYTES_MAX`](crate::wire::CONNECTION_ANSWER_BYTES_MAX) of all streams of its connection, counted from before a
+///   call runs (its [`StreamCall::answer_reserve`]) and resized to the answer's encoded size
+///   when it is computed.
+///
+/// Past a bound the stream stops reading calls (HTTP/2 flow control then holds the client back)
+/// until answers go out. The bytes may pass a bound by what the answers of the calls then
+/// running turn out to be beyond their reservations (point reads of records over 64 KiB).
+/// Calls still running when the client closes its side are answered; if the client goes away
+/// they finish unanswered, like abandoned unary calls.
 async fn serve_calls<C, A, F, Fut>(
     mut calls: Streaming<C>,
-    answers: mpsc::Sender<Result<A, Status>>,
+    answers: mpsc::UnboundedSender<Held<A>>,
+    connection: Arc<ByteBudget>,
     handle: F,
 ) where
-    C: Send + 'static,
-    A: Send + 'static,
+    C: StreamCall + Send + 'static,
+    A: prost::Message + Send + 'static,
     F: Fn(C) -> Fut,
     Fut: Future<Output = A> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(STREAM_CALLS_MAX));
+    let stream = ByteBudget::new(STREAM_ANSWER_BYTES_MAX);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        // Reserved before the call is read: a stream past its bound holds no decoded call.
+        let mut bytes = (
+            stream.reserve(SMALL_ANSWER_RESERVE).await,
+            connection.reserve(SMALL_ANSWER_RESERVE).await,
+        );
         let call = match calls.message().await {
             Ok(Some(call)) => call,
             Ok(None) => return,
             Err(status) => {
-                let _ = answers.send(Err(status)).await;
+                let _ = answers.send(Held {
+                    answer: Err(status),
+                    hold: Hold {
+                        _slot: slot,
+                        _bytes: None,
+                    },
+                });
                 return;
             }
         };
+        let more = call.answer_reserve().saturating_sub(SMALL_ANSWER_RESERVE);
+        if more > 0 {
+            bytes.0.absorb(stream.reserve(more).await);
+            bytes.1.absorb(connection.reserve(more).await);
+        }
         let answering = handle(call);
         let answers = answers.clone();
         tokio::spawn(async move {
             let answer = answering.await;
+            let size = answer.encoded_len();
+            bytes.0.resize(size);
+            bytes.1.resize(size);
             // The client may have gone; its calls' outcomes are then read back by retrying.
-            let _ = answers.send(Ok(answer)).await;
-            drop(slot);
+            let _ = answers.send(Held {
+                answer: Ok(answer),
+                hold: Hold {
+                    _slot: slot,
+                    _bytes: Some(bytes),
+                },
+            });
         });
     }
 }

@@ -23,7 +23,7 @@ impl Connected for ApiIo {
         match self {
             ApiIo::Plain(s) => ConnInfo {
                 remote: s.peer_addr().ok(),
-                member: None,
+                ..ConnInfo::default()
             },
             ApiIo::Tls(c) => c.connect_info(),
         }

@@ -18,6 +18,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tonic::transport::server::Connected;
 
 use super::named_member;
+use crate::budget::ByteBudget;
+use crate::wire::CONNECTION_ANSWER_BYTES_MAX;
 
 /// How long a connection may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,12 +36,26 @@ pub const PLAINTEXT_REFUSAL: &str = "this raftgraph listener requires TLS: conne
                                      and the cluster's CA certificate (raftgraph --ca FILE)";
 
 /// What the transport knows of the caller, as tonic hands it to every request (`ConnectInfo`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// The member the caller's verified certificate names: `(cluster id, member id)`. `None`
     /// for a caller without a certificate, or with one that names no member.
     pub member: Option<(String, u64)>,
+    /// The connection's budget for stream answers not yet sent
+    /// ([`CONNECTION_ANSWER_BYTES_MAX`]), shared by all its streams: one per connection.
+    pub answers: Arc<ByteBudget>,
+}
+
+impl Default for ConnInfo {
+    /// No address, no member, and a budget of its own.
+    fn default() -> Self {
+        ConnInfo {
+            remote: None,
+            member: None,
+            answers: ByteBudget::new(CONNECTION_ANSWER_BYTES_MAX),
+        }
+    }
 }
 
 /// An accepted TLS connection.
@@ -157,6 +173,7 @@ where
                             info: ConnInfo {
                                 remote: Some(remote),
                                 member,
+                                ..ConnInfo::default()
                             },
                         };
                         let _ = tx.send(conn).await;

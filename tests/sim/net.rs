@@ -28,7 +28,11 @@ impl Connected for SimStream {
             .and_then(|a| turmoil::reverse_lookup(a.ip()))
             .and_then(|host| host.strip_prefix('n')?.parse::<u64>().ok())
             .map(|id| ("sim".to_string(), id));
-        ConnInfo { remote, member }
+        ConnInfo {
+            remote,
+            member,
+            ..ConnInfo::default()
+        }
     }
 }
 
