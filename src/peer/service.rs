@@ -82,6 +82,38 @@ impl Default for SnapshotLimits {
 /// twice more while it is installed (the SST files cut from it and the new database).
 pub const SNAPSHOT_SPACE_FACTOR: u64 = 3;
 
+/// Where in a transfer free space is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Before the first byte is received: room for the stream and its install.
+    Receive,
+    /// Received and verified, before openraft installs it: room for the install.
+    Install,
+}
+
+/// Whether `free` bytes leave room for a transfer of `total` bytes at `stage`; otherwise the
+/// refusal's words.
+fn room_for(stage: Stage, total: u64, free: u64) -> Result<(), String> {
+    let (need, what) = match stage {
+        Stage::Receive => (
+            total.saturating_mul(SNAPSHOT_SPACE_FACTOR),
+            "free to receive and install",
+        ),
+        // The stream is on disk already; installing it takes the rest.
+        Stage::Install => (
+            total.saturating_mul(SNAPSHOT_SPACE_FACTOR - 1),
+            "free to install it after receiving",
+        ),
+    };
+    if free >= need {
+        return Ok(());
+    }
+    Err(format!(
+        "a snapshot of {total} bytes needs {need} bytes {what}; {free} are; the member keeps \
+         serving its current state"
+    ))
+}
+
 /// Bytes available to this process on the file system holding `dir`.
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -97,6 +129,23 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+impl RaftGrpc {
+    /// Refuses (logged, in `Status`) a transfer of `total` bytes without room for it at `stage`.
+    async fn check_room(&self, stage: Stage, total: u64) -> Result<(), Status> {
+        let dir = self.recv_dir.clone();
+        let free = self
+            .blocking
+            .run(move || free_bytes(&dir))
+            .await
+            .map_err(|e| {
+                self.refuse(Status::unavailable(format!(
+                    "free space of the snapshot directory: {e}"
+                )))
+            })?;
+        room_for(stage, total, free).map_err(|why| self.refuse(Status::resource_exhausted(why)))
+    }
 }
 
 /// Removes a partly received snapshot when the transfer ends in any way, including the
@@ -357,21 +406,7 @@ impl RaftService for RaftGrpc {
             .receiving
             .try_acquire()
             .map_err(|_| Status::unavailable("a snapshot is already being received; retry"))?;
-        let need = total.saturating_mul(SNAPSHOT_SPACE_FACTOR);
-        let dir = self.recv_dir.clone();
-        let free = self
-            .blocking
-            .run(move || free_bytes(&dir))
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!("free space of the snapshot directory: {e}"))
-            })?;
-        if free < need {
-            return Err(self.refuse(Status::resource_exhausted(format!(
-                "a snapshot of {total} bytes needs {need} bytes free to receive and install; \
-                 {free} are; the member keeps serving its current state"
-            ))));
-        }
+        self.check_room(Stage::Receive, total).await?;
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
         let tmp = TempFile(self.recv_dir.join(format!("incoming-{n}.tmp")));
         let path = tmp.0.clone();
@@ -434,6 +469,9 @@ impl RaftService for RaftGrpc {
         let file = received.map_err(|e| {
             self.refuse(Status::invalid_argument(format!("receiving snapshot: {e}")))
         })?;
+        // Space may have gone while the stream arrived (the WAL grows, other files): an install
+        // that runs out is fatal, a refusal here is not (the file is removed as `tmp` drops).
+        self.check_room(Stage::Install, total).await?;
         let snapshot = Snapshot {
             meta: meta.clone(),
             snapshot: file,
@@ -446,5 +484,23 @@ impl RaftService for RaftGrpc {
             *self.refused.lock().expect("refusal") = None;
         }
         reply(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_is_three_times_the_stream_to_receive_and_twice_more_to_install() {
+        assert!(room_for(Stage::Receive, 100, 300).is_ok());
+        let why = room_for(Stage::Receive, 100, 299).unwrap_err();
+        assert!(why.contains("needs 300 bytes free to receive"), "{why}");
+        // Once received, the stream's own bytes are on disk: the install needs the other two.
+        assert!(room_for(Stage::Install, 100, 200).is_ok());
+        let why = room_for(Stage::Install, 100, 199).unwrap_err();
+        assert!(why.contains("needs 200 bytes free to install"), "{why}");
+        assert!(why.contains("keeps serving its current state"), "{why}");
+        assert!(room_for(Stage::Receive, u64::MAX, u64::MAX - 1).is_err());
     }
 }
