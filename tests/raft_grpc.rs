@@ -16,7 +16,7 @@ use raftgraph::api::TenantApi;
 use raftgraph::api::{Clock, GraphApi};
 use raftgraph::command::{Command, Op, Outcome, Request, WriteRequest};
 use raftgraph::peer::GrpcNetworkFactory;
-use raftgraph::peer::RaftGrpc;
+use raftgraph::peer::{FreeSpace, RaftGrpc};
 use raftgraph::proto::v1 as pb;
 use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
 use raftgraph::proto::v1::graph_service_server::GraphServiceServer;
@@ -106,7 +106,20 @@ async fn start(id: u64, dir: &Path) -> Node {
 /// Serves member `id`'s Raft, graph and tenant services on `listener`, all behind mutual TLS
 /// (the peer listener's config: a client certificate of the CA required).
 fn serve(id: u64, node: &Node, dir: &Path, listener: TcpListener) {
-    let svc = RaftGrpc::new(node.raft.clone(), "test", dir.join("sm/snapshots")).into_service();
+    serve_with(
+        id,
+        node,
+        dir,
+        listener,
+        Arc::new(raftgraph::peer::free_bytes),
+    );
+}
+
+/// [`serve`], with the Raft service reading free space through `free_space`.
+fn serve_with(id: u64, node: &Node, dir: &Path, listener: TcpListener, free_space: FreeSpace) {
+    let svc = RaftGrpc::new(node.raft.clone(), "test", dir.join("sm/snapshots"))
+        .with_free_space(free_space)
+        .into_service();
     let clock: Clock = Arc::new(|| 1_700_000_000_000_000);
     let (raft, reader) = (node.raft.clone(), node.reader.clone());
     let router = raftgraph::api::Router {
@@ -300,7 +313,10 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
     li: u64,
 ) -> Cluster {
     // Phase 3: snapshot on the leader and purge its log; then node 3 joins as a learner and can
-    // only catch up from the snapshot, streamed over gRPC; then it is promoted to voter.
+    // only catch up from the snapshot, streamed over gRPC; then it is promoted to voter. Its
+    // disk is "full" once: after the first snapshot is received, the check before installing
+    // finds no room. That install is refused (not fatal: the member serves on, the received
+    // file is removed), and the leader's next attempt installs.
     let leader = cluster.leader().raft.clone();
     leader.trigger().snapshot().await.unwrap();
     let at_least = |id: Option<
@@ -317,7 +333,19 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
         .metrics(|m| at_least(m.purged.as_ref()), "log purged")
         .await
         .unwrap();
-    serve(3, &node3.node, node3.dir.path(), node3.listener);
+    let checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let full_once: FreeSpace = {
+        let checks = checks.clone();
+        Arc::new(move |dir: &Path| {
+            // The second check is the first transfer's check before installing.
+            match checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                1 => Ok(0),
+                _ => raftgraph::peer::free_bytes(dir),
+            }
+        })
+    };
+    let node3_snapshots = node3.dir.path().join("sm/snapshots");
+    serve_with(3, &node3.node, node3.dir.path(), node3.listener, full_once);
     cluster.nodes.push(node3.node);
     cluster._dirs.push(node3.dir);
     let nodes = &cluster.nodes;
@@ -340,6 +368,16 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
         snap.is_some_and(|s| s.index >= li),
         "node 3 installed the snapshot"
     );
+    // Refused once before installing (the second check), then received and installed again:
+    // at least four checks.
+    let n = checks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 4, "{n} free-space checks");
+    let left: Vec<_> = std::fs::read_dir(node3_snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("incoming-"))
+        .collect();
+    assert!(left.is_empty(), "received files left behind: {left:?}");
     leader.change_membership([1, 2, 3], false).await.unwrap();
     cluster
 }

@@ -6,4 +6,6 @@ mod network;
 mod service;
 
 pub use network::{GrpcNetwork, GrpcNetworkFactory};
-pub use service::{PeerGate, RaftGrpc, SNAPSHOT_SPACE_FACTOR, SnapshotLimits};
+pub use service::{
+    FreeSpace, PeerGate, RaftGrpc, SNAPSHOT_SPACE_FACTOR, SnapshotLimits, free_bytes,
+};

@@ -56,7 +56,12 @@ pub struct RaftGrpc {
     limits: SnapshotLimits,
     /// Why the last transfer to this member was refused (reported by `Status`).
     refused: Arc<Mutex<Option<String>>>,
+    /// How free space is read (statvfs; a test's script in its place).
+    free_space: FreeSpace,
 }
+
+/// Reads the bytes free on the file system holding a directory: [`free_bytes`] by default.
+pub type FreeSpace = Arc<dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync>;
 
 /// What a snapshot transfer to this member may take.
 #[derive(Clone, Copy, Debug)]
@@ -115,7 +120,7 @@ fn room_for(stage: Stage, total: u64, free: u64) -> Result<(), String> {
 }
 
 /// Bytes available to this process on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -135,9 +140,10 @@ impl RaftGrpc {
     /// Refuses (logged, in `Status`) a transfer of `total` bytes without room for it at `stage`.
     async fn check_room(&self, stage: Stage, total: u64) -> Result<(), Status> {
         let dir = self.recv_dir.clone();
+        let free_space = self.free_space.clone();
         let free = self
             .blocking
-            .run(move || free_bytes(&dir))
+            .run(move || free_space(&dir))
             .await
             .map_err(|e| {
                 self.refuse(Status::unavailable(format!(
@@ -168,6 +174,7 @@ impl RaftGrpc {
             receiving: tokio::sync::Semaphore::new(1),
             blocking: Blocking::Pool,
             limits: SnapshotLimits::default(),
+            free_space: Arc::new(free_bytes),
             refused: Arc::default(),
         }
     }
@@ -208,6 +215,12 @@ impl RaftGrpc {
     }
 
     /// Runs the received file's I/O `blocking`'s way (inline in the simulation).
+    /// Reads free space with `f` instead of statvfs (tests: a disk that fills up).
+    pub fn with_free_space(mut self, f: FreeSpace) -> Self {
+        self.free_space = f;
+        self
+    }
+
     pub fn with_blocking(mut self, blocking: Blocking) -> Self {
         self.blocking = blocking;
         self
