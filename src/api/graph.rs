@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::admission::Admission;
 use super::batch::{BatchStats, Batcher};
 use super::convert;
+use super::paced::{SMALL_ANSWER_RESERVE, answer_budget, hold_answer, reserve_answer};
 use super::route::{self, Proposed};
 use super::status::{apply_error, invalid, read_error};
 use crate::budget::{ByteBudget, Reservation};
@@ -188,10 +189,6 @@ trait StreamCall {
     fn answer_reserve(&self) -> usize;
 }
 
-/// A point read or a write's answer: small, and topped up when a record turns out larger. Every
-/// call reserves this much before it is read.
-const SMALL_ANSWER_RESERVE: usize = 64 << 10;
-
 impl StreamCall for pb::WriteCall {
     fn answer_reserve(&self) -> usize {
         SMALL_ANSWER_RESERVE
@@ -222,10 +219,9 @@ struct Hold {
 }
 
 /// The answers as the transport takes them. An answer's hold is given back when the transport
-/// asks for the next one. That is not when the client has it: hyper hands an answer to HTTP/2
-/// (which buffers it until the client's window lets it out) and asks for the next at once, and
-/// tonic's encoder takes small answers until it has 32 KiB. So each stream can leave about one
-/// answer in the transport beyond the budgets (`docs/security.md`, "Not bounded yet").
+/// asks for the next one: the service is served [`Paced`](super::Paced), so the body asks again
+/// only once the previous answer has been handed to HTTP/2 piece by piece as the client's window
+/// allowed (tonic's encoder takes small answers until it has 32 KiB: those few leave uncounted).
 struct Answers<A> {
     rx: mpsc::UnboundedReceiver<Held<A>>,
     last: Option<Hold>,
@@ -491,6 +487,20 @@ impl Reads {
 
 type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanItem, Status>> + Send + 'static>>;
 
+/// A scan page's items with the reservation of its bytes, given back when the last has been
+/// taken (the page's iterator is dropped then).
+struct HeldItems {
+    items: std::vec::IntoIter<Result<pb::ScanItem, Status>>,
+    _hold: Option<Reservation>,
+}
+
+impl Iterator for HeldItems {
+    type Item = Result<pb::ScanItem, Status>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.items.next()
+    }
+}
+
 #[tonic::async_trait]
 impl GraphService for GraphApi {
     async fn write(
@@ -536,10 +546,10 @@ impl GraphService for GraphApi {
         request: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let via = route::Via::of(&request);
-        self.reads()
-            .get_node(request.into_inner(), via)
-            .await
-            .map(Response::new)
+        let hold = reserve_answer(&request, SMALL_ANSWER_RESERVE).await;
+        let answer = self.reads().get_node(request.into_inner(), via).await?;
+        let bytes = answer.encoded_len();
+        Ok(hold_answer(Response::new(answer), hold, bytes))
     }
 
     async fn get_edge(
@@ -547,10 +557,10 @@ impl GraphService for GraphApi {
         request: Request<pb::GetEdgeRequest>,
     ) -> Result<Response<pb::Edge>, Status> {
         let via = route::Via::of(&request);
-        self.reads()
-            .get_edge(request.into_inner(), via)
-            .await
-            .map(Response::new)
+        let hold = reserve_answer(&request, SMALL_ANSWER_RESERVE).await;
+        let answer = self.reads().get_edge(request.into_inner(), via).await?;
+        let bytes = answer.encoded_len();
+        Ok(hold_answer(Response::new(answer), hold, bytes))
     }
 
     async fn neighbors(
@@ -558,10 +568,10 @@ impl GraphService for GraphApi {
         request: Request<pb::NeighborsRequest>,
     ) -> Result<Response<pb::NeighborsResponse>, Status> {
         let via = route::Via::of(&request);
-        self.reads()
-            .neighbors(request.into_inner(), via)
-            .await
-            .map(Response::new)
+        let hold = reserve_answer(&request, PAGE_BYTES_MAX).await;
+        let answer = self.reads().neighbors(request.into_inner(), via).await?;
+        let bytes = answer.encoded_len();
+        Ok(hold_answer(Response::new(answer), hold, bytes))
     }
 
     async fn nodes_by_label(
@@ -569,10 +579,13 @@ impl GraphService for GraphApi {
         request: Request<pb::NodesByLabelRequest>,
     ) -> Result<Response<pb::NodesPage>, Status> {
         let via = route::Via::of(&request);
-        self.reads()
+        let hold = reserve_answer(&request, PAGE_BYTES_MAX).await;
+        let answer = self
+            .reads()
             .nodes_by_label(request.into_inner(), via)
-            .await
-            .map(Response::new)
+            .await?;
+        let bytes = answer.encoded_len();
+        Ok(hold_answer(Response::new(answer), hold, bytes))
     }
 
     type ScanStream = ScanStream;
@@ -583,6 +596,7 @@ impl GraphService for GraphApi {
     ) -> Result<Response<ScanStream>, Status> {
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
+        let budget = answer_budget(&request);
         let msg = request.into_inner();
         if let Some(leader) =
             route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
@@ -600,13 +614,19 @@ impl GraphService for GraphApi {
             Ok(pb::ScanKind::Edges) => true,
             Err(_) => return Err(invalid("kind", format!("unknown value {}", msg.kind))),
         };
-        // One page per step, read as the client consumes: memory stays at one page.
+        // One page per step, read as the client consumes: memory stays at one page, reserved
+        // of the connection's answer budget before it is read and held until its last item
+        // has left (the items leave in pieces: `paced`).
         let reader = self.reader.clone();
         let tenant = msg.tenant;
         let pages = futures::stream::unfold(Some(None::<Vec<u8>>), move |cursor| {
-            let (reader, tenant) = (reader.clone(), tenant.clone());
+            let (reader, tenant, budget) = (reader.clone(), tenant.clone(), budget.clone());
             async move {
                 let after = cursor?;
+                let mut hold = match &budget {
+                    Some(b) => Some(b.reserve(PAGE_BYTES_MAX).await),
+                    None => None,
+                };
                 let page: Result<(Vec<pb::ScanItem>, Option<Vec<u8>>), Status> = if edges {
                     reader
                         .scan_edges(&tenant, after.as_deref(), page_size)
@@ -641,11 +661,22 @@ impl GraphService for GraphApi {
                 .map_err(|e| read_error(&e));
                 match page {
                     Ok((items, next)) => {
-                        let items: Vec<Result<pb::ScanItem, Status>> =
-                            items.into_iter().map(Ok).collect();
+                        if let Some(h) = &mut hold {
+                            h.resize(items.iter().map(prost::Message::encoded_len).sum());
+                        }
+                        let items = HeldItems {
+                            items: items.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
+                            _hold: hold,
+                        };
                         Some((futures::stream::iter(items), next.map(Some)))
                     }
-                    Err(s) => Some((futures::stream::iter(vec![Err(s)]), None)),
+                    Err(s) => {
+                        let items = HeldItems {
+                            items: vec![Err(s)].into_iter(),
+                            _hold: None,
+                        };
+                        Some((futures::stream::iter(items), None))
+                    }
                 }
             }
         })

@@ -18,6 +18,7 @@ mod cluster;
 #[doc(hidden)] // the conversions, public for their tests only
 pub mod convert;
 mod graph;
+mod paced;
 mod route;
 mod status;
 mod tenant;
@@ -26,5 +27,6 @@ pub use admission::{Admission, PROPOSAL_BYTES_IN_FLIGHT_DEFAULT, Permit};
 pub use batch::BatchStats;
 pub use cluster::ClusterApi;
 pub use graph::{Clock, GraphApi};
+pub use paced::Paced;
 pub use route::Router;
 pub use tenant::TenantApi;

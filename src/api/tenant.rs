@@ -13,11 +13,13 @@ use super::route::{self, Proposed};
 use super::status::{apply_error, read_error};
 use prost::Message;
 
+use super::paced::{SMALL_ANSWER_RESERVE, hold_answer, reserve_answer};
 use crate::command::Outcome;
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::proto::v1::tenant_service_server::TenantService;
 use crate::state_machine::GraphReader;
+use crate::state_machine::PAGE_BYTES_MAX;
 use crate::state_machine::Raft;
 use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX};
 
@@ -112,17 +114,22 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::Tenant>, Status> {
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
+        let hold = reserve_answer(&request, SMALL_ANSWER_RESERVE).await;
         let msg = request.into_inner();
-        if let Some(leader) =
+        let answer = if let Some(leader) =
             route::read_route(&self.raft, &self.router, msg.consistency, fwd).await?
         {
-            return client(&self.router, &leader)
+            client(&self.router, &leader)
                 .await?
                 .get_tenant(via.forward(msg))
-                .await;
-        }
-        let t = self.reader.tenant(&msg.id).map_err(|e| read_error(&e))?;
-        Ok(Response::new(convert::tenant_to_proto(&t)))
+                .await?
+                .into_inner()
+        } else {
+            let t = self.reader.tenant(&msg.id).map_err(|e| read_error(&e))?;
+            convert::tenant_to_proto(&t)
+        };
+        let bytes = answer.encoded_len();
+        Ok(hold_answer(Response::new(answer), hold, bytes))
     }
 
     async fn list_tenants(
@@ -131,27 +138,32 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
+        let hold = reserve_answer(&request, PAGE_BYTES_MAX).await;
         let msg = request.into_inner();
-        if let Some(leader) =
+        let answer = if let Some(leader) =
             route::read_route(&self.raft, &self.router, msg.consistency, fwd).await?
         {
-            return client(&self.router, &leader)
+            client(&self.router, &leader)
                 .await?
                 .list_tenants(via.forward(msg))
-                .await;
-        }
-        let after = (!msg.after.is_empty()).then_some(msg.after.as_str());
-        let page = self
-            .reader
-            .tenants(after, route::limit(msg.limit))
-            .map_err(|e| read_error(&e))?;
-        Ok(Response::new(pb::ListTenantsResponse {
-            tenants: page.items.iter().map(convert::tenant_to_proto).collect(),
-            next: page
-                .next
-                .map(|n| String::from_utf8_lossy(&n).into_owned())
-                .unwrap_or_default(),
-        }))
+                .await?
+                .into_inner()
+        } else {
+            let after = (!msg.after.is_empty()).then_some(msg.after.as_str());
+            let page = self
+                .reader
+                .tenants(after, route::limit(msg.limit))
+                .map_err(|e| read_error(&e))?;
+            pb::ListTenantsResponse {
+                tenants: page.items.iter().map(convert::tenant_to_proto).collect(),
+                next: page
+                    .next
+                    .map(|n| String::from_utf8_lossy(&n).into_owned())
+                    .unwrap_or_default(),
+            }
+        };
+        let bytes = answer.encoded_len();
+        Ok(hold_answer(Response::new(answer), hold, bytes))
     }
 
     async fn update_quotas(

@@ -41,7 +41,7 @@ pub use self::config::{
 };
 pub use self::data_dir::{DATA_FORMAT, DataDir, DataDirError, Identity};
 pub use self::io::ApiIo;
-use crate::api::{Admission, Clock, ClusterApi, GraphApi, Router, TenantApi};
+use crate::api::{Admission, Clock, ClusterApi, GraphApi, Paced, Router, TenantApi};
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::graph_service_server::GraphServiceServer;
@@ -661,8 +661,9 @@ async fn services(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(graph)
-        .add_service(tenants)
+        // Their answers leave in pieces, large ones counted until they have left (`Paced`).
+        .add_service(Paced(graph))
+        .add_service(Paced(tenants))
         .add_service(cluster);
     let peer = builder()
         .max_concurrent_streams(Some(PEER_STREAMS_PER_CONNECTION_MAX))
