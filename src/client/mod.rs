@@ -10,7 +10,9 @@
 //! the session table is not knowable from every error (a refusal at the edge does not, a refusal
 //! at apply does, an unknown outcome may), and a fresh session can neither collide with it nor
 //! be refused as a gap. A proposal refused because the server evicted the session
-//! (`session expired`, nothing applied) is resent once in a new session.
+//! (`session expired`, nothing applied) is resent once in a new session; one refused because
+//! the Raft entry it was batched into had no byte budget left for it (`EntryTooLarge`, ABORTED,
+//! nothing applied) up to [`ENTRY_FULL_RESENDS`] times, each lands in another entry.
 //!
 //! **Routing.** Proposals and linearizable reads go to the leader when it is known (learned
 //! from `Status` at the start of a proposal; any member would forward, this saves the hop),
@@ -99,6 +101,9 @@ enum Target {
 
 /// The longest deadline a call may have (one day).
 pub const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// How many times a proposal refused with `EntryTooLarge` is resent (see the module docs).
+pub const ENTRY_FULL_RESENDS: u32 = 3;
 
 /// Where a read of `consistency` goes.
 fn read_target(consistency: i32) -> Target {
@@ -325,6 +330,7 @@ impl Client {
             self.discover_leader().await;
         }
         let mut resent = false;
+        let mut rebatched = 0;
         loop {
             session.1 += 1;
             msg.set_request_id(pb::RequestId {
@@ -343,6 +349,14 @@ impl Client {
                 s.code() == Code::FailedPrecondition && s.message().contains("session expired");
             if expired && !resent {
                 resent = true;
+                continue;
+            }
+            // Refused at apply because the entry it was batched into had spent its byte budget:
+            // nothing was applied, so sending it again (in the new session) is safe, and it
+            // lands in another entry.
+            let entry_full = s.code() == Code::Aborted && s.message().contains("same Raft entry");
+            if entry_full && rebatched < ENTRY_FULL_RESENDS {
+                rebatched += 1;
                 continue;
             }
             return r;
