@@ -4,12 +4,18 @@
 #   bash deploy/bench-vs-etcd.sh
 #
 # Installs Debian's etcd-server (and etcd-client for etcdctl) if missing. Then, for each of
-# ROUNDS rounds (the order of the two stores alternates), it starts one store at a time — a
-# local three-member etcd cluster on 127.0.0.1:{1,2,3}2379, or the local three-member raftgraph
-# cluster of deploy/local-cluster.sh — runs `raftgraph bench` with 1, 64 and 256 clients for
-# writes (256-byte values), linearizable reads and serializable reads, and stops it, deleting
-# its data. Finally `raftgraph bench-compare` prints one table: the median of the rounds for
-# each figure, the raftgraph/etcd ratio, and the issue's bar.
+# ROUNDS rounds and each TLS mode (the order of the two stores alternates), it starts one store
+# at a time — a local three-member etcd cluster on 127.0.0.1:{1,2,3}2379, or the local
+# three-member raftgraph cluster of deploy/local-cluster.sh — runs `raftgraph bench` with 1, 64
+# and 256 clients for writes (256-byte values), linearizable reads and serializable reads, and
+# stops it, deleting its data. Finally `raftgraph bench-compare` prints one table per TLS mode:
+# the median of the rounds for each figure, the raftgraph/etcd ratio, and the issue's bar.
+#
+# TLS modes (TLS_MODES, default "on off"): `on` — TLS between clients and members for both
+# stores, and between members (etcd: --cert-file/--key-file and --peer-* with client
+# certificates required; raftgraph: its default), with certificates from `raftgraph certs`;
+# `off` — plaintext clients for both; etcd's members then talk plaintext too, raftgraph's keep
+# mutual TLS (it has no plaintext peer plane).
 #
 # Writes and linearizable reads go to each store's leader (etcd's found with etcdctl; the
 # raftgraph client finds its own); serializable reads are spread over the three members.
@@ -20,7 +26,8 @@
 # a created node is its one 256-byte property, as an etcd put is its value), RAFTGRAPH_BIN (else built with `cargo build --release`: the build users
 # run, without the ci profile's debug assertions; its first build compiles RocksDB once more,
 # about 14 minutes on 2 cores).
-# Results: target/bench-vs-etcd/results.jsonl (one JSON line per run) and table.md; etcd's logs
+# Results: target/bench-vs-etcd/results-tls-{on,off}.jsonl (one JSON line per run) and
+# table-tls-{on,off}.md; etcd's logs
 # in target/bench-vs-etcd/logs/. Refuses to run while deploy/local-cluster.sh's cluster is up.
 set -euo pipefail
 
@@ -29,10 +36,15 @@ ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-"1 64 256"}
 CONNS=${CONNS:-8}
+TLS_MODES=${TLS_MODES:-"on off"}
+# Each run names its CA itself; one from the caller's environment must not reach a plaintext run.
+unset RAFTGRAPH_CA
 read -r -a RG_EXTRA <<<"${RG_BENCH_ARGS:-}"
 OUT=target/bench-vs-etcd
-RESULTS=$OUT/results.jsonl
 ETCD_ENDPOINTS=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
+# etcd serves its metrics (the fsync counts) on plaintext URLs of their own, in both modes.
+ETCD_METRICS=127.0.0.1:12381,127.0.0.1:22381,127.0.0.1:32381
+ETCD_CERTS=$OUT/etcd-certs
 RG_ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 
 if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
@@ -63,30 +75,59 @@ if pgrep -x etcd >/dev/null; then
 fi
 
 mkdir -p "$OUT/logs"
-: >"$RESULTS"
 ETCD_PIDS=()
+for mode in $TLS_MODES; do
+  : >"$OUT/results-tls-$mode.jsonl"
+done
+
+# etcd's certificates, from the same `raftgraph certs` an operator uses for raftgraph (member
+# certificates carry 127.0.0.1 and are for server and client authentication both).
+rm -rf "$ETCD_CERTS"
+"$BIN" certs init --cluster-id etcd-bench --dir "$ETCD_CERTS" >/dev/null
+for i in 1 2 3; do
+  "$BIN" certs member --cluster-id etcd-bench --dir "$ETCD_CERTS" --id "$i" --host 127.0.0.1 >/dev/null
+done
 
 # shellcheck source=deploy/lib.sh
 . deploy/lib.sh
 
+# etcdctl against the bench cluster in the current TLS mode.
+etcdctl_() {
+  if [[ $MODE == on ]]; then
+    etcdctl --endpoints "https://${ETCD_ENDPOINTS//,/,https://}" --cacert "$ETCD_CERTS/ca.pem" "$@"
+  else
+    etcdctl --endpoints "$ETCD_ENDPOINTS" "$@"
+  fi
+}
+
 etcd_start() {
   rm -rf "$OUT/etcd"
   mkdir -p "$OUT/etcd"
-  local cluster=e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380
+  local scheme=http tls=()
+  if [[ $MODE == on ]]; then
+    scheme=https
+  fi
+  local cluster=e1=$scheme://127.0.0.1:12380,e2=$scheme://127.0.0.1:22380,e3=$scheme://127.0.0.1:32380
   ETCD_PIDS=()
   for i in 1 2 3; do
+    if [[ $MODE == on ]]; then
+      tls=(--cert-file "$ETCD_CERTS/member-$i.pem" --key-file "$ETCD_CERTS/member-$i.key"
+        --peer-cert-file "$ETCD_CERTS/member-$i.pem" --peer-key-file "$ETCD_CERTS/member-$i.key"
+        --peer-trusted-ca-file "$ETCD_CERTS/ca.pem" --peer-client-cert-auth)
+    fi
     # fsync is etcd's default (only --unsafe-no-fsync turns it off).
     etcd --name "e$i" --data-dir "$OUT/etcd/e$i" \
-      --listen-client-urls "http://127.0.0.1:${i}2379" \
-      --advertise-client-urls "http://127.0.0.1:${i}2379" \
-      --listen-peer-urls "http://127.0.0.1:${i}2380" \
-      --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
+      --listen-client-urls "$scheme://127.0.0.1:${i}2379" \
+      --advertise-client-urls "$scheme://127.0.0.1:${i}2379" \
+      --listen-peer-urls "$scheme://127.0.0.1:${i}2380" \
+      --initial-advertise-peer-urls "$scheme://127.0.0.1:${i}2380" \
+      --listen-metrics-urls "http://127.0.0.1:${i}2381" \
       --initial-cluster "$cluster" --initial-cluster-state new \
-      --initial-cluster-token raftgraph-bench \
+      --initial-cluster-token raftgraph-bench "${tls[@]}" \
       >"$OUT/logs/etcd-e$i.log" 2>&1 &
     ETCD_PIDS+=($!)
   done
-  wait_for 60 "etcd to be healthy" etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health
+  wait_for 60 "etcd to be healthy" etcdctl_ endpoint health
 }
 
 etcd_stop() {
@@ -100,13 +141,13 @@ etcd_stop() {
 
 # host:port of etcd's leader (the `simple` format's fifth field is IS LEADER).
 etcd_leader() {
-  etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint status -w simple |
-    awk -F', ' '$5 == "true" { sub("http://", "", $1); print $1 }'
+  etcdctl_ endpoint status -w simple |
+    awk -F', ' '$5 == "true" { sub("https?://", "", $1); print $1 }'
 }
 
 raftgraph_start() {
   bash deploy/local-cluster.sh clean >/dev/null
-  bash deploy/local-cluster.sh start
+  RAFTGRAPH_TLS=$MODE bash deploy/local-cluster.sh start
 }
 
 raftgraph_stop() {
@@ -116,21 +157,26 @@ raftgraph_stop() {
 trap 'etcd_stop; raftgraph_stop' EXIT
 
 # Runs every load against `target`: writes and linearizable reads through `lead`, serializable
-# reads through `all`, fsyncs sampled on `all`.
-run_loads() { # target lead all
-  local target=$1 lead=$2 all=$3 conns extra=()
-  # raftgraph's local cluster speaks TLS to clients (its CA from deploy/local-cluster.sh).
-  [[ $target == raftgraph ]] && extra=(--ca target/local-cluster/certs/ca.pem "${RG_EXTRA[@]}")
+# reads through `all`, fsyncs sampled on `fsync`.
+run_loads() { # target lead all fsync
+  local target=$1 lead=$2 all=$3 fsync=$4 conns extra=()
+  if [[ $target == raftgraph ]]; then
+    extra=("${RG_EXTRA[@]}")
+    # With TLS, trust the local cluster's CA (from deploy/local-cluster.sh).
+    [[ $MODE == on ]] && extra+=(--ca target/local-cluster/certs/ca.pem)
+  elif [[ $MODE == on ]]; then
+    extra=(--ca "$ETCD_CERTS/ca.pem")
+  fi
   for c in $CLIENTS; do
     conns=1
     ((c > 1)) && conns=$CONNS
     for w in create-node read-linearizable read-serializable; do
       local endpoints=$lead
       [[ $w == read-serializable ]] && endpoints=$all
-      echo "== $target $w, $c clients, $conns connections, ${SECS}s" >&2
-      "$BIN" bench --target "$target" --endpoints "$endpoints" --fsync-endpoints "$all" \
+      echo "== $target $w, TLS $MODE, $c clients, $conns connections, ${SECS}s" >&2
+      "$BIN" bench --target "$target" --endpoints "$endpoints" --fsync-endpoints "$fsync" \
         --clients "$c" --connections "$conns" --workload "$w" --duration "$SECS" \
-        --output json --quiet "${extra[@]}" | tee -a "$RESULTS"
+        --output json --quiet "${extra[@]}" | tee -a "$OUT/results-tls-$MODE.jsonl"
     done
   done
 }
@@ -140,25 +186,30 @@ bench_etcd() {
   local leader
   leader=$(etcd_leader)
   [[ -n $leader ]] || { echo "no etcd leader found" >&2; exit 1; }
-  run_loads etcd "$leader" "$ETCD_ENDPOINTS"
+  run_loads etcd "$leader" "$ETCD_ENDPOINTS" "$ETCD_METRICS"
   etcd_stop
 }
 
 bench_raftgraph() {
   raftgraph_start
-  run_loads raftgraph "$RG_ENDPOINTS" "$RG_ENDPOINTS"
+  run_loads raftgraph "$RG_ENDPOINTS" "$RG_ENDPOINTS" "$RG_ENDPOINTS"
   raftgraph_stop
 }
 
 for round in $(seq "$ROUNDS"); do
-  echo "=== round $round of $ROUNDS" >&2
-  if ((round % 2 == 1)); then
-    bench_etcd
-    bench_raftgraph
-  else
-    bench_raftgraph
-    bench_etcd
-  fi
+  for MODE in $TLS_MODES; do
+    echo "=== round $round of $ROUNDS, TLS $MODE" >&2
+    if ((round % 2 == 1)); then
+      bench_etcd
+      bench_raftgraph
+    else
+      bench_raftgraph
+      bench_etcd
+    fi
+  done
 done
 
-"$BIN" bench-compare "$RESULTS" | tee "$OUT/table.md"
+for mode in $TLS_MODES; do
+  echo "=== TLS $mode" | tee "$OUT/table-tls-$mode.md"
+  "$BIN" bench-compare "$OUT/results-tls-$mode.jsonl" | tee -a "$OUT/table-tls-$mode.md"
+done

@@ -10,14 +10,20 @@
 #   bash deploy/local-cluster.sh clean    # stop, then delete target/local-cluster
 #
 # Run from the repository root. RAFTGRAPH_BIN overrides the binary (otherwise it is built with
-# `cargo build --profile ci`).
+# `cargo build --profile ci`). RAFTGRAPH_TLS=off starts the servers with a plaintext client
+# listener (the peer plane keeps mutual TLS) and has this script's client calls speak plaintext:
+# for measuring what TLS costs, not for use.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DIR=target/local-cluster
 ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 CERTS=$DIR/certs
-export RAFTGRAPH_CA=$CERTS/ca.pem
+if [[ ${RAFTGRAPH_TLS:-on} == off ]]; then
+  unset RAFTGRAPH_CA
+else
+  export RAFTGRAPH_CA=$CERTS/ca.pem
+fi
 mkdir -p "$DIR"
 
 bin() {

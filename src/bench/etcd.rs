@@ -31,11 +31,13 @@ fn etcd_key(prefix: &str, n: u64) -> Vec<u8> {
 
 impl Etcd {
     pub(super) async fn connect(a: &BenchArgs) -> Result<Etcd, Status> {
+        // The same dialer as for raftgraph: TLS trusting `--ca` when given, else plaintext.
+        let dialer = super::dialer(a)?;
         let channels = (0..a.connections)
             .map(|i| {
                 let addr = &a.endpoints[i % a.endpoints.len()];
-                Channel::from_shared(format!("http://{addr}"))
-                    .map(|e| e.connect_lazy())
+                dialer
+                    .dial(addr, Duration::from_secs(5))
                     .map_err(|e| Status::invalid_argument(format!("--endpoints {addr:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;

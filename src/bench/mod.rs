@@ -94,8 +94,8 @@ pub struct BenchArgs {
     /// HTTP/2 connections the clients share.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// raftgraph: the cluster's CA certificate; the clients speak TLS and trust it (without it,
-    /// plaintext, which a server with TLS on refuses).
+    /// The CA certificate of the store (raftgraph or etcd): the clients speak TLS and trust it.
+    /// Without it, plaintext, which a raftgraph server with TLS on refuses.
     #[arg(long, env = "RAFTGRAPH_CA")]
     pub ca: Option<std::path::PathBuf>,
     /// raftgraph: one unary `Write` call per write instead of the connection's shared
