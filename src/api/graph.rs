@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::admission::Admission;
 use super::batch::{BatchStats, Batcher};
 use super::convert;
-use super::paced::{SMALL_ANSWER_RESERVE, answer_budget, hold_answer, reserve_answer};
+use super::paced::{SMALL_ANSWER_RESERVE, answer_budget, hold_answer, reserve_answer, reserve_of};
 use super::route::{self, Proposed};
 use super::status::{apply_error, invalid, read_error};
 use crate::budget::{ByteBudget, Reservation};
@@ -28,7 +28,6 @@ use crate::proto::v1::graph_service_server::GraphService;
 use crate::state_machine::GraphReader;
 use crate::state_machine::PAGE_BYTES_MAX;
 use crate::state_machine::Raft;
-use crate::tls::ConnInfo;
 use crate::wire::{
     CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, RETRY_PUSHBACK_HEADER,
     STREAM_ANSWER_BYTES_MAX, STREAM_CALLS_MAX,
@@ -186,16 +185,25 @@ pub fn call_error(s: &Status) -> pb::CallError {
 /// What a stream call reserves of its stream's and connection's answer budgets before it runs:
 /// its answer's likely size, resized to the real one once computed (see [`serve_calls`]).
 trait StreamCall {
+    /// Reserved before a call is read (its kind unknown yet): a stream whose budget is spent
+    /// stops before it holds another decoded call.
+    const BEFORE_READ: usize;
     fn answer_reserve(&self) -> usize;
 }
 
+/// A write's answer: ids and a status, a few KiB at most for the largest write.
+const WRITE_ANSWER_RESERVE: usize = 4 << 10;
+
 impl StreamCall for pb::WriteCall {
+    // Small, so the stream's budget never caps writes below STREAM_CALLS_MAX in flight.
+    const BEFORE_READ: usize = WRITE_ANSWER_RESERVE;
     fn answer_reserve(&self) -> usize {
-        SMALL_ANSWER_RESERVE
+        WRITE_ANSWER_RESERVE
     }
 }
 
 impl StreamCall for pb::ReadCall {
+    const BEFORE_READ: usize = SMALL_ANSWER_RESERVE;
     fn answer_reserve(&self) -> usize {
         use pb::read_call::Read;
         match self.read {
@@ -259,10 +267,8 @@ where
 {
     let forwarded = route::Via::of(&request).forwarded;
     // The connection's budget, shared by its streams; a private one if the transport has none.
-    let connection = request
-        .extensions()
-        .get::<ConnInfo>()
-        .map_or_else(|| ConnInfo::default().answers, |c| c.answers.clone());
+    let connection = answer_budget(&request)
+        .unwrap_or_else(|| ByteBudget::new(crate::wire::CONNECTION_ANSWER_BYTES_MAX));
     // Every answer waits here until the transport takes it; the bounds are in `serve_calls`.
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(serve_calls(
@@ -306,8 +312,8 @@ async fn serve_calls<C, A, F, Fut>(
         };
         // Reserved before the call is read: a stream past its bound holds no decoded call.
         let mut bytes = (
-            stream.reserve(SMALL_ANSWER_RESERVE).await,
-            connection.reserve(SMALL_ANSWER_RESERVE).await,
+            stream.reserve(C::BEFORE_READ).await,
+            connection.reserve(C::BEFORE_READ).await,
         );
         let call = match calls.message().await {
             Ok(Some(call)) => call,
@@ -323,7 +329,7 @@ async fn serve_calls<C, A, F, Fut>(
                 return;
             }
         };
-        let more = call.answer_reserve().saturating_sub(SMALL_ANSWER_RESERVE);
+        let more = call.answer_reserve().saturating_sub(C::BEFORE_READ);
         if more > 0 {
             bytes.0.absorb(stream.reserve(more).await);
             bytes.1.absorb(connection.reserve(more).await);
@@ -623,10 +629,7 @@ impl GraphService for GraphApi {
             let (reader, tenant, budget) = (reader.clone(), tenant.clone(), budget.clone());
             async move {
                 let after = cursor?;
-                let mut hold = match &budget {
-                    Some(b) => Some(b.reserve(PAGE_BYTES_MAX).await),
-                    None => None,
-                };
+                let mut hold = reserve_of(budget.as_ref(), PAGE_BYTES_MAX).await;
                 let page: Result<(Vec<pb::ScanItem>, Option<Vec<u8>>), Status> = if edges {
                     reader
                         .scan_edges(&tenant, after.as_deref(), page_size)

@@ -47,7 +47,12 @@ pub fn answer_budget<T>(request: &tonic::Request<T>) -> Option<Arc<ByteBudget>> 
 /// Reserves `bytes` of the request's connection budget for its answer (waiting while the
 /// connection's unsent answers fill it); `None` without a budget.
 pub async fn reserve_answer<T>(request: &tonic::Request<T>, bytes: usize) -> Option<Reservation> {
-    match answer_budget(request) {
+    reserve_of(answer_budget(request).as_ref(), bytes).await
+}
+
+/// Reserves `bytes` of `budget`, if there is one.
+pub async fn reserve_of(budget: Option<&Arc<ByteBudget>>, bytes: usize) -> Option<Reservation> {
+    match budget {
         Some(b) => Some(b.reserve(bytes).await),
         None => None,
     }
