@@ -345,3 +345,28 @@ async fn reads_during_an_install_see_the_old_or_the_new_state() {
     assert!(before > 0, "the first read precedes the install");
     println!("reads: {before} of the old state, {after} of the new");
 }
+
+/// Two builds in flight at once (two `cluster snapshot` calls in a row): the first to publish
+/// must not remove the other's checkpoint. It did, and the second build's failure stopped the
+/// member's Raft ("open checkpoint ... No such file or directory", seen in tests/auth.rs).
+#[tokio::test]
+async fn a_build_survives_another_build_publishing_first() {
+    let log = random_log(3, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    apply_all(&mut h, &log[..100]);
+    let mut first = h.sm.try_create_snapshot_builder(true).await.unwrap();
+    apply_all(&mut h, &log[100..150]);
+    let mut second = h.sm.try_create_snapshot_builder(true).await.unwrap();
+    let a = first.build_snapshot().await.unwrap();
+    drop(first);
+    let b = second.build_snapshot().await.unwrap();
+    assert_eq!(a.meta.last_log_id.map(|l| l.index), Some(100));
+    assert_eq!(b.meta.last_log_id.map(|l| l.index), Some(150));
+    // And the other order: the newer build publishes first, the older one still completes.
+    let mut older = h.sm.try_create_snapshot_builder(true).await.unwrap();
+    apply_all(&mut h, &log[150..]);
+    let mut newer = h.sm.try_create_snapshot_builder(true).await.unwrap();
+    newer.build_snapshot().await.unwrap();
+    older.build_snapshot().await.unwrap();
+}

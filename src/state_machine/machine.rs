@@ -97,6 +97,7 @@ impl StateMachine {
             generation: AtomicU64::new(generation),
             current: Mutex::new(current),
             seq: AtomicU64::new(0),
+            building: Mutex::default(),
         });
         let mut unlogged = WriteOptions::default();
         unlogged.disable_wal(true);
@@ -235,6 +236,11 @@ impl StateMachine {
         let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst);
         let n = self.applied.as_ref().map_or(0, |l| l.index + 1);
         let dir = self.shared.snapshots().join(format!("ckpt-{n:020}-{seq}"));
+        self.shared
+            .building
+            .lock()
+            .expect("builders lock poisoned")
+            .insert(dir.clone());
         let store = self.shared.store();
         let d = dir.clone();
         let made = self
@@ -249,6 +255,7 @@ impl StateMachine {
             .await;
         Builder {
             shared: self.shared.clone(),
+            registered: dir.clone(),
             checkpoint: made.map(|()| dir),
             meta: SnapshotMeta {
                 last_log_id: self.applied,
@@ -380,7 +387,17 @@ pub struct Builder {
     shared: Arc<Shared>,
     /// The checkpoint taken when the builder was created, or why it could not be taken.
     checkpoint: io::Result<PathBuf>,
+    /// Its checkpoint's path in `Shared::building`, removed when the builder is dropped.
+    registered: PathBuf,
     meta: SnapshotMeta,
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.shared.building.lock() {
+            b.remove(&self.registered);
+        }
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {

@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub generation: AtomicU64,
     pub current: Mutex<Option<CurrentSnapshot>>,
     pub seq: AtomicU64,
+    /// Checkpoints of builders not yet dropped: a snapshot published meanwhile must not remove
+    /// one (two builds can run at once, e.g. after two `cluster snapshot` calls in a row).
+    pub building: Mutex<std::collections::BTreeSet<PathBuf>>,
 }
 
 impl Shared {
@@ -64,6 +67,11 @@ impl Shared {
         }
         let keep = cur.path.clone();
         *slot = Some(cur);
+        let building = self
+            .building
+            .lock()
+            .expect("builders lock poisoned")
+            .clone();
         let mut stale_checkpoints = Vec::new();
         for entry in fs::read_dir(self.snapshots())? {
             let path = entry?.path();
@@ -74,6 +82,7 @@ impl Shared {
                 && name.starts_with("ckpt-")
                 && !name.ends_with(".tmp")
                 && path != k
+                && !building.contains(&path)
             {
                 stale_checkpoints.push(path);
             }
