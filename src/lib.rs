@@ -22,16 +22,17 @@
 //! | [`budget`] | bytes held for a reader that may never take them (unsent stream answers) | — |
 //! | [`codec`] | the one serializer for everything in the log and on disk | `wire` |
 //! | [`tenant`] | tenant ids, quotas, usage and configs as pure logic | `codec`, `wire` |
-//! | [`command`] | the replicated vocabulary: graph values, requests, responses | `tenant`, `codec`, `wire` |
+//! | [`auth`] | bearer tokens, their scopes and roles, the principal a call runs as, as pure logic | `tenant` |
+//! | [`command`] | the replicated vocabulary: graph values, requests, responses | `auth`, `tenant`, `codec`, `wire` |
 //! | [`raft`] | the openraft type configuration and its runtime | `command` |
 //! | [`wal`] | the Raft log storage: segments, CRC32C records, group commit, recovery | `codec`, `wire` |
 //! | [`tls`] | certificates (names, generation), TLS configs and their reload, the TLS listener | `budget`, `wire` |
 //! | [`transport`] | outgoing channels (the network seam, TLS when asked) and address checks | `wire` |
-//! | [`state_machine`] | RocksDB: apply, reads, snapshots, digests; the `Raft` handle over it | `raft`, `command`, `tenant`, `codec`, `wire` |
+//! | [`state_machine`] | RocksDB: apply, reads, snapshots, digests; the `Raft` handle over it | `raft`, `command`, `auth`, `tenant`, `codec`, `wire` |
 //! | [`client`] | the Rust client: leader discovery, deadlines, exactly-once retries | `transport`, `proto`, `wire` |
-//! | [`api`] | the client-facing gRPC services, routing, admission, edge conversions | `budget`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
+//! | [`api`] | the client-facing gRPC services, authentication and authorization, routing, admission, edge conversions | `budget`, `state_machine`, `wal`, `raft`, `command`, `auth`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`peer`] | openraft's network over gRPC between members, and who may call it | `state_machine`, `raft`, `codec`, `tls`, `transport`, `proto`, `wire` |
-//! | [`server`] | the server process: config, data directory, two listeners, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
+//! | [`server`] | the server process: config, data directory, two listeners, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `auth`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster\|certs` commands | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
 //! | [`bench`](mod@bench) | `raftgraph bench`, the load generator for raftgraph and etcd | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
 //!
@@ -44,6 +45,7 @@ compile_error!(
 );
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod budget;
 pub mod cli;

@@ -1212,3 +1212,105 @@ async fn pages_of_large_nodes_stop_at_the_byte_budget_and_continue_by_cursor() {
         );
     }
 }
+
+/// Tokens in the replicated state: only hashes stored, a tenant's tokens need the tenant and go
+/// with it (a tenant re-created under the same id is not open to them), a tenant admin's revoke
+/// reaches its own tenant's tokens only, and the count is bounded.
+#[tokio::test]
+async fn tokens_are_stored_as_hashes_and_die_with_their_tenant() {
+    use raftgraph::auth::{Role, Scope, Token};
+    use raftgraph::command::NewToken;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let fill = std::cell::Cell::new(0u8);
+    let random = |b: &mut [u8]| {
+        for x in b {
+            fill.set(fill.get().wrapping_add(1));
+            *x = fill.get();
+        }
+    };
+    let new = |t: &Token, scope: Scope, expires: Option<i64>| NewToken {
+        id: t.id,
+        scope,
+        hash: t.hash(),
+        expires_micros: expires,
+        last4: t.last4(),
+    };
+    let of_a = |role| Scope::Tenant {
+        tenant: "a".into(),
+        role,
+    };
+    let mut client = 100;
+    let mut run = |h: &mut Harness, c: Command| {
+        client += 1;
+        h.run(client, c).outcome
+    };
+    let t1 = Token::generate(&random);
+    // The tenant must exist.
+    let r = run(&mut h, Command::CreateToken(new(&t1, of_a(Role::Write), None)));
+    assert!(matches!(r, Err(ApplyError::TenantNotFound { .. })), "{r:?}");
+    h.create_tenant("a", Quotas::unlimited()).unwrap();
+    h.create_tenant("b", Quotas::unlimited()).unwrap();
+    let r = run(&mut h, Command::CreateToken(new(&t1, of_a(Role::Write), None)));
+    let Ok(Outcome::Token(info)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((info.id, info.last4.as_str()), (t1.id, &t1.expose()[81..]));
+    let stored = h.reader().token(t1.id).unwrap().unwrap();
+    assert!(stored.matches(&t1));
+    // The same id again, an expiry not after the creation time: refused.
+    let r = run(&mut h, Command::CreateToken(new(&t1, of_a(Role::Read), None)));
+    assert!(matches!(r, Err(ApplyError::TokenExists { .. })), "{r:?}");
+    let t2 = Token::generate(&random);
+    let r = run(&mut h, Command::CreateToken(new(&t2, Scope::Cluster, Some(i64::MIN))));
+    assert!(matches!(r, Err(ApplyError::InvalidArgument { .. })), "{r:?}");
+    let r = run(&mut h, Command::CreateToken(new(&t2, Scope::Cluster, None)));
+    assert!(r.is_ok(), "{r:?}");
+    // b's admin cannot revoke a's token: it answers as a missing one.
+    let r = run(
+        &mut h,
+        Command::RevokeToken {
+            id: t1.id,
+            tenant: Some("b".into()),
+        },
+    );
+    assert!(matches!(r, Err(ApplyError::TokenNotFound { .. })), "{r:?}");
+    assert!(h.reader().token(t1.id).unwrap().is_some());
+    let listed = h.reader().tokens(Some("a"), None, 10).unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(h.reader().tokens(None, None, 10).unwrap().items.len(), 2);
+    // Deleting tenant a deletes its token; a new tenant a is not open to it.
+    let r = run(&mut h, Command::DeleteTenant { tenant: "a".into() });
+    assert!(r.is_ok(), "{r:?}");
+    assert!(h.reader().token(t1.id).unwrap().is_none());
+    assert!(h.reader().token(t2.id).unwrap().is_some(), "others stay");
+    h.create_tenant("a", Quotas::unlimited()).unwrap();
+    assert!(h.reader().token(t1.id).unwrap().is_none());
+    // Revoked by a cluster admin: gone.
+    let r = run(&mut h, Command::RevokeToken { id: t2.id, tenant: None });
+    assert!(r.is_ok(), "{r:?}");
+    assert!(h.reader().tokens(None, None, 10).unwrap().items.is_empty());
+    // Nothing of a token but its hash is in the database.
+    let secret = t2.expose()[21..].to_string();
+    for e in walk(dir.path()) {
+        let bytes = std::fs::read(&e).unwrap_or_default();
+        assert!(
+            !bytes.windows(64).any(|w| w == secret.as_bytes()),
+            "{} holds a token",
+            e.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -3,9 +3,9 @@
 //! | error | code |
 //! |---|---|
 //! | bad or oversized input (`InvalidArgument`, `RequestTooLarge`, invalid tenant id or config) | `INVALID_ARGUMENT` |
-//! | tenant, node or edge not found | `NOT_FOUND` |
-//! | tenant already exists | `ALREADY_EXISTS` |
-//! | quota exceeded, tenant limit reached | `RESOURCE_EXHAUSTED` |
+//! | tenant, node, edge or token not found | `NOT_FOUND` |
+//! | tenant or token id already exists | `ALREADY_EXISTS` |
+//! | quota exceeded, tenant or token limit reached | `RESOURCE_EXHAUSTED` |
 //! | precondition failed, tenant disabled, cascade too large, session expired, sequence reused | `FAILED_PRECONDITION` |
 //! | the Raft entry a write was batched into had no byte budget left for it (`EntryTooLarge`; a retry with a new sequence lands in another entry) | `ABORTED` |
 //! | local storage failure on a read | `INTERNAL` |
@@ -28,9 +28,11 @@ pub fn apply_error_code(e: &ApplyError) -> Code {
         | ApplyError::Tenant(TenantError::InvalidConfig { .. }) => Code::InvalidArgument,
         ApplyError::TenantNotFound { .. }
         | ApplyError::NodeNotFound { .. }
-        | ApplyError::EdgeNotFound { .. } => Code::NotFound,
-        ApplyError::TenantExists { .. } => Code::AlreadyExists,
-        ApplyError::Quota(_)
+        | ApplyError::EdgeNotFound { .. }
+        | ApplyError::TokenNotFound { .. } => Code::NotFound,
+        ApplyError::TenantExists { .. } | ApplyError::TokenExists { .. } => Code::AlreadyExists,
+        ApplyError::TooManyTokens { .. }
+        | ApplyError::Quota(_)
         | ApplyError::Tenant(TenantError::Quota(_))
         | ApplyError::TooManyTenants { .. } => Code::ResourceExhausted,
         ApplyError::PreconditionFailed { .. }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::graph::{LABELS_MAX, PROPERTIES_MAX, Properties, Value, validate_name};
+use crate::auth::{Scope, TokenInfo, id_hex};
 use crate::tenant::{QuotaExceeded, Quotas, TenantConfig, TenantError, TenantInfo};
 
 /// Operations in one write request.
@@ -80,6 +81,8 @@ impl fmt::Display for Request {
             Command::SetTenantConfig { tenant, .. } => write!(f, "set config of {tenant}"),
             Command::DeleteTenant { tenant } => write!(f, "delete tenant {tenant}"),
             Command::SetLimits(l) => write!(f, "set limits {l:?}"),
+            Command::CreateToken(t) => write!(f, "create token {} ({})", id_hex(t.id), t.scope),
+            Command::RevokeToken { id, .. } => write!(f, "revoke token {}", id_hex(*id)),
         }
     }
 }
@@ -109,6 +112,26 @@ pub enum Command {
         tenant: String,
     },
     SetLimits(ClusterLimits),
+    /// A new bearer token (its hash: the token itself never reaches the log). Appended after
+    /// the variants above: bincode names a variant by its position.
+    CreateToken(NewToken),
+    /// Revokes token `id`; with `tenant`, only if it is a token of that tenant (a tenant
+    /// admin's revoke).
+    RevokeToken {
+        id: u64,
+        tenant: Option<String>,
+    },
+}
+
+/// A token to store: made and hashed by the member that serves the request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub id: u64,
+    pub scope: Scope,
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 32],
+    pub expires_micros: Option<i64>,
+    pub last4: String,
 }
 
 /// Cluster-wide limits. Replicated (set through the log) rather than per-server configuration, so
@@ -279,6 +302,8 @@ pub enum Outcome {
     Tenant(Box<TenantInfo>),
     Deleted,
     Limits(ClusterLimits),
+    /// A token created (appended last: sessions store outcomes).
+    Token(TokenInfo),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,6 +386,13 @@ pub enum ApplyError {
         written: u64,
         limit: u64,
     },
+    // Appended after the variants above (sessions store responses).
+    #[error("token {} not found", id_hex(*id))]
+    TokenNotFound { id: u64 },
+    #[error("token {} already exists", id_hex(*id))]
+    TokenExists { id: u64 },
+    #[error("cannot create a token: {count} tokens exist, limit {limit}; revoke unused ones")]
+    TooManyTokens { count: u64, limit: u64 },
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApplyError {
@@ -509,7 +541,8 @@ impl Command {
             | Command::SetTenantEnabled { tenant, .. }
             | Command::SetTenantConfig { tenant, .. }
             | Command::DeleteTenant { tenant } => Some(tenant),
-            Command::SetLimits(_) => None,
+            Command::CreateToken(t) => t.scope.tenant(),
+            Command::SetLimits(_) | Command::RevokeToken { .. } => None,
         }
     }
 }

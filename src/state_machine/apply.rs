@@ -8,8 +8,10 @@ use super::keys;
 use super::ops::{Writer, corrupt, load, save};
 use super::store::Store;
 use super::txn::{Cf, Fail, Layer, Txn};
+use crate::auth::{Scope, TOKENS_MAX, TokenRecord};
 use crate::command::{
-    ApplyError, ClusterLimits, Command, Fingerprint, Outcome, Request, Response, WriteRequest,
+    ApplyError, ClusterLimits, Command, Fingerprint, NewToken, Outcome, Request, Response,
+    WriteRequest,
 };
 use crate::tenant::{TenantCounters, TenantRecord, check_quotas, validate_tenant_id};
 
@@ -264,6 +266,8 @@ fn execute<'s>(
             tenant_record(txn, tenant)?;
             txn.delete(Cf::Meta, &keys::tenant_record(tenant))?;
             txn.delete(Cf::Meta, &keys::tenant_counters(tenant))?;
+            // A tenant created later under the same id must not be open to these tokens.
+            revoke_tokens_of(txn, tenant)?;
             globals.tenants -= 1;
             *ddl = Ddl::Drop(tenant.clone());
             Ok(Outcome::Deleted)
@@ -273,6 +277,101 @@ fn execute<'s>(
             globals.limits = limits.clone();
             Ok(Outcome::Limits(limits.clone()))
         }
+        Command::CreateToken(t) => create_token(txn, t, now),
+        Command::RevokeToken { id, tenant } => {
+            let rec: Option<TokenRecord> = load(txn, Cf::Meta, &keys::token(*id))?;
+            match rec {
+                Some(r) if tenant.is_none() || r.scope.tenant() == tenant.as_deref() => {
+                    txn.delete(Cf::Meta, &keys::token(*id))?;
+                    let count = token_count(txn)?;
+                    set_token_count(txn, count.saturating_sub(1))?;
+                    Ok(Outcome::Deleted)
+                }
+                // Another tenant's token answers as a missing one: no oracle.
+                _ => Err(ApplyError::TokenNotFound { id: *id }.into()),
+            }
+        }
+    }
+}
+
+fn token_count(txn: &Txn) -> Result<u64, Fail> {
+    match txn.get(Cf::Meta, keys::TOKEN_COUNT)? {
+        None => Ok(0),
+        Some(b) => keys::u64_value(&b).ok_or_else(|| corrupt(format_args!("token count {b:?}"))),
+    }
+}
+
+fn set_token_count(txn: &mut Txn, count: u64) -> Result<(), Fail> {
+    txn.put(Cf::Meta, keys::TOKEN_COUNT, count.to_be_bytes().to_vec())
+}
+
+fn create_token(txn: &mut Txn, t: &NewToken, now: i64) -> Result<Outcome, Fail> {
+    t.scope.validate()?;
+    if t.id == 0 {
+        return Err(invalid_field("token.id", "0 is not a token id").into());
+    }
+    if t.last4.len() != 4 || !t.last4.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid_field("token.last4", "not four hex digits").into());
+    }
+    if let Some(e) = t.expires_micros
+        && e <= now
+    {
+        return Err(invalid_field(
+            "token.expires",
+            format!("{e} µs is not after the creation time {now} µs"),
+        )
+        .into());
+    }
+    if let Scope::Tenant { tenant, .. } = &t.scope {
+        tenant_record(txn, tenant.as_str())?;
+    }
+    if load::<TokenRecord>(txn, Cf::Meta, &keys::token(t.id))?.is_some() {
+        return Err(ApplyError::TokenExists { id: t.id }.into());
+    }
+    let count = token_count(txn)?;
+    if count >= TOKENS_MAX {
+        return Err(ApplyError::TooManyTokens {
+            count,
+            limit: TOKENS_MAX,
+        }
+        .into());
+    }
+    let rec = TokenRecord {
+        id: t.id,
+        scope: t.scope.clone(),
+        hash: t.hash,
+        created_micros: now,
+        expires_micros: t.expires_micros,
+        last4: t.last4.clone(),
+    };
+    save(txn, Cf::Meta, &keys::token(t.id), &rec)?;
+    set_token_count(txn, count + 1)?;
+    Ok(Outcome::Token(rec.info()))
+}
+
+/// Deletes every token of `tenant` (at most [`TOKENS_MAX`] records are read).
+fn revoke_tokens_of(txn: &mut Txn, tenant: &str) -> Result<(), Fail> {
+    let all = txn.scan(Cf::Meta, &[keys::TOKEN], TOKENS_MAX as usize)?;
+    let mut revoked = 0;
+    for (k, v) in all {
+        let rec: TokenRecord = crate::codec::decode(&v)
+            .map_err(|e| corrupt(format_args!("token record under {k:?}: {e}")))?;
+        if rec.scope.tenant() == Some(tenant) {
+            txn.delete(Cf::Meta, &k)?;
+            revoked += 1;
+        }
+    }
+    if revoked > 0 {
+        let count = token_count(txn)?;
+        set_token_count(txn, count.saturating_sub(revoked))?;
+    }
+    Ok(())
+}
+
+fn invalid_field(field: &str, reason: impl Into<String>) -> ApplyError {
+    ApplyError::InvalidArgument {
+        field: field.into(),
+        reason: reason.into(),
     }
 }
 

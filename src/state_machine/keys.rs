@@ -13,6 +13,8 @@
 //! s <client_id: u64 BE>               Session
 //! x <index: u64 BE> <client_id: u64 BE>   session eviction order (empty value; `index` is at
 //!                                     most the session's `last_index`, see `apply`)
+//! k <token id: u64 BE>                TokenRecord (a hash, never the token)
+//! K                                   how many tokens exist (u64 BE)
 //! ```
 //! The `0x00` after a tenant id (ids never contain it) makes tenant keys prefix-free: the keys of
 //! `t` are not a prefix of those of `t1`, so a prefix scan for one tenant never reaches another.
@@ -38,6 +40,8 @@ pub const TENANT: u8 = b't';
 pub const COUNTERS: u8 = b'u';
 pub const SESSION: u8 = b's';
 pub const EVICTION: u8 = b'x';
+pub const TOKEN: u8 = b'k';
+pub const TOKEN_COUNT: &[u8] = b"K";
 
 pub const NODE: u8 = b'n';
 pub const EDGE: u8 = b'e';
@@ -101,6 +105,10 @@ fn id_key(kind: u8, id: u64) -> [u8; 9] {
     let mut k = [kind; 9];
     k[1..].copy_from_slice(&id.to_be_bytes());
     k
+}
+
+pub fn token(id: u64) -> [u8; 9] {
+    id_key(TOKEN, id)
 }
 
 pub fn node(id: u64) -> [u8; 9] {

@@ -13,6 +13,7 @@ use super::shared::Shared;
 use super::snapshot::{Item, cf_handles, registered_cfs, walk};
 use super::store::{Store, rocks_err};
 use super::stream::StateHasher;
+use crate::auth::{TokenInfo, TokenRecord};
 use crate::codec;
 use crate::command::ApplyError;
 use crate::command::{Direction, Edge, EdgeRecord, Node, NodeRecord, validate_name};
@@ -195,6 +196,65 @@ impl GraphReader {
             items.push(rec.info(&counters));
         }
         let next = full.then(|| items.last().map(|t| t.id.clone().into_bytes()));
+        Ok(Page {
+            items,
+            next: next.flatten(),
+        })
+    }
+
+    /// The record of token `id`, if it exists (revoked tokens do not).
+    pub fn token(&self, id: u64) -> Result<Option<TokenRecord>, ReadError> {
+        let store = self.store();
+        match self.meta_get(&store, &keys::token(id))? {
+            Some(b) => Ok(Some(decode(&b, "token record")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Tokens in id order after `after` (exclusive); with `tenant`, only that tenant's. At most
+    /// [`TOKENS_MAX`](crate::auth::TOKENS_MAX) records are read per page.
+    pub fn tokens(
+        &self,
+        tenant: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<TokenInfo>, ReadError> {
+        check_limit(limit)?;
+        let store = self.store();
+        let cf = store.meta()?;
+        let start = match after {
+            Some(u64::MAX) => {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                });
+            }
+            Some(a) => keys::token(a + 1).to_vec(),
+            None => vec![keys::TOKEN],
+        };
+        let mut items = Vec::new();
+        let mut full = false;
+        let mode = IteratorMode::From(&start, ScanDir::Forward);
+        for kv in store.db().iterator_cf(&cf, mode) {
+            let (k, v) = kv.map_err(|e| rocks_err("list tokens", e))?;
+            if k.first() != Some(&keys::TOKEN) || k.len() != 9 {
+                break;
+            }
+            let rec: TokenRecord = decode(&v, "token record")?;
+            if tenant.is_some() && rec.scope.tenant() != tenant {
+                continue;
+            }
+            if items.len() == limit {
+                full = true;
+                break;
+            }
+            items.push(rec.info());
+        }
+        let next = full.then(|| {
+            items
+                .last()
+                .map(|t: &TokenInfo| t.id.to_be_bytes().to_vec())
+        });
         Ok(Page {
             items,
             next: next.flatten(),
