@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/raftgraph/v1/tenant.proto",
         "proto/raftgraph/v1/raft.proto",
         "proto/raftgraph/v1/cluster.proto",
+        "proto/raftgraph/v1/auth.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -162,8 +162,10 @@ run_loads() { # target lead all fsync
   local target=$1 lead=$2 all=$3 fsync=$4 conns extra=()
   if [[ $target == raftgraph ]]; then
     extra=("${RG_EXTRA[@]}")
-    # With TLS, trust the local cluster's CA (from deploy/local-cluster.sh).
+    # With TLS, trust the local cluster's CA (from deploy/local-cluster.sh); the first
+    # cluster-admin token (it creates the bench tenant).
     [[ $MODE == on ]] && extra+=(--ca target/local-cluster/certs/ca.pem)
+    extra+=(--token "$(cat target/local-cluster/admin.token)")
   elif [[ $MODE == on ]]; then
     extra=(--ca "$ETCD_CERTS/ca.pem")
   fi

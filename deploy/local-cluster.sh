@@ -2,7 +2,9 @@
 # A local three-member raftgraph cluster: clients on 127.0.0.1:7001-7003 (TLS), members on
 # 127.0.0.1:7101-7103 (mutual TLS). Configs: deploy/node{1,2,3}.toml; data, logs and the
 # certificates (created with `raftgraph certs` on first start) under target/local-cluster/.
-# Client commands need the cluster's CA: export RAFTGRAPH_CA=target/local-cluster/certs/ca.pem
+# Client commands need the cluster's CA and a token:
+#   export RAFTGRAPH_CA=target/local-cluster/certs/ca.pem
+#   export RAFTGRAPH_TOKEN=$(cat target/local-cluster/admin.token)   # the first cluster-admin token
 #
 #   bash deploy/local-cluster.sh start    # build, start the three servers, init the cluster once
 #   bash deploy/local-cluster.sh status   # each member's view (state, term, leader, log)
@@ -12,7 +14,8 @@
 # Run from the repository root. RAFTGRAPH_BIN overrides the binary (otherwise it is built with
 # `cargo build --profile ci`). RAFTGRAPH_TLS=off starts the servers with a plaintext client
 # listener (the peer plane keeps mutual TLS) and has this script's client calls speak plaintext:
-# for measuring what TLS costs, not for use.
+# for measuring what TLS costs, not for use. RAFTGRAPH_AUTH=off starts them without
+# authentication (every caller may do everything), likewise for measuring only.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,9 +24,13 @@ ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 CERTS=$DIR/certs
 if [[ ${RAFTGRAPH_TLS:-on} == off ]]; then
   unset RAFTGRAPH_CA
+  AS_MEMBER=()
 else
   export RAFTGRAPH_CA=$CERTS/ca.pem
+  # Member 1's certificate: what `cluster init` is authenticated by.
+  AS_MEMBER=(--client-cert "$CERTS/member-1.pem" --client-key "$CERTS/member-1.key")
 fi
+ADMIN_TOKEN=$DIR/admin.token
 mkdir -p "$DIR"
 
 bin() {
@@ -80,13 +87,32 @@ start() {
     wait_for 30 "node $i to answer (see $DIR/node$i.log)" answers "127.0.0.1:700$i"
   done
   if [[ ! -f "$DIR/initialized" ]]; then
-    "$(bin)" cluster init --endpoints 127.0.0.1:7001 \
-      --member 1=127.0.0.1:7001 --member 2=127.0.0.1:7002 --member 3=127.0.0.1:7003
+    rm -f "$ADMIN_TOKEN"
+    "$(bin)" cluster init --endpoints 127.0.0.1:7001 "${AS_MEMBER[@]}" \
+      --member 1=127.0.0.1:7001 --member 2=127.0.0.1:7002 --member 3=127.0.0.1:7003 \
+      --admin-token-file "$ADMIN_TOKEN"
     touch "$DIR/initialized"
-    echo "cluster initialized"
+    if [[ -f "$ADMIN_TOKEN" ]]; then
+      echo "the first cluster-admin token is in $ADMIN_TOKEN (mode 0600)"
+    fi
   fi
   wait_for 30 "a leader" has_leader "$ENDPOINTS"
-  "$(bin)" cluster status --endpoints "$ENDPOINTS"
+  if [[ ! -f "$ADMIN_TOKEN" && ${RAFTGRAPH_AUTH:-on} != off ]]; then
+    # Initialised before tokens existed (or the file was lost): a member's certificate makes one.
+    "$(bin)" tenant token create --role cluster-admin "${AS_MEMBER[@]}" \
+      --output-file "$ADMIN_TOKEN" --output json >/dev/null
+    echo "made a cluster-admin token with member 1's certificate: $ADMIN_TOKEN"
+  fi
+  status
+}
+
+# Each member's view; the whole of it with the admin token.
+status() {
+  if [[ -f "$ADMIN_TOKEN" ]]; then
+    RAFTGRAPH_TOKEN=$(cat "$ADMIN_TOKEN") "$(bin)" cluster status --endpoints "$ENDPOINTS"
+  else
+    "$(bin)" cluster status --endpoints "$ENDPOINTS"
+  fi
 }
 
 stop() {
@@ -113,7 +139,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) "$(bin)" cluster status --endpoints "$ENDPOINTS" ;;
+  status) status ;;
   clean)
     stop
     rm -rf "$DIR"

@@ -136,6 +136,9 @@ struct ServerArgs {
     /// TLS on the client listener (`tls`): on (default) or off (plaintext, local experiments).
     #[arg(long, env = "RAFTGRAPH_TLS")]
     tls: Option<raftgraph::server::TlsMode>,
+    /// Authentication on the client listener (`auth`): on (default) or off (local experiments).
+    #[arg(long, env = "RAFTGRAPH_AUTH")]
+    auth: Option<raftgraph::auth::AuthMode>,
     /// The cluster's CA certificate, PEM (`certs.ca`).
     #[arg(long, env = "RAFTGRAPH_CA")]
     ca: Option<PathBuf>,
@@ -199,6 +202,9 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = a.peer_advertise {
         c.peer_advertise = Some(v);
+    }
+    if let Some(v) = a.auth {
+        c.auth = v;
     }
     if let Some(v) = a.tls {
         c.tls = v;

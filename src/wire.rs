@@ -93,6 +93,9 @@ pub const FORWARDED_HEADER: &str = "x-raftgraph-forwarded";
 
 /// The metadata key of the retry hint, in milliseconds (gRPC's retry pushback).
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+/// The bearer token of a call on the client listener: `authorization: Bearer <token>`. A
+/// follower forwards it with a call it passes to the leader, which checks it again.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 const _: () = {
     assert!(PROPOSAL_BYTES_MAX + ENTRY_FRAMING_BYTES <= WAL_RECORD_BYTES);

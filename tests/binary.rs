@@ -23,8 +23,17 @@ fn free_addr() -> String {
 static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn cli(args: &[&str]) -> Output {
+    cli_as(None, args)
+}
+
+/// A CLI call carrying `token` (`RAFTGRAPH_TOKEN`).
+fn cli_as(token: Option<&str>, args: &[&str]) -> Output {
     let mut c = Command::new(BIN);
     c.args(args).env_remove("RAFTGRAPH_ENDPOINTS");
+    match token {
+        Some(t) => c.env("RAFTGRAPH_TOKEN", t),
+        None => c.env_remove("RAFTGRAPH_TOKEN"),
+    };
     match CA.get() {
         Some(ca) => c.env("RAFTGRAPH_CA", ca),
         None => c.env_remove("RAFTGRAPH_CA"),
@@ -205,24 +214,78 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
     for m in &members {
         init.extend(["--member", m]);
     }
-    assert!(cli(&init).status.success());
+    // Without a member's certificate, init is refused (and nothing is initialised).
+    let refused = cli(&init);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Unauthenticated") && err.contains("member's certificate"),
+        "{err}"
+    );
+    let token_file = dir.path().join("admin.token");
+    let (member_cert, member_key) = (cert("member-1.pem"), cert("member-1.key"));
+    init.extend(["--client-cert", &member_cert, "--client-key", &member_key]);
+    init.extend(["--admin-token-file", token_file.to_str().unwrap()]);
+    let out = cli(&init);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the admin token file is the owner's only"
+    );
+    let admin = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(admin.starts_with("rgt_"), "{admin}");
     wait_until("a leader", || {
         addrs.iter().any(|a| status(a)["state"] == "leader")
     });
 
     let endpoints = addrs.join(",");
-    let t = json(&cli(&[
-        "tenant",
-        "create",
-        "acme",
-        "--max-nodes",
-        "10",
-        "--endpoints",
-        &endpoints,
-        "--output",
-        "json",
-    ]));
+    // No token: refused.
+    let out = cli(&["tenant", "list", "--endpoints", &endpoints]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+    let t = json(&cli_as(
+        Some(&admin),
+        &[
+            "tenant",
+            "create",
+            "acme",
+            "--max-nodes",
+            "10",
+            "--endpoints",
+            &endpoints,
+            "--output",
+            "json",
+        ],
+    ));
     assert_eq!(t["max_nodes"], 10);
+    // A write token for tenant acme, shown once; every graph call below carries it.
+    let made = json(&cli_as(
+        Some(&admin),
+        &[
+            "tenant",
+            "token",
+            "create",
+            "acme",
+            "--role",
+            "write",
+            "--endpoints",
+            &endpoints,
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(made["role"], "write");
+    let acme = made["token"].as_str().unwrap().to_string();
+    let cli = |args: &[&str]| cli_as(Some(&acme), args);
     let created = json(&cli(&[
         "node",
         "create",
@@ -275,6 +338,24 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
         "--endpoints",
         &endpoints,
     ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("nosuch"),
+        "another tenant's name is refused before it is looked up: {err}"
+    );
+    let out = cli_as(
+        Some(&admin),
+        &[
+            "node",
+            "get",
+            "--tenant",
+            "nosuch",
+            "1",
+            "--endpoints",
+            &endpoints,
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NotFound") && err.contains("nosuch"), "{err}");

@@ -133,7 +133,10 @@ fn a_client_that_never_reads_its_streams_holds_bounded_server_memory() {
             cmd.env_remove(k);
         }
     }
+    // Plaintext and no authentication: what is measured is the server's memory, not who may
+    // call (tests/auth.rs).
     cmd.args(["--cluster-id", "mem", "--member-id", "1", "--tls", "off"])
+        .args(["--auth", "off"])
         .args(["--listen", &addr, "--peer-listen", &peer])
         .args(["--ca", &file("ca.pem"), "--cert", &file("member-1.pem")])
         .args(["--key", &file("member-1.key")])

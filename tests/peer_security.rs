@@ -62,6 +62,8 @@ async fn start_with(
         &dir.join(id.to_string()),
     );
     assert_eq!(c.tls, TlsMode::On);
+    // The peer plane is under test here; callers of the client plane are in tests/auth.rs.
+    c.auth = raftgraph::auth::AuthMode::Off;
     c.certs = Some(ca_files);
     c.raft.heartbeat_ms = 100;
     c.raft.election_timeout_min_ms = 1000;

@@ -128,12 +128,25 @@ fn serve_with(id: u64, node: &Node, dir: &Path, listener: TcpListener, free_spac
         cluster_id: "test".into(),
         ..Default::default()
     };
+    // Open to every caller: these tests are of the peer plane (tests/auth.rs is of callers).
+    let open = raftgraph::api::Auth::new(
+        reader.clone(),
+        clock.clone(),
+        raftgraph::auth::AuthMode::Off,
+        "test",
+    );
     let graph = GraphServiceServer::new(
-        GraphApi::new(raft.clone(), reader.clone(), clock.clone()).with_router(router.clone()),
+        GraphApi::new(raft.clone(), reader.clone(), clock.clone())
+            .with_router(router.clone())
+            .with_auth(open.clone()),
     )
     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    let tenants = TenantServiceServer::new(TenantApi::new(raft, reader, clock).with_router(router));
+    let tenants = TenantServiceServer::new(
+        TenantApi::new(raft, reader, clock)
+            .with_router(router)
+            .with_auth(open),
+    );
     let tls = raftgraph::tls::Credentials::load(&ca().member(id))
         .unwrap()
         .peer_server()

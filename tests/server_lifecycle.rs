@@ -187,6 +187,7 @@ async fn bound(ca: &TestCa, id: u64, dir: &Path) -> (ServerConfig, Listeners) {
         dir,
     );
     c.tls = TlsMode::Off;
+    c.auth = raftgraph::auth::AuthMode::Off;
     c.certs = Some(ca.member(id));
     (c, Listeners { api, peer })
 }

@@ -13,9 +13,12 @@ use openraft::{ChangeMembers, ServerState};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Auth, audit, need_cluster_admin};
 use super::batch::BatchStats;
 use super::route;
 use super::status::invalid;
+use super::token::{Made, Tokens};
+use crate::auth::{AuthMode, Scope, id_hex};
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::cluster_service_server::ClusterService;
@@ -40,6 +43,11 @@ pub struct ClusterApi {
     wal_stats: crate::wal::WalStats,
     /// The graph service's write batcher's counters, reported by `Status` (zero when not given).
     batch_stats: Arc<BatchStats>,
+    /// Who may call; `None` until [`ClusterApi::with_auth`]: every call but `Status` is refused.
+    auth: Option<(Auth, Tokens)>,
+    /// Whether `Init` needs a member's certificate when authentication is on (it cannot have
+    /// one on a plaintext listener, `tls = "off"`).
+    init_needs_certificate: bool,
 }
 
 impl ClusterApi {
@@ -52,6 +60,91 @@ impl ClusterApi {
             router: route::Router::default(),
             wal_stats: crate::wal::WalStats::default(),
             batch_stats: Arc::default(),
+            auth: None,
+            init_needs_certificate: true,
+        }
+    }
+
+    /// With `false` (a plaintext client listener), anyone may call `Init` first.
+    pub fn with_init_certificate(mut self, needed: bool) -> Self {
+        self.init_needs_certificate = needed;
+        self
+    }
+
+    /// Authenticates calls with `auth`; `tokens` makes the first cluster-admin token at init.
+    pub fn with_auth(mut self, auth: Auth, tokens: Tokens) -> Self {
+        self.auth = Some((auth, tokens));
+        self
+    }
+
+    /// The caller of a cluster call, refused unless a cluster administrator (logged).
+    fn admin_caller<T>(&self, request: &Request<T>, what: &str) -> Result<super::Caller, Status> {
+        let Some((auth, _)) = &self.auth else {
+            return Err(Status::unauthenticated(
+                "unauthenticated: this server was built without an authenticator",
+            ));
+        };
+        let caller = auth.caller(request)?;
+        let allowed = need_cluster_admin(&caller, what);
+        if allowed.is_err() {
+            audit(&caller, what, &allowed);
+        }
+        allowed.map(|()| caller)
+    }
+
+    /// The first cluster-admin token, made once the cluster has a leader: here (a member that
+    /// was just initialised leads first: the others do not know the membership yet).
+    async fn first_admin_token(&self, tokens: &Tokens) -> pb::InitResponse {
+        let failed = |why: String| pb::InitResponse {
+            admin_token_error: format!(
+                "{why}; the cluster is initialised: make a cluster-admin token with a member's \
+                 certificate (raftgraph tenant token create --role cluster-admin \
+                 --client-cert <member>.pem --client-key <member>.key)"
+            ),
+            ..Default::default()
+        };
+        let me = self.raft.metrics().borrow_watched().id;
+        let leading = self
+            .raft
+            .wait(Some(INIT_TOKEN_WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a leader after init")
+            .await;
+        match leading {
+            Ok(m) if m.current_leader == Some(me) => {}
+            Ok(m) => {
+                return failed(format!(
+                    "member {:?} leads, not member {me}, which was asked",
+                    m.current_leader
+                ));
+            }
+            Err(_) => return failed(format!("no leader within {INIT_TOKEN_WAIT:?}")),
+        }
+        // A new leader may refuse proposals for a moment (until it has committed its first
+        // entry): retried until the wait is over.
+        let deadline = tokio::time::Instant::now() + INIT_TOKEN_WAIT;
+        loop {
+            match tokens.create(Scope::Cluster, 0, true).await {
+                Ok(Made::Token(token, info)) => {
+                    return pb::InitResponse {
+                        admin_token: token.expose(),
+                        admin_token_id: id_hex(info.id),
+                        admin_token_error: String::new(),
+                    };
+                }
+                Ok(Made::Forward(leader)) => {
+                    return failed(format!(
+                        "leadership moved to {} before the token was stored",
+                        leader.api_addr
+                    ));
+                }
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(s) => return failed(format!("the token was not stored: {}", s.message())),
+            }
         }
     }
 
@@ -119,6 +212,9 @@ impl ClusterApi {
         }
     }
 }
+
+/// How long `Init` waits for a leader to store the first cluster-admin token.
+pub const INIT_TOKEN_WAIT: Duration = Duration::from_secs(10);
 
 /// How long `AddLearner { wait: true }` waits for the learner to catch up.
 pub const LEARNER_WAIT: Duration = Duration::from_secs(60);
@@ -227,13 +323,34 @@ fn changed(
     }
 }
 
-#[tonic::async_trait]
-impl ClusterService for ClusterApi {
-    async fn init(
+/// The calls themselves; the trait below authorizes and audits them.
+impl ClusterApi {
+    async fn do_init(
         &self,
         request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
         let me = self.raft.metrics().borrow_watched().id;
+        // Only whoever holds a member's key may initialise (and so get the first admin token):
+        // with authentication off, anyone.
+        let (caller, tokens) = match &self.auth {
+            Some((auth, tokens)) if auth.mode() == AuthMode::On => {
+                if self.init_needs_certificate && auth.member_of(&request).is_none() {
+                    return Err(Status::unauthenticated(
+                        "unauthenticated: cluster init needs a member's certificate from the \
+                         cluster's CA (raftgraph --client-cert <member>.pem --client-key \
+                         <member>.key, over TLS)",
+                    ));
+                }
+                let caller = auth.caller(&request).ok();
+                (caller, Some(tokens))
+            }
+            Some((auth, _)) => (Some(auth.caller(&request)?), None),
+            None => {
+                return Err(Status::unauthenticated(
+                    "unauthenticated: this server was built without an authenticator",
+                ));
+            }
+        };
         let msg = request.into_inner();
         if msg.members.len() > MEMBERS_MAX {
             return Err(invalid(
@@ -263,8 +380,21 @@ impl ClusterService for ClusterApi {
                 format!("must include the node asked (node {me})"),
             ));
         }
-        match self.raft.initialize(members).await {
-            Ok(()) => Ok(Response::new(pb::InitResponse {})),
+        let initialized = self.raft.initialize(members).await;
+        if let Some(c) = &caller {
+            audit(
+                c,
+                "init",
+                &initialized
+                    .as_ref()
+                    .map_err(|e| Status::unknown(e.to_string())),
+            );
+        }
+        match initialized {
+            Ok(()) => Ok(Response::new(match tokens {
+                Some(t) => self.first_admin_token(t).await,
+                None => pb::InitResponse::default(),
+            })),
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
                 Err(Status::failed_precondition(format!(
                     "node {me} already belongs to a cluster ({e}); init runs once, on a new \
@@ -278,7 +408,7 @@ impl ClusterService for ClusterApi {
         }
     }
 
-    async fn add_learner(
+    async fn do_add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
@@ -357,7 +487,7 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(self.current()))
     }
 
-    async fn promote(
+    async fn do_promote(
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
@@ -405,7 +535,7 @@ impl ClusterService for ClusterApi {
         }
     }
 
-    async fn remove(
+    async fn do_remove(
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
@@ -465,7 +595,7 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(last.unwrap_or_else(|| self.current())))
     }
 
-    async fn transfer_leadership(
+    async fn do_transfer_leadership(
         &self,
         request: Request<pb::TransferLeadershipRequest>,
     ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
@@ -502,7 +632,7 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(pb::TransferLeadershipResponse {}))
     }
 
-    async fn trigger_snapshot(
+    async fn do_trigger_snapshot(
         &self,
         _request: Request<pb::TriggerSnapshotRequest>,
     ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
@@ -514,7 +644,7 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(pb::TriggerSnapshotResponse {}))
     }
 
-    async fn status(
+    async fn do_status(
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
@@ -565,4 +695,115 @@ impl ClusterService for ClusterApi {
                 .unwrap_or_default(),
         }))
     }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn init(
+        &self,
+        request: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::InitResponse>, Status> {
+        self.do_init(request).await
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = self.admin_caller(&request, "add learners")?;
+        let action = format!(
+            "add learner {:?}",
+            request.get_ref().member.as_ref().map(|m| m.id)
+        );
+        let result = self.do_add_learner(request).await;
+        audit(&caller, &action, &result);
+        result
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = self.admin_caller(&request, "promote learners")?;
+        let action = format!("promote {:?}", shown_ids(&request.get_ref().ids));
+        let result = self.do_promote(request).await;
+        audit(&caller, &action, &result);
+        result
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = self.admin_caller(&request, "remove members")?;
+        let action = format!("remove {:?}", shown_ids(&request.get_ref().ids));
+        let result = self.do_remove(request).await;
+        audit(&caller, &action, &result);
+        result
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<pb::TransferLeadershipRequest>,
+    ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        let caller = self.admin_caller(&request, "transfer leadership")?;
+        let action = format!("transfer leadership to {}", request.get_ref().to);
+        let result = self.do_transfer_leadership(request).await;
+        audit(&caller, &action, &result);
+        result
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<pb::TriggerSnapshotRequest>,
+    ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
+        let caller = self.admin_caller(&request, "trigger snapshots")?;
+        let result = self.do_trigger_snapshot(request).await;
+        audit(&caller, "trigger snapshot", &result);
+        result
+    }
+
+    /// Open to every caller: clients learn the leader from it, and `cluster init` a member's
+    /// peer address before any token exists. A cluster administrator gets the whole view;
+    /// anyone else what routing needs (member, cluster, state, term, leader, addresses). A
+    /// token that is sent must be valid.
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let admin = match &self.auth {
+            Some((auth, _)) => match auth.caller(&request) {
+                Ok(c) => c.principal.is_cluster_admin(),
+                Err(s)
+                    if request
+                        .metadata()
+                        .contains_key(crate::wire::AUTHORIZATION_HEADER) =>
+                {
+                    return Err(s);
+                }
+                Err(_) => false,
+            },
+            None => false,
+        };
+        let full = self.do_status(request).await?.into_inner();
+        if admin {
+            return Ok(Response::new(full));
+        }
+        Ok(Response::new(pb::StatusResponse {
+            node_id: full.node_id,
+            cluster_id: full.cluster_id,
+            state: full.state,
+            term: full.term,
+            leader_id: full.leader_id,
+            leader_addr: full.leader_addr,
+            addr: full.addr,
+            peer_addr: full.peer_addr,
+            ..Default::default()
+        }))
+    }
+}
+
+/// At most a few ids, for an audit line.
+fn shown_ids(ids: &[u64]) -> &[u64] {
+    &ids[..ids.len().min(MEMBERS_MAX)]
 }

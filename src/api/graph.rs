@@ -15,11 +15,13 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::admission::Admission;
+use super::auth::{Auth, Caller, need_tenant};
 use super::batch::{BatchStats, Batcher};
 use super::convert;
 use super::paced::{SMALL_ANSWER_RESERVE, answer_budget, hold_answer, reserve_answer, reserve_of};
 use super::route::{self, Proposed};
 use super::status::{apply_error, invalid, read_error};
+use crate::auth::{AuthMode, Role};
 use crate::budget::{ByteBudget, Reservation};
 use crate::command::{Direction, Outcome};
 use crate::proto::v1 as pb;
@@ -44,6 +46,7 @@ pub struct GraphApi {
     admission: Admission,
     router: route::Router,
     batcher: Batcher,
+    auth: Auth,
 }
 
 impl GraphApi {
@@ -52,8 +55,10 @@ impl GraphApi {
         self.batcher.stats()
     }
 
+    /// Authentication is on, with no member certificate accepted, until [`GraphApi::with_auth`].
     pub fn new(raft: Raft, reader: GraphReader, clock: Clock) -> Self {
         GraphApi {
+            auth: Auth::new(reader.clone(), clock.clone(), AuthMode::On, ""),
             reader,
             clock,
             admission: Admission::default(),
@@ -66,6 +71,12 @@ impl GraphApi {
     /// Shares `admission` (the server's in-flight proposal budget) instead of a private default.
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
+        self
+    }
+
+    /// Authenticates calls with `auth` (the server's).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
         self
     }
 
@@ -90,6 +101,18 @@ impl GraphApi {
     pub fn with_router(mut self, router: route::Router) -> Self {
         self.router = router;
         self
+    }
+}
+
+impl GraphApi {
+    /// Refuses a read unless its caller may read the tenant `tenant_of` names.
+    fn read_allowed<T>(
+        &self,
+        request: &Request<T>,
+        tenant_of: impl Fn(&T) -> &String,
+    ) -> Result<(), Status> {
+        let caller = self.auth.caller(request)?;
+        need_tenant(&caller, tenant_of(request.get_ref()), Role::Read)
     }
 }
 
@@ -146,11 +169,24 @@ impl Writes {
         }
     }
 
-    /// One call of a write stream, answered as the unary write would be.
-    async fn call(&self, call: pb::WriteCall, forwarded: bool) -> pb::WriteAnswer {
-        let via = route::Via::of_call(forwarded, call.timeout_ms);
+    /// One call of a write stream, answered as the unary write would be; the stream's caller
+    /// is checked again first.
+    async fn call(
+        &self,
+        call: pb::WriteCall,
+        forwarded: bool,
+        auth: &Auth,
+        caller: &Caller,
+    ) -> pb::WriteAnswer {
+        let via = route::Via::of_call(forwarded, call.timeout_ms, caller.header.clone());
         let result = match call.write {
-            Some(w) => self.write(w, via).await,
+            Some(w) => match auth
+                .recheck(caller)
+                .and_then(|()| need_tenant(caller, &w.tenant, Role::Write))
+            {
+                Ok(()) => self.write(w, via).await,
+                Err(denied) => Err(denied),
+            },
             None => Err(invalid("write", "missing from the call")),
         };
         match result {
@@ -367,7 +403,7 @@ impl Reads {
     async fn route(
         &self,
         consistency: i32,
-        via: route::Via,
+        via: &route::Via,
     ) -> Result<Option<GraphServiceClient<Channel>>, Status> {
         match route::read_route(&self.raft, &self.router, consistency, via.forwarded).await? {
             None => Ok(None),
@@ -376,7 +412,7 @@ impl Reads {
     }
 
     async fn get_node(&self, msg: pb::GetNodeRequest, via: route::Via) -> Result<pb::Node, Status> {
-        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+        if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.get_node(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
@@ -395,7 +431,7 @@ impl Reads {
     }
 
     async fn get_edge(&self, msg: pb::GetEdgeRequest, via: route::Via) -> Result<pb::Edge, Status> {
-        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+        if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.get_edge(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
@@ -418,7 +454,7 @@ impl Reads {
         msg: pb::NeighborsRequest,
         via: route::Via,
     ) -> Result<pb::NeighborsResponse, Status> {
-        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+        if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.neighbors(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
@@ -456,7 +492,7 @@ impl Reads {
         msg: pb::NodesByLabelRequest,
         via: route::Via,
     ) -> Result<pb::NodesPage, Status> {
-        if let Some(mut leader) = self.route(msg.consistency, via).await? {
+        if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.nodes_by_label(via.forward(msg)).await })
                 .await
                 .map(Response::into_inner);
@@ -472,11 +508,35 @@ impl Reads {
         })
     }
 
-    /// One call of a read stream, answered as the unary read would be.
-    async fn call(&self, call: pb::ReadCall, forwarded: bool) -> pb::ReadAnswer {
+    /// One call of a read stream, answered as the unary read would be; the stream's caller is
+    /// checked again first.
+    async fn call(
+        &self,
+        call: pb::ReadCall,
+        forwarded: bool,
+        auth: &Auth,
+        caller: &Caller,
+    ) -> pb::ReadAnswer {
         use pb::read_answer::Result as R;
         use pb::read_call::Read;
-        let via = route::Via::of_call(forwarded, call.timeout_ms);
+        let via = route::Via::of_call(forwarded, call.timeout_ms, caller.header.clone());
+        let tenant = match &call.read {
+            Some(Read::GetNode(m)) => Some(&m.tenant),
+            Some(Read::GetEdge(m)) => Some(&m.tenant),
+            Some(Read::Neighbors(m)) => Some(&m.tenant),
+            Some(Read::NodesByLabel(m)) => Some(&m.tenant),
+            None => None,
+        };
+        if let Some(tenant) = tenant
+            && let Err(denied) = auth
+                .recheck(caller)
+                .and_then(|()| need_tenant(caller, tenant, Role::Read))
+        {
+            return pb::ReadAnswer {
+                call_id: call.call_id,
+                result: Some(R::Error(call_error(&denied))),
+            };
+        }
         let result = match call.read {
             Some(Read::GetNode(m)) => self.get_node(m, via).await.map(R::Node),
             Some(Read::GetEdge(m)) => self.get_edge(m, via).await.map(R::Edge),
@@ -513,6 +573,8 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let caller = self.auth.caller(&request)?;
+        need_tenant(&caller, &request.get_ref().tenant, Role::Write)?;
         let via = route::Via::of(&request);
         self.writes()
             .write(request.into_inner(), via)
@@ -526,11 +588,12 @@ impl GraphService for GraphApi {
         &self,
         request: Request<Streaming<pb::WriteCall>>,
     ) -> Result<Response<AnswerStream<pb::WriteAnswer>>, Status> {
+        let caller = Arc::new(self.auth.caller(&request)?);
         // One handle per stream, shared by its calls (one count each, not one per field).
-        let writes = Arc::new(self.writes());
+        let writes = Arc::new((self.writes(), self.auth.clone()));
         Ok(answer_calls(request, move |call, forwarded| {
-            let writes = writes.clone();
-            async move { writes.call(call, forwarded).await }
+            let (writes, caller) = (writes.clone(), caller.clone());
+            async move { writes.0.call(call, forwarded, &writes.1, &caller).await }
         }))
     }
 
@@ -540,10 +603,11 @@ impl GraphService for GraphApi {
         &self,
         request: Request<Streaming<pb::ReadCall>>,
     ) -> Result<Response<AnswerStream<pb::ReadAnswer>>, Status> {
-        let reads = Arc::new(self.reads());
+        let caller = Arc::new(self.auth.caller(&request)?);
+        let reads = Arc::new((self.reads(), self.auth.clone()));
         Ok(answer_calls(request, move |call, forwarded| {
-            let reads = reads.clone();
-            async move { reads.call(call, forwarded).await }
+            let (reads, caller) = (reads.clone(), caller.clone());
+            async move { reads.0.call(call, forwarded, &reads.1, &caller).await }
         }))
     }
 
@@ -551,6 +615,7 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        self.read_allowed(&request, |m| &m.tenant)?;
         let via = route::Via::of(&request);
         let hold = reserve_answer(&request, SMALL_ANSWER_RESERVE).await;
         let answer = self.reads().get_node(request.into_inner(), via).await?;
@@ -562,6 +627,7 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::GetEdgeRequest>,
     ) -> Result<Response<pb::Edge>, Status> {
+        self.read_allowed(&request, |m| &m.tenant)?;
         let via = route::Via::of(&request);
         let hold = reserve_answer(&request, SMALL_ANSWER_RESERVE).await;
         let answer = self.reads().get_edge(request.into_inner(), via).await?;
@@ -573,6 +639,7 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::NeighborsRequest>,
     ) -> Result<Response<pb::NeighborsResponse>, Status> {
+        self.read_allowed(&request, |m| &m.tenant)?;
         let via = route::Via::of(&request);
         let hold = reserve_answer(&request, PAGE_BYTES_MAX).await;
         let answer = self.reads().neighbors(request.into_inner(), via).await?;
@@ -584,6 +651,7 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::NodesByLabelRequest>,
     ) -> Result<Response<pb::NodesPage>, Status> {
+        self.read_allowed(&request, |m| &m.tenant)?;
         let via = route::Via::of(&request);
         let hold = reserve_answer(&request, PAGE_BYTES_MAX).await;
         let answer = self
@@ -600,6 +668,7 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<ScanStream>, Status> {
+        self.read_allowed(&request, |m| &m.tenant)?;
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
         let budget = answer_budget(&request);

@@ -13,6 +13,7 @@
 //! - Every error a client sees comes through `status.rs`, with the code the table there gives.
 
 mod admission;
+mod auth;
 mod batch;
 mod cluster;
 #[doc(hidden)] // the conversions, public for their tests only
@@ -22,11 +23,14 @@ mod paced;
 mod route;
 mod status;
 mod tenant;
+mod token;
 
 pub use admission::{Admission, PROPOSAL_BYTES_IN_FLIGHT_DEFAULT, Permit};
+pub use auth::{Auth, Caller, Random, os_random};
 pub use batch::BatchStats;
 pub use cluster::ClusterApi;
 pub use graph::{Clock, GraphApi};
 pub use paced::Paced;
 pub use route::Router;
 pub use tenant::TenantApi;
+pub use token::{TokenApi, Tokens};

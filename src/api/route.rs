@@ -21,7 +21,8 @@ use crate::state_machine::PAGE_ITEMS_MAX;
 use crate::state_machine::Raft;
 use crate::tls::member_name;
 use crate::transport::Dialer;
-use crate::wire::{FORWARDED_HEADER, PROPOSAL_BYTES_MAX};
+use crate::wire::{AUTHORIZATION_HEADER, FORWARDED_HEADER, PROPOSAL_BYTES_MAX};
+use tonic::metadata::AsciiMetadataValue;
 
 /// Deadline of a forwarded call when the caller set none.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,12 +148,13 @@ pub fn was_forwarded<T>(r: &Request<T>) -> bool {
 /// The longest deadline a forwarded call gets, whatever the caller asked.
 const FORWARD_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 
-/// How a request arrived: whether a follower forwarded it, and the caller's deadline
-/// (`grpc-timeout`), which a forward keeps.
-#[derive(Clone, Copy, Debug)]
+/// How a request arrived: whether a follower forwarded it, the caller's deadline
+/// (`grpc-timeout`) and bearer token, which a forward keeps (the leader checks the token again).
+#[derive(Clone, Debug)]
 pub struct Via {
     pub forwarded: bool,
     pub deadline: Option<Duration>,
+    pub authorization: Option<AsciiMetadataValue>,
 }
 
 impl Via {
@@ -165,15 +167,21 @@ impl Via {
         Via {
             forwarded: was_forwarded(r),
             deadline,
+            authorization: r.metadata().get(AUTHORIZATION_HEADER).cloned(),
         }
     }
 
     /// How a stream call arrived: on a stream `forwarded` or not, with the call's own deadline
-    /// in milliseconds (0: none).
-    pub fn of_call(forwarded: bool, timeout_ms: u64) -> Via {
+    /// in milliseconds (0: none) and the stream's `authorization`.
+    pub fn of_call(
+        forwarded: bool,
+        timeout_ms: u64,
+        authorization: Option<AsciiMetadataValue>,
+    ) -> Via {
         Via {
             forwarded,
             deadline: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+            authorization,
         }
     }
 
@@ -187,6 +195,9 @@ impl Via {
         );
         r.metadata_mut()
             .insert(FORWARDED_HEADER, "1".parse().expect("an ASCII value"));
+        if let Some(a) = &self.authorization {
+            r.metadata_mut().insert(AUTHORIZATION_HEADER, a.clone());
+        }
         r
     }
 }

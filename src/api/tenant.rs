@@ -7,6 +7,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::admission::Admission;
+use super::auth::{Auth, Caller, audit, need_cluster_admin, need_tenant};
 use super::convert;
 use super::graph::Clock;
 use super::route::{self, Proposed};
@@ -14,13 +15,14 @@ use super::status::{apply_error, read_error};
 use prost::Message;
 
 use super::paced::{SMALL_ANSWER_RESERVE, hold_answer, reserve_answer};
-use crate::command::Outcome;
+use crate::auth::{AuthMode, Role, Scope};
+use crate::command::{ApplyError, Outcome};
 use crate::proto::v1 as pb;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
 use crate::proto::v1::tenant_service_server::TenantService;
-use crate::state_machine::GraphReader;
 use crate::state_machine::PAGE_BYTES_MAX;
 use crate::state_machine::Raft;
+use crate::state_machine::{GraphReader, ReadError};
 use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX};
 
 /// The tenant service of one server.
@@ -30,11 +32,15 @@ pub struct TenantApi {
     clock: Clock,
     admission: Admission,
     router: route::Router,
+    auth: Auth,
 }
 
 impl TenantApi {
+    /// Authentication is on, with no member certificate accepted, until
+    /// [`TenantApi::with_auth`].
     pub fn new(raft: Raft, reader: GraphReader, clock: Clock) -> Self {
         TenantApi {
+            auth: Auth::new(reader.clone(), clock.clone(), AuthMode::On, ""),
             raft,
             reader,
             clock,
@@ -53,6 +59,22 @@ impl TenantApi {
     pub fn with_router(mut self, router: route::Router) -> Self {
         self.router = router;
         self
+    }
+
+    /// Authenticates calls with `auth` (the server's).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The caller of an admin call, refused unless a cluster administrator.
+    fn admin_caller<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
+        let caller = self.auth.caller(request)?;
+        let allowed = need_cluster_admin(&caller, what);
+        if allowed.is_err() {
+            audit(&caller, what, &allowed);
+        }
+        allowed.map(|()| caller)
     }
 
     /// Proposes an admin command; `Ok(Err(leader))` means "forward to this leader".
@@ -78,6 +100,30 @@ async fn client(
         .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX))
 }
 
+/// A request's tenant id, cut for an audit line.
+fn shown_id<M: HasId>(m: &M) -> &str {
+    let id = m.id();
+    match id.char_indices().nth(64) {
+        Some((i, _)) => &id[..i],
+        None => id,
+    }
+}
+
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+macro_rules! has_id {
+    ($($t:ty),*) => {$(impl HasId for $t { fn id(&self) -> &str { &self.id } })*};
+}
+has_id!(
+    pb::CreateTenantRequest,
+    pb::UpdateQuotasRequest,
+    pb::SetTenantConfigRequest,
+    pb::SetTenantEnabledRequest,
+    pb::DeleteTenantRequest
+);
+
 fn tenant_of(o: Outcome) -> Result<Response<pb::Tenant>, Status> {
     match o {
         Outcome::Tenant(t) => Ok(Response::new(convert::tenant_to_proto(&t))),
@@ -93,25 +139,34 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.admin_caller(&request, "create tenants")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let req = convert::create_tenant(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit(msg.encoded_len())?;
-        match self.admin(req, fwd).await? {
-            Ok(o) => tenant_of(o),
-            Err(leader) => client(&self.router, &leader)
-                .await?
-                .create_tenant(via.forward(msg))
-                .await
-                .map_err(route::forwarded_outcome),
+        let action = format!("create tenant {:?}", shown_id(&msg));
+        let result = async {
+            let req = convert::create_tenant(msg.clone(), (self.clock)())?;
+            let _permit = self.admission.admit(msg.encoded_len())?;
+            match self.admin(req, fwd).await? {
+                Ok(o) => tenant_of(o),
+                Err(leader) => client(&self.router, &leader)
+                    .await?
+                    .create_tenant(via.forward(msg))
+                    .await
+                    .map_err(route::forwarded_outcome),
+            }
         }
+        .await;
+        audit(&caller, &action, &result);
+        result
     }
 
     async fn get_tenant(
         &self,
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.auth.caller(&request)?;
+        need_tenant(&caller, &request.get_ref().id, Role::Read)?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let hold = reserve_answer(&request, SMALL_ANSWER_RESERVE).await;
@@ -136,6 +191,12 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let caller = self.auth.caller(&request)?;
+        // A tenant's token lists its own tenant only.
+        let own = match &caller.principal.scope {
+            Scope::Cluster => None,
+            Scope::Tenant { tenant, .. } => Some(tenant.clone()),
+        };
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let hold = reserve_answer(&request, PAGE_BYTES_MAX).await;
@@ -148,6 +209,17 @@ impl TenantService for TenantApi {
                 .list_tenants(via.forward(msg))
                 .await?
                 .into_inner()
+        } else if let Some(own) = own {
+            let listed = msg.after.is_empty() || msg.after < own;
+            let tenants = match self.reader.tenant(&own) {
+                Ok(t) if listed => vec![convert::tenant_to_proto(&t)],
+                Ok(_) | Err(ReadError::Refused(ApplyError::TenantNotFound { .. })) => vec![],
+                Err(e) => return Err(read_error(&e)),
+            };
+            pb::ListTenantsResponse {
+                tenants,
+                next: String::new(),
+            }
         } else {
             let after = (!msg.after.is_empty()).then_some(msg.after.as_str());
             let page = self
@@ -170,76 +242,104 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::UpdateQuotasRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.admin_caller(&request, "change quotas")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let req = convert::update_quotas(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit(msg.encoded_len())?;
-        match self.admin(req, fwd).await? {
-            Ok(o) => tenant_of(o),
-            Err(leader) => client(&self.router, &leader)
-                .await?
-                .update_quotas(via.forward(msg))
-                .await
-                .map_err(route::forwarded_outcome),
+        let action = format!("update quotas of tenant {:?}", shown_id(&msg));
+        let result = async {
+            let req = convert::update_quotas(msg.clone(), (self.clock)())?;
+            let _permit = self.admission.admit(msg.encoded_len())?;
+            match self.admin(req, fwd).await? {
+                Ok(o) => tenant_of(o),
+                Err(leader) => client(&self.router, &leader)
+                    .await?
+                    .update_quotas(via.forward(msg))
+                    .await
+                    .map_err(route::forwarded_outcome),
+            }
         }
+        .await;
+        audit(&caller, &action, &result);
+        result
     }
 
     async fn set_tenant_config(
         &self,
         request: Request<pb::SetTenantConfigRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.admin_caller(&request, "change tenant configs")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit(msg.encoded_len())?;
-        match self.admin(req, fwd).await? {
-            Ok(o) => tenant_of(o),
-            Err(leader) => client(&self.router, &leader)
-                .await?
-                .set_tenant_config(via.forward(msg))
-                .await
-                .map_err(route::forwarded_outcome),
+        let action = format!("set config of tenant {:?}", shown_id(&msg));
+        let result = async {
+            let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
+            let _permit = self.admission.admit(msg.encoded_len())?;
+            match self.admin(req, fwd).await? {
+                Ok(o) => tenant_of(o),
+                Err(leader) => client(&self.router, &leader)
+                    .await?
+                    .set_tenant_config(via.forward(msg))
+                    .await
+                    .map_err(route::forwarded_outcome),
+            }
         }
+        .await;
+        audit(&caller, &action, &result);
+        result
     }
 
     async fn set_tenant_enabled(
         &self,
         request: Request<pb::SetTenantEnabledRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.admin_caller(&request, "enable or disable tenants")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit(msg.encoded_len())?;
-        match self.admin(req, fwd).await? {
-            Ok(o) => tenant_of(o),
-            Err(leader) => client(&self.router, &leader)
-                .await?
-                .set_tenant_enabled(via.forward(msg))
-                .await
-                .map_err(route::forwarded_outcome),
+        let action = format!("enable/disable tenant {:?}", shown_id(&msg));
+        let result = async {
+            let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
+            let _permit = self.admission.admit(msg.encoded_len())?;
+            match self.admin(req, fwd).await? {
+                Ok(o) => tenant_of(o),
+                Err(leader) => client(&self.router, &leader)
+                    .await?
+                    .set_tenant_enabled(via.forward(msg))
+                    .await
+                    .map_err(route::forwarded_outcome),
+            }
         }
+        .await;
+        audit(&caller, &action, &result);
+        result
     }
 
     async fn delete_tenant(
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        let caller = self.admin_caller(&request, "delete tenants")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
-        let _permit = self.admission.admit(msg.encoded_len())?;
-        match self.admin(req, fwd).await? {
-            Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),
-            Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),
-            Err(leader) => client(&self.router, &leader)
-                .await?
-                .delete_tenant(via.forward(msg))
-                .await
-                .map_err(route::forwarded_outcome),
+        let action = format!("delete tenant {:?}", shown_id(&msg));
+        let result = async {
+            let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
+            let _permit = self.admission.admit(msg.encoded_len())?;
+            match self.admin(req, fwd).await? {
+                Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),
+                Ok(other) => Err(Status::internal(format!("delete answered with {other:?}"))),
+                Err(leader) => client(&self.router, &leader)
+                    .await?
+                    .delete_tenant(via.forward(msg))
+                    .await
+                    .map_err(route::forwarded_outcome),
+            }
         }
+        .await;
+        audit(&caller, &action, &result);
+        result
     }
 }

@@ -98,6 +98,10 @@ pub struct BenchArgs {
     /// Without it, plaintext, which a raftgraph server with TLS on refuses.
     #[arg(long, env = "RAFTGRAPH_CA")]
     pub ca: Option<std::path::PathBuf>,
+    /// raftgraph: the bearer token every call carries (a cluster-admin one if the tenant must
+    /// be created).
+    #[arg(long, env = "RAFTGRAPH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// raftgraph: one unary `Write` call per write instead of the connection's shared
     /// `WriteStream` (the Rust client's default), to compare the two.
     #[arg(long)]
@@ -254,8 +258,11 @@ impl Raftgraph {
     async fn connect(a: &BenchArgs) -> Result<Raftgraph, Status> {
         let dialer = dialer(a)?;
         let pools: Vec<Pool> = (0..a.connections)
-            .map(|_| Pool::new(dialer.clone()))
-            .collect();
+            .map(|_| match &a.token {
+                Some(t) => Pool::new(dialer.clone()).with_token(t),
+                None => Ok(Pool::new(dialer.clone())),
+            })
+            .collect::<Result<_, _>>()?;
         let options = |i: usize| ClientOptions {
             deadline: Duration::from_secs(a.timeout),
             attempt_timeout: Duration::from_secs(a.timeout),

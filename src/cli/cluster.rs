@@ -12,9 +12,14 @@ use crate::proto::v1 as pb;
 pub enum ClusterCmd {
     /// Bootstrap a new cluster on the first endpoint: `--member 1=127.0.0.1:7001` per voter
     /// (its client address; its peer address is asked from it).
+    /// Needs a member's certificate (`--client-cert`/`--client-key`) when the cluster
+    /// authenticates; the answer carries the first cluster-admin token, written to
+    /// `--admin-token-file` (mode 0600, never overwritten) or else printed, this once.
     Init {
         #[arg(long = "member", required = true)]
         members: Vec<String>,
+        #[arg(long)]
+        admin_token_file: Option<std::path::PathBuf>,
     },
     /// Each endpoint's view: state, term, leader, log positions.
     Status,
@@ -79,15 +84,35 @@ pub async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<(), Status> {
     let c = client(g)?;
     let first = g.endpoints[0].clone();
     let v = match cmd {
-        ClusterCmd::Init { members } => {
+        ClusterCmd::Init {
+            members,
+            admin_token_file,
+        } => {
             let mut found = Vec::new();
             for m in &members {
                 let (id, addr) = member(m)?;
                 found.push(discover(&c, id, addr).await?);
             }
             let mut cc = c.cluster_client(&first)?;
-            cc.init(pb::InitRequest { members: found }).await?;
-            json!({"initialized": first})
+            let r = cc
+                .init(pb::InitRequest { members: found })
+                .await?
+                .into_inner();
+            let mut v = json!({"initialized": first});
+            if !r.admin_token.is_empty() {
+                v["admin_token_id"] = json!(r.admin_token_id);
+                match &admin_token_file {
+                    Some(path) => {
+                        super::write_secret(path, &r.admin_token)?;
+                        v["admin_token_file"] = json!(path.display().to_string());
+                    }
+                    None => v["admin_token"] = json!(r.admin_token),
+                }
+            }
+            if !r.admin_token_error.is_empty() {
+                v["admin_token_error"] = json!(r.admin_token_error);
+            }
+            v
         }
         ClusterCmd::Status => {
             let mut rows = Vec::new();

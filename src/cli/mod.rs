@@ -57,8 +57,12 @@ pub struct Global {
     pub timeout: u64,
     /// The cluster's CA certificate (PEM): connect with TLS and trust the servers it signed.
     /// Without it the client speaks plaintext, which a server with TLS on refuses.
-    #[arg(long, global = true, env = "RAFTGRAPH_CA")]
+    #[arg(long, alias = "ca-cert", global = true, env = "RAFTGRAPH_CA")]
     pub ca: Option<std::path::PathBuf>,
+    /// The bearer token every call carries (`raftgraph cluster init` makes the first
+    /// cluster-admin token; `raftgraph tenant token create` makes more).
+    #[arg(long, global = true, env = "RAFTGRAPH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// A client certificate and key from the cluster's CA to present (optional).
     #[arg(
         long,
@@ -93,10 +97,35 @@ pub(super) fn client(g: &Global) -> Result<Client, Status> {
         g.endpoints.clone(),
         ClientOptions {
             deadline: std::time::Duration::from_secs(g.timeout.max(1)),
-            pool: Pool::new(dialer(g)?),
+            pool: match &g.token {
+                Some(t) => Pool::new(dialer(g)?).with_token(t)?,
+                None => Pool::new(dialer(g)?),
+            },
             ..Default::default()
         },
     )
+}
+
+/// Writes `secret` to a new file at `path`, readable by its owner only (mode 0600, created so:
+/// never readable by others, even for a moment), synced. Refuses to overwrite a file.
+pub(super) fn write_secret(path: &std::path::Path, secret: &str) -> Result<(), Status> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| {
+        Status::failed_precondition(format!(
+            "writing the token to {}: {e} (it was made: revoke it by id if it is lost)",
+            path.display()
+        ))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    f.write_all(format!("{secret}\n").as_bytes())
+        .map_err(fail)?;
+    f.sync_all().map_err(fail)
 }
 
 pub(super) fn consistency(g: &Global) -> i32 {

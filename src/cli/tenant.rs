@@ -32,10 +32,120 @@ pub enum TenantCmd {
     Disable {
         id: String,
     },
-    /// Delete a tenant and all its data.
+    /// Delete a tenant and all its data (its tokens are revoked).
     Delete {
         id: String,
     },
+    /// Bearer tokens: create, revoke, list.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a token, shown this once (or written to `--output-file`, mode 0600). TENANT is
+    /// required for the read, write and admin roles, and omitted for cluster-admin.
+    Create {
+        tenant: Option<String>,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Seconds until it expires (0: never).
+        #[arg(long, default_value_t = 0)]
+        expires_in_secs: u64,
+        #[arg(long)]
+        output_file: Option<std::path::PathBuf>,
+    },
+    /// Revoke a token by its id (16 hex digits, as `list` shows).
+    Revoke { id: String },
+    /// List tokens (a tenant's, or with a cluster-admin token and no TENANT, all).
+    List { tenant: Option<String> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    Read,
+    Write,
+    Admin,
+    ClusterAdmin,
+}
+
+fn token_json(t: &pb::TokenInfo) -> Json {
+    let role = match pb::Role::try_from(t.role) {
+        Ok(pb::Role::Read) => "read",
+        Ok(pb::Role::Write) => "write",
+        Ok(pb::Role::Admin) => "admin",
+        Ok(pb::Role::ClusterAdmin) => "cluster-admin",
+        _ => "unknown",
+    };
+    json!({
+        "id": t.id,
+        "tenant": t.tenant,
+        "role": role,
+        "created_micros": t.created_micros,
+        "expires_micros": t.expires_micros,
+        "last4": t.last4,
+    })
+}
+
+async fn token(g: &Global, c: &crate::client::Client, cmd: TokenCmd) -> Result<Json, Status> {
+    Ok(match cmd {
+        TokenCmd::Create {
+            tenant,
+            role,
+            expires_in_secs,
+            output_file,
+        } => {
+            let role = match role {
+                RoleArg::Read => pb::Role::Read,
+                RoleArg::Write => pb::Role::Write,
+                RoleArg::Admin => pb::Role::Admin,
+                RoleArg::ClusterAdmin => pb::Role::ClusterAdmin,
+            };
+            let r = c
+                .create_token(pb::CreateTokenRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    role: role as i32,
+                    expires_in_seconds: expires_in_secs,
+                })
+                .await?;
+            let mut v = r.info.as_ref().map(token_json).unwrap_or(Json::Null);
+            match &output_file {
+                Some(path) => {
+                    super::write_secret(path, &r.token)?;
+                    v["token_file"] = json!(path.display().to_string());
+                }
+                None => v["token"] = json!(r.token),
+            }
+            v
+        }
+        TokenCmd::Revoke { id } => {
+            c.revoke_token(pb::RevokeTokenRequest { id: id.clone() })
+                .await?;
+            json!({"revoked": id})
+        }
+        TokenCmd::List { tenant } => {
+            let mut all = Vec::new();
+            let mut after = String::new();
+            loop {
+                let page = c
+                    .list_tokens(pb::ListTokensRequest {
+                        tenant: tenant.clone().unwrap_or_default(),
+                        after: after.clone(),
+                        limit: 0,
+                        consistency: consistency(g),
+                    })
+                    .await?;
+                all.extend(page.tokens.iter().map(token_json));
+                if page.next.is_empty() {
+                    break;
+                }
+                after = page.next;
+            }
+            Json::Array(all)
+        }
+    })
 }
 
 #[derive(Args, Debug)]
@@ -130,6 +240,7 @@ pub async fn tenant(g: &Global, cmd: TenantCmd) -> Result<(), Status> {
             .await?;
             json!({"deleted": id})
         }
+        TenantCmd::Token { cmd } => token(g, &c, cmd).await?,
     };
     print(g, v);
     Ok(())

@@ -37,8 +37,12 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::proto::v1::tenant_service_client::TenantServiceClient;
+use crate::proto::v1::token_service_client::TokenServiceClient;
 use crate::transport::check_addr;
-use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, RETRY_PUSHBACK_HEADER};
+use crate::wire::{
+    AUTHORIZATION_HEADER, CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, RETRY_PUSHBACK_HEADER,
+};
+use tonic::service::interceptor::InterceptedService;
 
 mod pool;
 mod stream;
@@ -193,6 +197,15 @@ impl Client {
         })
     }
 
+    /// `msg` as a request with `timeout` and this client's token.
+    fn unary<M>(&self, msg: M, timeout: Duration) -> Request<M> {
+        let mut r = unary(msg, timeout);
+        if let Some(a) = self.options.pool.authorization() {
+            r.metadata_mut().insert(AUTHORIZATION_HEADER, a.clone());
+        }
+        r
+    }
+
     /// The current session's client id.
     pub async fn client_id(&self) -> u64 {
         self.session.lock().await.0
@@ -232,7 +245,7 @@ impl Client {
         let each = self.options.attempt_timeout.min(Duration::from_secs(1));
         for addr in &self.endpoints {
             let Ok(ch) = self.channel(addr) else { continue };
-            let req = unary(pb::StatusRequest {}, each);
+            let req = self.unary(pb::StatusRequest {}, each);
             let answer =
                 tokio::time::timeout(each, ClusterServiceClient::new(ch).status(req)).await;
             if let Ok(Ok(s)) = answer {
@@ -386,7 +399,7 @@ impl Client {
             async move {
                 match stream {
                     Some(s) => s.call(m, timeout).await.map(Response::new),
-                    None => Self::graph(ch).write(unary(m, timeout)).await,
+                    None => Self::graph(ch).write(self.unary(m, timeout)).await,
                 }
             }
         })
@@ -406,7 +419,7 @@ impl Client {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.retry(read_target(consistency), |_, ch, t| {
-            call(ch, unary(msg.clone(), t))
+            call(ch, self.unary(msg.clone(), t))
         })
         .await
     }
@@ -518,14 +531,14 @@ impl Client {
 
     pub async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            Self::tenants(ch).create_tenant(unary(m, t)).await
+            Self::tenants(ch).create_tenant(self.unary(m, t)).await
         })
         .await
     }
 
     pub async fn update_quotas(&self, req: pb::UpdateQuotasRequest) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            Self::tenants(ch).update_quotas(unary(m, t)).await
+            Self::tenants(ch).update_quotas(self.unary(m, t)).await
         })
         .await
     }
@@ -535,7 +548,7 @@ impl Client {
         req: pb::SetTenantConfigRequest,
     ) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            Self::tenants(ch).set_tenant_config(unary(m, t)).await
+            Self::tenants(ch).set_tenant_config(self.unary(m, t)).await
         })
         .await
     }
@@ -545,7 +558,7 @@ impl Client {
         req: pb::SetTenantEnabledRequest,
     ) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            Self::tenants(ch).set_tenant_enabled(unary(m, t)).await
+            Self::tenants(ch).set_tenant_enabled(self.unary(m, t)).await
         })
         .await
     }
@@ -555,7 +568,7 @@ impl Client {
         req: pb::DeleteTenantRequest,
     ) -> Result<pb::DeleteTenantResponse, Status> {
         self.propose(req, |_, ch, m, t| async move {
-            Self::tenants(ch).delete_tenant(unary(m, t)).await
+            Self::tenants(ch).delete_tenant(self.unary(m, t)).await
         })
         .await
     }
@@ -580,7 +593,7 @@ impl Client {
     /// The status of the first endpoint that answers (not necessarily the leader's view).
     pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
         self.retry(Target::Any, |_, ch, t| {
-            let r = unary(pb::StatusRequest {}, t);
+            let r = self.unary(pb::StatusRequest {}, t);
             async move { ClusterServiceClient::new(ch).status(r).await }
         })
         .await
@@ -588,7 +601,7 @@ impl Client {
 
     /// The status of one endpoint, without retries.
     pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse, Status> {
-        let r = unary(pb::StatusRequest {}, self.options.attempt_timeout);
+        let r = self.unary(pb::StatusRequest {}, self.options.attempt_timeout);
         let ch = self.channel(addr)?;
         Ok(ClusterServiceClient::new(ch)
             .status(r)
@@ -597,10 +610,63 @@ impl Client {
             .into_inner())
     }
 
+    /// `ch` with this client's token added to every call.
+    fn authorized(&self, ch: Channel) -> Authorized {
+        InterceptedService::new(ch, Authorize(self.options.pool.authorization().cloned()))
+    }
+
     /// The cluster service of one endpoint, over this client's connection to it (TLS when the
-    /// client's pool speaks it).
-    pub fn cluster_client(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, Status> {
-        Ok(ClusterServiceClient::new(self.channel(addr)?))
+    /// client's pool speaks it), with this client's token.
+    pub fn cluster_client(&self, addr: &str) -> Result<ClusterServiceClient<Authorized>, Status> {
+        Ok(ClusterServiceClient::new(
+            self.authorized(self.channel(addr)?),
+        ))
+    }
+
+    fn tokens(&self, ch: Channel) -> TokenServiceClient<Authorized> {
+        TokenServiceClient::new(self.authorized(ch))
+            .max_decoding_message_size(CLIENT_ANSWER_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX)
+    }
+
+    /// A new token, shown this once. Not deduplicated: a retry after an unknown outcome may
+    /// leave an unused token behind (listed, revocable; its secret was never sent anywhere).
+    pub async fn create_token(
+        &self,
+        req: pb::CreateTokenRequest,
+    ) -> Result<pb::CreateTokenResponse, Status> {
+        self.retry(Target::Leader, |_, ch, t| {
+            let r = unary(req.clone(), t);
+            let mut c = self.tokens(ch);
+            async move { c.create_token(r).await }
+        })
+        .await
+    }
+
+    /// Revokes a token by id (NOT_FOUND if it does not exist, or was revoked by an earlier
+    /// attempt of this call).
+    pub async fn revoke_token(
+        &self,
+        req: pb::RevokeTokenRequest,
+    ) -> Result<pb::RevokeTokenResponse, Status> {
+        self.retry(Target::Leader, |_, ch, t| {
+            let r = unary(req.clone(), t);
+            let mut c = self.tokens(ch);
+            async move { c.revoke_token(r).await }
+        })
+        .await
+    }
+
+    pub async fn list_tokens(
+        &self,
+        req: pb::ListTokensRequest,
+    ) -> Result<pb::ListTokensResponse, Status> {
+        self.retry(read_target(req.consistency), |_, ch, t| {
+            let r = unary(req.clone(), t);
+            let mut c = self.tokens(ch);
+            async move { c.list_tokens(r).await }
+        })
+        .await
     }
 
     /// A cluster-service call, sent to the endpoints in turn with the retries of every call
@@ -608,14 +674,32 @@ impl Client {
     /// adding a present learner, promoting a voter and removing an absent member are no-ops.
     pub async fn cluster<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
-        F: FnMut(ClusterServiceClient<Channel>) -> Fut,
+        F: FnMut(ClusterServiceClient<Authorized>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let mut call = call;
-        self.retry(Target::Any, |_, ch, _t| call(ClusterServiceClient::new(ch)))
-            .await
+        self.retry(Target::Any, |_, ch, _t| {
+            call(ClusterServiceClient::new(self.authorized(ch)))
+        })
+        .await
     }
 }
+
+/// Adds a token to every call made through it (a pool's `authorization`).
+#[derive(Clone, Debug)]
+pub struct Authorize(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Authorize {
+    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(a) = &self.0 {
+            r.metadata_mut().insert(AUTHORIZATION_HEADER, a.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A channel whose calls carry the client's token.
+pub type Authorized = InterceptedService<Channel, Authorize>;
 
 /// Requests that carry a [`pb::RequestId`].
 pub trait WithRequestId {

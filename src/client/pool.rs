@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use super::stream::{Kind, Mux, ReadMux, Reads, WriteMux, Writes};
@@ -19,6 +20,8 @@ type Streams<K> = Arc<Mutex<BTreeMap<String, Arc<Mux<K>>>>>;
 #[derive(Clone, Default)]
 pub struct Pool {
     dialer: Dialer,
+    /// `Bearer <token>`, sent with every call and stream.
+    authorization: Option<AsciiMetadataValue>,
     writes: Streams<Writes>,
     reads: Streams<Reads>,
 }
@@ -27,6 +30,7 @@ impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("dialer", &self.dialer)
+            .field("token", &self.authorization.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -38,6 +42,23 @@ impl Pool {
             dialer,
             ..Pool::default()
         }
+    }
+
+    /// Sends `token` (`authorization: Bearer <token>`) with every call and stream of this pool.
+    /// The streams of a pool are shared by its clients, so a pool has one token.
+    pub fn with_token(mut self, token: &str) -> Result<Pool, tonic::Status> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            tonic::Status::invalid_argument(
+                "invalid argument token: not printable ASCII (a token is rgt_ and hex digits)",
+            )
+        })?;
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    /// The `authorization` value calls of this pool carry.
+    pub(crate) fn authorization(&self) -> Option<&AsciiMetadataValue> {
+        self.authorization.as_ref()
     }
 
     /// The cached channel to `addr`, dialled on first use.
@@ -56,18 +77,23 @@ impl Pool {
     /// The write multiplexer to `addr` over `channel` (this pool's channel to it), opened on
     /// first use and again after its stream ended.
     pub(crate) fn write_stream(&self, addr: &str, channel: Channel) -> Arc<WriteMux> {
-        stream(&self.writes, addr, channel)
+        stream(&self.writes, addr, channel, self.authorization.clone())
     }
 
     /// The read multiplexer to `addr` over `channel`, as [`Pool::write_stream`].
     pub(crate) fn read_stream(&self, addr: &str, channel: Channel) -> Arc<ReadMux> {
-        stream(&self.reads, addr, channel)
+        stream(&self.reads, addr, channel, self.authorization.clone())
     }
 }
 
 /// The multiplexer in `streams` to `addr` over `channel`, opened on first use and again after
 /// its stream ended.
-fn stream<K: Kind>(streams: &Streams<K>, addr: &str, channel: Channel) -> Arc<Mux<K>> {
+fn stream<K: Kind>(
+    streams: &Streams<K>,
+    addr: &str,
+    channel: Channel,
+    authorization: Option<AsciiMetadataValue>,
+) -> Arc<Mux<K>> {
     let mut streams = streams.lock().expect("stream cache");
     if let Some(m) = streams.get(addr)
         && !m.ended()
@@ -77,7 +103,7 @@ fn stream<K: Kind>(streams: &Streams<K>, addr: &str, channel: Channel) -> Arc<Mu
     if streams.len() >= CACHED_MAX {
         streams.clear();
     }
-    let m = Arc::new(Mux::open(addr, channel));
+    let m = Arc::new(Mux::open(addr, channel, authorization));
     streams.insert(addr.to_string(), m.clone());
     m
 }

@@ -18,12 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Request, Status, Streaming};
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::graph_service_client::GraphServiceClient;
 use crate::wire::{
-    CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, PROPOSAL_BYTES_MAX, RETRY_PUSHBACK_HEADER,
+    AUTHORIZATION_HEADER, CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, PROPOSAL_BYTES_MAX,
+    RETRY_PUSHBACK_HEADER,
 };
 
 /// What kind of calls a stream carries: its messages and how to open it.
@@ -38,10 +39,11 @@ pub trait Kind: Send + Sync + 'static {
     const WHAT: &'static str;
     /// What a caller whose stream ended must do.
     const RETRY: &'static str;
-    /// Opens the stream on `client`, sending `calls`.
+    /// Opens the stream on `client`, sending `calls` (the request carries the pool's
+    /// `authorization`).
     fn open(
         client: GraphServiceClient<Channel>,
-        calls: UnboundedReceiverStream<Self::Call>,
+        calls: Request<UnboundedReceiverStream<Self::Call>>,
     ) -> BoxFuture<'static, Result<Streaming<Self::Answer>, Status>>;
     fn call_id(a: &Self::Answer) -> u64;
     /// The answer as the unary call's result.
@@ -64,7 +66,7 @@ impl Kind for Writes {
 
     fn open(
         mut client: GraphServiceClient<Channel>,
-        calls: UnboundedReceiverStream<pb::WriteCall>,
+        calls: Request<UnboundedReceiverStream<pb::WriteCall>>,
     ) -> BoxFuture<'static, Result<Streaming<pb::WriteAnswer>, Status>> {
         Box::pin(async move { client.write_stream(calls).await.map(|r| r.into_inner()) })
     }
@@ -101,7 +103,7 @@ impl Kind for Reads {
 
     fn open(
         mut client: GraphServiceClient<Channel>,
-        calls: UnboundedReceiverStream<pb::ReadCall>,
+        calls: Request<UnboundedReceiverStream<pb::ReadCall>>,
     ) -> BoxFuture<'static, Result<Streaming<pb::ReadAnswer>, Status>> {
         Box::pin(async move { client.read_stream(calls).await.map(|r| r.into_inner()) })
     }
@@ -185,13 +187,17 @@ fn timeout_ms(timeout: Duration) -> u64 {
 impl<K: Kind> Mux<K> {
     /// Opens a stream on `channel` (to `addr`, for messages); calls may be sent at once, they
     /// queue until the stream is up.
-    pub fn open(addr: &str, channel: Channel) -> Mux<K> {
+    pub fn open(
+        addr: &str,
+        channel: Channel,
+        authorization: Option<tonic::metadata::AsciiMetadataValue>,
+    ) -> Mux<K> {
         let (send, queued) = mpsc::unbounded_channel();
         let calls = Arc::new(Mutex::new(Calls::default()));
         tokio::spawn(read_answers::<K>(
             addr.to_string(),
             channel,
-            UnboundedReceiverStream::new(queued),
+            stream_request(UnboundedReceiverStream::new(queued), authorization),
             calls.clone(),
         ));
         Mux {
@@ -279,12 +285,24 @@ impl Mux<Reads> {
     }
 }
 
+/// The request that opens a stream of `calls`, with `authorization` when given.
+fn stream_request<C>(
+    calls: UnboundedReceiverStream<C>,
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+) -> Request<UnboundedReceiverStream<C>> {
+    let mut r = Request::new(calls);
+    if let Some(a) = authorization {
+        r.metadata_mut().insert(AUTHORIZATION_HEADER, a);
+    }
+    r
+}
+
 /// The stream's reader: opens it, hands out answers until it ends, then fails every waiting
 /// call and refuses new ones.
 async fn read_answers<K: Kind>(
     addr: String,
     channel: Channel,
-    queued: UnboundedReceiverStream<K::Call>,
+    queued: Request<UnboundedReceiverStream<K::Call>>,
     calls: Arc<Mutex<Calls<K>>>,
 ) {
     let client = GraphServiceClient::new(channel)
@@ -344,7 +362,7 @@ mod tests {
     async fn a_write_over_the_message_limit_is_refused_without_touching_the_stream() {
         // Never connects: the call must be refused before anything is sent.
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        let mux = WriteMux::open("127.0.0.1:9", channel);
+        let mux = WriteMux::open("127.0.0.1:9", channel, None);
         let big = pb::WriteRequest {
             tenant: "t".into(),
             operations: vec![pb::Operation {

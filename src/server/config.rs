@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::PROPOSAL_BYTES_IN_FLIGHT_DEFAULT;
+use crate::auth::AuthMode;
 use crate::state_machine::StateMachineConfig;
 use crate::tls::{CertFiles, check_nameable};
 use crate::transport::check_addr;
@@ -55,6 +56,11 @@ pub struct ServerConfig {
     /// experiments only; logged as a warning at start). The peer listener always uses TLS.
     #[serde(default)]
     pub tls: TlsMode,
+    /// Authentication on the client listener: `on` (the default: every call needs a bearer
+    /// token or a member's certificate) or `off` (every caller may do everything; for local
+    /// experiments only, logged as a warning at start).
+    #[serde(default)]
+    pub auth: AuthMode,
     /// The cluster's CA certificate and this member's certificate and key (`raftgraph certs`
     /// writes them). Required by a server that listens on TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,6 +243,7 @@ impl ServerConfig {
             peer_listen,
             peer_advertise: None,
             tls: TlsMode::On,
+            auth: AuthMode::On,
             certs: None,
             data_dir: data_dir.into(),
             raft: RaftSection::default(),

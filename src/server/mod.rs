@@ -41,11 +41,15 @@ pub use self::config::{
 };
 pub use self::data_dir::{DATA_FORMAT, DataDir, DataDirError, Identity};
 pub use self::io::ApiIo;
-use crate::api::{Admission, Clock, ClusterApi, GraphApi, Paced, Router, TenantApi};
+use crate::api::{
+    Admission, Auth, Clock, ClusterApi, GraphApi, Paced, Random, Router, TenantApi, TokenApi,
+    Tokens,
+};
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::graph_service_server::GraphServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
+use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::state_machine::Raft;
 use crate::state_machine::{Blocking, GraphReader, StateMachine};
 use crate::tls::TlsSource;
@@ -55,9 +59,10 @@ use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX};
 
 /// The services a server reports in the health service (besides "" for the whole server).
 /// The Raft service is served on the peer listener only, and has no health entry.
-pub const SERVICES: [&str; 3] = [
+pub const SERVICES: [&str; 4] = [
     "raftgraph.v1.GraphService",
     "raftgraph.v1.TenantService",
+    "raftgraph.v1.TokenService",
     "raftgraph.v1.ClusterService",
 ];
 
@@ -139,6 +144,8 @@ pub struct ServerEnv {
     pub tls: Option<Arc<TlsSource>>,
     /// Seeds openraft's randomness (election timeouts); `None`: the OS generator.
     pub seed: Option<u64>,
+    /// Where tokens' random bits come from.
+    pub random: Random,
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted: PlantedBugs,
@@ -157,6 +164,7 @@ impl ServerEnv {
             peer_dialer: Dialer::default(),
             tls: None,
             seed: None,
+            random: crate::api::os_random(),
             #[cfg(feature = "testing")]
             planted: PlantedBugs::default(),
         }
@@ -616,7 +624,19 @@ async fn services(
         config.server.proposals_in_flight_max,
         config.server.proposal_bytes_in_flight_max,
     );
+    let auth = Auth::new(
+        reader.clone(),
+        env.clock.clone(),
+        config.auth,
+        &config.cluster_id,
+    );
+    let tokens = Tokens {
+        raft: raft.clone(),
+        clock: env.clock.clone(),
+        random: env.random.clone(),
+    };
     let graph = GraphApi::new(raft.clone(), reader.clone(), env.clock.clone())
+        .with_auth(auth.clone())
         .with_admission(admission.clone())
         .with_router(router.clone());
     let batch_stats = graph.batch_stats().clone();
@@ -625,6 +645,14 @@ async fn services(
         .max_encoding_message_size(CLIENT_ANSWER_BYTES_MAX);
     let tenants = TenantServiceServer::new(
         TenantApi::new(raft.clone(), reader.clone(), env.clock.clone())
+            .with_auth(auth.clone())
+            .with_admission(admission.clone())
+            .with_router(router.clone()),
+    )
+    .max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX)
+    .max_encoding_message_size(CLIENT_ANSWER_BYTES_MAX);
+    let token_service = TokenServiceServer::new(
+        TokenApi::new(tokens.clone(), reader.clone(), auth.clone())
             .with_admission(admission)
             .with_router(router.clone()),
     )
@@ -633,6 +661,8 @@ async fn services(
     let snapshot_refused = Arc::new(std::sync::Mutex::new(None));
     let cluster = ClusterServiceServer::new(
         ClusterApi::new(raft.clone(), config.cluster_id.clone())
+            .with_auth(auth, tokens)
+            .with_init_certificate(config.tls == TlsMode::On)
             .with_addresses(config.member())
             .with_snapshot_refusals(snapshot_refused.clone())
             .with_router(router)
@@ -664,6 +694,7 @@ async fn services(
         // Their answers leave in pieces, large ones counted until they have left (`Paced`).
         .add_service(Paced(graph))
         .add_service(Paced(tenants))
+        .add_service(Paced(token_service))
         .add_service(cluster);
     let peer = builder()
         .max_concurrent_streams(Some(PEER_STREAMS_PER_CONNECTION_MAX))

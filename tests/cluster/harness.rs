@@ -197,6 +197,8 @@ impl Cluster {
             &self.dir.path().join(id.to_string()),
         );
         config.tls = TlsMode::Off;
+        // These tests are of replication, not of who may call (tests/auth.rs is).
+        config.auth = raftgraph::auth::AuthMode::Off;
         config.certs = Some(self.ca.member(id));
         config.raft.heartbeat_ms = self.timing.heartbeat_ms;
         config.raft.election_timeout_min_ms = self.timing.election_min_ms;

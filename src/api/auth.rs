@@ -1,0 +1,278 @@
+//! Authentication and authorization at the edge: every graph, tenant, token and cluster call
+//! starts here (the standard health service and server reflection are open).
+//!
+//! **Who.** [`Auth::caller`] takes the bearer token (`authorization: Bearer <token>`), looks its
+//! id up in the replicated token records of this member's state machine and compares hashes in
+//! constant time; without a token, a client certificate from the cluster's CA that names a
+//! member of this cluster makes the caller a cluster administrator (see [`crate::auth`]).
+//! UNAUTHENTICATED for a missing, malformed, unknown, revoked or expired token. A stream's
+//! token is checked again before each of its calls ([`Auth::recheck`]), so a revoked token
+//! stops a stream that is already open at its next call.
+//!
+//! **What.** [`need_tenant`] and [`need_cluster_admin`] answer PERMISSION_DENIED from the
+//! principal alone, before anything is read: the answer for another tenant is the same whether
+//! it exists or not, in code, message and the work done.
+//!
+//! **Forwards.** A follower passes the caller's `authorization` on with a call it forwards; the
+//! leader checks it again. A call authenticated by a member's certificate is forwarded under the
+//! forwarding member's own certificate, the same scope.
+//!
+//! **Audit.** [`audit`] logs every admin action (tenant lifecycle, quotas, configs, tokens,
+//! membership) with the principal, the action and the outcome, at target `raftgraph::audit`.
+//! Tokens never appear: principals are shown by token id.
+
+use std::sync::Arc;
+
+use tonic::metadata::AsciiMetadataValue;
+use tonic::{Request, Status};
+
+use super::graph::Clock;
+use crate::auth::{AuthMode, Credential, Principal, Role, Scope, Token, id_hex};
+use crate::state_machine::GraphReader;
+use crate::tls::ConnInfo;
+use crate::wire::AUTHORIZATION_HEADER;
+
+/// Fills a buffer with random bytes: tokens are made from it. Injected (the simulation supplies
+/// a seeded one).
+pub type Random = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
+
+/// The operating system's generator.
+pub fn os_random() -> Random {
+    Arc::new(|buf: &mut [u8]| {
+        use rand::TryRngCore;
+        rand::rngs::OsRng
+            .try_fill_bytes(buf)
+            .expect("the operating system's random generator failed");
+    })
+}
+
+/// Who made a call, and what to check again before each call of its stream.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    token: Option<Token>,
+    /// The `authorization` value received, passed on when the call is forwarded.
+    pub header: Option<AsciiMetadataValue>,
+}
+
+/// The client listener's authenticator (cheap to clone).
+#[derive(Clone)]
+pub struct Auth {
+    reader: GraphReader,
+    clock: Clock,
+    mode: AuthMode,
+    cluster_id: Arc<str>,
+}
+
+fn unauthenticated(why: impl std::fmt::Display) -> Status {
+    Status::unauthenticated(format!("unauthenticated: {why}"))
+}
+
+/// The header value as a token: `Bearer <token>` (the scheme in any case, RFC 6750).
+fn bearer(v: &AsciiMetadataValue) -> Result<Token, Status> {
+    let v = v
+        .to_str()
+        .map_err(|_| unauthenticated("the authorization header is not visible ASCII"))?;
+    let token = match v.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => {
+            return Err(unauthenticated(
+                "the authorization header must be `Bearer <token>`",
+            ));
+        }
+    };
+    Token::parse(token).map_err(unauthenticated)
+}
+
+impl Auth {
+    pub fn new(reader: GraphReader, clock: Clock, mode: AuthMode, cluster_id: &str) -> Auth {
+        if mode == AuthMode::Off {
+            tracing::warn!(
+                "auth = \"off\": every caller that reaches the client listener may read, write \
+                 and administer everything. For local experiments only."
+            );
+        }
+        Auth {
+            reader,
+            clock,
+            mode,
+            cluster_id: cluster_id.into(),
+        }
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Who made `request`: see the module docs.
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request.metadata().get(AUTHORIZATION_HEADER).cloned();
+        if self.mode == AuthMode::Off {
+            return Ok(Caller {
+                principal: Principal {
+                    scope: Scope::Cluster,
+                    via: Credential::Open,
+                },
+                token: None,
+                header,
+            });
+        }
+        if let Some(v) = header {
+            let token = bearer(&v)?;
+            let principal = self.check(&token)?;
+            return Ok(Caller {
+                principal,
+                token: Some(token),
+                header: Some(v),
+            });
+        }
+        match self.member_of(request) {
+            Some(id) => Ok(Caller {
+                principal: Principal {
+                    scope: Scope::Cluster,
+                    via: Credential::Member(id),
+                },
+                token: None,
+                header: None,
+            }),
+            None => Err(unauthenticated(
+                "no credentials: send `authorization: Bearer <token>` (raftgraph --token or \
+                 RAFTGRAPH_TOKEN)",
+            )),
+        }
+    }
+
+    /// The member of this cluster the caller's verified certificate names, if any.
+    pub fn member_of<T>(&self, request: &Request<T>) -> Option<u64> {
+        let info = request.extensions().get::<ConnInfo>()?;
+        match &info.member {
+            Some((cluster, id)) if **cluster == *self.cluster_id => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// Checks a stream's caller again before one of its calls: a token revoked or expired since
+    /// the stream opened is refused.
+    pub fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        match (&caller.token, self.mode) {
+            (Some(t), AuthMode::On) => self.check(t).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    fn check(&self, token: &Token) -> Result<Principal, Status> {
+        let record = self
+            .reader
+            .token(token.id)
+            .map_err(|e| Status::unavailable(format!("checking the token failed ({e}); retry")))?;
+        // Unknown, revoked and wrong-secret tokens get one answer.
+        let Some(record) = record.filter(|r| r.matches(token)) else {
+            return Err(unauthenticated(format!(
+                "token {} is unknown or revoked",
+                id_hex(token.id)
+            )));
+        };
+        if record.expired((self.clock)()) {
+            return Err(unauthenticated(format!(
+                "token {} expired (at {} µs since the Unix epoch); ask for a new one",
+                id_hex(token.id),
+                record.expires_micros.unwrap_or_default()
+            )));
+        }
+        Ok(Principal {
+            scope: record.scope,
+            via: Credential::Token(record.id),
+        })
+    }
+}
+
+/// A name from the request, cut for a message (tenant ids are validated later, if at all).
+fn shown(name: &str) -> &str {
+    match name.char_indices().nth(64) {
+        Some((i, _)) => &name[..i],
+        None => name,
+    }
+}
+
+/// Refuses unless the caller may act on `tenant` as `role`.
+pub fn need_tenant(caller: &Caller, tenant: &str, role: Role) -> Result<(), Status> {
+    if caller.principal.may(tenant, role) {
+        return Ok(());
+    }
+    let verb = match role {
+        Role::Read => "read",
+        Role::Write => "write to",
+        Role::Admin => "administer",
+    };
+    Err(Status::permission_denied(format!(
+        "permission denied: {} may not {verb} tenant {:?}",
+        caller.principal,
+        shown(tenant)
+    )))
+}
+
+/// Refuses unless the caller is a cluster administrator.
+pub fn need_cluster_admin(caller: &Caller, what: &str) -> Result<(), Status> {
+    if caller.principal.is_cluster_admin() {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "permission denied: {} may not {what}; that needs a cluster-admin token",
+        caller.principal
+    )))
+}
+
+/// Logs an admin action with its principal and outcome (never a token).
+pub fn audit<T>(caller: &Caller, action: &str, outcome: &Result<T, Status>) {
+    match outcome {
+        Ok(_) => tracing::info!(
+            target: "raftgraph::audit",
+            principal = %caller.principal,
+            action,
+            outcome = "ok",
+            "admin action"
+        ),
+        Err(s) => tracing::info!(
+            target: "raftgraph::audit",
+            principal = %caller.principal,
+            action,
+            outcome = %s.code(),
+            reason = s.message(),
+            "admin action"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_required_and_matched_in_any_case() {
+        let t = Token::generate(&|b: &mut [u8]| b.fill(7)).expose();
+        for ok in [
+            format!("Bearer {t}"),
+            format!("bearer {t}"),
+            format!("BEARER  {t}"),
+        ] {
+            assert!(bearer(&ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for bad in [
+            t.clone(),
+            format!("Basic {t}"),
+            "Bearer".into(),
+            "Bearer x".into(),
+        ] {
+            let s = bearer(&bad.parse().unwrap()).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{bad}");
+            assert!(!s.message().contains(&t[21..]), "{}", s.message());
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut_in_messages() {
+        let long = "é".repeat(100);
+        assert_eq!(shown(&long).chars().count(), 64);
+        assert_eq!(shown("abc"), "abc");
+    }
+}

@@ -1,0 +1,1022 @@
+//! Who may call what, tried from the caller's side: three in-process servers with TLS on both
+//! listeners and authentication on, every call sent to a follower (so writes, admin calls and
+//! forwards carry the token on to the leader).
+//!
+//! - Every RPC and every stream call kind × {no credentials, a malformed token, an unknown one,
+//!   a revoked one, an expired one, another tenant's admin token, a `read`, `write` and `admin`
+//!   token of the tenant named, a cluster-admin token, a member's certificate} answers the code
+//!   the credentials deserve, never INTERNAL.
+//! - A tenant token's answers about another tenant are byte-identical whether that tenant
+//!   exists or not.
+//! - A token revoked while its stream is open is refused at the stream's next call.
+//! - `cluster init` needs a member's certificate; no token's secret reaches the data
+//!   directories (WAL segments, RocksDB files).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use raftgraph::proto::v1 as pb;
+use raftgraph::proto::v1::cluster_service_client::ClusterServiceClient;
+use raftgraph::proto::v1::graph_service_client::GraphServiceClient;
+use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
+use raftgraph::proto::v1::token_service_client::TokenServiceClient;
+use raftgraph::server::{Listeners, Server, ServerConfig};
+use raftgraph::transport::Dialer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+mod helpers;
+use helpers::certs::TestCa;
+
+const CLUSTER: &str = "auth";
+const WAIT: Duration = Duration::from_secs(60);
+/// One hour: the expiring token's lifetime. The servers' clock is moved past it.
+const EXPIRES_IN: u64 = 3600;
+
+/// The servers' clock: the system's plus an offset the test moves.
+fn clock(offset: Arc<AtomicI64>) -> raftgraph::api::Clock {
+    let system = raftgraph::server::system_clock();
+    Arc::new(move || system() + offset.load(Ordering::SeqCst))
+}
+
+async fn start(ca: &TestCa, id: u64, dir: &Path, offset: Arc<AtomicI64>) -> Server {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,raftgraph=debug")
+        .with_test_writer()
+        .try_init();
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = ServerConfig::new(
+        CLUSTER,
+        id,
+        api.local_addr().unwrap(),
+        peer.local_addr().unwrap(),
+        &dir.join(id.to_string()),
+    );
+    assert_eq!(c.auth, raftgraph::auth::AuthMode::On, "on by default");
+    c.certs = Some(ca.member(id));
+    c.raft.heartbeat_ms = 100;
+    c.raft.election_timeout_min_ms = 1000;
+    c.raft.election_timeout_max_ms = 2000;
+    c.storage.write_buffer_bytes = 8 << 20;
+    c.storage.block_cache_bytes = 8 << 20;
+    c.storage.wal_segment_bytes = 8 << 20;
+    Server::start_with_clock(c, Listeners { api, peer }, clock(offset))
+        .await
+        .unwrap()
+}
+
+/// What a call is sent with.
+#[derive(Clone, Debug)]
+enum Cred {
+    Nothing,
+    /// The `authorization` header's value.
+    Header(String),
+    /// Member 1's certificate, no header.
+    Member,
+}
+
+fn bearer(token: &str) -> Cred {
+    Cred::Header(format!("Bearer {token}"))
+}
+
+/// Every RPC, and every kind of stream call, naming tenant `a` where it names one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Call {
+    Write,
+    WriteStream,
+    GetNode,
+    GetEdge,
+    Neighbors,
+    NodesByLabel,
+    Scan,
+    ReadStreamGetNode,
+    ReadStreamGetEdge,
+    ReadStreamNeighbors,
+    ReadStreamNodesByLabel,
+    GetTenant,
+    ListTenants,
+    CreateTenant,
+    UpdateQuotas,
+    SetTenantConfig,
+    SetTenantEnabled,
+    DeleteTenant,
+    CreateTenantToken,
+    CreateClusterToken,
+    ListTenantTokens,
+    ListAllTokens,
+    RevokeTenantToken,
+    Init,
+    AddLearner,
+    Promote,
+    Remove,
+    TransferLeadership,
+    TriggerSnapshot,
+    Status,
+}
+
+const CALLS: [Call; 30] = [
+    Call::Write,
+    Call::WriteStream,
+    Call::GetNode,
+    Call::GetEdge,
+    Call::Neighbors,
+    Call::NodesByLabel,
+    Call::Scan,
+    Call::ReadStreamGetNode,
+    Call::ReadStreamGetEdge,
+    Call::ReadStreamNeighbors,
+    Call::ReadStreamNodesByLabel,
+    Call::GetTenant,
+    Call::ListTenants,
+    Call::CreateTenant,
+    Call::UpdateQuotas,
+    Call::SetTenantConfig,
+    Call::SetTenantEnabled,
+    Call::DeleteTenant,
+    Call::CreateTenantToken,
+    Call::CreateClusterToken,
+    Call::ListTenantTokens,
+    Call::ListAllTokens,
+    Call::RevokeTenantToken,
+    Call::Init,
+    Call::AddLearner,
+    Call::Promote,
+    Call::Remove,
+    Call::TransferLeadership,
+    Call::TriggerSnapshot,
+    Call::Status,
+];
+
+/// What a call needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Needs {
+    Read,
+    Write,
+    TenantAdmin,
+    ClusterAdmin,
+    /// Any authenticated caller.
+    Anyone,
+    /// A tenant admin (of its own tenant, the one an empty name means) or a cluster admin.
+    AnyAdmin,
+    /// Open to callers without credentials too (a sent token must be valid).
+    Open,
+    /// A member's certificate.
+    MemberCertificate,
+}
+
+fn needs(c: Call) -> Needs {
+    use Call::*;
+    match c {
+        Write | WriteStream => Needs::Write,
+        GetNode
+        | GetEdge
+        | Neighbors
+        | NodesByLabel
+        | Scan
+        | ReadStreamGetNode
+        | ReadStreamGetEdge
+        | ReadStreamNeighbors
+        | ReadStreamNodesByLabel
+        | GetTenant => Needs::Read,
+        ListTenants => Needs::Anyone,
+        CreateTenantToken | ListTenantTokens | RevokeTenantToken => Needs::TenantAdmin,
+        // An empty tenant lists every token for a cluster admin, its own tenant's for a
+        // tenant admin.
+        ListAllTokens => Needs::AnyAdmin,
+        CreateTenant | UpdateQuotas | SetTenantConfig | SetTenantEnabled | DeleteTenant
+        | CreateClusterToken | AddLearner | Promote | Remove | TransferLeadership
+        | TriggerSnapshot => Needs::ClusterAdmin,
+        Init => Needs::MemberCertificate,
+        Status => Needs::Open,
+    }
+}
+
+/// Who holds a credential, for the expectations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    Nobody,
+    Invalid,
+    OtherTenantAdmin,
+    Read,
+    Write,
+    TenantAdmin,
+    ClusterAdmin,
+    Member,
+}
+
+/// What a call answers, in classes: refused as unauthenticated, refused as not permitted,
+/// exactly `NotFound` (another tenant's token id), or let through (any other code: the call
+/// was judged on its merits, e.g. NOT_FOUND for a node that does not exist).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Unauthenticated,
+    Denied,
+    NotFound,
+    Through,
+}
+
+fn expected(h: Holder, c: Call) -> Answer {
+    use Answer::*;
+    let n = needs(c);
+    match (h, n) {
+        (Holder::Invalid, _) => Unauthenticated,
+        (Holder::Nobody, Needs::Open) => Through,
+        (Holder::Nobody, _) => Unauthenticated,
+        (Holder::Member, Needs::MemberCertificate) => Through,
+        (_, Needs::MemberCertificate) => Unauthenticated,
+        (_, Needs::Open | Needs::Anyone) => Through,
+        (Holder::OtherTenantAdmin | Holder::TenantAdmin, Needs::AnyAdmin) => Through,
+        (Holder::ClusterAdmin | Holder::Member, _) => Through,
+        // Another tenant's token id: refused as if it did not exist (no oracle).
+        (Holder::OtherTenantAdmin, _) if c == Call::RevokeTenantToken => NotFound,
+        (Holder::OtherTenantAdmin, _) => Denied,
+        (Holder::Read, Needs::Read) => Through,
+        (Holder::Write, Needs::Read | Needs::Write) => Through,
+        (Holder::TenantAdmin, Needs::Read | Needs::Write | Needs::TenantAdmin) => Through,
+        _ => Denied,
+    }
+}
+
+fn classify(code: Code) -> Answer {
+    match code {
+        Code::Unauthenticated => Answer::Unauthenticated,
+        Code::PermissionDenied => Answer::Denied,
+        Code::Internal => panic!("INTERNAL is never an answer to credentials"),
+        _ => Answer::Through,
+    }
+}
+
+fn fits(want: Answer, got: Code) -> bool {
+    match want {
+        Answer::NotFound => got == Code::NotFound,
+        _ => classify(got) == want,
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    servers: Vec<Server>,
+    offset: Arc<AtomicI64>,
+    /// Trusts the CA, presents nothing.
+    plain: Dialer,
+    /// Presents member 1's certificate.
+    member: Dialer,
+    ids: AtomicU64,
+}
+
+impl Env {
+    fn addr(&self, id: u64) -> String {
+        self.servers[(id - 1) as usize].local_addr().to_string()
+    }
+
+    fn channel(&self, id: u64, cred: &Cred) -> Channel {
+        let d = match cred {
+            Cred::Member => &self.member,
+            _ => &self.plain,
+        };
+        d.channel(&self.addr(id)).unwrap()
+    }
+
+    fn request_id(&self) -> Option<pb::RequestId> {
+        Some(pb::RequestId {
+            client_id: self.ids.fetch_add(1, Ordering::SeqCst),
+            sequence: 1,
+        })
+    }
+
+    /// Every member has applied what the leader has.
+    async fn converged(&self) {
+        let leader = self.leader().await;
+        let index = self.servers[(leader - 1) as usize]
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index);
+        for s in &self.servers {
+            s.raft()
+                .wait(Some(WAIT))
+                .applied_index_at_least(Some(index), "converged")
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn leader(&self) -> u64 {
+        let m = self.servers[0]
+            .raft()
+            .wait(Some(WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .unwrap();
+        m.current_leader.unwrap()
+    }
+
+    /// A member that does not lead.
+    async fn follower(&self) -> u64 {
+        let l = self.leader().await;
+        if l == 1 { 2 } else { 1 }
+    }
+}
+
+fn req<T>(cred: &Cred, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(Duration::from_secs(20));
+    if let Cred::Header(h) = cred {
+        r.metadata_mut().insert("authorization", h.parse().unwrap());
+    }
+    r
+}
+
+fn code<T>(r: Result<T, tonic::Status>) -> (Code, String) {
+    match r {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+fn create_node(tenant: &str) -> Vec<pb::Operation> {
+    let _ = tenant;
+    vec![pb::Operation {
+        op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+            labels: vec!["L".into()],
+            properties: Default::default(),
+        })),
+    }]
+}
+
+/// One read-stream call on a stream of its own: the stream's refusal or the call's answer.
+async fn read_stream(ch: Channel, cred: &Cred, read: pb::read_call::Read) -> (Code, String) {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::ReadCall {
+        call_id: 1,
+        timeout_ms: 20_000,
+        read: Some(read),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let mut answers = match GraphServiceClient::new(ch)
+        .read_stream(req(cred, ReceiverStream::new(rx)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (s.code(), s.message().to_string()),
+    };
+    match answers.message().await {
+        Ok(Some(pb::ReadAnswer {
+            result: Some(pb::read_answer::Result::Error(e)),
+            ..
+        })) => (Code::from(e.code), e.message),
+        Ok(Some(_)) => (Code::Ok, String::new()),
+        Ok(None) => panic!("read stream closed without an answer"),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+/// One write-stream call on a stream of its own.
+async fn write_stream(ch: Channel, cred: &Cred, write: pb::WriteRequest) -> (Code, String) {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::WriteCall {
+        call_id: 1,
+        timeout_ms: 20_000,
+        write: Some(write),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let mut answers = match GraphServiceClient::new(ch)
+        .write_stream(req(cred, ReceiverStream::new(rx)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (s.code(), s.message().to_string()),
+    };
+    match answers.message().await {
+        Ok(Some(pb::WriteAnswer { error: Some(e), .. })) => (Code::from(e.code), e.message),
+        Ok(Some(_)) => (Code::Ok, String::new()),
+        Ok(None) => panic!("write stream closed without an answer"),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+/// Sends `call` naming `tenant` to member `to` with `cred`; `revoke` is the token id a
+/// revoke names.
+async fn send(
+    env: &Env,
+    to: u64,
+    cred: &Cred,
+    call: Call,
+    tenant: &str,
+    revoke: &str,
+) -> (Code, String) {
+    use pb::read_call::Read;
+    let ch = env.channel(to, cred);
+    let t = tenant.to_string();
+    let lin = pb::Consistency::Linearizable as i32;
+    let write = || pb::WriteRequest {
+        tenant: t.clone(),
+        request_id: env.request_id(),
+        preconditions: vec![],
+        operations: create_node(tenant),
+    };
+    let mut graph = GraphServiceClient::new(ch.clone());
+    let mut tenants = TenantServiceClient::new(ch.clone());
+    let mut tokens = TokenServiceClient::new(ch.clone());
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+    match call {
+        Call::Write => code(graph.write(req(cred, write())).await),
+        Call::WriteStream => write_stream(ch, cred, write()).await,
+        Call::GetNode => code(
+            graph
+                .get_node(req(
+                    cred,
+                    pb::GetNodeRequest {
+                        tenant: t,
+                        id: 1,
+                        consistency: lin,
+                    },
+                ))
+                .await,
+        ),
+        Call::GetEdge => code(
+            graph
+                .get_edge(req(
+                    cred,
+                    pb::GetEdgeRequest {
+                        tenant: t,
+                        id: 1,
+                        consistency: lin,
+                    },
+                ))
+                .await,
+        ),
+        Call::Neighbors => code(
+            graph
+                .neighbors(req(
+                    cred,
+                    pb::NeighborsRequest {
+                        tenant: t,
+                        node: 1,
+                        ..Default::default()
+                    },
+                ))
+                .await,
+        ),
+        Call::NodesByLabel => code(
+            graph
+                .nodes_by_label(req(
+                    cred,
+                    pb::NodesByLabelRequest {
+                        tenant: t,
+                        label: "L".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await,
+        ),
+        Call::Scan => match graph
+            .scan(req(
+                cred,
+                pb::ScanRequest {
+                    tenant: t,
+                    ..Default::default()
+                },
+            ))
+            .await
+        {
+            Err(s) => (s.code(), s.message().to_string()),
+            Ok(r) => {
+                let mut items = r.into_inner();
+                match items.message().await {
+                    Ok(_) => (Code::Ok, String::new()),
+                    Err(s) => (s.code(), s.message().to_string()),
+                }
+            }
+        },
+        Call::ReadStreamGetNode => {
+            let m = pb::GetNodeRequest {
+                tenant: t,
+                id: 1,
+                consistency: lin,
+            };
+            read_stream(ch, cred, Read::GetNode(m)).await
+        }
+        Call::ReadStreamGetEdge => {
+            let m = pb::GetEdgeRequest {
+                tenant: t,
+                id: 1,
+                consistency: lin,
+            };
+            read_stream(ch, cred, Read::GetEdge(m)).await
+        }
+        Call::ReadStreamNeighbors => {
+            let m = pb::NeighborsRequest {
+                tenant: t,
+                node: 1,
+                ..Default::default()
+            };
+            read_stream(ch, cred, Read::Neighbors(m)).await
+        }
+        Call::ReadStreamNodesByLabel => {
+            let m = pb::NodesByLabelRequest {
+                tenant: t,
+                label: "L".into(),
+                ..Default::default()
+            };
+            read_stream(ch, cred, Read::NodesByLabel(m)).await
+        }
+        Call::GetTenant => code(
+            tenants
+                .get_tenant(req(
+                    cred,
+                    pb::GetTenantRequest {
+                        id: t,
+                        consistency: lin,
+                    },
+                ))
+                .await,
+        ),
+        Call::ListTenants => code(
+            tenants
+                .list_tenants(req(cred, pb::ListTenantsRequest::default()))
+                .await,
+        ),
+        Call::CreateTenant => code(
+            tenants
+                .create_tenant(req(
+                    cred,
+                    pb::CreateTenantRequest {
+                        request_id: env.request_id(),
+                        id: t,
+                        ..Default::default()
+                    },
+                ))
+                .await,
+        ),
+        Call::UpdateQuotas => code(
+            tenants
+                .update_quotas(req(
+                    cred,
+                    pb::UpdateQuotasRequest {
+                        request_id: env.request_id(),
+                        id: t,
+                        quotas: Some(pb::Quotas::default()),
+                    },
+                ))
+                .await,
+        ),
+        Call::SetTenantConfig => code(
+            tenants
+                .set_tenant_config(req(
+                    cred,
+                    pb::SetTenantConfigRequest {
+                        request_id: env.request_id(),
+                        id: t,
+                        config: Some(pb::TenantConfig::default()),
+                    },
+                ))
+                .await,
+        ),
+        Call::SetTenantEnabled => code(
+            tenants
+                .set_tenant_enabled(req(
+                    cred,
+                    pb::SetTenantEnabledRequest {
+                        request_id: env.request_id(),
+                        id: t,
+                        enabled: true,
+                    },
+                ))
+                .await,
+        ),
+        Call::DeleteTenant => code(
+            tenants
+                .delete_tenant(req(
+                    cred,
+                    pb::DeleteTenantRequest {
+                        request_id: env.request_id(),
+                        // Never the tenant under test: a cluster admin's delete goes through.
+                        id: "gone".into(),
+                    },
+                ))
+                .await,
+        ),
+        Call::CreateTenantToken => code(
+            tokens
+                .create_token(req(
+                    cred,
+                    pb::CreateTokenRequest {
+                        tenant: t,
+                        role: pb::Role::Read as i32,
+                        expires_in_seconds: 0,
+                    },
+                ))
+                .await,
+        ),
+        Call::CreateClusterToken => code(
+            tokens
+                .create_token(req(
+                    cred,
+                    pb::CreateTokenRequest {
+                        tenant: String::new(),
+                        role: pb::Role::ClusterAdmin as i32,
+                        expires_in_seconds: 0,
+                    },
+                ))
+                .await,
+        ),
+        Call::ListTenantTokens => code(
+            tokens
+                .list_tokens(req(
+                    cred,
+                    pb::ListTokensRequest {
+                        tenant: t,
+                        ..Default::default()
+                    },
+                ))
+                .await,
+        ),
+        Call::ListAllTokens => code(
+            tokens
+                .list_tokens(req(cred, pb::ListTokensRequest::default()))
+                .await,
+        ),
+        Call::RevokeTenantToken => code(
+            tokens
+                .revoke_token(req(cred, pb::RevokeTokenRequest { id: revoke.into() }))
+                .await,
+        ),
+        Call::Init => code(
+            cluster
+                .init(req(cred, pb::InitRequest { members: vec![] }))
+                .await,
+        ),
+        Call::AddLearner => code(
+            cluster
+                .add_learner(req(
+                    cred,
+                    pb::AddLearnerRequest {
+                        member: Some(pb::Member::default()),
+                        wait: false,
+                    },
+                ))
+                .await,
+        ),
+        Call::Promote => code(
+            cluster
+                .promote(req(cred, pb::PromoteRequest { ids: vec![9] }))
+                .await,
+        ),
+        Call::Remove => code(
+            cluster
+                .remove(req(cred, pb::RemoveRequest { ids: vec![9] }))
+                .await,
+        ),
+        Call::TransferLeadership => code(
+            cluster
+                .transfer_leadership(req(cred, pb::TransferLeadershipRequest { to: 9 }))
+                .await,
+        ),
+        Call::TriggerSnapshot => code(
+            cluster
+                .trigger_snapshot(req(cred, pb::TriggerSnapshotRequest {}))
+                .await,
+        ),
+        Call::Status => code(cluster.status(req(cred, pb::StatusRequest {})).await),
+    }
+}
+
+/// A token made with `admin`'s credentials, through member `to`.
+async fn make_token(
+    env: &Env,
+    to: u64,
+    admin: &Cred,
+    tenant: &str,
+    role: pb::Role,
+    expires: u64,
+) -> pb::CreateTokenResponse {
+    TokenServiceClient::new(env.channel(to, admin))
+        .create_token(req(
+            admin,
+            pb::CreateTokenRequest {
+                tenant: tenant.into(),
+                role: role as i32,
+                expires_in_seconds: expires,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn create_tenant(env: &Env, admin: &Cred, id: &str) {
+    let to = env.leader().await;
+    TenantServiceClient::new(env.channel(to, admin))
+        .create_tenant(req(
+            admin,
+            pb::CreateTenantRequest {
+                request_id: env.request_id(),
+                id: id.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+/// Three members, initialised with member 1's certificate; the first admin token.
+async fn cluster() -> (Env, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&dir.path().join("certs"), CLUSTER);
+    let offset = Arc::new(AtomicI64::new(0));
+    let mut servers = Vec::new();
+    for id in 1..=3 {
+        servers.push(start(&ca, id, dir.path(), offset.clone()).await);
+    }
+    let env = Env {
+        plain: ca.dialer(),
+        member: ca.dialer_as(&ca.member(1)),
+        _dir: dir,
+        servers,
+        offset,
+        ids: AtomicU64::new(1),
+    };
+    let members: Vec<pb::Member> = env
+        .servers
+        .iter()
+        .map(|s| pb::Member {
+            id: s.config().node_id,
+            addr: s.local_addr().to_string(),
+            peer_addr: s.peer_local_addr().to_string(),
+        })
+        .collect();
+    let init = |cred: Cred| {
+        let members = members.clone();
+        let ch = env.channel(1, &cred);
+        async move {
+            ClusterServiceClient::new(ch)
+                .init(req(&cred, pb::InitRequest { members }))
+                .await
+        }
+    };
+    // No certificate, or one that names no member: refused, nothing initialised.
+    let (c, m) = code(init(Cred::Nothing).await);
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    assert!(m.contains("member's certificate"), "{m}");
+    let (cert, key) = ca.client("operator");
+    let outsider = Dialer::default().with_tls(Arc::new({
+        let c =
+            raftgraph::tls::client_config_from_files(&ca.ca_path(), Some((&cert, &key))).unwrap();
+        move || c.clone()
+    }));
+    let r = ClusterServiceClient::new(outsider.channel(&env.addr(1)).unwrap())
+        .init(pb::InitRequest {
+            members: members.clone(),
+        })
+        .await;
+    assert_eq!(code(r).0, Code::Unauthenticated);
+    assert!(
+        env.servers[0]
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none()
+    );
+    // Member 1's certificate: initialised, with the first cluster-admin token.
+    let r = init(Cred::Member).await.unwrap().into_inner();
+    assert!(r.admin_token_error.is_empty(), "{}", r.admin_token_error);
+    assert!(r.admin_token.starts_with("rgt_"));
+    assert_eq!(&r.admin_token[4..20], r.admin_token_id);
+    env.leader().await;
+    (env, r.admin_token)
+}
+
+/// Every file under `dir`, read whole.
+fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_call_answers_what_its_credentials_allow() {
+    let (env, admin_token) = cluster().await;
+    let admin = bearer(&admin_token);
+    create_tenant(&env, &admin, "a").await;
+    create_tenant(&env, &admin, "b").await;
+    let leader = env.leader().await;
+    let token = |tenant: &'static str, role: pb::Role, expires: u64| {
+        let (env, admin) = (&env, admin.clone());
+        async move { make_token(env, leader, &admin, tenant, role, expires).await }
+    };
+    let read = token("a", pb::Role::Read, 0).await;
+    let write = token("a", pb::Role::Write, 0).await;
+    let tenant_admin = token("a", pb::Role::Admin, 0).await;
+    let other = token("b", pb::Role::Admin, 0).await;
+    let expiring = token("a", pb::Role::Admin, EXPIRES_IN).await;
+    let revoked = token("a", pb::Role::Admin, 0).await;
+    TokenServiceClient::new(env.channel(leader, &admin))
+        .revoke_token(req(
+            &admin,
+            pb::RevokeTokenRequest {
+                id: revoked.info.as_ref().unwrap().id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    // The expiring token works until the clock passes its expiry.
+    let (c, m) = send(
+        &env,
+        leader,
+        &bearer(&expiring.token),
+        Call::GetTenant,
+        "a",
+        "",
+    )
+    .await;
+    assert_eq!(c, Code::Ok, "{m}");
+    env.offset
+        .store(2 * EXPIRES_IN as i64 * 1_000_000, Ordering::SeqCst);
+    // A well-formed token nobody made: the admin token with its secret changed.
+    let mut unknown = admin_token.clone().into_bytes();
+    let last = unknown.len() - 1;
+    unknown[last] = if unknown[last] == b'0' { b'1' } else { b'0' };
+    let unknown = String::from_utf8(unknown).unwrap();
+    let holders = [
+        (Holder::Nobody, Cred::Nothing),
+        (Holder::Invalid, Cred::Header("Bearer not-a-token".into())),
+        (Holder::Invalid, Cred::Header(admin_token.clone())), // no scheme
+        (Holder::Invalid, bearer(&unknown)),
+        (Holder::Invalid, bearer(&revoked.token)),
+        (Holder::Invalid, bearer(&expiring.token)),
+        (Holder::OtherTenantAdmin, bearer(&other.token)),
+        (Holder::Read, bearer(&read.token)),
+        (Holder::Write, bearer(&write.token)),
+        (Holder::TenantAdmin, bearer(&tenant_admin.token)),
+        (Holder::ClusterAdmin, admin.clone()),
+        (Holder::Member, Cred::Member),
+    ];
+    env.converged().await;
+    let to = env.follower().await;
+    let mut failures = Vec::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (holder, cred) in &holders {
+        for call in CALLS {
+            // Each revoke names a fresh token of tenant a: a revoke that goes through finds it.
+            let victim = token("a", pb::Role::Read, 0).await;
+            let victim = victim.info.unwrap().id;
+            let (got, msg) = send(&env, to, cred, call, "a", &victim).await;
+            let want = expected(*holder, call);
+            *counts.entry(format!("{:?}", classify(got))).or_default() += 1;
+            if !fits(want, got) {
+                failures.push(format!(
+                    "{holder:?} {call:?}: want {want:?}, got {got:?}: {msg}"
+                ));
+            }
+            for secret in [&admin_token[21..], &read.token[21..], &other.token[21..]] {
+                assert!(
+                    !msg.contains(secret),
+                    "{holder:?} {call:?} echoed a token: {msg}"
+                );
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cells wrong:\n{}",
+        failures.len(),
+        holders.len() * CALLS.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "answers by class over {} cells: {counts:?}",
+        holders.len() * CALLS.len()
+    );
+
+    // Tokens reach neither the log nor RocksDB: only their hashes do.
+    let made = [
+        &admin_token,
+        &read.token,
+        &write.token,
+        &tenant_admin.token,
+        &other.token,
+    ];
+    for (path, bytes) in files(env._dir.path()) {
+        if path.starts_with(env._dir.path().join("certs")) {
+            continue;
+        }
+        for t in made {
+            let secret = &t[21..];
+            let raw: Vec<u8> = (0..32)
+                .map(|i| u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            let hit = bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+                || bytes.windows(raw.len()).any(|w| w == raw.as_slice());
+            assert!(!hit, "{} holds a token's secret", path.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_tenant_answers_alike_whether_it_exists_or_not() {
+    let (env, admin_token) = cluster().await;
+    let admin = bearer(&admin_token);
+    create_tenant(&env, &admin, "a").await;
+    let leader = env.leader().await;
+    let mine = bearer(
+        &make_token(&env, leader, &admin, "a", pb::Role::Admin, 0)
+            .await
+            .token,
+    );
+    env.converged().await;
+    let to = env.follower().await;
+    let tenant_calls: Vec<Call> = CALLS
+        .into_iter()
+        .filter(|c| matches!(needs(*c), Needs::Read | Needs::Write | Needs::TenantAdmin))
+        .filter(|c| *c != Call::RevokeTenantToken)
+        .collect();
+    let mut before = Vec::new();
+    for c in &tenant_calls {
+        before.push(send(&env, to, &mine, *c, "c", "").await);
+    }
+    create_tenant(&env, &admin, "c").await;
+    env.converged().await;
+    for (c, b) in tenant_calls.iter().zip(&before) {
+        assert_eq!(b.0, Code::PermissionDenied, "{c:?}: {}", b.1);
+        let after = send(&env, to, &mine, *c, "c", "").await;
+        assert_eq!(&after, b, "{c:?}: tenant c's existence shows");
+    }
+    // A tenant token lists its own tenant only.
+    let page = TenantServiceClient::new(env.channel(to, &mine))
+        .list_tenants(req(&mine, pb::ListTenantsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = page.tenants.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_revoked_under_an_open_stream_is_refused_at_its_next_call() {
+    let (env, admin_token) = cluster().await;
+    let admin = bearer(&admin_token);
+    create_tenant(&env, &admin, "a").await;
+    let leader = env.leader().await;
+    let made = make_token(&env, leader, &admin, "a", pb::Role::Write, 0).await;
+    env.converged().await;
+    let cred = bearer(&made.token);
+    let (tx, rx) = mpsc::channel(4);
+    let mut answers = GraphServiceClient::new(env.channel(leader, &cred))
+        .write_stream(req(&cred, ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    let call = |id| pb::WriteCall {
+        call_id: id,
+        timeout_ms: 20_000,
+        write: Some(pb::WriteRequest {
+            tenant: "a".into(),
+            request_id: env.request_id(),
+            preconditions: vec![],
+            operations: create_node("a"),
+        }),
+    };
+    tx.send(call(1)).await.unwrap();
+    let first = answers.message().await.unwrap().unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    TokenServiceClient::new(env.channel(leader, &admin))
+        .revoke_token(req(
+            &admin,
+            pb::RevokeTokenRequest {
+                id: made.info.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap();
+    tx.send(call(2)).await.unwrap();
+    let second = answers.message().await.unwrap().unwrap();
+    let e = second.error.expect("refused");
+    assert_eq!(Code::from(e.code), Code::Unauthenticated, "{}", e.message);
+    assert!(e.message.contains("unknown or revoked"), "{}", e.message);
+}
