@@ -165,7 +165,8 @@ run_loads() { # target lead all fsync
     # With TLS, trust the local cluster's CA (from deploy/local-cluster.sh); the first
     # cluster-admin token (it creates the bench tenant).
     [[ $MODE == on ]] && extra+=(--ca target/local-cluster/certs/ca.pem)
-    extra+=(--token "$(cat target/local-cluster/admin.token)")
+    RAFTGRAPH_TOKEN=$(cat target/local-cluster/admin.token)
+    export RAFTGRAPH_TOKEN
   elif [[ $MODE == on ]]; then
     extra=(--ca "$ETCD_CERTS/ca.pem")
   fi

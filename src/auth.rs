@@ -31,6 +31,11 @@ pub const SECRET_BYTES: usize = 32;
 pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 16 + 1 + 2 * SECRET_BYTES;
 /// Tokens that may exist at once, cluster-wide (each is one record that every call may read).
 pub const TOKENS_MAX: u64 = 10_000;
+/// Tokens one tenant may have: no tenant can use up the cluster's.
+pub const TOKENS_PER_TENANT_MAX: u64 = 1_000;
+/// Of [`TOKENS_MAX`], kept for cluster-admin tokens: tenants together stop short of it, so a
+/// cluster admin can always be made (the way back in with a member's certificate).
+pub const CLUSTER_TOKENS_RESERVED: u64 = 100;
 /// The longest a token may be valid for: ten years.
 pub const EXPIRY_SECS_MAX: u64 = 10 * 366 * 24 * 3600;
 

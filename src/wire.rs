@@ -93,6 +93,12 @@ pub const FORWARDED_HEADER: &str = "x-raftgraph-forwarded";
 
 /// The metadata key of the retry hint, in milliseconds (gRPC's retry pushback).
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+/// Set by a member on a call it forwards for a caller that authenticated with a member's
+/// certificate (and no token): only then does the leader take the forwarding member's own
+/// certificate as the caller's credential. A forward without it and without a token is refused,
+/// so a member that does not authenticate (`auth = "off"`) cannot lend its certificate.
+pub const MEMBER_CALLER_HEADER: &str = "x-raftgraph-member-caller";
+
 /// The bearer token of a call on the client listener: `authorization: Bearer <token>`. A
 /// follower forwards it with a call it passes to the leader, which checks it again.
 pub const AUTHORIZATION_HEADER: &str = "authorization";

@@ -1020,3 +1020,141 @@ async fn a_token_revoked_under_an_open_stream_is_refused_at_its_next_call() {
     assert_eq!(Code::from(e.code), Code::Unauthenticated, "{}", e.message);
     assert!(e.message.contains("unknown or revoked"), "{}", e.message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_stops_at_its_next_page_once_its_token_is_revoked() {
+    let (env, admin_token) = cluster().await;
+    let admin = bearer(&admin_token);
+    create_tenant(&env, &admin, "a").await;
+    let leader = env.leader().await;
+    // 2,000 nodes of 4 KiB: more than the transport holds for a client that has not read them
+    // (what the server computed ahead is sent; the recheck stops the pages after it).
+    const NODES: usize = 2_000;
+    let big = pb::Value {
+        kind: Some(pb::value::Kind::StringValue("x".repeat(4096))),
+    };
+    let op = pb::Operation {
+        op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+            labels: vec![],
+            properties: [("p".to_string(), big)].into(),
+        })),
+    };
+    GraphServiceClient::new(env.channel(leader, &admin))
+        .max_encoding_message_size(16 << 20)
+        .write(req(
+            &admin,
+            pb::WriteRequest {
+                tenant: "a".into(),
+                request_id: env.request_id(),
+                preconditions: vec![],
+                operations: vec![op; NODES],
+            },
+        ))
+        .await
+        .unwrap();
+    let made = make_token(&env, leader, &admin, "a", pb::Role::Read, 0).await;
+    let cred = bearer(&made.token);
+    let mut items = GraphServiceClient::new(env.channel(leader, &cred))
+        .scan(req(
+            &cred,
+            pb::ScanRequest {
+                tenant: "a".into(),
+                page_size: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(items.message().await.unwrap().is_some(), "the first page");
+    TokenServiceClient::new(env.channel(leader, &admin))
+        .revoke_token(req(
+            &admin,
+            pb::RevokeTokenRequest {
+                id: made.info.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap();
+    let mut after = 0;
+    let e = loop {
+        match items.message().await {
+            Ok(Some(_)) => after += 1,
+            Ok(None) => panic!("the whole scan ({after} items after the revocation) was served"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    assert!(after < NODES - 1, "{after} items after the revocation");
+    eprintln!("{after} of {NODES} items were sent after the revocation (computed ahead)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarding_members_certificate_is_no_callers_credential() {
+    let (env, admin_token) = cluster().await;
+    let admin = bearer(&admin_token);
+    let leader = env.leader().await;
+    // A call that claims to be forwarded, with a member's certificate and no token: what a
+    // member that does not authenticate its callers (auth = "off") would send on. Refused.
+    let forwarded = |as_member: bool| {
+        let mut r = req(&Cred::Member, pb::ListTenantsRequest::default());
+        r.metadata_mut()
+            .insert("x-raftgraph-forwarded", "1".parse().unwrap());
+        if as_member {
+            r.metadata_mut()
+                .insert("x-raftgraph-member-caller", "1".parse().unwrap());
+        }
+        r
+    };
+    let r = TenantServiceClient::new(env.channel(leader, &Cred::Member))
+        .list_tenants(forwarded(false))
+        .await;
+    let (c, m) = code(r);
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    // Said to be on behalf of a member's certificate: the forwarding member's counts.
+    let r = TenantServiceClient::new(env.channel(leader, &Cred::Member))
+        .list_tenants(forwarded(true))
+        .await;
+    assert_eq!(code(r).0, Code::Ok);
+    // Through a follower, a caller with a member's certificate and one with a token both get
+    // through; the forward carries what they authenticated with.
+    let to = env.follower().await;
+    for cred in [Cred::Member, admin.clone()] {
+        let (c, m) = send(&env, to, &cred, Call::CreateTenant, "viaf", "").await;
+        assert!(
+            c == Code::Ok || c == Code::AlreadyExists,
+            "{cred:?}: {c:?} {m}"
+        );
+    }
+
+    // A removed member's certificate is no principal once the removal is applied.
+    let ca_dir = env._dir.path().join("certs");
+    let files = raftgraph::tls::CertFiles {
+        ca: ca_dir.join("ca.pem"),
+        cert: ca_dir.join(format!("member-3-{CLUSTER}.pem")),
+        key: ca_dir.join(format!("member-3-{CLUSTER}.key")),
+    };
+    let c = raftgraph::tls::client_config_from_files(&files.ca, Some((&files.cert, &files.key)))
+        .unwrap();
+    let as3 = Dialer::default().with_tls(Arc::new(move || c.clone()));
+    let list = |d: Dialer, to: u64| {
+        let addr = env.addr(to);
+        async move {
+            TenantServiceClient::new(d.channel(&addr).unwrap())
+                .list_tenants(pb::ListTenantsRequest::default())
+                .await
+        }
+    };
+    assert_eq!(
+        code(list(as3.clone(), leader).await).0,
+        Code::Ok,
+        "a member: admin"
+    );
+    let r = ClusterServiceClient::new(env.channel(leader, &admin))
+        .remove(req(&admin, pb::RemoveRequest { ids: vec![3] }))
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    let leader = env.leader().await;
+    let (c, m) = code(list(as3, leader).await);
+    assert_eq!(c, Code::Unauthenticated, "a removed member: {m}");
+}

@@ -1222,13 +1222,9 @@ async fn tokens_are_stored_as_hashes_and_die_with_their_tenant() {
     use raftgraph::command::NewToken;
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
-    let fill = std::cell::Cell::new(0u8);
-    let random = |b: &mut [u8]| {
-        for x in b {
-            fill.set(fill.get().wrapping_add(1));
-            *x = fill.get();
-        }
-    };
+    use rand::{RngCore, SeedableRng};
+    let rng = std::cell::RefCell::new(rand::rngs::SmallRng::seed_from_u64(7));
+    let random = |b: &mut [u8]| rng.borrow_mut().fill_bytes(b);
     let new = |t: &Token, scope: Scope, expires: Option<i64>| NewToken {
         id: t.id,
         scope,
@@ -1247,11 +1243,17 @@ async fn tokens_are_stored_as_hashes_and_die_with_their_tenant() {
     };
     let t1 = Token::generate(&random);
     // The tenant must exist.
-    let r = run(&mut h, Command::CreateToken(new(&t1, of_a(Role::Write), None)));
+    let r = run(
+        &mut h,
+        Command::CreateToken(new(&t1, of_a(Role::Write), None)),
+    );
     assert!(matches!(r, Err(ApplyError::TenantNotFound { .. })), "{r:?}");
     h.create_tenant("a", Quotas::unlimited()).unwrap();
     h.create_tenant("b", Quotas::unlimited()).unwrap();
-    let r = run(&mut h, Command::CreateToken(new(&t1, of_a(Role::Write), None)));
+    let r = run(
+        &mut h,
+        Command::CreateToken(new(&t1, of_a(Role::Write), None)),
+    );
     let Ok(Outcome::Token(info)) = r else {
         panic!("{r:?}")
     };
@@ -1259,11 +1261,20 @@ async fn tokens_are_stored_as_hashes_and_die_with_their_tenant() {
     let stored = h.reader().token(t1.id).unwrap().unwrap();
     assert!(stored.matches(&t1));
     // The same id again, an expiry not after the creation time: refused.
-    let r = run(&mut h, Command::CreateToken(new(&t1, of_a(Role::Read), None)));
+    let r = run(
+        &mut h,
+        Command::CreateToken(new(&t1, of_a(Role::Read), None)),
+    );
     assert!(matches!(r, Err(ApplyError::TokenExists { .. })), "{r:?}");
     let t2 = Token::generate(&random);
-    let r = run(&mut h, Command::CreateToken(new(&t2, Scope::Cluster, Some(i64::MIN))));
-    assert!(matches!(r, Err(ApplyError::InvalidArgument { .. })), "{r:?}");
+    let r = run(
+        &mut h,
+        Command::CreateToken(new(&t2, Scope::Cluster, Some(i64::MIN))),
+    );
+    assert!(
+        matches!(r, Err(ApplyError::InvalidArgument { .. })),
+        "{r:?}"
+    );
     let r = run(&mut h, Command::CreateToken(new(&t2, Scope::Cluster, None)));
     assert!(r.is_ok(), "{r:?}");
     // b's admin cannot revoke a's token: it answers as a missing one.
@@ -1286,8 +1297,31 @@ async fn tokens_are_stored_as_hashes_and_die_with_their_tenant() {
     assert!(h.reader().token(t2.id).unwrap().is_some(), "others stay");
     h.create_tenant("a", Quotas::unlimited()).unwrap();
     assert!(h.reader().token(t1.id).unwrap().is_none());
+    // One tenant cannot use up the cluster's tokens: 1,000 each.
+    for i in 0..=raftgraph::auth::TOKENS_PER_TENANT_MAX {
+        let t = Token::generate(&random);
+        let b = Scope::Tenant {
+            tenant: "b".into(),
+            role: Role::Read,
+        };
+        let r = run(&mut h, Command::CreateToken(new(&t, b, None)));
+        if i < raftgraph::auth::TOKENS_PER_TENANT_MAX {
+            assert!(r.is_ok(), "{i}: {r:?}");
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("tenant b has its limit of 1000 tokens"), "{e}");
+        }
+    }
+    let r = run(&mut h, Command::DeleteTenant { tenant: "b".into() });
+    assert!(r.is_ok(), "{r:?}");
     // Revoked by a cluster admin: gone.
-    let r = run(&mut h, Command::RevokeToken { id: t2.id, tenant: None });
+    let r = run(
+        &mut h,
+        Command::RevokeToken {
+            id: t2.id,
+            tenant: None,
+        },
+    );
     assert!(r.is_ok(), "{r:?}");
     assert!(h.reader().tokens(None, None, 10).unwrap().items.is_empty());
     // Nothing of a token but its hash is in the database.

@@ -26,33 +26,35 @@ use std::sync::Arc;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::{Request, Status};
 
-use super::graph::Clock;
+use super::sources::Clock;
 use crate::auth::{AuthMode, Credential, Principal, Role, Scope, Token, id_hex};
-use crate::state_machine::GraphReader;
+use crate::state_machine::{GraphReader, Raft};
 use crate::tls::ConnInfo;
-use crate::wire::AUTHORIZATION_HEADER;
+use crate::wire::{AUTHORIZATION_HEADER, FORWARDED_HEADER, MEMBER_CALLER_HEADER};
+use openraft::async_runtime::WatchReceiver;
 
-/// Fills a buffer with random bytes: tokens are made from it. Injected (the simulation supplies
-/// a seeded one).
-pub type Random = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
-
-/// The operating system's generator.
-pub fn os_random() -> Random {
-    Arc::new(|buf: &mut [u8]| {
-        use rand::TryRngCore;
-        rand::rngs::OsRng
-            .try_fill_bytes(buf)
-            .expect("the operating system's random generator failed");
-    })
-}
-
-/// Who made a call, and what to check again before each call of its stream.
-#[derive(Clone, Debug)]
+/// Who made a call, and what to check again before each call of its stream. `Debug` shows the
+/// principal only.
+#[derive(Clone)]
 pub struct Caller {
     pub principal: Principal,
     token: Option<Token>,
-    /// The `authorization` value received, passed on when the call is forwarded.
+    /// The `authorization` value received (marked sensitive), passed on when the call is
+    /// forwarded.
     pub header: Option<AsciiMetadataValue>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Caller({})", self.principal)
+    }
+}
+
+impl Caller {
+    /// Whether the caller authenticated with a member's certificate (a forward says so).
+    pub fn by_member(&self) -> bool {
+        matches!(self.principal.via, Credential::Member(_))
+    }
 }
 
 /// The client listener's authenticator (cheap to clone).
@@ -62,6 +64,8 @@ pub struct Auth {
     clock: Clock,
     mode: AuthMode,
     cluster_id: Arc<str>,
+    /// Whose membership a member certificate must be in; `None`: no certificate is a principal.
+    raft: Option<Raft>,
 }
 
 fn unauthenticated(why: impl std::fmt::Display) -> Status {
@@ -97,7 +101,15 @@ impl Auth {
             clock,
             mode,
             cluster_id: cluster_id.into(),
+            raft: None,
         }
+    }
+
+    /// Accepts certificates of members of `raft`'s membership as cluster admins (of any member
+    /// of this cluster while the membership is empty: a server not yet initialised).
+    pub fn with_members(mut self, raft: Raft) -> Auth {
+        self.raft = Some(raft);
+        self
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -106,7 +118,14 @@ impl Auth {
 
     /// Who made `request`: see the module docs.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let header = request.metadata().get(AUTHORIZATION_HEADER).cloned();
+        let header = request
+            .metadata()
+            .get(AUTHORIZATION_HEADER)
+            .cloned()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         if self.mode == AuthMode::Off {
             return Ok(Caller {
                 principal: Principal {
@@ -126,6 +145,14 @@ impl Auth {
                 header: Some(v),
             });
         }
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        if forwarded && !request.metadata().contains_key(MEMBER_CALLER_HEADER) {
+            // The forwarding member's certificate is not the caller's credential.
+            return Err(unauthenticated(
+                "a forwarded call without the caller's credentials (the forwarding member does \
+                 not authenticate its callers)",
+            ));
+        }
         match self.member_of(request) {
             Some(id) => Ok(Caller {
                 principal: Principal {
@@ -142,22 +169,42 @@ impl Auth {
         }
     }
 
-    /// The member of this cluster the caller's verified certificate names, if any.
+    /// The member the caller's verified certificate names, if it is one of this cluster's
+    /// membership as this server knows it (any member id of this cluster while it knows none).
+    /// A removed member's certificate is no principal on a server that applied the removal.
     pub fn member_of<T>(&self, request: &Request<T>) -> Option<u64> {
         let info = request.extensions().get::<ConnInfo>()?;
-        match &info.member {
-            Some((cluster, id)) if **cluster == *self.cluster_id => Some(*id),
-            _ => None,
+        let (cluster, id) = info.member.as_ref()?;
+        if **cluster != *self.cluster_id || self.raft.is_none() {
+            return None;
         }
+        self.in_membership(*id).then_some(*id)
     }
 
     /// Checks a stream's caller again before one of its calls: a token revoked or expired since
     /// the stream opened is refused.
     pub fn recheck(&self, caller: &Caller) -> Result<(), Status> {
-        match (&caller.token, self.mode) {
-            (Some(t), AuthMode::On) => self.check(t).map(|_| ()),
+        if self.mode == AuthMode::Off {
+            return Ok(());
+        }
+        match (&caller.token, &caller.principal.via) {
+            (Some(t), _) => self.check(t).map(|_| ()),
+            (None, Credential::Member(id)) if !self.in_membership(*id) => Err(unauthenticated(
+                format!("member {id} is no longer in the membership"),
+            )),
             _ => Ok(()),
         }
+    }
+
+    /// Whether member `id` is in the membership this server knows (or it knows none yet).
+    fn in_membership(&self, id: u64) -> bool {
+        let Some(raft) = &self.raft else {
+            return false;
+        };
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        membership.nodes().next().is_none() || membership.get_node(&id).is_some()
     }
 
     fn check(&self, token: &Token) -> Result<Principal, Status> {

@@ -137,8 +137,11 @@ impl ClusterApi {
                         leader.api_addr
                     ));
                 }
+                // Refused before anything was proposed (not "outcome unknown", which would
+                // leave a token no one saw): retried.
                 Err(s)
                     if s.code() == tonic::Code::Unavailable
+                        && s.message().starts_with(route::NO_LEADER)
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;

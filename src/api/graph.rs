@@ -20,6 +20,7 @@ use super::batch::{BatchStats, Batcher};
 use super::convert;
 use super::paced::{SMALL_ANSWER_RESERVE, answer_budget, hold_answer, reserve_answer, reserve_of};
 use super::route::{self, Proposed};
+use super::sources::Clock;
 use super::status::{apply_error, invalid, read_error};
 use crate::auth::{AuthMode, Role};
 use crate::budget::{ByteBudget, Reservation};
@@ -34,9 +35,6 @@ use crate::wire::{
     CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX, RETRY_PUSHBACK_HEADER,
     STREAM_ANSWER_BYTES_MAX, STREAM_CALLS_MAX,
 };
-
-/// Wall-clock microseconds since the Unix epoch, injected (the simulation supplies its own).
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// The graph service of one server.
 pub struct GraphApi {
@@ -178,7 +176,12 @@ impl Writes {
         auth: &Auth,
         caller: &Caller,
     ) -> pb::WriteAnswer {
-        let via = route::Via::of_call(forwarded, call.timeout_ms, caller.header.clone());
+        let via = route::Via::of_call(
+            forwarded,
+            call.timeout_ms,
+            caller.header.clone(),
+            caller.by_member(),
+        );
         let result = match call.write {
             Some(w) => match auth
                 .recheck(caller)
@@ -519,7 +522,12 @@ impl Reads {
     ) -> pb::ReadAnswer {
         use pb::read_answer::Result as R;
         use pb::read_call::Read;
-        let via = route::Via::of_call(forwarded, call.timeout_ms, caller.header.clone());
+        let via = route::Via::of_call(
+            forwarded,
+            call.timeout_ms,
+            caller.header.clone(),
+            caller.by_member(),
+        );
         let tenant = match &call.read {
             Some(Read::GetNode(m)) => Some(&m.tenant),
             Some(Read::GetEdge(m)) => Some(&m.tenant),
@@ -668,7 +676,11 @@ impl GraphService for GraphApi {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<ScanStream>, Status> {
-        self.read_allowed(&request, |m| &m.tenant)?;
+        // Checked when the scan opens and again before each page: a token revoked (or its
+        // tenant deleted) while the scan is consumed stops it at the next page.
+        let caller = self.auth.caller(&request)?;
+        need_tenant(&caller, &request.get_ref().tenant, Role::Read)?;
+        let auth = self.auth.clone();
         let via = route::Via::of(&request);
         let was_forwarded = via.forwarded;
         let budget = answer_budget(&request);
@@ -694,10 +706,21 @@ impl GraphService for GraphApi {
         // has left (the items leave in pieces: `paced`).
         let reader = self.reader.clone();
         let tenant = msg.tenant;
+        let caller = Arc::new(caller);
         let pages = futures::stream::unfold(Some(None::<Vec<u8>>), move |cursor| {
             let (reader, tenant, budget) = (reader.clone(), tenant.clone(), budget.clone());
+            let (auth, caller) = (auth.clone(), caller.clone());
             async move {
                 let after = cursor?;
+                if after.is_some()
+                    && let Err(s) = auth.recheck(&caller)
+                {
+                    let items = HeldItems {
+                        items: vec![Err(s)].into_iter(),
+                        _hold: None,
+                    };
+                    return Some((futures::stream::iter(items), None));
+                }
                 let mut hold = reserve_of(budget.as_ref(), PAGE_BYTES_MAX).await;
                 let page: Result<(Vec<pb::ScanItem>, Option<Vec<u8>>), Status> = if edges {
                     reader

@@ -21,7 +21,9 @@ use crate::state_machine::PAGE_ITEMS_MAX;
 use crate::state_machine::Raft;
 use crate::tls::member_name;
 use crate::transport::Dialer;
-use crate::wire::{AUTHORIZATION_HEADER, FORWARDED_HEADER, PROPOSAL_BYTES_MAX};
+use crate::wire::{
+    AUTHORIZATION_HEADER, FORWARDED_HEADER, MEMBER_CALLER_HEADER, PROPOSAL_BYTES_MAX,
+};
 use tonic::metadata::AsciiMetadataValue;
 
 /// Deadline of a forwarded call when the caller set none.
@@ -36,9 +38,12 @@ pub fn leader_of(f: &ForwardToLeader<TypeConfig>, was_forwarded: bool) -> Result
             "leadership is moving (leader {:?} at {}); retry",
             f.leader_id, n.api_addr
         ))),
-        (None, _) => Err(Status::unavailable("no leader is known; retry")),
+        (None, _) => Err(Status::unavailable(format!("{NO_LEADER}; retry"))),
     }
 }
+
+/// How a refusal for want of a leader starts: nothing was proposed.
+pub const NO_LEADER: &str = "no leader is known";
 
 /// What the services need to reach the leader: the server's dialers (one cached channel per
 /// leader address, reconnecting by itself), and the planted bug only tests switch on.
@@ -150,11 +155,21 @@ const FORWARD_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 
 /// How a request arrived: whether a follower forwarded it, the caller's deadline
 /// (`grpc-timeout`) and bearer token, which a forward keeps (the leader checks the token again).
+/// (`Debug` shows the token as "Sensitive".)
 #[derive(Clone, Debug)]
 pub struct Via {
     pub forwarded: bool,
     pub deadline: Option<Duration>,
     pub authorization: Option<AsciiMetadataValue>,
+    /// The caller authenticated with a member's certificate, not a token: a forward says so
+    /// ([`MEMBER_CALLER_HEADER`]), and the leader takes the forwarding member's certificate.
+    pub as_member: bool,
+}
+
+fn sensitive(v: &AsciiMetadataValue) -> AsciiMetadataValue {
+    let mut v = v.clone();
+    v.set_sensitive(true);
+    v
 }
 
 impl Via {
@@ -164,24 +179,33 @@ impl Via {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
+        let authorization = r.metadata().get(AUTHORIZATION_HEADER).map(sensitive);
+        let by_certificate = r
+            .extensions()
+            .get::<crate::tls::ConnInfo>()
+            .is_some_and(|c| c.member.is_some());
         Via {
             forwarded: was_forwarded(r),
             deadline,
-            authorization: r.metadata().get(AUTHORIZATION_HEADER).cloned(),
+            as_member: authorization.is_none() && by_certificate,
+            authorization,
         }
     }
 
     /// How a stream call arrived: on a stream `forwarded` or not, with the call's own deadline
-    /// in milliseconds (0: none) and the stream's `authorization`.
+    /// in milliseconds (0: none), the stream's `authorization`, and whether its caller
+    /// authenticated with a member's certificate.
     pub fn of_call(
         forwarded: bool,
         timeout_ms: u64,
         authorization: Option<AsciiMetadataValue>,
+        as_member: bool,
     ) -> Via {
         Via {
             forwarded,
             deadline: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
             authorization,
+            as_member,
         }
     }
 
@@ -197,6 +221,9 @@ impl Via {
             .insert(FORWARDED_HEADER, "1".parse().expect("an ASCII value"));
         if let Some(a) = &self.authorization {
             r.metadata_mut().insert(AUTHORIZATION_HEADER, a.clone());
+        } else if self.as_member {
+            r.metadata_mut()
+                .insert(MEMBER_CALLER_HEADER, "1".parse().expect("an ASCII value"));
         }
         r
     }

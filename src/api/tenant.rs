@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use super::admission::Admission;
 use super::auth::{Auth, Caller, audit, need_cluster_admin, need_tenant};
 use super::convert;
-use super::graph::Clock;
 use super::route::{self, Proposed};
+use super::sources::Clock;
 use super::status::{apply_error, read_error};
 use prost::Message;
 

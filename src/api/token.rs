@@ -11,9 +11,9 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::admission::Admission;
-use super::auth::{Auth, Caller, Random, audit, need_cluster_admin, need_tenant};
-use super::graph::Clock;
+use super::auth::{Auth, Caller, audit, need_cluster_admin, need_tenant};
 use super::route::{self, Proposed};
+use super::sources::{Clock, Random};
 use super::status::{apply_error, invalid, read_error};
 use crate::auth::{EXPIRY_SECS_MAX, Role, Scope, Token, TokenInfo, id_hex, parse_id};
 use crate::command::{Command, NewToken, Outcome};

@@ -101,7 +101,7 @@ pub struct BenchArgs {
     /// raftgraph: the bearer token every call carries (a cluster-admin one if the tenant must
     /// be created).
     #[arg(long, env = "RAFTGRAPH_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<crate::client::SecretArg>,
     /// raftgraph: one unary `Write` call per write instead of the connection's shared
     /// `WriteStream` (the Rust client's default), to compare the two.
     #[arg(long)]
@@ -259,7 +259,7 @@ impl Raftgraph {
         let dialer = dialer(a)?;
         let pools: Vec<Pool> = (0..a.connections)
             .map(|_| match &a.token {
-                Some(t) => Pool::new(dialer.clone()).with_token(t),
+                Some(t) => Pool::new(dialer.clone()).with_token(&t.0),
                 None => Ok(Pool::new(dialer.clone())),
             })
             .collect::<Result<_, _>>()?;

@@ -62,7 +62,7 @@ pub struct Global {
     /// The bearer token every call carries (`raftgraph cluster init` makes the first
     /// cluster-admin token; `raftgraph tenant token create` makes more).
     #[arg(long, global = true, env = "RAFTGRAPH_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<crate::client::SecretArg>,
     /// A client certificate and key from the cluster's CA to present (optional).
     #[arg(
         long,
@@ -98,7 +98,7 @@ pub(super) fn client(g: &Global) -> Result<Client, Status> {
         ClientOptions {
             deadline: std::time::Duration::from_secs(g.timeout.max(1)),
             pool: match &g.token {
-                Some(t) => Pool::new(dialer(g)?).with_token(t)?,
+                Some(t) => Pool::new(dialer(g)?).with_token(&t.0)?,
                 None => Pool::new(dialer(g)?),
             },
             ..Default::default()

@@ -685,6 +685,23 @@ impl Client {
     }
 }
 
+/// A secret from the command line or the environment (a token): `Debug` does not show it.
+#[derive(Clone)]
+pub struct SecretArg(pub String);
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretArg(..)")
+    }
+}
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretArg(s.to_string()))
+    }
+}
+
 /// Adds a token to every call made through it (a pool's `authorization`).
 #[derive(Clone, Debug)]
 pub struct Authorize(Option<tonic::metadata::AsciiMetadataValue>);

@@ -47,11 +47,14 @@ impl Pool {
     /// Sends `token` (`authorization: Bearer <token>`) with every call and stream of this pool.
     /// The streams of a pool are shared by its clients, so a pool has one token.
     pub fn with_token(mut self, token: &str) -> Result<Pool, tonic::Status> {
-        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-            tonic::Status::invalid_argument(
-                "invalid argument token: not printable ASCII (a token is rgt_ and hex digits)",
-            )
-        })?;
+        let mut value: AsciiMetadataValue =
+            format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                tonic::Status::invalid_argument(
+                    "invalid argument token: not printable ASCII (a token is rgt_ and hex digits)",
+                )
+            })?;
+        // Never printed by Debug, never indexed by HPACK.
+        value.set_sensitive(true);
         self.authorization = Some(value);
         Ok(self)
     }

@@ -391,8 +391,8 @@ pub enum ApplyError {
     TokenNotFound { id: u64 },
     #[error("token {} already exists", id_hex(*id))]
     TokenExists { id: u64 },
-    #[error("cannot create a token: {count} tokens exist, limit {limit}; revoke unused ones")]
-    TooManyTokens { count: u64, limit: u64 },
+    #[error("cannot create a token: {scope} has its limit of {limit} tokens; revoke unused ones")]
+    TooManyTokens { scope: String, limit: u64 },
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApplyError {

@@ -629,7 +629,8 @@ async fn services(
         env.clock.clone(),
         config.auth,
         &config.cluster_id,
-    );
+    )
+    .with_members(raft.clone());
     let tokens = Tokens {
         raft: raft.clone(),
         clock: env.clock.clone(),

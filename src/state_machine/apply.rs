@@ -8,7 +8,7 @@ use super::keys;
 use super::ops::{Writer, corrupt, load, save};
 use super::store::Store;
 use super::txn::{Cf, Fail, Layer, Txn};
-use crate::auth::{Scope, TOKENS_MAX, TokenRecord};
+use crate::auth::{CLUSTER_TOKENS_RESERVED, Scope, TOKENS_MAX, TOKENS_PER_TENANT_MAX, TokenRecord};
 use crate::command::{
     ApplyError, ClusterLimits, Command, Fingerprint, NewToken, Outcome, Request, Response,
     WriteRequest,
@@ -329,12 +329,19 @@ fn create_token(txn: &mut Txn, t: &NewToken, now: i64) -> Result<Outcome, Fail> 
         return Err(ApplyError::TokenExists { id: t.id }.into());
     }
     let count = token_count(txn)?;
-    if count >= TOKENS_MAX {
-        return Err(ApplyError::TooManyTokens {
-            count,
-            limit: TOKENS_MAX,
+    let full = |scope: String, limit| Err(ApplyError::TooManyTokens { scope, limit }.into());
+    match &t.scope {
+        Scope::Cluster if count >= TOKENS_MAX => return full("the cluster".into(), TOKENS_MAX),
+        Scope::Cluster => {}
+        Scope::Tenant { tenant, .. } => {
+            let tenants_max = TOKENS_MAX - CLUSTER_TOKENS_RESERVED;
+            if count >= tenants_max {
+                return full("the cluster's tenants together".into(), tenants_max);
+            }
+            if tokens_of(txn, tenant)?.len() as u64 >= TOKENS_PER_TENANT_MAX {
+                return full(format!("tenant {tenant}"), TOKENS_PER_TENANT_MAX);
+            }
         }
-        .into());
     }
     let rec = TokenRecord {
         id: t.id,
@@ -349,17 +356,25 @@ fn create_token(txn: &mut Txn, t: &NewToken, now: i64) -> Result<Outcome, Fail> 
     Ok(Outcome::Token(rec.info()))
 }
 
-/// Deletes every token of `tenant` (at most [`TOKENS_MAX`] records are read).
-fn revoke_tokens_of(txn: &mut Txn, tenant: &str) -> Result<(), Fail> {
-    let all = txn.scan(Cf::Meta, &[keys::TOKEN], TOKENS_MAX as usize)?;
-    let mut revoked = 0;
-    for (k, v) in all {
+/// The keys of `tenant`'s tokens (at most [`TOKENS_MAX`] records are read).
+fn tokens_of(txn: &Txn, tenant: &str) -> Result<Vec<Vec<u8>>, Fail> {
+    let mut keys = Vec::new();
+    for (k, v) in txn.scan(Cf::Meta, &[keys::TOKEN], TOKENS_MAX as usize)? {
         let rec: TokenRecord = crate::codec::decode(&v)
             .map_err(|e| corrupt(format_args!("token record under {k:?}: {e}")))?;
         if rec.scope.tenant() == Some(tenant) {
-            txn.delete(Cf::Meta, &k)?;
-            revoked += 1;
+            keys.push(k);
         }
+    }
+    Ok(keys)
+}
+
+/// Deletes every token of `tenant`.
+fn revoke_tokens_of(txn: &mut Txn, tenant: &str) -> Result<(), Fail> {
+    let keys = tokens_of(txn, tenant)?;
+    let revoked = keys.len() as u64;
+    for k in keys {
+        txn.delete(Cf::Meta, &k)?;
     }
     if revoked > 0 {
         let count = token_count(txn)?;
