@@ -227,7 +227,7 @@ impl Auth {
             )));
         }
         Ok(Principal {
-            scope: record.scope,
+            scope: record.scope.clone(),
             via: Credential::Token(record.id),
         })
     }

@@ -221,6 +221,7 @@ impl StateMachine {
         }
         if tenant_change {
             store.tenants.invalidate();
+            store.tokens.invalidate();
         }
         self.applied = Some(log_id);
         if let Some(m) = membership {

@@ -202,13 +202,14 @@ impl GraphReader {
         })
     }
 
-    /// The record of token `id`, if it exists (revoked tokens do not).
-    pub fn token(&self, id: u64) -> Result<Option<TokenRecord>, ReadError> {
+    /// The record of token `id`, if it exists (revoked tokens do not). Remembered until the
+    /// next admin entry applies.
+    pub fn token(&self, id: u64) -> Result<Option<Arc<TokenRecord>>, ReadError> {
         let store = self.store();
-        match self.meta_get(&store, &keys::token(id))? {
-            Some(b) => Ok(Some(decode(&b, "token record")?)),
+        store.tokens.get(&id, || match self.meta_get(&store, &keys::token(id))? {
+            Some(b) => Ok(Some(Arc::new(decode(&b, "token record")?))),
             None => Ok(None),
-        }
+        })
     }
 
     /// Tokens in id order after `after` (exclusive); with `tenant`, only that tenant's. At most

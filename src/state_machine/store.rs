@@ -111,6 +111,9 @@ pub(crate) struct Store {
     /// What readers learned of tenant records, so a read does not fetch and decode its
     /// tenant's record each time.
     pub tenants: TenantCache,
+    /// The token records calls were authenticated by, so a call does not fetch and decode its
+    /// token's record each time (invalidated with `tenants`: by every admin entry).
+    pub tokens: EpochCache<u64, Arc<crate::auth::TokenRecord>>,
     /// Meta column family values apply has read or written, so the per-request reads of a
     /// client's session, the tenant record, its counters and the globals do not go to RocksDB.
     pub meta_cache: MetaCache,
@@ -191,24 +194,73 @@ impl MetaCache {
     }
 }
 
-/// Whether each tenant readers looked up is enabled, valid while no entry that may change a
-/// tenant record has been written since. Apply calls [`TenantCache::invalidate`] after writing
-/// such an entry and before reporting it applied, so a read that waits for that entry (a
-/// linearizable one) never sees the older answer. Only tenants that exist are held, so it holds
-/// at most `tenants_max` names whatever names clients send.
-#[derive(Debug, Default)]
-pub(crate) struct TenantCache {
+/// What readers looked up of records that only admin commands change (tenant records, token
+/// records), valid while no entry that may change one has been written since. Apply calls
+/// [`EpochCache::invalidate`] after writing such an entry and before reporting it applied, so a
+/// read that waits for that entry (a linearizable one) never sees the older answer. Only
+/// records that exist are held, so it holds at most as many as may exist (`tenants_max`
+/// tenants, `TOKENS_MAX` tokens) whatever keys clients send.
+#[derive(Debug)]
+pub(crate) struct EpochCache<K, V> {
     epoch: AtomicU64,
-    /// The epoch the names were read in, and each name's `enabled`.
-    seen: RwLock<(u64, BTreeMap<String, bool>)>,
+    /// The epoch the values were read in, and each key's value.
+    seen: RwLock<(u64, BTreeMap<K, V>)>,
 }
 
-impl TenantCache {
-    /// Forgets everything learned so far (call after writing a change to tenant records).
+impl<K, V> Default for EpochCache<K, V> {
+    fn default() -> Self {
+        EpochCache {
+            epoch: AtomicU64::new(0),
+            seen: RwLock::new((0, BTreeMap::new())),
+        }
+    }
+}
+
+impl<K: Ord, V: Clone> EpochCache<K, V> {
+    /// Forgets everything learned so far (call after writing a change to such records).
     pub fn invalidate(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// `key`'s value: remembered, or from `load` (`None`: no record, not remembered).
+    pub fn get<Q, E>(
+        &self,
+        key: &Q,
+        load: impl FnOnce() -> Result<Option<V>, E>,
+    ) -> Result<Option<V>, E>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
+        // Read before the database: a change written after this load bumps the epoch past it.
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        {
+            let seen = self.seen.read().expect("record cache lock poisoned");
+            if seen.0 == epoch
+                && let Some(v) = seen.1.get(key)
+            {
+                return Ok(Some(v.clone()));
+            }
+        }
+        let Some(value) = load()? else {
+            return Ok(None);
+        };
+        let mut seen = self.seen.write().expect("record cache lock poisoned");
+        if seen.0 < epoch {
+            *seen = (epoch, BTreeMap::new());
+        }
+        // A newer epoch's map must not take an answer read before it began.
+        if seen.0 == epoch {
+            seen.1.insert(key.to_owned(), value.clone());
+        }
+        Ok(Some(value))
+    }
+}
+
+/// Whether each tenant readers looked up is enabled.
+pub(crate) type TenantCache = EpochCache<String, bool>;
+
+impl TenantCache {
     /// Whether `tenant` is enabled: remembered, or from `load` (which reads the record and
     /// fails when there is none).
     pub fn enabled<E>(
@@ -216,26 +268,8 @@ impl TenantCache {
         tenant: &str,
         load: impl FnOnce() -> Result<bool, E>,
     ) -> Result<bool, E> {
-        // Read before the database: a change written after this load bumps the epoch past it.
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        {
-            let seen = self.seen.read().expect("tenant cache lock poisoned");
-            if seen.0 == epoch
-                && let Some(&enabled) = seen.1.get(tenant)
-            {
-                return Ok(enabled);
-            }
-        }
-        let enabled = load()?;
-        let mut seen = self.seen.write().expect("tenant cache lock poisoned");
-        if seen.0 < epoch {
-            *seen = (epoch, BTreeMap::new());
-        }
-        // A newer epoch's map must not take an answer read before it began.
-        if seen.0 == epoch {
-            seen.1.insert(tenant.to_string(), enabled);
-        }
-        Ok(enabled)
+        self.get(tenant, || load().map(Some))
+            .map(|v| v.unwrap_or_default())
     }
 }
 
@@ -266,6 +300,7 @@ impl Store {
             remove_on_drop: AtomicBool::new(false),
             ddl: RwLock::new(()),
             tenants: TenantCache::default(),
+            tokens: EpochCache::default(),
             meta_cache: MetaCache::default(),
         })
     }
