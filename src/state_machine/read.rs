@@ -206,10 +206,12 @@ impl GraphReader {
     /// next admin entry applies.
     pub fn token(&self, id: u64) -> Result<Option<Arc<TokenRecord>>, ReadError> {
         let store = self.store();
-        store.tokens.get(&id, || match self.meta_get(&store, &keys::token(id))? {
-            Some(b) => Ok(Some(Arc::new(decode(&b, "token record")?))),
-            None => Ok(None),
-        })
+        store
+            .tokens
+            .get(&id, || match self.meta_get(&store, &keys::token(id))? {
+                Some(b) => Ok(Some(Arc::new(decode(&b, "token record")?))),
+                None => Ok(None),
+            })
     }
 
     /// Tokens in id order after `after` (exclusive); with `tenant`, only that tenant's. At most
