@@ -93,6 +93,12 @@ pub fn dialer(g: &Global) -> Result<Dialer, Status> {
 }
 
 pub(super) fn client(g: &Global) -> Result<Client, Status> {
+    if g.token.is_some() && g.ca.is_none() {
+        eprintln!(
+            "warning: sending the token over plaintext (no --ca): anyone on the network can read \
+             and reuse it"
+        );
+    }
     Client::new(
         g.endpoints.clone(),
         ClientOptions {
