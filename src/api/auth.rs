@@ -181,6 +181,17 @@ impl Auth {
         self.in_membership(*id).then_some(*id)
     }
 
+    /// The caller of an admin call, refused unless a cluster administrator (the refusal is
+    /// audited; the caller audits the outcome of what it lets through).
+    pub fn admin<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
+        let caller = self.caller(request)?;
+        let allowed = need_cluster_admin(&caller, what);
+        if allowed.is_err() {
+            audit(&caller, what, &allowed);
+        }
+        allowed.map(|()| caller)
+    }
+
     /// Checks a stream's caller again before one of its calls: a token revoked or expired since
     /// the stream opened is refused.
     pub fn recheck(&self, caller: &Caller) -> Result<(), Status> {
@@ -233,8 +244,9 @@ impl Auth {
     }
 }
 
-/// A name from the request, cut for a message (tenant ids are validated later, if at all).
-fn shown(name: &str) -> &str {
+/// A name from the request, cut for a message or an audit line (tenant ids are validated later,
+/// if at all).
+pub(super) fn shown(name: &str) -> &str {
     match name.char_indices().nth(64) {
         Some((i, _)) => &name[..i],
         None => name,

@@ -13,7 +13,7 @@ use openraft::{ChangeMembers, ServerState};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::auth::{Auth, audit, need_cluster_admin};
+use super::auth::{Auth, audit};
 use super::batch::BatchStats;
 use super::route;
 use super::status::invalid;
@@ -84,12 +84,7 @@ impl ClusterApi {
                 "unauthenticated: this server was built without an authenticator",
             ));
         };
-        let caller = auth.caller(request)?;
-        let allowed = need_cluster_admin(&caller, what);
-        if allowed.is_err() {
-            audit(&caller, what, &allowed);
-        }
-        allowed.map(|()| caller)
+        auth.admin(request, what)
     }
 
     /// The first cluster-admin token, made once the cluster has a leader: here (a member that

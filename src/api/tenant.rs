@@ -7,7 +7,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::admission::Admission;
-use super::auth::{Auth, Caller, audit, need_cluster_admin, need_tenant};
+use super::auth::{Auth, audit, need_tenant, shown};
 use super::convert;
 use super::route::{self, Proposed};
 use super::sources::Clock;
@@ -67,16 +67,6 @@ impl TenantApi {
         self
     }
 
-    /// The caller of an admin call, refused unless a cluster administrator.
-    fn admin_caller<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
-        let caller = self.auth.caller(request)?;
-        let allowed = need_cluster_admin(&caller, what);
-        if allowed.is_err() {
-            audit(&caller, what, &allowed);
-        }
-        allowed.map(|()| caller)
-    }
-
     /// Proposes an admin command; `Ok(Err(leader))` means "forward to this leader".
     async fn admin(
         &self,
@@ -100,30 +90,6 @@ async fn client(
         .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX))
 }
 
-/// A request's tenant id, cut for an audit line.
-fn shown_id<M: HasId>(m: &M) -> &str {
-    let id = m.id();
-    match id.char_indices().nth(64) {
-        Some((i, _)) => &id[..i],
-        None => id,
-    }
-}
-
-trait HasId {
-    fn id(&self) -> &str;
-}
-
-macro_rules! has_id {
-    ($($t:ty),*) => {$(impl HasId for $t { fn id(&self) -> &str { &self.id } })*};
-}
-has_id!(
-    pb::CreateTenantRequest,
-    pb::UpdateQuotasRequest,
-    pb::SetTenantConfigRequest,
-    pb::SetTenantEnabledRequest,
-    pb::DeleteTenantRequest
-);
-
 fn tenant_of(o: Outcome) -> Result<Response<pb::Tenant>, Status> {
     match o {
         Outcome::Tenant(t) => Ok(Response::new(convert::tenant_to_proto(&t))),
@@ -139,11 +105,11 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let caller = self.admin_caller(&request, "create tenants")?;
+        let caller = self.auth.admin(&request, "create tenants")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let action = format!("create tenant {:?}", shown_id(&msg));
+        let action = format!("create tenant {:?}", shown(&msg.id));
         let result = async {
             let req = convert::create_tenant(msg.clone(), (self.clock)())?;
             let _permit = self.admission.admit(msg.encoded_len())?;
@@ -242,11 +208,11 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::UpdateQuotasRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let caller = self.admin_caller(&request, "change quotas")?;
+        let caller = self.auth.admin(&request, "change quotas")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let action = format!("update quotas of tenant {:?}", shown_id(&msg));
+        let action = format!("update quotas of tenant {:?}", shown(&msg.id));
         let result = async {
             let req = convert::update_quotas(msg.clone(), (self.clock)())?;
             let _permit = self.admission.admit(msg.encoded_len())?;
@@ -268,11 +234,11 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::SetTenantConfigRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let caller = self.admin_caller(&request, "change tenant configs")?;
+        let caller = self.auth.admin(&request, "change tenant configs")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let action = format!("set config of tenant {:?}", shown_id(&msg));
+        let action = format!("set config of tenant {:?}", shown(&msg.id));
         let result = async {
             let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
             let _permit = self.admission.admit(msg.encoded_len())?;
@@ -294,11 +260,11 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::SetTenantEnabledRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let caller = self.admin_caller(&request, "enable or disable tenants")?;
+        let caller = self.auth.admin(&request, "enable or disable tenants")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let action = format!("enable/disable tenant {:?}", shown_id(&msg));
+        let action = format!("enable/disable tenant {:?}", shown(&msg.id));
         let result = async {
             let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
             let _permit = self.admission.admit(msg.encoded_len())?;
@@ -320,11 +286,11 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
-        let caller = self.admin_caller(&request, "delete tenants")?;
+        let caller = self.auth.admin(&request, "delete tenants")?;
         let via = route::Via::of(&request);
         let fwd = via.forwarded;
         let msg = request.into_inner();
-        let action = format!("delete tenant {:?}", shown_id(&msg));
+        let action = format!("delete tenant {:?}", shown(&msg.id));
         let result = async {
             let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
             let _permit = self.admission.admit(msg.encoded_len())?;

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::admission::Admission;
-use super::auth::{Auth, Caller, audit, need_cluster_admin, need_tenant};
+use super::auth::{Auth, Caller, audit, need_cluster_admin, need_tenant, shown};
 use super::route::{self, Proposed};
 use super::sources::{Clock, Random};
 use super::status::{apply_error, invalid, read_error};
@@ -253,12 +253,7 @@ impl TokenService for TokenApi {
         let caller = self.auth.caller(&request)?;
         let action = format!(
             "create token (tenant {:?}, role {})",
-            request
-                .get_ref()
-                .tenant
-                .chars()
-                .take(64)
-                .collect::<String>(),
+            shown(&request.get_ref().tenant),
             request.get_ref().role
         );
         let result = self.create(&caller, request).await;
@@ -281,10 +276,7 @@ impl TokenService for TokenApi {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let caller = self.auth.caller(&request)?;
-        let action = format!(
-            "revoke token {:?}",
-            request.get_ref().id.chars().take(16).collect::<String>()
-        );
+        let action = format!("revoke token {:?}", shown(&request.get_ref().id));
         let result = self.revoke(&caller, request).await;
         audit(&caller, &action, &result);
         result.map(Response::new)
