@@ -288,8 +288,10 @@ pub struct Principal {
     pub via: Credential,
 }
 
-/// What authenticated a principal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What authenticated a principal. Every request records it (`Request::owner`): a client's
+/// exactly-once session lives in the space of the credential that made it, and apply checks a
+/// token credential again. **Format:** part of every request in the log (bincode, positional).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Credential {
     /// A bearer token, by id.
     Token(u64),

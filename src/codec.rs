@@ -28,7 +28,12 @@ use serde::de::DeserializeOwned;
 /// - 3: a `Request` carries its command's fingerprint, stamped by the leader, instead of every
 ///   replica computing it at apply. No decoder for version 2 is kept either (no release wrote
 ///   it): a version-2 data directory is refused with `UnknownVersion { found: 2 }`.
-pub const FORMAT_VERSION: u8 = 3;
+/// - 4: a `Request` names its owner (the credential that made it), sessions are keyed by
+///   `(owner, client id)` and metered per owner, and `ClusterLimits` bounds sessions per
+///   principal. No decoder for version 3 is kept (no release wrote it; its session table has
+///   no owners to convert into): a version-3 data directory is refused with
+///   `UnknownVersion { found: 3 }` and must be recreated.
+pub const FORMAT_VERSION: u8 = 4;
 
 use crate::wire::DECODE_BYTES_MAX;
 

@@ -21,7 +21,7 @@
 //! | [`proto`] | the gRPC API generated from `proto/raftgraph/v1` | — |
 //! | [`budget`] | bytes held for a reader that may never take them (unsent stream answers) | — |
 //! | [`codec`] | the one serializer for everything in the log and on disk | `wire` |
-//! | [`tenant`] | tenant ids, quotas, usage and configs as pure logic | `codec`, `wire` |
+//! | [`tenant`] | tenant ids, quotas, usage and configs as pure logic; secrets sealed at rest | `codec`, `wire` |
 //! | [`auth`] | bearer tokens, their scopes and roles, the principal a call runs as, as pure logic | `tenant` |
 //! | [`command`] | the replicated vocabulary: graph values, requests, responses | `auth`, `tenant`, `codec`, `wire` |
 //! | [`raft`] | the openraft type configuration and its runtime | `command` |
@@ -33,7 +33,7 @@
 //! | [`api`] | the client-facing gRPC services, authentication and authorization, routing, admission, edge conversions | `budget`, `state_machine`, `wal`, `raft`, `command`, `auth`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`peer`] | openraft's network over gRPC between members, and who may call it | `state_machine`, `raft`, `codec`, `tls`, `transport`, `proto`, `wire` |
 //! | [`server`] | the server process: config, data directory, two listeners, serving, shutdown | `api`, `peer`, `state_machine`, `wal`, `raft`, `command`, `auth`, `tenant`, `codec`, `tls`, `transport`, `proto`, `wire` |
-//! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster\|certs` commands | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
+//! | [`cli`] | the `raftgraph tenant\|node\|edge\|cluster\|certs\|secrets` commands | `client`, `command`, `tenant`, `tls`, `transport`, `proto`, `wire` |
 //! | [`bench`](mod@bench) | `raftgraph bench`, the load generator for raftgraph and etcd | `client`, `command`, `tls`, `transport`, `proto`, `wire` |
 //!
 //! `wal`, `state_machine`, `tenant` and `command` never see tonic or generated protobuf types:

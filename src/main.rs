@@ -57,6 +57,14 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::ClusterCmd,
     },
+    /// Tenant secrets: keygen (a keyring for `secrets_key_file`), rotate (re-seal every secret
+    /// under the newest key).
+    Secrets {
+        #[command(flatten)]
+        global: cli::Global,
+        #[command(subcommand)]
+        cmd: cli::SecretsCmd,
+    },
     /// Load a raftgraph cluster (or, with --target etcd, an etcd cluster) with concurrent
     /// clients: throughput, p50/p99/p99.9 latency and errors.
     /// Certificates: the cluster's CA, member and client certificates (PEM, keys 0600).
@@ -139,6 +147,9 @@ struct ServerArgs {
     /// Authentication on the client listener (`auth`): on (default) or off (local experiments).
     #[arg(long, env = "RAFTGRAPH_AUTH")]
     auth: Option<raftgraph::auth::AuthMode>,
+    /// The keyring tenant secrets are sealed with (`secrets_key_file`; mode 0600).
+    #[arg(long, env = "RAFTGRAPH_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// The cluster's CA certificate, PEM (`certs.ca`).
     #[arg(long, env = "RAFTGRAPH_CA")]
     ca: Option<PathBuf>,
@@ -205,6 +216,9 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = a.auth {
         c.auth = v;
+    }
+    if let Some(v) = a.secrets_key_file {
+        c.secrets_key_file = Some(v);
     }
     if let Some(v) = a.tls {
         c.tls = v;
@@ -341,6 +355,7 @@ async fn run(command: Run) -> anyhow::Result<()> {
         Command::Edge { global, cmd } => client_result(cli::edge(&global, cmd).await)?,
         Command::Cluster { global, cmd } => client_result(cli::cluster(&global, cmd).await)?,
         Command::Certs { cmd } => cli::certs(cmd)?,
+        Command::Secrets { global, cmd } => client_result(cli::secrets(&global, cmd).await)?,
         Command::Bench(mut args) => {
             args.validate().map_err(|e| anyhow::anyhow!(e))?;
             let report = raftgraph::bench::run(&args).await?;

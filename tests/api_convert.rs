@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use prost::Message;
+use raftgraph::api::Secrets;
 use raftgraph::api::convert;
 use raftgraph::command::{Command, NodeRef, Op, Value};
 use raftgraph::proto::v1 as pb;
@@ -226,7 +227,7 @@ fn tenants_go_out_without_secrets_and_echoed_reads_are_refused() {
         id: "t".into(),
         config: wire.config,
     };
-    let s = convert::set_tenant_config(req, 0).unwrap_err();
+    let s = convert::set_tenant_config(req, 0, &Secrets::default()).unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(
         s.message().contains("config.llm.api_key"),
@@ -277,5 +278,49 @@ fn absent_quotas_mean_defaults_and_absent_limits_mean_unlimited() {
     assert_eq!(
         convert::update_quotas(req, 0).unwrap_err().code(),
         Code::InvalidArgument
+    );
+}
+
+/// A config's secrets are sealed at the edge, before the request is fingerprinted: the
+/// request that reaches the log holds no plain secret, a retry seals to the same bytes (the
+/// same fingerprint, so exactly-once holds), and a server without a key refuses, naming the
+/// field.
+#[test]
+fn secrets_are_sealed_before_the_request_is_made() {
+    use raftgraph::tenant::Keyring;
+    let keyring = Keyring::parse(&format!("k1 {}\n", "42".repeat(32))).unwrap();
+    let secrets = Secrets::new(Some(keyring));
+    let p = pb::LlmProviderConfig {
+        provider: pb::LlmProvider::Gemini as i32,
+        model: "m".into(),
+        api_key: Some("sk-PLANTED-7f3a".into()),
+        ..Default::default()
+    };
+    let req = pb::SetTenantConfigRequest {
+        request_id: id(1, 1),
+        id: "t".into(),
+        config: Some(pb::TenantConfig {
+            llm: Some(p),
+            ..Default::default()
+        }),
+    };
+    let a = convert::set_tenant_config(req.clone(), 0, &secrets).unwrap();
+    let bytes = raftgraph::codec::encode(&a).unwrap();
+    assert!(!bytes.windows(15).any(|w| w == b"sk-PLANTED-7f3a"));
+    let Command::SetTenantConfig { config, .. } = &a.command else {
+        panic!("{:?}", a.command)
+    };
+    let Some(Secret::Sealed(s)) = &config.llm.as_ref().unwrap().api_key else {
+        panic!("not sealed: {config:?}")
+    };
+    assert_eq!(s.key_id, "k1");
+    let b = convert::set_tenant_config(req.clone(), 5, &secrets).unwrap();
+    assert_eq!(a.fingerprint, b.fingerprint, "a retry is the same request");
+    let e = convert::set_tenant_config(req, 0, &Secrets::default()).unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("config.llm.api_key"),
+        "{}",
+        e.message()
     );
 }

@@ -68,9 +68,26 @@ async fn start(ca: &TestCa, id: u64, dir: &Path, offset: Arc<AtomicI64>) -> Serv
     c.storage.write_buffer_bytes = 8 << 20;
     c.storage.block_cache_bytes = 8 << 20;
     c.storage.wal_segment_bytes = 8 << 20;
+    c.secrets_key_file = Some(dir.join(KEYRING));
     Server::start_with_clock(c, Listeners { api, peer }, clock(offset))
         .await
         .unwrap()
+}
+
+/// The members' keyring file (one file: every member reads the same keys).
+const KEYRING: &str = "secrets.keys";
+
+/// Appends a key `id` to the keyring in `dir` (created with mode 0600).
+fn add_key(dir: &Path, id: &str, byte: u8) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(dir.join(KEYRING))
+        .unwrap();
+    writeln!(f, "{id} {}", format!("{byte:02x}").repeat(32)).unwrap();
 }
 
 /// What a call is sent with.
@@ -120,9 +137,12 @@ enum Call {
     TransferLeadership,
     TriggerSnapshot,
     Status,
+    GetLimits,
+    SetLimits,
+    RotateSecrets,
 }
 
-const CALLS: [Call; 30] = [
+const CALLS: [Call; 33] = [
     Call::Write,
     Call::WriteStream,
     Call::GetNode,
@@ -153,6 +173,9 @@ const CALLS: [Call; 30] = [
     Call::TransferLeadership,
     Call::TriggerSnapshot,
     Call::Status,
+    Call::GetLimits,
+    Call::SetLimits,
+    Call::RotateSecrets,
 ];
 
 /// What a call needs.
@@ -193,7 +216,7 @@ fn needs(c: Call) -> Needs {
         ListAllTokens => Needs::AnyAdmin,
         CreateTenant | UpdateQuotas | SetTenantConfig | SetTenantEnabled | DeleteTenant
         | CreateClusterToken | AddLearner | Promote | Remove | TransferLeadership
-        | TriggerSnapshot => Needs::ClusterAdmin,
+        | TriggerSnapshot | GetLimits | SetLimits | RotateSecrets => Needs::ClusterAdmin,
         Init => Needs::MemberCertificate,
         Status => Needs::Open,
     }
@@ -318,6 +341,22 @@ impl Env {
             .await
             .unwrap();
         m.current_leader.unwrap()
+    }
+
+    /// Stops member `id` and starts it again on the same addresses and data directory.
+    async fn restart(&mut self, id: u64) {
+        let i = (id - 1) as usize;
+        let old = self.servers.remove(i);
+        let config = old.config().clone();
+        old.shutdown().await.unwrap();
+        let listeners = Listeners {
+            api: TcpListener::bind(config.listen).await.unwrap(),
+            peer: TcpListener::bind(config.peer_listen).await.unwrap(),
+        };
+        let new = Server::start_with_clock(config, listeners, clock(self.offset.clone()))
+            .await
+            .unwrap();
+        self.servers.insert(i, new);
     }
 
     /// A member that does not lead.
@@ -610,6 +649,11 @@ async fn send(
                 ))
                 .await,
         ),
+        Call::RotateSecrets => code(
+            tenants
+                .rotate_secrets(req(cred, pb::RotateSecretsRequest {}))
+                .await,
+        ),
         Call::CreateTenantToken => code(
             tokens
                 .create_token(req(
@@ -692,6 +736,20 @@ async fn send(
                 .await,
         ),
         Call::Status => code(cluster.status(req(cred, pb::StatusRequest {})).await),
+        Call::GetLimits => code(cluster.get_limits(req(cred, pb::GetLimitsRequest {})).await),
+        // The value it has already: the cells after this one run under the same limits.
+        Call::SetLimits => code(
+            cluster
+                .set_limits(req(
+                    cred,
+                    pb::SetLimitsRequest {
+                        request_id: env.request_id(),
+                        tenants_max: Some(256),
+                        ..Default::default()
+                    },
+                ))
+                .await,
+        ),
     }
 }
 
@@ -738,6 +796,7 @@ async fn cluster() -> (Env, String) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(&dir.path().join("certs"), CLUSTER);
     let offset = Arc::new(AtomicI64::new(0));
+    add_key(dir.path(), "k1", 0x11);
     let mut servers = Vec::new();
     for id in 1..=3 {
         servers.push(start(&ca, id, dir.path(), offset.clone()).await);
@@ -1157,4 +1216,331 @@ async fn a_forwarding_members_certificate_is_no_callers_credential() {
     let leader = env.leader().await;
     let (c, m) = code(list(as3, leader).await);
     assert_eq!(c, Code::Unauthenticated, "a removed member: {m}");
+}
+
+/// A cluster, its cluster-admin credential, and tenant `tenant` with a token of `role`.
+async fn cluster_with(tenant: &str, role: pb::Role) -> (Env, Cred, String) {
+    let (env, admin) = cluster().await;
+    let admin = bearer(&admin);
+    create_tenant(&env, &admin, tenant).await;
+    let leader = env.leader().await;
+    let token = make_token(&env, leader, &admin, tenant, role, 0)
+        .await
+        .token;
+    (env, admin, token)
+}
+
+/// Sets the replicated limit on sessions per principal.
+async fn limit_sessions(env: &Env, admin: &Cred, max: u64) {
+    let to = env.leader().await;
+    let l = ClusterServiceClient::new(env.channel(to, admin))
+        .set_limits(req(
+            admin,
+            pb::SetLimitsRequest {
+                request_id: env.request_id(),
+                sessions_per_principal_max: Some(max),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.sessions_per_principal_max, max);
+}
+
+/// Nodes labelled `label` in `tenant`, read by `cred` (one page).
+async fn count(env: &Env, cred: &Cred, tenant: &str, label: &str) -> usize {
+    let to = env.leader().await;
+    GraphServiceClient::new(env.channel(to, cred))
+        .nodes_by_label(req(
+            cred,
+            pb::NodesByLabelRequest {
+                tenant: tenant.into(),
+                label: label.into(),
+                limit: 1_000,
+                consistency: pb::Consistency::Linearizable as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .len()
+}
+
+/// The session attacks, over the network: a token that learned another's client id can
+/// neither push that session's sequence nor replay it, and its junk writes under fresh ids
+/// evict only its own sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tokens_sessions_are_its_own() {
+    let (env, admin, first_token) = cluster_with("s", pb::Role::Write).await;
+    let leader = env.leader().await;
+    let second = make_token(&env, leader, &admin, "s", pb::Role::Write, 0).await;
+    let (w1, w2) = (&bearer(&first_token), &bearer(&second.token));
+    limit_sessions(&env, &admin, 3).await;
+    let to = env.follower().await;
+    let write = |cred: &Cred, client_id: u64, sequence: u64| {
+        let (ch, cred) = (env.channel(to, cred), cred.clone());
+        async move {
+            GraphServiceClient::new(ch)
+                .write(req(
+                    &cred,
+                    pb::WriteRequest {
+                        tenant: "s".into(),
+                        request_id: Some(pb::RequestId {
+                            client_id,
+                            sequence,
+                        }),
+                        preconditions: vec![],
+                        operations: create_node("s"),
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let first = write(w1, 77, 1).await.unwrap();
+    // w2 learned client id 77: it cannot push that session far ahead, and its sequence 1
+    // under 77 is a request of its own, not a replay of w1's answer.
+    let (c, m) = code(write(w2, 77, 1_000_000).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    assert!(m.contains("session expired"), "{m}");
+    let own = write(w2, 77, 1).await.unwrap();
+    assert_ne!(own, first, "w2's write is its own");
+    // w2's junk under fresh ids, many past the limit of 3 per token.
+    for client in 1_000..1_020 {
+        write(w2, client, 1).await.unwrap();
+    }
+    // w1's session survived: its retry is answered from it (nothing applied again) and it
+    // goes on where it was.
+    let before = count(&env, &admin, "s", "L").await;
+    assert_eq!(write(w1, 77, 1).await.unwrap(), first);
+    assert_eq!(count(&env, &admin, "s", "L").await, before);
+    write(w1, 77, 2).await.unwrap();
+    assert_eq!(count(&env, &admin, "s", "L").await, before + 1);
+    // And w2's own oldest session went: its retry under 1,000 at sequence 2 is a gap.
+    let (c, m) = code(write(w2, 1_000, 2).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+}
+
+/// The duplicate: a write applies but its answer is lost; the token's other clients
+/// then push its session out; the retry is refused as expired. The client must not send it
+/// again in a new session (it would apply twice): it reports an unknown outcome, and the graph
+/// holds the write once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_applied_then_evicted_is_not_applied_twice() {
+    use raftgraph::client::{Client, ClientOptions, Pool, is_outcome_unknown};
+    let (env, admin, token) = cluster_with("lost", pb::Role::Write).await;
+    let leader = env.leader().await;
+    limit_sessions(&env, &admin, 2).await;
+    // A stand-in in front of the leader that, when told to, loses the answer of a write it
+    // forwarded, after the same token has written under three fresh client ids.
+    let lose = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upstream = env.channel(leader, &Cred::Nothing);
+    let proxy = {
+        let lose = lose.clone();
+        helpers::stand_in::serve(Arc::new(move |request: Request<pb::WriteRequest>| {
+            let (lose, upstream) = (lose.clone(), upstream.clone());
+            let auth = request.metadata().get("authorization").cloned();
+            let msg = request.into_inner();
+            Box::pin(async move {
+                let send = |msg: pb::WriteRequest| {
+                    let mut r = Request::new(msg);
+                    if let Some(a) = &auth {
+                        r.metadata_mut().insert("authorization", a.clone());
+                    }
+                    let mut c = GraphServiceClient::new(upstream.clone());
+                    async move { c.write(r).await }
+                };
+                let answer = send(msg.clone()).await?.into_inner();
+                if !lose.swap(false, Ordering::SeqCst) {
+                    return Ok(answer);
+                }
+                for client_id in 5_000..5_003 {
+                    let junk = pb::WriteRequest {
+                        request_id: Some(pb::RequestId {
+                            client_id,
+                            sequence: 1,
+                        }),
+                        ..msg.clone()
+                    };
+                    send(junk).await?;
+                }
+                Err(tonic::Status::unavailable("the answer was lost"))
+            })
+        }))
+        .await
+    };
+    let client = Client::new(
+        vec![proxy],
+        ClientOptions {
+            client_id: Some(4242),
+            attempt_timeout: Duration::from_secs(20),
+            deadline: Duration::from_secs(60),
+            write_stream: false,
+            read_stream: false,
+            pool: Pool::new(Dialer::default()).with_token(&token).unwrap(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let write = || pb::WriteRequest {
+        tenant: "lost".into(),
+        operations: vec![pb::Operation {
+            op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+                labels: vec!["Once".into()],
+                properties: Default::default(),
+            })),
+        }],
+        ..Default::default()
+    };
+    client.write(write()).await.unwrap();
+    lose.store(true, Ordering::SeqCst);
+    let e = client.write(write()).await.unwrap_err();
+    assert!(is_outcome_unknown(&e), "{e:?}");
+    // The first write and the lost one, each once; and the junk (3 nodes, same label).
+    assert_eq!(count(&env, &admin, "lost", "Once").await, 2 + 3);
+}
+
+/// Secrets sealed at rest, from the outside: API keys set through a follower are nowhere in
+/// the data directories as plain bytes (WAL segments, RocksDB files, snapshot streams), reads
+/// only say a key is set, and after a new key is added to every member's keyring (a rolling
+/// restart) `RotateSecrets` re-seals every secret under it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn planted_api_keys_are_sealed_everywhere_at_rest_and_rotate() {
+    let (mut env, admin) = cluster().await;
+    let admin = bearer(&admin);
+    let plants = ["sk-PLANTED-llm-c0ffee-4242", "sk-PLANTED-tool-beef-9191"];
+    let to = env.follower().await;
+    let provider = |key: &str| pb::LlmProviderConfig {
+        provider: pb::LlmProvider::Anthropic as i32,
+        model: "m".into(),
+        api_key: Some(key.into()),
+        ..Default::default()
+    };
+    TenantServiceClient::new(env.channel(to, &admin))
+        .create_tenant(req(
+            &admin,
+            pb::CreateTenantRequest {
+                request_id: env.request_id(),
+                id: "vault".into(),
+                config: Some(pb::TenantConfig {
+                    llm: Some(provider(plants[0])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let config = pb::TenantConfig {
+        llm: Some(provider(plants[0])),
+        tools: vec![pb::ToolConfig {
+            name: "search".into(),
+            api_key: Some(plants[1].into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let set_config = |env: &Env| {
+        let (ch, admin, config) = (env.channel(to, &admin), admin.clone(), config.clone());
+        let request_id = env.request_id();
+        async move {
+            TenantServiceClient::new(ch)
+                .set_tenant_config(req(
+                    &admin,
+                    pb::SetTenantConfigRequest {
+                        request_id,
+                        id: "vault".into(),
+                        config: Some(config),
+                    },
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    set_config(&env).await;
+    let read = TenantServiceClient::new(env.channel(to, &admin))
+        .get_tenant(req(
+            &admin,
+            pb::GetTenantRequest {
+                id: "vault".into(),
+                consistency: pb::Consistency::Linearizable as i32,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let llm = read.config.unwrap().llm.unwrap();
+    assert_eq!((llm.api_key, llm.api_key_set), (None, true));
+    // Every member builds a snapshot stream, so the search below covers one.
+    env.converged().await;
+    for id in 1..=3 {
+        ClusterServiceClient::new(env.channel(id, &admin))
+            .trigger_snapshot(req(&admin, pb::TriggerSnapshotRequest {}))
+            .await
+            .unwrap();
+        env.servers[(id - 1) as usize]
+            .raft()
+            .wait(Some(WAIT))
+            .metrics(|m| m.snapshot.is_some(), "a snapshot")
+            .await
+            .unwrap();
+    }
+    let no_plain_secret = |dir: &Path| {
+        let all = files(dir);
+        assert!(
+            all.iter()
+                .any(|(p, _)| p.to_string_lossy().contains("snapshot")),
+            "a snapshot stream is among the files searched"
+        );
+        for (path, bytes) in &all {
+            for plant in plants {
+                assert!(
+                    !bytes.windows(plant.len()).any(|w| w == plant.as_bytes()),
+                    "{} holds {plant} in plain text",
+                    path.display()
+                );
+            }
+        }
+    };
+    no_plain_secret(env._dir.path());
+    // A new key on every member (a rolling restart), then the rotation.
+    add_key(env._dir.path(), "k2", 0x22);
+    for id in 1..=3 {
+        env.restart(id).await;
+        env.leader().await;
+    }
+    let rotate = |env: &Env| {
+        let ch = env.channel(1, &admin);
+        let admin = admin.clone();
+        async move {
+            TenantServiceClient::new(ch)
+                .rotate_secrets(req(&admin, pb::RotateSecretsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let r = rotate(&env).await;
+    assert_eq!(r.key_id, "k2");
+    assert_eq!((r.tenants_changed, r.secrets_resealed), (1, 2), "{r:?}");
+    assert!(r.unreadable.is_empty(), "{:?}", r.unreadable);
+    env.converged().await;
+    for s in &env.servers {
+        let mut stored = s.reader().sealed_config("vault").unwrap();
+        for (field, secret) in stored.secrets_mut() {
+            let raftgraph::tenant::Secret::Sealed(sealed) = secret else {
+                panic!("{field}: not sealed")
+            };
+            assert_eq!(sealed.key_id, "k2", "{field}");
+        }
+    }
+    let again = rotate(&env).await;
+    assert_eq!(again.secrets_resealed, 0, "{again:?}");
+    // A config sent again is sealed under k2, and nowhere in plain text either.
+    set_config(&env).await;
+    env.converged().await;
+    no_plain_secret(env._dir.path());
 }

@@ -125,12 +125,13 @@ fn write_config(dir: &Path, addr: &str, peer: &str) -> std::path::PathBuf {
     let certs = dir.join("certs");
     let text = format!(
         "cluster_id = \"bin\"\nmember_id = 1\nlisten = \"{addr}\"\npeer_listen = \"{peer}\"\n\
-         data_dir = \"{}\"\n\
+         data_dir = \"{}\"\nsecrets_key_file = \"{}\"\n\
          [certs]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
          [raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
          [storage]\nwrite_buffer_bytes = 8388608\nblock_cache_bytes = 8388608\n\
          wal_segment_bytes = 8388608\n",
         dir.join("node1").display(),
+        dir.join("secrets.keys").display(),
         certs.join("ca.pem").display(),
         certs.join("member-1.pem").display(),
         certs.join("member-1.key").display(),
@@ -155,9 +156,45 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
         0o600,
         "keys are 0600"
     );
+    // The members' keyring: made 0600, a second key appended (it seals from then on).
+    let keys = dir.path().join("secrets.keys");
+    for id in ["k1", "k2"] {
+        let out = cli(&[
+            "secrets",
+            "keygen",
+            "--id",
+            id,
+            "--file",
+            keys.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(id), "{out:?}");
+    }
+    let keys_meta = std::fs::metadata(&keys).unwrap();
+    assert_eq!(keys_meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&keys).unwrap().lines().count(), 2);
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let config = write_config(dir.path(), &addrs[0], &peers[0]);
+    // A keyring others may read is refused at start, saying so (and never showing a key).
+    let loose = dir.path().join("loose.keys");
+    std::fs::copy(&keys, &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut refused = server(|c| {
+        c.args(["--config", config.to_str().unwrap()])
+            .args(["--secrets-key-file", loose.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped());
+    });
+    assert!(!wait_exit(&mut refused).success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("secrets_key_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    let key_hex = std::fs::read_to_string(&keys).unwrap();
+    let first_key = key_hex.split_whitespace().nth(1).unwrap();
+    assert!(!err.contains(first_key), "the key is not shown");
     // Node 1 from a file; node 2 from the environment (with the member id's older variable
     // name); node 3 from flags (over a file that names another member: flags win).
     let mut nodes = vec![
@@ -172,7 +209,8 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
                 .env("RAFTGRAPH_CA", cert("ca.pem"))
                 .env("RAFTGRAPH_CERT", cert("member-2.pem"))
                 .env("RAFTGRAPH_KEY", cert("member-2.key"))
-                .env("RAFTGRAPH_DATA_DIR", dir.path().join("node2"));
+                .env("RAFTGRAPH_DATA_DIR", dir.path().join("node2"))
+                .env("RAFTGRAPH_SECRETS_KEY_FILE", &keys);
         }),
         server(|c| {
             c.args(["--config", config.to_str().unwrap()])
@@ -285,6 +323,29 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
     ));
     assert_eq!(made["role"], "write");
     let acme = made["token"].as_str().unwrap().to_string();
+    // The replicated limits: a cluster admin changes one, the others keep their values; a
+    // tenant token may not read them. The CA from RAFTGRAPH_CA_CERT alone.
+    let limits = |token: &str, args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["cluster", "limits"])
+            .args(args)
+            .args(["--endpoints", &endpoints, "--output", "json"])
+            .env_remove("RAFTGRAPH_ENDPOINTS")
+            .env_remove("RAFTGRAPH_CA")
+            .env("RAFTGRAPH_CA_CERT", CA.get().unwrap())
+            .env("RAFTGRAPH_TOKEN", token);
+        c.output().unwrap()
+    };
+    let set = json(&limits(&admin, &["set", "--tenants-max", "300"]));
+    assert_eq!(set["tenants_max"], 300);
+    assert_eq!(set["sessions_per_principal_max"], 10_000, "kept");
+    assert_eq!(json(&limits(&admin, &["get"]))["tenants_max"], 300);
+    let out = limits(&admin, &["set", "--sessions-per-principal-max", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sessions_per_principal_max"), "{err}");
+    let out = limits(&acme, &["get"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PermissionDenied"), "{err}");
     let cli = |args: &[&str]| cli_as(Some(&acme), args);
     let created = json(&cli(&[
         "node",

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
-use raftgraph::api::TenantApi;
 use raftgraph::api::{Clock, GraphApi};
+use raftgraph::api::{Secrets, TenantApi};
 use raftgraph::command::{Command, Op, Outcome, Request, WriteRequest};
 use raftgraph::peer::GrpcNetworkFactory;
 use raftgraph::peer::{FreeSpace, RaftGrpc};
@@ -145,7 +145,8 @@ fn serve_with(id: u64, node: &Node, dir: &Path, listener: TcpListener, free_spac
     let tenants = TenantServiceServer::new(
         TenantApi::new(raft, reader, clock)
             .with_router(router)
-            .with_auth(open),
+            .with_auth(open)
+            .with_secrets(secrets(), raftgraph::api::os_random()),
     );
     let tls = raftgraph::tls::Credentials::load(&ca().member(id))
         .unwrap()
@@ -943,4 +944,10 @@ async fn a_node_votes_for_at_most_one_candidate_per_term() {
     );
     assert!(ask(2).await.vote_granted, "the same candidate again");
     node.raft.shutdown().await.unwrap();
+}
+
+/// The members' keyring (one key): configs with secrets are sealed with it.
+fn secrets() -> Secrets {
+    let keyring = raftgraph::tenant::Keyring::parse(&format!("k1 {}\n", "3c".repeat(32)));
+    Secrets::new(Some(keyring.unwrap()))
 }

@@ -160,6 +160,15 @@ fn a_data_directory_is_locked_and_keeps_its_identity() {
     let e = DataDir::open(dir.path(), &me).unwrap_err();
     assert!(matches!(e, DataDirError::OldFormat { found: 1, .. }), "{e}");
     assert!(e.to_string().contains("format 1"), "{e}");
+    // And one of format 2 (owners and sealed secrets came with format 3).
+    std::fs::write(
+        dir.path().join("IDENTITY"),
+        "cluster_id = \"c1\"\nnode_id = 1\nformat = 2\n",
+    )
+    .unwrap();
+    let e = DataDir::open(dir.path(), &me).unwrap_err();
+    assert!(matches!(e, DataDirError::OldFormat { found: 2, .. }), "{e}");
+    assert!(e.to_string().contains("sealed"), "{e}");
     std::fs::write(dir.path().join("IDENTITY"), "garbage = [").unwrap();
     let e = DataDir::open(dir.path(), &me).unwrap_err();
     assert!(matches!(e, DataDirError::BadIdentity { .. }), "{e}");

@@ -4,6 +4,7 @@
 mod helpers;
 
 use helpers::sm_harness::*;
+use raftgraph::auth::Credential;
 use raftgraph::command::{
     ApplyError, ClusterLimits, Command, Direction, NodeRef, Op, OpResult, Outcome, Precondition,
     Request, Value, WriteRequest,
@@ -349,7 +350,7 @@ async fn sessions_are_evicted_oldest_first_past_the_replicated_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path()).await;
     let limits = ClusterLimits {
-        sessions_max: 3,
+        sessions_per_principal_max: 3,
         ..ClusterLimits::default()
     };
     h.run(100, Command::SetLimits(limits)).outcome.unwrap();
@@ -359,7 +360,7 @@ async fn sessions_are_evicted_oldest_first_past_the_replicated_limit() {
     }
     // Sessions: 0 and 100 were evicted (oldest), 1..=3 remain; client 100 resuming at 2 fails.
     let cmd = Command::SetLimits(ClusterLimits {
-        sessions_max: 3,
+        sessions_per_principal_max: 3,
         ..ClusterLimits::default()
     });
     let r = h.run(100, cmd).outcome.unwrap_err();
@@ -412,7 +413,7 @@ async fn eviction_follows_the_last_write_of_each_client() {
     };
     let limits = |max| {
         Command::SetLimits(ClusterLimits {
-            sessions_max: max,
+            sessions_per_principal_max: max,
             ..ClusterLimits::default()
         })
     };
@@ -598,7 +599,7 @@ async fn state_survives_restart_and_tenant_admin_is_checked() {
             provider: LlmProvider::Ollama,
             model: "llama".into(),
             endpoint: None,
-            api_key: Some(Secret::new("secret-key-1")),
+            api_key: Some(sealed("secret-key-1", "acme", "llm.api_key")),
         }),
         ..TenantConfig::default()
     };
@@ -1013,7 +1014,14 @@ async fn a_used_sequence_with_another_request_is_refused_not_answered() {
         }
     );
     assert_eq!(h.reader().tenant("b").unwrap().usage.nodes, 0);
-    assert_eq!(h.reader().session(42).unwrap().unwrap().sequence, 1);
+    assert_eq!(
+        h.reader()
+            .session(Credential::Open, 42)
+            .unwrap()
+            .unwrap()
+            .sequence,
+        1
+    );
 }
 
 #[tokio::test]
@@ -1038,7 +1046,17 @@ async fn tenant_configs_are_validated_replicated_and_read_back_redacted() {
     // A read's redacted placeholder sent back as a config is refused (it would erase the key).
     let err = h.run(0, set(config(Secret::Redacted))).outcome.unwrap_err();
     assert!(err.to_string().contains("llm.api_key"), "{err}");
-    h.run(0, set(config(Secret::new("sk-123"))))
+    // A plain secret never enters the state: the API seals it before proposing, and apply
+    // refuses one that was not.
+    let err = h
+        .run(0, set(config(Secret::new("sk-123"))))
+        .outcome
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("llm.api_key") && err.to_string().contains("sealed"),
+        "{err}"
+    );
+    h.run(0, set(config(sealed("sk-123", "t", "llm.api_key"))))
         .outcome
         .unwrap();
     let info = h.reader().tenant("t").unwrap();
@@ -1064,7 +1082,7 @@ async fn tenant_pages_stop_at_the_byte_budget_and_continue_by_cursor() {
                 name: format!("tool{i}"),
                 description: long('d'),
                 enabled: true,
-                api_key: Some(Secret::new(long('k'))),
+                api_key: Some(sealed(&long('k'), "t", "tools.api_key")),
             })
             .collect(),
         ..TenantConfig::default()
@@ -1347,4 +1365,67 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// `ResealSecrets` replaces a secret only where the config still holds the sealed value it was
+/// read as: a secret changed since (a config set in between) is left as it is.
+#[tokio::test]
+async fn a_reseal_replaces_only_the_secrets_it_read() {
+    use raftgraph::command::Resealed;
+    use raftgraph::tenant::{Keyring, ToolConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let old = |plain: &str, field: &str| match sealed(plain, "t", field) {
+        Secret::Sealed(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let tool = |key: Secret| ToolConfig {
+        name: "x".into(),
+        description: String::new(),
+        enabled: true,
+        api_key: Some(key),
+    };
+    let config = TenantConfig {
+        tools: vec![
+            tool(sealed("a", "t", "tools[0].api_key")),
+            tool(sealed("b", "t", "tools[1].api_key")),
+        ],
+        ..TenantConfig::default()
+    };
+    let create = Command::CreateTenant {
+        tenant: "t".into(),
+        quotas: Quotas::default(),
+        config,
+    };
+    h.run(0, create).outcome.unwrap();
+    let k2 = Keyring::parse(&format!("k1 {}\nk2 {}\n", "5a".repeat(32), "77".repeat(32))).unwrap();
+    let reseal = |plain: &str, field: &str, was: &str| Resealed {
+        field: field.into(),
+        old: old(was, field),
+        new: k2.seal(plain, "t", field),
+    };
+    // The second secret was changed to "c" before the reseal (which read "b") applies.
+    let cmd = Command::ResealSecrets {
+        tenant: "t".into(),
+        secrets: vec![
+            reseal("a", "tools[0].api_key", "a"),
+            reseal("b", "tools[1].api_key", "c"),
+        ],
+    };
+    let r = h.run(0, cmd).outcome.unwrap();
+    assert_eq!(r, Outcome::Resealed(1));
+    let mut stored = h.reader().sealed_config("t").unwrap();
+    let ids: Vec<String> = stored
+        .secrets_mut()
+        .into_iter()
+        .map(|(_, s)| match s {
+            Secret::Sealed(s) => s.key_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, ["k2", "k1"]);
+    let Secret::Sealed(s) = &*stored.secrets_mut()[0].1 else {
+        panic!()
+    };
+    assert_eq!(k2.open(s, "t", "tools[0].api_key").unwrap().as_str(), "a");
 }

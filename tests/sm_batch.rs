@@ -14,6 +14,7 @@ use helpers::sm_logs::{TENANTS, random_log};
 use openraft::entry::RaftEntry;
 use openraft::{EntryPayload, Membership};
 use proptest::prelude::*;
+use raftgraph::auth::Credential;
 use raftgraph::command::{ApplyError, Command, Op, Proposal, Request, Response, WriteRequest};
 use raftgraph::raft::Entry;
 use raftgraph::state_machine::GraphReader;
@@ -49,7 +50,10 @@ fn state(rd: &GraphReader) -> String {
         assert_eq!(check.recount, check.recorded, "{t} usage");
     }
     for client in 0..8 {
-        let s = rd.session(client).unwrap().map(|s| s.sequence);
+        let s = rd
+            .session(Credential::Open, client)
+            .unwrap()
+            .map(|s| s.sequence);
         out += &format!("client {client}: {s:?}\n");
     }
     out
@@ -61,7 +65,7 @@ const FIRST_INDEX: u64 = 1_000;
 
 async fn run(seed: u64, n: u64) {
     // Session eviction breaks ties between requests of one entry by client id, not by their
-    // order, so the comparison runs with the default sessions_max (nothing evicted).
+    // order, so the comparison runs with the default sessions_per_principal_max (nothing evicted).
     let log: Vec<Entry> = random_log(seed, n)
         .into_iter()
         .filter(|e| {

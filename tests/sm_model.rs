@@ -34,7 +34,9 @@ async fn run(seed: u64, n: u64) {
             .filter_map(|t| Some((*t, (rd.tenant(t).ok()?, rd.tenant_digest(t).ok()?))))
             .collect();
         let session = match &e.payload {
-            EntryPayload::Normal(p) => rd.session(p.requests[0].client_id).unwrap(),
+            EntryPayload::Normal(p) => rd
+                .session(p.requests[0].owner, p.requests[0].client_id)
+                .unwrap(),
             _ => None,
         };
         let mut responses = h.sm.apply_entry(&e).unwrap().responses;

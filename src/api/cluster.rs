@@ -1,6 +1,9 @@
 //! The cluster service: bootstrap, membership changes, leadership transfer, snapshots and the
 //! member's view of the cluster. Membership changes and transfers run on the leader; a follower
-//! forwards them once, like writes. `Status` answers from the server asked.
+//! forwards them once, like writes. `Status` answers from the server asked. The replicated
+//! cluster limits are read and set here too ([`limits`]).
+
+mod limits;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,14 +19,15 @@ use tonic::{Request, Response, Status};
 use super::auth::{Auth, audit};
 use super::batch::BatchStats;
 use super::route;
+use super::sources::Clock;
 use super::status::invalid;
 use super::token::{Made, Tokens};
-use crate::auth::{AuthMode, Scope, id_hex};
+use crate::auth::{AuthMode, Credential, Scope, id_hex};
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::cluster_service_server::ClusterService;
 use crate::raft::{LogId, Member, NodeId, StoredMembership};
-use crate::state_machine::Raft;
+use crate::state_machine::{GraphReader, Raft};
 use crate::transport::check_addr;
 
 /// The most members (voters and learners) a cluster may have, and so the most named in one
@@ -48,6 +52,10 @@ pub struct ClusterApi {
     /// Whether `Init` needs a member's certificate when authentication is on (it cannot have
     /// one on a plaintext listener, `tls = "off"`).
     init_needs_certificate: bool,
+    /// The applied state (the cluster limits); `None` until [`ClusterApi::with_reader`].
+    reader: Option<GraphReader>,
+    /// Stamps the limits proposals.
+    clock: Clock,
 }
 
 impl ClusterApi {
@@ -62,7 +70,22 @@ impl ClusterApi {
             batch_stats: Arc::default(),
             auth: None,
             init_needs_certificate: true,
+            reader: None,
+            clock: Arc::new(|| 0),
         }
+    }
+
+    /// Reads the cluster limits from `reader`; stamps their changes with `clock`.
+    pub fn with_reader(mut self, reader: GraphReader, clock: Clock) -> Self {
+        self.reader = Some(reader);
+        self.clock = clock;
+        self
+    }
+
+    fn reader(&self) -> Result<&GraphReader, Status> {
+        self.reader
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this server does not serve the cluster limits"))
     }
 
     /// With `false` (a plaintext client listener), anyone may call `Init` first.
@@ -118,7 +141,10 @@ impl ClusterApi {
         // entry): retried until the wait is over.
         let deadline = tokio::time::Instant::now() + INIT_TOKEN_WAIT;
         loop {
-            match tokens.create(Scope::Cluster, 0, true).await {
+            match tokens
+                .create(Scope::Cluster, 0, Credential::Member(me), true)
+                .await
+            {
                 Ok(Made::Token(token, info)) => {
                     return pb::InitResponse {
                         admin_token: token.expose(),
@@ -181,24 +207,9 @@ impl ClusterApi {
     }
 
     /// `None` when this member leads (membership checks then run on the leader's view);
-    /// otherwise the leader to forward to, or UNAVAILABLE when none is known or the request
-    /// was forwarded already.
+    /// otherwise the leader to forward to ([`route::leader_elsewhere`]).
     fn leader_elsewhere(&self, was_forwarded: bool) -> Result<Option<Member>, Status> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader == Some(m.id) {
-            return Ok(None);
-        }
-        let leader = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-        match (leader, was_forwarded) {
-            (Some(leader), false) => Ok(Some(leader)),
-            (Some(leader), true) => Err(Status::unavailable(format!(
-                "leadership is moving (leader at {}); retry",
-                leader.api_addr
-            ))),
-            (None, _) => Err(Status::unavailable("no leader is known; retry")),
-        }
+        route::leader_elsewhere(&self.raft, was_forwarded)
     }
 
     /// The membership as this member knows it now.
@@ -758,6 +769,24 @@ impl ClusterService for ClusterApi {
         let caller = self.admin_caller(&request, "trigger snapshots")?;
         let result = self.do_trigger_snapshot(request).await;
         audit(&caller, "trigger snapshot", &result);
+        result
+    }
+
+    async fn get_limits(
+        &self,
+        request: Request<pb::GetLimitsRequest>,
+    ) -> Result<Response<pb::ClusterLimits>, Status> {
+        self.admin_caller(&request, "read the cluster limits")?;
+        self.do_get_limits()
+    }
+
+    async fn set_limits(
+        &self,
+        request: Request<pb::SetLimitsRequest>,
+    ) -> Result<Response<pb::ClusterLimits>, Status> {
+        let caller = self.admin_caller(&request, "set the cluster limits")?;
+        let result = self.do_set_limits(request, &caller).await;
+        audit(&caller, "set cluster limits", &result);
         result
     }
 

@@ -7,6 +7,7 @@ use std::fmt;
 
 use tonic::Status;
 
+use super::secrets::Secrets;
 use super::status::{apply_error, invalid};
 use crate::command::{
     Command, Edge, Node, NodeRef, Op, OpResult, Precondition, Properties, Request, Value,
@@ -502,15 +503,19 @@ pub fn tenant_to_proto(t: &TenantInfo) -> pb::Tenant {
     }
 }
 
+/// A tenant creation, its config's secrets sealed with `secrets`.
 pub fn create_tenant(
     req: pb::CreateTenantRequest,
     timestamp_micros: i64,
+    secrets: &Secrets,
 ) -> Result<Request, Status> {
     let id = request_id(req.request_id.as_ref())?;
+    let mut config = config_from_proto(req.config)?;
+    secrets.seal(&req.id, &mut config)?;
     let command = Command::CreateTenant {
         tenant: req.id,
         quotas: quotas_from_proto(req.quotas),
-        config: config_from_proto(req.config)?,
+        config,
     };
     request(id, timestamp_micros, command)
 }
@@ -530,14 +535,18 @@ pub fn update_quotas(
     request(id, timestamp_micros, command)
 }
 
+/// A config change, its secrets sealed with `secrets`.
 pub fn set_tenant_config(
     req: pb::SetTenantConfigRequest,
     timestamp_micros: i64,
+    secrets: &Secrets,
 ) -> Result<Request, Status> {
     let id = request_id(req.request_id.as_ref())?;
+    let mut config = config_from_proto(req.config)?;
+    secrets.seal(&req.id, &mut config)?;
     let command = Command::SetTenantConfig {
         tenant: req.id,
-        config: config_from_proto(req.config)?,
+        config,
     };
     request(id, timestamp_micros, command)
 }

@@ -22,7 +22,7 @@ use super::paced::{SMALL_ANSWER_RESERVE, answer_budget, hold_answer, reserve_ans
 use super::route::{self, Proposed};
 use super::sources::Clock;
 use super::status::{apply_error, invalid, read_error};
-use crate::auth::{AuthMode, Role};
+use crate::auth::{AuthMode, Credential, Role};
 use crate::budget::{ByteBudget, Reservation};
 use crate::command::{Direction, Outcome};
 use crate::proto::v1 as pb;
@@ -139,11 +139,12 @@ impl Writes {
     async fn write(
         &self,
         msg: pb::WriteRequest,
+        owner: Credential,
         via: route::Via,
     ) -> Result<pb::WriteResponse, Status> {
         // Held until the answer is sent, including a forward to the leader.
         let _permit = self.admission.admit(msg.encoded_len())?;
-        let req = convert::write_request(&msg, (self.clock)())?;
+        let req = convert::write_request(&msg, (self.clock)())?.by(owner);
         match self.batcher.propose(req, via.forwarded).await? {
             Proposed::Applied(Ok(Outcome::Write(results))) => Ok(convert::write_response(&results)),
             Proposed::Applied(Ok(other)) => {
@@ -187,7 +188,7 @@ impl Writes {
                 .recheck(caller)
                 .and_then(|()| need_tenant(caller, &w.tenant, Role::Write))
             {
-                Ok(()) => self.write(w, via).await,
+                Ok(()) => self.write(w, caller.principal.via, via).await,
                 Err(denied) => Err(denied),
             },
             None => Err(invalid("write", "missing from the call")),
@@ -585,7 +586,7 @@ impl GraphService for GraphApi {
         need_tenant(&caller, &request.get_ref().tenant, Role::Write)?;
         let via = route::Via::of(&request);
         self.writes()
-            .write(request.into_inner(), via)
+            .write(request.into_inner(), caller.principal.via, via)
             .await
             .map(Response::new)
     }

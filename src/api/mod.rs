@@ -10,6 +10,8 @@
 //!   unknown enum values, and runs `WriteRequest::validate` (the same bounds apply enforces).
 //! - No response carries a secret: tenant configs go out with `api_key` empty and `api_key_set`
 //!   telling whether one is stored.
+//! - No plain secret is proposed: [`Secrets`] seals a config's secrets before the request is
+//!   fingerprinted.
 //! - Every error a client sees comes through `status.rs`, with the code the table there gives.
 
 mod admission;
@@ -21,6 +23,7 @@ pub mod convert;
 mod graph;
 mod paced;
 mod route;
+mod secrets;
 mod sources;
 mod status;
 mod tenant;
@@ -33,6 +36,7 @@ pub use cluster::ClusterApi;
 pub use graph::GraphApi;
 pub use paced::Paced;
 pub use route::Router;
+pub use secrets::Secrets;
 pub use sources::{Clock, Random, os_random};
 pub use tenant::TenantApi;
 pub use token::{TokenApi, Tokens};

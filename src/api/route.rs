@@ -308,6 +308,26 @@ pub async fn read_route(
     }
 }
 
+/// `None` when this member leads; otherwise the leader to forward to, or UNAVAILABLE when none
+/// is known or the request was forwarded already.
+pub fn leader_elsewhere(raft: &Raft, was_forwarded: bool) -> Result<Option<Member>, Status> {
+    let m = raft.metrics().borrow_watched().clone();
+    if m.current_leader == Some(m.id) {
+        return Ok(None);
+    }
+    let leader = m
+        .current_leader
+        .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+    match (leader, was_forwarded) {
+        (Some(leader), false) => Ok(Some(leader)),
+        (Some(leader), true) => Err(Status::unavailable(format!(
+            "leadership is moving (leader at {}); retry",
+            leader.api_addr
+        ))),
+        (None, _) => Err(Status::unavailable("no leader is known; retry")),
+    }
+}
+
 /// What proposing a command led to.
 pub enum Proposed {
     /// Applied: the state machine's answer.

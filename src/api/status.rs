@@ -41,6 +41,8 @@ pub fn apply_error_code(e: &ApplyError) -> Code {
         | ApplyError::SessionExpired { .. }
         | ApplyError::SequenceReused { .. } => Code::FailedPrecondition,
         ApplyError::EntryTooLarge { .. } => Code::Aborted,
+        ApplyError::Unauthenticated { .. } => Code::Unauthenticated,
+        ApplyError::PermissionDenied { .. } => Code::PermissionDenied,
     }
 }
 
@@ -155,6 +157,14 @@ mod tests {
                     sequence: 2,
                 },
                 Code::FailedPrecondition,
+            ),
+            (
+                ApplyError::Unauthenticated { reason: t() },
+                Code::Unauthenticated,
+            ),
+            (
+                ApplyError::PermissionDenied { reason: t() },
+                Code::PermissionDenied,
             ),
         ];
         for (e, code) in cases {

@@ -1,6 +1,9 @@
 //! The tenant service: admin commands go through Raft like writes (one forward from a
 //! follower); reads are local, after a read index when linearizable. Responses never carry a
-//! secret (see `convert`).
+//! secret (see `convert`); configs' secrets are sealed before they are proposed, and
+//! `RotateSecrets` ([`rotate`]) seals them again under a new key.
+
+mod rotate;
 
 use crate::raft::Member;
 use tonic::transport::Channel;
@@ -10,7 +13,8 @@ use super::admission::Admission;
 use super::auth::{Auth, audit, need_tenant, shown};
 use super::convert;
 use super::route::{self, Proposed};
-use super::sources::Clock;
+use super::secrets::Secrets;
+use super::sources::{Clock, Random};
 use super::status::{apply_error, read_error};
 use prost::Message;
 
@@ -33,6 +37,9 @@ pub struct TenantApi {
     admission: Admission,
     router: route::Router,
     auth: Auth,
+    secrets: Secrets,
+    /// Client ids of the re-seal proposals.
+    random: Random,
 }
 
 impl TenantApi {
@@ -46,7 +53,17 @@ impl TenantApi {
             clock,
             admission: Admission::default(),
             router: route::Router::default(),
+            secrets: Secrets::default(),
+            random: super::sources::os_random(),
         }
+    }
+
+    /// Seals tenant secrets with `secrets` (none by default: configs with secrets are refused);
+    /// `random` picks the client ids of re-seal proposals.
+    pub fn with_secrets(mut self, secrets: Secrets, random: Random) -> Self {
+        self.secrets = secrets;
+        self.random = random;
+        self
     }
 
     /// Shares `admission` (the server's in-flight proposal budget) instead of a private default.
@@ -111,7 +128,8 @@ impl TenantService for TenantApi {
         let msg = request.into_inner();
         let action = format!("create tenant {:?}", shown(&msg.id));
         let result = async {
-            let req = convert::create_tenant(msg.clone(), (self.clock)())?;
+            let req = convert::create_tenant(msg.clone(), (self.clock)(), &self.secrets)?
+                .by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
                 Ok(o) => tenant_of(o),
@@ -214,7 +232,7 @@ impl TenantService for TenantApi {
         let msg = request.into_inner();
         let action = format!("update quotas of tenant {:?}", shown(&msg.id));
         let result = async {
-            let req = convert::update_quotas(msg.clone(), (self.clock)())?;
+            let req = convert::update_quotas(msg.clone(), (self.clock)())?.by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
                 Ok(o) => tenant_of(o),
@@ -240,7 +258,8 @@ impl TenantService for TenantApi {
         let msg = request.into_inner();
         let action = format!("set config of tenant {:?}", shown(&msg.id));
         let result = async {
-            let req = convert::set_tenant_config(msg.clone(), (self.clock)())?;
+            let req = convert::set_tenant_config(msg.clone(), (self.clock)(), &self.secrets)?
+                .by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
                 Ok(o) => tenant_of(o),
@@ -266,7 +285,8 @@ impl TenantService for TenantApi {
         let msg = request.into_inner();
         let action = format!("enable/disable tenant {:?}", shown(&msg.id));
         let result = async {
-            let req = convert::set_tenant_enabled(msg.clone(), (self.clock)())?;
+            let req =
+                convert::set_tenant_enabled(msg.clone(), (self.clock)())?.by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
                 Ok(o) => tenant_of(o),
@@ -282,6 +302,16 @@ impl TenantService for TenantApi {
         result
     }
 
+    async fn rotate_secrets(
+        &self,
+        request: Request<pb::RotateSecretsRequest>,
+    ) -> Result<Response<pb::RotateSecretsResponse>, Status> {
+        let caller = self.auth.admin(&request, "rotate secrets")?;
+        let result = self.do_rotate(request, &caller).await.map(Response::new);
+        audit(&caller, "rotate secrets", &result);
+        result
+    }
+
     async fn delete_tenant(
         &self,
         request: Request<pb::DeleteTenantRequest>,
@@ -292,7 +322,7 @@ impl TenantService for TenantApi {
         let msg = request.into_inner();
         let action = format!("delete tenant {:?}", shown(&msg.id));
         let result = async {
-            let req = convert::delete_tenant(msg.clone(), (self.clock)())?;
+            let req = convert::delete_tenant(msg.clone(), (self.clock)())?.by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
                 Ok(Outcome::Deleted) => Ok(Response::new(pb::DeleteTenantResponse {})),

@@ -15,7 +15,7 @@ use super::auth::{Auth, Caller, audit, need_cluster_admin, need_tenant, shown};
 use super::route::{self, Proposed};
 use super::sources::{Clock, Random};
 use super::status::{apply_error, invalid, read_error};
-use crate::auth::{EXPIRY_SECS_MAX, Role, Scope, Token, TokenInfo, id_hex, parse_id};
+use crate::auth::{Credential, EXPIRY_SECS_MAX, Role, Scope, Token, TokenInfo, id_hex, parse_id};
 use crate::command::{Command, NewToken, Outcome};
 use crate::proto::v1 as pb;
 use crate::proto::v1::token_service_client::TokenServiceClient;
@@ -39,21 +39,28 @@ pub enum Made {
 }
 
 impl Tokens {
-    /// Proposes `command` in a session of its own (see the module docs).
-    async fn propose(&self, command: Command, forwarded: bool) -> Result<Proposed, Status> {
+    /// Proposes `command`, made by `owner`, in a session of its own (see the module docs).
+    async fn propose(
+        &self,
+        command: Command,
+        owner: Credential,
+        forwarded: bool,
+    ) -> Result<Proposed, Status> {
         let mut id = [0u8; 8];
         (self.random)(&mut id);
         let req = crate::command::Request::new(u64::from_be_bytes(id), 1, (self.clock)(), command)
-            .map_err(|e| Status::internal(format!("encoding a token command: {e}")))?;
+            .map_err(|e| Status::internal(format!("encoding a token command: {e}")))?
+            .by(owner);
         route::propose(&self.raft, req, forwarded).await
     }
 
     /// Makes a token of `scope`, valid for `expires_in_seconds` (0: forever), and stores its
-    /// hash through the log.
+    /// hash through the log, at `owner`'s request.
     pub async fn create(
         &self,
         scope: Scope,
         expires_in_seconds: u64,
+        owner: Credential,
         forwarded: bool,
     ) -> Result<Made, Status> {
         if expires_in_seconds > EXPIRY_SECS_MAX {
@@ -72,7 +79,10 @@ impl Tokens {
             expires_micros,
             last4: token.last4(),
         };
-        match self.propose(Command::CreateToken(new), forwarded).await? {
+        match self
+            .propose(Command::CreateToken(new), owner, forwarded)
+            .await?
+        {
             Proposed::Applied(Ok(Outcome::Token(info))) => Ok(Made::Token(token, info)),
             Proposed::Applied(Ok(other)) => Err(Status::internal(format!(
                 "create token answered with {other:?}"
@@ -182,7 +192,12 @@ impl TokenApi {
         let _permit = self.admission.admit(msg.encoded_len())?;
         match self
             .tokens
-            .create(scope, msg.expires_in_seconds, via.forwarded)
+            .create(
+                scope,
+                msg.expires_in_seconds,
+                caller.principal.via,
+                via.forwarded,
+            )
             .await?
         {
             Made::Token(token, info) => Ok(pb::CreateTokenResponse {
@@ -217,7 +232,11 @@ impl TokenApi {
         let _permit = self.admission.admit(msg.encoded_len())?;
         match self
             .tokens
-            .propose(Command::RevokeToken { id, tenant }, via.forwarded)
+            .propose(
+                Command::RevokeToken { id, tenant },
+                caller.principal.via,
+                via.forwarded,
+            )
             .await?
         {
             Proposed::Applied(Ok(Outcome::Deleted)) => Ok(pb::RevokeTokenResponse {}),

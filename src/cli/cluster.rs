@@ -1,4 +1,4 @@
-//! `raftgraph cluster …`: init, status, membership, leadership, snapshots.
+//! `raftgraph cluster …`: init, status, membership, leadership, snapshots, limits.
 
 use clap::Subcommand;
 use serde_json::{Value as Json, json};
@@ -44,6 +44,44 @@ pub enum ClusterCmd {
     },
     /// Build a snapshot on the first endpoint.
     Snapshot,
+    /// The replicated cluster limits (cluster-admin).
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LimitsCmd {
+    /// Show the limits in force.
+    Get,
+    /// Change the limits given; the others keep their values. Ranges are checked by the
+    /// cluster (a value outside one is refused, naming the field).
+    Set {
+        /// Tenants that may exist at once.
+        #[arg(long)]
+        tenants_max: Option<u64>,
+        /// Exactly-once sessions one token (or member certificate) keeps.
+        #[arg(long)]
+        sessions_per_principal_max: Option<u64>,
+        /// Bytes of one token's session records.
+        #[arg(long)]
+        session_bytes_per_principal_max: Option<u64>,
+        /// Edges the node deletes of one Raft entry may cascade to.
+        #[arg(long)]
+        cascade_edges_max: Option<u64>,
+        /// Bytes one Raft entry may write.
+        #[arg(long)]
+        entry_write_bytes_max: Option<u64>,
+    },
+}
+
+fn limits_json(l: &pb::ClusterLimits) -> Json {
+    json!({
+        "tenants_max": l.tenants_max,
+        "sessions_per_principal_max": l.sessions_per_principal_max,
+        "session_bytes_per_principal_max": l.session_bytes_per_principal_max,
+        "cascade_edges_max": l.cascade_edges_max,
+        "entry_write_bytes_max": l.entry_write_bytes_max,
+    })
 }
 
 fn member(s: &str) -> Result<(u64, String), Status> {
@@ -167,6 +205,24 @@ pub async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<(), Status> {
             let mut cc = c.cluster_client(&first)?;
             cc.trigger_snapshot(pb::TriggerSnapshotRequest {}).await?;
             json!({"snapshot_triggered_on": first})
+        }
+        ClusterCmd::Limits(LimitsCmd::Get) => limits_json(&c.get_limits().await?),
+        ClusterCmd::Limits(LimitsCmd::Set {
+            tenants_max,
+            sessions_per_principal_max,
+            session_bytes_per_principal_max,
+            cascade_edges_max,
+            entry_write_bytes_max,
+        }) => {
+            let req = pb::SetLimitsRequest {
+                request_id: None,
+                tenants_max,
+                sessions_per_principal_max,
+                session_bytes_per_principal_max,
+                cascade_edges_max,
+                entry_write_bytes_max,
+            };
+            limits_json(&c.set_limits(req).await?)
         }
     };
     print(g, v);

@@ -1,4 +1,4 @@
-//! The command-line client: `raftgraph tenant|node|edge|cluster …`. Each command makes one
+//! The command-line client: `raftgraph tenant|node|edge|cluster|secrets …`. Each command makes one
 //! [`Client`] (a fresh session), runs one call with the client's retries, and prints the answer
 //! as a table or as JSON (`--output json`, one document on stdout). Errors go to stderr with
 //! the gRPC code and the server's message, and the process exits non-zero.
@@ -11,6 +11,7 @@ mod cluster;
 mod edge;
 mod json;
 mod node;
+mod secrets;
 mod tenant;
 
 use clap::{Args, ValueEnum};
@@ -26,6 +27,7 @@ pub use cluster::{ClusterCmd, cluster};
 pub use edge::{EdgeCmd, edge};
 pub use json::{parse_prop, table};
 pub use node::{NodeCmd, node};
+pub use secrets::{SecretsCmd, secrets};
 pub use tenant::{QuotaArgs, TenantCmd, tenant};
 
 /// Output format.
@@ -56,7 +58,8 @@ pub struct Global {
     #[arg(long, global = true, default_value_t = 30)]
     pub timeout: u64,
     /// The cluster's CA certificate (PEM): connect with TLS and trust the servers it signed.
-    /// Without it the client speaks plaintext, which a server with TLS on refuses.
+    /// Without it the client speaks plaintext, which a server with TLS on refuses. From the
+    /// environment: `RAFTGRAPH_CA`, or else `RAFTGRAPH_CA_CERT`.
     #[arg(long, alias = "ca-cert", global = true, env = "RAFTGRAPH_CA")]
     pub ca: Option<std::path::PathBuf>,
     /// The bearer token every call carries (`raftgraph cluster init` makes the first
@@ -83,7 +86,7 @@ pub struct Global {
 /// The dialer `g` asks for: TLS trusting `--ca` (with `--client-cert` when given), or
 /// plaintext.
 pub fn dialer(g: &Global) -> Result<Dialer, Status> {
-    let Some(ca) = &g.ca else {
+    let Some(ca) = &ca(g) else {
         return Ok(Dialer::default());
     };
     let identity = g.client_cert.as_deref().zip(g.client_key.as_deref());
@@ -92,8 +95,17 @@ pub fn dialer(g: &Global) -> Result<Dialer, Status> {
     Ok(Dialer::default().with_tls(std::sync::Arc::new(move || config.clone())))
 }
 
+/// `--ca`, `RAFTGRAPH_CA`, or else `RAFTGRAPH_CA_CERT` (clap reads one variable per flag).
+fn ca(g: &Global) -> Option<std::path::PathBuf> {
+    g.ca.clone().or_else(|| {
+        std::env::var_os("RAFTGRAPH_CA_CERT")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    })
+}
+
 pub(super) fn client(g: &Global) -> Result<Client, Status> {
-    if g.token.is_some() && g.ca.is_none() {
+    if g.token.is_some() && ca(g).is_none() {
         eprintln!(
             "warning: sending the token over plaintext (no --ca): anyone on the network can read \
              and reuse it"

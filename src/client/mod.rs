@@ -9,8 +9,13 @@
 //! and the next proposal starts a new one (a new client id): whether the failed sequence reached
 //! the session table is not knowable from every error (a refusal at the edge does not, a refusal
 //! at apply does, an unknown outcome may), and a fresh session can neither collide with it nor
-//! be refused as a gap. A proposal refused because the server evicted the session
-//! (`session expired`, nothing applied) is resent once in a new session; one refused because
+//! be refused as a gap. A proposal refused at its first attempt because the server evicted the
+//! session (`session expired`, nothing applied under that sequence) is resent once in a new
+//! session. Refused so after an attempt that went unanswered, it is never resent: that attempt
+//! may have applied before the eviction, so the call fails with an unknown outcome
+//! ([`is_outcome_unknown`]) and the caller decides (read, then write again or not). Sessions
+//! live in the space of the credential that made them, so only this token's own sessions can
+//! evict this one. A proposal refused because
 //! the Raft entry it was batched into had no byte budget left for it (`EntryTooLarge`, ABORTED,
 //! nothing applied) up to [`ENTRY_FULL_RESENDS`] times, each lands in another entry.
 //!
@@ -108,6 +113,42 @@ pub const DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// How many times a proposal refused with `EntryTooLarge` is resent (see the module docs).
 pub const ENTRY_FULL_RESENDS: u32 = 3;
+
+/// The metadata key that marks unknown-outcome errors ([`is_outcome_unknown`]), with the value
+/// `unknown`.
+pub const OUTCOME_HEADER: &str = "x-raftgraph-outcome";
+
+/// The error of a proposal whose outcome the client cannot know: an earlier attempt went
+/// unanswered and the retry was refused because the session had expired, so the first attempt
+/// may or may not have been applied. `Code::Unknown`, marked with [`OUTCOME_HEADER`]; test for
+/// it with [`is_outcome_unknown`].
+fn outcome_unknown(client_id: u64, sequence: u64, refusal: &Status) -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        OUTCOME_HEADER,
+        tonic::metadata::MetadataValue::from_static("unknown"),
+    );
+    Status::with_metadata(
+        Code::Unknown,
+        format!(
+            "outcome unknown: client {client_id} sequence {sequence} went unanswered at least \
+             once and its session has since expired, so it may or may not have been applied; \
+             read before writing it again (the retry's refusal: {})",
+            refusal.message()
+        ),
+        metadata,
+    )
+}
+
+/// Whether `s` is a proposal whose outcome is unknown: an earlier attempt went unanswered and
+/// the retry was refused because the session had expired, so it may have been applied once; it
+/// was not resent. `Code::Unknown`, marked with [`OUTCOME_HEADER`].
+pub fn is_outcome_unknown(s: &Status) -> bool {
+    s.code() == Code::Unknown
+        && s.metadata()
+            .get(OUTCOME_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"unknown")
+}
 
 /// Where a read of `consistency` goes.
 fn read_target(consistency: i32) -> Target {
@@ -346,12 +387,15 @@ impl Client {
         let mut rebatched = 0;
         loop {
             session.1 += 1;
+            let (client_id, sequence) = *session;
             msg.set_request_id(pb::RequestId {
-                client_id: session.0,
-                sequence: session.1,
+                client_id,
+                sequence,
             });
+            let mut sent = 0u32;
             let r = self
                 .retry_until(Target::Leader, deadline, |addr, ch, timeout| {
+                    sent += 1;
                     call(addr, ch, msg.clone(), timeout)
                 })
                 .await;
@@ -360,6 +404,13 @@ impl Client {
             *session = (self.rng.lock().expect("rng").random(), 0);
             let expired =
                 s.code() == Code::FailedPrecondition && s.message().contains("session expired");
+            // Refused at the first attempt: nothing was applied under this sequence, so
+            // sending it again in a new session is safe. After an unanswered attempt, the
+            // first one may have applied before the session was evicted: the caller must
+            // find out (read) rather than have it applied twice.
+            if expired && sent > 1 {
+                return Err(outcome_unknown(client_id, sequence, s));
+            }
             if expired && !resent {
                 resent = true;
                 continue;
@@ -532,6 +583,37 @@ impl Client {
     pub async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
         self.propose(req, |_, ch, m, t| async move {
             Self::tenants(ch).create_tenant(self.unary(m, t)).await
+        })
+        .await
+    }
+
+    /// Re-seals every tenant secret under the cluster's current key (see `RotateSecrets`).
+    /// Retried like a read: a run again re-seals only what is left.
+    pub async fn rotate_secrets(&self) -> Result<pb::RotateSecretsResponse, Status> {
+        self.retry(Target::Leader, |_, ch, t| async move {
+            Self::tenants(ch)
+                .rotate_secrets(self.unary(pb::RotateSecretsRequest {}, t))
+                .await
+        })
+        .await
+    }
+
+    /// The replicated cluster limits, as the member asked has applied them.
+    pub async fn get_limits(&self) -> Result<pb::ClusterLimits, Status> {
+        self.retry(Target::Leader, |_, ch, t| async move {
+            ClusterServiceClient::new(ch)
+                .get_limits(self.unary(pb::GetLimitsRequest {}, t))
+                .await
+        })
+        .await
+    }
+
+    /// Changes the cluster limits `req` names (exactly-once, like every proposal).
+    pub async fn set_limits(&self, req: pb::SetLimitsRequest) -> Result<pb::ClusterLimits, Status> {
+        self.propose(req, |_, ch, m, t| async move {
+            ClusterServiceClient::new(ch)
+                .set_limits(self.unary(m, t))
+                .await
         })
         .await
     }
@@ -739,5 +821,6 @@ with_request_id!(
     pb::UpdateQuotasRequest,
     pb::SetTenantConfigRequest,
     pb::SetTenantEnabledRequest,
-    pb::DeleteTenantRequest
+    pb::DeleteTenantRequest,
+    pb::SetLimitsRequest
 );

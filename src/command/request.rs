@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::graph::{LABELS_MAX, PROPERTIES_MAX, Properties, Value, validate_name};
-use crate::auth::{Scope, TokenInfo, id_hex};
-use crate::tenant::{QuotaExceeded, Quotas, TenantConfig, TenantError, TenantInfo};
+use crate::auth::{Credential, Role, Scope, TokenInfo, id_hex};
+use crate::tenant::{QuotaExceeded, Quotas, Sealed, TenantConfig, TenantError, TenantInfo};
 
 /// Operations in one write request.
 pub const OPERATIONS_MAX: usize = 10_000;
@@ -34,6 +34,11 @@ pub struct Request {
     #[serde(with = "serde_bytes")]
     pub fingerprint: Fingerprint,
     pub command: Command,
+    /// The credential the member that made the request authenticated it by. The request's
+    /// session is that credential's: `(owner, client_id)` names it, so one principal cannot
+    /// read, advance or evict another's sessions. Apply checks a token owner again (it must
+    /// still exist, be unexpired at `timestamp_micros` and allow the command).
+    pub owner: Credential,
 }
 
 /// BLAKE3 of a command's encoding.
@@ -58,7 +63,59 @@ impl Request {
             timestamp_micros,
             fingerprint: fingerprint(&command)?,
             command,
+            owner: Credential::Open,
         })
+    }
+
+    /// The request as made by `owner` (a new request is [`Credential::Open`]'s).
+    pub fn by(mut self, owner: Credential) -> Request {
+        self.owner = owner;
+        self
+    }
+}
+
+/// What a command needs of the principal that sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need<'a> {
+    /// `role` (or a higher one) in `tenant`.
+    Tenant(&'a str, Role),
+    /// A cluster administrator.
+    Cluster,
+}
+
+impl fmt::Display for Need<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Need::Tenant(t, Role::Read) => write!(f, "read tenant {t:?}"),
+            Need::Tenant(t, Role::Write) => write!(f, "write to tenant {t:?}"),
+            Need::Tenant(t, Role::Admin) => write!(f, "administer tenant {t:?}"),
+            Need::Cluster => f.write_str("do what needs a cluster-admin token"),
+        }
+    }
+}
+
+impl Command {
+    /// What the sender of this command must be allowed. The API checks the same before it
+    /// proposes; apply checks it again against the replicated token records.
+    pub fn needs(&self) -> Need<'_> {
+        match self {
+            Command::Write(w) => Need::Tenant(&w.tenant, Role::Write),
+            Command::CreateToken(t) => match &t.scope {
+                Scope::Cluster => Need::Cluster,
+                Scope::Tenant { tenant, .. } => Need::Tenant(tenant, Role::Admin),
+            },
+            Command::RevokeToken {
+                tenant: Some(t), ..
+            } => Need::Tenant(t, Role::Admin),
+            Command::RevokeToken { tenant: None, .. }
+            | Command::CreateTenant { .. }
+            | Command::UpdateQuotas { .. }
+            | Command::SetTenantEnabled { .. }
+            | Command::SetTenantConfig { .. }
+            | Command::DeleteTenant { .. }
+            | Command::SetLimits(_)
+            | Command::ResealSecrets { .. } => Need::Cluster,
+        }
     }
 }
 
@@ -83,6 +140,9 @@ impl fmt::Display for Request {
             Command::SetLimits(l) => write!(f, "set limits {l:?}"),
             Command::CreateToken(t) => write!(f, "create token {} ({})", id_hex(t.id), t.scope),
             Command::RevokeToken { id, .. } => write!(f, "revoke token {}", id_hex(*id)),
+            Command::ResealSecrets { tenant, secrets } => {
+                write!(f, "reseal {} secrets of {tenant}", secrets.len())
+            }
         }
     }
 }
@@ -121,7 +181,25 @@ pub enum Command {
         id: u64,
         tenant: Option<String>,
     },
+    /// Replaces sealed secrets of `tenant`'s config by the same secrets sealed under another
+    /// key (`raftgraph secrets rotate`). A secret changed since it was read (it no longer
+    /// equals its `old`) is left as it is.
+    ResealSecrets {
+        tenant: String,
+        secrets: Vec<Resealed>,
+    },
 }
+
+/// One secret sealed again: at `field` of the config, `old` becomes `new`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resealed {
+    pub field: String,
+    pub old: Sealed,
+    pub new: Sealed,
+}
+
+/// Most secrets one `ResealSecrets` names (a config holds at most 68).
+pub const RESEALED_MAX: usize = 128;
 
 /// A token to store: made and hashed by the member that serves the request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,9 +218,13 @@ pub struct NewToken {
 pub struct ClusterLimits {
     /// Tenants that may exist at once (each is a column family). Default 256.
     pub tenants_max: u64,
-    /// Client sessions kept for exactly-once; the least recently written is evicted past it.
-    /// Default 100,000.
-    pub sessions_max: u64,
+    /// Client sessions one principal (a token, a member's certificate, or everyone when
+    /// authentication is off) keeps for exactly-once; past it, that principal's least recently
+    /// written session is evicted, never another's. Default 10,000.
+    pub sessions_per_principal_max: u64,
+    /// Bytes of session records (keys and values) one principal keeps; past it, as above.
+    /// Default 16 MiB.
+    pub session_bytes_per_principal_max: u64,
     /// Edges the node deletes of one entry may cascade to, together. Default 100,000.
     pub cascade_edges_max: u64,
     /// Bytes one entry may write (keys + values put, keys deleted; rewrites of a record count
@@ -154,7 +236,8 @@ impl Default for ClusterLimits {
     fn default() -> Self {
         ClusterLimits {
             tenants_max: 256,
-            sessions_max: 100_000,
+            sessions_per_principal_max: 10_000,
+            session_bytes_per_principal_max: 16 << 20,
             cascade_edges_max: 100_000,
             entry_write_bytes_max: 64 << 20,
         }
@@ -304,6 +387,8 @@ pub enum Outcome {
     Limits(ClusterLimits),
     /// A token created (appended last: sessions store outcomes).
     Token(TokenInfo),
+    /// How many secrets a `ResealSecrets` replaced.
+    Resealed(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +478,14 @@ pub enum ApplyError {
     TokenExists { id: u64 },
     #[error("cannot create a token: {scope} has its limit of {limit} tokens; revoke unused ones")]
     TooManyTokens { scope: String, limit: u64 },
+    /// The request's token was revoked or expired before the request applied. Nothing of it
+    /// was applied and no session was recorded.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    /// The request's token does not allow the command (checked again at apply). Nothing of it
+    /// was applied and no session was recorded.
+    #[error("permission denied: {reason}")]
+    PermissionDenied { reason: String },
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApplyError {
@@ -540,7 +633,8 @@ impl Command {
             | Command::UpdateQuotas { tenant, .. }
             | Command::SetTenantEnabled { tenant, .. }
             | Command::SetTenantConfig { tenant, .. }
-            | Command::DeleteTenant { tenant } => Some(tenant),
+            | Command::DeleteTenant { tenant }
+            | Command::ResealSecrets { tenant, .. } => Some(tenant),
             Command::CreateToken(t) => t.scope.tenant(),
             Command::SetLimits(_) | Command::RevokeToken { .. } => None,
         }

@@ -65,6 +65,12 @@ pub struct ServerConfig {
     /// writes them). Required by a server that listens on TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certs: Option<CertFiles>,
+    /// The keyring tenant secrets are sealed with (`raftgraph secrets keygen` writes one): one
+    /// `<id> <64 hex digits>` line per key, the last one sealing. Every member needs the same
+    /// file; without one, configs that carry a secret are refused. Mode 0600: a file others
+    /// may read is refused at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_key_file: Option<PathBuf>,
     /// The data directory: `wal/`, `sm/`, `IDENTITY` and `LOCK` live here.
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -245,6 +251,7 @@ impl ServerConfig {
             tls: TlsMode::On,
             auth: AuthMode::On,
             certs: None,
+            secrets_key_file: None,
             data_dir: data_dir.into(),
             raft: RaftSection::default(),
             server: ServerSection::default(),

@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The format of the data this build writes (WAL entries, snapshots, the state machine).
-/// **2**: members are recorded with a peer address and a client address ([`crate::raft::Member`]).
-/// Format 1 (members with one address, shared by peers and clients) is not read: its log and
-/// snapshots cannot be decoded with the new member type, and a cluster of that format accepted
-/// unauthenticated peers, so its membership cannot be carried over as it stands.
-pub const DATA_FORMAT: u32 = 2;
+/// **3**: every request names the credential that made it, sessions are kept per credential,
+/// and tenant secrets are sealed (codec version 4). **2**: members are recorded with a peer
+/// address and a client address ([`crate::raft::Member`]). Neither older format is read:
+/// format 1's log and snapshots cannot be decoded with the new member type (and a cluster of
+/// that format accepted unauthenticated peers, so its membership cannot be carried over as it
+/// stands); format 2's session table has no owners to file its sessions under, and its
+/// snapshots hold plain secrets.
+pub const DATA_FORMAT: u32 = 3;
 
 fn format_1() -> u32 {
     1
@@ -61,9 +64,11 @@ pub enum DataDirError {
     },
     #[error(
         "data directory {dir} holds data of format {found}; this build reads format {DATA_FORMAT} \
-         only (members now have separate peer and client addresses and authenticate with \
-         certificates). Start this member with an empty data directory and add it to a cluster \
-         of the new format; see docs/security.md, \"Upgrading from format 1\""
+         only (format 2: members have separate peer and client addresses and authenticate with \
+         certificates; format 3: requests and sessions belong to the credential that made them, \
+         and tenant secrets are sealed). Start this member with an empty data directory and add \
+         it to a cluster of the new format; see docs/security.md, \"Upgrading from format 1 or \
+         2\""
     )]
     OldFormat { dir: PathBuf, found: u32 },
     #[error("data directory {dir}: IDENTITY is unreadable: {reason}")]

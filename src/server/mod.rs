@@ -42,8 +42,8 @@ pub use self::config::{
 pub use self::data_dir::{DATA_FORMAT, DataDir, DataDirError, Identity};
 pub use self::io::ApiIo;
 use crate::api::{
-    Admission, Auth, Clock, ClusterApi, GraphApi, Paced, Random, Router, TenantApi, TokenApi,
-    Tokens,
+    Admission, Auth, Clock, ClusterApi, GraphApi, Paced, Random, Router, Secrets, TenantApi,
+    TokenApi, Tokens,
 };
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
@@ -52,6 +52,7 @@ use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::state_machine::Raft;
 use crate::state_machine::{Blocking, GraphReader, StateMachine};
+use crate::tenant::Keyring;
 use crate::tls::TlsSource;
 use crate::transport::Dialer;
 use crate::wal::{IoRuntime, StdFs, Wal, WalFs};
@@ -96,6 +97,42 @@ pub enum ServerError {
     #[error("gRPC server: {0}")]
     Serve(String),
 }
+
+/// The keyring of `secrets_key_file`, if one is named: refused when others may read the file,
+/// or when it does not parse (the error names the line, never a key).
+fn load_keyring(config: &ServerConfig) -> Result<Option<Keyring>, ConfigError> {
+    let Some(path) = &config.secrets_key_file else {
+        return Ok(None);
+    };
+    let bad = |reason: String| ConfigError {
+        field: "secrets_key_file".into(),
+        reason: format!("{}: {reason}", path.display()),
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {mode:o} lets others read the keys; chmod 600 it"
+            )));
+        }
+    }
+    if meta.len() > SECRETS_KEY_FILE_BYTES_MAX {
+        return Err(bad(format!(
+            "{} bytes, at most {SECRETS_KEY_FILE_BYTES_MAX}",
+            meta.len()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let keyring = Keyring::parse(&text).map_err(|e| bad(e.to_string()))?;
+    tracing::info!(keys = ?keyring, current = keyring.current(), "secrets keyring loaded");
+    Ok(Some(keyring))
+}
+
+/// The largest `secrets_key_file` read (64 keys of 32-byte ids take under 7 KiB).
+const SECRETS_KEY_FILE_BYTES_MAX: u64 = 64 << 10;
 
 /// Wall-clock microseconds since the Unix epoch: the leader's timestamp for entries. The
 /// simulation injects its own clock instead.
@@ -620,6 +657,7 @@ async fn services(
         .build_v1alpha()
         .map_err(|e| ServerError::Serve(format!("reflection: {e}")))?;
 
+    let secrets = Secrets::new(load_keyring(config)?);
     let admission = Admission::new(
         config.server.proposals_in_flight_max,
         config.server.proposal_bytes_in_flight_max,
@@ -647,6 +685,7 @@ async fn services(
     let tenants = TenantServiceServer::new(
         TenantApi::new(raft.clone(), reader.clone(), env.clock.clone())
             .with_auth(auth.clone())
+            .with_secrets(secrets, env.random.clone())
             .with_admission(admission.clone())
             .with_router(router.clone()),
     )
@@ -663,6 +702,7 @@ async fn services(
     let cluster = ClusterServiceServer::new(
         ClusterApi::new(raft.clone(), config.cluster_id.clone())
             .with_auth(auth, tokens)
+            .with_reader(reader.clone(), env.clock.clone())
             .with_init_certificate(config.tls == TlsMode::On)
             .with_addresses(config.member())
             .with_snapshot_refusals(snapshot_refused.clone())

@@ -8,15 +8,18 @@ use super::keys;
 use super::ops::{Writer, corrupt, load, save};
 use super::store::Store;
 use super::txn::{Cf, Fail, Layer, Txn};
-use crate::auth::{CLUSTER_TOKENS_RESERVED, Scope, TOKENS_MAX, TOKENS_PER_TENANT_MAX, TokenRecord};
-use crate::command::{
-    ApplyError, ClusterLimits, Command, Fingerprint, NewToken, Outcome, Request, Response,
-    WriteRequest,
+use crate::auth::{
+    CLUSTER_TOKENS_RESERVED, Credential, Principal, Scope, TOKENS_MAX, TOKENS_PER_TENANT_MAX,
+    TokenRecord, id_hex,
 };
-use crate::tenant::{TenantCounters, TenantRecord, check_quotas, validate_tenant_id};
+use crate::command::{
+    ApplyError, ClusterLimits, Command, Fingerprint, Need, NewToken, Outcome, RESEALED_MAX,
+    Request, Response, WriteRequest,
+};
+use crate::tenant::{Secret, TenantCounters, TenantRecord, check_quotas, validate_tenant_id};
 
-/// Most sessions one entry evicts: lowering `sessions_max` a long way evicts over several
-/// entries instead of building one huge batch.
+/// Most sessions one entry evicts: lowering the per-principal session limits a long way
+/// evicts over several entries instead of building one huge batch.
 const EVICTIONS_PER_ENTRY_MAX: u64 = 1_000;
 
 /// Cluster-wide counters and limits, at `keys::GLOBALS`.
@@ -27,7 +30,15 @@ pub(crate) struct Globals {
     pub sessions: u64,
 }
 
-/// A client's last applied request and its response, at `keys::session(client_id)`.
+/// How many sessions an owner keeps and their bytes (keys and values), at
+/// `keys::session_usage(owner)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionUsage {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// A client's last applied request and its response, at `keys::session(owner, client_id)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Session {
     pub sequence: u64,
@@ -70,11 +81,24 @@ pub(crate) fn apply_request(
     planted_skip_session_dedup: bool,
 ) -> io::Result<Response> {
     let base: &Layer = layer;
-    let session: Option<Session> = {
-        let txn = Txn::new(store, store.meta()?, base);
-        load(&txn, Cf::Meta, &keys::session(req.client_id)).map_err(fatal_of)?
-    };
     let refuse = |e: ApplyError| Ok(Response { outcome: Err(e) });
+    let session_key = keys::session(req.owner, req.client_id);
+    let (session, session_bytes): (Option<Session>, u64) = {
+        let txn = Txn::new(store, store.meta()?, base);
+        // A request whose token was revoked, has expired or does not allow it is refused
+        // before its session is read: it learns nothing of it and records none.
+        if let Err(e) = authorize(&txn, req).map_err(fatal_of)? {
+            return refuse(e);
+        }
+        match txn.get(Cf::Meta, &session_key).map_err(fatal_of)? {
+            None => (None, 0),
+            Some(b) => {
+                let s = crate::codec::decode(&b)
+                    .map_err(|e| fatal_of(corrupt(format_args!("session {session_key:?}: {e}"))))?;
+                (Some(s), (session_key.len() + b.len()) as u64)
+            }
+        }
+    };
     if req.sequence == 0 {
         return refuse(ApplyError::InvalidArgument {
             field: "sequence".into(),
@@ -110,6 +134,13 @@ pub(crate) fn apply_request(
     let outcome = match execute(store, &mut txn, index, req, &mut globals, ddl) {
         Ok(o) => Ok(o),
         Err(Fail::Fatal(e)) => return Err(e),
+        Err(Fail::Refused(e @ ApplyError::TenantNotFound { .. }))
+            if matches!(req.command, Command::Write(_)) =>
+        {
+            // Refused before it reached a tenant: no session either, so writes to tenants
+            // that do not exist cannot fill the session table.
+            return refuse(e);
+        }
         Err(Fail::Refused(e)) => {
             // Nothing of a refused request is applied: start over from the database.
             txn = Txn::new(store, store.meta()?, base);
@@ -125,8 +156,8 @@ pub(crate) fn apply_request(
         fingerprint,
         response: response.clone(),
     };
-    record_session(&mut txn, &mut globals, req.client_id, new, session.as_ref())
-        .map_err(fatal_of)?;
+    let previous = session.map(|s| (s, session_bytes));
+    record_session(&mut txn, &mut globals, req, new, previous).map_err(fatal_of)?;
     if globals != before {
         save(&mut txn, Cf::Meta, keys::GLOBALS, &globals).map_err(fatal_of)?;
     }
@@ -139,70 +170,147 @@ pub(crate) fn load_globals(txn: &Txn) -> Result<Globals, Fail> {
     Ok(load(txn, Cf::Meta, keys::GLOBALS)?.unwrap_or_default())
 }
 
-/// Stores the session and evicts the least recently written ones past `sessions_max`.
+/// Checks a token-owned request again, against the replicated token records: the token must
+/// still exist (revocation applies on every member at the same entry), be unexpired at the
+/// request's leader-stamped time, and allow the command. Member and open requests were
+/// checked by the member that made them.
+fn authorize(txn: &Txn, req: &Request) -> Result<Result<(), ApplyError>, Fail> {
+    let Credential::Token(id) = req.owner else {
+        return Ok(Ok(()));
+    };
+    let token = || format!("token {}", id_hex(id));
+    let Some(record) = load::<TokenRecord>(txn, Cf::Meta, &keys::token(id))? else {
+        return Ok(Err(ApplyError::Unauthenticated {
+            reason: format!("{} was revoked before the request applied", token()),
+        }));
+    };
+    if record.expired(req.timestamp_micros) {
+        return Ok(Err(ApplyError::Unauthenticated {
+            reason: format!("{} expired before the request applied", token()),
+        }));
+    }
+    let principal = Principal {
+        scope: record.scope,
+        via: req.owner,
+    };
+    let allowed = match req.command.needs() {
+        Need::Cluster => principal.is_cluster_admin(),
+        Need::Tenant(tenant, role) => principal.may(tenant, role),
+    };
+    Ok(if allowed {
+        Ok(())
+    } else {
+        Err(ApplyError::PermissionDenied {
+            reason: format!("{principal} may not {}", req.command.needs()),
+        })
+    })
+}
+
+/// Stores the session in its owner's space and meters it; past the owner's limits
+/// (`sessions_per_principal_max`, `session_bytes_per_principal_max`) evicts that owner's least
+/// recently written sessions, never another owner's. `previous` is the session this one
+/// replaces, with its stored bytes.
 ///
-/// The eviction index is written lazily: a session gets its key `(last_index, client)` when it
-/// is created, and a later write of the same client leaves that key behind (one memtable
-/// insert per write instead of a delete and an insert). So each session has one key, whose
-/// index is at most the session's `last_index`. Eviction takes the `n` oldest keys: a key whose
-/// index is its session's `last_index` goes with its session, a stale one is re-filed under
-/// the session's `last_index`, and that repeats until `n` are gone. The set evicted is exactly
-/// the `n` least recently written sessions (ties broken by client id): a session whose key is
-/// exact at `k` has every session last written before `k` among the keys before its own, so
-/// fewer than `n` of them.
+/// The eviction index is written lazily: a session gets its key `(owner, last_index, client)`
+/// when it is created, and a later write of the same client leaves that key behind (one
+/// memtable insert per write instead of a delete and an insert). So each session has one key,
+/// whose index is at most the session's `last_index`. Eviction takes the owner's oldest keys: a
+/// key whose index is its session's `last_index` goes with its session, a stale one is re-filed
+/// under the session's `last_index`, and that repeats until the owner is within its limits. The
+/// sessions evicted are exactly the owner's least recently written (ties broken by client id):
+/// a session whose key is exact at `k` has every session last written before `k` among the
+/// keys before its own.
 fn record_session(
     txn: &mut Txn,
     globals: &mut Globals,
-    client_id: u64,
+    req: &Request,
     session: Session,
-    previous: Option<&Session>,
+    previous: Option<(Session, u64)>,
 ) -> Result<(), Fail> {
-    if previous.is_none() {
-        globals.sessions += 1;
-        txn.put(
-            Cf::Meta,
-            &keys::eviction(session.last_index, client_id),
-            Vec::new(),
-        )?;
+    let owner = req.owner;
+    let usage_key = keys::session_usage(owner);
+    let mut usage: SessionUsage = load(txn, Cf::Meta, &usage_key)?.unwrap_or_default();
+    let key = keys::session(owner, req.client_id);
+    match previous {
+        None => {
+            globals.sessions += 1;
+            usage.count += 1;
+            let first = keys::eviction(owner, session.last_index, req.client_id);
+            txn.put(Cf::Meta, &first, Vec::new())?;
+        }
+        Some((_, bytes)) => usage.bytes = usage.bytes.saturating_sub(bytes),
     }
-    save(txn, Cf::Meta, &keys::session(client_id), &session)?;
-    let excess = globals.sessions.saturating_sub(globals.limits.sessions_max);
-    let mut left = excess.min(EVICTIONS_PER_ENTRY_MAX);
+    let bytes = crate::codec::encode(&session).map_err(|e| corrupt(format_args!("encode: {e}")))?;
+    usage.bytes += (key.len() + bytes.len()) as u64;
+    txn.put(Cf::Meta, &key, bytes)?;
+
+    let limits = &globals.limits;
+    let over = |u: &SessionUsage| {
+        u.count > limits.sessions_per_principal_max
+            || u.bytes > limits.session_bytes_per_principal_max
+    };
     // Keys visited, re-filed ones included, bound one entry's work; what is left over is
-    // evicted by the next entries.
+    // evicted by the owner's next entries.
+    let mut evicted = 0;
     let mut steps = 2 * EVICTIONS_PER_ENTRY_MAX;
-    // This client's session has the highest index, so it is evicted last (sessions_max >= 1).
-    while left > 0 && steps > 0 {
-        let oldest = txn.scan(Cf::Meta, &[keys::EVICTION], left.min(steps) as usize)?;
+    let prefix = keys::eviction_prefix(owner);
+    'evict: while over(&usage) && evicted < EVICTIONS_PER_ENTRY_MAX && steps > 0 {
+        // As many keys as the count is over by (usually one), at least one: a scan reads
+        // every key it returns.
+        let need = usage
+            .count
+            .saturating_sub(limits.sessions_per_principal_max)
+            .max(1);
+        let batch = need.min(EVICTIONS_PER_ENTRY_MAX - evicted).min(steps) as usize;
+        let oldest = txn.scan(Cf::Meta, &prefix, batch)?;
         if oldest.is_empty() {
             break;
         }
         for (k, _) in oldest {
-            steps -= 1;
             let (index, client) = keys::eviction_parts(&k)
                 .ok_or_else(|| corrupt(format_args!("eviction key {k:?}")))?;
-            let s: Session = load(txn, Cf::Meta, &keys::session(client))?.ok_or_else(|| {
+            if client == req.client_id && index == session.last_index {
+                // The session just written is the owner's newest: nothing older is left.
+                break 'evict;
+            }
+            steps -= 1;
+            let session_key = keys::session(owner, client);
+            let stored = txn.get(Cf::Meta, &session_key)?.ok_or_else(|| {
                 corrupt(format_args!(
                     "eviction key {k:?}: client {client} has no session"
                 ))
             })?;
+            let s: Session = crate::codec::decode(&stored)
+                .map_err(|e| corrupt(format_args!("session {session_key:?}: {e}")))?;
             txn.delete(Cf::Meta, &k)?;
             if s.last_index == index {
-                txn.delete(Cf::Meta, &keys::session(client))?;
+                txn.delete(Cf::Meta, &session_key)?;
                 globals.sessions -= 1;
-                left -= 1;
+                usage.count -= 1;
+                usage.bytes = usage
+                    .bytes
+                    .saturating_sub((session_key.len() + stored.len()) as u64);
+                evicted += 1;
+                if !over(&usage) {
+                    break 'evict;
+                }
             } else if s.last_index > index {
-                let refiled = keys::eviction(s.last_index, client);
+                let refiled = keys::eviction(owner, s.last_index, client);
                 txn.put(Cf::Meta, &refiled, Vec::new())?;
+                // The re-filed key may sort before the rest of this scan: look again.
+                continue 'evict;
             } else {
                 return Err(corrupt(format_args!(
                     "eviction key {k:?} is ahead of client {client}'s last write {}",
                     s.last_index
                 )));
             }
+            if steps == 0 {
+                break 'evict;
+            }
         }
     }
-    Ok(())
+    save(txn, Cf::Meta, &usage_key, &usage)
 }
 
 fn execute<'s>(
@@ -261,6 +369,33 @@ fn execute<'s>(
         Command::SetTenantConfig { tenant, config } => {
             config.validate(tenant)?;
             update_tenant(txn, tenant, now, |r| r.config = config.clone())
+        }
+        Command::ResealSecrets { tenant, secrets } => {
+            if secrets.len() > RESEALED_MAX {
+                return Err(invalid_field(
+                    "secrets",
+                    format!("{} secrets, at most {RESEALED_MAX}", secrets.len()),
+                )
+                .into());
+            }
+            let mut rec = tenant_record(txn, tenant)?;
+            let mut replaced = 0;
+            for (field, slot) in rec.config.secrets_mut() {
+                let found = secrets.iter().find(|r| {
+                    r.field == field && matches!(&*slot, Secret::Sealed(s) if *s == r.old)
+                });
+                if let Some(r) = found {
+                    *slot = Secret::Sealed(r.new.clone());
+                    replaced += 1;
+                }
+            }
+            // The new ciphertexts are checked like any stored config.
+            rec.config.validate(tenant)?;
+            if replaced > 0 {
+                rec.updated_micros = now;
+                save(txn, Cf::Meta, &keys::tenant_record(tenant), &rec)?;
+            }
+            Ok(Outcome::Resealed(replaced))
         }
         Command::DeleteTenant { tenant } => {
             tenant_record(txn, tenant)?;
@@ -393,7 +528,18 @@ fn invalid_field(field: &str, reason: impl Into<String>) -> ApplyError {
 fn validate_limits(l: &ClusterLimits) -> Result<(), ApplyError> {
     let checks = [
         ("tenants_max", l.tenants_max, 1, 100_000),
-        ("sessions_max", l.sessions_max, 1, 100_000_000),
+        (
+            "sessions_per_principal_max",
+            l.sessions_per_principal_max,
+            1,
+            10_000_000,
+        ),
+        (
+            "session_bytes_per_principal_max",
+            l.session_bytes_per_principal_max,
+            64 << 10,
+            1 << 40,
+        ),
         ("cascade_edges_max", l.cascade_edges_max, 1, 10_000_000),
         (
             "entry_write_bytes_max",

@@ -10,9 +10,11 @@
 //! g                                   Globals (cluster limits, tenant and session counts)
 //! t <id> 0x00                         TenantRecord
 //! u <id> 0x00                         TenantCounters (usage, id counters)
-//! s <client_id: u64 BE>               Session
-//! x <index: u64 BE> <client_id: u64 BE>   session eviction order (empty value; `index` is at
-//!                                     most the session's `last_index`, see `apply`)
+//! s <owner> <client_id: u64 BE>       Session
+//! x <owner> <index: u64 BE> <client_id: u64 BE>
+//!                                     an owner's session eviction order (empty value; `index`
+//!                                     is at most the session's `last_index`, see `apply`)
+//! S <owner>                           SessionUsage of an owner (count, bytes)
 //! k <token id: u64 BE>                TokenRecord (a hash, never the token)
 //! K                                   how many tokens exist (u64 BE)
 //! ```
@@ -27,8 +29,13 @@
 //! i <target: u64 BE> <type: str> <edge: u64 BE>        in-adjacency  -> source (u64 BE)
 //! l <label: str> <node: u64 BE>                        label index (empty value)
 //! ```
+//! `owner` is a request's credential in 9 bytes: a kind byte (0 open, 1 member, 2 token) and
+//! the member or token id, u64 BE (0 when open).
+//!
 //! `str` is a u16 BE length then the bytes, so a prefix ending in a whole `str` matches that
 //! exact type or label and no longer one. Ids are big-endian so byte order is numeric order.
+
+use crate::auth::Credential;
 
 pub const META_CF: &str = "meta";
 const TENANT_CF_PREFIX: &str = "tenant.";
@@ -40,6 +47,7 @@ pub const TENANT: u8 = b't';
 pub const COUNTERS: u8 = b'u';
 pub const SESSION: u8 = b's';
 pub const EVICTION: u8 = b'x';
+pub const SESSION_USAGE: u8 = b'S';
 pub const TOKEN: u8 = b'k';
 pub const TOKEN_COUNT: &[u8] = b"K";
 
@@ -81,24 +89,49 @@ pub fn tenant_of_meta_key(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(body).ok()
 }
 
-pub fn session(client_id: u64) -> [u8; 9] {
-    let mut k = [SESSION; 9];
-    k[1..].copy_from_slice(&client_id.to_be_bytes());
+fn owner_bytes(owner: Credential) -> [u8; 9] {
+    let (kind, id) = match owner {
+        Credential::Open => (0, 0),
+        Credential::Member(id) => (1, id),
+        Credential::Token(id) => (2, id),
+    };
+    let mut b = [kind; 9];
+    b[1..].copy_from_slice(&id.to_be_bytes());
+    b
+}
+
+/// An owner's key: `kind`, the owner, then `ids` (u64 BE each).
+fn owned<const N: usize>(kind: u8, owner: Credential, ids: &[u64]) -> [u8; N] {
+    let mut k = [kind; N];
+    k[1..10].copy_from_slice(&owner_bytes(owner));
+    for (i, id) in ids.iter().enumerate() {
+        k[10 + 8 * i..18 + 8 * i].copy_from_slice(&id.to_be_bytes());
+    }
     k
 }
 
-pub fn eviction(last_index: u64, client_id: u64) -> [u8; 17] {
-    let mut k = [EVICTION; 17];
-    k[1..9].copy_from_slice(&last_index.to_be_bytes());
-    k[9..].copy_from_slice(&client_id.to_be_bytes());
-    k
+pub fn session(owner: Credential, client_id: u64) -> [u8; 18] {
+    owned(SESSION, owner, &[client_id])
+}
+
+pub fn session_usage(owner: Credential) -> [u8; 10] {
+    owned(SESSION_USAGE, owner, &[])
+}
+
+pub fn eviction(owner: Credential, last_index: u64, client_id: u64) -> [u8; 26] {
+    owned(EVICTION, owner, &[last_index, client_id])
+}
+
+/// The prefix of an owner's eviction keys.
+pub fn eviction_prefix(owner: Credential) -> [u8; 10] {
+    owned(EVICTION, owner, &[])
 }
 
 /// The index and client id of an eviction key.
 pub fn eviction_parts(key: &[u8]) -> Option<(u64, u64)> {
-    let index = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
-    let client = u64::from_be_bytes(key.get(9..17)?.try_into().ok()?);
-    (key.len() == 17).then_some((index, client))
+    let index = u64::from_be_bytes(key.get(10..18)?.try_into().ok()?);
+    let client = u64::from_be_bytes(key.get(18..26)?.try_into().ok()?);
+    (key.len() == 26).then_some((index, client))
 }
 
 fn id_key(kind: u8, id: u64) -> [u8; 9] {
@@ -212,6 +245,27 @@ mod tests {
         assert!(!label("ab", 1).starts_with(&label_prefix("a")));
         assert_eq!(adjacency_edge(&adjacency(IN, 1, "x", 99)), Some(99));
         assert!(node(1) < node(256), "big-endian ids sort numerically");
+    }
+
+    #[test]
+    fn owners_have_disjoint_session_spaces() {
+        let owners = [
+            Credential::Open,
+            Credential::Member(1),
+            Credential::Token(1),
+            Credential::Token(2),
+        ];
+        for a in owners {
+            for b in owners {
+                if a != b {
+                    assert_ne!(session(a, 7), session(b, 7));
+                    assert!(!eviction(b, 3, 7).starts_with(&eviction_prefix(a)));
+                }
+            }
+            assert!(eviction(a, 3, 7).starts_with(&eviction_prefix(a)));
+            assert_eq!(eviction_parts(&eviction(a, 3, 7)), Some((3, 7)));
+        }
+        assert!(eviction(Credential::Open, 1, 9) < eviction(Credential::Open, 2, 0));
     }
 
     #[test]

@@ -33,25 +33,30 @@
 //! - Apply is a function of the log alone: ids from per-tenant counters, times stamped by the
 //!   leader, ordered maps, usage from logical key + value bytes.
 //! - A refused request (validation, precondition, not found, quota) writes nothing of itself;
-//!   only its session record (so a retry gets the same answer) and the applied id.
+//!   only its session record (so a retry gets the same answer) and the applied id. A request
+//!   whose token owner was revoked, has expired (at the request's stamped time) or does not allow
+//!   it, and a write to a tenant that does not exist, record no session either.
+//! - Sessions live in their owner's space (`Request::owner`): a request reads, advances and
+//!   evicts only sessions of the credential that made it.
 //! - A tenant's usage equals a recount of its column family: nodes, edges, key + value bytes.
 //! - A request for tenant A reads and writes only A's column family and A's meta keys.
-//! - A client's repeated sequence with the same command returns the stored response and
+//! - A client's repeated sequence (in its owner's space) with the same command returns the stored response and
 //!   applies nothing; with another command it is refused (`SequenceReused`); an older one, or
 //!   one above 1 from a client without a session, is refused as session-expired.
 //! - One entry's work is bounded whatever it asks: at most `entry_write_bytes_max` bytes
 //!   buffered and `cascade_edges_max` edges cascaded (both replicated `ClusterLimits`), at most
 //!   `EVICTIONS_PER_ENTRY_MAX` sessions evicted.
+//! - Stored tenant configs hold sealed secrets only (apply refuses a plain one); apply never
+//!   opens them, so a member without the keyring applies alike.
 //! - I/O errors and undecodable stored bytes are fatal (returned as `io::Error`, which stops
 //!   openraft), never a client error: a replica that cannot apply must not diverge.
 //!
 //! **Caveats**
-//! - Sessions are evicted least-recently-written first past `sessions_max`; a client whose
-//!   session was evicted and who retries its *first* request (sequence 1) cannot be told apart
-//!   from a new client, so that request may apply twice. It takes `sessions_max` (default
-//!   100,000) other clients writing between the first attempt and its retry.
-//! - Sessions are keyed by client id alone; that one principal cannot use another's client id
-//!   is for the server to enforce (tie client ids to the authenticated caller).
+//! - An owner's sessions are evicted least-recently-written first past its
+//!   `sessions_per_principal_max` or `session_bytes_per_principal_max`; a client whose session
+//!   was evicted and who retries its *first* request (sequence 1) cannot be told apart from a new
+//!   client, so that request may apply twice. It takes that many other sessions of the same
+//!   owner written between the first attempt and its retry.
 //! - Apply itself runs RocksDB writes on the state-machine task (memtable writes, not synced);
 //!   only a tenant delete blocks there on a flush of every memtable (before the drop).
 //! - A restart after a crash re-applies what the memtables held: up to the meta column

@@ -13,12 +13,12 @@ use super::shared::Shared;
 use super::snapshot::{Item, cf_handles, registered_cfs, walk};
 use super::store::{Store, rocks_err};
 use super::stream::StateHasher;
-use crate::auth::{TokenInfo, TokenRecord};
+use crate::auth::{Credential, TokenInfo, TokenRecord};
 use crate::codec;
-use crate::command::ApplyError;
+use crate::command::{ApplyError, ClusterLimits};
 use crate::command::{Direction, Edge, EdgeRecord, Node, NodeRecord, validate_name};
 use crate::raft::LogId;
-use crate::tenant::{TenantCounters, TenantInfo, TenantRecord, validate_tenant_id};
+use crate::tenant::{TenantConfig, TenantCounters, TenantInfo, TenantRecord, validate_tenant_id};
 
 type RawPair = (Box<[u8]>, Box<[u8]>);
 
@@ -122,10 +122,24 @@ impl GraphReader {
         }
     }
 
-    /// The session of `client_id`, if the table holds one.
-    pub fn session(&self, client_id: u64) -> Result<Option<SessionInfo>, ReadError> {
+    /// The replicated cluster limits this replica has applied (the defaults before any were
+    /// set).
+    pub fn limits(&self) -> Result<ClusterLimits, ReadError> {
         let store = self.store();
-        let Some(bytes) = self.meta_get(&store, &keys::session(client_id))? else {
+        match self.meta_get(&store, keys::GLOBALS)? {
+            Some(b) => Ok(decode::<super::apply::Globals>(&b, "globals")?.limits),
+            None => Ok(ClusterLimits::default()),
+        }
+    }
+
+    /// The session of `client_id` in `owner`'s space, if the table holds one.
+    pub fn session(
+        &self,
+        owner: Credential,
+        client_id: u64,
+    ) -> Result<Option<SessionInfo>, ReadError> {
+        let store = self.store();
+        let Some(bytes) = self.meta_get(&store, &keys::session(owner, client_id))? else {
             return Ok(None);
         };
         let s: super::apply::Session = decode(&bytes, "session")?;
@@ -157,6 +171,12 @@ impl GraphReader {
         let store = self.store();
         let rec = self.record(&store, tenant)?;
         Ok(rec.info(&self.counters(&store, tenant)?))
+    }
+
+    /// `tenant`'s config as stored: its secrets sealed, never plain. For re-sealing them under
+    /// a new key; never for an answer (answers carry [`TenantConfig::redacted`]).
+    pub fn sealed_config(&self, tenant: &str) -> Result<TenantConfig, ReadError> {
+        Ok(self.record(&self.store(), tenant)?.config)
     }
 
     /// Tenants in id order, after `after` (exclusive).

@@ -5,19 +5,24 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::TenantError;
+use super::sealed::{Sealed, TAG_BYTES};
 
 /// The longest string any config field may hold, in bytes.
 pub const CONFIG_STRING_BYTES_MAX: usize = 4096;
 /// The most entries in any config list (tools, labels, properties).
 pub const CONFIG_LIST_ITEMS_MAX: usize = 64;
 
-/// A secret (an API key). Stored and replicated as given, never shown: `Debug` prints `***` and
-/// every read path returns [`Secret::Redacted`] in its place.
+/// A secret (an API key). Never shown: `Debug` prints `***` and every read path returns
+/// [`Secret::Redacted`] in its place. A client sends it [`Secret::Plain`]; the member that
+/// proposes it seals it first ([`super::Keyring`]), and apply refuses a plain one, so the log,
+/// snapshots and RocksDB hold [`Secret::Sealed`] only.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Secret {
     Plain(String),
     /// What reads return: a secret is set, its value withheld.
     Redacted,
+    /// Sealed under a cluster key (appended last: bincode names a variant by its position).
+    Sealed(Sealed),
 }
 
 impl Secret {
@@ -29,11 +34,12 @@ impl Secret {
         matches!(self, Secret::Redacted)
     }
 
-    /// The plain value, for the code that calls the provider (never for a client response).
+    /// The plain value as a client sent it, before it is sealed (never for a client response);
+    /// `None` once sealed or redacted.
     pub fn expose(&self) -> Option<&str> {
         match self {
             Secret::Plain(s) => Some(s),
-            Secret::Redacted => None,
+            Secret::Redacted | Secret::Sealed(_) => None,
         }
     }
 }
@@ -148,8 +154,39 @@ impl TenantConfig {
         }
     }
 
+    /// Every secret with its field name (`llm.api_key`, `tools[2].api_key`, …, the names
+    /// [`TenantConfig::validate`] reports), in a fixed order: for sealing before a proposal and
+    /// re-sealing under a new key.
+    pub fn secrets_mut(&mut self) -> Vec<(String, &mut Secret)> {
+        let mut out = Vec::new();
+        let TenantConfig {
+            auto_embed,
+            nlq,
+            agent,
+            tools,
+            llm,
+        } = self;
+        if let Some(c) = auto_embed {
+            push(&mut out, "auto_embed.provider", &mut c.provider.api_key);
+        }
+        if let Some(c) = nlq {
+            push(&mut out, "nlq.provider", &mut c.provider.api_key);
+        }
+        if let Some(c) = agent {
+            push(&mut out, "agent.provider", &mut c.provider.api_key);
+        }
+        for (i, t) in tools.iter_mut().enumerate() {
+            push(&mut out, &format!("tools[{i}]"), &mut t.api_key);
+        }
+        if let Some(c) = llm {
+            push(&mut out, "llm", &mut c.api_key);
+        }
+        out
+    }
+
     /// Bounds every string and list, and refuses a redacted placeholder as a secret to store
-    /// (it means a client echoed a read back; storing it would silently drop the real key).
+    /// (it means a client echoed a read back; storing it would silently drop the real key) and
+    /// a plain one (secrets are sealed before they are proposed).
     pub fn validate(&self, tenant: &str) -> Result<(), TenantError> {
         let mut v = Validator { tenant, err: None };
         if let Some(c) = &self.auto_embed {
@@ -227,7 +264,21 @@ impl Validator<'_> {
                 field,
                 "a redacted placeholder cannot be stored as a secret".into(),
             ),
-            Some(Secret::Plain(p)) => self.str(field, p),
+            Some(Secret::Plain(_)) => self.fail(
+                field,
+                "a secret must be sealed before it is proposed (plain secrets never enter the \
+                 log)"
+                    .into(),
+            ),
+            Some(Secret::Sealed(s)) => {
+                if !super::sealed::valid_key_id(&s.key_id) {
+                    self.fail(field, "sealed under an invalid key id".into());
+                } else if s.ciphertext.len() > CONFIG_STRING_BYTES_MAX + TAG_BYTES {
+                    let plain = s.ciphertext.len().saturating_sub(TAG_BYTES);
+                    let reason = format!("{plain} bytes, limit {CONFIG_STRING_BYTES_MAX}");
+                    self.fail(field, reason);
+                }
+            }
             None => {}
         }
     }
@@ -236,6 +287,13 @@ impl Validator<'_> {
         self.str(&format!("{field}.model"), &p.model);
         self.opt_str(&format!("{field}.endpoint"), &p.endpoint);
         self.secret(&format!("{field}.api_key"), &p.api_key);
+    }
+}
+
+/// Adds `s` to `out` as `{field}.api_key` when it is set.
+fn push<'a>(out: &mut Vec<(String, &'a mut Secret)>, field: &str, s: &'a mut Option<Secret>) {
+    if let Some(s) = s {
+        out.push((format!("{field}.api_key"), s));
     }
 }
 
@@ -282,9 +340,47 @@ mod tests {
         }
     }
 
+    /// [`full_config`] with every secret sealed, as the API stores it.
+    fn sealed_config() -> TenantConfig {
+        let keyring = super::super::Keyring::parse(&format!("k1 {}\n", "0f".repeat(32))).unwrap();
+        let mut c = full_config();
+        for (field, slot) in c.secrets_mut() {
+            let plain = slot.expose().unwrap().to_string();
+            *slot = Secret::Sealed(keyring.seal(&plain, "t", &field));
+        }
+        c
+    }
+
+    #[test]
+    fn every_secret_is_listed_by_its_field_and_must_be_sealed() {
+        let mut c = full_config();
+        let fields: Vec<String> = c.secrets_mut().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "auto_embed.provider.api_key",
+                "nlq.provider.api_key",
+                "agent.provider.api_key",
+                "tools[0].api_key",
+                "llm.api_key"
+            ]
+        );
+        let e = c.validate("t").unwrap_err().to_string();
+        assert!(
+            e.contains("auto_embed.provider.api_key") && e.contains("sealed"),
+            "{e}"
+        );
+        let sealed = sealed_config();
+        assert!(sealed.validate("t").is_ok());
+        let bytes = crate::codec::encode(&sealed).unwrap();
+        for k in ["k-embed", "k-nlq", "k-agent", "k-tool", "k-llm"] {
+            assert!(!bytes.windows(k.len()).any(|w| w == k.as_bytes()), "{k}");
+        }
+    }
+
     #[test]
     fn redaction_covers_every_secret_field() {
-        let c = full_config();
+        let c = sealed_config();
         let r = c.redacted();
         let shown = format!("{r:?} {:?}", crate::codec::encode(&r).unwrap());
         for k in ["k-embed", "k-nlq", "k-agent", "k-tool", "k-llm"] {
@@ -303,14 +399,14 @@ mod tests {
 
     #[test]
     fn oversized_fields_and_echoed_placeholders_are_refused_by_name() {
-        let mut c = full_config();
+        let mut c = sealed_config();
         c.tools[0].description = "x".repeat(CONFIG_STRING_BYTES_MAX + 1);
         let e = c.validate("acme").unwrap_err();
         assert_eq!(
             e.to_string(),
             "tenant acme: invalid config field tools[0].description: 4097 bytes, limit 4096"
         );
-        let mut c = full_config();
+        let mut c = sealed_config();
         c.llm.as_mut().unwrap().api_key = Some(Secret::Redacted);
         let e = c.validate("acme").unwrap_err().to_string();
         assert!(e.contains("llm.api_key"), "{e}");

@@ -12,6 +12,8 @@
 //!   that shrinks usage always passes, even while the tenant is over a (lowered) limit.
 //! - No read path returns a [`Secret`] in plain text: [`TenantConfig::redacted`] replaces every
 //!   secret, and `Secret`'s `Debug` prints `***`.
+//! - A stored config holds sealed secrets only ([`Keyring`] seals them before a proposal;
+//!   [`TenantConfig::validate`], which apply runs, refuses a plain one).
 //!
 //! **Caveats**
 //! - Storage usage counts logical key + value bytes written by the state machine (indexes
@@ -19,12 +21,17 @@
 
 mod config;
 mod quota;
+mod sealed;
 
 pub use config::{
     AgentConfig, AutoEmbedConfig, LlmProvider, LlmProviderConfig, NlqConfig, Secret, TenantConfig,
     ToolConfig,
 };
 pub use quota::{QuotaExceeded, Quotas, Resource, Usage, check_quotas};
+pub use sealed::{
+    KEY_BYTES, KEY_ID_BYTES_MAX, KEYS_MAX, Keyring, KeyringError, NONCE_BYTES, OpenError, Sealed,
+    TAG_BYTES, valid_key_id,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,8 @@
 //! - [`certs`]: a CA, member and client certificates, and TLS dialers for in-process servers;
 //! - [`wal_log`]: a type config, entry builders, acknowledged appends and reads for the WAL tests;
 //! - [`sm_harness`]: a harness that applies requests to a state machine as consecutive entries;
-//! - [`sm_logs`]: random multi-tenant request logs for the state-machine property tests.
+//! - [`sm_logs`]: random multi-tenant request logs for the state-machine property tests;
+//! - [`stand_in`]: a graph service answering writes with a function, for client tests.
 //!
 //! Each test crate includes this module and uses the files it needs; the rest is dead code
 //! there.
@@ -11,4 +12,5 @@
 pub mod certs;
 pub mod sm_harness;
 pub mod sm_logs;
+pub mod stand_in;
 pub mod wal_log;

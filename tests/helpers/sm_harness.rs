@@ -133,6 +133,16 @@ impl Harness {
     }
 }
 
+/// A test keyring of one key, `k1`.
+pub fn keyring() -> raftgraph::tenant::Keyring {
+    raftgraph::tenant::Keyring::parse(&format!("k1 {}\n", "5a".repeat(32))).unwrap()
+}
+
+/// `plain` sealed as the secret of `field` in `tenant` (as the API seals before proposing).
+pub fn sealed(plain: &str, tenant: &str, field: &str) -> raftgraph::tenant::Secret {
+    raftgraph::tenant::Secret::Sealed(keyring().seal(plain, tenant, field))
+}
+
 /// The id a create produced.
 pub fn created(r: &OpResult) -> u64 {
     match r {

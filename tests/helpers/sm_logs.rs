@@ -75,8 +75,9 @@ impl Gen {
     }
 
     fn fresh(&mut self, slot: u64) -> Request {
-        // Like a real client whose session expired, a slot moves on to a new client id now and
-        // then (starting again at sequence 1).
+        // Like a real client after an error, a slot moves on to a new client id now and then
+        // (starting again at sequence 1). Often enough that the slot whose last write went to
+        // a missing tenant (which records no session) is not mostly refused as expired.
         let client = self.client_of(slot);
         let seq = self.seqs.entry(client).or_insert(0);
         *seq += 1;
@@ -88,7 +89,7 @@ impl Gen {
         )
         .unwrap();
         self.last.insert(slot, req.clone());
-        if self.rng.random_bool(0.05) {
+        if self.rng.random_bool(0.25) {
             *self.seqs.entry(1000 + slot).or_insert(0) += 1;
         }
         req
@@ -122,7 +123,8 @@ impl Gen {
             },
             12 => Command::SetLimits(ClusterLimits {
                 tenants_max: self.rng.random_range(1..4),
-                sessions_max: self.rng.random_range(5..12),
+                sessions_per_principal_max: self.rng.random_range(5..12),
+                session_bytes_per_principal_max: 64 << 10,
                 cascade_edges_max: self.rng.random_range(1..20),
                 entry_write_bytes_max: self.rng.random_range(1 << 20..2 << 20),
             }),

@@ -1,0 +1,96 @@
+//! `GetLimits` and `SetLimits`: the replicated cluster limits, read from the member asked and
+//! changed through the log on the leader (a follower forwards once).
+
+use tonic::{Request, Response, Status};
+
+use super::{ClusterApi, client};
+use crate::api::route::{self, Proposed};
+use crate::api::status::{apply_error, invalid};
+use crate::command::{ClusterLimits, Command, Outcome, Request as Proposal};
+use crate::proto::v1 as pb;
+
+pub fn to_proto(l: &ClusterLimits) -> pb::ClusterLimits {
+    pb::ClusterLimits {
+        tenants_max: l.tenants_max,
+        sessions_per_principal_max: l.sessions_per_principal_max,
+        session_bytes_per_principal_max: l.session_bytes_per_principal_max,
+        cascade_edges_max: l.cascade_edges_max,
+        entry_write_bytes_max: l.entry_write_bytes_max,
+    }
+}
+
+/// `current` with the fields `req` gives replaced.
+fn merged(mut current: ClusterLimits, req: &pb::SetLimitsRequest) -> ClusterLimits {
+    let set = |field: &mut u64, v: Option<u64>| {
+        if let Some(v) = v {
+            *field = v;
+        }
+    };
+    set(&mut current.tenants_max, req.tenants_max);
+    set(
+        &mut current.sessions_per_principal_max,
+        req.sessions_per_principal_max,
+    );
+    set(
+        &mut current.session_bytes_per_principal_max,
+        req.session_bytes_per_principal_max,
+    );
+    set(&mut current.cascade_edges_max, req.cascade_edges_max);
+    set(
+        &mut current.entry_write_bytes_max,
+        req.entry_write_bytes_max,
+    );
+    current
+}
+
+impl ClusterApi {
+    pub(super) fn do_get_limits(&self) -> Result<Response<pb::ClusterLimits>, Status> {
+        let reader = self.reader()?;
+        let limits = reader
+            .limits()
+            .map_err(|e| Status::unavailable(format!("reading the limits failed ({e}); retry")))?;
+        Ok(Response::new(to_proto(&limits)))
+    }
+
+    pub(super) async fn do_set_limits(
+        &self,
+        request: Request<pb::SetLimitsRequest>,
+        caller: &crate::api::Caller,
+    ) -> Result<Response<pb::ClusterLimits>, Status> {
+        let via = route::Via::of(&request);
+        let msg = request.into_inner();
+        let id = msg
+            .request_id
+            .ok_or_else(|| invalid("request_id", "required (client_id, sequence)"))?;
+        if id.sequence == 0 {
+            return Err(invalid("request_id.sequence", "0; sequences start at 1"));
+        }
+        if let Some(leader) = self.leader_elsewhere(via.forwarded)? {
+            return client(&self.router, &leader)
+                .await?
+                .set_limits(via.forward(msg))
+                .await
+                .map_err(route::forwarded_outcome);
+        }
+        let current = self
+            .reader()?
+            .limits()
+            .map_err(|e| Status::unavailable(format!("reading the limits failed ({e}); retry")))?;
+        let command = Command::SetLimits(merged(current, &msg));
+        let req = Proposal::new(id.client_id, id.sequence, (self.clock)(), command)
+            .map_err(|e| Status::internal(format!("encoding the limits: {e}")))?
+            .by(caller.principal.via);
+        match route::propose(&self.raft, req, via.forwarded).await? {
+            Proposed::Applied(Ok(Outcome::Limits(l))) => Ok(Response::new(to_proto(&l))),
+            Proposed::Applied(Ok(other)) => Err(Status::internal(format!(
+                "set limits answered with {other:?}"
+            ))),
+            Proposed::Applied(Err(e)) => Err(apply_error(&e)),
+            Proposed::Forward(leader) => client(&self.router, &leader)
+                .await?
+                .set_limits(via.forward(msg))
+                .await
+                .map_err(route::forwarded_outcome),
+        }
+    }
+}
