@@ -58,8 +58,13 @@ answers() {
   "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"node":[0-9]'
 }
 
-# The cluster's CA and one certificate per member, once (keys 0600).
+# The cluster's CA and one certificate per member, once (keys 0600); the members' keyring for
+# tenant secrets, once (0600).
 certificates() {
+  if [[ ! -f "$CERTS/secrets.keys" ]]; then
+    mkdir -p "$CERTS"
+    "$(bin)" secrets keygen --id k1 --file "$CERTS/secrets.keys" --output json >/dev/null
+  fi
   if [[ -f "$CERTS/ca.pem" ]]; then return 0; fi
   "$(bin)" certs init --cluster-id local --dir "$CERTS" >/dev/null
   for i in 1 2 3; do
