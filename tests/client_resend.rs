@@ -4,8 +4,8 @@
 //!   most `ENTRY_FULL_RESENDS` times; any other ABORTED is the answer;
 //! - refused as `session expired` at its first attempt (nothing applied under that sequence):
 //!   resent once in a new session;
-//! - refused so after an attempt that went unanswered (which may have applied): never resent,
-//!   the call fails with an unknown outcome.
+//! - refused so (or for its credentials) after an attempt that went unanswered (which may have
+//!   applied): never resent, the call fails with an unknown outcome.
 //!
 //! The server is a stand-in graph service on loopback that answers each write as the test
 //! scripts it and records each request id it sees.
@@ -132,4 +132,25 @@ async fn a_session_expired_after_an_unanswered_attempt_is_an_unknown_outcome() {
         vec![(7, 1), (7, 1)],
         "the same request twice, then nothing"
     );
+}
+
+/// The same for a refusal of the credentials after an unanswered attempt (the token was revoked
+/// in between: apply refuses it before it reads the session, so the refusal says nothing about
+/// the first attempt), while the same refusal at the first attempt is the answer.
+#[tokio::test]
+async fn a_credentials_refusal_after_an_unanswered_attempt_is_an_unknown_outcome() {
+    let (r, seen) = write(|n| match n {
+        0 => Err(Status::unavailable("the answer was lost")),
+        _ => Err(Status::unauthenticated(
+            "token revoked before the request applied",
+        )),
+    })
+    .await;
+    let e = r.unwrap_err();
+    assert!(raftgraph::client::is_outcome_unknown(&e), "{e:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let (r, _) = write(|_| Err(Status::unauthenticated("unknown token"))).await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(!raftgraph::client::is_outcome_unknown(&e));
 }

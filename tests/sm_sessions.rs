@@ -2,8 +2,8 @@
 //! in the space of the credential that made it (`Request::owner`), so one principal cannot
 //! evict, advance or read another's; a request whose token was revoked, has expired or does
 //! not allow it is refused at apply and records nothing; a write to a tenant that does not
-//! exist records no session; and what a principal's sessions hold is bounded, by count and by
-//! bytes, by evicting that principal's own oldest.
+//! exist records no session; what a principal's sessions hold is bounded, by count and by
+//! bytes, by evicting that principal's own oldest; and a revoked token's sessions are purged.
 
 mod helpers;
 
@@ -245,4 +245,85 @@ async fn session_bytes_are_bounded_per_principal() {
         rd.session(b, 1).unwrap().is_some(),
         "b's is not a's to evict"
     );
+}
+
+/// A revoked token can never write again, so its sessions would stay forever: later requests
+/// (of any owner) purge them, a few at a time, until none is left.
+#[tokio::test]
+async fn a_revoked_tokens_sessions_are_purged_by_later_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, a, b) = setup(dir.path()).await;
+    for client in 0..100 {
+        assert!(as_owner(&mut h, a, client, 1, write("a")).outcome.is_ok());
+    }
+    let Credential::Token(id) = a else {
+        unreachable!()
+    };
+    h.run(101, Command::RevokeToken { id, tenant: None })
+        .outcome
+        .unwrap();
+    let alive = |h: &Harness| {
+        (0..100)
+            .filter(|c| h.reader().session(a, *c).unwrap().is_some())
+            .count()
+    };
+    // Each request purges up to 32, the revoke's own included: three more are enough.
+    assert_eq!(alive(&h), 100 - 32);
+    for client in 0..3 {
+        assert!(as_owner(&mut h, b, client, 1, write("b")).outcome.is_ok());
+    }
+    assert_eq!(alive(&h), 0);
+    assert!(
+        h.reader().session(b, 2).unwrap().is_some(),
+        "b's own are kept"
+    );
+}
+
+/// `UpdateLimits` changes the limits it names and keeps the others, merged at apply.
+#[tokio::test]
+async fn limit_changes_merge_at_apply() {
+    use raftgraph::command::LimitChanges;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    let change = |c: LimitChanges| Command::UpdateLimits(c);
+    let r = h.run(
+        1,
+        change(LimitChanges {
+            tenants_max: Some(7),
+            ..Default::default()
+        }),
+    );
+    let Ok(Outcome::Limits(l)) = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(
+        l,
+        ClusterLimits {
+            tenants_max: 7,
+            ..ClusterLimits::default()
+        }
+    );
+    let r = h.run(
+        1,
+        change(LimitChanges {
+            cascade_edges_max: Some(9),
+            ..Default::default()
+        }),
+    );
+    let Ok(Outcome::Limits(l)) = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!((l.tenants_max, l.cascade_edges_max), (7, 9));
+    let e = h
+        .run(
+            1,
+            change(LimitChanges {
+                sessions_per_principal_max: Some(0),
+                ..Default::default()
+            }),
+        )
+        .outcome
+        .unwrap_err();
+    assert!(e.to_string().contains("sessions_per_principal_max"), "{e}");
+    assert_eq!(h.reader().limits().unwrap().tenants_max, 7, "kept");
 }

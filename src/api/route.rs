@@ -356,6 +356,7 @@ pub async fn propose(
     was_forwarded: bool,
 ) -> Result<Proposed, Status> {
     check_size(&req)?;
+    super::secrets::refuse_plain(&req)?;
     match propose_all(raft, req.into()).await? {
         Ok(responses) => match <[_; 1]>::try_from(responses) {
             Ok([r]) => Ok(Proposed::Applied(r.outcome)),

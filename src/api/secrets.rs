@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::Status;
 
+use crate::command::{Command, Request};
 use crate::tenant::{Keyring, Secret, TenantConfig};
 
 /// The keyring a server seals with (`secrets_key_file`), if it has one. Cheap to clone.
@@ -43,4 +44,23 @@ impl Secrets {
         }
         Ok(())
     }
+}
+
+/// Refuses a request that would put a plain secret into the log (a bug of this server: every
+/// path seals first), before it is proposed.
+pub fn refuse_plain(req: &Request) -> Result<(), Status> {
+    let (Command::CreateTenant { config, .. } | Command::SetTenantConfig { config, .. }) =
+        &req.command
+    else {
+        return Ok(());
+    };
+    let mut config = config.clone();
+    for (field, secret) in config.secrets_mut() {
+        if matches!(secret, Secret::Plain(_)) {
+            return Err(Status::internal(format!(
+                "refusing to propose config.{field} unsealed"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -41,6 +41,7 @@ fn keygen(id: &str, file: &Path) -> Result<serde_json::Value, Status> {
     let fail = |e: String| Status::failed_precondition(format!("{}: {e}", file.display()));
     let existing = match std::fs::read_to_string(file) {
         Ok(text) => {
+            let text = zeroize::Zeroizing::new(text);
             let mode = std::fs::metadata(file)
                 .map_err(|e| fail(e.to_string()))?
                 .permissions()
@@ -56,9 +57,12 @@ fn keygen(id: &str, file: &Path) -> Result<serde_json::Value, Status> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(fail(e.to_string())),
     };
-    let line = Keyring::new_line(id, &os_random)
-        .map_err(|e| Status::invalid_argument(format!("--id: {e}")))?;
-    let text = format!("{}{line}", existing.as_deref().unwrap_or(""));
+    let line = zeroize::Zeroizing::new(
+        Keyring::new_line(id, &os_random)
+            .map_err(|e| Status::invalid_argument(format!("--id: {e}")))?,
+    );
+    let before = existing.as_ref().map_or("", |t| t.as_str());
+    let text = zeroize::Zeroizing::new(format!("{before}{}", line.as_str()));
     let ring = Keyring::parse(&text).map_err(|e| fail(e.to_string()))?;
     let mut f = std::fs::OpenOptions::new()
         .append(true)

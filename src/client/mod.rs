@@ -13,11 +13,17 @@
 //! session (`session expired`, nothing applied under that sequence) is resent once in a new
 //! session. Refused so after an attempt that went unanswered, it is never resent: that attempt
 //! may have applied before the eviction, so the call fails with an unknown outcome
-//! ([`is_outcome_unknown`]) and the caller decides (read, then write again or not). Sessions
-//! live in the space of the credential that made them, so only this token's own sessions can
-//! evict this one. A proposal refused because
-//! the Raft entry it was batched into had no byte budget left for it (`EntryTooLarge`, ABORTED,
-//! nothing applied) up to [`ENTRY_FULL_RESENDS`] times, each lands in another entry.
+//! ([`is_outcome_unknown`]) and the caller decides (read, then write again or not); so does a
+//! refusal of the credentials or a full entry after an unanswered attempt. Sessions live in the
+//! space of the credential that made them, so only this token's own sessions can evict this
+//! one. A proposal refused at its first attempt because the Raft entry it was batched into had
+//! no byte budget left for it (`EntryTooLarge`, ABORTED, nothing applied) is resent up to
+//! [`ENTRY_FULL_RESENDS`] times, each landing in another entry.
+//!
+//! **Caveat.** A session's *first* proposal (sequence 1) is not protected against eviction: if
+//! its first attempt applies unanswered and the same token then writes
+//! `sessions_per_principal_max` other sessions before the retry arrives, the retry is taken for
+//! a new session's first request and applies again.
 //!
 //! **Routing.** Proposals and linearizable reads go to the leader when it is known (learned
 //! from `Status` at the start of a proposal; any member would forward, this saves the hop),
@@ -119,8 +125,8 @@ pub const ENTRY_FULL_RESENDS: u32 = 3;
 pub const OUTCOME_HEADER: &str = "x-raftgraph-outcome";
 
 /// The error of a proposal whose outcome the client cannot know: an earlier attempt went
-/// unanswered and the retry was refused because the session had expired, so the first attempt
-/// may or may not have been applied. `Code::Unknown`, marked with [`OUTCOME_HEADER`]; test for
+/// unanswered and the retry was refused (its session had expired, its credentials were no
+/// longer valid, or its entry was full), so the first attempt may or may not have been applied. `Code::Unknown`, marked with [`OUTCOME_HEADER`]; test for
 /// it with [`is_outcome_unknown`].
 fn outcome_unknown(client_id: u64, sequence: u64, refusal: &Status) -> Status {
     let mut metadata = tonic::metadata::MetadataMap::new();
@@ -132,8 +138,8 @@ fn outcome_unknown(client_id: u64, sequence: u64, refusal: &Status) -> Status {
         Code::Unknown,
         format!(
             "outcome unknown: client {client_id} sequence {sequence} went unanswered at least \
-             once and its session has since expired, so it may or may not have been applied; \
-             read before writing it again (the retry's refusal: {})",
+             once and its retry was refused, so it may or may not have been applied; read \
+             before writing it again (the retry's refusal: {})",
             refusal.message()
         ),
         metadata,
@@ -408,7 +414,12 @@ impl Client {
             // sending it again in a new session is safe. After an unanswered attempt, the
             // first one may have applied before the session was evicted: the caller must
             // find out (read) rather than have it applied twice.
-            if expired && sent > 1 {
+            // So can a refusal of the credentials after an unanswered attempt (revoked or
+            // expired in between: apply checks them before it reads the session), and a
+            // full-entry refusal then (at sequence 1, an evicted session's retry runs anew).
+            let credentials = matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied);
+            let entry_full = s.code() == Code::Aborted && s.message().contains("same Raft entry");
+            if sent > 1 && (expired || credentials || entry_full) {
                 return Err(outcome_unknown(client_id, sequence, s));
             }
             if expired && !resent {
@@ -418,7 +429,6 @@ impl Client {
             // Refused at apply because the entry it was batched into had spent its byte budget:
             // nothing was applied, so sending it again (in the new session) is safe, and it
             // lands in another entry.
-            let entry_full = s.code() == Code::Aborted && s.message().contains("same Raft entry");
             if entry_full && rebatched < ENTRY_FULL_RESENDS {
                 rebatched += 1;
                 continue;

@@ -13,7 +13,7 @@ pub use graph::{
     VALUE_ITEMS_MAX, Value, validate_name,
 };
 pub use request::{
-    ApplyError, ClusterLimits, Command, Fingerprint, Need, NewToken, NodeRef, OPERATIONS_MAX, Op,
-    OpResult, Outcome, PRECONDITIONS_MAX, Precondition, Proposal, RESEALED_MAX, Request, Resealed,
-    Response, Responses, WriteRequest, fingerprint,
+    ApplyError, ClusterLimits, Command, Fingerprint, LimitChanges, Need, NewToken, NodeRef,
+    OPERATIONS_MAX, Op, OpResult, Outcome, PRECONDITIONS_MAX, Precondition, Proposal, RESEALED_MAX,
+    Request, Resealed, Response, Responses, WriteRequest, fingerprint,
 };

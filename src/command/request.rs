@@ -114,6 +114,7 @@ impl Command {
             | Command::SetTenantConfig { .. }
             | Command::DeleteTenant { .. }
             | Command::SetLimits(_)
+            | Command::UpdateLimits(_)
             | Command::ResealSecrets { .. } => Need::Cluster,
         }
     }
@@ -143,6 +144,7 @@ impl fmt::Display for Request {
             Command::ResealSecrets { tenant, secrets } => {
                 write!(f, "reseal {} secrets of {tenant}", secrets.len())
             }
+            Command::UpdateLimits(c) => write!(f, "update limits {c:?}"),
         }
     }
 }
@@ -188,6 +190,46 @@ pub enum Command {
         tenant: String,
         secrets: Vec<Resealed>,
     },
+    /// Changes the limits it names; the others keep their values. Merged at apply, so a retry
+    /// is the same request whatever was set in between (`SetLimits` / `raftgraph cluster
+    /// limits set`).
+    UpdateLimits(LimitChanges),
+}
+
+/// Cluster limits to change; `None` keeps the value in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitChanges {
+    pub tenants_max: Option<u64>,
+    pub sessions_per_principal_max: Option<u64>,
+    pub session_bytes_per_principal_max: Option<u64>,
+    pub cascade_edges_max: Option<u64>,
+    pub entry_write_bytes_max: Option<u64>,
+}
+
+impl LimitChanges {
+    /// `limits` with these changes.
+    pub fn applied_to(&self, mut limits: ClusterLimits) -> ClusterLimits {
+        let set = |field: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *field = v;
+            }
+        };
+        set(&mut limits.tenants_max, self.tenants_max);
+        set(
+            &mut limits.sessions_per_principal_max,
+            self.sessions_per_principal_max,
+        );
+        set(
+            &mut limits.session_bytes_per_principal_max,
+            self.session_bytes_per_principal_max,
+        );
+        set(&mut limits.cascade_edges_max, self.cascade_edges_max);
+        set(
+            &mut limits.entry_write_bytes_max,
+            self.entry_write_bytes_max,
+        );
+        limits
+    }
 }
 
 /// One secret sealed again: at `field` of the config, `old` becomes `new`.
@@ -636,7 +678,7 @@ impl Command {
             | Command::DeleteTenant { tenant }
             | Command::ResealSecrets { tenant, .. } => Some(tenant),
             Command::CreateToken(t) => t.scope.tenant(),
-            Command::SetLimits(_) | Command::RevokeToken { .. } => None,
+            Command::SetLimits(_) | Command::UpdateLimits(_) | Command::RevokeToken { .. } => None,
         }
     }
 }

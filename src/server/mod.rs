@@ -125,7 +125,8 @@ fn load_keyring(config: &ServerConfig) -> Result<Option<Keyring>, ConfigError> {
             meta.len()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
     let keyring = Keyring::parse(&text).map_err(|e| bad(e.to_string()))?;
     tracing::info!(keys = ?keyring, current = keyring.current(), "secrets keyring loaded");
     Ok(Some(keyring))

@@ -263,9 +263,9 @@ fn record_session(
             .max(1);
         let batch = need.min(EVICTIONS_PER_ENTRY_MAX - evicted).min(steps) as usize;
         let oldest = txn.scan(Cf::Meta, &prefix, batch)?;
-        if oldest.is_empty() {
+        let Some(last) = oldest.last().map(|(k, _)| k.clone()) else {
             break;
-        }
+        };
         for (k, _) in oldest {
             let (index, client) = keys::eviction_parts(&k)
                 .ok_or_else(|| corrupt(format_args!("eviction key {k:?}")))?;
@@ -297,8 +297,10 @@ fn record_session(
             } else if s.last_index > index {
                 let refiled = keys::eviction(owner, s.last_index, client);
                 txn.put(Cf::Meta, &refiled, Vec::new())?;
-                // The re-filed key may sort before the rest of this scan: look again.
-                continue 'evict;
+                if refiled.as_slice() < last.as_slice() {
+                    // It sorts before the rest of this scan: look again.
+                    continue 'evict;
+                }
             } else {
                 return Err(corrupt(format_args!(
                     "eviction key {k:?} is ahead of client {client}'s last write {}",
@@ -310,7 +312,46 @@ fn record_session(
             }
         }
     }
-    save(txn, Cf::Meta, &usage_key, &usage)
+    save(txn, Cf::Meta, &usage_key, &usage)?;
+    purge_dead(txn, globals)
+}
+
+/// Sessions of owners whose token is gone that one request purges, at most.
+const DEAD_PURGE_PER_REQUEST: usize = 32;
+
+/// Purges a few sessions of the first owner whose token was revoked (or whose tenant was
+/// deleted): no request of that owner can apply again, so its sessions would otherwise stay
+/// forever. When none is left, its usage record and marker go too.
+fn purge_dead(txn: &mut Txn, globals: &mut Globals) -> Result<(), Fail> {
+    let Some((marker, _)) = txn
+        .scan(Cf::Meta, &[keys::DEAD_OWNER], 1)?
+        .into_iter()
+        .next()
+    else {
+        return Ok(());
+    };
+    let owner = keys::owner_of(&marker)
+        .ok_or_else(|| corrupt(format_args!("dead owner key {marker:?}")))?;
+    let batch = txn.scan(
+        Cf::Meta,
+        &keys::eviction_prefix(owner),
+        DEAD_PURGE_PER_REQUEST,
+    )?;
+    for (k, _) in &batch {
+        let (_, client) =
+            keys::eviction_parts(k).ok_or_else(|| corrupt(format_args!("eviction key {k:?}")))?;
+        txn.delete(Cf::Meta, k)?;
+        let session = keys::session(owner, client);
+        if txn.get(Cf::Meta, &session)?.is_some() {
+            txn.delete(Cf::Meta, &session)?;
+            globals.sessions = globals.sessions.saturating_sub(1);
+        }
+    }
+    if batch.len() < DEAD_PURGE_PER_REQUEST {
+        txn.delete(Cf::Meta, &marker)?;
+        txn.delete(Cf::Meta, &keys::session_usage(owner))?;
+    }
+    Ok(())
 }
 
 fn execute<'s>(
@@ -412,12 +453,23 @@ fn execute<'s>(
             globals.limits = limits.clone();
             Ok(Outcome::Limits(limits.clone()))
         }
+        Command::UpdateLimits(changes) => {
+            let limits = changes.applied_to(globals.limits.clone());
+            validate_limits(&limits)?;
+            globals.limits = limits.clone();
+            Ok(Outcome::Limits(limits))
+        }
         Command::CreateToken(t) => create_token(txn, t, now),
         Command::RevokeToken { id, tenant } => {
             let rec: Option<TokenRecord> = load(txn, Cf::Meta, &keys::token(*id))?;
             match rec {
                 Some(r) if tenant.is_none() || r.scope.tenant() == tenant.as_deref() => {
                     txn.delete(Cf::Meta, &keys::token(*id))?;
+                    txn.put(
+                        Cf::Meta,
+                        &keys::dead_owner(Credential::Token(*id)),
+                        Vec::new(),
+                    )?;
                     let count = token_count(txn)?;
                     set_token_count(txn, count.saturating_sub(1))?;
                     Ok(Outcome::Deleted)
@@ -510,6 +562,13 @@ fn revoke_tokens_of(txn: &mut Txn, tenant: &str) -> Result<(), Fail> {
     let revoked = keys.len() as u64;
     for k in keys {
         txn.delete(Cf::Meta, &k)?;
+        let id = keys::u64_value(k.get(1..).unwrap_or_default())
+            .ok_or_else(|| corrupt(format_args!("token key {k:?}")))?;
+        txn.put(
+            Cf::Meta,
+            &keys::dead_owner(Credential::Token(id)),
+            Vec::new(),
+        )?;
     }
     if revoked > 0 {
         let count = token_count(txn)?;

@@ -15,6 +15,8 @@
 //!                                     an owner's session eviction order (empty value; `index`
 //!                                     is at most the session's `last_index`, see `apply`)
 //! S <owner>                           SessionUsage of an owner (count, bytes)
+//! D <owner>                           an owner whose token is gone: its sessions are purged
+//!                                     by later requests, a few at a time (empty value)
 //! k <token id: u64 BE>                TokenRecord (a hash, never the token)
 //! K                                   how many tokens exist (u64 BE)
 //! ```
@@ -30,7 +32,8 @@
 //! l <label: str> <node: u64 BE>                        label index (empty value)
 //! ```
 //! `owner` is a request's credential in 9 bytes: a kind byte (0 open, 1 member, 2 token) and
-//! the member or token id, u64 BE (0 when open).
+//! the token id, u64 BE (0 when open, and for every member certificate: they share one session
+//! space, since a forwarded call is stamped with the forwarding member's certificate).
 //!
 //! `str` is a u16 BE length then the bytes, so a prefix ending in a whole `str` matches that
 //! exact type or label and no longer one. Ids are big-endian so byte order is numeric order.
@@ -48,6 +51,7 @@ pub const COUNTERS: u8 = b'u';
 pub const SESSION: u8 = b's';
 pub const EVICTION: u8 = b'x';
 pub const SESSION_USAGE: u8 = b'S';
+pub const DEAD_OWNER: u8 = b'D';
 pub const TOKEN: u8 = b'k';
 pub const TOKEN_COUNT: &[u8] = b"K";
 
@@ -92,7 +96,7 @@ pub fn tenant_of_meta_key(key: &[u8]) -> Option<&str> {
 fn owner_bytes(owner: Credential) -> [u8; 9] {
     let (kind, id) = match owner {
         Credential::Open => (0, 0),
-        Credential::Member(id) => (1, id),
+        Credential::Member(_) => (1, 0),
         Credential::Token(id) => (2, id),
     };
     let mut b = [kind; 9];
@@ -120,6 +124,21 @@ pub fn session_usage(owner: Credential) -> [u8; 10] {
 
 pub fn eviction(owner: Credential, last_index: u64, client_id: u64) -> [u8; 26] {
     owned(EVICTION, owner, &[last_index, client_id])
+}
+
+pub fn dead_owner(owner: Credential) -> [u8; 10] {
+    owned(DEAD_OWNER, owner, &[])
+}
+
+/// The owner a `D` key names.
+pub fn owner_of(key: &[u8]) -> Option<Credential> {
+    let id = u64::from_be_bytes(key.get(2..10)?.try_into().ok()?);
+    match (key.len(), key.get(1)?) {
+        (10, 0) => Some(Credential::Open),
+        (10, 1) => Some(Credential::Member(id)),
+        (10, 2) => Some(Credential::Token(id)),
+        _ => None,
+    }
 }
 
 /// The prefix of an owner's eviction keys.
@@ -255,6 +274,15 @@ mod tests {
             Credential::Token(1),
             Credential::Token(2),
         ];
+        assert_eq!(
+            session(Credential::Member(1), 7),
+            session(Credential::Member(2), 7),
+            "member certificates share one space"
+        );
+        assert_eq!(
+            owner_of(&dead_owner(Credential::Token(9))),
+            Some(Credential::Token(9))
+        );
         for a in owners {
             for b in owners {
                 if a != b {

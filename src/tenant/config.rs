@@ -273,6 +273,8 @@ impl Validator<'_> {
             Some(Secret::Sealed(s)) => {
                 if !super::sealed::valid_key_id(&s.key_id) {
                     self.fail(field, "sealed under an invalid key id".into());
+                } else if s.ciphertext.len() < TAG_BYTES {
+                    self.fail(field, "sealed value shorter than its tag".into());
                 } else if s.ciphertext.len() > CONFIG_STRING_BYTES_MAX + TAG_BYTES {
                     let plain = s.ciphertext.len().saturating_sub(TAG_BYTES);
                     let reason = format!("{plain} bytes, limit {CONFIG_STRING_BYTES_MAX}");

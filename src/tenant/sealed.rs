@@ -14,7 +14,7 @@
 //! fingerprint and exactly-once holds (a random nonce would make every retry a different
 //! request). Two nonces are equal only for the same tenant, field and secret, whose ciphertexts
 //! are then equal too: what leaks is that a secret was set to the value it had.
-//! Rotation: add a new last line on every member, reload, and `raftgraph secrets rotate` re-seals
+//! Rotation: add a new last line on every member, restart each, and `raftgraph secrets rotate` re-seals
 //! every secret sealed under another key, through the log.
 //!
 //! **Invariants**
@@ -110,7 +110,7 @@ pub fn valid_key_id(id: &str) -> bool {
 }
 
 fn hex_key(s: &str) -> Option<[u8; KEY_BYTES]> {
-    if s.len() != 2 * KEY_BYTES {
+    if s.len() != 2 * KEY_BYTES || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut k = [0u8; KEY_BYTES];
@@ -173,8 +173,9 @@ impl Keyring {
         }
         let mut key = Zeroizing::new([0u8; KEY_BYTES]);
         random(&mut key[..]);
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(format!("{id} {hex}\n"))
+        let hex: Zeroizing<String> =
+            Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect());
+        Ok(format!("{id} {}\n", hex.as_str()))
     }
 
     /// The id of the key that seals.
@@ -232,17 +233,19 @@ impl Keyring {
             .ok_or_else(|| OpenError::UnknownKey(sealed.key_id.clone()))?;
         let aad = aad(tenant, field);
         let corrupt = || OpenError::Corrupt(sealed.key_id.clone());
-        let plain = cipher
-            .decrypt(
-                Nonce::from_slice(&sealed.nonce),
-                Payload {
-                    msg: &sealed.ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| corrupt())?;
-        String::from_utf8(plain)
-            .map(Zeroizing::new)
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(
+                    Nonce::from_slice(&sealed.nonce),
+                    Payload {
+                        msg: &sealed.ciphertext,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| corrupt())?,
+        );
+        std::str::from_utf8(&plain)
+            .map(|s| Zeroizing::new(s.to_string()))
             .map_err(|_| corrupt())
     }
 }
@@ -334,6 +337,10 @@ mod tests {
             ),
             (format!("bad/id {hex}\n"), "line 1: the key id must be"),
             (format!("k1 {hex} extra\n"), "line 1: expected"),
+            (
+                format!("k1 +{}\n", &hex[1..]),
+                "line 1: the key must be 64 hex digits",
+            ),
         ] {
             let e = Keyring::parse(&text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -1,12 +1,13 @@
 //! `GetLimits` and `SetLimits`: the replicated cluster limits, read from the member asked and
-//! changed through the log on the leader (a follower forwards once).
+//! changed through the log on the leader (a follower forwards once); the changes are merged
+//! with the limits in force at apply.
 
 use tonic::{Request, Response, Status};
 
 use super::{ClusterApi, client};
 use crate::api::route::{self, Proposed};
 use crate::api::status::{apply_error, invalid};
-use crate::command::{ClusterLimits, Command, Outcome, Request as Proposal};
+use crate::command::{ClusterLimits, Command, LimitChanges, Outcome, Request as Proposal};
 use crate::proto::v1 as pb;
 
 pub fn to_proto(l: &ClusterLimits) -> pb::ClusterLimits {
@@ -19,28 +20,15 @@ pub fn to_proto(l: &ClusterLimits) -> pb::ClusterLimits {
     }
 }
 
-/// `current` with the fields `req` gives replaced.
-fn merged(mut current: ClusterLimits, req: &pb::SetLimitsRequest) -> ClusterLimits {
-    let set = |field: &mut u64, v: Option<u64>| {
-        if let Some(v) = v {
-            *field = v;
-        }
-    };
-    set(&mut current.tenants_max, req.tenants_max);
-    set(
-        &mut current.sessions_per_principal_max,
-        req.sessions_per_principal_max,
-    );
-    set(
-        &mut current.session_bytes_per_principal_max,
-        req.session_bytes_per_principal_max,
-    );
-    set(&mut current.cascade_edges_max, req.cascade_edges_max);
-    set(
-        &mut current.entry_write_bytes_max,
-        req.entry_write_bytes_max,
-    );
-    current
+/// The changes a request names.
+fn changes(req: &pb::SetLimitsRequest) -> LimitChanges {
+    LimitChanges {
+        tenants_max: req.tenants_max,
+        sessions_per_principal_max: req.sessions_per_principal_max,
+        session_bytes_per_principal_max: req.session_bytes_per_principal_max,
+        cascade_edges_max: req.cascade_edges_max,
+        entry_write_bytes_max: req.entry_write_bytes_max,
+    }
 }
 
 impl ClusterApi {
@@ -65,18 +53,7 @@ impl ClusterApi {
         if id.sequence == 0 {
             return Err(invalid("request_id.sequence", "0; sequences start at 1"));
         }
-        if let Some(leader) = self.leader_elsewhere(via.forwarded)? {
-            return client(&self.router, &leader)
-                .await?
-                .set_limits(via.forward(msg))
-                .await
-                .map_err(route::forwarded_outcome);
-        }
-        let current = self
-            .reader()?
-            .limits()
-            .map_err(|e| Status::unavailable(format!("reading the limits failed ({e}); retry")))?;
-        let command = Command::SetLimits(merged(current, &msg));
+        let command = Command::UpdateLimits(changes(&msg));
         let req = Proposal::new(id.client_id, id.sequence, (self.clock)(), command)
             .map_err(|e| Status::internal(format!("encoding the limits: {e}")))?
             .by(caller.principal.via);
