@@ -156,8 +156,8 @@ pub(crate) fn apply_request(
         fingerprint,
         response: response.clone(),
     };
-    let previous = session.map(|s| (s, session_bytes));
-    record_session(&mut txn, &mut globals, req, new, previous).map_err(fatal_of)?;
+    let previous_bytes = session.is_some().then_some(session_bytes);
+    record_session(&mut txn, &mut globals, req, new, previous_bytes).map_err(fatal_of)?;
     if globals != before {
         save(&mut txn, Cf::Meta, keys::GLOBALS, &globals).map_err(fatal_of)?;
     }
@@ -208,8 +208,8 @@ fn authorize(txn: &Txn, req: &Request) -> Result<Result<(), ApplyError>, Fail> {
 
 /// Stores the session in its owner's space and meters it; past the owner's limits
 /// (`sessions_per_principal_max`, `session_bytes_per_principal_max`) evicts that owner's least
-/// recently written sessions, never another owner's. `previous` is the session this one
-/// replaces, with its stored bytes.
+/// recently written sessions, never another owner's. `previous_bytes`: the stored bytes of the
+/// session this one replaces, if any.
 ///
 /// The eviction index is written lazily: a session gets its key `(owner, last_index, client)`
 /// when it is created, and a later write of the same client leaves that key behind (one
@@ -225,20 +225,21 @@ fn record_session(
     globals: &mut Globals,
     req: &Request,
     session: Session,
-    previous: Option<(Session, u64)>,
+    previous_bytes: Option<u64>,
 ) -> Result<(), Fail> {
     let owner = req.owner;
     let usage_key = keys::session_usage(owner);
-    let mut usage: SessionUsage = load(txn, Cf::Meta, &usage_key)?.unwrap_or_default();
+    let stored_usage: SessionUsage = load(txn, Cf::Meta, &usage_key)?.unwrap_or_default();
+    let mut usage = stored_usage.clone();
     let key = keys::session(owner, req.client_id);
-    match previous {
+    match previous_bytes {
         None => {
             globals.sessions += 1;
             usage.count += 1;
             let first = keys::eviction(owner, session.last_index, req.client_id);
             txn.put(Cf::Meta, &first, Vec::new())?;
         }
-        Some((_, bytes)) => usage.bytes = usage.bytes.saturating_sub(bytes),
+        Some(bytes) => usage.bytes = usage.bytes.saturating_sub(bytes),
     }
     let bytes = crate::codec::encode(&session).map_err(|e| corrupt(format_args!("encode: {e}")))?;
     usage.bytes += (key.len() + bytes.len()) as u64;
@@ -312,7 +313,9 @@ fn record_session(
             }
         }
     }
-    save(txn, Cf::Meta, &usage_key, &usage)?;
+    if usage != stored_usage {
+        save(txn, Cf::Meta, &usage_key, &usage)?;
+    }
     purge_dead(txn, globals)
 }
 
@@ -323,6 +326,11 @@ const DEAD_PURGE_PER_REQUEST: usize = 32;
 /// deleted): no request of that owner can apply again, so its sessions would otherwise stay
 /// forever. When none is left, its usage record and marker go too.
 fn purge_dead(txn: &mut Txn, globals: &mut Globals) -> Result<(), Fail> {
+    // Read through the meta cache: no scan on the write path while no owner is marked.
+    let dead = count(txn, keys::DEAD_OWNER_COUNT)?;
+    if dead == 0 {
+        return Ok(());
+    }
     let Some((marker, _)) = txn
         .scan(Cf::Meta, &[keys::DEAD_OWNER], 1)?
         .into_iter()
@@ -350,6 +358,7 @@ fn purge_dead(txn: &mut Txn, globals: &mut Globals) -> Result<(), Fail> {
     if batch.len() < DEAD_PURGE_PER_REQUEST {
         txn.delete(Cf::Meta, &marker)?;
         txn.delete(Cf::Meta, &keys::session_usage(owner))?;
+        set_count(txn, keys::DEAD_OWNER_COUNT, dead - 1)?;
     }
     Ok(())
 }
@@ -465,13 +474,9 @@ fn execute<'s>(
             match rec {
                 Some(r) if tenant.is_none() || r.scope.tenant() == tenant.as_deref() => {
                     txn.delete(Cf::Meta, &keys::token(*id))?;
-                    txn.put(
-                        Cf::Meta,
-                        &keys::dead_owner(Credential::Token(*id)),
-                        Vec::new(),
-                    )?;
-                    let count = token_count(txn)?;
-                    set_token_count(txn, count.saturating_sub(1))?;
+                    mark_dead(txn, *id)?;
+                    let tokens = count(txn, keys::TOKEN_COUNT)?;
+                    set_count(txn, keys::TOKEN_COUNT, tokens.saturating_sub(1))?;
                     Ok(Outcome::Deleted)
                 }
                 // Another tenant's token answers as a missing one: no oracle.
@@ -481,15 +486,29 @@ fn execute<'s>(
     }
 }
 
-fn token_count(txn: &Txn) -> Result<u64, Fail> {
-    match txn.get(Cf::Meta, keys::TOKEN_COUNT)? {
+/// A counter stored as u64 BE under `key` (0 when absent).
+fn count(txn: &Txn, key: &[u8]) -> Result<u64, Fail> {
+    match txn.get(Cf::Meta, key)? {
         None => Ok(0),
-        Some(b) => keys::u64_value(&b).ok_or_else(|| corrupt(format_args!("token count {b:?}"))),
+        Some(b) => {
+            keys::u64_value(&b).ok_or_else(|| corrupt(format_args!("counter {key:?}: {b:?}")))
+        }
     }
 }
 
-fn set_token_count(txn: &mut Txn, count: u64) -> Result<(), Fail> {
-    txn.put(Cf::Meta, keys::TOKEN_COUNT, count.to_be_bytes().to_vec())
+fn set_count(txn: &mut Txn, key: &[u8], n: u64) -> Result<(), Fail> {
+    txn.put(Cf::Meta, key, n.to_be_bytes().to_vec())
+}
+
+/// Marks token `id`'s sessions for purging (see [`purge_dead`]).
+fn mark_dead(txn: &mut Txn, id: u64) -> Result<(), Fail> {
+    let marker = keys::dead_owner(Credential::Token(id));
+    if txn.get(Cf::Meta, &marker)?.is_none() {
+        txn.put(Cf::Meta, &marker, Vec::new())?;
+        let n = count(txn, keys::DEAD_OWNER_COUNT)?;
+        set_count(txn, keys::DEAD_OWNER_COUNT, n + 1)?;
+    }
+    Ok(())
 }
 
 fn create_token(txn: &mut Txn, t: &NewToken, now: i64) -> Result<Outcome, Fail> {
@@ -515,14 +534,14 @@ fn create_token(txn: &mut Txn, t: &NewToken, now: i64) -> Result<Outcome, Fail> 
     if load::<TokenRecord>(txn, Cf::Meta, &keys::token(t.id))?.is_some() {
         return Err(ApplyError::TokenExists { id: t.id }.into());
     }
-    let count = token_count(txn)?;
+    let tokens = count(txn, keys::TOKEN_COUNT)?;
     let full = |scope: String, limit| Err(ApplyError::TooManyTokens { scope, limit }.into());
     match &t.scope {
-        Scope::Cluster if count >= TOKENS_MAX => return full("the cluster".into(), TOKENS_MAX),
+        Scope::Cluster if tokens >= TOKENS_MAX => return full("the cluster".into(), TOKENS_MAX),
         Scope::Cluster => {}
         Scope::Tenant { tenant, .. } => {
             let tenants_max = TOKENS_MAX - CLUSTER_TOKENS_RESERVED;
-            if count >= tenants_max {
+            if tokens >= tenants_max {
                 return full("the cluster's tenants together".into(), tenants_max);
             }
             if tokens_of(txn, tenant)?.len() as u64 >= TOKENS_PER_TENANT_MAX {
@@ -539,7 +558,7 @@ fn create_token(txn: &mut Txn, t: &NewToken, now: i64) -> Result<Outcome, Fail> 
         last4: t.last4.clone(),
     };
     save(txn, Cf::Meta, &keys::token(t.id), &rec)?;
-    set_token_count(txn, count + 1)?;
+    set_count(txn, keys::TOKEN_COUNT, tokens + 1)?;
     Ok(Outcome::Token(rec.info()))
 }
 
@@ -564,15 +583,11 @@ fn revoke_tokens_of(txn: &mut Txn, tenant: &str) -> Result<(), Fail> {
         txn.delete(Cf::Meta, &k)?;
         let id = keys::u64_value(k.get(1..).unwrap_or_default())
             .ok_or_else(|| corrupt(format_args!("token key {k:?}")))?;
-        txn.put(
-            Cf::Meta,
-            &keys::dead_owner(Credential::Token(id)),
-            Vec::new(),
-        )?;
+        mark_dead(txn, id)?;
     }
     if revoked > 0 {
-        let count = token_count(txn)?;
-        set_token_count(txn, count.saturating_sub(revoked))?;
+        let tokens = count(txn, keys::TOKEN_COUNT)?;
+        set_count(txn, keys::TOKEN_COUNT, tokens.saturating_sub(revoked))?;
     }
     Ok(())
 }

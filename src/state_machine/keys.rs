@@ -17,6 +17,7 @@
 //! S <owner>                           SessionUsage of an owner (count, bytes)
 //! D <owner>                           an owner whose token is gone: its sessions are purged
 //!                                     by later requests, a few at a time (empty value)
+//! d                                   how many `D` markers exist (u64 BE)
 //! k <token id: u64 BE>                TokenRecord (a hash, never the token)
 //! K                                   how many tokens exist (u64 BE)
 //! ```
@@ -52,6 +53,7 @@ pub const SESSION: u8 = b's';
 pub const EVICTION: u8 = b'x';
 pub const SESSION_USAGE: u8 = b'S';
 pub const DEAD_OWNER: u8 = b'D';
+pub const DEAD_OWNER_COUNT: &[u8] = b"d";
 pub const TOKEN: u8 = b'k';
 pub const TOKEN_COUNT: &[u8] = b"K";
 
