@@ -1290,6 +1290,8 @@ async fn a_tokens_sessions_are_its_own() {
     let second = make_token(&env, leader, &admin, "s", pb::Role::Write, 0).await;
     let (w1, w2) = (&bearer(&first_token), &bearer(&second.token));
     limit_sessions(&env, &admin, 3).await;
+    // The follower checks tokens against its own state: wait until it has both.
+    env.converged().await;
     let to = env.follower().await;
     let write = |cred: &Cred, client_id: u64, sequence: u64| {
         let (ch, cred) = (env.channel(to, cred), cred.clone());
@@ -1423,6 +1425,8 @@ async fn planted_api_keys_are_sealed_everywhere_at_rest_and_rotate() {
     let (mut env, admin) = cluster().await;
     let admin = bearer(&admin);
     let plants = ["sk-PLANTED-llm-c0ffee-4242", "sk-PLANTED-tool-beef-9191"];
+    // The follower checks the admin token against its own state: wait until it has the token.
+    env.converged().await;
     let to = env.follower().await;
     let provider = |key: &str| pb::LlmProviderConfig {
         provider: pb::LlmProvider::Anthropic as i32,
