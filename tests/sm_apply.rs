@@ -1429,3 +1429,78 @@ async fn a_reseal_replaces_only_the_secrets_it_read() {
     };
     assert_eq!(k2.open(s, "t", "tools[0].api_key").unwrap().as_str(), "a");
 }
+
+#[tokio::test]
+async fn rate_limits_are_stored_apart_checked_and_die_with_their_tenant() {
+    use raftgraph::tenant::RateLimits;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path()).await;
+    h.create_tenant("r", Quotas::default()).unwrap();
+    let set = |limits| Command::SetRateLimits {
+        tenant: "r".into(),
+        limits,
+    };
+    // A tenant has none until they are set.
+    assert_eq!(
+        h.reader().rate_limits("r").unwrap(),
+        Some(RateLimits::UNLIMITED)
+    );
+    assert_eq!(h.reader().rate_limits("none").unwrap(), None);
+    assert_eq!(h.reader().rate_limits("Bad Id").unwrap(), None);
+    let limits = RateLimits {
+        requests_per_sec: Some(100),
+        bytes_per_sec: Some(1 << 20),
+    };
+    match h.run(0, set(limits)).outcome.unwrap() {
+        Outcome::RateLimits(t, l) => {
+            assert_eq!((t.id.as_str(), l), ("r", limits));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.reader().rate_limits("r").unwrap(), Some(limits));
+    // Out of range: refused, naming the field; nothing changed.
+    for (bad, field) in [
+        (
+            RateLimits {
+                requests_per_sec: Some(0),
+                bytes_per_sec: None,
+            },
+            "requests_per_sec",
+        ),
+        (
+            RateLimits {
+                requests_per_sec: None,
+                bytes_per_sec: Some(1),
+            },
+            "bytes_per_sec",
+        ),
+    ] {
+        let err = h.run(0, set(bad)).outcome.unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::InvalidArgument { field: f, .. } if f == field),
+            "{err}"
+        );
+    }
+    assert_eq!(h.reader().rate_limits("r").unwrap(), Some(limits));
+    let err = h
+        .run(
+            0,
+            Command::SetRateLimits {
+                tenant: "none".into(),
+                limits,
+            },
+        )
+        .outcome
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::TenantNotFound { .. }), "{err}");
+    // Deleted with the tenant: one created again under the same id starts unlimited.
+    h.run(0, Command::DeleteTenant { tenant: "r".into() })
+        .outcome
+        .unwrap();
+    assert_eq!(h.reader().rate_limits("r").unwrap(), None);
+    h.create_tenant("r", Quotas::default()).unwrap();
+    assert_eq!(
+        h.reader().rate_limits("r").unwrap(),
+        Some(RateLimits::UNLIMITED)
+    );
+}

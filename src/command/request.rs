@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::graph::{LABELS_MAX, PROPERTIES_MAX, Properties, Value, validate_name};
 use crate::auth::{Credential, Role, Scope, TokenInfo, id_hex};
-use crate::tenant::{QuotaExceeded, Quotas, Sealed, TenantConfig, TenantError, TenantInfo};
+use crate::tenant::{
+    QuotaExceeded, Quotas, RateLimits, Sealed, TenantConfig, TenantError, TenantInfo,
+};
 
 /// Operations in one write request.
 pub const OPERATIONS_MAX: usize = 10_000;
@@ -110,6 +112,7 @@ impl Command {
             Command::RevokeToken { tenant: None, .. }
             | Command::CreateTenant { .. }
             | Command::UpdateQuotas { .. }
+            | Command::SetRateLimits { .. }
             | Command::SetTenantEnabled { .. }
             | Command::SetTenantConfig { .. }
             | Command::DeleteTenant { .. }
@@ -145,6 +148,9 @@ impl fmt::Display for Request {
                 write!(f, "reseal {} secrets of {tenant}", secrets.len())
             }
             Command::UpdateLimits(c) => write!(f, "update limits {c:?}"),
+            Command::SetRateLimits { tenant, limits } => {
+                write!(f, "set rate limits of {tenant} to {limits:?}")
+            }
         }
     }
 }
@@ -194,6 +200,13 @@ pub enum Command {
     /// is the same request whatever was set in between (`SetLimits` / `raftgraph cluster
     /// limits set`).
     UpdateLimits(LimitChanges),
+    /// Sets `tenant`'s throughput limits (all of them: an absent one becomes unlimited).
+    /// Stored apart from the tenant record (meta key `r`), so records, answers and sessions
+    /// written before it existed still decode.
+    SetRateLimits {
+        tenant: String,
+        limits: RateLimits,
+    },
 }
 
 /// Cluster limits to change; `None` keeps the value in force.
@@ -431,6 +444,8 @@ pub enum Outcome {
     Token(TokenInfo),
     /// How many secrets a `ResealSecrets` replaced.
     Resealed(u64),
+    /// The tenant and the throughput limits a `SetRateLimits` left it with.
+    RateLimits(Box<TenantInfo>, RateLimits),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -676,7 +691,8 @@ impl Command {
             | Command::SetTenantEnabled { tenant, .. }
             | Command::SetTenantConfig { tenant, .. }
             | Command::DeleteTenant { tenant }
-            | Command::ResealSecrets { tenant, .. } => Some(tenant),
+            | Command::ResealSecrets { tenant, .. }
+            | Command::SetRateLimits { tenant, .. } => Some(tenant),
             Command::CreateToken(t) => t.scope.tenant(),
             Command::SetLimits(_) | Command::UpdateLimits(_) | Command::RevokeToken { .. } => None,
         }

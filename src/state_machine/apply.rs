@@ -16,7 +16,9 @@ use crate::command::{
     ApplyError, ClusterLimits, Command, Fingerprint, Need, NewToken, Outcome, RESEALED_MAX,
     Request, Response, WriteRequest,
 };
-use crate::tenant::{Secret, TenantCounters, TenantRecord, check_quotas, validate_tenant_id};
+use crate::tenant::{
+    Secret, TenantCounters, TenantInfo, TenantRecord, check_quotas, validate_tenant_id,
+};
 
 /// Most sessions one entry evicts: lowering the per-principal session limits a long way
 /// evicts over several entries instead of building one huge batch.
@@ -413,6 +415,19 @@ fn execute<'s>(
         Command::UpdateQuotas { tenant, quotas } => {
             update_tenant(txn, tenant, now, |r| r.quotas = quotas.clone())
         }
+        Command::SetRateLimits { tenant, limits } => {
+            limits
+                .validate()
+                .map_err(|(field, reason)| invalid_field(field, reason))?;
+            let info = changed_tenant(txn, tenant, now, |_| {})?;
+            let key = keys::tenant_rate_limits(tenant);
+            if limits.is_unlimited() {
+                txn.delete(Cf::Meta, &key)?;
+            } else {
+                save(txn, Cf::Meta, &key, limits)?;
+            }
+            Ok(Outcome::RateLimits(info, *limits))
+        }
         Command::SetTenantEnabled { tenant, enabled } => {
             update_tenant(txn, tenant, now, |r| r.enabled = *enabled)
         }
@@ -451,6 +466,7 @@ fn execute<'s>(
             tenant_record(txn, tenant)?;
             txn.delete(Cf::Meta, &keys::tenant_record(tenant))?;
             txn.delete(Cf::Meta, &keys::tenant_counters(tenant))?;
+            txn.delete(Cf::Meta, &keys::tenant_rate_limits(tenant))?;
             // A tenant created later under the same id must not be open to these tokens.
             revoke_tokens_of(txn, tenant)?;
             globals.tenants -= 1;
@@ -653,12 +669,22 @@ fn update_tenant(
     now: i64,
     change: impl FnOnce(&mut TenantRecord),
 ) -> Result<Outcome, Fail> {
+    changed_tenant(txn, tenant, now, change).map(Outcome::Tenant)
+}
+
+/// `tenant`'s record changed by `change`, its update time stamped, saved: what it shows now.
+fn changed_tenant(
+    txn: &mut Txn,
+    tenant: &str,
+    now: i64,
+    change: impl FnOnce(&mut TenantRecord),
+) -> Result<Box<TenantInfo>, Fail> {
     let mut rec = tenant_record(txn, tenant)?;
     change(&mut rec);
     rec.updated_micros = now;
     save(txn, Cf::Meta, &keys::tenant_record(tenant), &rec)?;
     let counters = tenant_counters(txn, tenant)?;
-    Ok(Outcome::Tenant(Box::new(rec.info(&counters))))
+    Ok(Box::new(rec.info(&counters)))
 }
 
 fn write<'s>(

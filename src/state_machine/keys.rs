@@ -10,6 +10,8 @@
 //! g                                   Globals (cluster limits, tenant and session counts)
 //! t <id> 0x00                         TenantRecord
 //! u <id> 0x00                         TenantCounters (usage, id counters)
+//! r <id> 0x00                         RateLimits (absent: unlimited; since codec 4, no
+//!                                     format change: older data has none)
 //! s <owner> <client_id: u64 BE>       Session
 //! x <owner> <index: u64 BE> <client_id: u64 BE>
 //!                                     an owner's session eviction order (empty value; `index`
@@ -49,6 +51,7 @@ pub const MEMBERSHIP: &[u8] = b"m";
 pub const GLOBALS: &[u8] = b"g";
 pub const TENANT: u8 = b't';
 pub const COUNTERS: u8 = b'u';
+pub const RATE_LIMITS: u8 = b'r';
 pub const SESSION: u8 = b's';
 pub const EVICTION: u8 = b'x';
 pub const SESSION_USAGE: u8 = b'S';
@@ -87,6 +90,10 @@ pub fn tenant_record(tenant: &str) -> Vec<u8> {
 
 pub fn tenant_counters(tenant: &str) -> Vec<u8> {
     tenant_key(COUNTERS, tenant)
+}
+
+pub fn tenant_rate_limits(tenant: &str) -> Vec<u8> {
+    tenant_key(RATE_LIMITS, tenant)
 }
 
 /// The tenant id in a `t`/`u` meta key.

@@ -222,6 +222,7 @@ impl StateMachine {
         if tenant_change {
             store.tenants.invalidate();
             store.tokens.invalidate();
+            store.rate_limits.invalidate();
         }
         self.applied = Some(log_id);
         if let Some(m) = membership {

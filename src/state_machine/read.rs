@@ -18,7 +18,9 @@ use crate::codec;
 use crate::command::{ApplyError, ClusterLimits};
 use crate::command::{Direction, Edge, EdgeRecord, Node, NodeRecord, validate_name};
 use crate::raft::LogId;
-use crate::tenant::{TenantConfig, TenantCounters, TenantInfo, TenantRecord, validate_tenant_id};
+use crate::tenant::{
+    RateLimits, TenantConfig, TenantCounters, TenantInfo, TenantRecord, validate_tenant_id,
+};
 
 type RawPair = (Box<[u8]>, Box<[u8]>);
 
@@ -171,6 +173,25 @@ impl GraphReader {
         let store = self.store();
         let rec = self.record(&store, tenant)?;
         Ok(rec.info(&self.counters(&store, tenant)?))
+    }
+
+    /// `tenant`'s throughput limits (unlimited when none are set); `None` when there is no such
+    /// tenant. Remembered until the next admin entry applies.
+    pub fn rate_limits(&self, tenant: &str) -> Result<Option<RateLimits>, ReadError> {
+        let store = self.store();
+        store.rate_limits.get(tenant, || {
+            // Only a valid id can name a tenant.
+            if validate_tenant_id(tenant).is_err() {
+                return Ok(None);
+            }
+            if let Some(b) = self.meta_get(&store, &keys::tenant_rate_limits(tenant))? {
+                return Ok(Some(decode(&b, &format!("tenant {tenant} rate limits"))?));
+            }
+            let exists = self
+                .meta_get(&store, &keys::tenant_record(tenant))?
+                .is_some();
+            Ok(exists.then_some(RateLimits::UNLIMITED))
+        })
     }
 
     /// `tenant`'s config as stored: its secrets sealed, never plain. For re-sealing them under

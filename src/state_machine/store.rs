@@ -114,6 +114,9 @@ pub(crate) struct Store {
     /// The token records calls were authenticated by, so a call does not fetch and decode its
     /// token's record each time (invalidated with `tenants`: by every admin entry).
     pub tokens: EpochCache<u64, Arc<crate::auth::TokenRecord>>,
+    /// The rate limits of each tenant calls named (unlimited when none are set), for the
+    /// same reason (invalidated with `tenants`).
+    pub rate_limits: EpochCache<String, crate::tenant::RateLimits>,
     /// Meta column family values apply has read or written, so the per-request reads of a
     /// client's session, the tenant record, its counters and the globals do not go to RocksDB.
     pub meta_cache: MetaCache,
@@ -301,6 +304,7 @@ impl Store {
             ddl: RwLock::new(()),
             tenants: TenantCache::default(),
             tokens: EpochCache::default(),
+            rate_limits: EpochCache::default(),
             meta_cache: MetaCache::default(),
         })
     }

@@ -1,4 +1,5 @@
-//! Tenants as pure logic: ids, quotas, usage accounting, per-tenant configs and their redaction.
+//! Tenants as pure logic: ids, quotas, usage accounting, rate limits and their token bucket,
+//! per-tenant configs and their redaction.
 //!
 //! Nothing here does I/O. The state machine (`crate::state_machine`) stores these records in its
 //! `meta` column family and calls these checks while it applies an entry, so every decision made
@@ -21,6 +22,7 @@
 
 mod config;
 mod quota;
+mod rate;
 mod sealed;
 
 pub use config::{
@@ -28,6 +30,7 @@ pub use config::{
     ToolConfig,
 };
 pub use quota::{QuotaExceeded, Quotas, Resource, Usage, check_quotas};
+pub use rate::{BYTES_PER_SEC_MIN, Bucket, RATE_MAX, RateLimits};
 pub use sealed::{
     KEY_BYTES, KEY_ID_BYTES_MAX, KEYS_MAX, Keyring, KeyringError, NONCE_BYTES, OpenError, Sealed,
     TAG_BYTES, valid_key_id,

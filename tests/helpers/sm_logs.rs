@@ -128,6 +128,20 @@ impl Gen {
                 cascade_edges_max: self.rng.random_range(1..20),
                 entry_write_bytes_max: self.rng.random_range(1 << 20..2 << 20),
             }),
+            13 => Command::SetRateLimits {
+                tenant,
+                // Sometimes out of range (0 requests/s): refused alike on every replica.
+                limits: raftgraph::tenant::RateLimits {
+                    requests_per_sec: self
+                        .rng
+                        .random_bool(0.5)
+                        .then(|| self.rng.random_range(0..1000)),
+                    bytes_per_sec: self
+                        .rng
+                        .random_bool(0.5)
+                        .then(|| self.rng.random_range(1024..1 << 20)),
+                },
+            },
             _ => Command::Write(self.write(tenant)),
         }
     }
