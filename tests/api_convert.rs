@@ -215,7 +215,7 @@ fn tenants_go_out_without_secrets_and_echoed_reads_are_refused() {
         created_micros: 1,
         updated_micros: 2,
     };
-    let wire = convert::tenant_to_proto(&info);
+    let wire = convert::tenant_to_proto(&info, raftgraph::tenant::RateLimits::UNLIMITED);
     let bytes = wire.encode_to_vec();
     assert!(!bytes.windows(9).any(|w| w == b"sk-secret"));
     let out = wire.config.clone().unwrap().llm.unwrap();
@@ -236,7 +236,11 @@ fn tenants_go_out_without_secrets_and_echoed_reads_are_refused() {
     );
 
     // A key sent is stored; an unknown provider number is refused.
-    let mut p = convert::tenant_to_proto(&info).config.unwrap().llm.unwrap();
+    let mut p = convert::tenant_to_proto(&info, raftgraph::tenant::RateLimits::UNLIMITED)
+        .config
+        .unwrap()
+        .llm
+        .unwrap();
     p.api_key = Some("sk-new".into());
     let cfg = pb::TenantConfig {
         llm: Some(p.clone()),

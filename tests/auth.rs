@@ -122,6 +122,7 @@ enum Call {
     ListTenants,
     CreateTenant,
     UpdateQuotas,
+    SetRateLimits,
     SetTenantConfig,
     SetTenantEnabled,
     DeleteTenant,
@@ -142,7 +143,7 @@ enum Call {
     RotateSecrets,
 }
 
-const CALLS: [Call; 33] = [
+const CALLS: [Call; 34] = [
     Call::Write,
     Call::WriteStream,
     Call::GetNode,
@@ -158,6 +159,7 @@ const CALLS: [Call; 33] = [
     Call::ListTenants,
     Call::CreateTenant,
     Call::UpdateQuotas,
+    Call::SetRateLimits,
     Call::SetTenantConfig,
     Call::SetTenantEnabled,
     Call::DeleteTenant,
@@ -214,9 +216,11 @@ fn needs(c: Call) -> Needs {
         // An empty tenant lists every token for a cluster admin, its own tenant's for a
         // tenant admin.
         ListAllTokens => Needs::AnyAdmin,
-        CreateTenant | UpdateQuotas | SetTenantConfig | SetTenantEnabled | DeleteTenant
-        | CreateClusterToken | AddLearner | Promote | Remove | TransferLeadership
-        | TriggerSnapshot | GetLimits | SetLimits | RotateSecrets => Needs::ClusterAdmin,
+        CreateTenant | UpdateQuotas | SetRateLimits | SetTenantConfig | SetTenantEnabled
+        | DeleteTenant | CreateClusterToken | AddLearner | Promote | Remove
+        | TransferLeadership | TriggerSnapshot | GetLimits | SetLimits | RotateSecrets => {
+            Needs::ClusterAdmin
+        }
         Init => Needs::MemberCertificate,
         Status => Needs::Open,
     }
@@ -620,6 +624,18 @@ async fn send(
                         request_id: env.request_id(),
                         id: t,
                         quotas: Some(pb::Quotas::default()),
+                    },
+                ))
+                .await,
+        ),
+        Call::SetRateLimits => code(
+            tenants
+                .set_rate_limits(req(
+                    cred,
+                    pb::SetRateLimitsRequest {
+                        request_id: env.request_id(),
+                        id: t,
+                        rate_limits: None,
                     },
                 ))
                 .await,
@@ -1558,4 +1574,272 @@ async fn planted_api_keys_are_sealed_everywhere_at_rest_and_rotate() {
     set_config(&env).await;
     env.converged().await;
     no_plain_secret(env._dir.path());
+}
+
+/// Sets `tenant`'s throughput limits through member `to`; the tenant as answered.
+async fn set_rates(
+    env: &Env,
+    to: u64,
+    admin: &Cred,
+    tenant: &str,
+    requests: Option<u64>,
+    bytes: Option<u64>,
+) -> Result<pb::Tenant, tonic::Status> {
+    TenantServiceClient::new(env.channel(to, admin))
+        .set_rate_limits(req(
+            admin,
+            pb::SetRateLimitsRequest {
+                request_id: env.request_id(),
+                id: tenant.into(),
+                rate_limits: Some(pb::RateLimits {
+                    requests_per_second: requests,
+                    bytes_per_second: bytes,
+                }),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A write of one node labelled `label` with a `bytes`-long string property.
+fn node_write(tenant: &str, env: &Env, label: &str, bytes: usize) -> pb::WriteRequest {
+    let value = pb::Value {
+        kind: Some(pb::value::Kind::StringValue("x".repeat(bytes))),
+    };
+    pb::WriteRequest {
+        tenant: tenant.into(),
+        request_id: env.request_id(),
+        preconditions: vec![],
+        operations: vec![pb::Operation {
+            op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
+                labels: vec![label.into()],
+                properties: [("p".to_string(), value)].into_iter().collect(),
+            })),
+        }],
+    }
+}
+
+/// The retry hint of a refusal, in milliseconds (0: none).
+fn hint(s: &tonic::Status) -> u64 {
+    raftgraph::client::retry_after(s).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A tenant's request rate, from the flooder's side: writes past it are refused with
+/// RESOURCE_EXHAUSTED, a retry hint and nothing applied, whichever member they are sent to,
+/// while another tenant writes on; the limits are replicated to every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_tenant_is_held_to_its_request_rate() {
+    let (env, admin, token) = cluster_with("a", pb::Role::Write).await;
+    create_tenant(&env, &admin, "b").await;
+    let leader = env.leader().await;
+    let b_token = bearer(
+        &make_token(&env, leader, &admin, "b", pb::Role::Write, 0)
+            .await
+            .token,
+    );
+    let a = bearer(&token);
+    let follower = env.follower().await;
+    let set = set_rates(&env, follower, &admin, "a", Some(2), None)
+        .await
+        .unwrap();
+    let rates = set.rate_limits.unwrap();
+    assert_eq!(
+        (rates.requests_per_second, rates.bytes_per_second),
+        (Some(2), None)
+    );
+    // Replicated: every member shows them.
+    env.converged().await;
+    for id in 1..=3 {
+        let t = TenantServiceClient::new(env.channel(id, &admin))
+            .get_tenant(req(
+                &admin,
+                pb::GetTenantRequest {
+                    id: "a".into(),
+                    consistency: pb::Consistency::Serializable as i32,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            t.rate_limits.unwrap().requests_per_second,
+            Some(2),
+            "member {id}"
+        );
+    }
+
+    // 20 writes back to back, alternating between a follower (forwarded) and the leader.
+    let started = tokio::time::Instant::now();
+    let (mut admitted, mut refused) = (0u64, 0u64);
+    for i in 0..20u64 {
+        let to = if i % 2 == 0 { follower } else { leader };
+        match GraphServiceClient::new(env.channel(to, &a))
+            .write(req(&a, node_write("a", &env, "R", 10)))
+            .await
+        {
+            Ok(_) => admitted += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains("tenant a") && s.message().contains("2 requests/s"),
+                    "{}",
+                    s.message()
+                );
+                let ms = hint(&s);
+                assert!((1..=1000).contains(&ms), "hint {ms} ms");
+                refused += 1;
+            }
+        }
+        // Tenant b, unlimited, is never refused.
+        GraphServiceClient::new(env.channel(to, &b_token))
+            .write(req(&b_token, node_write("b", &env, "R", 10)))
+            .await
+            .unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // A burst of one second's worth, then the rate.
+    assert!(
+        admitted as f64 <= 2.0 + 2.0 * secs.ceil(),
+        "{admitted} admitted in {secs:.2} s"
+    );
+    assert!(refused > 0, "none of 20 writes in {secs:.2} s refused");
+    // A stream call is refused alike, its error carrying the hint.
+    let (c, m) = write_stream(
+        env.channel(follower, &a),
+        &a,
+        node_write("a", &env, "R", 10),
+    )
+    .await;
+    assert!(c == Code::ResourceExhausted || c == Code::Ok, "{c:?}: {m}");
+    let streamed = u64::from(c == Code::Ok);
+
+    // Unset: unlimited again (reads count against the rate too, so the checks come after).
+    let t = set_rates(&env, leader, &admin, "a", None, None)
+        .await
+        .unwrap();
+    assert_eq!(t.rate_limits.unwrap(), pb::RateLimits::default());
+    // Nothing refused was applied.
+    assert_eq!(count(&env, &a, "a", "R").await as u64, admitted + streamed);
+    assert_eq!(count(&env, &b_token, "b", "R").await, 20);
+    for _ in 0..10 {
+        GraphServiceClient::new(env.channel(leader, &a))
+            .write(req(&a, node_write("a", &env, "S", 10)))
+            .await
+            .unwrap();
+    }
+    // Out of range and unknown tenants are refused, naming what was wrong.
+    let e = set_rates(&env, leader, &admin, "a", Some(0), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("requests_per_sec"), "{}", e.message());
+    let e = set_rates(&env, leader, &admin, "a", None, Some(10))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("bytes_per_sec"), "{}", e.message());
+    let e = set_rates(&env, leader, &admin, "nope", Some(5), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}
+
+/// A tenant's byte rate: a write larger than a second's worth is admitted once and leaves a
+/// debt that refuses the next for about a minute; a read's answer is charged after it is
+/// served; another tenant's token, refused, spends nothing of the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_byte_rate_charges_writes_and_answers() {
+    let (env, admin, token) = cluster_with("a", pb::Role::Write).await;
+    let a = bearer(&token);
+    create_tenant(&env, &admin, "c").await;
+    let leader = env.leader().await;
+    let c = bearer(
+        &make_token(&env, leader, &admin, "c", pb::Role::Write, 0)
+            .await
+            .token,
+    );
+    // A node of ~60 KB in c, written while c is unlimited, to be read later.
+    let created = GraphServiceClient::new(env.channel(leader, &c))
+        .write(req(&c, node_write("c", &env, "Big", 60_000)))
+        .await
+        .unwrap()
+        .into_inner();
+    let big = match created.results[0].result {
+        Some(pb::op_result::Result::NodeCreated(id)) => id,
+        ref r => panic!("{r:?}"),
+    };
+    set_rates(&env, leader, &admin, "a", None, Some(1024))
+        .await
+        .unwrap();
+    set_rates(&env, leader, &admin, "c", None, Some(1024))
+        .await
+        .unwrap();
+
+    // a's token, naming c, is refused before c's rate is charged: 10 writes of 60 KB would
+    // leave c ten minutes in debt.
+    for _ in 0..10 {
+        let e = GraphServiceClient::new(env.channel(leader, &a))
+            .write(req(&a, node_write("c", &env, "Big", 60_000)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+    }
+    // c's own write of 60 KB: admitted (the bucket was full), then ~58 s of debt.
+    GraphServiceClient::new(env.channel(leader, &c))
+        .write(req(&c, node_write("c", &env, "Big", 60_000)))
+        .await
+        .unwrap();
+    let e = GraphServiceClient::new(env.channel(leader, &c))
+        .write(req(&c, node_write("c", &env, "Small", 10)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("1024 bytes/s"), "{}", e.message());
+    assert!(hint(&e) > 30_000, "hint {} ms", hint(&e));
+
+    // Reads: on a follower (its own buckets), the first read of the big node is served and
+    // charged its answer; the next is refused.
+    let follower = env.follower().await;
+    env.converged().await;
+    let get = |to: u64| {
+        let ch = env.channel(to, &c);
+        let c = c.clone();
+        async move {
+            GraphServiceClient::new(ch)
+                .get_node(req(
+                    &c,
+                    pb::GetNodeRequest {
+                        tenant: "c".into(),
+                        id: big,
+                        consistency: pb::Consistency::Serializable as i32,
+                    },
+                ))
+                .await
+        }
+    };
+    get(follower).await.unwrap();
+    let e = get(follower).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(hint(&e) > 30_000, "hint {} ms", hint(&e));
+    let (code, _) = read_stream(
+        env.channel(follower, &c),
+        &c,
+        pb::read_call::Read::GetNode(pb::GetNodeRequest {
+            tenant: "c".into(),
+            id: big,
+            consistency: pb::Consistency::Serializable as i32,
+        }),
+    )
+    .await;
+    assert_eq!(code, Code::ResourceExhausted);
+    // Tenant a is untouched by c's debt.
+    GraphServiceClient::new(env.channel(leader, &a))
+        .write(req(&a, node_write("a", &env, "Small", 10)))
+        .await
+        .unwrap();
+    // The refused write was not applied (counted once c is unlimited again: a read is charged
+    // too).
+    set_rates(&env, leader, &admin, "c", None, None)
+        .await
+        .unwrap();
+    assert_eq!(count(&env, &c, "c", "Small").await, 0);
 }

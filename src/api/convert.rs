@@ -16,8 +16,8 @@ use crate::command::{
 use crate::proto::v1 as pb;
 use crate::state_machine::Neighbor;
 use crate::tenant::{
-    AgentConfig, AutoEmbedConfig, LlmProvider, LlmProviderConfig, NlqConfig, Quotas, Secret,
-    TenantConfig, TenantInfo, ToolConfig,
+    AgentConfig, AutoEmbedConfig, LlmProvider, LlmProviderConfig, NlqConfig, Quotas, RateLimits,
+    Secret, TenantConfig, TenantInfo, ToolConfig,
 };
 
 /// Where a value sits in a request: built for every field of every write, formatted only
@@ -487,7 +487,8 @@ fn config_to_proto(c: &TenantConfig) -> pb::TenantConfig {
     }
 }
 
-pub fn tenant_to_proto(t: &TenantInfo) -> pb::Tenant {
+/// A tenant as answered, with the throughput limits it has.
+pub fn tenant_to_proto(t: &TenantInfo, rates: RateLimits) -> pb::Tenant {
     pb::Tenant {
         id: t.id.clone(),
         quotas: Some(quotas_to_proto(&t.quotas)),
@@ -500,6 +501,10 @@ pub fn tenant_to_proto(t: &TenantInfo) -> pb::Tenant {
         enabled: t.enabled,
         created_micros: t.created_micros,
         updated_micros: t.updated_micros,
+        rate_limits: Some(pb::RateLimits {
+            requests_per_second: rates.requests_per_sec,
+            bytes_per_second: rates.bytes_per_sec,
+        }),
     }
 }
 
@@ -531,6 +536,23 @@ pub fn update_quotas(
     let command = Command::UpdateQuotas {
         tenant: req.id,
         quotas: quotas_from_proto(Some(quotas)),
+    };
+    request(id, timestamp_micros, command)
+}
+
+/// A change of every rate limit: absent ones become unlimited (checked at apply).
+pub fn set_rate_limits(
+    req: pb::SetRateLimitsRequest,
+    timestamp_micros: i64,
+) -> Result<Request, Status> {
+    let id = request_id(req.request_id.as_ref())?;
+    let r = req.rate_limits.unwrap_or_default();
+    let command = Command::SetRateLimits {
+        tenant: req.id,
+        limits: RateLimits {
+            requests_per_sec: r.requests_per_second,
+            bytes_per_sec: r.bytes_per_second,
+        },
     };
     request(id, timestamp_micros, command)
 }

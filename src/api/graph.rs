@@ -19,6 +19,7 @@ use super::auth::{Auth, Caller, need_tenant};
 use super::batch::{BatchStats, Batcher};
 use super::convert;
 use super::paced::{SMALL_ANSWER_RESERVE, answer_budget, hold_answer, reserve_answer, reserve_of};
+use super::rate::Throttle;
 use super::route::{self, Proposed};
 use super::sources::Clock;
 use super::status::{apply_error, invalid, read_error};
@@ -45,6 +46,7 @@ pub struct GraphApi {
     router: route::Router,
     batcher: Batcher,
     auth: Auth,
+    throttle: Throttle,
 }
 
 impl GraphApi {
@@ -57,6 +59,7 @@ impl GraphApi {
     pub fn new(raft: Raft, reader: GraphReader, clock: Clock) -> Self {
         GraphApi {
             auth: Auth::new(reader.clone(), clock.clone(), AuthMode::On, ""),
+            throttle: Throttle::new(reader.clone()),
             reader,
             clock,
             admission: Admission::default(),
@@ -83,6 +86,7 @@ impl GraphApi {
             raft: self.raft.clone(),
             reader: self.reader.clone(),
             router: self.router.clone(),
+            throttle: self.throttle.clone(),
         }
     }
 
@@ -92,6 +96,8 @@ impl GraphApi {
             admission: self.admission.clone(),
             router: self.router.clone(),
             batcher: self.batcher.clone(),
+            throttle: self.throttle.clone(),
+            raft: self.raft.clone(),
         }
     }
 
@@ -132,6 +138,8 @@ struct Writes {
     admission: Admission,
     router: route::Router,
     batcher: Batcher,
+    throttle: Throttle,
+    raft: Raft,
 }
 
 impl Writes {
@@ -144,6 +152,10 @@ impl Writes {
     ) -> Result<pb::WriteResponse, Status> {
         // Held until the answer is sent, including a forward to the leader.
         let _permit = self.admission.admit(msg.encoded_len())?;
+        // Charged where it is proposed: a follower forwards it to the leader, which charges it.
+        if route::leads(&self.raft) {
+            self.throttle.admit(&msg.tenant, msg.encoded_len() as u64)?;
+        }
         let req = convert::write_request(&msg, (self.clock)())?.by(owner);
         match self.batcher.propose(req, via.forwarded).await? {
             Proposed::Applied(Ok(Outcome::Write(results))) => Ok(convert::write_response(&results)),
@@ -399,6 +411,7 @@ struct Reads {
     raft: Raft,
     reader: GraphReader,
     router: route::Router,
+    throttle: Throttle,
 }
 
 impl Reads {
@@ -421,17 +434,19 @@ impl Reads {
                 .await
                 .map(Response::into_inner);
         }
-        match self
-            .reader
-            .node(&msg.tenant, msg.id)
-            .map_err(|e| read_error(&e))?
-        {
-            Some(n) => Ok(convert::node_to_proto(&n)),
-            None => Err(Status::not_found(format!(
-                "tenant {}: node {} not found",
-                msg.tenant, msg.id
-            ))),
-        }
+        self.served(&msg.tenant, || {
+            match self
+                .reader
+                .node(&msg.tenant, msg.id)
+                .map_err(|e| read_error(&e))?
+            {
+                Some(n) => Ok(convert::node_to_proto(&n)),
+                None => Err(Status::not_found(format!(
+                    "tenant {}: node {} not found",
+                    msg.tenant, msg.id
+                ))),
+            }
+        })
     }
 
     async fn get_edge(&self, msg: pb::GetEdgeRequest, via: route::Via) -> Result<pb::Edge, Status> {
@@ -440,17 +455,19 @@ impl Reads {
                 .await
                 .map(Response::into_inner);
         }
-        match self
-            .reader
-            .edge(&msg.tenant, msg.id)
-            .map_err(|e| read_error(&e))?
-        {
-            Some(e) => Ok(convert::edge_to_proto(&e)),
-            None => Err(Status::not_found(format!(
-                "tenant {}: edge {} not found",
-                msg.tenant, msg.id
-            ))),
-        }
+        self.served(&msg.tenant, || {
+            match self
+                .reader
+                .edge(&msg.tenant, msg.id)
+                .map_err(|e| read_error(&e))?
+            {
+                Some(e) => Ok(convert::edge_to_proto(&e)),
+                None => Err(Status::not_found(format!(
+                    "tenant {}: edge {} not found",
+                    msg.tenant, msg.id
+                ))),
+            }
+        })
     }
 
     async fn neighbors(
@@ -474,20 +491,22 @@ impl Reads {
             }
         };
         let after = (!msg.after.is_empty()).then_some(msg.after.as_slice());
-        let page = self
-            .reader
-            .neighbors(
-                &msg.tenant,
-                msg.node,
-                direction,
-                msg.edge_type.as_deref(),
-                after,
-                route::limit(msg.limit),
-            )
-            .map_err(|e| read_error(&e))?;
-        Ok(pb::NeighborsResponse {
-            neighbors: page.items.iter().map(convert::neighbor_to_proto).collect(),
-            next: page.next.unwrap_or_default(),
+        self.served(&msg.tenant, || {
+            let page = self
+                .reader
+                .neighbors(
+                    &msg.tenant,
+                    msg.node,
+                    direction,
+                    msg.edge_type.as_deref(),
+                    after,
+                    route::limit(msg.limit),
+                )
+                .map_err(|e| read_error(&e))?;
+            Ok(pb::NeighborsResponse {
+                neighbors: page.items.iter().map(convert::neighbor_to_proto).collect(),
+                next: page.next.unwrap_or_default(),
+            })
         })
     }
 
@@ -502,14 +521,29 @@ impl Reads {
                 .map(Response::into_inner);
         }
         let after = (!msg.after.is_empty()).then_some(msg.after.as_slice());
-        let page = self
-            .reader
-            .nodes_by_label(&msg.tenant, &msg.label, after, route::limit(msg.limit))
-            .map_err(|e| read_error(&e))?;
-        Ok(pb::NodesPage {
-            nodes: page.items.iter().map(convert::node_to_proto).collect(),
-            next: page.next.unwrap_or_default(),
+        self.served(&msg.tenant, || {
+            let page = self
+                .reader
+                .nodes_by_label(&msg.tenant, &msg.label, after, route::limit(msg.limit))
+                .map_err(|e| read_error(&e))?;
+            Ok(pb::NodesPage {
+                nodes: page.items.iter().map(convert::node_to_proto).collect(),
+                next: page.next.unwrap_or_default(),
+            })
         })
+    }
+
+    /// Serves a read here, charged to `tenant`: one request before it, its answer's bytes
+    /// after.
+    fn served<A: Message>(
+        &self,
+        tenant: &str,
+        read: impl FnOnce() -> Result<A, Status>,
+    ) -> Result<A, Status> {
+        self.throttle.admit(tenant, 0)?;
+        let answer = read()?;
+        self.throttle.charge(tenant, answer.encoded_len() as u64);
+        Ok(answer)
     }
 
     /// One call of a read stream, answered as the unary read would be; the stream's caller is
@@ -702,6 +736,10 @@ impl GraphService for GraphApi {
             Ok(pb::ScanKind::Edges) => true,
             Err(_) => return Err(invalid("kind", format!("unknown value {}", msg.kind))),
         };
+        // One request now; each page's bytes as it is read, and a tenant in debt waits before
+        // its next page (the scan is paced to the tenant's rate rather than cut short).
+        self.throttle.admit(&msg.tenant, 0)?;
+        let throttle = self.throttle.clone();
         // One page per step, read as the client consumes: memory stays at one page, reserved
         // of the connection's answer budget before it is read and held until its last item
         // has left (the items leave in pieces: `paced`).
@@ -710,9 +748,14 @@ impl GraphService for GraphApi {
         let caller = Arc::new(caller);
         let pages = futures::stream::unfold(Some(None::<Vec<u8>>), move |cursor| {
             let (reader, tenant, budget) = (reader.clone(), tenant.clone(), budget.clone());
-            let (auth, caller) = (auth.clone(), caller.clone());
+            let (auth, caller, throttle) = (auth.clone(), caller.clone(), throttle.clone());
             async move {
                 let after = cursor?;
+                if after.is_some()
+                    && let Some(wait) = throttle.debt(&tenant)
+                {
+                    tokio::time::sleep(wait).await;
+                }
                 if after.is_some()
                     && let Err(s) = auth.recheck(&caller)
                 {
@@ -757,8 +800,10 @@ impl GraphService for GraphApi {
                 .map_err(|e| read_error(&e));
                 match page {
                     Ok((items, next)) => {
+                        let bytes = items.iter().map(prost::Message::encoded_len).sum();
+                        throttle.charge(&tenant, bytes as u64);
                         if let Some(h) = &mut hold {
-                            h.resize(items.iter().map(prost::Message::encoded_len).sum());
+                            h.resize(bytes);
                         }
                         let items = HeldItems {
                             items: items.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),

@@ -308,6 +308,13 @@ pub async fn read_route(
     }
 }
 
+/// Whether this member leads, as far as it knows.
+pub fn leads(raft: &Raft) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    m.current_leader == Some(m.id)
+}
+
 /// `None` when this member leads; otherwise the leader to forward to, or UNAVAILABLE when none
 /// is known or the request was forwarded already.
 pub fn leader_elsewhere(raft: &Raft, was_forwarded: bool) -> Result<Option<Member>, Status> {

@@ -27,6 +27,7 @@ use crate::proto::v1::tenant_service_server::TenantService;
 use crate::state_machine::PAGE_BYTES_MAX;
 use crate::state_machine::Raft;
 use crate::state_machine::{GraphReader, ReadError};
+use crate::tenant::TenantInfo;
 use crate::wire::{CLIENT_ANSWER_BYTES_MAX, CLIENT_REQUEST_BYTES_MAX};
 
 /// The tenant service of one server.
@@ -107,12 +108,27 @@ async fn client(
         .max_encoding_message_size(CLIENT_REQUEST_BYTES_MAX))
 }
 
-fn tenant_of(o: Outcome) -> Result<Response<pb::Tenant>, Status> {
-    match o {
-        Outcome::Tenant(t) => Ok(Response::new(convert::tenant_to_proto(&t))),
-        other => Err(Status::internal(format!(
-            "tenant command answered with {other:?}"
-        ))),
+impl TenantApi {
+    /// `t` as answered, with the rate limits this member has applied for it (stored apart from
+    /// the record; unlimited if the tenant is gone meanwhile).
+    fn answer(&self, t: &TenantInfo) -> Result<pb::Tenant, Status> {
+        let rates = self
+            .reader
+            .rate_limits(&t.id)
+            .map_err(|e| read_error(&e))?
+            .unwrap_or_default();
+        Ok(convert::tenant_to_proto(t, rates))
+    }
+
+    /// The answer to a tenant command this member applied.
+    fn tenant_of(&self, o: Outcome) -> Result<Response<pb::Tenant>, Status> {
+        match o {
+            Outcome::Tenant(t) => self.answer(&t).map(Response::new),
+            Outcome::RateLimits(t, rates) => Ok(Response::new(convert::tenant_to_proto(&t, rates))),
+            other => Err(Status::internal(format!(
+                "tenant command answered with {other:?}"
+            ))),
+        }
     }
 }
 
@@ -132,7 +148,7 @@ impl TenantService for TenantApi {
                 .by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
-                Ok(o) => tenant_of(o),
+                Ok(o) => self.tenant_of(o),
                 Err(leader) => client(&self.router, &leader)
                     .await?
                     .create_tenant(via.forward(msg))
@@ -165,7 +181,7 @@ impl TenantService for TenantApi {
                 .into_inner()
         } else {
             let t = self.reader.tenant(&msg.id).map_err(|e| read_error(&e))?;
-            convert::tenant_to_proto(&t)
+            self.answer(&t)?
         };
         let bytes = answer.encoded_len();
         Ok(hold_answer(Response::new(answer), hold, bytes))
@@ -196,7 +212,7 @@ impl TenantService for TenantApi {
         } else if let Some(own) = own {
             let listed = msg.after.is_empty() || msg.after < own;
             let tenants = match self.reader.tenant(&own) {
-                Ok(t) if listed => vec![convert::tenant_to_proto(&t)],
+                Ok(t) if listed => vec![self.answer(&t)?],
                 Ok(_) | Err(ReadError::Refused(ApplyError::TenantNotFound { .. })) => vec![],
                 Err(e) => return Err(read_error(&e)),
             };
@@ -211,7 +227,11 @@ impl TenantService for TenantApi {
                 .tenants(after, route::limit(msg.limit))
                 .map_err(|e| read_error(&e))?;
             pb::ListTenantsResponse {
-                tenants: page.items.iter().map(convert::tenant_to_proto).collect(),
+                tenants: page
+                    .items
+                    .iter()
+                    .map(|t| self.answer(t))
+                    .collect::<Result<_, _>>()?,
                 next: page
                     .next
                     .map(|n| String::from_utf8_lossy(&n).into_owned())
@@ -235,10 +255,37 @@ impl TenantService for TenantApi {
             let req = convert::update_quotas(msg.clone(), (self.clock)())?.by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
-                Ok(o) => tenant_of(o),
+                Ok(o) => self.tenant_of(o),
                 Err(leader) => client(&self.router, &leader)
                     .await?
                     .update_quotas(via.forward(msg))
+                    .await
+                    .map_err(route::forwarded_outcome),
+            }
+        }
+        .await;
+        audit(&caller, &action, &result);
+        result
+    }
+
+    async fn set_rate_limits(
+        &self,
+        request: Request<pb::SetRateLimitsRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = self.auth.admin(&request, "change rate limits")?;
+        let via = route::Via::of(&request);
+        let fwd = via.forwarded;
+        let msg = request.into_inner();
+        let action = format!("set rate limits of tenant {:?}", shown(&msg.id));
+        let result = async {
+            let req =
+                convert::set_rate_limits(msg.clone(), (self.clock)())?.by(caller.principal.via);
+            let _permit = self.admission.admit(msg.encoded_len())?;
+            match self.admin(req, fwd).await? {
+                Ok(o) => self.tenant_of(o),
+                Err(leader) => client(&self.router, &leader)
+                    .await?
+                    .set_rate_limits(via.forward(msg))
                     .await
                     .map_err(route::forwarded_outcome),
             }
@@ -262,7 +309,7 @@ impl TenantService for TenantApi {
                 .by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
-                Ok(o) => tenant_of(o),
+                Ok(o) => self.tenant_of(o),
                 Err(leader) => client(&self.router, &leader)
                     .await?
                     .set_tenant_config(via.forward(msg))
@@ -289,7 +336,7 @@ impl TenantService for TenantApi {
                 convert::set_tenant_enabled(msg.clone(), (self.clock)())?.by(caller.principal.via);
             let _permit = self.admission.admit(msg.encoded_len())?;
             match self.admin(req, fwd).await? {
-                Ok(o) => tenant_of(o),
+                Ok(o) => self.tenant_of(o),
                 Err(leader) => client(&self.router, &leader)
                     .await?
                     .set_tenant_enabled(via.forward(msg))

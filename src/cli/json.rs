@@ -86,10 +86,13 @@ pub(super) fn limit_json(l: Option<u64>) -> Json {
 pub(super) fn tenant_json(t: &pb::Tenant) -> Json {
     let q = t.quotas.unwrap_or_default();
     let u = t.usage.unwrap_or_default();
+    let r = t.rate_limits.unwrap_or_default();
     json!({"id": t.id, "enabled": t.enabled,
            "nodes": u.nodes, "max_nodes": limit_json(q.max_nodes),
            "edges": u.edges, "max_edges": limit_json(q.max_edges),
-           "storage_bytes": u.storage_bytes, "max_storage_bytes": limit_json(q.max_storage_bytes)})
+           "storage_bytes": u.storage_bytes, "max_storage_bytes": limit_json(q.max_storage_bytes),
+           "requests_per_second": limit_json(r.requests_per_second),
+           "bytes_per_second": limit_json(r.bytes_per_second)})
 }
 
 pub(super) fn results_json(r: &pb::WriteResponse) -> Json {

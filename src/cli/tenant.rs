@@ -1,4 +1,4 @@
-//! `raftgraph tenant …`: create, get, list, quotas, config, enable, delete.
+//! `raftgraph tenant …`: create, get, list, quotas, rate limits, enable, delete, tokens.
 
 use clap::{Args, Subcommand};
 use serde_json::{Value as Json, json};
@@ -25,6 +25,17 @@ pub enum TenantCmd {
         id: String,
         #[command(flatten)]
         quotas: QuotaArgs,
+    },
+    /// Replace a tenant's throughput limits (an omitted limit becomes unlimited). Past one, a
+    /// graph call is refused with RESOURCE_EXHAUSTED and a retry hint.
+    RateLimit {
+        id: String,
+        /// Graph calls per second (each read, write, stream call and scan is one).
+        #[arg(long)]
+        requests_per_sec: Option<u64>,
+        /// Bytes per second: writes' requests and reads' answers, encoded (at least 1024).
+        #[arg(long)]
+        bytes_per_sec: Option<u64>,
     },
     Enable {
         id: String,
@@ -213,6 +224,21 @@ pub async fn tenant(g: &Global, cmd: TenantCmd) -> Result<(), Status> {
                 request_id: None,
                 id,
                 quotas: Some(quotas(&q)),
+            })
+            .await?,
+        ),
+        TenantCmd::RateLimit {
+            id,
+            requests_per_sec,
+            bytes_per_sec,
+        } => tenant_json(
+            &c.set_rate_limits(pb::SetRateLimitsRequest {
+                request_id: None,
+                id,
+                rate_limits: Some(pb::RateLimits {
+                    requests_per_second: requests_per_sec,
+                    bytes_per_second: bytes_per_sec,
+                }),
             })
             .await?,
         ),

@@ -168,10 +168,15 @@ fn retryable(s: &Status) -> bool {
 }
 
 fn pushback(s: &Status) -> Option<Duration> {
+    retry_after(s).map(|d| d.min(Duration::from_secs(10)))
+}
+
+/// The wait the server asked for before a retry (`grpc-retry-pushback-ms`), if it named one:
+/// RESOURCE_EXHAUSTED from a tenant's rate limit (returned to the caller, never retried by
+/// the client; nothing was done), or UNAVAILABLE from an overloaded server (retried).
+pub fn retry_after(s: &Status) -> Option<Duration> {
     let ms = s.metadata().get(RETRY_PUSHBACK_HEADER)?.to_str().ok()?;
-    ms.parse::<u64>()
-        .ok()
-        .map(|ms| Duration::from_millis(ms.min(10_000)))
+    ms.parse::<u64>().ok().map(Duration::from_millis)
 }
 
 impl Client {
@@ -602,6 +607,17 @@ impl Client {
         .await
     }
 
+    /// Sets every throughput limit of a tenant (an absent one becomes unlimited).
+    pub async fn set_rate_limits(
+        &self,
+        req: pb::SetRateLimitsRequest,
+    ) -> Result<pb::Tenant, Status> {
+        self.propose(req, |_, ch, m, t| async move {
+            Self::tenants(ch).set_rate_limits(self.unary(m, t)).await
+        })
+        .await
+    }
+
     pub async fn set_tenant_config(
         &self,
         req: pb::SetTenantConfigRequest,
@@ -796,6 +812,7 @@ with_request_id!(
     pb::WriteRequest,
     pb::CreateTenantRequest,
     pb::UpdateQuotasRequest,
+    pb::SetRateLimitsRequest,
     pb::SetTenantConfigRequest,
     pb::SetTenantEnabledRequest,
     pb::DeleteTenantRequest,
