@@ -16,6 +16,8 @@ compile_error!(
      panics in spawned tasks are swallowed"
 );
 
+mod attacker;
+mod check_isolation;
 mod check_leaders;
 mod check_linearizable;
 mod check_quota;
@@ -54,6 +56,9 @@ struct Summary {
     visited: u64,
     refused_cas: u64,
     refused_quota: u64,
+    /// Mallory's calls on others: refused, and in doubt (no answer under faults).
+    mallory_refused: u64,
+    mallory_in_doubt: u64,
 }
 
 /// A failed run: the property, the report, how to replay it, where the evidence went.
@@ -164,6 +169,16 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
     named(check_writes::check(&s.history, replicas))?;
     named(check_quota::check(&s.usage, replicas))?;
     named(check_refusals::check(&s.refused))?;
+    let tokens = s
+        .tokens
+        .as_ref()
+        .ok_or(("recovery".to_string(), "no final token list".to_string()))?;
+    named(check_isolation::check(
+        &s.attempts,
+        replicas,
+        tokens,
+        &s.admin_token_id,
+    ))?;
     let unseeded = raftgraph::raft::unseeded_draws();
     if unseeded > 0 {
         return Err((
@@ -197,6 +212,8 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         visited: stats.visited,
         refused_cas: s.refused.precondition,
         refused_quota: s.refused.quota,
+        mallory_refused: s.attempts.refused,
+        mallory_in_doubt: s.attempts.in_doubt,
     })
 }
 

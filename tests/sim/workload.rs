@@ -51,8 +51,45 @@ fn prop(n: &pb::Node, key: &str) -> Option<i64> {
     }
 }
 
+/// The quotas setup gives `tenant` (the register tenant, the quota tenant, Mallory's).
+pub fn setup_quotas(tenant: &str) -> pb::Quotas {
+    pb::Quotas {
+        max_nodes: (tenant == QUOTA).then_some(QUOTA_NODES),
+        max_edges: Some(10),
+        max_storage_bytes: Some(1 << 20),
+    }
+}
+
+/// The cluster-admin token every client but Mallory carries (authentication is on).
+fn admin_token() -> String {
+    ADMIN_TOKEN.with(|t| t.borrow().clone())
+}
+
+thread_local! {
+    /// Set by setup from `Init`'s answer (the simulation runs on one thread).
+    static ADMIN_TOKEN: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// `msg` with a deadline and the admin token.
+pub fn authed<T>(msg: T, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(timeout);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", admin_token()).parse().expect("ASCII"),
+    );
+    r
+}
+
 pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
     let pairing = id ^ (id >> 32);
+    let pool = Pool::new(super::net::dialer());
+    let token = admin_token();
+    let pool = if token.is_empty() {
+        pool
+    } else {
+        pool.with_token(&token).expect("a valid token")
+    };
     Client::new(
         endpoints,
         ClientOptions {
@@ -60,7 +97,7 @@ pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
             jitter_seed: Some(seed),
             attempt_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(8),
-            pool: Pool::new(super::net::dialer()),
+            pool,
             // Both write paths and both read paths are checked, in all four pairings (workers
             // 1..=4 start as processes `index << 32`, so the worker index decides).
             write_stream: pairing.is_multiple_of(2),
@@ -135,7 +172,7 @@ async fn pause(ms: std::ops::Range<u64>, rng: &mut SmallRng) {
 
 /// Brings the cluster up and creates the tenants and registers; retries until done.
 pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
-    let c = client(all_endpoints(), seed ^ 0x5e7, seed);
+    let init = client(all_endpoints(), seed ^ 0x5e7, seed);
     let members: Vec<pb::Member> = NODES
         .iter()
         .enumerate()
@@ -145,32 +182,37 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             peer_addr: super::world::peer_addr(n),
         })
         .collect();
-    loop {
+    // Init answers the first cluster-admin token (no certificate needed: the simulation's
+    // servers run without TLS). Faults start only after setup, so the answer is not lost.
+    let answer = loop {
         let m = members.clone();
-        match c
+        match init
             .cluster(|mut cc| {
                 let m = m.clone();
                 async move { cc.init(pb::InitRequest { members: m }).await }
             })
             .await
         {
-            Ok(_) => break,
-            // A retried init that had succeeded already.
-            Err(s) if s.code() == Code::FailedPrecondition => break,
+            Ok(a) => break a,
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                return Err(format!("setup: init answered lost, then {s:?}").into());
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    };
+    if answer.admin_token.is_empty() {
+        return Err(format!("setup: no admin token: {}", answer.admin_token_error).into());
     }
-    for (tenant, max_nodes) in [(REGISTERS, None), (QUOTA, Some(QUOTA_NODES))] {
+    ADMIN_TOKEN.with(|t| *t.borrow_mut() = answer.admin_token.clone());
+    shared.borrow_mut().admin_token_id = answer.admin_token_id.clone();
+    let c = client(all_endpoints(), seed ^ 0x5e8, seed);
+    for tenant in [REGISTERS, QUOTA, super::attacker::MALLORY] {
         loop {
             let r = c
                 .create_tenant(pb::CreateTenantRequest {
                     request_id: None,
                     id: tenant.into(),
-                    quotas: Some(pb::Quotas {
-                        max_nodes,
-                        max_edges: Some(10),
-                        max_storage_bytes: Some(1 << 20),
-                    }),
+                    quotas: Some(setup_quotas(tenant)),
                     config: None,
                 })
                 .await;
@@ -212,7 +254,22 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
         }
     };
     assert_eq!(ids.len(), KEYS, "setup created every register");
+    // Mallory's token: `write` in its own tenant.
+    let mallory = loop {
+        match c
+            .create_token(pb::CreateTokenRequest {
+                tenant: super::attacker::MALLORY.into(),
+                role: pb::Role::Write as i32,
+                expires_in_seconds: 0,
+            })
+            .await
+        {
+            Ok(t) => break t.token,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let mut s = shared.borrow_mut();
+    s.mallory_token = Some(mallory);
     s.registers = ids;
     s.setup_done_ms = Some(now_ms());
     s.trace("setup done".to_string());
@@ -225,7 +282,7 @@ async fn wait_setup(shared: &Rc<RefCell<Shared>>) {
     }
 }
 
-fn direct(node: &str) -> Channel {
+pub fn direct(node: &str) -> Channel {
     super::net::dialer()
         .dial(&addr(node), Duration::from_secs(1))
         .expect("a valid address")
@@ -373,8 +430,7 @@ async fn perform(
                 None => c.get_node(req).await,
                 Some(node) => {
                     let mut g = GraphServiceClient::new(channels[node.as_str()].clone());
-                    let mut r = Request::new(req);
-                    r.set_timeout(Duration::from_secs(2));
+                    let r = authed(req, Duration::from_secs(2));
                     match tokio::time::timeout(Duration::from_secs(2), g.get_node(r)).await {
                         Ok(r) => r.map(|r| r.into_inner()),
                         Err(_) => Err(Status::deadline_exceeded("no answer in 2 s")),
@@ -440,13 +496,11 @@ pub async fn admin(shared: Rc<RefCell<Shared>>, seed: u64, work_end_ms: u64) -> 
         let target = NODES[rng.random_range(0..NODES.len())];
         let mut cc = ClusterServiceClient::new(direct(target));
         let (what, r) = if rng.random_bool(0.5) {
-            let mut req = Request::new(pb::TriggerSnapshotRequest {});
-            req.set_timeout(Duration::from_secs(2));
+            let req = authed(pb::TriggerSnapshotRequest {}, Duration::from_secs(2));
             ("snapshot", cc.trigger_snapshot(req).await.map(|_| ()))
         } else {
             let to = rng.random_range(1..=NODES.len() as u64);
-            let mut req = Request::new(pb::TransferLeadershipRequest { to });
-            req.set_timeout(Duration::from_secs(2));
+            let req = authed(pb::TransferLeadershipRequest { to }, Duration::from_secs(2));
             ("transfer", cc.transfer_leadership(req).await.map(|_| ()))
         };
         let r = r.map_err(|s| format!("{:?}", s.code()));
@@ -488,11 +542,13 @@ pub async fn quota_poller(shared: Rc<RefCell<Shared>>, work_end_ms: u64) -> turm
 
 async fn usage_of(ch: Channel) -> Option<pb::Usage> {
     let mut t = TenantServiceClient::new(ch);
-    let mut req = Request::new(pb::GetTenantRequest {
-        id: QUOTA.into(),
-        consistency: pb::Consistency::Serializable as i32,
-    });
-    req.set_timeout(Duration::from_secs(1));
+    let req = authed(
+        pb::GetTenantRequest {
+            id: QUOTA.into(),
+            consistency: pb::Consistency::Serializable as i32,
+        },
+        Duration::from_secs(1),
+    );
     let r = tokio::time::timeout(Duration::from_secs(1), t.get_tenant(req)).await;
     r.ok()?.ok()?.into_inner().usage
 }
@@ -506,6 +562,16 @@ pub struct Replica {
     /// The quota tenant's nodes: id → tag `c`.
     pub quota_tags: BTreeMap<u64, i64>,
     pub usage: Option<pb::Usage>,
+    /// The register and quota tenants' settings.
+    pub tenants: BTreeMap<String, Settings>,
+}
+
+/// A tenant's settings as one replica holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub quotas: Option<pb::Quotas>,
+    pub enabled: bool,
+    pub rate_limits: Option<pb::RateLimits>,
 }
 
 /// After the faults stop: the cluster must take a write within `LIVENESS`, every replica must
@@ -597,27 +663,53 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shared.borrow_mut().replicas = Some(replicas);
+    // Every token that exists, for the isolation check.
+    let tokens = loop {
+        match c.list_tokens(pb::ListTokensRequest::default()).await {
+            Ok(page) => break page.tokens,
+            Err(_) if now_ms() - healed < super::world::CONVERGE_MS => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => {
+                shared.borrow_mut().liveness =
+                    Some(Err(format!("the final token list got no answer: {s:?}")));
+                return Ok(());
+            }
+        }
+    };
+    shared.borrow_mut().tokens = Some(
+        tokens
+            .iter()
+            .map(|t| match pb::Role::try_from(t.role) {
+                Ok(pb::Role::ClusterAdmin) => format!("cluster-admin {}", t.id),
+                Ok(r) => format!("{} {}", r.as_str_name(), t.tenant).replace("ROLE_WRITE", "write"),
+                Err(_) => format!("role {} {}", t.role, t.tenant),
+            })
+            .collect(),
+    );
     Ok(())
 }
 
 async fn replica(node: &str) -> Option<Replica> {
     let ch = direct(node);
     let mut cc = ClusterServiceClient::new(ch.clone());
-    let mut req = Request::new(pb::StatusRequest {});
-    req.set_timeout(Duration::from_secs(1));
+    // With the admin token: without one, Status answers only what routing needs.
+    let req = authed(pb::StatusRequest {}, Duration::from_secs(1));
     let status = cc.status(req).await.ok()?.into_inner();
     let applied = status.applied.map_or(0, |a| a.index);
     let mut data = BTreeMap::new();
     let mut quota_tags = BTreeMap::new();
     for tenant in [REGISTERS, QUOTA] {
         let mut g = GraphServiceClient::new(ch.clone());
-        let mut req = Request::new(pb::ScanRequest {
-            tenant: tenant.into(),
-            kind: pb::ScanKind::Nodes as i32,
-            page_size: 1000,
-            consistency: pb::Consistency::Serializable as i32,
-        });
-        req.set_timeout(Duration::from_secs(2));
+        let req = authed(
+            pb::ScanRequest {
+                tenant: tenant.into(),
+                kind: pb::ScanKind::Nodes as i32,
+                page_size: 1000,
+                consistency: pb::Consistency::Serializable as i32,
+            },
+            Duration::from_secs(2),
+        );
         let mut stream = g.scan(req).await.ok()?.into_inner();
         let mut rows = Vec::new();
         while let Some(item) = stream.message().await.ok()? {
@@ -641,9 +733,32 @@ async fn replica(node: &str) -> Option<Replica> {
         data.insert(tenant.to_string(), rows);
     }
     let usage = usage_of(ch.clone()).await;
+    let mut tenants = BTreeMap::new();
+    for tenant in [REGISTERS, QUOTA] {
+        let req = authed(
+            pb::GetTenantRequest {
+                id: tenant.into(),
+                consistency: pb::Consistency::Serializable as i32,
+            },
+            Duration::from_secs(1),
+        );
+        let t = TenantServiceClient::new(ch.clone())
+            .get_tenant(req)
+            .await
+            .ok()?
+            .into_inner();
+        tenants.insert(
+            tenant.to_string(),
+            Settings {
+                quotas: t.quotas,
+                enabled: t.enabled,
+                rate_limits: t.rate_limits,
+            },
+        );
+    }
     // A write still in the log may apply during the scan: then read the replica again.
-    let mut req = Request::new(pb::StatusRequest {});
-    req.set_timeout(Duration::from_secs(1));
+    // With the admin token: without one, Status answers only what routing needs.
+    let req = authed(pb::StatusRequest {}, Duration::from_secs(1));
     let after = ClusterServiceClient::new(ch)
         .status(req)
         .await
@@ -657,5 +772,6 @@ async fn replica(node: &str) -> Option<Replica> {
         data,
         quota_tags,
         usage,
+        tenants,
     })
 }

@@ -106,6 +106,14 @@ pub struct Shared {
     pub snapshots: u64,
     /// Definite refusals the workload saw, by kind.
     pub refused: Refused,
+    /// The id of the cluster-admin token init made (every client but Mallory carries it).
+    pub admin_token_id: String,
+    /// Mallory's token (`write` in its own tenant), once setup made it.
+    pub mallory_token: Option<String>,
+    /// What Mallory was answered.
+    pub attempts: super::attacker::Attempts,
+    /// Every token at the end (`<role> <tenant or id>`).
+    pub tokens: Option<Vec<String>>,
 }
 
 /// Definite refusals, by kind (see `workload::failure`).
@@ -173,9 +181,10 @@ fn node_config(dir: &Path, id: u64) -> ServerConfig {
     c.storage.write_buffer_bytes = 4 << 20;
     c.storage.block_cache_bytes = 4 << 20;
     c.storage.wal_segment_bytes = 256 << 10;
-    // Not yet with authentication: the simulation's clients carry no tokens (issue 23 asks
-    // for it; tests/auth.rs covers authentication with real servers).
-    c.auth = raftgraph::auth::AuthMode::Off;
+    // Authentication on (the default); no TLS in the simulation, so `Init` needs no member
+    // certificate and answers the first cluster-admin token.
+    assert_eq!(c.auth, raftgraph::auth::AuthMode::On);
+    c.tls = raftgraph::server::TlsMode::Off;
     c
 }
 
@@ -488,7 +497,8 @@ pub fn run(opts: &Options) -> Run {
     // The work phase's end is fixed in simulated time: the setup takes what it takes first.
     let work_start_ms = 3_000;
     let work_end_ms = work_start_ms + work_ms;
-    shared.borrow_mut().workers_running = opts.workers;
+    // The workers and Mallory.
+    shared.borrow_mut().workers_running = opts.workers + 1;
     for w in 0..opts.workers {
         sim.client(
             format!("w{w}"),
@@ -498,6 +508,10 @@ pub fn run(opts: &Options) -> Run {
     sim.client(
         "admin",
         workload::admin(shared.clone(), opts.seed, work_end_ms),
+    );
+    sim.client(
+        "mallory",
+        super::attacker::attacker(shared.clone(), opts.seed, work_end_ms),
     );
     sim.client(
         "poller",
@@ -562,7 +576,10 @@ pub fn run(opts: &Options) -> Run {
                 .trace_at(now, format!("fault undone: {u:?}"));
         }
         let scripted = script.first().is_some_and(|(at, _)| *at <= now);
-        let random = opts.script.is_none() && now >= next_fault_ms;
+        // Not before setup is done: init's answer (the admin token) must not be lost.
+        let random = opts.script.is_none()
+            && now >= next_fault_ms
+            && shared.borrow().setup_done_ms.is_some();
         if !finishing && (scripted || random) && undo.is_empty() && now < work_end_ms {
             let fault = if scripted {
                 script.remove(0).1

@@ -1,0 +1,74 @@
+//! Property: a tenant's token gives nothing of another tenant or the cluster. Mallory
+//! (`attacker.rs`), holding a valid token of its own tenant, never had a call on the others
+//! answered with data or any code but a refusal (or a transport error under faults); none of
+//! its writes reached another tenant's data on any replica; the other tenants' settings are
+//! those setup gave them; no token it tried to make exists; and the final round, faults over,
+//! saw every kind of call denied and its own tenant writable (so the refusals were
+//! authorization, not a token the cluster never knew).
+
+use super::attacker::{Attempts, KINDS, MALLORY, MARK, MARK_VALUE};
+use super::workload::{Replica, setup_quotas};
+use std::collections::BTreeMap;
+
+/// `tokens`: every token at the end, as `<role> <tenant or id>`; `admin`: the id of the one
+/// cluster-admin token (made by init).
+pub fn check(
+    a: &Attempts,
+    replicas: &BTreeMap<String, Replica>,
+    tokens: &[String],
+    admin: &str,
+) -> Result<(), String> {
+    if let Some(first) = a.leaks.first() {
+        return Err(format!(
+            "isolation: {} of Mallory's calls on other tenants or the cluster were not refused; \
+             the first: {first}",
+            a.leaks.len()
+        ));
+    }
+    if let Some(why) = &a.unfinished {
+        return Err(format!("isolation: the final round did not finish: {why}"));
+    }
+    let missing: Vec<&str> = KINDS
+        .iter()
+        .filter(|k| !a.denied.contains(*k))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("isolation: never denied (coverage): {missing:?}"));
+    }
+    if a.own_ok == 0 {
+        return Err("isolation: Mallory never wrote its own tenant (coverage)".into());
+    }
+    let mark = format!("{MARK:?}");
+    let value = format!("IntValue({MARK_VALUE})");
+    for (node, r) in replicas {
+        for (tenant, rows) in &r.data {
+            if let Some(row) = rows
+                .iter()
+                .find(|row| row.contains(&mark) || row.contains(&value))
+            {
+                return Err(format!(
+                    "isolation: {node} holds Mallory's write in tenant {tenant}: {row}"
+                ));
+            }
+        }
+        for (tenant, settings) in &r.tenants {
+            let quotas = settings.quotas.unwrap_or_default();
+            let rates = settings.rate_limits.unwrap_or_default();
+            if !settings.enabled || quotas != setup_quotas(tenant) || rates != Default::default() {
+                return Err(format!(
+                    "isolation: {node}: tenant {tenant}'s settings changed: enabled {}, {quotas:?}, \
+                     {rates:?}",
+                    settings.enabled
+                ));
+            }
+        }
+    }
+    let allowed = [format!("cluster-admin {admin}"), format!("write {MALLORY}")];
+    if let Some(t) = tokens.iter().find(|t| !allowed.contains(t)) {
+        return Err(format!(
+            "isolation: a token setup never made exists: {t} (all: {tokens:?})"
+        ));
+    }
+    Ok(())
+}
