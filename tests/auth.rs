@@ -1703,15 +1703,37 @@ async fn a_flooding_tenant_is_held_to_its_request_rate() {
         "{admitted} admitted in {secs:.2} s"
     );
     assert!(refused > 0, "none of 20 writes in {secs:.2} s refused");
-    // A stream call is refused alike, its error carrying the hint.
-    let (c, m) = write_stream(
-        env.channel(follower, &a),
-        &a,
-        node_write("a", &env, "R", 10),
-    )
-    .await;
-    assert!(c == Code::ResourceExhausted || c == Code::Ok, "{c:?}: {m}");
-    let streamed = u64::from(c == Code::Ok);
+    // Calls on one write stream, back to back: refused alike once the bucket is empty, the
+    // error carrying the hint.
+    let (tx, rx) = mpsc::channel(32);
+    for call_id in 0..20u64 {
+        tx.send(pb::WriteCall {
+            call_id,
+            timeout_ms: 20_000,
+            write: Some(node_write("a", &env, "R", 10)),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let mut answers = GraphServiceClient::new(env.channel(follower, &a))
+        .write_stream(req(&a, ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut streamed, mut stream_refused) = (0u64, 0u64);
+    while let Some(answer) = answers.message().await.unwrap() {
+        match answer.error {
+            None => streamed += 1,
+            Some(e) => {
+                assert_eq!(Code::from(e.code), Code::ResourceExhausted, "{e:?}");
+                assert!(e.retry_pushback_ms > 0, "{e:?}");
+                stream_refused += 1;
+            }
+        }
+    }
+    assert_eq!(streamed + stream_refused, 20);
+    assert!(stream_refused > 0, "no call of 20 on a stream refused");
 
     // Unset: unlimited again (reads count against the rate too, so the checks come after).
     let t = set_rates(&env, leader, &admin, "a", None, None)

@@ -429,6 +429,8 @@ impl Reads {
     }
 
     async fn get_node(&self, msg: pb::GetNodeRequest, via: route::Via) -> Result<pb::Node, Status> {
+        // A tenant over its rate is refused before routing costs a read index.
+        self.throttle.precheck(&msg.tenant)?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.get_node(via.forward(msg)).await })
                 .await
@@ -450,6 +452,8 @@ impl Reads {
     }
 
     async fn get_edge(&self, msg: pb::GetEdgeRequest, via: route::Via) -> Result<pb::Edge, Status> {
+        // A tenant over its rate is refused before routing costs a read index.
+        self.throttle.precheck(&msg.tenant)?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.get_edge(via.forward(msg)).await })
                 .await
@@ -475,6 +479,8 @@ impl Reads {
         msg: pb::NeighborsRequest,
         via: route::Via,
     ) -> Result<pb::NeighborsResponse, Status> {
+        // A tenant over its rate is refused before routing costs a read index.
+        self.throttle.precheck(&msg.tenant)?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.neighbors(via.forward(msg)).await })
                 .await
@@ -515,6 +521,8 @@ impl Reads {
         msg: pb::NodesByLabelRequest,
         via: route::Via,
     ) -> Result<pb::NodesPage, Status> {
+        // A tenant over its rate is refused before routing costs a read index.
+        self.throttle.precheck(&msg.tenant)?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.nodes_by_label(via.forward(msg)).await })
                 .await
@@ -720,6 +728,7 @@ impl GraphService for GraphApi {
         let was_forwarded = via.forwarded;
         let budget = answer_budget(&request);
         let msg = request.into_inner();
+        self.throttle.precheck(&msg.tenant)?;
         if let Some(leader) =
             route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
         {

@@ -21,6 +21,8 @@
 //! - Reads are metered per serving member: a tenant reading through every member may read up
 //!   to members × its rate.
 //! - Buckets live in memory: a new leader starts its tenants' write buckets full.
+//! - A write is charged when this member leads as it is admitted: at a leadership change a
+//!   write in flight may be charged by both the old and the new leader, or by neither.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -105,12 +107,20 @@ impl Throttle {
         self.meters.lock().expect("rate meters lock poisoned")
     }
 
-    /// Admits one call naming `tenant` that brings `bytes` now (a write's encoded request; 0 for
-    /// a read, whose answer is [`Throttle::charge`]d after), taking its cost; RESOURCE_EXHAUSTED
-    /// with a retry hint, having taken nothing, past either limit.
-    pub fn admit(&self, tenant: &str, bytes: u64) -> Result<(), Status> {
+    /// Runs `f` on `tenant`'s meter, made or brought up to the tenant's current limits; `None`
+    /// (and no meter kept) when the tenant has no limits or does not exist.
+    fn with_meter<T>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce(&mut Meter, &RateLimits, Instant) -> T,
+    ) -> Option<T> {
         let Some(limits) = self.limits(tenant) else {
-            return Ok(());
+            // A tenant deleted, or its limits lifted: a later one of that name starts afresh.
+            let mut meters = self.meters();
+            if !meters.is_empty() {
+                meters.remove(tenant);
+            }
+            return None;
         };
         let now = now();
         let mut meters = self.meters();
@@ -119,41 +129,75 @@ impl Throttle {
         }
         let m = meters.entry(tenant.to_string()).or_default();
         m.follow(&limits, now);
-        let requests = m.requests.as_mut().map(|b| b.check(1, now));
-        let data = m.bytes.as_mut().map(|b| b.check(bytes, now));
-        let refused = match (requests, data) {
-            (Some(Err(w)), _) => Some((w, format!("{} requests/s", b(limits.requests_per_sec)))),
-            (_, Some(Err(w))) => Some((w, format!("{} bytes/s", b(limits.bytes_per_sec)))),
-            _ => None,
-        };
-        if let Some((wait, limit)) = refused {
-            drop(meters);
-            return Err(refusal(tenant, &limit, wait));
-        }
-        if let Some(r) = m.requests.as_mut() {
-            r.take(1, now);
-        }
-        if let Some(d) = m.bytes.as_mut() {
-            d.take(bytes, now);
-        }
-        Ok(())
+        Some(f(m, &limits, now))
+    }
+
+    /// Admits one call naming `tenant` that brings `bytes` now (a write's encoded request; 0 for
+    /// a read, whose answer is [`Throttle::charge`]d after), taking its cost; RESOURCE_EXHAUSTED
+    /// with a retry hint, having taken nothing, past either limit.
+    pub fn admit(&self, tenant: &str, bytes: u64) -> Result<(), Status> {
+        self.with_meter(tenant, |m, limits, now| {
+            if let Some((wait, limit)) = refused(m, limits, bytes, now) {
+                return Err(refusal(tenant, &limit, wait));
+            }
+            if let Some(r) = m.requests.as_mut() {
+                r.take(1, now);
+            }
+            if let Some(d) = m.bytes.as_mut() {
+                d.take(bytes, now);
+            }
+            Ok(())
+        })
+        .unwrap_or(Ok(()))
+    }
+
+    /// What [`Throttle::admit`] would answer for a read now, taking nothing: checked before a
+    /// read is routed, so a tenant over its rate costs no read index.
+    pub fn precheck(&self, tenant: &str) -> Result<(), Status> {
+        self.with_meter(tenant, |m, limits, now| match refused(m, limits, 0, now) {
+            Some((wait, limit)) => Err(refusal(tenant, &limit, wait)),
+            None => Ok(()),
+        })
+        .unwrap_or(Ok(()))
     }
 
     /// Charges `bytes` (a read's answer) to `tenant`'s bytes bucket, into debt if need be.
     pub fn charge(&self, tenant: &str, bytes: u64) {
-        if let Some(b) = self.meters().get_mut(tenant).and_then(|m| m.bytes.as_mut()) {
-            b.take(bytes, now());
-        }
+        self.with_meter(tenant, |m, _, now| {
+            if let Some(b) = m.bytes.as_mut() {
+                b.take(bytes, now);
+            }
+        });
     }
 
     /// How long `tenant` must wait until it is out of debt on bytes (`None`: it is not).
     pub fn debt(&self, tenant: &str) -> Option<Duration> {
-        let now = now();
-        self.meters()
-            .get_mut(tenant)
-            .and_then(|m| m.bytes.as_mut())
-            .and_then(|b| b.check(0, now).err())
+        self.with_meter(tenant, |m, _, now| {
+            m.bytes.as_mut().and_then(|b| b.check(0, now).err())
+        })
+        .flatten()
     }
+}
+
+/// Why a call bringing `bytes` would be refused at `now`: the longest wait among the limits it
+/// is past (a retry after it is admitted by all of them), and those limits.
+fn refused(
+    m: &mut Meter,
+    limits: &RateLimits,
+    bytes: u64,
+    now: Instant,
+) -> Option<(Duration, String)> {
+    let mut wait = Duration::ZERO;
+    let mut past = Vec::new();
+    if let Some(Err(w)) = m.requests.as_mut().map(|b| b.check(1, now)) {
+        wait = wait.max(w);
+        past.push(format!("{} requests/s", b(limits.requests_per_sec)));
+    }
+    if let Some(Err(w)) = m.bytes.as_mut().map(|b| b.check(bytes, now)) {
+        wait = wait.max(w);
+        past.push(format!("{} bytes/s", b(limits.bytes_per_sec)));
+    }
+    (!past.is_empty()).then(|| (wait, past.join(" and ")))
 }
 
 /// A limit's value as shown (it is always set where this is called).

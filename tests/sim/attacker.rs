@@ -50,7 +50,7 @@ pub struct Attempts {
 }
 
 /// Every kind of call Mallory tries on others.
-pub const KINDS: [&str; 28] = [
+pub const KINDS: [&str; 32] = [
     "write",
     "cas",
     "delete",
@@ -70,9 +70,13 @@ pub const KINDS: [&str; 28] = [
     "disable_tenant",
     "delete_tenant",
     "create_token",
+    "create_cluster_token",
+    "create_own_admin_token",
     "list_tokens",
+    "list_all_tokens",
     "revoke_token",
     "add_learner",
+    "promote",
     "remove",
     "transfer_leadership",
     "trigger_snapshot",
@@ -134,6 +138,8 @@ fn shown<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>) -> Answer {
 struct Mallory {
     header: String,
     registers: Vec<u64>,
+    /// The id of the cluster-admin token: what its revokes name.
+    admin_token_id: String,
 }
 
 impl Mallory {
@@ -333,7 +339,19 @@ impl Mallory {
                     t.set_tenant_config(self.req(pb::SetTenantConfigRequest {
                         request_id: rid(),
                         id: victim.into(),
-                        config: Some(pb::TenantConfig::default()),
+                        // Visible if it were stored: check_isolation looks for the mark.
+                        config: Some(pb::TenantConfig {
+                            nlq: Some(pb::NlqConfig {
+                                enabled: true,
+                                provider: Some(pb::LlmProviderConfig {
+                                    provider: pb::LlmProvider::Mock as i32,
+                                    model: MARK.into(),
+                                    ..Default::default()
+                                }),
+                                system_prompt: Some(MARK.into()),
+                            }),
+                            ..Default::default()
+                        }),
                     }))
                     .await,
                 ),
@@ -360,6 +378,23 @@ impl Mallory {
                     }))
                     .await,
                 ),
+                "create_cluster_token" => shown(
+                    k.create_token(self.req(pb::CreateTokenRequest {
+                        tenant: String::new(),
+                        role: pb::Role::ClusterAdmin as i32,
+                        expires_in_seconds: 0,
+                    }))
+                    .await,
+                ),
+                // Its own tenant, but a role above its token's.
+                "create_own_admin_token" => shown(
+                    k.create_token(self.req(pb::CreateTokenRequest {
+                        tenant: MALLORY.into(),
+                        role: pb::Role::Admin as i32,
+                        expires_in_seconds: 0,
+                    }))
+                    .await,
+                ),
                 "list_tokens" => shown(
                     k.list_tokens(self.req(pb::ListTokensRequest {
                         tenant: victim.into(),
@@ -367,11 +402,20 @@ impl Mallory {
                     }))
                     .await,
                 ),
+                "list_all_tokens" => shown(
+                    k.list_tokens(self.req(pb::ListTokensRequest::default()))
+                        .await,
+                ),
+                // The cluster-admin token every other client uses.
                 "revoke_token" => shown(
                     k.revoke_token(self.req(pb::RevokeTokenRequest {
-                        id: format!("{:016x}", rng.random::<u64>()),
+                        id: self.admin_token_id.clone(),
                     }))
                     .await,
+                ),
+                "promote" => shown(
+                    c.promote(self.req(pb::PromoteRequest { ids: vec![9] }))
+                        .await,
                 ),
                 "add_learner" => shown(
                     c.add_learner(self.req(pb::AddLearnerRequest {
@@ -516,6 +560,11 @@ fn verdict(a: Answer) -> Verdict {
             | Code::DeadlineExceeded
             | Code::Cancelled
             | Code::Unknown => Verdict::Nothing,
+            // What h2 and tonic produce on their own (ENHANCE_YOUR_CALM arrives as
+            // RESOURCE_EXHAUSTED), as `workload::failure` treats them; never a server's answer.
+            Code::ResourceExhausted | Code::Internal if s.message().contains("protocol error") => {
+                Verdict::Nothing
+            }
             other => Verdict::Leak(format!("{other:?}: {}", s.message())),
         },
     }
@@ -527,13 +576,18 @@ pub async fn attacker(shared: Rc<RefCell<Shared>>, seed: u64, work_end_ms: u64) 
     while shared.borrow().mallory_token.is_none() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (token, registers) = {
+    let (token, registers, admin_token_id) = {
         let s = shared.borrow();
-        (s.mallory_token.clone().expect("set"), s.registers.clone())
+        (
+            s.mallory_token.clone().expect("set"),
+            s.registers.clone(),
+            s.admin_token_id.clone(),
+        )
     };
     let m = Mallory {
         header: format!("Bearer {token}"),
         registers,
+        admin_token_id,
     };
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x6d61_6c6c);
     let channels: BTreeMap<&str, Channel> = NODES.iter().map(|n| (*n, direct(n))).collect();

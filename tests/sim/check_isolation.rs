@@ -6,18 +6,21 @@
 //! saw every kind of call denied and its own tenant writable (so the refusals were
 //! authorization, not a token the cluster never knew).
 
-use super::attacker::{Attempts, KINDS, MALLORY, MARK, MARK_VALUE};
-use super::workload::{Replica, setup_quotas};
+use super::attacker::{KINDS, MALLORY, MARK, MARK_VALUE};
+use super::workload::{QUOTA, REGISTERS, Replica, setup_quotas};
+use super::world::Shared;
 use std::collections::BTreeMap;
 
-/// `tokens`: every token at the end, as `<role> <tenant or id>`; `admin`: the id of the one
-/// cluster-admin token (made by init).
+/// `tokens`: every token at the end, as `<role> <tenant or id>`; the shared state gives the id
+/// of the one cluster-admin token (made by init), the limits after setup and at the end, and
+/// the tenants at the end.
 pub fn check(
-    a: &Attempts,
+    s: &Shared,
     replicas: &BTreeMap<String, Replica>,
     tokens: &[String],
-    admin: &str,
 ) -> Result<(), String> {
+    let a = &s.attempts;
+    let admin = &s.admin_token_id;
     if let Some(first) = a.leaks.first() {
         return Err(format!(
             "isolation: {} of Mallory's calls on other tenants or the cluster were not refused; \
@@ -55,14 +58,37 @@ pub fn check(
         for (tenant, settings) in &r.tenants {
             let quotas = settings.quotas.unwrap_or_default();
             let rates = settings.rate_limits.unwrap_or_default();
-            if !settings.enabled || quotas != setup_quotas(tenant) || rates != Default::default() {
+            if !settings.enabled
+                || quotas != setup_quotas(tenant)
+                || rates != Default::default()
+                || settings.config.contains(MARK)
+            {
                 return Err(format!(
                     "isolation: {node}: tenant {tenant}'s settings changed: enabled {}, {quotas:?}, \
-                     {rates:?}",
-                    settings.enabled
+                     {rates:?}, {}",
+                    settings.enabled, settings.config
                 ));
             }
         }
+        if r.membership != (vec![1, 2, 3], vec![]) {
+            return Err(format!(
+                "isolation: {node}: the membership changed: voters and learners {:?}",
+                r.membership
+            ));
+        }
+    }
+    let (tenants, limits) = s
+        .cluster_end
+        .as_ref()
+        .ok_or("isolation: no final tenant list")?;
+    if tenants != &[MALLORY, QUOTA, REGISTERS] {
+        return Err(format!("isolation: the tenants changed: {tenants:?}"));
+    }
+    if limits != &s.limits_at_setup {
+        return Err(format!(
+            "isolation: the cluster limits changed: {} at setup, {limits} at the end",
+            s.limits_at_setup
+        ));
     }
     let allowed = [format!("cluster-admin {admin}"), format!("write {MALLORY}")];
     if let Some(t) = tokens.iter().find(|t| !allowed.contains(t)) {

@@ -173,12 +173,7 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         .tokens
         .as_ref()
         .ok_or(("recovery".to_string(), "no final token list".to_string()))?;
-    named(check_isolation::check(
-        &s.attempts,
-        replicas,
-        tokens,
-        &s.admin_token_id,
-    ))?;
+    named(check_isolation::check(s, replicas, tokens))?;
     let unseeded = raftgraph::raft::unseeded_draws();
     if unseeded > 0 {
         return Err((

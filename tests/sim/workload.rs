@@ -172,7 +172,6 @@ async fn pause(ms: std::ops::Range<u64>, rng: &mut SmallRng) {
 
 /// Brings the cluster up and creates the tenants and registers; retries until done.
 pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
-    let init = client(all_endpoints(), seed ^ 0x5e7, seed);
     let members: Vec<pb::Member> = NODES
         .iter()
         .enumerate()
@@ -184,16 +183,15 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
         .collect();
     // Init answers the first cluster-admin token (no certificate needed: the simulation's
     // servers run without TLS). Faults start only after setup, so the answer is not lost.
+    // One member asked, with time to elect itself and store the token (a client's 2 s attempt
+    // could give up on an init that then succeeds, and its token would be lost).
     let answer = loop {
-        let m = members.clone();
-        match init
-            .cluster(|mut cc| {
-                let m = m.clone();
-                async move { cc.init(pb::InitRequest { members: m }).await }
-            })
-            .await
-        {
-            Ok(a) => break a,
+        let mut req = Request::new(pb::InitRequest {
+            members: members.clone(),
+        });
+        req.set_timeout(Duration::from_secs(30));
+        match ClusterServiceClient::new(direct(NODES[0])).init(req).await {
+            Ok(a) => break a.into_inner(),
             Err(s) if s.code() == Code::FailedPrecondition => {
                 return Err(format!("setup: init answered lost, then {s:?}").into());
             }
@@ -268,8 +266,15 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
+    let limits = loop {
+        match c.get_limits().await {
+            Ok(l) => break format!("{l:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let mut s = shared.borrow_mut();
     s.mallory_token = Some(mallory);
+    s.limits_at_setup = limits;
     s.registers = ids;
     s.setup_done_ms = Some(now_ms());
     s.trace("setup done".to_string());
@@ -564,6 +569,8 @@ pub struct Replica {
     pub usage: Option<pb::Usage>,
     /// The register and quota tenants' settings.
     pub tenants: BTreeMap<String, Settings>,
+    /// The membership this replica applied: voter and learner ids.
+    pub membership: (Vec<u64>, Vec<u64>),
 }
 
 /// A tenant's settings as one replica holds them.
@@ -572,6 +579,8 @@ pub struct Settings {
     pub quotas: Option<pb::Quotas>,
     pub enabled: bool,
     pub rate_limits: Option<pb::RateLimits>,
+    /// The config, rendered.
+    pub config: String,
 }
 
 /// After the faults stop: the cluster must take a write within `LIVENESS`, every replica must
@@ -677,6 +686,28 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             }
         }
     };
+    let end = loop {
+        let tenants = c.list_tenants(pb::ListTenantsRequest::default()).await;
+        let limits = c.get_limits().await;
+        match (tenants, limits) {
+            (Ok(t), Ok(l)) => {
+                break (
+                    t.tenants.into_iter().map(|t| t.id).collect(),
+                    format!("{l:?}"),
+                );
+            }
+            (t, l) if now_ms() - healed > super::world::CONVERGE_MS => {
+                shared.borrow_mut().liveness = Some(Err(format!(
+                    "the final tenant list or limits got no answer: {:?} {:?}",
+                    t.err(),
+                    l.err()
+                )));
+                return Ok(());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    shared.borrow_mut().cluster_end = Some(end);
     shared.borrow_mut().tokens = Some(
         tokens
             .iter()
@@ -697,6 +728,9 @@ async fn replica(node: &str) -> Option<Replica> {
     let req = authed(pb::StatusRequest {}, Duration::from_secs(1));
     let status = cc.status(req).await.ok()?.into_inner();
     let applied = status.applied.map_or(0, |a| a.index);
+    let m = status.membership.unwrap_or_default();
+    let ids = |v: &[pb::Member]| v.iter().map(|m| m.id).collect::<Vec<_>>();
+    let membership = (ids(&m.voters), ids(&m.learners));
     let mut data = BTreeMap::new();
     let mut quota_tags = BTreeMap::new();
     for tenant in [REGISTERS, QUOTA] {
@@ -753,6 +787,7 @@ async fn replica(node: &str) -> Option<Replica> {
                 quotas: t.quotas,
                 enabled: t.enabled,
                 rate_limits: t.rate_limits,
+                config: format!("{:?}", t.config),
             },
         );
     }
@@ -773,5 +808,6 @@ async fn replica(node: &str) -> Option<Replica> {
         quota_tags,
         usage,
         tenants,
+        membership,
     })
 }

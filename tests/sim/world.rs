@@ -114,6 +114,10 @@ pub struct Shared {
     pub attempts: super::attacker::Attempts,
     /// Every token at the end (`<role> <tenant or id>`).
     pub tokens: Option<Vec<String>>,
+    /// The cluster limits after setup, rendered.
+    pub limits_at_setup: String,
+    /// At the end: every tenant's id, and the cluster limits rendered.
+    pub cluster_end: Option<(Vec<String>, String)>,
 }
 
 /// Definite refusals, by kind (see `workload::failure`).
@@ -575,7 +579,8 @@ pub fn run(opts: &Options) -> Run {
                 .borrow_mut()
                 .trace_at(now, format!("fault undone: {u:?}"));
         }
-        let scripted = script.first().is_some_and(|(at, _)| *at <= now);
+        let scripted = script.first().is_some_and(|(at, _)| *at <= now)
+            && shared.borrow().setup_done_ms.is_some();
         // Not before setup is done: init's answer (the admin token) must not be lost.
         let random = opts.script.is_none()
             && now >= next_fault_ms
