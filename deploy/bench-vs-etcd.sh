@@ -17,6 +17,12 @@
 # `off` — plaintext clients for both; etcd's members then talk plaintext too, raftgraph's keep
 # mutual TLS (it has no plaintext peer plane).
 #
+# Authentication modes (AUTH_MODES, default "on"): `on` — etcd with `auth enable`, the bench
+# authenticating as a user `bench` whose role may read and write the prefix `bench/` (etcd's
+# simple tokens); raftgraph with a `write` token of the bench tenant (made with the cluster-admin
+# token from `cluster init`). `off` — etcd without auth, raftgraph with `auth = "off"`. Both
+# modes in one run (AUTH_MODES="on off") give the cost of authentication for each store.
+#
 # Writes and linearizable reads go to each store's leader (etcd's found with etcdctl; the
 # raftgraph client finds its own); serializable reads are spread over the three members.
 #
@@ -26,8 +32,8 @@
 # a created node is its one 256-byte property, as an etcd put is its value), RAFTGRAPH_BIN (else built with `cargo build --release`: the build users
 # run, without the ci profile's debug assertions; its first build compiles RocksDB once more,
 # about 14 minutes on 2 cores).
-# Results: target/bench-vs-etcd/results-tls-{on,off}.jsonl (one JSON line per run) and
-# table-tls-{on,off}.md; etcd's logs
+# Results: target/bench-vs-etcd/results-tls-<mode>-auth-<mode>.jsonl (one JSON line per run)
+# and table-tls-<mode>-auth-<mode>.md; etcd's logs
 # in target/bench-vs-etcd/logs/. Refuses to run while deploy/local-cluster.sh's cluster is up.
 set -euo pipefail
 
@@ -37,6 +43,7 @@ SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-"1 64 256"}
 CONNS=${CONNS:-8}
 TLS_MODES=${TLS_MODES:-"on off"}
+AUTH_MODES=${AUTH_MODES:-"on"}
 # Each run names its CA itself; one from the caller's environment must not reach a plaintext run.
 unset RAFTGRAPH_CA
 read -r -a RG_EXTRA <<<"${RG_BENCH_ARGS:-}"
@@ -77,7 +84,9 @@ fi
 mkdir -p "$OUT/logs"
 ETCD_PIDS=()
 for mode in $TLS_MODES; do
-  : >"$OUT/results-tls-$mode.jsonl"
+  for auth in $AUTH_MODES; do
+    : >"$OUT/results-tls-$mode-auth-$auth.jsonl"
+  done
 done
 
 # etcd's certificates, from the same `raftgraph certs` an operator uses for raftgraph (member
@@ -91,13 +100,28 @@ done
 # shellcheck source=deploy/lib.sh
 . deploy/lib.sh
 
-# etcdctl against the bench cluster in the current TLS mode.
+# etcdctl against the bench cluster in the current TLS mode (as root once auth is enabled).
+ETCD_ROOT=()
 etcdctl_() {
   if [[ $MODE == on ]]; then
-    etcdctl --endpoints "https://${ETCD_ENDPOINTS//,/,https://}" --cacert "$ETCD_CERTS/ca.pem" "$@"
+    etcdctl --endpoints "https://${ETCD_ENDPOINTS//,/,https://}" --cacert "$ETCD_CERTS/ca.pem" "${ETCD_ROOT[@]}" "$@"
   else
-    etcdctl --endpoints "$ETCD_ENDPOINTS" "$@"
+    etcdctl --endpoints "$ETCD_ENDPOINTS" "${ETCD_ROOT[@]}" "$@"
   fi
+}
+
+# etcd's authentication: root (needed to enable it), a role that may read and write the
+# bench's keys, a user with that role; then `auth enable`.
+ETCD_BENCH_PASSWORD=bench-$RANDOM$RANDOM
+etcd_auth_enable() {
+  local root_password=root-$RANDOM$RANDOM
+  etcdctl_ user add root --new-user-password "$root_password" --interactive=false >/dev/null
+  etcdctl_ role add bench >/dev/null
+  etcdctl_ role grant-permission bench --prefix=true readwrite bench/ >/dev/null
+  etcdctl_ user add bench --new-user-password "$ETCD_BENCH_PASSWORD" --interactive=false >/dev/null
+  etcdctl_ user grant-role bench bench >/dev/null
+  etcdctl_ auth enable >/dev/null
+  ETCD_ROOT=(--user "root:$root_password")
 }
 
 etcd_start() {
@@ -127,7 +151,10 @@ etcd_start() {
       >"$OUT/logs/etcd-e$i.log" 2>&1 &
     ETCD_PIDS+=($!)
   done
+  ETCD_ROOT=()
   wait_for 60 "etcd to be healthy" etcdctl_ endpoint health
+  [[ $AUTH == on ]] && etcd_auth_enable
+  return 0
 }
 
 etcd_stop() {
@@ -147,7 +174,21 @@ etcd_leader() {
 
 raftgraph_start() {
   bash deploy/local-cluster.sh clean >/dev/null
-  RAFTGRAPH_TLS=$MODE bash deploy/local-cluster.sh start
+  RAFTGRAPH_TLS=$MODE RAFTGRAPH_AUTH=$AUTH bash deploy/local-cluster.sh start
+  unset RAFTGRAPH_TOKEN
+  if [[ $AUTH == on ]]; then
+    # The bench tenant (unlimited quotas) and a `write` token of it, made with the first
+    # cluster-admin token; the bench then runs with the tenant's token only.
+    local ca=() token_file=target/local-cluster/bench.token
+    [[ $MODE == on ]] && ca=(--ca target/local-cluster/certs/ca.pem)
+    RAFTGRAPH_TOKEN=$(cat target/local-cluster/admin.token) "$BIN" tenant create bench "${ca[@]}" >/dev/null
+    RAFTGRAPH_TOKEN=$(cat target/local-cluster/admin.token) "$BIN" tenant quotas bench "${ca[@]}" >/dev/null
+    rm -f "$token_file"
+    RAFTGRAPH_TOKEN=$(cat target/local-cluster/admin.token) "$BIN" tenant token create bench \
+      --role write --output-file "$token_file" "${ca[@]}" >/dev/null
+    RAFTGRAPH_TOKEN=$(cat "$token_file")
+    export RAFTGRAPH_TOKEN
+  fi
 }
 
 raftgraph_stop() {
@@ -162,13 +203,12 @@ run_loads() { # target lead all fsync
   local target=$1 lead=$2 all=$3 fsync=$4 conns extra=()
   if [[ $target == raftgraph ]]; then
     extra=("${RG_EXTRA[@]}")
-    # With TLS, trust the local cluster's CA (from deploy/local-cluster.sh); the first
-    # cluster-admin token (it creates the bench tenant).
+    # With TLS, trust the local cluster's CA (from deploy/local-cluster.sh). The token, with
+    # authentication on, is the bench tenant's (raftgraph_start).
     [[ $MODE == on ]] && extra+=(--ca target/local-cluster/certs/ca.pem)
-    RAFTGRAPH_TOKEN=$(cat target/local-cluster/admin.token)
-    export RAFTGRAPH_TOKEN
-  elif [[ $MODE == on ]]; then
-    extra=(--ca "$ETCD_CERTS/ca.pem")
+  else
+    [[ $MODE == on ]] && extra=(--ca "$ETCD_CERTS/ca.pem")
+    [[ $AUTH == on ]] && extra+=(--etcd-user bench --etcd-password "$ETCD_BENCH_PASSWORD")
   fi
   for c in $CLIENTS; do
     conns=1
@@ -179,7 +219,7 @@ run_loads() { # target lead all fsync
       echo "== $target $w, TLS $MODE, $c clients, $conns connections, ${SECS}s" >&2
       "$BIN" bench --target "$target" --endpoints "$endpoints" --fsync-endpoints "$fsync" \
         --clients "$c" --connections "$conns" --workload "$w" --duration "$SECS" \
-        --output json --quiet "${extra[@]}" | tee -a "$OUT/results-tls-$MODE.jsonl"
+        --output json --quiet "${extra[@]}" | tee -a "$OUT/results-tls-$MODE-auth-$AUTH.jsonl"
     done
   done
 }
@@ -201,18 +241,23 @@ bench_raftgraph() {
 
 for round in $(seq "$ROUNDS"); do
   for MODE in $TLS_MODES; do
-    echo "=== round $round of $ROUNDS, TLS $MODE" >&2
-    if ((round % 2 == 1)); then
-      bench_etcd
-      bench_raftgraph
-    else
-      bench_raftgraph
-      bench_etcd
-    fi
+    for AUTH in $AUTH_MODES; do
+      echo "=== round $round of $ROUNDS, TLS $MODE, authentication $AUTH" >&2
+      if ((round % 2 == 1)); then
+        bench_etcd
+        bench_raftgraph
+      else
+        bench_raftgraph
+        bench_etcd
+      fi
+    done
   done
 done
 
 for mode in $TLS_MODES; do
-  echo "=== TLS $mode" | tee "$OUT/table-tls-$mode.md"
-  "$BIN" bench-compare "$OUT/results-tls-$mode.jsonl" | tee -a "$OUT/table-tls-$mode.md"
+  for auth in $AUTH_MODES; do
+    t="$OUT/table-tls-$mode-auth-$auth.md"
+    echo "=== TLS $mode, authentication $auth" | tee "$t"
+    "$BIN" bench-compare "$OUT/results-tls-$mode-auth-$auth.jsonl" | tee -a "$t"
+  done
 done

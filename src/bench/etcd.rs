@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 use super::{BenchArgs, Driver, Workload, value};
 use crate::proto::etcd;
+use crate::proto::etcd::auth_client::AuthClient;
 use crate::proto::etcd::kv_client::KvClient;
 
 /// The etcd side: one channel per connection, to the endpoints in turn.
@@ -23,6 +24,8 @@ pub(super) struct Etcd {
     timeout: Duration,
     /// Random per run: creates of two runs never overwrite each other's keys.
     run: u32,
+    /// With `--etcd-user`: the token `Authenticate` gave, sent with every call.
+    token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 fn etcd_key(prefix: &str, n: u64) -> Vec<u8> {
@@ -41,7 +44,33 @@ impl Etcd {
                     .map_err(|e| Status::invalid_argument(format!("--endpoints {addr:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let token = match (&a.etcd_user, &a.etcd_password) {
+            (Some(name), Some(password)) => {
+                let mut req = tonic::Request::new(etcd::AuthenticateRequest {
+                    name: name.clone(),
+                    password: password.clone(),
+                });
+                req.set_timeout(Duration::from_secs(a.timeout));
+                let t = AuthClient::new(channels[0].clone())
+                    .authenticate(req)
+                    .await?
+                    .into_inner()
+                    .token;
+                let mut v = tonic::metadata::AsciiMetadataValue::try_from(t).map_err(|_| {
+                    Status::internal("etcd answered a token that is not a header value")
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "--etcd-user and --etcd-password go together",
+                ));
+            }
+        };
         let me = Etcd {
+            token,
             channels,
             workload: a.workload,
             value_bytes: a.value_bytes,
@@ -60,6 +89,13 @@ impl Etcd {
         Ok(me)
     }
 
+    /// Adds the user's token, with authentication.
+    fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(t) = &self.token {
+            req.metadata_mut().insert("token", t.clone());
+        }
+    }
+
     fn kv(&self, client: usize) -> KvClient<Channel> {
         KvClient::new(self.channels[client % self.channels.len()].clone())
     }
@@ -71,6 +107,7 @@ impl Etcd {
             lease: 0,
         });
         req.set_timeout(self.timeout);
+        self.authorize(&mut req);
         self.kv(client).put(req).await.map(|_| ())
     }
 
@@ -81,6 +118,7 @@ impl Etcd {
             ..Default::default()
         });
         req.set_timeout(self.timeout);
+        self.authorize(&mut req);
         let r = self.kv(client).range(req).await?.into_inner();
         if r.kvs.is_empty() {
             return Err(Status::not_found("etcd: a prepared key is missing"));

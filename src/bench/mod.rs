@@ -119,6 +119,22 @@ pub struct BenchArgs {
     /// Total operations to run instead of a duration.
     #[arg(long)]
     pub ops: Option<u64>,
+    /// Operations per second the clients aim at together, each pacing itself to its share on
+    /// a fixed schedule (latency then counts from the scheduled start, so time spent behind
+    /// schedule is not hidden). Without it, each client sends its next as soon as it can.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// After a refusal that carries a retry hint (a tenant over its rate limit), a client waits
+    /// before its next operation, as a well-behaved client would: the hint, or longer after
+    /// refusals in a row (exponential backoff from 1 ms, doubling up to 1 s, with jitter).
+    #[arg(long)]
+    pub honor_pushback: bool,
+    /// etcd: the user to authenticate as (with `--etcd-password`), for a cluster with
+    /// `auth enable`; every call then carries the user's token.
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
     #[arg(long, value_enum, default_value = "create-node")]
     pub workload: Workload,
     /// Bytes of each written value.
@@ -196,6 +212,13 @@ impl BenchArgs {
         within("--keys", self.keys, 1, KEYS_MAX)?;
         within("--write-percent", self.write_percent.into(), 0, 100)?;
         within("--timeout", self.timeout, 1, 3_600)?;
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0 && r <= 10_000_000.0)
+        {
+            return Err(format!(
+                "--rate {r}: must be operations per second in (0, 10000000]"
+            ));
+        }
         if let Some(n) = self.ops {
             within("--ops", n, 1, u64::MAX)?;
         } else if !(self.duration.is_finite() && self.duration > 0.0 && self.duration <= 86_400.0) {
@@ -285,7 +308,8 @@ impl Raftgraph {
             .await
         {
             Ok(_) => {}
-            Err(s) if s.code() == Code::AlreadyExists => {}
+            // A tenant's token may not create tenants: its tenant exists.
+            Err(s) if s.code() == Code::AlreadyExists || s.code() == Code::PermissionDenied => {}
             Err(s) => return Err(s),
         }
         let mut me = Raftgraph {
@@ -567,15 +591,23 @@ async fn drive<D: Driver>(a: &BenchArgs, d: Arc<D>) -> anyhow::Result<Report> {
     let shared = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, max_us, 3,
     )?));
+    // With `--rate`, each client's schedule: one operation per `interval`, clients staggered.
+    let interval = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.clients as f64 / r));
+    let honor_pushback = a.honor_pushback;
     for client in 0..a.clients {
         let (d, done, issued) = (d.clone(), done.clone(), issued.clone());
         let limit = a.ops;
+        let mut next = interval.map(|i| started + i.mul_f64(client as f64 / a.clients as f64));
         let mut rng = SmallRng::from_os_rng();
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Latencies::new(shared);
             let mut errors = Errors::default();
             let mut seq = 0;
+            // Refusals in a row, for the backoff of `--honor-pushback`.
+            let mut refused_in_a_row = 0u32;
             loop {
                 if until.is_some_and(|u| Instant::now() >= u) {
                     break;
@@ -586,10 +618,32 @@ async fn drive<D: Driver>(a: &BenchArgs, d: Arc<D>) -> anyhow::Result<Report> {
                     break;
                 }
                 seq += 1;
-                let t = Instant::now();
+                let t = match (&mut next, interval) {
+                    (Some(at), Some(i)) => {
+                        tokio::time::sleep_until(*at).await;
+                        let scheduled = *at;
+                        *at += i;
+                        scheduled
+                    }
+                    _ => Instant::now(),
+                };
                 match d.op(client, seq, &mut rng).await {
-                    Ok(()) => hist.record(t.elapsed()),
-                    Err(s) => errors.add(&s),
+                    Ok(()) => {
+                        hist.record(t.elapsed());
+                        refused_in_a_row = 0;
+                    }
+                    Err(s) => {
+                        errors.add(&s);
+                        if honor_pushback
+                            && s.code() == Code::ResourceExhausted
+                            && let Some(hint) = crate::client::retry_after(&s)
+                        {
+                            refused_in_a_row = refused_in_a_row.saturating_add(1);
+                            let backoff = Duration::from_millis(1 << refused_in_a_row.min(10));
+                            let wait = hint.max(backoff.mul_f64(rng.random_range(0.5..1.0)));
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
