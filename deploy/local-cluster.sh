@@ -31,6 +31,9 @@ else
   AS_MEMBER=(--client-cert "$CERTS/member-1.pem" --client-key "$CERTS/member-1.key")
 fi
 ADMIN_TOKEN=$DIR/admin.token
+# This script's own calls carry no token from the caller's environment (one of an earlier
+# cluster would make a fresh one answer UNAUTHENTICATED); status uses the admin token file.
+unset RAFTGRAPH_TOKEN
 mkdir -p "$DIR"
 
 bin() {
