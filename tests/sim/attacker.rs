@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use super::workload::{QUOTA, REGISTERS, direct};
+use super::workload::{QUOTA, REGISTERS, direct, int, node_ref, op};
 use super::world::{CONVERGE_MS, NODES, Shared, addr, now_ms, peer_addr};
 
 /// Mallory's own tenant.
@@ -84,22 +84,6 @@ pub const KINDS: [&str; 32] = [
     "set_limits",
     "rotate_secrets",
 ];
-
-fn int(v: i64) -> pb::Value {
-    pb::Value {
-        kind: Some(pb::value::Kind::IntValue(v)),
-    }
-}
-
-fn node_ref(id: u64) -> Option<pb::NodeRef> {
-    Some(pb::NodeRef {
-        r#ref: Some(pb::node_ref::Ref::Id(id)),
-    })
-}
-
-fn op(o: pb::operation::Op) -> pb::Operation {
-    pb::Operation { op: Some(o) }
-}
 
 /// How a call ended, as the check sees it.
 enum Answer {

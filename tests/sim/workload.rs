@@ -28,19 +28,19 @@ pub const KEYS: usize = 6;
 /// The quota tenant's node limit: tight, so creates hit it often.
 pub const QUOTA_NODES: u64 = 12;
 
-fn int(v: i64) -> pb::Value {
+pub fn int(v: i64) -> pb::Value {
     pb::Value {
         kind: Some(pb::value::Kind::IntValue(v)),
     }
 }
 
-fn node_ref(id: u64) -> Option<pb::NodeRef> {
+pub fn node_ref(id: u64) -> Option<pb::NodeRef> {
     Some(pb::NodeRef {
         r#ref: Some(pb::node_ref::Ref::Id(id)),
     })
 }
 
-fn op(o: pb::operation::Op) -> pb::Operation {
+pub fn op(o: pb::operation::Op) -> pb::Operation {
     pb::Operation { op: Some(o) }
 }
 
