@@ -33,6 +33,11 @@ use serde::de::DeserializeOwned;
 ///   principal. No decoder for version 3 is kept (no release wrote it; its session table has
 ///   no owners to convert into): a version-3 data directory is refused with
 ///   `UnknownVersion { found: 3 }` and must be recreated.
+///
+///   Added within version 4, readable by every version-4 reader of this build: a tenant's rate
+///   limits (`Command::SetRateLimits`, `Outcome::RateLimits`, appended last to their enums, and
+///   a meta key of their own). An older build decodes no entry carrying them ("malformed
+///   value"): upgrade every member before setting a rate limit.
 pub const FORMAT_VERSION: u8 = 4;
 
 use crate::wire::DECODE_BYTES_MAX;
