@@ -115,17 +115,25 @@ pub fn clock() -> raftgraph::api::Clock {
 /// Starts `config`'s node on a runtime of its own, listening on `config.listen` and
 /// `config.peer_listen`.
 pub async fn boot(config: ServerConfig) -> (tokio::runtime::Runtime, Server) {
+    boot_on(config, None).await
+}
+
+/// [`boot`] on `listeners` (client, peer) already bound to `config`'s addresses, when given.
+pub async fn boot_on(
+    config: ServerConfig,
+    listeners: Option<(std::net::TcpListener, std::net::TcpListener)>,
+) -> (tokio::runtime::Runtime, Server) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let bind = |a| {
-        let l = std::net::TcpListener::bind(a).unwrap();
-        l.set_nonblocking(true).unwrap();
-        l
-    };
-    let (api, peer) = (bind(config.listen), bind(config.peer_listen));
+    let (api, peer) = listeners.unwrap_or_else(|| {
+        let bind = |a| std::net::TcpListener::bind(a).unwrap();
+        (bind(config.listen), bind(config.peer_listen))
+    });
+    api.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
     let node = rt
         .spawn(async move {
             let listeners = Listeners {
@@ -182,13 +190,15 @@ impl Cluster {
 
     /// Starts a new, uninitialised node `id`.
     pub async fn add_node(&mut self, id: u64, proxied: bool) {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        };
-        let (port, peer_port) = (free(), free());
+        // Bound now and kept until the node takes them: a port merely looked up and let go
+        // could be handed out again (to the proxy's own listeners below, or another test)
+        // before the node binds it.
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (api_listener, peer_listener) = (bind(), bind());
+        let (port, peer_port) = (
+            api_listener.local_addr().unwrap(),
+            peer_listener.local_addr().unwrap(),
+        );
         let mut config = ServerConfig::new(
             "test",
             id,
@@ -214,7 +224,7 @@ impl Cluster {
         } else {
             None
         };
-        let (rt, node) = boot(config.clone()).await;
+        let (rt, node) = boot_on(config.clone(), Some((api_listener, peer_listener))).await;
         self.nodes.insert(
             id,
             TestNode {
