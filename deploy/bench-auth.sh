@@ -8,11 +8,9 @@
 #   bash deploy/bench-auth.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
-  cargo build --release --bin raftgraph
-  RAFTGRAPH_BIN="${CARGO_TARGET_DIR:-target}/release/raftgraph"
-fi
-export RAFTGRAPH_BIN
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+release_binary
 mkdir -p target/bench-auth
 OUT=target/bench-auth/results.jsonl
 : > $OUT

@@ -21,11 +21,9 @@
 #   bash deploy/bench-fairness.sh          # ROUNDS=3 SECS=15 VICTIM_RATE=200 FLOOD_LIMIT=1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
-  cargo build --release --bin raftgraph
-  RAFTGRAPH_BIN="${CARGO_TARGET_DIR:-target}/release/raftgraph"
-fi
-export RAFTGRAPH_BIN
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+release_binary
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-15}
 VICTIM_RATE=${VICTIM_RATE:-200}

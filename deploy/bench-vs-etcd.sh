@@ -54,11 +54,9 @@ ETCD_METRICS=127.0.0.1:12381,127.0.0.1:22381,127.0.0.1:32381
 ETCD_CERTS=$OUT/etcd-certs
 RG_ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 
-if [[ -z "${RAFTGRAPH_BIN:-}" ]]; then
-  cargo build --release --bin raftgraph
-  RAFTGRAPH_BIN="${CARGO_TARGET_DIR:-target}/release/raftgraph"
-fi
-export RAFTGRAPH_BIN
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+release_binary
 BIN=$RAFTGRAPH_BIN
 
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
@@ -96,9 +94,6 @@ rm -rf "$ETCD_CERTS"
 for i in 1 2 3; do
   "$BIN" certs member --cluster-id etcd-bench --dir "$ETCD_CERTS" --id "$i" --host 127.0.0.1 >/dev/null
 done
-
-# shellcheck source=deploy/lib.sh
-. deploy/lib.sh
 
 # etcdctl against the bench cluster in the current TLS mode (as root once auth is enabled).
 ETCD_ROOT=()

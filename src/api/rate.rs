@@ -191,18 +191,19 @@ fn refused(
     let mut past = Vec::new();
     if let Some(Err(w)) = m.requests.as_mut().map(|b| b.check(1, now)) {
         wait = wait.max(w);
-        past.push(format!("{} requests/s", b(limits.requests_per_sec)));
+        past.push(format!(
+            "{} requests/s",
+            limits.requests_per_sec.unwrap_or_default()
+        ));
     }
     if let Some(Err(w)) = m.bytes.as_mut().map(|b| b.check(bytes, now)) {
         wait = wait.max(w);
-        past.push(format!("{} bytes/s", b(limits.bytes_per_sec)));
+        past.push(format!(
+            "{} bytes/s",
+            limits.bytes_per_sec.unwrap_or_default()
+        ));
     }
     (!past.is_empty()).then(|| (wait, past.join(" and ")))
-}
-
-/// A limit's value as shown (it is always set where this is called).
-fn b(v: Option<u64>) -> u64 {
-    v.unwrap_or_default()
 }
 
 fn refusal(tenant: &str, limit: &str, wait: Duration) -> Status {
