@@ -1703,6 +1703,11 @@ async fn a_flooding_tenant_is_held_to_its_request_rate() {
         "{admitted} admitted in {secs:.2} s"
     );
     assert!(refused > 0, "none of 20 writes in {secs:.2} s refused");
+    // Refusals are answered no faster than the rate: each at least 500 ms after the last.
+    assert!(
+        refused as f64 <= 1.0 + 2.0 * secs,
+        "{refused} refusals in {secs:.2} s"
+    );
     // Calls on one write stream, back to back: refused alike once the bucket is empty, the
     // error carrying the hint.
     let (tx, rx) = mpsc::channel(32);

@@ -155,10 +155,14 @@ impl Writes {
     ) -> Result<pb::WriteResponse, Status> {
         // Held until the answer is sent, including a forward to the leader.
         let bytes = msg.encoded_len();
-        let _permit = self.admission.admit(bytes)?;
+        let permit = self.admission.admit(bytes)?;
         // Charged where it is proposed: a follower forwards it to the leader, which charges it.
-        if route::leads(&self.raft) {
-            self.throttle.admit(&msg.tenant, bytes as u64)?;
+        if route::leads(&self.raft)
+            && let Err(refused) = self.throttle.try_admit(&msg.tenant, bytes as u64)
+        {
+            // Held without the request or its share of the in-flight budget.
+            drop((msg, permit));
+            return Err(refused.answer().await);
         }
         let req = convert::write_request(&msg, (self.clock)())?.by(owner);
         match self.batcher.propose(req, via.forwarded).await? {
@@ -535,7 +539,7 @@ impl GraphService for GraphApi {
         let was_forwarded = via.forwarded;
         let budget = answer_budget(&request);
         let msg = request.into_inner();
-        self.throttle.precheck(&msg.tenant)?;
+        self.throttle.precheck(&msg.tenant).await?;
         if let Some(leader) =
             route::read_route(&self.raft, &self.router, msg.consistency, was_forwarded).await?
         {
@@ -554,7 +558,7 @@ impl GraphService for GraphApi {
         };
         // One request now; each page's bytes as it is read, and a tenant in debt waits before
         // its next page (the scan is paced to the tenant's rate rather than cut short).
-        self.throttle.admit(&msg.tenant, 0)?;
+        self.throttle.admit(&msg.tenant, 0).await?;
         let throttle = self.throttle.clone();
         // One page per step, read as the client consumes: memory stays at one page, reserved
         // of the connection's answer budget before it is read and held until its last item

@@ -13,6 +13,13 @@
 //! **Invariants**
 //! - A refused call did nothing: RESOURCE_EXHAUSTED, its message naming the tenant and the
 //!   limit, and `grpc-retry-pushback-ms` the wait after which it would be admitted.
+//! - A refusal is answered late ([`Pacer`]): no sooner than the call could have been admitted,
+//!   and a tenant's refusals no faster than its request rate (one per [`SPACING_DEFAULT`]
+//!   without one), each held at most [`HOLD_MAX`]. A client that resends at once whatever the
+//!   hint thus gets no more refusals a second than its rate plus its calls in flight, instead
+//!   of as many as the member can answer: refusing costs the member, and the tenants it
+//!   serves, little more than admitting would. A held call keeps nothing of the request, nor
+//!   of the server's in-flight budget; only its HTTP/2 stream, bounded per connection.
 //! - Buckets exist only for tenants that exist and have a limit set, and buckets that are full
 //!   (which a fresh bucket would equal) are dropped once [`METERS_MAX`] are held, so whatever
 //!   names clients send, memory stays bounded.
@@ -37,11 +44,68 @@ use crate::wire::RETRY_PUSHBACK_HEADER;
 /// Buckets held before full ones are dropped.
 pub const METERS_MAX: usize = 4096;
 
+/// The longest a refusal is held before it is answered.
+pub const HOLD_MAX: Duration = Duration::from_secs(1);
+
+/// The spacing of a tenant's refusals when it has no request rate (a byte rate only).
+pub const SPACING_DEFAULT: Duration = Duration::from_millis(1);
+
+/// When a tenant's refusals are answered.
+#[derive(Debug, Default)]
+struct Pacer {
+    /// The earliest the next refusal is answered.
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    /// How long to hold a refusal at `now` of a call that could be admitted after `wait`:
+    /// until then, and until `spacing` after the tenant's previous refusal, at most
+    /// [`HOLD_MAX`].
+    fn hold(&mut self, wait: Duration, spacing: Duration, now: Instant) -> Duration {
+        let at = (now + wait).max(self.next.unwrap_or(now));
+        let hold = at.saturating_duration_since(now).min(HOLD_MAX);
+        self.next = Some(now + hold + spacing);
+        hold
+    }
+}
+
+/// The spacing of refusals for a tenant with `limits`: one per request its rate allows.
+fn spacing(limits: &RateLimits) -> Duration {
+    match limits.requests_per_sec {
+        Some(r) if r > 0 => Duration::from_secs(1) / u32::try_from(r).unwrap_or(u32::MAX),
+        _ => SPACING_DEFAULT,
+    }
+}
+
+/// A call refused for its tenant's rate, not answered yet: [`Refusal::answer`] holds it as
+/// its tenant's [`Pacer`] decided, then makes the answer.
+#[derive(Debug)]
+#[must_use = "a refusal is answered by awaiting Refusal::answer"]
+pub struct Refusal {
+    tenant: String,
+    limit: String,
+    wait: Duration,
+    hold: Duration,
+}
+
+impl Refusal {
+    /// Waits out the hold, then RESOURCE_EXHAUSTED with what is left of the wait as its hint.
+    pub async fn answer(self) -> Status {
+        tokio::time::sleep(self.hold).await;
+        refusal(
+            &self.tenant,
+            &self.limit,
+            self.wait.saturating_sub(self.hold),
+        )
+    }
+}
+
 /// One tenant's buckets.
 #[derive(Debug, Default)]
 struct Meter {
     requests: Option<Bucket>,
     bytes: Option<Bucket>,
+    refusals: Pacer,
 }
 
 fn follow(bucket: &mut Option<Bucket>, rate: Option<u64>, now: Instant) {
@@ -133,12 +197,12 @@ impl Throttle {
     }
 
     /// Admits one call naming `tenant` that brings `bytes` now (a write's encoded request; 0 for
-    /// a read, whose answer is [`Throttle::charge`]d after), taking its cost; RESOURCE_EXHAUSTED
-    /// with a retry hint, having taken nothing, past either limit.
-    pub fn admit(&self, tenant: &str, bytes: u64) -> Result<(), Status> {
+    /// a read, whose answer is [`Throttle::charge`]d after), taking its cost; past either
+    /// limit, a [`Refusal`] to be answered, having taken nothing.
+    pub fn try_admit(&self, tenant: &str, bytes: u64) -> Result<(), Refusal> {
         self.with_meter(tenant, |m, limits, now| {
-            if let Some((wait, limit)) = refused(m, limits, bytes, now) {
-                return Err(refusal(tenant, &limit, wait));
+            if let Some(refusal) = refused(tenant, m, limits, bytes, now) {
+                return Err(refusal);
             }
             if let Some(r) = m.requests.as_mut() {
                 r.take(1, now);
@@ -151,14 +215,24 @@ impl Throttle {
         .unwrap_or(Ok(()))
     }
 
+    /// [`Throttle::try_admit`], a refusal answered: RESOURCE_EXHAUSTED with a retry hint.
+    pub async fn admit(&self, tenant: &str, bytes: u64) -> Result<(), Status> {
+        match self.try_admit(tenant, bytes) {
+            Ok(()) => Ok(()),
+            Err(refusal) => Err(refusal.answer().await),
+        }
+    }
+
     /// What [`Throttle::admit`] would answer for a read now, taking nothing: checked before a
     /// read is routed, so a tenant over its rate costs no read index.
-    pub fn precheck(&self, tenant: &str) -> Result<(), Status> {
-        self.with_meter(tenant, |m, limits, now| match refused(m, limits, 0, now) {
-            Some((wait, limit)) => Err(refusal(tenant, &limit, wait)),
+    pub async fn precheck(&self, tenant: &str) -> Result<(), Status> {
+        let refused = self
+            .with_meter(tenant, |m, limits, now| refused(tenant, m, limits, 0, now))
+            .flatten();
+        match refused {
+            Some(refusal) => Err(refusal.answer().await),
             None => Ok(()),
-        })
-        .unwrap_or(Ok(()))
+        }
     }
 
     /// Charges `bytes` (a read's answer) to `tenant`'s bytes bucket, into debt if need be.
@@ -179,14 +253,16 @@ impl Throttle {
     }
 }
 
-/// Why a call bringing `bytes` would be refused at `now`: the longest wait among the limits it
-/// is past (a retry after it is admitted by all of them), and those limits.
+/// Why a call naming `tenant` bringing `bytes` would be refused at `now`: the longest wait
+/// among the limits it is past (a retry after it is admitted by all of them), and those
+/// limits; its hold taken from the tenant's pacer.
 fn refused(
+    tenant: &str,
     m: &mut Meter,
     limits: &RateLimits,
     bytes: u64,
     now: Instant,
-) -> Option<(Duration, String)> {
+) -> Option<Refusal> {
     let mut wait = Duration::ZERO;
     let mut past = Vec::new();
     if let Some(Err(w)) = m.requests.as_mut().map(|b| b.check(1, now)) {
@@ -203,7 +279,16 @@ fn refused(
             limits.bytes_per_sec.unwrap_or_default()
         ));
     }
-    (!past.is_empty()).then(|| (wait, past.join(" and ")))
+    if past.is_empty() {
+        return None;
+    }
+    let hold = m.refusals.hold(wait, spacing(limits), now);
+    Some(Refusal {
+        tenant: tenant.to_string(),
+        limit: past.join(" and "),
+        wait,
+        hold,
+    })
 }
 
 fn refusal(tenant: &str, limit: &str, wait: Duration) -> Status {
@@ -219,4 +304,43 @@ fn refusal(tenant: &str, limit: &str, wait: Duration) -> Status {
         ms.to_string().parse().expect("ASCII digits"),
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Refusals arriving together are answered one per spacing, none before its call could be
+    /// admitted, none held past HOLD_MAX; the spacing follows the request rate.
+    #[test]
+    fn refusals_are_paced_and_bounded() {
+        let t0 = now();
+        let mut p = Pacer::default();
+        let holds: Vec<_> = (0..5).map(|_| p.hold(3 * MS, 100 * MS, t0)).collect();
+        assert_eq!(holds, [3, 103, 203, 303, 403].map(|ms| ms * MS));
+        // A burst larger than HOLD_MAX's worth: the rest wait HOLD_MAX, and no longer.
+        let holds: Vec<_> = (0..20).map(|_| p.hold(MS, 100 * MS, t0)).collect();
+        assert!(holds.iter().all(|h| *h <= HOLD_MAX), "{holds:?}");
+        assert_eq!(
+            holds[..6],
+            [503, 603, 703, 803, 903, 1000].map(|ms| ms * MS)
+        );
+        assert!(holds[6..].iter().all(|h| *h == HOLD_MAX), "{holds:?}");
+        // Later, a refusal waits for its own call, and for the spacing after the last one.
+        let later = t0 + 10 * HOLD_MAX;
+        assert_eq!(p.hold(40 * MS, 100 * MS, later), 40 * MS);
+        assert_eq!(p.hold(Duration::ZERO, 100 * MS, later + 50 * MS), 90 * MS);
+        // A wait longer than HOLD_MAX (a byte debt) is held HOLD_MAX.
+        assert_eq!(p.hold(60 * HOLD_MAX, 100 * MS, later + HOLD_MAX), HOLD_MAX);
+
+        let limits = |r| RateLimits {
+            requests_per_sec: r,
+            bytes_per_sec: Some(4096),
+        };
+        assert_eq!(spacing(&limits(Some(4))), 250 * MS);
+        assert_eq!(spacing(&limits(Some(1 << 40))), Duration::ZERO);
+        assert_eq!(spacing(&limits(None)), SPACING_DEFAULT);
+    }
 }

@@ -47,7 +47,7 @@ impl Reads {
         via: route::Via,
     ) -> Result<pb::Node, Status> {
         // A tenant over its rate is refused before routing costs a read index.
-        self.throttle.precheck(&msg.tenant)?;
+        self.throttle.precheck(&msg.tenant).await?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.get_node(via.forward(msg)).await })
                 .await
@@ -66,6 +66,7 @@ impl Reads {
                 ))),
             }
         })
+        .await
     }
 
     pub(super) async fn get_edge(
@@ -74,7 +75,7 @@ impl Reads {
         via: route::Via,
     ) -> Result<pb::Edge, Status> {
         // A tenant over its rate is refused before routing costs a read index.
-        self.throttle.precheck(&msg.tenant)?;
+        self.throttle.precheck(&msg.tenant).await?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.get_edge(via.forward(msg)).await })
                 .await
@@ -93,6 +94,7 @@ impl Reads {
                 ))),
             }
         })
+        .await
     }
 
     pub(super) async fn neighbors(
@@ -101,7 +103,7 @@ impl Reads {
         via: route::Via,
     ) -> Result<pb::NeighborsResponse, Status> {
         // A tenant over its rate is refused before routing costs a read index.
-        self.throttle.precheck(&msg.tenant)?;
+        self.throttle.precheck(&msg.tenant).await?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.neighbors(via.forward(msg)).await })
                 .await
@@ -135,6 +137,7 @@ impl Reads {
                 next: page.next.unwrap_or_default(),
             })
         })
+        .await
     }
 
     pub(super) async fn nodes_by_label(
@@ -143,7 +146,7 @@ impl Reads {
         via: route::Via,
     ) -> Result<pb::NodesPage, Status> {
         // A tenant over its rate is refused before routing costs a read index.
-        self.throttle.precheck(&msg.tenant)?;
+        self.throttle.precheck(&msg.tenant).await?;
         if let Some(mut leader) = self.route(msg.consistency, &via).await? {
             return Box::pin(async move { leader.nodes_by_label(via.forward(msg)).await })
                 .await
@@ -160,16 +163,17 @@ impl Reads {
                 next: page.next.unwrap_or_default(),
             })
         })
+        .await
     }
 
     /// Serves a read here, charged to `tenant`: one request before it, its answer's bytes
     /// after.
-    fn served<A: Message>(
+    async fn served<A: Message>(
         &self,
         tenant: &str,
         read: impl FnOnce() -> Result<A, Status>,
     ) -> Result<A, Status> {
-        self.throttle.admit(tenant, 0)?;
+        self.throttle.admit(tenant, 0).await?;
         let answer = read()?;
         self.throttle.charge(tenant, answer.encoded_len() as u64);
         Ok(answer)
