@@ -297,6 +297,10 @@ struct Env {
     /// Presents member 1's certificate.
     member: Dialer,
     ids: AtomicU64,
+    /// In front of each member's listeners, when the cluster was made with them: the members
+    /// reach each other's peer listeners through these.
+    proxies: Vec<helpers::proxy::Proxy>,
+    ca: TestCa,
 }
 
 impl Env {
@@ -820,6 +824,11 @@ async fn create_tenant(env: &Env, admin: &Cred, id: &str) {
 
 /// Three members, initialised with member 1's certificate; the first admin token.
 async fn cluster() -> (Env, String) {
+    cluster_on(false).await
+}
+
+/// [`cluster`], the members' peer links through proxies if `proxied`.
+async fn cluster_on(proxied: bool) -> (Env, String) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(&dir.path().join("certs"), CLUSTER);
     let offset = Arc::new(AtomicI64::new(0));
@@ -828,21 +837,33 @@ async fn cluster() -> (Env, String) {
     for id in 1..=3 {
         servers.push(start(&ca, id, dir.path(), offset.clone()).await);
     }
+    let mut proxies = Vec::new();
+    if proxied {
+        for s in &servers {
+            proxies.push(helpers::proxy::proxy(s.local_addr(), s.peer_local_addr()).await);
+        }
+    }
     let env = Env {
+        proxies,
         plain: ca.dialer(),
         member: ca.dialer_as(&ca.member(1)),
         _dir: dir,
         servers,
         offset,
         ids: AtomicU64::new(1),
+        ca,
     };
     let members: Vec<pb::Member> = env
         .servers
         .iter()
-        .map(|s| pb::Member {
+        .enumerate()
+        .map(|(i, s)| pb::Member {
             id: s.config().node_id,
             addr: s.local_addr().to_string(),
-            peer_addr: s.peer_local_addr().to_string(),
+            peer_addr: match env.proxies.get(i) {
+                Some(p) => p.peer_addr.to_string(),
+                None => s.peer_local_addr().to_string(),
+            },
         })
         .collect();
     let init = |cred: Cred| {
@@ -858,10 +879,10 @@ async fn cluster() -> (Env, String) {
     let (c, m) = code(init(Cred::Nothing).await);
     assert_eq!(c, Code::Unauthenticated, "{m}");
     assert!(m.contains("member's certificate"), "{m}");
-    let (cert, key) = ca.client("operator");
+    let (cert, key) = env.ca.client("operator");
     let outsider = Dialer::default().with_tls(Arc::new({
-        let c =
-            raftgraph::tls::client_config_from_files(&ca.ca_path(), Some((&cert, &key))).unwrap();
+        let c = raftgraph::tls::client_config_from_files(&env.ca.ca_path(), Some((&cert, &key)))
+            .unwrap();
         move || c.clone()
     }));
     let r = ClusterServiceClient::new(outsider.channel(&env.addr(1)).unwrap())
@@ -1617,6 +1638,137 @@ fn node_write(tenant: &str, env: &Env, label: &str, bytes: usize) -> pb::WriteRe
             })),
         }],
     }
+}
+
+/// A token works at once on every member: a follower whose peer links were cut while the token
+/// was made, so that it has not applied it when the token first reaches it, catches up before
+/// it authenticates the call (it answered UNAUTHENTICATED before); a token that does not exist
+/// is still refused there after its catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_token_works_at_once_on_a_member_that_has_not_applied_it() {
+    let (env, admin) = cluster_on(true).await;
+    let admin = bearer(&admin);
+    create_tenant(&env, &admin, "a").await;
+    env.converged().await;
+    let leader = env.leader().await;
+    let behind = env.follower().await;
+    let applied = |id: u64| {
+        env.servers[(id - 1) as usize]
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index)
+    };
+    // Cut for well under an election timeout (1–2 s): the token is made meanwhile. The proxy
+    // drops open connections as its tasks see the cut, so an append already on its way may
+    // still pass: then the attempt is made again.
+    let cut = &env.proxies[(behind - 1) as usize].cut;
+    let mut made = None;
+    for _ in 0..5 {
+        cut.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let token = make_token(&env, leader, &admin, "a", pb::Role::Read, 0)
+            .await
+            .token;
+        if applied(behind) < applied(leader) {
+            made = Some(token);
+            break;
+        }
+        cut.send(false).unwrap();
+        env.converged().await;
+    }
+    let token = made.expect("member behind never missed the token in 5 attempts");
+    cut.send(false).unwrap();
+    // At once, on the member behind: a serializable read, which that member serves itself.
+    let t = bearer(&token);
+    let read = |cred: Cred| {
+        let ch = env.channel(behind, &cred);
+        async move {
+            TenantServiceClient::new(ch)
+                .get_tenant(req(
+                    &cred,
+                    pb::GetTenantRequest {
+                        id: "a".into(),
+                        consistency: pb::Consistency::Serializable as i32,
+                    },
+                ))
+                .await
+        }
+    };
+    let got = read(t).await;
+    assert!(got.is_ok(), "member {behind}: {got:?}");
+    // A token of the same form whose id nobody made: refused, after the same catch-up.
+    let unknown = made_up(&token);
+    let e = read(bearer(&unknown)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains("unknown or revoked"),
+        "{}",
+        e.message()
+    );
+}
+
+/// `token` with the first digit of its id changed: well-formed, and nobody made it.
+fn made_up(token: &str) -> String {
+    let at = "rgt_".len();
+    let digit = if &token[at..=at] == "0" { "1" } else { "0" };
+    format!("{}{digit}{}", &token[..at], &token[at + 1..])
+}
+
+/// A member not added yet answers an operator's `Status`, sent with the operator's token (which
+/// it cannot know), with the routing view: `cluster add-learner` learns its peer address so.
+/// Once added it knows the token; a member of the cluster still refuses a token it does not
+/// know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_not_yet_added_answers_status_to_an_operators_token() {
+    let (env, admin) = cluster().await;
+    let admin = bearer(&admin);
+    let spare = start(&env.ca, 4, env._dir.path(), env.offset.clone()).await;
+    let status = |addr: String, cred: Cred| {
+        let ch = env.plain.channel(&addr).unwrap();
+        async move {
+            ClusterServiceClient::new(ch)
+                .status(req(&cred, pb::StatusRequest {}))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let s = status(spare.local_addr().to_string(), admin.clone())
+        .await
+        .unwrap();
+    assert_eq!(s.node_id, 4);
+    assert_eq!(s.peer_addr, spare.peer_local_addr().to_string());
+    assert!(s.membership.is_none(), "the routing view only: {s:?}");
+    // Added as a learner (waiting until it has caught up), it knows the token: the whole view.
+    let leader = env.leader().await;
+    ClusterServiceClient::new(env.channel(leader, &admin))
+        .add_learner(req(
+            &admin,
+            pb::AddLearnerRequest {
+                member: Some(pb::Member {
+                    id: 4,
+                    addr: spare.local_addr().to_string(),
+                    peer_addr: s.peer_addr.clone(),
+                }),
+                wait: true,
+            },
+        ))
+        .await
+        .unwrap();
+    let s = status(spare.local_addr().to_string(), admin.clone())
+        .await
+        .unwrap();
+    assert!(s.membership.is_some(), "{s:?}");
+    // A made-up token on a member: refused.
+    let Cred::Header(h) = &admin else {
+        unreachable!()
+    };
+    let token = h.trim_start_matches("Bearer ");
+    let unknown = made_up(token);
+    let e = status(env.addr(1), bearer(&unknown)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    spare.shutdown().await.unwrap();
 }
 
 /// The retry hint of a refusal, in milliseconds (0: none).

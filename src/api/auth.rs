@@ -116,6 +116,22 @@ impl Auth {
         self.mode
     }
 
+    /// Whether `authorization` (the header's value) is a well-formed bearer token of which this
+    /// member has no record (one made a moment ago and not applied here yet, or one that does
+    /// not exist).
+    pub fn token_unknown(&self, authorization: Option<&[u8]>) -> bool {
+        if self.mode == AuthMode::Off {
+            return false;
+        }
+        let Some(Ok(v)) = authorization.map(AsciiMetadataValue::try_from) else {
+            return false;
+        };
+        match bearer(&v) {
+            Ok(token) => matches!(self.reader.token(token.id), Ok(None)),
+            Err(_) => false,
+        }
+    }
+
     /// Who made `request`: see the module docs.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let header = request

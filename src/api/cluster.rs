@@ -111,6 +111,17 @@ impl ClusterApi {
         auth.admin(request, what)
     }
 
+    /// Whether this member is in no membership yet (not initialised, nor added).
+    fn unjoined(&self) -> bool {
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        m.membership().nodes().next().is_none()
+    }
+
     /// Reports `me` (this member's advertised addresses) in `Status`.
     pub fn with_addresses(mut self, me: Member) -> Self {
         self.me = me;
@@ -646,7 +657,9 @@ impl ClusterService for ClusterApi {
     /// Open to every caller: clients learn the leader from it, and `cluster init` a member's
     /// peer address before any token exists. A cluster administrator gets the whole view;
     /// anyone else what routing needs (member, cluster, state, term, leader, addresses). A
-    /// token that is sent must be valid.
+    /// token that is sent must be valid, except on a member that is in no membership yet: it
+    /// cannot know any token, and answers an operator adding it (whose client sends its
+    /// token) with the routing view.
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
@@ -654,6 +667,7 @@ impl ClusterService for ClusterApi {
         let admin = match &self.auth {
             Some((auth, _)) => match auth.caller(&request) {
                 Ok(c) => c.principal.is_cluster_admin(),
+                Err(_) if self.unjoined() => false,
                 Err(s)
                     if request
                         .metadata()

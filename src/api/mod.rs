@@ -20,6 +20,7 @@ mod batch;
 mod cluster;
 #[doc(hidden)] // the conversions, public for their tests only
 pub mod convert;
+mod fresh;
 mod graph;
 mod paced;
 mod rate;
@@ -34,6 +35,7 @@ pub use admission::{Admission, PROPOSAL_BYTES_IN_FLIGHT_DEFAULT, Permit};
 pub use auth::{Auth, Caller};
 pub use batch::BatchStats;
 pub use cluster::ClusterApi;
+pub use fresh::{CATCH_UP_MAX, CATCH_UPS_MAX, Fresh, Gate};
 pub use graph::GraphApi;
 pub use paced::Paced;
 pub use rate::Throttle;

@@ -42,8 +42,8 @@ pub use self::config::{
 pub use self::data_dir::{DATA_FORMAT, DataDir, DataDirError, Identity};
 pub use self::io::ApiIo;
 use crate::api::{
-    Admission, Auth, Clock, ClusterApi, GraphApi, Paced, Random, Router, Secrets, TenantApi,
-    TokenApi, Tokens,
+    Admission, Auth, Clock, ClusterApi, Fresh, Gate, GraphApi, Paced, Random, Router, Secrets,
+    TenantApi, TokenApi, Tokens,
 };
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
@@ -670,6 +670,8 @@ async fn services(
         &config.cluster_id,
     )
     .with_members(raft.clone());
+    // A call whose token this member has not applied yet waits to catch up first.
+    let gate = Gate::new(auth.clone(), raft.clone(), router.clone());
     let tokens = Tokens {
         raft: raft.clone(),
         clock: env.clock.clone(),
@@ -734,10 +736,10 @@ async fn services(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         // Their answers leave in pieces, large ones counted until they have left (`Paced`).
-        .add_service(Paced(graph))
-        .add_service(Paced(tenants))
-        .add_service(Paced(token_service))
-        .add_service(cluster);
+        .add_service(Paced(Fresh::new(graph, gate.clone())))
+        .add_service(Paced(Fresh::new(tenants, gate.clone())))
+        .add_service(Paced(Fresh::new(token_service, gate.clone())))
+        .add_service(Fresh::new(cluster, gate));
     let peer = builder()
         .max_concurrent_streams(Some(PEER_STREAMS_PER_CONNECTION_MAX))
         .add_service(peers);
