@@ -126,6 +126,7 @@ struct Search<'a> {
     entries: &'a [Entry],
     memo: HashSet<(Vec<u64>, i64)>,
     visited: u64,
+    budget: u64,
 }
 
 impl Search<'_> {
@@ -134,7 +135,7 @@ impl Search<'_> {
             return Ok(true);
         }
         self.visited += 1;
-        if self.visited > BUDGET {
+        if self.visited > self.budget {
             return Err(());
         }
         if self.memo.len() >= MEMO_MAX {
@@ -174,6 +175,11 @@ impl Search<'_> {
 
 /// `Err(report)` naming the first key whose history is not linearizable.
 pub fn check(history: &History) -> Result<CheckStats, String> {
+    check_within(history, BUDGET)
+}
+
+/// [`check`], visiting at most `budget` states per key (past it: a failure).
+pub fn check_within(history: &History, budget: u64) -> Result<CheckStats, String> {
     let mut stats = CheckStats::default();
     for (key, mut entries) in per_key(history) {
         entries.sort_by_key(|e| e.invoked);
@@ -184,6 +190,7 @@ pub fn check(history: &History) -> Result<CheckStats, String> {
             entries: &entries,
             memo: HashSet::new(),
             visited: 0,
+            budget,
         };
         let mut done = vec![0u64; entries.len().div_ceil(64)];
         let verdict = search.run(&mut done, INITIAL, required);
@@ -377,6 +384,26 @@ mod tests {
             (cas(1, 2), Outcome::Fail("precondition failed".into()), 5, 6),
         ]);
         check(&hist).unwrap();
+    }
+
+    /// Twelve overlapping writes and a read of a value none wrote: no linearization, found
+    /// within the budget; with a budget of 1,000 states the search gives up, and says so.
+    #[test]
+    fn a_search_past_its_budget_fails_and_says_so() {
+        let mut ops: Vec<_> = (1..=12).map(|v| (w(v), done(), v as u64, 100)).collect();
+        ops.push((r(), ok(99), 101, 102));
+        let hist = h(&ops);
+        let e = check(&hist).unwrap_err();
+        assert!(e.contains("no linearization exists"), "{e}");
+        let e = check_within(&hist, 1_000).unwrap_err();
+        assert!(e.contains("exceeded its budget"), "{e}");
+        // And a linearizable history that needs more states than the budget is not passed.
+        let mut fine = ops.clone();
+        fine.pop();
+        fine.push((r(), ok(7), 101, 102));
+        let stats = check(&h(&fine)).unwrap();
+        assert!(stats.visited > 12, "{stats:?}");
+        assert!(check_within(&h(&fine), 5).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ compile_error!(
 );
 
 mod attacker;
+mod check_brute;
 mod check_isolation;
 mod check_leaders;
 mod check_linearizable;
