@@ -533,6 +533,24 @@ async fn perform(c: &Client, call: &Call) -> Result<Option<i64>, Status> {
 }
 
 impl Work {
+    /// Performs `call` as `process`, its invocation and completion in the history.
+    async fn record(&self, process: u64, client: &Client, call: &Call) -> Outcome {
+        let i = self
+            .history
+            .lock()
+            .unwrap()
+            .invoke(process, call.clone(), ms(self.start));
+        let outcome = match perform(client, call).await {
+            Ok(v) => Outcome::Ok(v),
+            Err(s) => self.failure(call, &s),
+        };
+        self.history
+            .lock()
+            .unwrap()
+            .complete(i, outcome.clone(), ms(self.start));
+        outcome
+    }
+
     /// The outcome of a failed call: only a CAS refused by its precondition is a definite
     /// failure; anything else may have applied.
     fn failure(&self, call: &Call, s: &Status) -> Outcome {
@@ -590,15 +608,7 @@ async fn worker(work: Arc<Work>, access: Access, index: u64, seed: u64) {
                 via: None,
             },
         };
-        let i = work
-            .history
-            .lock()
-            .unwrap()
-            .invoke(process, call.clone(), ms(work.start));
-        let outcome = match perform(&client, &call).await {
-            Ok(v) => Outcome::Ok(v),
-            Err(s) => work.failure(&call, &s),
-        };
+        let outcome = work.record(process, &client, &call).await;
         match (&call, &outcome) {
             (Call::Write { value, .. } | Call::Cas { value, .. }, Outcome::Ok(_)) => {
                 seen.insert(key, *value);
@@ -608,12 +618,7 @@ async fn worker(work: Arc<Work>, access: Access, index: u64, seed: u64) {
             }
             _ => {}
         }
-        let unknown = matches!(outcome, Outcome::Unknown(_));
-        work.history
-            .lock()
-            .unwrap()
-            .complete(i, outcome, ms(work.start));
-        if unknown {
+        if matches!(outcome, Outcome::Unknown(_)) {
             // As in Jepsen: a process with an operation in doubt is done; a new one continues.
             process += 1;
             client = access.client(&mut rng);
@@ -966,18 +971,7 @@ async fn real_processes_stay_linearizable_under_a_nemesis() {
             value: -attempt,
         };
         let fresh = access.client(&mut rng);
-        let i = work
-            .history
-            .lock()
-            .unwrap()
-            .invoke(u64::MAX - 1, call.clone(), ms(start));
-        let outcome = match perform(&fresh, &call).await {
-            Ok(v) => Outcome::Ok(v),
-            Err(s) => work.failure(&call, &s),
-        };
-        let done = matches!(outcome, Outcome::Ok(_));
-        work.history.lock().unwrap().complete(i, outcome, ms(start));
-        if done {
+        if let Outcome::Ok(_) = work.record(u64::MAX - 1, &fresh, &call).await {
             break;
         }
         assert!(
@@ -1000,17 +994,10 @@ async fn real_processes_stay_linearizable_under_a_nemesis() {
             linearizable: true,
             via: None,
         };
-        let i = work
-            .history
-            .lock()
-            .unwrap()
-            .invoke(u64::MAX, call.clone(), ms(start));
-        let v = perform(&reader, &call).await.unwrap();
-        work.history
-            .lock()
-            .unwrap()
-            .complete(i, Outcome::Ok(v), ms(start));
-        last.insert(key, v);
+        match work.record(u64::MAX, &reader, &call).await {
+            Outcome::Ok(v) => last.insert(key, v),
+            other => panic!("the last read of register {key}: {other:?}"),
+        };
     }
     let (verdict, ok) = {
         let mut history = work.history.lock().unwrap();

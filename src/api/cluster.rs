@@ -111,15 +111,18 @@ impl ClusterApi {
         auth.admin(request, what)
     }
 
-    /// Whether this member is in no membership yet (not initialised, nor added).
-    fn unjoined(&self) -> bool {
-        let m = self
-            .raft
+    /// The membership this member knows now (the latest, committed or not).
+    fn membership(&self) -> Arc<StoredMembership> {
+        self.raft
             .metrics()
             .borrow_watched()
             .membership_config
-            .clone();
-        m.membership().nodes().next().is_none()
+            .clone()
+    }
+
+    /// Whether this member is in no membership yet (not initialised, nor added).
+    fn unjoined(&self) -> bool {
+        self.membership().membership().nodes().next().is_none()
     }
 
     /// Reports `me` (this member's advertised addresses) in `Status`.
@@ -375,12 +378,7 @@ impl ClusterApi {
                 .await
                 .map_err(route::forwarded_outcome);
         }
-        let m = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let m = self.membership();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
         for id in &ids {
             if m.membership().get_node(id).is_none() {
@@ -423,12 +421,7 @@ impl ClusterApi {
                 .await
                 .map_err(route::forwarded_outcome);
         }
-        let m = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let m = self.membership();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
         // Members already gone are skipped: a retry of a remove that went through succeeds.
         let (remove_voters, remove_learners): (BTreeSet<_>, BTreeSet<_>) = ids

@@ -38,7 +38,7 @@ pub use cluster::ClusterApi;
 pub use fresh::{CATCH_UP_MAX, CATCH_UPS_MAX, Fresh, Gate};
 pub use graph::GraphApi;
 pub use paced::Paced;
-pub use rate::Throttle;
+pub use rate::{Refusal, Throttle};
 pub use route::Router;
 pub use secrets::Secrets;
 pub use sources::{Clock, Random, os_random};

@@ -78,7 +78,7 @@ fn spacing(limits: &RateLimits) -> Duration {
 }
 
 /// A call refused for its tenant's rate, not answered yet: [`Refusal::answer`] holds it as
-/// its tenant's [`Pacer`] decided, then makes the answer.
+/// its tenant's pacer decided, then makes the answer.
 #[derive(Debug)]
 #[must_use = "a refusal is answered by awaiting Refusal::answer"]
 pub struct Refusal {
