@@ -59,6 +59,8 @@ const MEMBERS: u64 = 4;
 const TENANT: &str = "regs";
 const REGISTERS: usize = 5;
 const WORKERS: u64 = 6;
+/// The stack of the thread that runs the check.
+const CHECK_STACK_BYTES: usize = 1 << 30;
 /// Lines of a failed check's report shown in the test output.
 const REPORT_LINES_SHOWN: usize = 25;
 /// The bound of every wait for the cluster (start, recovery, convergence).
@@ -778,6 +780,41 @@ async fn nemesis(
     f
 }
 
+/// The checker on a thread of its own: its search recurses once per operation of a
+/// register, and a soak's 60k deep needs more than a test thread's stack (the stack is
+/// reserved, not touched, until used).
+fn check_deep(history: &History) -> Result<check_linearizable::CheckStats, String> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(CHECK_STACK_BYTES)
+            .spawn_scoped(scope, || check_linearizable::check(history))
+            .expect("a thread for the check")
+            .join()
+            .expect("the check did not panic")
+    })
+}
+
+/// A soak-length history on one register: 60,000 operations, about what one register gets in
+/// a 30-minute soak (the check overflowed the test thread's stack at that depth before it had a
+/// thread of its own).
+#[test]
+fn a_soak_length_history_is_checked() {
+    let mut h = History::default();
+    for i in 1..=30_000i64 {
+        let w = h.invoke(1, Call::Write { key: 1, value: i }, 0);
+        h.complete(w, Outcome::Ok(None), 0);
+        let read = Call::Read {
+            key: 1,
+            linearizable: true,
+            via: None,
+        };
+        let r = h.invoke(2, read, 0);
+        h.complete(r, Outcome::Ok(Some(i)), 0);
+    }
+    let stats = check_deep(&h).unwrap();
+    assert_eq!(stats.ops, 60_000);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run.
 
@@ -1020,7 +1057,7 @@ async fn real_processes_stay_linearizable_under_a_nemesis() {
             net.unidentified,
             work.lagging.lock().unwrap()
         );
-        (check_linearizable::check(&history), ok)
+        (check_deep(&history), ok)
     };
     let unexpected = work.unexpected.lock().unwrap().clone();
     assert!(
