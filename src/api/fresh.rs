@@ -11,10 +11,10 @@
 //! open to every caller, is let through to answer what it can ([`STATUS_PATH`]).
 //!
 //! **Bounds.** A token that does not exist costs its call one read index, then the usual
-//! UNAUTHENTICATED. At most [`CATCH_UPS_MAX`] calls wait at once on a member (past that, a
-//! call is authenticated on what the member has, without waiting), each at most
-//! [`CATCH_UP_MAX`]. A malformed token, a known one (revoked, expired or not) and a call
-//! without one never wait.
+//! UNAUTHENTICATED; so does a revoked one (revoking deletes the record). At most
+//! [`CATCH_UPS_MAX`] calls wait at once on a member (past that, a call is authenticated on
+//! what the member has, without waiting), each at most [`CATCH_UP_MAX`]. A malformed token, a
+//! known one (expired or not) and a call without one never wait.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
