@@ -292,6 +292,9 @@ impl<C: RaftTypeConfig> Disk<C> {
     /// Saves the vote durably.
     pub fn save_vote(&mut self, vote: VoteOf<C>) -> Result<(), WalError> {
         self.meta.vote = Some(vote);
+        if !self.cfg.persists_votes() {
+            return Ok(());
+        }
         self.write_meta()
     }
 
@@ -408,11 +411,6 @@ impl<C: RaftTypeConfig> Disk<C> {
             .sum();
         let mut buf = Vec::with_capacity(body + 64);
         format::encode_record(RecordKind::Batch, &seg.synced_len.to_le_bytes(), &mut buf);
-        if let Some(c) = committed {
-            let payload = codec::encode(&Some(c))
-                .map_err(|e| WalError::Io(io::Error::other(e.to_string())))?;
-            format::encode_record(RecordKind::Committed, &payload, &mut buf);
-        }
         let mut positions = Vec::with_capacity(entries.len());
         for (expected, e) in (seg.next_index()..).zip(entries) {
             if e.index != expected {
@@ -430,6 +428,14 @@ impl<C: RaftTypeConfig> Disk<C> {
                 len: e.bytes.len() as u32,
             });
             format::encode_record(RecordKind::Entry, &e.bytes, &mut buf);
+        }
+        // The committed id goes last: it may name this group's own entries, and a scan stops at
+        // the first damaged record, so a committed record that survives a torn write has every
+        // entry before it (first, a tear could keep it and lose the entries it names).
+        if let Some(c) = committed {
+            let payload = codec::encode(&Some(c))
+                .map_err(|e| WalError::Io(io::Error::other(e.to_string())))?;
+            format::encode_record(RecordKind::Committed, &payload, &mut buf);
         }
         seg.file
             .write_all_at(&buf, seg.len)

@@ -24,8 +24,11 @@
 //!
 //! Every group-commit batch starts with a [`RecordKind::Batch`] record whose payload (8 bytes) is
 //! the segment offset up to which the previous `fdatasync` made this segment durable. Entries are
-//! [`RecordKind::Entry`] records holding one codec-encoded log entry; [`RecordKind::Committed`]
-//! records hold the codec-encoded committed log id.
+//! [`RecordKind::Entry`] records holding one codec-encoded log entry; a [`RecordKind::Committed`]
+//! record holds the codec-encoded committed log id, and ends its batch: the id may name the
+//! batch's own entries, and a scan stops at the first damaged record, so a committed record
+//! read back always has the entries before it. (Logs written before this order put it right
+//! after the batch record; they read the same.)
 //!
 //! **Meta file** `wal.meta` (replaced atomically: written to `wal.meta.tmp`, synced, renamed,
 //! directory synced) holds the vote, the purge point, the committed id as of its writing and a
