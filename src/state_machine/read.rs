@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::keys;
 use super::shared::Shared;
 use super::snapshot::{Item, cf_handles, registered_cfs, walk};
-use super::store::{Store, rocks_err};
+use super::store::{Rocks, Store, rocks_err};
 use super::stream::StateHasher;
 use crate::auth::{Credential, TokenInfo, TokenRecord};
 use crate::codec;
@@ -368,6 +368,18 @@ impl GraphReader {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<RawPair>, Option<Vec<u8>>), ReadError> {
+        Self::page_at(store, cf, prefix, after, limit, None)
+    }
+
+    /// [`GraphReader::page`] at `snapshot` (`None`: the latest state).
+    fn page_at(
+        store: &Store,
+        cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, Rocks>>,
+    ) -> Result<(Vec<RawPair>, Option<Vec<u8>>), ReadError> {
         check_limit(limit)?;
         let start = match after {
             Some(a) if !a.starts_with(prefix) => {
@@ -386,6 +398,9 @@ impl GraphReader {
         let mut opts = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
             opts.set_iterate_upper_bound(end);
+        }
+        if let Some(snap) = snapshot {
+            opts.set_snapshot(snap);
         }
         let mode = IteratorMode::From(&start, ScanDir::Forward);
         let mut out = Vec::new();
@@ -443,7 +458,8 @@ impl GraphReader {
         })
     }
 
-    /// Nodes carrying `label`, in id order.
+    /// Nodes carrying `label`, in id order: the index and the nodes read at one point (a
+    /// RocksDB snapshot), so a page never mixes states on either side of an apply.
     pub fn nodes_by_label(
         &self,
         tenant: &str,
@@ -451,10 +467,44 @@ impl GraphReader {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Page<Node>, ReadError> {
+        self.nodes_by_label_between(tenant, label, after, limit, || {})
+    }
+
+    /// [`GraphReader::nodes_by_label`], calling `between` after the label index is read and
+    /// before the nodes are (the `testing` feature only: a test applies an entry there).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn nodes_by_label_with(
+        &self,
+        tenant: &str,
+        label: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+        between: impl FnOnce(),
+    ) -> Result<Page<Node>, ReadError> {
+        self.nodes_by_label_between(tenant, label, after, limit, between)
+    }
+
+    fn nodes_by_label_between(
+        &self,
+        tenant: &str,
+        label: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+        between: impl FnOnce(),
+    ) -> Result<Page<Node>, ReadError> {
         validate_name(label).map_err(|r| invalid("label", r))?;
         self.with_tenant(tenant, |store, cf| {
-            let (pairs, mut next) =
-                Self::page(store, cf, &keys::label_prefix(label), after, limit)?;
+            let snap = store.db().snapshot();
+            let (pairs, mut next) = Self::page_at(
+                store,
+                cf,
+                &keys::label_prefix(label),
+                after,
+                limit,
+                Some(&snap),
+            )?;
+            between();
             let mut items = Vec::with_capacity(pairs.len());
             let mut bytes = 0usize;
             for (i, (k, _)) in pairs.iter().enumerate() {
@@ -464,8 +514,7 @@ impl GraphReader {
                     break;
                 }
                 let id = keys::trailing_id(k).ok_or_else(|| corrupt(format!("label key {k:?}")))?;
-                let record = store
-                    .db()
+                let record = snap
                     .get_cf(cf, keys::node(id))
                     .map_err(|e| rocks_err("read node", e))?
                     .ok_or_else(|| corrupt(format!("label index names missing node {id}")))?;
