@@ -12,7 +12,10 @@
 //! before a crash fail afterwards, as a dead process's would.
 //!
 //! Faults: [`MemFs::fail_write_after`] and [`MemFs::fail_sync_after`] make a chosen later call fail
-//! (ENOSPC and EIO respectively) without changing any bytes.
+//! (ENOSPC and EIO respectively) without changing any bytes. [`MemFs::cut_power_at`] cuts the
+//! power *inside* the I/O: at a chosen later call (of any kind, or of one kind — a sync, a rename,
+//! a remove…), which does not happen, and after which every call fails as the dead machine's
+//! would, until the crash is applied with [`MemFs::crash_with`] (or a helper built on it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -47,6 +50,38 @@ pub struct PendingWrite {
     pub len: usize,
 }
 
+/// The calls a power cut can be aimed at (see [`MemFs::cut_power_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IoCall {
+    Write,
+    SetLen,
+    SyncData,
+    Create,
+    Remove,
+    Rename,
+    SyncDir,
+}
+
+impl IoCall {
+    /// Every kind, for a chooser.
+    pub const ALL: [IoCall; 7] = [
+        IoCall::Write,
+        IoCall::SetLen,
+        IoCall::SyncData,
+        IoCall::Create,
+        IoCall::Remove,
+        IoCall::Rename,
+        IoCall::SyncDir,
+    ];
+}
+
+/// An armed power cut: the `remaining + 1`-th call of kind `call` (any kind: `None`) cuts it.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    call: Option<IoCall>,
+    remaining: u64,
+}
+
 #[derive(Debug, Clone)]
 enum DataOp {
     Write { offset: u64, bytes: Vec<u8> },
@@ -79,6 +114,9 @@ struct State {
     write_fail_in: Option<u64>,
     sync_fail_in: Option<u64>,
     syncs: u64,
+    cut: Option<Cut>,
+    /// Set when an armed cut fired: the call it fired at. Every call fails until a crash.
+    power_off: Option<String>,
 }
 
 /// The in-memory file system. Clones share the same files.
@@ -154,6 +192,35 @@ impl State {
         out
     }
 
+    /// Fails if the power is off, or cuts it if `call` is the one an armed cut waits for.
+    fn power(
+        &mut self,
+        call: IoCall,
+        path: impl FnOnce(&State) -> Option<PathBuf>,
+    ) -> io::Result<()> {
+        if self.power_off.is_none()
+            && let Some(mut cut) = self.cut
+            && cut.call.is_none_or(|c| c == call)
+        {
+            if cut.remaining == 0 {
+                self.cut = None;
+                let at = path(self).map_or_else(|| "?".into(), |p| p.display().to_string());
+                self.power_off = Some(format!("{call:?} {at}"));
+            } else {
+                cut.remaining -= 1;
+                self.cut = Some(cut);
+            }
+        }
+        self.alive()
+    }
+
+    fn alive(&self) -> io::Result<()> {
+        match &self.power_off {
+            Some(at) => Err(io::Error::other(format!("power lost (cut at {at})"))),
+            None => Ok(()),
+        }
+    }
+
     fn countdown(slot: &mut Option<u64>) -> bool {
         match slot {
             Some(0) => {
@@ -211,6 +278,28 @@ impl MemFs {
         let live: BTreeSet<u64> = s.names.values().copied().collect();
         s.inodes.retain(|ino, _| live.contains(ino));
         s.generation += 1;
+        s.cut = None;
+        s.power_off = None;
+    }
+
+    /// Arms a power cut at the `nth + 1`-th call from now of kind `call` (of any mutating kind:
+    /// `None`). That call does not happen; it and every later call fail until a crash is applied,
+    /// which the caller does once it sees [`MemFs::power_cut`].
+    pub fn cut_power_at(&self, call: Option<IoCall>, nth: u64) {
+        lock(&self.state).cut = Some(Cut {
+            call,
+            remaining: nth,
+        });
+    }
+
+    /// Where an armed cut fired (the call and its path), if it has and no crash was applied since.
+    pub fn power_cut(&self) -> Option<String> {
+        lock(&self.state).power_off.clone()
+    }
+
+    /// Disarms a cut that has not fired.
+    pub fn disarm_cut(&self) {
+        lock(&self.state).cut = None;
     }
 
     /// A power cut that loses everything not synced.
@@ -317,6 +406,7 @@ impl MemFile {
         if s.generation != self.generation || !s.inodes.contains_key(&self.ino) {
             return Err(io::Error::other("file handle from before a crash"));
         }
+        s.alive()?;
         f(&mut s, self.ino)
     }
 }
@@ -352,6 +442,7 @@ impl WalFile for MemFile {
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.with(|s, ino| {
+            s.power(IoCall::Write, |s| s.path_of(ino))?;
             if State::countdown(&mut s.write_fail_in) {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
@@ -371,6 +462,7 @@ impl WalFile for MemFile {
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.with(|s, ino| {
+            s.power(IoCall::SyncData, |s| s.path_of(ino))?;
             if State::countdown(&mut s.sync_fail_in) {
                 return Err(io::Error::other("injected EIO on fsync"));
             }
@@ -384,6 +476,7 @@ impl WalFile for MemFile {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.with(|s, ino| {
+            s.power(IoCall::SetLen, |s| s.path_of(ino))?;
             let op = DataOp::SetLen(len);
             let inode = s.inodes.get_mut(&ino).expect("checked by with()");
             apply_data_op(&mut inode.data, &op, None);
@@ -395,12 +488,15 @@ impl WalFile for MemFile {
 
 impl WalFs for MemFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        lock(&self.state).dirs.insert(dir.to_path_buf());
+        let mut s = lock(&self.state);
+        s.alive()?;
+        s.dirs.insert(dir.to_path_buf());
         Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let s = lock(&self.state);
+        s.alive()?;
         if !s.dirs.contains(dir) {
             return Err(not_found(dir));
         }
@@ -413,6 +509,7 @@ impl WalFs for MemFs {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         let s = lock(&self.state);
+        s.alive()?;
         let ino = *s.names.get(path).ok_or_else(|| not_found(path))?;
         Ok(Box::new(MemFile {
             state: self.state.clone(),
@@ -423,6 +520,7 @@ impl WalFs for MemFs {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         let mut s = lock(&self.state);
+        s.power(IoCall::Create, |_| Some(path.to_path_buf()))?;
         if let Some(&ino) = s.names.get(path) {
             let inode = s.inodes.get_mut(&ino).expect("named inode exists");
             let op = DataOp::SetLen(0);
@@ -448,6 +546,7 @@ impl WalFs for MemFs {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut s = lock(&self.state);
+        s.power(IoCall::Remove, |_| Some(path.to_path_buf()))?;
         s.names.remove(path).ok_or_else(|| not_found(path))?;
         s.dir_ops.push(DirOp::Unlink(path.to_path_buf()));
         Ok(())
@@ -455,6 +554,7 @@ impl WalFs for MemFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = lock(&self.state);
+        s.power(IoCall::Rename, |_| Some(to.to_path_buf()))?;
         let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), ino);
         s.dir_ops
@@ -462,9 +562,10 @@ impl WalFs for MemFs {
         Ok(())
     }
 
-    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         // One directory per WAL: syncing it makes every pending directory change durable.
         let mut s = lock(&self.state);
+        s.power(IoCall::SyncDir, |_| Some(dir.to_path_buf()))?;
         let ops = std::mem::take(&mut s.dir_ops);
         let mut names = std::mem::take(&mut s.durable_names);
         for op in &ops {
@@ -528,6 +629,48 @@ mod tests {
         assert!(f.sync_data().is_err());
         f.sync_data().unwrap();
         assert_eq!(fs.sync_count(), 1);
+    }
+
+    #[test]
+    fn a_power_cut_stops_the_chosen_call_and_every_later_one_until_the_crash() {
+        let fs = MemFs::new();
+        fs.create_dir_all(Path::new("/w")).unwrap();
+        let mut f = fs.create(&p("a")).unwrap();
+        fs.sync_dir(Path::new("/w")).unwrap();
+        f.write_all_at(b"one", 0).unwrap();
+        f.sync_data().unwrap();
+        // The second sync from now: the write before it is left unsynced.
+        fs.cut_power_at(Some(IoCall::SyncData), 1);
+        f.write_all_at(b"two", 3).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"six", 6).unwrap();
+        assert_eq!(fs.power_cut(), None);
+        let err = f.sync_data().unwrap_err();
+        assert!(err.to_string().contains("power lost"), "{err}");
+        assert_eq!(fs.power_cut().as_deref(), Some("SyncData /w/a"));
+        // Dead: writes, reads and directory calls all fail.
+        assert!(f.write_all_at(b"x", 0).is_err());
+        assert!(f.len().is_err());
+        assert!(fs.list(Path::new("/w")).is_err());
+        assert!(fs.create(&p("b")).is_err());
+        fs.crash_drop_unsynced();
+        assert_eq!(fs.power_cut(), None);
+        assert_eq!(fs.read_file(&p("a")).unwrap(), b"onetwo");
+        let mut g = fs.open(&p("a")).unwrap();
+        g.write_all_at(b"!", 6).unwrap();
+    }
+
+    #[test]
+    fn a_power_cut_of_any_kind_counts_every_mutating_call() {
+        let fs = MemFs::new();
+        fs.create_dir_all(Path::new("/w")).unwrap();
+        fs.cut_power_at(None, 2);
+        let mut f = fs.create(&p("t")).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        assert!(fs.rename(&p("t"), &p("u")).is_err());
+        assert_eq!(fs.power_cut().as_deref(), Some("Rename /w/u"));
+        fs.crash_with(|_| Fate::Keep, |n| n);
+        assert_eq!(fs.paths(), vec![p("t")], "the cut call did not happen");
     }
 
     #[test]

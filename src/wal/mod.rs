@@ -75,7 +75,7 @@ pub mod bench;
 pub use config::WalConfig;
 pub use error::WalError;
 pub use fs::{StdFs, WalFile, WalFs};
-pub use memfs::{Fate, MemFs, PendingWrite};
+pub use memfs::{Fate, IoCall, MemFs, PendingWrite};
 pub use runtime::IoRuntime;
 pub use shared::WalStats;
 pub use store::{Wal, WalReader};
