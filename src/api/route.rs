@@ -60,6 +60,11 @@ pub struct Router {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_stale_follower_reads: bool,
+    /// Planted bug (the `testing` feature only): a member that believes it leads serves a
+    /// "linearizable" read from its own state without confirming leadership (no read index).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub planted_leader_reads_unconfirmed: bool,
 }
 
 impl Router {
@@ -280,6 +285,12 @@ pub async fn read_route(
     match pb::Consistency::try_from(consistency) {
         Ok(pb::Consistency::Serializable) => Ok(None),
         Ok(pb::Consistency::Linearizable) => {
+            #[cfg(feature = "testing")]
+            if router.planted_leader_reads_unconfirmed
+                && raft.metrics().borrow_watched().state == openraft::ServerState::Leader
+            {
+                return Ok(None);
+            }
             // Boxed: openraft's future is ~2.7 KB, and inline it would make every read's task
             // (serializable ones too) that much larger to create and move.
             match Box::pin(raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {

@@ -160,6 +160,13 @@ pub struct PlantedBugs {
     pub stale_follower_reads: bool,
     /// A repeated (client_id, sequence) is applied again instead of answered from the session.
     pub skip_session_dedup: bool,
+    /// A write may take a tenant one node past its node quota.
+    pub quota_off_by_one: bool,
+    /// A leader serves a linearizable read from its own state without confirming it still
+    /// leads (no read index).
+    pub leader_reads_unconfirmed: bool,
+    /// A vote is answered without being saved to disk.
+    pub vote_not_persisted: bool,
 }
 
 /// Where a server gets its files, threads, time, randomness and network.
@@ -187,6 +194,10 @@ pub struct ServerEnv {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted: PlantedBugs,
+    /// Told of every entry the state machine applies (the `testing` feature only).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub on_apply: Option<crate::state_machine::ApplyObserver>,
 }
 
 impl ServerEnv {
@@ -205,6 +216,8 @@ impl ServerEnv {
             random: crate::api::os_random(),
             #[cfg(feature = "testing")]
             planted: PlantedBugs::default(),
+            #[cfg(feature = "testing")]
+            on_apply: None,
         }
     }
 }
@@ -559,6 +572,7 @@ impl Storage {
         #[cfg(feature = "testing")]
         let wal_config = crate::wal::WalConfig {
             planted_ack_before_sync: env.planted.ack_before_sync,
+            planted_vote_not_persisted: env.planted.vote_not_persisted,
             ..wal_config
         };
         let wal = Wal::open(wal_config, env.wal_fs.clone(), env.wal_io).await?;
@@ -567,6 +581,8 @@ impl Storage {
         #[cfg(feature = "testing")]
         {
             sm_config.planted_skip_session_dedup = env.planted.skip_session_dedup;
+            sm_config.planted_quota_off_by_one = env.planted.quota_off_by_one;
+            sm_config.on_apply = env.on_apply.clone();
         }
         let snapshots_dir = sm_config.dir.join("snapshots");
         let sm = StateMachine::open(sm_config)
@@ -636,6 +652,8 @@ async fn services(
         cluster_id: config.cluster_id.clone(),
         #[cfg(feature = "testing")]
         planted_stale_follower_reads: env.planted.stale_follower_reads,
+        #[cfg(feature = "testing")]
+        planted_leader_reads_unconfirmed: env.planted.leader_reads_unconfirmed,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     // Reflection lists what the client listener serves: not the Raft service.

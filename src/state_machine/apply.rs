@@ -4,6 +4,7 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
+use super::config::ApplyBugs;
 use super::keys;
 use super::ops::{Writer, corrupt, load, save};
 use super::store::Store;
@@ -80,7 +81,7 @@ pub(crate) fn apply_request(
     req: &Request,
     layer: &mut Layer,
     ddl: &mut Ddl,
-    planted_skip_session_dedup: bool,
+    planted: ApplyBugs,
 ) -> io::Result<Response> {
     let base: &Layer = layer;
     let refuse = |e: ApplyError| Ok(Response { outcome: Err(e) });
@@ -120,7 +121,7 @@ pub(crate) fn apply_request(
                 sequence: req.sequence,
             });
         }
-        Some(s) if req.sequence == s.sequence && !planted_skip_session_dedup => {
+        Some(s) if req.sequence == s.sequence && !planted.skip_session_dedup => {
             return Ok(s.response.clone());
         }
         Some(s) if req.sequence == s.sequence => {}
@@ -133,7 +134,7 @@ pub(crate) fn apply_request(
     // `execute` changes `globals` in memory only; `before` is what is stored.
     let before = load_globals(&txn).map_err(fatal_of)?;
     let mut globals = before.clone();
-    let outcome = match execute(store, &mut txn, index, req, &mut globals, ddl) {
+    let outcome = match execute(store, &mut txn, index, req, &mut globals, ddl, planted) {
         Ok(o) => Ok(o),
         Err(Fail::Fatal(e)) => return Err(e),
         Err(Fail::Refused(e @ ApplyError::TenantNotFound { .. }))
@@ -372,10 +373,11 @@ fn execute<'s>(
     req: &Request,
     globals: &mut Globals,
     ddl: &mut Ddl,
+    planted: ApplyBugs,
 ) -> Result<Outcome, Fail> {
     let now = req.timestamp_micros;
     match &req.command {
-        Command::Write(w) => write(store, txn, index, w, &globals.limits),
+        Command::Write(w) => write(store, txn, index, w, &globals.limits, planted),
         Command::CreateTenant {
             tenant,
             quotas,
@@ -693,6 +695,7 @@ fn write<'s>(
     index: u64,
     w: &WriteRequest,
     limits: &ClusterLimits,
+    planted: ApplyBugs,
 ) -> Result<Outcome, Fail> {
     w.validate()?;
     let rec = tenant_record(txn, &w.tenant)?;
@@ -715,7 +718,11 @@ fn write<'s>(
     let bytes = i128::from(before.usage.storage_bytes) + i128::from(txn.data_bytes);
     after.usage.storage_bytes = u64::try_from(bytes)
         .map_err(|_| corrupt(format_args!("tenant {}: storage bytes {bytes}", w.tenant)))?;
-    check_quotas(&w.tenant, &rec.quotas, &before.usage, &after.usage)?;
+    let mut quotas = rec.quotas;
+    if planted.quota_off_by_one {
+        quotas.max_nodes = quotas.max_nodes.map(|n| n + 1);
+    }
+    check_quotas(&w.tenant, &quotas, &before.usage, &after.usage)?;
     save(txn, Cf::Meta, &keys::tenant_counters(&w.tenant), &after)?;
     // The session record that follows is not the request's to pay for (and must not fail).
     txn.budget = None;

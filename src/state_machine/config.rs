@@ -2,6 +2,8 @@
 
 use std::io;
 use std::path::PathBuf;
+#[cfg(feature = "testing")]
+use std::sync::Arc;
 
 /// Where blocking RocksDB work (checkpoint, snapshot stream, ingest) runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +30,16 @@ impl Blocking {
             },
         }
     }
+}
+
+/// Bugs planted in apply, to show the simulation catches them; only the `testing` feature sets
+/// any (see `StateMachineConfig::planted_*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ApplyBugs {
+    /// A repeated (client_id, sequence) is applied again instead of answered from the session.
+    pub skip_session_dedup: bool,
+    /// A write may take a tenant one node past its node quota.
+    pub quota_off_by_one: bool,
 }
 
 /// Server-local settings of the state machine.
@@ -57,6 +69,30 @@ pub struct StateMachineConfig {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_skip_session_dedup: bool,
+    /// Planted bug (the `testing` feature only): a write may take a tenant one node past its
+    /// node quota.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub planted_quota_off_by_one: bool,
+    /// Told of every entry applied (the `testing` feature only): the simulation compares what
+    /// each member applied at each index.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub on_apply: Option<ApplyObserver>,
+}
+
+/// Called with each applied entry's index, term and a fingerprint of the whole entry (the
+/// `testing` feature only).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct ApplyObserver(pub Arc<dyn Fn(u64, u64, u64) + Send + Sync>);
+
+#[cfg(feature = "testing")]
+impl std::fmt::Debug for ApplyObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplyObserver")
+    }
 }
 
 impl StateMachineConfig {
@@ -72,6 +108,10 @@ impl StateMachineConfig {
             check_apply_order: true,
             #[cfg(feature = "testing")]
             planted_skip_session_dedup: false,
+            #[cfg(feature = "testing")]
+            planted_quota_off_by_one: false,
+            #[cfg(feature = "testing")]
+            on_apply: None,
         }
     }
 
@@ -85,13 +125,31 @@ impl StateMachineConfig {
         false
     }
 
-    /// Whether a repeated request is applied again (a planted bug; never outside tests).
-    pub(crate) fn skips_session_dedup(&self) -> bool {
+    /// The bugs planted in apply (all off outside tests).
+    pub(crate) fn apply_bugs(&self) -> ApplyBugs {
         #[cfg(feature = "testing")]
-        if self.planted_skip_session_dedup {
-            return true;
+        return ApplyBugs {
+            skip_session_dedup: self.planted_skip_session_dedup,
+            quota_off_by_one: self.planted_quota_off_by_one,
+        };
+        #[cfg(not(feature = "testing"))]
+        ApplyBugs::default()
+    }
+
+    /// Tells the observer, if any, that `entry` was applied.
+    #[cfg_attr(not(feature = "testing"), allow(unused_variables))]
+    pub(crate) fn observe_apply(&self, entry: &crate::raft::Entry) {
+        #[cfg(feature = "testing")]
+        if let Some(observe) = &self.on_apply {
+            use openraft::entry::RaftEntry;
+            use std::hash::{Hash, Hasher};
+            let log_id = entry.log_id();
+            // The same bytes the WAL stores: equal fingerprints mean equal entries.
+            let bytes = crate::codec::encode(entry).unwrap_or_default();
+            let mut h = std::hash::DefaultHasher::new();
+            bytes.hash(&mut h);
+            (observe.0)(log_id.index, log_id.committed_leader_id().term, h.finish());
         }
-        false
     }
 
     pub fn validate(&self) -> io::Result<()> {

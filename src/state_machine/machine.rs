@@ -188,7 +188,7 @@ impl StateMachine {
                             req,
                             &mut layer,
                             &mut ddl,
-                            self.shared.cfg.skips_session_dedup(),
+                            self.shared.cfg.apply_bugs(),
                         )?,
                     };
                     responses.push(response);
@@ -228,6 +228,7 @@ impl StateMachine {
         if let Some(m) = membership {
             self.membership = m;
         }
+        self.shared.cfg.observe_apply(entry);
         Ok(Responses { responses })
     }
 

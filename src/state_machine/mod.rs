@@ -83,6 +83,9 @@ pub mod stream;
 mod txn;
 mod verify;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use config::ApplyObserver;
 pub use config::{Blocking, StateMachineConfig};
 pub use machine::{Builder, StateMachine};
 

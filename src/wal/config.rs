@@ -46,6 +46,11 @@ pub struct WalConfig {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_ack_before_sync: bool,
+    /// Planted bug (the `testing` feature only): a vote is acknowledged without being written,
+    /// so a restart can forget it and vote twice in one term.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub planted_vote_not_persisted: bool,
 }
 
 impl WalConfig {
@@ -61,6 +66,8 @@ impl WalConfig {
             spare_segment: true,
             #[cfg(feature = "testing")]
             planted_ack_before_sync: false,
+            #[cfg(feature = "testing")]
+            planted_vote_not_persisted: false,
         }
     }
 
@@ -69,6 +76,16 @@ impl WalConfig {
     pub(crate) fn sync_appends(&self) -> bool {
         #[cfg(feature = "testing")]
         if self.planted_ack_before_sync {
+            return false;
+        }
+        true
+    }
+
+    /// Whether a vote is written before it is acknowledged: always, unless a test planted the
+    /// bug.
+    pub(crate) fn persists_votes(&self) -> bool {
+        #[cfg(feature = "testing")]
+        if self.planted_vote_not_persisted {
             return false;
         }
         true
