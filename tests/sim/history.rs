@@ -25,6 +25,20 @@ pub enum Call {
     Create { tag: i64 },
     /// Deletes node `id` (created earlier with `tag`) from the quota tenant.
     Delete { id: u64, tag: i64 },
+    /// Moves `amount` from account `from` to account `to` in one write of two operations,
+    /// preconditioned on both balances (`expect`): the sum of the accounts never changes.
+    Transfer {
+        from: Key,
+        to: Key,
+        amount: i64,
+        expect: (i64, i64),
+    },
+    /// Reads every account in one call (a label page, one point in time); the outcome is the
+    /// sum of their balances (`None`: an account was missing).
+    Accounts {
+        linearizable: bool,
+        via: Option<String>,
+    },
 }
 
 /// How a call ended.

@@ -17,6 +17,8 @@ compile_error!(
 );
 
 mod attacker;
+mod check_accounts;
+mod check_applied;
 mod check_brute;
 mod check_isolation;
 mod check_leaders;
@@ -54,12 +56,18 @@ struct Summary {
     recovered_ms: u64,
     snapshots: u64,
     terms: usize,
+    /// Indexes whose entry every member that applied it applied alike.
+    indexes: usize,
+    /// Reads of every account checked for the sum.
+    account_reads: usize,
     visited: u64,
     refused_cas: u64,
     refused_quota: u64,
     /// Mallory's calls on others: refused, and in doubt (no answer under faults).
     mallory_refused: u64,
     mallory_in_doubt: u64,
+    /// Faults injected, by kind.
+    faults: std::collections::BTreeMap<String, u64>,
 }
 
 /// A failed run: the property, the report, how to replay it, where the evidence went.
@@ -150,15 +158,16 @@ fn scrub(logs: &[u8], run: &Run) -> String {
 /// Runs every checker; the first violated property fails the run.
 fn check(run: &Run) -> Result<Summary, (String, String)> {
     let s = &run.shared;
-    let named = |r: Result<(), String>| {
+    fn named<T>(r: Result<T, String>) -> Result<T, (String, String)> {
         r.map_err(|e| {
             let property = e.split(':').next().unwrap_or("unknown").to_string();
             (property, e)
         })
-    };
+    }
     let recovered_ms = check_recovery::check(s, run.sim_error.as_deref())
         .map_err(|e| ("recovery".to_string(), e))?;
     named(check_leaders::check(&s.leaders))?;
+    let indexes = named(check_applied::check(&run.applies, &s.backwards))?;
     let stats =
         check_linearizable::check(&s.history).map_err(|e| ("linearizability".to_string(), e))?;
     named(check_values::check(&s.history))?;
@@ -168,6 +177,7 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         .ok_or(("recovery".to_string(), "no final replica state".to_string()))?;
     named(check_replicas::check(replicas))?;
     named(check_writes::check(&s.history, replicas))?;
+    let account_reads = named(check_accounts::check(&s.history, replicas))?;
     named(check_quota::check(&s.usage, replicas))?;
     named(check_refusals::check(&s.refused))?;
     let tokens = s
@@ -205,11 +215,14 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         recovered_ms,
         snapshots: s.snapshots,
         terms: s.leaders.len(),
+        indexes,
+        account_reads,
         visited: stats.visited,
         refused_cas: s.refused.precondition,
         refused_quota: s.refused.quota,
         mallory_refused: s.attempts.refused,
         mallory_in_doubt: s.attempts.in_doubt,
+        faults: s.faults.clone(),
     })
 }
 
@@ -263,6 +276,9 @@ fn planted_by_name(name: &str) -> PlantedBugs {
         "ack_before_sync" => p.ack_before_sync = true,
         "stale_follower_reads" => p.stale_follower_reads = true,
         "skip_session_dedup" => p.skip_session_dedup = true,
+        "quota_off_by_one" => p.quota_off_by_one = true,
+        "leader_reads_unconfirmed" => p.leader_reads_unconfirmed = true,
+        "vote_not_persisted" => p.vote_not_persisted = true,
         other => panic!("SIM_PLANTED={other}: not a planted bug"),
     }
     p
@@ -426,8 +442,13 @@ fn seeds() {
         .collect();
     let failures = run_many(seed_range(), &env);
     if let Some(f) = failures.first() {
+        // By the property each violated: a planted bug's catch rate per check.
+        let mut by_property = std::collections::BTreeMap::<&str, u64>::new();
+        for f in &failures {
+            *by_property.entry(f.property().unwrap_or("?")).or_default() += 1;
+        }
         panic!(
-            "{} of the seeds failed ({:?}); the first:\n{}",
+            "{} of the seeds failed ({:?}), by property {by_property:?}; the first:\n{}",
             failures.len(),
             failures.iter().map(|f| f.seed).collect::<Vec<_>>(),
             f.output
@@ -521,6 +542,25 @@ fn planted_skipped_session_dedup_is_caught() {
         // A create or write applied twice, or a retried delete applied twice, whose second
         // application answers "not found" (a refusal the workload never provokes).
         &["writes", "linearizability", "refusals"],
+    );
+}
+
+#[test]
+fn planted_quota_off_by_one_is_caught() {
+    planted("quota_off_by_one", &["quota"]);
+}
+
+#[test]
+fn planted_leader_reads_unconfirmed_are_caught() {
+    planted("leader_reads_unconfirmed", &["linearizability"]);
+}
+
+#[test]
+fn planted_vote_not_persisted_is_caught() {
+    planted(
+        "vote_not_persisted",
+        // A member whose term goes back after a restart, or two leaders in one term.
+        &["monotonic", "leaders", "linearizability", "writes"],
     );
 }
 

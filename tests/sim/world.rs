@@ -18,7 +18,7 @@ use openraft::async_runtime::WatchReceiver;
 use raftgraph::proto::v1 as pb;
 use raftgraph::server::{Incoming, PlantedBugs, Server, ServerConfig, ServerEnv};
 use raftgraph::state_machine::Blocking;
-use raftgraph::wal::{IoRuntime, MemFs};
+use raftgraph::wal::{IoCall, IoRuntime, MemFs};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -94,6 +94,8 @@ pub struct Shared {
     /// (time, node, usage of the quota tenant) as each replica reported it.
     pub usage: Vec<(u64, String, pb::Usage)>,
     pub registers: Vec<u64>,
+    /// The accounts setup made (transfers keep their sum).
+    pub accounts: Vec<u64>,
     pub setup_done_ms: Option<u64>,
     /// Workers still running (the final checks wait for every call to end).
     pub workers_running: u64,
@@ -114,6 +116,10 @@ pub struct Shared {
     pub attempts: super::attacker::Attempts,
     /// Every token at the end (`<role> <tenant or id>`).
     pub tokens: Option<Vec<String>>,
+    /// A member's term, commit or applied point seen going back.
+    pub backwards: Vec<String>,
+    /// Faults injected, by kind (with `PowerCutInIo(fired)` and `(not fired)`).
+    pub faults: BTreeMap<String, u64>,
     /// The cluster limits after setup, rendered.
     pub limits_at_setup: String,
     /// At the end: every tenant's id, and the cluster limits rendered.
@@ -148,6 +154,36 @@ impl Shared {
     }
 }
 
+/// What the members applied at each index: the first application seen, and every
+/// disagreement with it. Filled from inside the hosts (the state machine's apply observer).
+#[derive(Default)]
+pub struct Applies {
+    /// Index → (term, fingerprint of the entry, who applied it first: `n2 boot 3`).
+    pub first: BTreeMap<u64, (u64, u64, String)>,
+    /// Applications seen (re-applications after a restart included).
+    pub count: u64,
+    pub violations: Vec<String>,
+}
+
+impl Applies {
+    fn record(&mut self, who: &str, index: u64, term: u64, fingerprint: u64) {
+        self.count += 1;
+        match self.first.get(&index) {
+            None => {
+                self.first
+                    .insert(index, (term, fingerprint, who.to_string()));
+            }
+            Some((t, f, first)) if (*t, *f) != (term, fingerprint) => {
+                self.violations.push(format!(
+                    "{who} applied entry {index} of term {term} (fingerprint {fingerprint:016x}); \
+                     {first} had applied entry {index} of term {t} (fingerprint {f:016x})"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// One node's lasting state: its disk.
 struct Disk {
     name: &'static str,
@@ -156,6 +192,11 @@ struct Disk {
     config: ServerConfig,
     wal: Arc<MemFs>,
     boots: Cell<u64>,
+    /// The highest term this member was seen leading, over all its boots: a leader's vote is
+    /// on disk (it was granted by a quorum only after being saved), so no later boot may start
+    /// below it.
+    led_term: Cell<u64>,
+    applies: Arc<std::sync::Mutex<Applies>>,
 }
 
 /// Random bytes from a seed: the same run makes the same tokens.
@@ -216,10 +257,20 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
         seed: Some(opts.seed ^ (id << 48) ^ (boot << 32)),
         random: seeded_random(opts.seed ^ (id << 48) ^ (boot << 32) ^ 0x70cc),
         planted: opts.planted,
+        on_apply: Some({
+            let applies = disk.applies.clone();
+            let who = format!("n{id} boot {boot}");
+            raftgraph::state_machine::ApplyObserver(Arc::new(move |index, term, fingerprint| {
+                let mut a = applies.lock().unwrap_or_else(|p| p.into_inner());
+                a.record(&who, index, term, fingerprint);
+            }))
+        }),
     };
     shared.borrow_mut().trace(format!("n{id} boot {boot}"));
     let node = match Server::start_in(disk.config.clone(), incoming, env).await {
         Ok(n) => n,
+        // The power went out mid-recovery: the machine is off until the harness crashes it.
+        Err(_) if disk.wal.power_cut().is_some() => return powered_off().await,
         Err(e) => {
             let msg = format!("n{id} boot {boot}: failed to start: {e}");
             shared.borrow_mut().node_errors.push(msg.clone());
@@ -229,8 +280,50 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
     // Watch the node's Raft state: leaders per term, snapshots, fatal errors.
     let mut metrics = node.raft().metrics();
     let mut last = None;
+    // Within one boot, none of the term, the commit point and the applied point goes back.
+    let (mut term, mut committed, mut applied) = (0, None, None);
     loop {
         let m = metrics.borrow_watched().clone();
+        {
+            let mut backwards = Vec::new();
+            // openraft's placeholder before it has read the disk: term 0, nothing logged.
+            let placeholder =
+                m.current_term == 0 && m.last_log_index.is_none() && m.last_applied.is_none();
+            if !placeholder && m.current_term < disk.led_term.get() {
+                backwards.push(format!(
+                    "n{id} boot {boot}: term {} after leading term {} (a vote lost)",
+                    m.current_term,
+                    disk.led_term.get()
+                ));
+            }
+            if m.current_term < term {
+                backwards.push(format!(
+                    "n{id} boot {boot}: term {} after term {term}",
+                    m.current_term
+                ));
+            }
+            term = term.max(m.current_term);
+            if m.state == ServerState::Leader {
+                disk.led_term.set(disk.led_term.get().max(m.current_term));
+            }
+            if m.local_committed < committed {
+                backwards.push(format!(
+                    "n{id} boot {boot}: committed {:?} after {committed:?}",
+                    m.local_committed
+                ));
+            }
+            if m.last_applied < applied {
+                backwards.push(format!(
+                    "n{id} boot {boot}: applied {:?} after {applied:?}",
+                    m.last_applied
+                ));
+            }
+            committed = committed.max(m.local_committed);
+            applied = applied.max(m.last_applied);
+            if !backwards.is_empty() {
+                shared.borrow_mut().backwards.extend(backwards);
+            }
+        }
         let seen = (
             m.current_term,
             m.state,
@@ -254,6 +347,9 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
             }
             last = Some(seen);
         }
+        if m.running_state.is_err() && disk.wal.power_cut().is_some() {
+            return powered_off().await;
+        }
         if let Err(e) = &m.running_state {
             let msg = format!("n{id} boot {boot}: Raft stopped: {e}");
             shared.borrow_mut().node_errors.push(msg.clone());
@@ -265,7 +361,12 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
     }
 }
 
-/// A fault the harness applies between steps.
+/// A host whose disk lost power: silent until the harness crashes it (the same step's end).
+async fn powered_off() -> turmoil::Result {
+    std::future::pending().await
+}
+
+/// A fault the harness applies between steps (or arms, for a cut inside the I/O).
 #[derive(Clone, Debug)]
 pub enum Fault {
     /// Cut every link between the two sides for a while.
@@ -290,6 +391,37 @@ pub enum Fault {
     PowerLoss { nodes: Vec<usize>, down_ms: u64 },
     /// Crash the leader right after a long-down node restarts (mid snapshot transfer).
     CrashLeaderDuringCatchUp { down_ms: u64 },
+    /// Power loss *inside* the WAL's I/O: at the `nth + 1`-th call of kind `call` (any kind:
+    /// `None`) on `node`'s disk — between a write and its sync, between `wal.meta`'s temporary
+    /// file and its rename, mid-truncate, mid-purge, mid-rotation, mid-recovery. That call does
+    /// not happen; unsynced writes are then kept, dropped or torn as for [`Fault::PowerLoss`].
+    /// Disarmed if it has not fired within [`CUT_ARMED_MS`].
+    PowerCutInIo {
+        node: usize,
+        call: Option<IoCall>,
+        nth: u64,
+        down_ms: u64,
+    },
+}
+
+/// How long an armed [`Fault::PowerCutInIo`] waits for its call.
+pub const CUT_ARMED_MS: u64 = 5_000;
+
+impl Fault {
+    /// The fault's kind, for the counts a run reports.
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::PowerCutInIo { call, .. } => match call {
+                Some(c) => format!("PowerCutInIo({c:?})"),
+                None => "PowerCutInIo(any)".into(),
+            },
+            other => format!("{other:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap_or("?")
+                .to_string(),
+        }
+    }
 }
 
 fn pick_nodes(rng: &mut SmallRng, max: usize) -> Vec<usize> {
@@ -345,11 +477,31 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 down_ms: if long_down { long(rng) } else { short(rng) },
             }
         }
-        68..90 => {
+        68..81 => {
             let long_down = rng.random_bool(0.2);
             Fault::PowerLoss {
                 nodes: pick_nodes(rng, 3),
                 down_ms: if long_down { long(rng) } else { short(rng) },
+            }
+        }
+        81..92 => {
+            // Half aimed at any call soon; half at a kind, the rare ones (rename, remove,
+            // set_len, create: meta replacement, purge, truncate, rotation) among them.
+            let (call, nth) = if rng.random_bool(0.5) {
+                (None, rng.random_range(0..60))
+            } else {
+                let call = IoCall::ALL[rng.random_range(0..IoCall::ALL.len())];
+                let nth = match call {
+                    IoCall::Write | IoCall::SyncData => rng.random_range(0..30),
+                    _ => rng.random_range(0..3),
+                };
+                (Some(call), nth)
+            };
+            Fault::PowerCutInIo {
+                node: rng.random_range(0..NODES.len()),
+                call,
+                nth,
+                down_ms: short(rng),
             }
         }
         _ => Fault::CrashLeaderDuringCatchUp { down_ms: long(rng) },
@@ -367,6 +519,9 @@ enum Undo {
     /// Start `0`, then crash the leader `1` ms later (and start it again after a while).
     StartThenCrashLeader(usize, u64),
     CrashLeader,
+    /// Disarm node `0`'s power cut if it has not fired; if it fires first, the node is down
+    /// for `1` ms.
+    Disarm(usize, u64),
 }
 
 /// The result of one run, for the checkers and for a failure report.
@@ -375,6 +530,7 @@ pub struct Run {
     /// The nodes' directories, removed when the run is dropped.
     pub _dir: tempfile::TempDir,
     pub sim_error: Option<String>,
+    pub applies: Applies,
 }
 
 /// Which database generation (`CURRENT`) each checkpoint of one node was taken from, learned
@@ -478,6 +634,7 @@ pub fn run(opts: &Options) -> Run {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(10))
         .build();
+    let applies = Arc::new(std::sync::Mutex::new(Applies::default()));
     let disks: Vec<Rc<Disk>> = (1..=NODES.len() as u64)
         .map(|id| {
             Rc::new(Disk {
@@ -486,6 +643,8 @@ pub fn run(opts: &Options) -> Run {
                 config: node_config(dir.path(), id),
                 wal: Arc::new(MemFs::new()),
                 boots: Cell::new(0),
+                led_term: Cell::new(0),
+                applies: applies.clone(),
             })
         })
         .collect();
@@ -501,8 +660,8 @@ pub fn run(opts: &Options) -> Run {
     // The work phase's end is fixed in simulated time: the setup takes what it takes first.
     let work_start_ms = 3_000;
     let work_end_ms = work_start_ms + work_ms;
-    // The workers and Mallory.
-    shared.borrow_mut().workers_running = opts.workers + 1;
+    // The workers, Mallory and the admin client.
+    shared.borrow_mut().workers_running = opts.workers + 2;
     for w in 0..opts.workers {
         sim.client(
             format!("w{w}"),
@@ -533,6 +692,30 @@ pub fn run(opts: &Options) -> Run {
     let mut sim_error = None;
     loop {
         let now = sim.elapsed().as_millis() as u64;
+        // A power cut that fired inside a node's I/O: the machine is off from that call on.
+        for (n, disk) in disks.iter().enumerate() {
+            let Some(at) = disk.wal.power_cut() else {
+                continue;
+            };
+            sim.crash(NODES[n]);
+            disk.wal.crash_random(&mut rng);
+            let sm = watches[n].power_loss(&disk.config.sm_config().dir);
+            let mut s = shared.borrow_mut();
+            s.trace_at(
+                now,
+                format!("power cut on {} at {at}: state machine {sm}", NODES[n]),
+            );
+            *s.faults.entry("PowerCutInIo(fired)".into()).or_default() += 1;
+            down.insert(n);
+            for (t, u) in &mut undo {
+                if let Undo::Disarm(m, down_ms) = *u
+                    && m == n
+                {
+                    *t = now + down_ms;
+                    *u = Undo::Start(n);
+                }
+            }
+        }
         // Undo what is due.
         let mut due: Vec<Undo> = Vec::new();
         undo.retain_mut(|(at, u)| {
@@ -559,6 +742,18 @@ pub fn run(opts: &Options) -> Run {
                     sim.bounce(NODES[n]);
                     down.remove(&n);
                     undo.push((now + after, Undo::CrashLeader));
+                }
+                Undo::Disarm(n, _) => {
+                    disks[n].wal.disarm_cut();
+                    shared
+                        .borrow_mut()
+                        .trace_at(now, format!("power cut on {} did not fire", NODES[n]));
+                    *shared
+                        .borrow_mut()
+                        .faults
+                        .entry("PowerCutInIo(not fired)".into())
+                        .or_default() += 1;
+                    continue;
                 }
                 Undo::CrashLeader => {
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
@@ -591,9 +786,11 @@ pub fn run(opts: &Options) -> Run {
             } else {
                 random_fault(&mut rng)
             };
-            shared
-                .borrow_mut()
-                .trace_at(now, format!("fault: {fault:?}"));
+            {
+                let mut s = shared.borrow_mut();
+                s.trace_at(now, format!("fault: {fault:?}"));
+                *s.faults.entry(fault.kind()).or_default() += 1;
+            }
             let others = |side: &[usize]| -> Vec<usize> {
                 (0..NODES.len()).filter(|n| !side.contains(n)).collect()
             };
@@ -656,6 +853,15 @@ pub fn run(opts: &Options) -> Run {
                         undo.push((now + down_ms, Undo::Start(n)));
                     }
                 }
+                Fault::PowerCutInIo {
+                    node,
+                    call,
+                    nth,
+                    down_ms,
+                } => {
+                    disks[node].wal.cut_power_at(call, nth);
+                    undo.push((now + CUT_ARMED_MS, Undo::Disarm(node, down_ms)));
+                }
                 Fault::CrashLeaderDuringCatchUp { down_ms } => {
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
                     let victim = (0..NODES.len()).find(|n| Some(*n) != leader);
@@ -702,9 +908,12 @@ pub fn run(opts: &Options) -> Run {
         let alarms = d.alarms.lock().expect("alarms");
         shared.node_errors.extend(alarms.iter().cloned());
     }
+    drop(disks);
+    let applies = std::mem::take(&mut *applies.lock().unwrap_or_else(|p| p.into_inner()));
     Run {
         shared,
         _dir: dir,
         sim_error,
+        applies,
     }
 }
