@@ -745,29 +745,38 @@ async fn stale_member() -> Option<(u64, u64, Vec<u64>)> {
         if let Ok(status) = cc.status(req).await.map(|r| r.into_inner()) {
             let m = status.membership.unwrap_or_default();
             let ids: Vec<u64> = m.voters.iter().chain(&m.learners).map(|m| m.id).collect();
-            views.push((i as u64 + 1, status.state == "leader", ids));
+            let term = (status.state == "leader").then_some(status.term);
+            views.push((i as u64 + 1, term, ids));
         }
     }
-    let leader = views.iter().find(|v| v.1)?.0;
+    // The leader of the highest term (see `leader_membership`).
+    let leader = views
+        .iter()
+        .filter(|v| v.1.is_some())
+        .max_by_key(|v| v.1)?
+        .0;
     let (stale, _, known) = views.into_iter().find(|v| !v.2.contains(&leader))?;
     Some((leader, stale, known))
 }
 
-/// The leader's name and the voters and learners of the membership it holds.
+/// The leader's name and the voters and learners of the membership it holds. Of several
+/// members that believe they lead, the one of the highest term: a member removed while it led,
+/// cut off from the rest, can believe it leads for as long as nobody tells it otherwise.
 async fn leader_membership() -> Option<(&'static str, Vec<u64>, Vec<u64>)> {
+    let mut best: Option<(u64, &'static str, Vec<u64>, Vec<u64>)> = None;
     for name in NODES {
         let mut cc = ClusterServiceClient::new(direct(name));
         let req = authed(pb::StatusRequest {}, Duration::from_secs(1));
         let Ok(status) = cc.status(req).await.map(|r| r.into_inner()) else {
             continue;
         };
-        if status.state == "leader" {
+        if status.state == "leader" && best.as_ref().is_none_or(|b| b.0 < status.term) {
             let m = status.membership.unwrap_or_default();
             let ids = |v: &[pb::Member]| v.iter().map(|m| m.id).collect::<Vec<_>>();
-            return Some((name, ids(&m.voters), ids(&m.learners)));
+            best = Some((status.term, name, ids(&m.voters), ids(&m.learners)));
         }
     }
-    None
+    best.map(|(_, name, voters, learners)| (name, voters, learners))
 }
 
 /// One step of taking a member out of the cluster and bringing it back.
