@@ -226,66 +226,11 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             }
         }
     }
-    let create = pb::WriteRequest {
-        tenant: REGISTERS.into(),
-        request_id: None,
-        preconditions: vec![],
-        operations: (0..KEYS)
-            .map(|_| {
-                op(pb::operation::Op::CreateNode(pb::CreateNode {
-                    labels: vec!["reg".into()],
-                    properties: [("v".to_string(), int(super::check_linearizable::INITIAL))].into(),
-                }))
-            })
-            .collect(),
-    };
-    let ids = loop {
-        // Retried until it answers; a retry of an applied attempt creates extra registers,
-        // which nothing reads.
-        match c.write(create.clone()).await {
-            Ok(r) => {
-                break r
-                    .results
-                    .iter()
-                    .filter_map(|r| match r.result {
-                        Some(pb::op_result::Result::NodeCreated(id)) => Some(id),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>();
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+    // Retried until it answers; a retry of an applied attempt creates extra registers or
+    // accounts, which nothing reads (and the accounts' sum leaves out).
+    let ids = create_nodes(&c, KEYS, "reg", super::check_linearizable::INITIAL).await;
     assert_eq!(ids.len(), KEYS, "setup created every register");
-    let accounts = pb::WriteRequest {
-        tenant: REGISTERS.into(),
-        request_id: None,
-        preconditions: vec![],
-        operations: (0..ACCOUNTS)
-            .map(|_| {
-                op(pb::operation::Op::CreateNode(pb::CreateNode {
-                    labels: vec!["acct".into()],
-                    properties: [("v".to_string(), int(BALANCE))].into(),
-                }))
-            })
-            .collect(),
-    };
-    let account_ids = loop {
-        // As for the registers: a retry may leave extra accounts, which the sum leaves out.
-        match c.write(accounts.clone()).await {
-            Ok(r) => {
-                break r
-                    .results
-                    .iter()
-                    .filter_map(|r| match r.result {
-                        Some(pb::op_result::Result::NodeCreated(id)) => Some(id),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>();
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+    let account_ids = create_nodes(&c, ACCOUNTS, "acct", BALANCE).await;
     assert_eq!(account_ids.len(), ACCOUNTS, "setup created every account");
     // Mallory's token: `write` in its own tenant.
     let mallory = loop {
@@ -315,6 +260,39 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
     s.setup_done_ms = Some(now_ms());
     s.trace("setup done".to_string());
     Ok(())
+}
+
+/// Creates `n` nodes labelled `label` with `v = value` in the register tenant in one write,
+/// retried until it answers; their ids.
+async fn create_nodes(c: &Client, n: usize, label: &str, value: i64) -> Vec<u64> {
+    let create = pb::WriteRequest {
+        tenant: REGISTERS.into(),
+        request_id: None,
+        preconditions: vec![],
+        operations: (0..n)
+            .map(|_| {
+                op(pb::operation::Op::CreateNode(pb::CreateNode {
+                    labels: vec![label.into()],
+                    properties: [("v".to_string(), int(value))].into(),
+                }))
+            })
+            .collect(),
+    };
+    loop {
+        match c.write(create.clone()).await {
+            Ok(r) => {
+                return r
+                    .results
+                    .iter()
+                    .filter_map(|r| match r.result {
+                        Some(pb::op_result::Result::NodeCreated(id)) => Some(id),
+                        _ => None,
+                    })
+                    .collect();
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 async fn wait_setup(shared: &Rc<RefCell<Shared>>) {
