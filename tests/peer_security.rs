@@ -469,6 +469,145 @@ async fn forged_raft_messages_from_outside_the_membership_change_nothing() {
     c.stop().await;
 }
 
+/// A member that was down while another was added (and one it knew was removed) refuses the
+/// new member on the peer plane at first: its own membership does not name it. Asked, a member
+/// it knows vouches for the new one, so it catches up from that new member as leader; before
+/// this, it refused that leader for as long as it led.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_a_membership_change_catches_up_from_a_leader_it_did_not_know() {
+    use openraft::ChangeMembers;
+    use raftgraph::raft::Member;
+    let mut c = Cluster::start().await;
+    let tenant = |id: &str| pb::CreateTenantRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    c.client(c.endpoints())
+        .create_tenant(tenant("before"))
+        .await
+        .unwrap();
+    // Member 3 goes down; member 4 is added and member 1 removed without it.
+    let config3 = c.servers[2].config().clone();
+    c.servers.remove(2).shutdown().await.unwrap();
+    c.servers
+        .push(start(c.ca.member(4), 4, c._dir.path()).await);
+    let raft_of = |c: &Cluster, id: u64| {
+        c.servers
+            .iter()
+            .find(|s| s.config().node_id == id)
+            .unwrap()
+            .raft()
+            .clone()
+    };
+    let lead = |c: &Cluster| {
+        let r = raft_of(c, 2);
+        async move {
+            r.wait(Some(WAIT))
+                .metrics(|m| m.current_leader.is_some(), "a leader")
+                .await
+                .unwrap()
+                .current_leader
+                .unwrap()
+        }
+    };
+    let leader = raft_of(&c, lead(&c).await);
+    let four = Member::new(
+        c.servers[2].peer_local_addr().to_string(),
+        c.servers[2].local_addr().to_string(),
+    );
+    leader.add_learner(4, four, true).await.unwrap();
+    leader
+        .change_membership(ChangeMembers::AddVoterIds([4].into()), false)
+        .await
+        .unwrap();
+    leader
+        .change_membership(ChangeMembers::RemoveVoters([1].into()), false)
+        .await
+        .unwrap();
+    c.servers.remove(0).shutdown().await.unwrap();
+    // Member 4, which member 3 has never heard of, leads.
+    let now = lead(&c).await;
+    if now != 4 {
+        raft_of(&c, now).trigger().transfer_leader(4).await.unwrap();
+    }
+    let four = raft_of(&c, 4);
+    four.wait(Some(WAIT))
+        .metrics(
+            |m| {
+                m.current_leader == Some(4)
+                    && m.last_applied
+                        .as_ref()
+                        .is_some_and(|l| l.committed_leader_id().term == m.current_term)
+            },
+            "member 4 leads",
+        )
+        .await
+        .unwrap();
+    let endpoints: Vec<String> = c
+        .servers
+        .iter()
+        .map(|s| s.local_addr().to_string())
+        .collect();
+    c.client(endpoints)
+        .create_tenant(tenant("after"))
+        .await
+        .unwrap();
+
+    // Member 3 comes back with the membership {1, 2, 3} it knew.
+    let three = loop {
+        let listeners = Listeners {
+            api: TcpListener::bind(config3.listen).await.unwrap(),
+            peer: TcpListener::bind(config3.peer_listen).await.unwrap(),
+        };
+        match Server::start(config3.clone(), listeners).await {
+            Ok(s) => break s,
+            // The old server's tasks may hold its database for a moment.
+            Err(e) if e.to_string().contains("lock") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("restarting member 3: {e}"),
+        }
+    };
+    let known = three
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .clone();
+    assert!(
+        known.membership().get_node(&4).is_none(),
+        "member 3 knew member 4 already: {known:?}"
+    );
+    let last = four.metrics().borrow_watched().last_log_index;
+    three
+        .raft()
+        .wait(Some(WAIT))
+        .applied_index_at_least(last, "member 3 caught up from member 4")
+        .await
+        .unwrap();
+    let m = three.raft().metrics().borrow_watched().clone();
+    assert_eq!(m.current_leader, Some(4));
+    assert!(m.membership_config.membership().get_node(&4).is_some());
+    assert!(m.membership_config.membership().get_node(&1).is_none());
+    c.servers.push(three);
+    for s in &c.servers {
+        s.raft()
+            .wait(Some(WAIT))
+            .applied_index_at_least(last, "applied")
+            .await
+            .unwrap();
+    }
+    let digests: Vec<_> = c
+        .servers
+        .iter()
+        .map(|s| s.reader().digest().unwrap())
+        .collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "states differ");
+    for s in c.servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_plane_speaks_tls_forwards_over_it_and_refuses_clients_that_do_not() {
     let c = Cluster::start().await;

@@ -2,13 +2,10 @@
 //! openraft, encodes the replies.
 //!
 //! **Who may call.** Every RPC first checks the identity the connection's transport reports
-//! ([`ConnInfo`]: on the TLS peer listener, the member its verified certificate names): it must
-//! name this cluster and a member of the membership this member knows (any member of the
-//! cluster while this member knows none yet: a new learner first hears from the leader that
-//! added it). Otherwise UNAUTHENTICATED. The check is an interceptor ([`PeerGate`], put in
-//! front by [`RaftGrpc::into_service`]): it runs on the request's headers, before the message
-//! body is read or a payload decoded. A payload that does not decode is INVALID_ARGUMENT and
-//! changes nothing.
+//! ([`crate::tls::ConnInfo`]): it must name this cluster and a member (see [`PeerGate`], put in
+//! front by [`RaftGrpc::into_service`]). The check runs on the request's headers, before the
+//! message body is read or a payload decoded. A payload that does not decode is
+//! INVALID_ARGUMENT and changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -26,15 +23,17 @@ use serde::de::DeserializeOwned;
 use std::io::Write;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::gate::{PeerGate, membership_of};
 use super::network::SnapshotHeader;
 use crate::codec;
 use crate::proto::v1::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::v1::{
-    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, snapshot_chunk,
+    PeerMembershipRequest, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    snapshot_chunk,
 };
 use crate::raft::TypeConfig;
 use crate::state_machine::{Blocking, Raft, SnapshotFile};
-use crate::tls::ConnInfo;
+use crate::transport::Dialer;
 use crate::wire::PEER_MESSAGE_BYTES_MAX;
 use tonic::service::interceptor::InterceptedService;
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -58,6 +57,8 @@ pub struct RaftGrpc {
     refused: Arc<Mutex<Option<String>>>,
     /// How free space is read (statvfs; a test's script in its place).
     free_space: FreeSpace,
+    /// How the gate's asker dials the members this one knows.
+    peer_dialer: Dialer,
 }
 
 /// Reads the bytes free on the file system holding a directory: [`free_bytes`] by default.
@@ -176,7 +177,15 @@ impl RaftGrpc {
             limits: SnapshotLimits::default(),
             free_space: Arc::new(free_bytes),
             refused: Arc::default(),
+            peer_dialer: Dialer::default(),
         }
+    }
+
+    /// Dials other members with `dialer` (the peer plane's, mutual TLS) when the gate asks
+    /// them for their membership.
+    pub fn with_peer_dialer(mut self, dialer: Dialer) -> Self {
+        self.peer_dialer = dialer;
+        self
     }
 
     /// Bounds transfers by `limits`.
@@ -200,12 +209,15 @@ impl RaftGrpc {
 
     /// The service as it is served: behind [`PeerGate`], which checks the caller on the
     /// request's headers before tonic reads and decodes the message body, with the peer message
-    /// limit both ways. The handlers rely on the gate: serve a `RaftGrpc` only this way.
+    /// limit both ways. The handlers rely on the gate: serve a `RaftGrpc` only this way. Spawns
+    /// the gate's asker, which ends with the service: call this on the server's runtime.
     pub fn into_service(self) -> InterceptedService<RaftServiceServer<RaftGrpc>, PeerGate> {
-        let gate = PeerGate {
-            raft: self.raft.clone(),
-            cluster_id: self.cluster_id.clone(),
-        };
+        let (gate, asker) = PeerGate::new(
+            self.raft.clone(),
+            &self.cluster_id,
+            self.peer_dialer.clone(),
+        );
+        tokio::spawn(asker.run());
         InterceptedService::new(
             RaftServiceServer::new(self)
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -224,48 +236,6 @@ impl RaftGrpc {
     pub fn with_blocking(mut self, blocking: Blocking) -> Self {
         self.blocking = blocking;
         self
-    }
-}
-
-/// Who may call the peer service (see the module docs).
-#[derive(Clone)]
-pub struct PeerGate {
-    raft: Raft,
-    cluster_id: String,
-}
-
-impl PeerGate {
-    /// The member the connection's identity ([`ConnInfo`]) names, if it may call; otherwise
-    /// UNAUTHENTICATED saying why not.
-    pub fn check(&self, extensions: &tonic::Extensions) -> Result<u64, Status> {
-        let Some((cluster, id)) = extensions.get::<ConnInfo>().and_then(|i| i.member.as_ref())
-        else {
-            return Err(Status::unauthenticated(
-                "the peer plane needs a member certificate of this cluster's CA (mutual TLS)",
-            ));
-        };
-        if *cluster != self.cluster_id {
-            return Err(Status::unauthenticated(format!(
-                "the caller's certificate names cluster {cluster:?}; this is cluster {:?}",
-                self.cluster_id
-            )));
-        }
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        let nodes = m.membership_config.membership();
-        if nodes.nodes().next().is_some() && nodes.get_node(id).is_none() {
-            return Err(Status::unauthenticated(format!(
-                "member {id} is not in this cluster's membership"
-            )));
-        }
-        Ok(*id)
-    }
-}
-
-impl tonic::service::Interceptor for PeerGate {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        self.check(req.extensions())?;
-        Ok(req)
     }
 }
 
@@ -334,6 +304,14 @@ impl RaftService for RaftGrpc {
             ),
             Err(e) => Err(Status::unavailable(format!("read index: {e}"))),
         }
+    }
+
+    async fn membership(
+        &self,
+        _req: Request<PeerMembershipRequest>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        reply(Ok::<_, String>(membership_of(&m)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -736,6 +736,7 @@ async fn services(
         .with_blocking(env.blocking)
         .with_limits(config.snapshot_limits())
         .with_refusals(snapshot_refused)
+        .with_peer_dialer(env.peer_dialer.clone())
         .into_service();
 
     for svc in SERVICES {

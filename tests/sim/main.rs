@@ -20,6 +20,7 @@ mod attacker;
 mod check_accounts;
 mod check_applied;
 mod check_brute;
+mod check_digests;
 mod check_isolation;
 mod check_leaders;
 mod check_linearizable;
@@ -60,6 +61,8 @@ struct Summary {
     indexes: usize,
     /// Reads of every account checked for the sum.
     account_reads: usize,
+    /// The applied index at which every member's whole-state digest was equal.
+    digest_index: u64,
     visited: u64,
     refused_cas: u64,
     refused_quota: u64,
@@ -176,6 +179,7 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         .as_ref()
         .ok_or(("recovery".to_string(), "no final replica state".to_string()))?;
     named(check_replicas::check(replicas))?;
+    let digest_index = named(check_digests::check(&s.digests))?;
     named(check_writes::check(&s.history, replicas))?;
     let account_reads = named(check_accounts::check(&s.history, replicas))?;
     named(check_quota::check(&s.usage, replicas))?;
@@ -217,6 +221,7 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         terms: s.leaders.len(),
         indexes,
         account_reads,
+        digest_index,
         visited: stats.visited,
         refused_cas: s.refused.precondition,
         refused_quota: s.refused.quota,
@@ -225,6 +230,9 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         faults: s.faults.clone(),
     })
 }
+
+/// What the peer gate logs when it admits a member it did not know.
+const VOUCHED_LINE: &str = "admitted on the peer plane until this member's log reaches it";
 
 /// Runs one seed and checks it; on failure writes the evidence.
 fn run_seed(opts: &Options) -> Result<Summary, Failure> {
@@ -243,7 +251,16 @@ fn run_seed(opts: &Options) -> Result<Summary, Failure> {
         }
     }
     match verdict {
-        Ok(s) => Ok(s),
+        Ok(mut s) => {
+            // Members admitted on the peer plane because a member the receiver knew vouched
+            // for them (`raftgraph::peer::PeerGate`): the receiver had missed a change.
+            let vouched = logs.matches(VOUCHED_LINE).count() as u64;
+            if vouched > 0 {
+                s.faults
+                    .insert("peer gate: vouched admissions".into(), vouched);
+            }
+            Ok(s)
+        }
         Err((property, report)) => Err(Failure {
             seed: opts.seed,
             test: opts.test,

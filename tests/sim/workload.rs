@@ -677,45 +677,33 @@ pub async fn admin(shared: Rc<RefCell<Shared>>, seed: u64, work_end_ms: u64) -> 
             }
         }
     }
-    // An operator's workaround for a known bug (docs/testing.md, "Known bug"): a member that
-    // missed a membership change refuses, on the peer plane, a leader that is not in the
-    // membership it knows (a member removed and added back, or added after it), so it never
-    // catches up while that leader leads. Leadership moves to a member it does know.
+    // A member that missed a membership change does not know a leader added (or removed and
+    // added back) meanwhile, and refuses it on the peer plane until a member it knows vouches
+    // for it (`raftgraph::peer::PeerGate`). Counted here, once per member and leader, to show
+    // the case arises; the convergence check then requires that it caught up by itself.
+    let mut seen = std::collections::BTreeSet::new();
     while now_ms() <= work_end_ms + super::world::CONVERGE_MS {
-        let Some((leader, stale, known)) = stale_member().await else {
+        let Some((leader, stale)) = stale_member().await else {
             break;
         };
-        let to = known.into_iter().find(|id| *id != leader);
-        let mut cc = ClusterServiceClient::new(direct(NODES[leader as usize - 1]));
-        let r = match to {
-            Some(to) => cc
-                .transfer_leadership(authed(
-                    pb::TransferLeadershipRequest { to },
-                    Duration::from_secs(2),
-                ))
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("{:?}", s.code())),
-            None => Err("no member it knows to lead".into()),
-        };
-        {
+        if seen.insert((leader, stale)) {
             let mut s = shared.borrow_mut();
             s.trace(format!(
-                "admin: n{stale} does not know leader n{leader}: transfer to {to:?}: {r:?}"
+                "admin: n{stale} does not know leader n{leader} yet"
             ));
             *s.faults
-                .entry("workaround: stale member refused the leader".into())
+                .entry("stale member that did not know the leader".into())
                 .or_default() += 1;
         }
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     shared.borrow_mut().workers_running -= 1;
     Ok(())
 }
 
-/// The leader, a member whose own membership does not name it, and the members that one
-/// knows; `None` when every member knows the leader (or no leader is known).
-async fn stale_member() -> Option<(u64, u64, Vec<u64>)> {
+/// The leader and a member whose own membership does not name it; `None` when every member
+/// knows the leader (or no leader is known).
+async fn stale_member() -> Option<(u64, u64)> {
     let mut views = Vec::new();
     for (i, name) in NODES.iter().enumerate() {
         let mut cc = ClusterServiceClient::new(direct(name));
@@ -733,8 +721,8 @@ async fn stale_member() -> Option<(u64, u64, Vec<u64>)> {
         .filter(|v| v.1.is_some())
         .max_by_key(|v| v.1)?
         .0;
-    let (stale, _, known) = views.into_iter().find(|v| !v.2.contains(&leader))?;
-    Some((leader, stale, known))
+    let (stale, _, _) = views.into_iter().find(|v| !v.2.contains(&leader))?;
+    Some((leader, stale))
 }
 
 /// The leader's name and the voters and learners of the membership it holds. Of several
@@ -990,6 +978,10 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shared.borrow_mut().replicas = Some(replicas);
+    // Every member's digest of its whole state, for the check that equal applied indexes hold
+    // equal states (hosts report within their 200 ms wake-up).
+    shared.borrow_mut().digests_wanted = true;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // Every token that exists, for the isolation check.
     let tokens = loop {
         match c.list_tokens(pb::ListTokensRequest::default()).await {

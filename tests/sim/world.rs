@@ -124,6 +124,11 @@ pub struct Shared {
     pub limits_at_setup: String,
     /// At the end: every tenant's id, and the cluster limits rendered.
     pub cluster_end: Option<(Vec<String>, String)>,
+    /// Set once the replicas converged: each host then reports its state digest.
+    pub digests_wanted: bool,
+    /// Member id → its applied index and the digest of its whole state there (every column
+    /// family: registry, counters, sessions, tokens, membership, applied id, every tenant).
+    pub digests: BTreeMap<u64, (u64, [u8; 32])>,
 }
 
 /// Definite refusals, by kind (see `workload::failure`).
@@ -355,10 +360,40 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
             shared.borrow_mut().node_errors.push(msg.clone());
             return Err(msg.into());
         }
-        if metrics.changed().await.is_err() {
-            return Err(format!("n{id}: Raft metrics closed").into());
+        if shared.borrow().digests_wanted {
+            report_digest(id, &node, &shared)?;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() {
+                return Err(format!("n{id}: Raft metrics closed").into());
+            },
+            // The digest is wanted while nothing changes too.
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+}
+
+/// Records member `id`'s applied index and state digest, read together: nothing else runs on
+/// the simulation's thread between the two reads.
+fn report_digest(id: u64, node: &Server, shared: &RefCell<Shared>) -> turmoil::Result {
+    let reader = node.reader();
+    let applied = reader
+        .applied()
+        .map_err(|e| format!("n{id}: applied id: {e}"))?
+        .map_or(0, |l| l.index);
+    if shared
+        .borrow()
+        .digests
+        .get(&id)
+        .is_some_and(|d| d.0 == applied)
+    {
+        return Ok(());
+    }
+    let digest = reader
+        .digest()
+        .map_err(|e| format!("n{id}: state digest: {e}"))?;
+    shared.borrow_mut().digests.insert(id, (applied, digest));
+    Ok(())
 }
 
 /// A host whose disk lost power: silent until the harness crashes it (the same step's end).

@@ -1,0 +1,234 @@
+//! Who may call the peer service: [`PeerGate`].
+//!
+//! A caller must present the identity of a member of this cluster ([`ConnInfo`]: on the TLS
+//! peer listener, the member its verified certificate names) that is in the membership this
+//! member knows (any member of the cluster while this member knows none yet: a new learner
+//! first hears from the leader that added it). Otherwise UNAUTHENTICATED, before the message
+//! body is read or a payload decoded.
+//!
+//! **A member that missed a membership change.** Its own membership can be older than the
+//! cluster's: a member that was down or cut off while another was added (or removed and added
+//! back) does not know that one, and would refuse it on the peer plane — for as long as it
+//! leads, the stale member could never catch up. So a refusal of a member of this cluster
+//! also asks the members this one does know ([`Asker`], at most one round a second) for their
+//! membership: a member named in the membership of one of them whose log id is newer than this
+//! member's own is admitted ("vouched for") until this member's log reaches that membership,
+//! from which point its own membership decides again. A member this one knows can already send
+//! it entries under a higher vote, so its word adds no power it did not have; a member removed
+//! for good is named by no newer membership and stays refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::mpsc;
+use tonic::{Request, Status};
+
+use crate::codec;
+use crate::proto::v1::PeerMembershipRequest;
+use crate::proto::v1::raft_service_client::RaftServiceClient;
+use crate::raft::{LogId, NodeId, TypeConfig};
+use crate::state_machine::Raft;
+use crate::tls::{ConnInfo, member_name};
+use crate::transport::Dialer;
+use crate::wire::PEER_MESSAGE_BYTES_MAX;
+
+type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+
+/// A member's answer to `RaftService/Membership`: the log id of the membership it holds (the
+/// effective one, as in its metrics) and the ids it names, voters and learners.
+pub type PeerMembership = (Option<LogId>, Vec<NodeId>);
+
+/// The membership `m` holds, as [`PeerMembership`].
+pub fn membership_of(m: &RaftMetrics) -> PeerMembership {
+    let c = &m.membership_config;
+    (
+        *c.log_id(),
+        c.membership().nodes().map(|(id, _)| *id).collect(),
+    )
+}
+
+/// The least time between two rounds of asking.
+const ASK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one member's answer is waited for.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refused members waiting to be asked about; more are dropped until a round has run.
+const ASKS_QUEUED_MAX: usize = 64;
+/// The most members vouched for at once (each answer names at most the cluster's members).
+const VOUCHED_MAX: usize = 1024;
+
+/// Members vouched for: member id → the newest membership log id some known member named it
+/// in. Admitted while that log id is newer than this member's own membership's.
+type Vouched = Arc<Mutex<BTreeMap<NodeId, LogId>>>;
+
+/// Who may call the peer service (see the module docs).
+#[derive(Clone)]
+pub struct PeerGate {
+    raft: Raft,
+    cluster_id: String,
+    vouched: Vouched,
+    asks: mpsc::Sender<NodeId>,
+}
+
+impl PeerGate {
+    /// The gate for `raft`'s member of cluster `cluster_id`, and the asker that must run beside
+    /// it (on the server's runtime) for members this one does not know to be vouched for.
+    pub fn new(raft: Raft, cluster_id: &str, dialer: Dialer) -> (PeerGate, Asker) {
+        let (asks, queue) = mpsc::channel(ASKS_QUEUED_MAX);
+        let vouched = Vouched::default();
+        let asker = Asker {
+            metrics: raft.metrics(),
+            cluster_id: cluster_id.into(),
+            dialer,
+            vouched: vouched.clone(),
+            queue,
+        };
+        let gate = PeerGate {
+            raft,
+            cluster_id: cluster_id.into(),
+            vouched,
+            asks,
+        };
+        (gate, asker)
+    }
+
+    /// The member the connection's identity ([`ConnInfo`]) names, if it may call; otherwise
+    /// UNAUTHENTICATED saying why not.
+    pub fn check(&self, extensions: &tonic::Extensions) -> Result<u64, Status> {
+        let Some((cluster, id)) = extensions.get::<ConnInfo>().and_then(|i| i.member.as_ref())
+        else {
+            return Err(Status::unauthenticated(
+                "the peer plane needs a member certificate of this cluster's CA (mutual TLS)",
+            ));
+        };
+        if *cluster != self.cluster_id {
+            return Err(Status::unauthenticated(format!(
+                "the caller's certificate names cluster {cluster:?}; this is cluster {:?}",
+                self.cluster_id
+            )));
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let known = &m.membership_config;
+        if known.membership().nodes().next().is_none() || known.membership().get_node(id).is_some()
+        {
+            return Ok(*id);
+        }
+        let vouched = self.vouched.lock().expect("vouched").get(id).copied();
+        if vouched.is_some_and(|v| Some(v) > *known.log_id()) {
+            return Ok(*id);
+        }
+        // Full: a round is due anyway, and it asks for the whole membership.
+        let _ = self.asks.try_send(*id);
+        Err(Status::unauthenticated(format!(
+            "member {id} is not in this cluster's membership as this member knows it (log id \
+             {:?}); asking the members it knows whether it was added",
+            known.log_id()
+        )))
+    }
+}
+
+impl tonic::service::Interceptor for PeerGate {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.check(req.extensions())?;
+        Ok(req)
+    }
+}
+
+/// Asks the members this one knows for their membership when the gate refused a member of the
+/// cluster (see the module docs). Ends when every [`PeerGate`] is gone.
+pub struct Asker {
+    metrics: openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftMetrics>,
+    cluster_id: String,
+    dialer: Dialer,
+    vouched: Vouched,
+    queue: mpsc::Receiver<NodeId>,
+}
+
+impl Asker {
+    pub async fn run(mut self) {
+        while let Some(first) = self.queue.recv().await {
+            let mut refused = BTreeSet::from([first]);
+            while let Ok(id) = self.queue.try_recv() {
+                refused.insert(id);
+            }
+            self.round(&refused).await;
+            tokio::time::sleep(ASK_INTERVAL).await;
+        }
+    }
+
+    /// Asks every member this one knows, but itself and the refused ones, at once.
+    async fn round(&self, refused: &BTreeSet<NodeId>) {
+        let (me, known, mine) = {
+            let m = self.metrics.borrow_watched();
+            let c = &m.membership_config;
+            let peers: Vec<(NodeId, String)> = c
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != m.id && !refused.contains(id))
+                .map(|(id, node)| (*id, node.peer_addr.clone()))
+                .collect();
+            (m.id, peers, *c.log_id())
+        };
+        let answers = futures::future::join_all(
+            known
+                .iter()
+                .map(|(id, addr)| async move { (*id, self.ask(*id, addr).await) }),
+        )
+        .await;
+        let mut vouched = self.vouched.lock().expect("vouched");
+        vouched.retain(|_, v| Some(*v) > mine);
+        for (by, answer) in answers {
+            let (log_id, members) = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(member = me, asked = by, error = %e, "membership not learned");
+                    continue;
+                }
+            };
+            let Some(log_id) = log_id.filter(|l| Some(*l) > mine) else {
+                continue;
+            };
+            for id in members.into_iter().filter(|id| refused.contains(id)) {
+                if vouched.len() >= VOUCHED_MAX && !vouched.contains_key(&id) {
+                    break;
+                }
+                let v = vouched.entry(id).or_insert(log_id);
+                if *v < log_id {
+                    *v = log_id;
+                }
+                tracing::info!(
+                    member = me,
+                    admitted = id,
+                    by,
+                    their_membership = %log_id,
+                    ours = ?mine,
+                    "a member this one did not know is in a newer membership of a member it \
+                     knows: admitted on the peer plane until this member's log reaches it"
+                );
+            }
+        }
+    }
+
+    /// Member `id`'s membership, asked at `addr` (verifying its certificate names it).
+    async fn ask(&self, id: NodeId, addr: &str) -> Result<PeerMembership, String> {
+        let name = member_name(&self.cluster_id, id);
+        let channel = self
+            .dialer
+            .channel_named(addr, Some(&name))
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let mut client = RaftServiceClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let mut req = Request::new(PeerMembershipRequest {});
+        req.set_timeout(ASK_TIMEOUT);
+        let answer = tokio::time::timeout(ASK_TIMEOUT, client.membership(req))
+            .await
+            .map_err(|_| format!("no answer within {ASK_TIMEOUT:?}"))?
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        let r: Result<PeerMembership, String> =
+            codec::decode(&answer.into_inner().data).map_err(|e| format!("undecodable: {e}"))?;
+        r
+    }
+}
