@@ -39,6 +39,7 @@ fn id(client_id: u64, sequence: u64) -> Option<pb::RequestId> {
     Some(pb::RequestId {
         client_id,
         sequence,
+        resent: false,
     })
 }
 

@@ -320,6 +320,7 @@ impl Env {
         Some(pb::RequestId {
             client_id: self.ids.fetch_add(1, Ordering::SeqCst),
             sequence: 1,
+            resent: false,
         })
     }
 
@@ -1341,6 +1342,7 @@ async fn a_tokens_sessions_are_its_own() {
                         request_id: Some(pb::RequestId {
                             client_id,
                             sequence,
+                            resent: false,
                         }),
                         preconditions: vec![],
                         operations: create_node("s"),
@@ -1412,6 +1414,7 @@ async fn a_write_applied_then_evicted_is_not_applied_twice() {
                         request_id: Some(pb::RequestId {
                             client_id,
                             sequence: 1,
+                            resent: false,
                         }),
                         ..msg.clone()
                     };

@@ -88,6 +88,7 @@ fn request_id() -> Option<pb::RequestId> {
     Some(pb::RequestId {
         client_id: 7,
         sequence: SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        resent: false,
     })
 }
 

@@ -526,6 +526,7 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
         request_id: Some(pb::RequestId {
             client_id: 9,
             sequence: 1,
+            resent: false,
         }),
         preconditions: vec![],
         operations: vec![create],
@@ -625,6 +626,7 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
         request_id: Some(pb::RequestId {
             client_id: 9,
             sequence: 2,
+            resent: false,
         }),
         preconditions: vec![],
         operations: (0..16).map(big).collect(),
@@ -638,6 +640,7 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
         request_id: Some(pb::RequestId {
             client_id: 9,
             sequence: 3,
+            resent: false,
         }),
         preconditions: vec![],
         operations: vec![pb::Operation { op: None }],
@@ -669,6 +672,7 @@ async fn the_write_stream_answers_each_call_by_id(via: &ViaFollower) -> u64 {
         request_id: Some(pb::RequestId {
             client_id: 11,
             sequence: 1,
+            resent: false,
         }),
         ..write.clone()
     };
@@ -681,6 +685,7 @@ async fn the_write_stream_answers_each_call_by_id(via: &ViaFollower) -> u64 {
         request_id: Some(pb::RequestId {
             client_id: 12,
             sequence: 1,
+            resent: false,
         }),
         operations: vec![pb::Operation { op: None }],
         ..write.clone()
@@ -844,6 +849,7 @@ async fn the_tenant_service_stores_a_key_and_never_returns_it(
         request_id: Some(pb::RequestId {
             client_id: 50,
             sequence: 1,
+            resent: false,
         }),
         id: "u".into(),
         quotas: None,
@@ -891,6 +897,7 @@ async fn the_tenant_service_stores_a_key_and_never_returns_it(
         request_id: Some(pb::RequestId {
             client_id: 50,
             sequence: 2,
+            resent: false,
         }),
         id: "u".into(),
         quotas: None,
@@ -904,6 +911,7 @@ async fn the_tenant_service_stores_a_key_and_never_returns_it(
         request_id: Some(pb::RequestId {
             client_id: 50,
             sequence: 3,
+            resent: false,
         }),
         id: "u".into(),
     };

@@ -104,6 +104,65 @@ async fn junk_writes_evict_only_their_own_principals_sessions() {
     assert_eq!(kept, 5, "b keeps its limit of sessions");
 }
 
+/// A session's first request, applied unanswered, then its session evicted by the same
+/// principal's other sessions: its retry (marked resent) used to be taken for a new session's
+/// first request and applied again (found by the simulation with a low session limit, seed
+/// 28). Now it is refused as session-expired and applies nothing; a first attempt is not
+/// marked and still starts a session, and a principal that never had a session evicted is
+/// answered as before.
+#[tokio::test]
+async fn a_resent_first_request_whose_session_was_evicted_is_not_applied_again() {
+    use raftgraph::command::RESENT;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, a, b) = setup(dir.path()).await;
+    // Before any eviction: a resent first request without a session applies.
+    assert!(
+        as_owner(&mut h, a, 3, 1 | RESENT, write("a"))
+            .outcome
+            .is_ok(),
+        "no eviction yet"
+    );
+    let limits = ClusterLimits {
+        sessions_per_principal_max: 5,
+        ..ClusterLimits::default()
+    };
+    h.run(100, Command::SetLimits(limits)).outcome.unwrap();
+    let first = as_owner(&mut h, a, 7, 1, write("a"));
+    assert!(first.outcome.is_ok(), "{:?}", first.outcome);
+    for client in 1_000..1_010 {
+        assert!(as_owner(&mut h, a, client, 1, write("a")).outcome.is_ok());
+    }
+    assert!(h.reader().session(a, 7).unwrap().is_none(), "evicted");
+    let before = nodes(&h, "a");
+    let retry = as_owner(&mut h, a, 7, 1 | RESENT, write("a"));
+    assert!(
+        matches!(
+            retry.outcome,
+            Err(ApplyError::SessionExpired {
+                client_id: 7,
+                sequence: 1,
+                last: None
+            })
+        ),
+        "{:?}",
+        retry.outcome
+    );
+    assert_eq!(nodes(&h, "a"), before, "nothing applied again");
+    assert!(
+        h.reader().session(a, 7).unwrap().is_none(),
+        "no session recorded"
+    );
+    // A new session's first attempt is not marked: it applies.
+    assert!(as_owner(&mut h, a, 8, 1, write("a")).outcome.is_ok());
+    assert_eq!(nodes(&h, "a"), before + 1);
+    // Another principal, none of whose sessions was evicted, is answered as before.
+    assert!(
+        as_owner(&mut h, b, 7, 1 | RESENT, write("b"))
+            .outcome
+            .is_ok()
+    );
+}
+
 /// One principal cannot advance, reuse or read another's client id: the same id names another
 /// session in another principal's space.
 #[tokio::test]

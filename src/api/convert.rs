@@ -207,13 +207,21 @@ fn precondition_from_proto(field: Field<'_>, p: &pb::Precondition) -> Result<Pre
     })
 }
 
-/// The `(client_id, sequence)` of a mutating request; sequences start at 1.
-fn request_id(id: Option<&pb::RequestId>) -> Result<(u64, u64), Status> {
+/// The `(client_id, sequence)` of a mutating request, the sequence marked
+/// [`crate::command::RESENT`] if the client says so; sequences are 1..2^63.
+pub fn request_id(id: Option<&pb::RequestId>) -> Result<(u64, u64), Status> {
     let id = id.ok_or_else(|| invalid("request_id", "required (client_id, sequence)"))?;
     if id.sequence == 0 {
         return Err(invalid("request_id.sequence", "0; sequences start at 1"));
     }
-    Ok((id.client_id, id.sequence))
+    if id.sequence >= crate::command::RESENT {
+        return Err(invalid(
+            "request_id.sequence",
+            format!("{}; sequences are below 2^63", id.sequence),
+        ));
+    }
+    let resent = if id.resent { crate::command::RESENT } else { 0 };
+    Ok((id.client_id, id.sequence | resent))
 }
 
 /// The request to propose, fingerprinted here (see [`Request::fingerprint`]).

@@ -20,10 +20,11 @@
 //! no byte budget left for it (`EntryTooLarge`, ABORTED, nothing applied) is resent up to
 //! [`ENTRY_FULL_RESENDS`] times, each landing in another entry.
 //!
-//! **Caveat.** A session's *first* proposal (sequence 1) is not protected against eviction: if
-//! its first attempt applies unanswered and the same token then writes
-//! `sessions_per_principal_max` other sessions before the retry arrives, the retry is taken for
-//! a new session's first request and applies again.
+//! A session's *first* proposal (sequence 1) has no session to be deduplicated against
+//! once its session is evicted, so every attempt after the first is marked resent
+//! (`RequestId.resent`): one that finds no session, from a token that has had sessions evicted,
+//! is refused as session-expired rather than taken for a new session's first request, and the
+//! call fails with an unknown outcome as above.
 //!
 //! **Routing.** Proposals and linearizable reads go to the leader when it is known (learned
 //! from `Status` at the start of a proposal; any member would forward, this saves the hop),
@@ -348,7 +349,7 @@ impl Client {
     ///
     /// `call` gets the message to send (a clone: retries resend the same one) and the
     /// attempt's timeout; [`unary`] makes it a gRPC request.
-    async fn propose<Req, T, F, Fut>(&self, mut msg: Req, mut call: F) -> Result<T, Status>
+    async fn propose<Req, T, F, Fut>(&self, msg: Req, mut call: F) -> Result<T, Status>
     where
         Req: Clone + WithRequestId,
         F: FnMut(&str, Channel, Req, Duration) -> Fut,
@@ -366,15 +367,19 @@ impl Client {
         loop {
             session.1 += 1;
             let (client_id, sequence) = *session;
-            msg.set_request_id(pb::RequestId {
-                client_id,
-                sequence,
-            });
             let mut sent = 0u32;
             let r = self
                 .retry_until(Target::Leader, deadline, |addr, ch, timeout| {
                     sent += 1;
-                    call(addr, ch, msg.clone(), timeout)
+                    // Every attempt after the first is marked: an earlier one may have
+                    // applied (see the module docs).
+                    let mut msg = msg.clone();
+                    msg.set_request_id(pb::RequestId {
+                        client_id,
+                        sequence,
+                        resent: sent > 1,
+                    });
+                    call(addr, ch, msg, timeout)
                 })
                 .await;
             let Err(s) = &r else { return r };
@@ -388,7 +393,7 @@ impl Client {
             // find out (read) rather than have it applied twice.
             // So can a refusal of the credentials after an unanswered attempt (revoked or
             // expired in between: apply checks them before it reads the session), and a
-            // full-entry refusal then (at sequence 1, an evicted session's retry runs anew).
+            // full-entry refusal then (an evicted session's retry may run anew).
             let credentials = matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied);
             let entry_full = s.code() == Code::Aborted && s.message().contains("same Raft entry");
             if sent > 1 && (expired || credentials || entry_full) {

@@ -15,5 +15,5 @@ pub use graph::{
 pub use request::{
     ApplyError, ClusterLimits, Command, Fingerprint, LimitChanges, Need, NewToken, NodeRef,
     OPERATIONS_MAX, Op, OpResult, Outcome, PRECONDITIONS_MAX, Precondition, Proposal, RESEALED_MAX,
-    Request, Resealed, Response, Responses, WriteRequest, fingerprint,
+    RESENT, Request, Resealed, Response, Responses, WriteRequest, fingerprint,
 };

@@ -24,7 +24,9 @@ pub const PRECONDITIONS_MAX: usize = 1_000;
 pub struct Request {
     /// Chosen by the client; a client id has at most one request outstanding.
     pub client_id: u64,
-    /// 1, 2, 3, … per client id; a retry reuses its sequence.
+    /// 1, 2, 3, … per client id (below [`RESENT`]); a retry reuses its sequence. The top bit,
+    /// [`RESENT`], marks a request the client sent before without an answer: see
+    /// [`Request::resent`]. Read it with [`Request::seq`].
     pub sequence: u64,
     pub timestamp_micros: i64,
     /// [`fingerprint`] of `command`. A repeat of a sequence must be the same request: apply
@@ -45,6 +47,12 @@ pub struct Request {
 
 /// BLAKE3 of a command's encoding.
 pub type Fingerprint = [u8; 32];
+
+/// The top bit of [`Request::sequence`]: the client sent this request before and had no
+/// answer, so an earlier attempt may have applied. Carried in the sequence so the log's
+/// encoding is unchanged: entries written before it have the bit clear, which means what it
+/// meant then (not known to be resent).
+pub const RESENT: u64 = 1 << 63;
 
 /// BLAKE3 of `command`'s encoding. The timestamp is left out: the leader stamps a retry anew.
 pub fn fingerprint(command: &Command) -> Result<Fingerprint, crate::codec::CodecError> {
@@ -67,6 +75,19 @@ impl Request {
             command,
             owner: Credential::Open,
         })
+    }
+
+    /// The client's sequence number, without the [`RESENT`] mark.
+    pub fn seq(&self) -> u64 {
+        self.sequence & !RESENT
+    }
+
+    /// Whether the client sent this request before without an answer. A session's first
+    /// request (sequence 1) so marked is refused as session-expired when it finds no session
+    /// and its owner has had sessions evicted: its first attempt may have applied and its
+    /// session been evicted since, so applying it now could apply it twice.
+    pub fn resent(&self) -> bool {
+        self.sequence & RESENT != 0
     }
 
     /// The request as made by `owner` (a new request is [`Credential::Open`]'s).
@@ -125,7 +146,8 @@ impl Command {
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "client {} seq {}: ", self.client_id, self.sequence)?;
+        let resent = if self.resent() { " (resent)" } else { "" };
+        write!(f, "client {} seq {}{resent}: ", self.client_id, self.seq())?;
         match &self.command {
             Command::Write(w) => write!(
                 f,

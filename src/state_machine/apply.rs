@@ -102,7 +102,8 @@ pub(crate) fn apply_request(
             }
         }
     };
-    if req.sequence == 0 {
+    let sequence = req.seq();
+    if sequence == 0 {
         return refuse(ApplyError::InvalidArgument {
             field: "sequence".into(),
             reason: format!("client {}: sequence 0; sequences start at 1", req.client_id),
@@ -110,23 +111,32 @@ pub(crate) fn apply_request(
     }
     let expired = |last| ApplyError::SessionExpired {
         client_id: req.client_id,
-        sequence: req.sequence,
+        sequence,
         last,
     };
     let fingerprint = req.fingerprint;
     match &session {
-        Some(s) if req.sequence == s.sequence && s.fingerprint != fingerprint => {
+        Some(s) if sequence == s.sequence && s.fingerprint != fingerprint => {
             return refuse(ApplyError::SequenceReused {
                 client_id: req.client_id,
-                sequence: req.sequence,
+                sequence,
             });
         }
-        Some(s) if req.sequence == s.sequence && !planted.skip_session_dedup => {
+        Some(s) if sequence == s.sequence && !planted.skip_session_dedup => {
             return Ok(s.response.clone());
         }
-        Some(s) if req.sequence == s.sequence => {}
-        Some(s) if req.sequence < s.sequence => return refuse(expired(Some(s.sequence))),
-        None if req.sequence > 1 => return refuse(expired(None)),
+        Some(s) if sequence == s.sequence => {}
+        Some(s) if sequence < s.sequence => return refuse(expired(Some(s.sequence))),
+        None if sequence > 1 => return refuse(expired(None)),
+        // A resent first request without a session: its first attempt may have applied and
+        // the session been evicted since, if its owner ever had one evicted. Applying it again
+        // could apply it twice; refused, the client reports an unknown outcome.
+        None if req.resent() => {
+            let txn = Txn::new(store, store.meta()?, base);
+            if count(&txn, &keys::evicted(req.owner)).map_err(fatal_of)? > 0 {
+                return refuse(expired(None));
+            }
+        }
         _ => {}
     }
 
@@ -154,7 +164,7 @@ pub(crate) fn apply_request(
     };
     let response = Response { outcome };
     let new = Session {
-        sequence: req.sequence,
+        sequence,
         last_index: index,
         fingerprint,
         response: response.clone(),
@@ -319,6 +329,11 @@ fn record_session(
     if usage != stored_usage {
         save(txn, Cf::Meta, &usage_key, &usage)?;
     }
+    if evicted > 0 {
+        let key = keys::evicted(owner);
+        let before = count(txn, &key)?;
+        set_count(txn, &key, before.saturating_add(evicted))?;
+    }
     purge_dead(txn, globals)
 }
 
@@ -361,6 +376,7 @@ fn purge_dead(txn: &mut Txn, globals: &mut Globals) -> Result<(), Fail> {
     if batch.len() < DEAD_PURGE_PER_REQUEST {
         txn.delete(Cf::Meta, &marker)?;
         txn.delete(Cf::Meta, &keys::session_usage(owner))?;
+        txn.delete(Cf::Meta, &keys::evicted(owner))?;
         set_count(txn, keys::DEAD_OWNER_COUNT, dead - 1)?;
     }
     Ok(())

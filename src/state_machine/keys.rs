@@ -17,6 +17,8 @@
 //!                                     an owner's session eviction order (empty value; `index`
 //!                                     is at most the session's `last_index`, see `apply`)
 //! S <owner>                           SessionUsage of an owner (count, bytes)
+//! E <owner>                           how many of an owner's sessions were evicted (u64 BE;
+//!                                     absent: none. Since codec 4, no format change)
 //! D <owner>                           an owner whose token is gone: its sessions are purged
 //!                                     by later requests, a few at a time (empty value)
 //! d                                   how many `D` markers exist (u64 BE)
@@ -55,6 +57,7 @@ pub const RATE_LIMITS: u8 = b'r';
 pub const SESSION: u8 = b's';
 pub const EVICTION: u8 = b'x';
 pub const SESSION_USAGE: u8 = b'S';
+pub const EVICTED: u8 = b'E';
 pub const DEAD_OWNER: u8 = b'D';
 pub const DEAD_OWNER_COUNT: &[u8] = b"d";
 pub const TOKEN: u8 = b'k';
@@ -129,6 +132,10 @@ pub fn session(owner: Credential, client_id: u64) -> [u8; 18] {
 
 pub fn session_usage(owner: Credential) -> [u8; 10] {
     owned(SESSION_USAGE, owner, &[])
+}
+
+pub fn evicted(owner: Credential) -> [u8; 10] {
+    owned(EVICTED, owner, &[])
 }
 
 pub fn eviction(owner: Credential, last_index: u64, client_id: u64) -> [u8; 26] {

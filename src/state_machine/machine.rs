@@ -169,7 +169,8 @@ impl StateMachine {
                     } else if !alone && !matches!(req.command, Command::Write(_)) {
                         Some(format!(
                             "client {} seq {}: tenant and limit commands are proposed alone",
-                            req.client_id, req.sequence
+                            req.client_id,
+                            req.seq()
                         ))
                     } else {
                         None

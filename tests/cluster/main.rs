@@ -66,6 +66,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
                 request_id: Some(pb::RequestId {
                     client_id: 3,
                     sequence: seq,
+                    resent: false,
                 }),
                 preconditions: vec![],
                 operations: vec![node_op(&name)],
@@ -167,6 +168,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
         request_id: Some(pb::RequestId {
             client_id: 777,
             sequence: 1,
+            resent: false,
         }),
         preconditions: vec![],
         operations: vec![node_op("once")],
@@ -205,6 +207,7 @@ async fn a_crashed_leader_is_replaced_no_acknowledged_write_is_lost_and_it_rejoi
             request_id: Some(pb::RequestId {
                 client_id: 9,
                 sequence: 1,
+                resent: false,
             }),
             preconditions: vec![],
             operations: vec![pb::Operation { op: None }],
@@ -520,6 +523,7 @@ async fn a_maximum_size_entry_replicates_and_a_larger_one_is_refused() {
         request_id: Some(pb::RequestId {
             client_id,
             sequence: 1,
+            resent: false,
         }),
         preconditions: vec![],
         operations: (0..ops)

@@ -108,6 +108,7 @@ fn rid() -> Option<pb::RequestId> {
     Some(pb::RequestId {
         client_id,
         sequence: 1,
+        resent: false,
     })
 }
 

@@ -54,6 +54,8 @@ struct Summary {
     ops: usize,
     ok: usize,
     unknown: usize,
+    /// Of those, calls whose session was evicted after an unanswered attempt.
+    session_expired: usize,
     recovered_ms: u64,
     snapshots: u64,
     terms: usize,
@@ -212,10 +214,20 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         .iter()
         .filter(|o| matches!(o.outcome, history::Outcome::Unknown(_)))
         .count();
+    // Unknown outcomes because the session was evicted (seeds with a low session limit).
+    let session_expired = s
+        .history
+        .ops
+        .iter()
+        .filter(
+            |o| matches!(&o.outcome, history::Outcome::Unknown(m) if m.contains("session expired")),
+        )
+        .count();
     Ok(Summary {
         ops,
         ok,
         unknown,
+        session_expired,
         recovered_ms,
         snapshots: s.snapshots,
         terms: s.leaders.len(),

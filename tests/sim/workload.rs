@@ -246,6 +246,24 @@ pub async fn setup(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
+    // One seed in four keeps few sessions per principal, so that sessions are evicted while
+    // their clients still use them (every client but Mallory carries the admin token: one
+    // principal): exactly-once must hold across eviction.
+    if seed.is_multiple_of(4) {
+        let sessions = 3 + seed / 4 % 6;
+        loop {
+            let r = c
+                .set_limits(pb::SetLimitsRequest {
+                    sessions_per_principal_max: Some(sessions),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
     let limits = loop {
         match c.get_limits().await {
             Ok(l) => break format!("{l:?}"),

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{ClusterApi, client};
 use crate::api::route::{self, Proposed};
-use crate::api::status::{apply_error, invalid};
+use crate::api::status::apply_error;
 use crate::command::{ClusterLimits, Command, LimitChanges, Outcome, Request as Proposal};
 use crate::proto::v1 as pb;
 
@@ -47,14 +47,9 @@ impl ClusterApi {
     ) -> Result<Response<pb::ClusterLimits>, Status> {
         let via = route::Via::of(&request);
         let msg = request.into_inner();
-        let id = msg
-            .request_id
-            .ok_or_else(|| invalid("request_id", "required (client_id, sequence)"))?;
-        if id.sequence == 0 {
-            return Err(invalid("request_id.sequence", "0; sequences start at 1"));
-        }
+        let (client_id, sequence) = crate::api::convert::request_id(msg.request_id.as_ref())?;
         let command = Command::UpdateLimits(changes(&msg));
-        let req = Proposal::new(id.client_id, id.sequence, (self.clock)(), command)
+        let req = Proposal::new(client_id, sequence, (self.clock)(), command)
             .map_err(|e| Status::internal(format!("encoding the limits: {e}")))?
             .by(caller.principal.via);
         match route::propose(&self.raft, req, via.forwarded).await? {
