@@ -108,8 +108,8 @@ async fn junk_writes_evict_only_their_own_principals_sessions() {
 /// principal's other sessions: its retry (marked resent) used to be taken for a new session's
 /// first request and applied again (found by the simulation with a low session limit, seed
 /// 28). Now it is refused as session-expired and applies nothing; a first attempt is not
-/// marked and still starts a session, and a principal that never had a session evicted is
-/// answered as before.
+/// marked and still starts a session, and a principal that had no session evicted in the last
+/// ten minutes is answered as before.
 #[tokio::test]
 async fn a_resent_first_request_whose_session_was_evicted_is_not_applied_again() {
     use raftgraph::command::RESENT;
@@ -158,6 +158,14 @@ async fn a_resent_first_request_whose_session_was_evicted_is_not_applied_again()
     // Another principal, none of whose sessions was evicted, is answered as before.
     assert!(
         as_owner(&mut h, b, 7, 1 | RESENT, write("b"))
+            .outcome
+            .is_ok()
+    );
+    // Ten minutes after a's latest eviction (stamped times), a resent first request that
+    // finds no session applies again: a first attempt that old would have been evicted later.
+    h.clock += 10 * 60 * 1_000_000;
+    assert!(
+        as_owner(&mut h, a, 9, 1 | RESENT, write("a"))
             .outcome
             .is_ok()
     );

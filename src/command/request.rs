@@ -84,8 +84,9 @@ impl Request {
 
     /// Whether the client sent this request before without an answer. A session's first
     /// request (sequence 1) so marked is refused as session-expired when it finds no session
-    /// and its owner has had sessions evicted: its first attempt may have applied and its
-    /// session been evicted since, so applying it now could apply it twice.
+    /// and its owner had sessions evicted recently (within ten minutes of it, by the stamped
+    /// times): its first attempt may have applied and its session been evicted since, so
+    /// applying it now could apply it twice.
     pub fn resent(&self) -> bool {
         self.sequence & RESENT != 0
     }

@@ -11,11 +11,14 @@
 //! back) does not know that one, and would refuse it on the peer plane — for as long as it
 //! leads, the stale member could never catch up. So a refusal of a member of this cluster
 //! also asks the members this one does know ([`Asker`], at most one round a second) for their
-//! membership: a member named in the membership of one of them whose log id is newer than this
-//! member's own is admitted ("vouched for") until this member's log reaches that membership,
-//! from which point its own membership decides again. A member this one knows can already send
-//! it entries under a higher vote, so its word adds no power it did not have; a member removed
-//! for good is named by no newer membership and stays refused.
+//! committed membership: a member named in the committed membership of one of them whose log id
+//! is newer than this member's own membership is admitted ("vouched for") for [`VOUCH_TTL`],
+//! while the one that vouched is still in this member's membership and this member's log has
+//! not reached that membership (from then on its own membership decides again). Later rounds
+//! renew it while it is still refused. A member this one knows can already send it entries under
+//! a higher vote, so while it stays a member its word adds little; the time limit bounds what
+//! its word is worth once it is removed. A member removed for good is in no newer committed
+//! membership and stays refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -36,13 +39,13 @@ use crate::wire::PEER_MESSAGE_BYTES_MAX;
 
 type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
-/// A member's answer to `RaftService/Membership`: the log id of the membership it holds (the
-/// effective one, as in its metrics) and the ids it names, voters and learners.
+/// A member's answer to `RaftService/Membership`: the log id of its committed membership and
+/// the ids it names, voters and learners.
 pub type PeerMembership = (Option<LogId>, Vec<NodeId>);
 
-/// The membership `m` holds, as [`PeerMembership`].
+/// The committed membership `m` holds, as [`PeerMembership`].
 pub fn membership_of(m: &RaftMetrics) -> PeerMembership {
-    let c = &m.membership_config;
+    let c = &m.committed_membership_config;
     (
         *c.log_id(),
         c.membership().nodes().map(|(id, _)| *id).collect(),
@@ -57,10 +60,23 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 const ASKS_QUEUED_MAX: usize = 64;
 /// The most members vouched for at once (each answer names at most the cluster's members).
 const VOUCHED_MAX: usize = 1024;
+/// How long one vouch admits a member.
+pub const VOUCH_TTL: Duration = Duration::from_secs(10);
+/// The largest answer to `Membership` read (ids and a log id: a few bytes per member).
+const MEMBERSHIP_ANSWER_BYTES_MAX: usize = 64 << 10;
 
-/// Members vouched for: member id → the newest membership log id some known member named it
-/// in. Admitted while that log id is newer than this member's own membership's.
-type Vouched = Arc<Mutex<BTreeMap<NodeId, LogId>>>;
+/// Why a member not in this one's membership is admitted.
+#[derive(Clone, Copy, Debug)]
+struct Vouch {
+    /// The committed membership that names it, on the member that vouched.
+    log_id: LogId,
+    /// The member that vouched: the vouch holds only while it is in this member's membership.
+    by: NodeId,
+    until: tokio::time::Instant,
+}
+
+/// Members vouched for, by id (see [`Vouch`]).
+type Vouched = Arc<Mutex<BTreeMap<NodeId, Vouch>>>;
 
 /// Who may call the peer service (see the module docs).
 #[derive(Clone)]
@@ -116,7 +132,11 @@ impl PeerGate {
             return Ok(*id);
         }
         let vouched = self.vouched.lock().expect("vouched").get(id).copied();
-        if vouched.is_some_and(|v| Some(v) > *known.log_id()) {
+        if vouched.is_some_and(|v| {
+            Some(v.log_id) > *known.log_id()
+                && known.membership().get_node(&v.by).is_some()
+                && tokio::time::Instant::now() < v.until
+        }) {
             return Ok(*id);
         }
         // Full: a round is due anyway, and it asks for the whole membership.
@@ -137,7 +157,7 @@ impl tonic::service::Interceptor for PeerGate {
 }
 
 /// Asks the members this one knows for their membership when the gate refused a member of the
-/// cluster (see the module docs). Ends when every [`PeerGate`] is gone.
+/// cluster (see the module docs). Ends when every [`PeerGate`] is gone or Raft stops.
 pub struct Asker {
     metrics: openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftMetrics>,
     cluster_id: String,
@@ -148,7 +168,16 @@ pub struct Asker {
 
 impl Asker {
     pub async fn run(mut self) {
-        while let Some(first) = self.queue.recv().await {
+        loop {
+            let first = tokio::select! {
+                id = self.queue.recv() => id,
+                // Raft stopped (the server shut down): its metrics channel closed.
+                changed = self.metrics.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => None,
+                },
+            };
+            let Some(first) = first else { return };
             let mut refused = BTreeSet::from([first]);
             while let Ok(id) = self.queue.try_recv() {
                 refused.insert(id);
@@ -177,8 +206,9 @@ impl Asker {
                 .map(|(id, addr)| async move { (*id, self.ask(*id, addr).await) }),
         )
         .await;
+        let now = tokio::time::Instant::now();
         let mut vouched = self.vouched.lock().expect("vouched");
-        vouched.retain(|_, v| Some(*v) > mine);
+        vouched.retain(|_, v| Some(v.log_id) > mine && now < v.until);
         for (by, answer) in answers {
             let (log_id, members) = match answer {
                 Ok(a) => a,
@@ -194,10 +224,14 @@ impl Asker {
                 if vouched.len() >= VOUCHED_MAX && !vouched.contains_key(&id) {
                     break;
                 }
-                let v = vouched.entry(id).or_insert(log_id);
-                if *v < log_id {
-                    *v = log_id;
-                }
+                vouched.insert(
+                    id,
+                    Vouch {
+                        log_id,
+                        by,
+                        until: now + VOUCH_TTL,
+                    },
+                );
                 tracing::info!(
                     member = me,
                     admitted = id,
@@ -219,14 +253,27 @@ impl Asker {
             .channel_named(addr, Some(&name))
             .map_err(|e| format!("{addr}: {e}"))?;
         let mut client = RaftServiceClient::new(channel)
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_decoding_message_size(MEMBERSHIP_ANSWER_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         let mut req = Request::new(PeerMembershipRequest {});
         req.set_timeout(ASK_TIMEOUT);
-        let answer = tokio::time::timeout(ASK_TIMEOUT, client.membership(req))
-            .await
-            .map_err(|_| format!("no answer within {ASK_TIMEOUT:?}"))?
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        let answer = match tokio::time::timeout(ASK_TIMEOUT, client.membership(req)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(s)) => {
+                if matches!(
+                    s.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) {
+                    self.dialer.forget_named(addr, Some(&name));
+                }
+                return Err(format!("{:?}: {}", s.code(), s.message()));
+            }
+            Err(_) => {
+                // A stalled connection may never recover by itself: dial afresh next time.
+                self.dialer.forget_named(addr, Some(&name));
+                return Err(format!("no answer within {ASK_TIMEOUT:?}"));
+            }
+        };
         let r: Result<PeerMembership, String> =
             codec::decode(&answer.into_inner().data).map_err(|e| format!("undecodable: {e}"))?;
         r

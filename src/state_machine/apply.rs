@@ -21,6 +21,13 @@ use crate::tenant::{
     Secret, TenantCounters, TenantInfo, TenantRecord, check_quotas, validate_tenant_id,
 };
 
+/// How long after an owner's latest session eviction (leader-stamped times) a resent first
+/// request that finds no session is refused (see [`Request::resent`]). A first attempt older
+/// than this, retried, finds its session unless it was evicted since, which would be more
+/// recent: it bounds how long after its first attempt a client's retries are protected (the
+/// Rust client gives up after its deadline, 30 s by default), leader clocks' skew included.
+const RESENT_WINDOW_MICROS: i64 = 10 * 60 * 1_000_000;
+
 /// Most sessions one entry evicts: lowering the per-principal session limits a long way
 /// evicts over several entries instead of building one huge batch.
 const EVICTIONS_PER_ENTRY_MAX: u64 = 1_000;
@@ -129,11 +136,14 @@ pub(crate) fn apply_request(
         Some(s) if sequence < s.sequence => return refuse(expired(Some(s.sequence))),
         None if sequence > 1 => return refuse(expired(None)),
         // A resent first request without a session: its first attempt may have applied and
-        // the session been evicted since, if its owner ever had one evicted. Applying it again
-        // could apply it twice; refused, the client reports an unknown outcome.
+        // the session been evicted since, if its owner had a session evicted within
+        // `RESENT_WINDOW_MICROS` of it. Applying it again could apply it twice; refused, the
+        // client reports an unknown outcome.
         None if req.resent() => {
             let txn = Txn::new(store, store.meta()?, base);
-            if count(&txn, &keys::evicted(req.owner)).map_err(fatal_of)? > 0 {
+            let last = count(&txn, &keys::evicted(req.owner)).map_err(fatal_of)?;
+            if last > 0 && req.timestamp_micros.saturating_sub(last as i64) <= RESENT_WINDOW_MICROS
+            {
                 return refuse(expired(None));
             }
         }
@@ -332,7 +342,7 @@ fn record_session(
     if evicted > 0 {
         let key = keys::evicted(owner);
         let before = count(txn, &key)?;
-        set_count(txn, &key, before.saturating_add(evicted))?;
+        set_count(txn, &key, before.max(req.timestamp_micros.max(1) as u64))?;
     }
     purge_dead(txn, globals)
 }

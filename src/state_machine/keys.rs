@@ -17,8 +17,9 @@
 //!                                     an owner's session eviction order (empty value; `index`
 //!                                     is at most the session's `last_index`, see `apply`)
 //! S <owner>                           SessionUsage of an owner (count, bytes)
-//! E <owner>                           how many of an owner's sessions were evicted (u64 BE;
-//!                                     absent: none. Since codec 4, no format change)
+//! E <owner>                           the stamped time (µs, u64 BE) of the latest entry that
+//!                                     evicted an owner's sessions (absent: none. Since codec
+//!                                     4, no format change)
 //! D <owner>                           an owner whose token is gone: its sessions are purged
 //!                                     by later requests, a few at a time (empty value)
 //! d                                   how many `D` markers exist (u64 BE)

@@ -55,9 +55,10 @@
 //! - An owner's sessions are evicted least-recently-written first past its
 //!   `sessions_per_principal_max` or `session_bytes_per_principal_max`. A retried *first*
 //!   request (sequence 1) whose session was evicted is refused as session-expired only when the
-//!   client marked it resent ([`crate::command::RESENT`]) and its owner has had a session evicted
-//!   (counted under `E<owner>`); unmarked, it cannot be told from a new client's first request
-//!   and applies again.
+//!   client marked it resent ([`crate::command::RESENT`]) and its owner had a session evicted
+//!   in the ten minutes before it (the latest eviction's stamped time is kept under
+//!   `E<owner>`); unmarked, or later, it cannot be told from a new client's first request and
+//!   applies again.
 //! - Apply itself runs RocksDB writes on the state-machine task (memtable writes, not synced);
 //!   only a tenant delete blocks there on a flush of every memtable (before the drop).
 //! - A restart after a crash re-applies what the memtables held: up to the meta column
