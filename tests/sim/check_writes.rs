@@ -21,11 +21,11 @@ pub fn check(history: &History, replicas: &BTreeMap<String, Replica>) -> Result<
     let mut maybe_deleted: BTreeSet<u64> = BTreeSet::new();
     for op in &history.ops {
         match (&op.call, &op.outcome) {
-            (Call::Create { tag }, Outcome::Ok(Some(id))) => {
+            (Call::Create { tag, .. }, Outcome::Ok(Some(id))) => {
                 acked.insert(*tag, *id as u64);
                 possible.insert(*tag);
             }
-            (Call::Create { tag }, Outcome::Unknown(_)) => {
+            (Call::Create { tag, .. }, Outcome::Unknown(_)) => {
                 possible.insert(*tag);
             }
             (Call::Delete { id, .. }, Outcome::Ok(_)) => {

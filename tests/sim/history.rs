@@ -21,8 +21,10 @@ pub enum Call {
         linearizable: bool,
         via: Option<String>,
     },
-    /// Creates a node with property `c = tag` in the quota tenant.
-    Create { tag: i64 },
+    /// Creates a node with property `c = tag` in the quota tenant; with `edge_to`, in the same
+    /// write an edge from it to that node (one the worker created and has not deleted), so a
+    /// later delete of either cascades it.
+    Create { tag: i64, edge_to: Option<u64> },
     /// Deletes node `id` (created earlier with `tag`) from the quota tenant.
     Delete { id: u64, tag: i64 },
     /// Moves `amount` from account `from` to account `to` in one write of two operations,

@@ -21,6 +21,7 @@ mod check_accounts;
 mod check_applied;
 mod check_brute;
 mod check_digests;
+mod check_edges;
 mod check_isolation;
 mod check_leaders;
 mod check_linearizable;
@@ -65,6 +66,9 @@ struct Summary {
     account_reads: usize,
     /// The applied index at which every member's whole-state digest was equal.
     digest_index: u64,
+    /// Edges in the quota tenant at the end, and creates acknowledged with an edge.
+    edges: usize,
+    edges_created: usize,
     visited: u64,
     refused_cas: u64,
     refused_quota: u64,
@@ -183,6 +187,7 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
     named(check_replicas::check(replicas))?;
     let digest_index = named(check_digests::check(&s.digests))?;
     named(check_writes::check(&s.history, replicas))?;
+    let edges = named(check_edges::check(&s.history, replicas))?;
     let account_reads = named(check_accounts::check(&s.history, replicas))?;
     named(check_quota::check(&s.usage, replicas))?;
     named(check_refusals::check(&s.refused))?;
@@ -223,6 +228,23 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
             |o| matches!(&o.outcome, history::Outcome::Unknown(m) if m.contains("session expired")),
         )
         .count();
+    let edges_created = s
+        .history
+        .ops
+        .iter()
+        .filter(|o| {
+            matches!(
+                (&o.call, &o.outcome),
+                (
+                    history::Call::Create {
+                        edge_to: Some(_),
+                        ..
+                    },
+                    history::Outcome::Ok(_)
+                )
+            )
+        })
+        .count();
     Ok(Summary {
         ops,
         ok,
@@ -234,6 +256,8 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         indexes,
         account_reads,
         digest_index,
+        edges,
+        edges_created,
         visited: stats.visited,
         refused_cas: s.refused.precondition,
         refused_quota: s.refused.quota,

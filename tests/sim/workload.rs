@@ -28,6 +28,8 @@ pub const QUOTA: &str = "q";
 pub const KEYS: usize = 6;
 /// The quota tenant's node limit: tight, so creates hit it often.
 pub const QUOTA_NODES: u64 = 12;
+/// The quota tenant's edge limit: creates with an edge are refused past it.
+pub const QUOTA_EDGES: u64 = 10;
 /// Accounts in the register tenant (label `acct`, balance `v`), and each one's first balance:
 /// transfers move money between them, so their sum is always `ACCOUNTS * BALANCE`.
 pub const ACCOUNTS: usize = 3;
@@ -60,7 +62,7 @@ fn prop(n: &pb::Node, key: &str) -> Option<i64> {
 pub fn setup_quotas(tenant: &str) -> pb::Quotas {
     pb::Quotas {
         max_nodes: (tenant == QUOTA).then_some(QUOTA_NODES),
-        max_edges: Some(10),
+        max_edges: Some(QUOTA_EDGES),
         max_storage_bytes: Some(1 << 20),
     }
 }
@@ -134,7 +136,9 @@ fn failure(call: &Call, s: &Status) -> (Outcome, Refusal) {
         }
         (Call::Create { .. }, Code::ResourceExhausted)
             if s.message()
-                .starts_with(&format!("tenant {QUOTA}: quota exceeded for nodes")) =>
+                .starts_with(&format!("tenant {QUOTA}: quota exceeded for nodes"))
+                || s.message()
+                    .starts_with(&format!("tenant {QUOTA}: quota exceeded for edges")) =>
         {
             Refusal::Quota
         }
@@ -372,10 +376,18 @@ pub async fn worker(
                 linearizable: false,
                 via: Some(NODES[rng.random_range(0..NODES.len())].to_string()),
             },
-            75..90 => Call::Create { tag: unique },
+            75..90 => Call::Create {
+                tag: unique,
+                // Half link the new node to one this worker made: deletes then cascade.
+                edge_to: (!created.is_empty() && rng.random_bool(0.5))
+                    .then(|| created[rng.random_range(0..created.len())].0),
+            },
             90..100 => match created.pop() {
                 Some((id, tag)) => Call::Delete { id, tag },
-                None => Call::Create { tag: unique },
+                None => Call::Create {
+                    tag: unique,
+                    edge_to: None,
+                },
             },
             100..106 => {
                 let from = accounts[rng.random_range(0..accounts.len())];
@@ -421,7 +433,7 @@ pub async fn worker(
             (Call::Read { .. }, Outcome::Ok(Some(v))) => {
                 seen.insert(key, *v);
             }
-            (Call::Create { tag }, Outcome::Ok(Some(id))) => created.push((*id as u64, *tag)),
+            (Call::Create { tag, .. }, Outcome::Ok(Some(id))) => created.push((*id as u64, *tag)),
             (
                 Call::Transfer {
                     from,
@@ -525,15 +537,26 @@ async fn perform(
                 Err(s) => Err(s),
             }
         }
-        Call::Create { tag } => c
+        Call::Create { tag, edge_to } => c
             .write(pb::WriteRequest {
                 tenant: QUOTA.into(),
                 request_id: None,
                 preconditions: vec![],
-                operations: vec![op(pb::operation::Op::CreateNode(pb::CreateNode {
+                operations: std::iter::once(op(pb::operation::Op::CreateNode(pb::CreateNode {
                     labels: vec!["q".into()],
                     properties: [("c".to_string(), int(*tag))].into(),
-                }))],
+                })))
+                .chain(edge_to.map(|to| {
+                    op(pb::operation::Op::CreateEdge(pb::CreateEdge {
+                        source: Some(pb::NodeRef {
+                            r#ref: Some(pb::node_ref::Ref::Created(0)),
+                        }),
+                        target: node_ref(to),
+                        edge_type: "e".into(),
+                        properties: Default::default(),
+                    }))
+                }))
+                .collect(),
             })
             .await
             .map(|r| match r.results.first().and_then(|r| r.result) {
@@ -887,6 +910,8 @@ pub struct Replica {
     pub data: BTreeMap<String, Vec<String>>,
     /// The quota tenant's nodes: id → tag `c`.
     pub quota_tags: BTreeMap<u64, i64>,
+    /// The quota tenant's edges: (id, source, target), in id order.
+    pub quota_edges: Vec<(u64, u64, u64)>,
     /// The accounts setup made: id → balance.
     pub accounts: BTreeMap<u64, i64>,
     pub usage: Option<pb::Usage>,
@@ -1101,6 +1126,23 @@ async fn replica(node: &str, account_ids: &[u64]) -> Option<Replica> {
         }
         data.insert(tenant.to_string(), rows);
     }
+    let mut quota_edges = Vec::new();
+    let mut g = GraphServiceClient::new(ch.clone());
+    let req = authed(
+        pb::ScanRequest {
+            tenant: QUOTA.into(),
+            kind: pb::ScanKind::Edges as i32,
+            page_size: 1000,
+            consistency: pb::Consistency::Serializable as i32,
+        },
+        Duration::from_secs(2),
+    );
+    let mut stream = g.scan(req).await.ok()?.into_inner();
+    while let Some(item) = stream.message().await.ok()? {
+        if let Some(pb::scan_item::Item::Edge(e)) = item.item {
+            quota_edges.push((e.id, e.source, e.target));
+        }
+    }
     let usage = usage_of(ch.clone()).await;
     let mut tenants = BTreeMap::new();
     for tenant in [REGISTERS, QUOTA] {
@@ -1141,6 +1183,7 @@ async fn replica(node: &str, account_ids: &[u64]) -> Option<Replica> {
         applied,
         data,
         quota_tags,
+        quota_edges,
         accounts,
         usage,
         tenants,
