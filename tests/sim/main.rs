@@ -34,6 +34,7 @@ mod check_writes;
 mod history;
 mod logs;
 mod net;
+mod tenants;
 mod workload;
 mod world;
 
@@ -69,6 +70,8 @@ struct Summary {
     /// Edges in the quota tenant at the end, and creates acknowledged with an edge.
     edges: usize,
     edges_created: usize,
+    /// Scratch tenants created and answered (each then written and deleted).
+    tenants_created: usize,
     visited: u64,
     refused_cas: u64,
     refused_quota: u64,
@@ -188,6 +191,11 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
     let digest_index = named(check_digests::check(&s.digests))?;
     named(check_writes::check(&s.history, replicas))?;
     let edges = named(check_edges::check(&s.history, replicas))?;
+    let (end_tenants, _) = s
+        .cluster_end
+        .as_ref()
+        .ok_or(("recovery".to_string(), "no final tenant list".to_string()))?;
+    let tenants_created = named(tenants::check(&s.tenant_ops, end_tenants))?;
     let account_reads = named(check_accounts::check(&s.history, replicas))?;
     named(check_quota::check(&s.usage, replicas))?;
     named(check_refusals::check(&s.refused))?;
@@ -258,6 +266,7 @@ fn check(run: &Run) -> Result<Summary, (String, String)> {
         digest_index,
         edges,
         edges_created,
+        tenants_created,
         visited: stats.visited,
         refused_cas: s.refused.precondition,
         refused_quota: s.refused.quota,

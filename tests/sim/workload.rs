@@ -114,7 +114,7 @@ pub fn client(endpoints: Vec<String>, id: u64, seed: u64) -> Client {
     .expect("valid endpoints")
 }
 
-fn all_endpoints() -> Vec<String> {
+pub fn all_endpoints() -> Vec<String> {
     NODES.iter().map(|n| addr(n)).collect()
 }
 
@@ -175,7 +175,7 @@ enum Refusal {
     None,
 }
 
-async fn pause(ms: std::ops::Range<u64>, rng: &mut SmallRng) {
+pub async fn pause(ms: std::ops::Range<u64>, rng: &mut SmallRng) {
     tokio::time::sleep(Duration::from_millis(rng.random_range(ms))).await;
 }
 
@@ -317,7 +317,7 @@ async fn create_nodes(c: &Client, n: usize, label: &str, value: i64) -> Vec<u64>
     }
 }
 
-async fn wait_setup(shared: &Rc<RefCell<Shared>>) {
+pub async fn wait_setup(shared: &Rc<RefCell<Shared>>) {
     while shared.borrow().setup_done_ms.is_none() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -124,6 +124,8 @@ pub struct Shared {
     pub limits_at_setup: String,
     /// At the end: every tenant's id, and the cluster limits rendered.
     pub cluster_end: Option<(Vec<String>, String)>,
+    /// Scratch tenants' lifecycle calls, in order (`tenants.rs`).
+    pub tenant_ops: Vec<super::tenants::TenantOp>,
     /// Set once the replicas converged: each host then reports its state digest.
     pub digests_wanted: bool,
     /// Member id → its applied index and the digest of its whole state there (every column
@@ -700,8 +702,8 @@ pub fn run(opts: &Options) -> Run {
     // The work phase's end is fixed in simulated time: the setup takes what it takes first.
     let work_start_ms = 3_000;
     let work_end_ms = work_start_ms + work_ms;
-    // The workers, Mallory and the admin client.
-    shared.borrow_mut().workers_running = opts.workers + 2;
+    // The workers, Mallory, the admin client and the tenant lifecycle.
+    shared.borrow_mut().workers_running = opts.workers + 3;
     for w in 0..opts.workers {
         sim.client(
             format!("w{w}"),
@@ -711,6 +713,10 @@ pub fn run(opts: &Options) -> Run {
     sim.client(
         "admin",
         workload::admin(shared.clone(), opts.seed, work_end_ms),
+    );
+    sim.client(
+        "tenants",
+        super::tenants::cycle(shared.clone(), opts.seed, work_end_ms),
     );
     sim.client(
         "mallory",
