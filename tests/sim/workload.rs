@@ -1074,6 +1074,30 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
     Ok(())
 }
 
+/// Every item of one kind in `tenant` as the member behind `ch` holds it (serializable);
+/// `None` if the scan fails.
+async fn scan(ch: &Channel, tenant: &str, kind: pb::ScanKind) -> Option<Vec<pb::scan_item::Item>> {
+    let req = authed(
+        pb::ScanRequest {
+            tenant: tenant.into(),
+            kind: kind as i32,
+            page_size: 1000,
+            consistency: pb::Consistency::Serializable as i32,
+        },
+        Duration::from_secs(2),
+    );
+    let mut stream = GraphServiceClient::new(ch.clone())
+        .scan(req)
+        .await
+        .ok()?
+        .into_inner();
+    let mut items = Vec::new();
+    while let Some(item) = stream.message().await.ok()? {
+        items.extend(item.item);
+    }
+    Some(items)
+}
+
 async fn replica(node: &str, account_ids: &[u64]) -> Option<Replica> {
     let ch = direct(node);
     let mut cc = ClusterServiceClient::new(ch.clone());
@@ -1088,20 +1112,9 @@ async fn replica(node: &str, account_ids: &[u64]) -> Option<Replica> {
     let mut quota_tags = BTreeMap::new();
     let mut accounts = BTreeMap::new();
     for tenant in [REGISTERS, QUOTA] {
-        let mut g = GraphServiceClient::new(ch.clone());
-        let req = authed(
-            pb::ScanRequest {
-                tenant: tenant.into(),
-                kind: pb::ScanKind::Nodes as i32,
-                page_size: 1000,
-                consistency: pb::Consistency::Serializable as i32,
-            },
-            Duration::from_secs(2),
-        );
-        let mut stream = g.scan(req).await.ok()?.into_inner();
         let mut rows = Vec::new();
-        while let Some(item) = stream.message().await.ok()? {
-            if let Some(pb::scan_item::Item::Node(n)) = item.item {
+        for item in scan(&ch, tenant, pb::ScanKind::Nodes).await? {
+            if let pb::scan_item::Item::Node(n) = item {
                 let props: BTreeMap<_, _> = n
                     .properties
                     .iter()
@@ -1127,19 +1140,8 @@ async fn replica(node: &str, account_ids: &[u64]) -> Option<Replica> {
         data.insert(tenant.to_string(), rows);
     }
     let mut quota_edges = Vec::new();
-    let mut g = GraphServiceClient::new(ch.clone());
-    let req = authed(
-        pb::ScanRequest {
-            tenant: QUOTA.into(),
-            kind: pb::ScanKind::Edges as i32,
-            page_size: 1000,
-            consistency: pb::Consistency::Serializable as i32,
-        },
-        Duration::from_secs(2),
-    );
-    let mut stream = g.scan(req).await.ok()?.into_inner();
-    while let Some(item) = stream.message().await.ok()? {
-        if let Some(pb::scan_item::Item::Edge(e)) = item.item {
+    for item in scan(&ch, QUOTA, pb::ScanKind::Edges).await? {
+        if let pb::scan_item::Item::Edge(e) = item {
             quota_edges.push((e.id, e.source, e.target));
         }
     }
