@@ -167,6 +167,10 @@ pub struct PlantedBugs {
     pub leader_reads_unconfirmed: bool,
     /// A vote is answered without being saved to disk.
     pub vote_not_persisted: bool,
+    /// A snapshot install switches `CURRENT` to the new database before its files are synced.
+    pub pointer_before_sync: bool,
+    /// Apply writes an entry's applied id in a batch of its own, before its effects.
+    pub applied_id_apart: bool,
 }
 
 /// Where a server gets its files, threads, time, randomness and network.
@@ -198,6 +202,11 @@ pub struct ServerEnv {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub on_apply: Option<crate::state_machine::ApplyObserver>,
+    /// Told of every step the state machine takes on its own files (the `testing` feature
+    /// only).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub on_sm_disk: Option<crate::state_machine::DiskHook>,
 }
 
 impl ServerEnv {
@@ -218,6 +227,8 @@ impl ServerEnv {
             planted: PlantedBugs::default(),
             #[cfg(feature = "testing")]
             on_apply: None,
+            #[cfg(feature = "testing")]
+            on_sm_disk: None,
         }
     }
 }
@@ -583,6 +594,9 @@ impl Storage {
             sm_config.planted_skip_session_dedup = env.planted.skip_session_dedup;
             sm_config.planted_quota_off_by_one = env.planted.quota_off_by_one;
             sm_config.on_apply = env.on_apply.clone();
+            sm_config.planted_pointer_before_sync = env.planted.pointer_before_sync;
+            sm_config.planted_applied_id_apart = env.planted.applied_id_apart;
+            sm_config.on_disk = env.on_sm_disk.clone();
         }
         let snapshots_dir = sm_config.dir.join("snapshots");
         let sm = StateMachine::open(sm_config)

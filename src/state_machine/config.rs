@@ -74,11 +74,26 @@ pub struct StateMachineConfig {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_quota_off_by_one: bool,
+    /// Planted bug (the `testing` feature only): a snapshot install switches `CURRENT` to the
+    /// new database before its files are synced.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub planted_pointer_before_sync: bool,
+    /// Planted bug (the `testing` feature only): apply writes an entry's applied id in a batch
+    /// of its own, before the batch with the entry's effects.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub planted_applied_id_apart: bool,
     /// Told of every entry applied (the `testing` feature only): the simulation compares what
     /// each member applied at each index.
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub on_apply: Option<ApplyObserver>,
+    /// Told of every step the state machine takes on its own files, before it happens (the
+    /// `testing` feature only): the simulation cuts the power at one of them.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub on_disk: Option<super::disk::DiskHook>,
 }
 
 /// Called with each applied entry's index, term and a fingerprint of the whole entry (the
@@ -111,8 +126,22 @@ impl StateMachineConfig {
             #[cfg(feature = "testing")]
             planted_quota_off_by_one: false,
             #[cfg(feature = "testing")]
+            planted_pointer_before_sync: false,
+            #[cfg(feature = "testing")]
+            planted_applied_id_apart: false,
+            #[cfg(feature = "testing")]
             on_apply: None,
+            #[cfg(feature = "testing")]
+            on_disk: None,
         }
+    }
+
+    /// The state machine's file operations in `phase`.
+    pub(crate) fn disk(&self, phase: super::disk::Phase) -> super::disk::SmDisk {
+        #[cfg(feature = "testing")]
+        return super::disk::SmDisk::new(phase, self.on_disk.clone());
+        #[cfg(not(feature = "testing"))]
+        super::disk::SmDisk::new(phase)
     }
 
     /// Whether an entry may follow the applied one with a gap (never, outside openraft's
@@ -134,6 +163,22 @@ impl StateMachineConfig {
         };
         #[cfg(not(feature = "testing"))]
         ApplyBugs::default()
+    }
+
+    /// Whether the planted "pointer before sync" bug is on (never outside tests).
+    pub(crate) fn planted_pointer_before_sync(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.planted_pointer_before_sync;
+        #[cfg(not(feature = "testing"))]
+        false
+    }
+
+    /// Whether the planted "applied id apart" bug is on (never outside tests).
+    pub(crate) fn planted_applied_id_apart(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.planted_applied_id_apart;
+        #[cfg(not(feature = "testing"))]
+        false
     }
 
     /// Tells the observer, if any, that `entry` was applied.

@@ -15,12 +15,13 @@ use rocksdb::{WriteBatch, WriteOptions};
 
 use super::apply::{Ddl, apply_request};
 use super::config::StateMachineConfig;
+use super::disk::{DiskStep, Phase, SmDisk};
 use super::keys;
 use super::read::GraphReader;
 use super::shared::{CurrentSnapshot, Shared};
 use super::snapshot::{SnapshotFile, checkpoint, install_stream, write_stream_file};
 use super::store::{
-    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, sync_dir, write_pointer,
+    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, write_pointer,
 };
 use super::stream::read_meta;
 use super::txn::Layer;
@@ -37,6 +38,8 @@ pub struct StateMachine {
     membership: StoredMembership,
     /// Apply's write options: RocksDB's WAL off (see `apply_entry`).
     unlogged: WriteOptions,
+    /// Apply's writes, announced (see `disk`).
+    disk: SmDisk,
 }
 
 fn snapshot_name(last: &Option<LogId>) -> String {
@@ -63,15 +66,19 @@ impl StateMachine {
 
     fn open_blocking(cfg: StateMachineConfig) -> io::Result<StateMachine> {
         let dir = cfg.dir.clone();
-        fs::create_dir_all(dir.join(SNAPSHOTS))?;
+        let disk = cfg.disk(Phase::Open);
+        disk.create_dir_all(&dir.join(SNAPSHOTS))?;
         if let Some(parent) = dir.parent() {
-            sync_dir(parent).ok();
+            disk.sync_dir(parent).ok();
         }
         let generation = match read_pointer(&dir)? {
             Some(g) => g,
             None => {
-                Store::open(&dir.join(db_dir_name(1)), &RocksOptions::new(&cfg))?;
-                write_pointer(&dir, 1)?;
+                let first = dir.join(db_dir_name(1));
+                disk.announce(DiskStep::CreateDatabase(&first))?;
+                drop(Store::open(&first, &RocksOptions::new(&cfg))?);
+                disk.sync_tree(&first)?;
+                write_pointer(&disk, &dir, 1)?;
                 1
             }
         };
@@ -85,11 +92,11 @@ impl StateMachine {
                 dir.join("CURRENT")
             )));
         }
-        remove_leftovers(&dir, generation)?;
+        remove_leftovers(&disk, &dir, generation)?;
         let store = Store::open(&db_dir, &opts)?;
         reconcile(&store, &opts)?;
         let (applied, membership) = read_applied(&store)?;
-        let current = find_current_snapshot(&dir.join(SNAPSHOTS))?;
+        let current = find_current_snapshot(&disk, &dir.join(SNAPSHOTS))?;
         let shared = Arc::new(Shared {
             cfg,
             opts,
@@ -102,6 +109,7 @@ impl StateMachine {
         let mut unlogged = WriteOptions::default();
         unlogged.disable_wal(true);
         Ok(StateMachine {
+            disk: disk.in_phase(Phase::Apply),
             shared,
             applied,
             membership,
@@ -197,7 +205,20 @@ impl StateMachine {
                 learned = Some(layer.into_batch(&store, &mut batch)?);
             }
         }
-        batch.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
+        if self.shared.cfg.planted_applied_id_apart() {
+            // Planted bug (tests only): the applied id in a batch of its own, written first.
+            let mut first = WriteBatch::default();
+            first.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
+            self.disk.announce(DiskStep::ApplyWrite {
+                index: log_id.index,
+            })?;
+            store
+                .db()
+                .write_opt(first, &self.unlogged)
+                .map_err(|e| rocks_err(&format!("apply {log_id}"), e))?;
+        } else {
+            batch.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
+        }
         if let Ddl::Create(t) = &ddl {
             store.create_tenant_cf(t, &self.shared.opts)?;
         }
@@ -208,6 +229,9 @@ impl StateMachine {
         // log is only purged behind a snapshot, so those entries are still there. Skipping
         // RocksDB's WAL spares every replica a second copy of each write on disk and the CPU
         // to write it (BENCHMARKS.md).
+        self.disk.announce(DiskStep::ApplyWrite {
+            index: log_id.index,
+        })?;
         store
             .db()
             .write_opt(batch, &self.unlogged)
@@ -247,14 +271,15 @@ impl StateMachine {
             .insert(dir.clone());
         let store = self.shared.store();
         let d = dir.clone();
+        let disk = self.shared.cfg.disk(Phase::Build);
         let made = self
             .shared
             .cfg
             .blocking
             .run(move || {
                 // `seq` restarts with the process: a checkpoint of the same index may exist.
-                remove_dir_if_exists(&d)?;
-                checkpoint(&store, &d)
+                disk.remove_dir_if_exists(&d)?;
+                checkpoint(&disk, &store, &d)
             })
             .await;
         Builder {
@@ -269,19 +294,12 @@ impl StateMachine {
     }
 }
 
-fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 fn encode<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
     codec::encode(v).map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// Removes database directories other than the current one and interrupted-install debris.
-fn remove_leftovers(dir: &Path, generation: u64) -> io::Result<()> {
+fn remove_leftovers(disk: &SmDisk, dir: &Path, generation: u64) -> io::Result<()> {
     let current = db_dir_name(generation);
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -292,9 +310,9 @@ fn remove_leftovers(dir: &Path, generation: u64) -> io::Result<()> {
                 "removing a leftover of an interrupted snapshot install"
             );
             if path.is_dir() {
-                fs::remove_dir_all(&path)?;
+                disk.remove_dir_all(&path)?;
             } else {
-                fs::remove_file(&path)?;
+                disk.remove_file(&path)?;
             }
         }
     }
@@ -364,7 +382,7 @@ fn read_applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> 
 
 /// The newest complete snapshot stream in `dir`; interrupted temporary files and checkpoint
 /// directories are removed.
-fn find_current_snapshot(dir: &Path) -> io::Result<Option<CurrentSnapshot>> {
+fn find_current_snapshot(disk: &SmDisk, dir: &Path) -> io::Result<Option<CurrentSnapshot>> {
     let mut best: Option<PathBuf> = None;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -373,9 +391,9 @@ fn find_current_snapshot(dir: &Path) -> io::Result<Option<CurrentSnapshot>> {
             // Interrupted work: a stream being written or received, or a checkpoint RocksDB
             // was still building (it renames `<dir>.tmp` into place when complete).
             if path.is_dir() {
-                fs::remove_dir_all(&path)?;
+                disk.remove_dir_all(&path)?;
             } else {
-                fs::remove_file(&path)?;
+                disk.remove_file(&path)?;
             }
         } else if name.ends_with(".rgsnap") && best.as_ref().is_none_or(|b| path > *b) {
             best = Some(path);
@@ -422,6 +440,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let path = shared.snapshots().join(snapshot_name(&meta.last_log_id));
         let blocking = shared.cfg.blocking;
         let m = meta.clone();
+        let disk = shared.cfg.disk(Phase::Build);
         let file = blocking
             .run(move || -> io::Result<SnapshotFile> {
                 let expect = m.last_log_id;
@@ -438,11 +457,11 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                     Ok(())
                 };
                 let tmp = path.with_extension("tmp");
-                if let Err(e) = write_stream_file(&ckpt, &encode(&m)?, &tmp, &check) {
-                    let _ = fs::remove_file(&tmp);
+                if let Err(e) = write_stream_file(&disk, &ckpt, &encode(&m)?, &tmp, &check) {
+                    let _ = disk.remove_file(&tmp);
                     return Err(e);
                 }
-                shared.publish(CurrentSnapshot { meta: m, path }, &tmp, Some(&ckpt))
+                shared.publish(&disk, CurrentSnapshot { meta: m, path }, &tmp, Some(&ckpt))
             })
             .await?;
         Ok(SnapshotOf::<TypeConfig, SnapshotFile> {
@@ -499,13 +518,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             path: final_path,
         };
+        let disk = shared.cfg.disk(Phase::Install);
+        let d = disk.clone();
+        // Planted bug (tests only): the new database synced only after the pointer names it.
+        let sync_after_switch = shared.cfg.planted_pointer_before_sync();
         let store = blocking
             .run(move || -> io::Result<Store> {
                 let build = || -> io::Result<Store> {
                     // An earlier failed install in this process may have left these behind.
-                    remove_dir_if_exists(&db_dir)?;
-                    remove_dir_if_exists(&db_dir.with_extension("ingest"))?;
+                    d.remove_dir_if_exists(&db_dir)?;
+                    d.remove_dir_if_exists(&db_dir.with_extension("ingest"))?;
                     let (meta_bytes, _digest, store) = install_stream(
+                        &d,
                         &mut snapshot.file,
                         &c,
                         &db_dir,
@@ -520,23 +544,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             snapshot.path
                         )));
                     }
+                    // Every file of the new database, then its directory, durable before
+                    // anything names it.
+                    store
+                        .db()
+                        .flush_wal(true)
+                        .map_err(|e| rocks_err("sync WAL", e))?;
+                    if !sync_after_switch {
+                        d.sync_tree(&db_dir)?;
+                    }
                     // The stream becomes the current snapshot before the database switch: if
                     // the switch is then lost, a restart finds a snapshot ahead of the applied
                     // id and openraft reinstalls it. Checkpoints are left for the next build
                     // to clear (one may be feeding a build now).
-                    sh.publish(cur, &c, None)?;
+                    sh.publish(&d, cur, &c, None)?;
                     // The new directory's entry must be durable before the pointer names it.
-                    sync_dir(&sh.cfg.dir)?;
+                    d.sync_dir(&sh.cfg.dir)?;
                     Ok(store)
                 };
                 let store = build().inspect_err(|_| {
-                    let _ = fs::remove_dir_all(&db_dir);
-                    let _ = fs::remove_dir_all(db_dir.with_extension("ingest"));
-                    let _ = fs::remove_file(&c);
+                    let _ = d.remove_dir_if_exists(&db_dir);
+                    let _ = d.remove_dir_if_exists(&db_dir.with_extension("ingest"));
+                    let _ = d.remove_file(&c);
                 })?;
                 // The switch: from here a restart opens the new database. No cleanup if it
                 // fails: the rename may have happened, and open() decides from the pointer.
-                write_pointer(&sh.cfg.dir, generation)?;
+                write_pointer(&d, &sh.cfg.dir, generation)?;
+                if sync_after_switch {
+                    d.sync_tree(&db_dir)?;
+                }
                 Ok(store)
             })
             .await?;
@@ -544,7 +580,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut slot = shared.store.write().expect("store lock poisoned");
             std::mem::replace(&mut *slot, Arc::new(store))
         };
-        old.remove_on_drop();
+        old.remove_on_drop(disk);
         drop(old);
         shared.generation.store(generation, Ordering::SeqCst);
         self.applied = meta.last_log_id;

@@ -24,7 +24,10 @@
 //! bytes on every replica. Installing verifies a stream while building SST files, ingests them
 //! into a fresh `db-<gen>` directory, fsyncs it, and only then switches the durable `CURRENT`
 //! pointer; readers holding the old database finish on it. Blocking RocksDB work goes through
-//! [`Blocking`]: the blocking pool in production, inline in the simulation.
+//! [`Blocking`]: the blocking pool in production, inline in the simulation. The state
+//! machine's own file steps (the pointer, streams, new database directories, checkpoints, each
+//! entry's write) go through `disk::SmDisk`, which with the `testing` feature announces each to
+//! a hook first: the simulation cuts the power at one and knows what was not yet durable.
 //!
 //! **Invariants**
 //! - The applied index advances by exactly one per entry; anything else is a fatal error.
@@ -74,6 +77,7 @@
 mod apply;
 pub mod bench;
 mod config;
+mod disk;
 mod keys;
 mod machine;
 mod ops;
@@ -89,6 +93,9 @@ mod verify;
 #[doc(hidden)]
 pub use config::ApplyObserver;
 pub use config::{Blocking, StateMachineConfig};
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use disk::{DiskHook, DiskStep, Phase};
 pub use machine::{Builder, StateMachine};
 
 /// The openraft handle of a member, over this state machine.

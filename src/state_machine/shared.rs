@@ -8,8 +8,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::config::StateMachineConfig;
+use super::disk::SmDisk;
 use super::snapshot::SnapshotFile;
-use super::store::{RocksOptions, SNAPSHOTS, Store, sync_dir};
+use super::store::{RocksOptions, SNAPSHOTS, Store};
 use crate::raft::SnapshotMeta;
 
 /// The current snapshot: its meta and where its stream file is.
@@ -49,20 +50,21 @@ impl Shared {
     /// happens under the snapshot lock, so no reader can find a path that is being removed.
     pub(super) fn publish(
         &self,
+        disk: &SmDisk,
         cur: CurrentSnapshot,
         tmp: &Path,
         keep_checkpoint: Option<&Path>,
     ) -> io::Result<SnapshotFile> {
         let mut slot = self.current.lock().expect("snapshot lock poisoned");
-        fs::rename(tmp, &cur.path)?;
-        sync_dir(&self.snapshots())?;
+        disk.rename(tmp, &cur.path)?;
+        disk.sync_dir(&self.snapshots())?;
         let file = SnapshotFile::open(&cur.path)?;
         if slot
             .as_ref()
             .is_some_and(|c| c.meta.last_log_id > cur.meta.last_log_id)
         {
             // A newer snapshot won meanwhile (e.g. an install): keep only the handle.
-            fs::remove_file(&cur.path)?;
+            disk.remove_file(&cur.path)?;
             return Ok(file);
         }
         let keep = cur.path.clone();
@@ -77,7 +79,7 @@ impl Shared {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name.ends_with(".rgsnap") && path != keep {
-                fs::remove_file(&path)?;
+                disk.remove_file(&path)?;
             } else if let Some(k) = keep_checkpoint
                 && name.starts_with("ckpt-")
                 && !name.ends_with(".tmp")
@@ -90,7 +92,7 @@ impl Shared {
         // Removing a checkpoint unlinks thousands of files: not while readers wait on the lock.
         drop(slot);
         for path in stale_checkpoints {
-            fs::remove_dir_all(&path)?;
+            disk.remove_dir_all(&path)?;
         }
         Ok(file)
     }

@@ -2,15 +2,16 @@
 //! ingested into a fresh versioned database directory).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SstFileWriter};
 
+use super::disk::{DiskStep, SmDisk};
 use super::keys;
-use super::store::{Rocks, RocksOptions, Store, rocks_err, sync_dir, sync_tree};
+use super::store::{Rocks, RocksOptions, Store, rocks_err};
 use super::stream::{StreamSink, StreamWriter, read_stream};
 
 /// The snapshot data openraft hands around: an open snapshot stream file. The handle keeps
@@ -100,15 +101,16 @@ pub(crate) fn walk(
 }
 
 /// Takes a checkpoint of `store` into `dir` (must not exist): hard links, memtables flushed.
-pub(crate) fn checkpoint(store: &Store, dir: &Path) -> io::Result<()> {
+pub(crate) fn checkpoint(disk: &SmDisk, store: &Store, dir: &Path) -> io::Result<()> {
     // RocksDB flushes memtables for a checkpoint too; flushing here first does not depend on
     // that, and apply's writes (no RocksDB WAL) exist nowhere else.
     store.flush_all()?;
     let cp = Checkpoint::new(store.db()).map_err(|e| rocks_err("checkpoint", e))?;
+    disk.announce(DiskStep::Checkpoint(dir))?;
     cp.create_checkpoint(dir)
         .map_err(|e| rocks_err(&format!("checkpoint into {dir:?}"), e))?;
     if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
+        disk.sync_dir(parent)?;
     }
     Ok(())
 }
@@ -117,6 +119,7 @@ pub(crate) fn checkpoint(store: &Store, dir: &Path) -> io::Result<()> {
 /// renames it into place). `check_applied` receives the checkpoint's stored applied id bytes, to
 /// cross-check the meta.
 pub(crate) fn write_stream_file(
+    disk: &SmDisk,
     checkpoint: &Path,
     meta: &[u8],
     out: &Path,
@@ -137,14 +140,14 @@ pub(crate) fn write_stream_file(
     }
     let names = registered_cfs(&db, ReadOptions::default())?;
     let cfs = cf_handles(&db, &names)?;
-    let mut w = StreamWriter::new(BufWriter::new(File::create(out)?), meta)?;
+    let mut w = StreamWriter::new(BufWriter::new(disk.create_file(out)?), meta)?;
     walk(&db, &cfs, &ReadOptions::default, &mut |item| match item {
         Item::Cf(n) => w.cf(n),
         Item::Pair(k, v) => w.pair(k, v),
     })?;
     let (buf, digest) = w.finish()?;
     let file = buf.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    disk.sync_file(&file, out)?;
     Ok(digest)
 }
 
@@ -216,10 +219,12 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Verifies the stream in `src` while building SST files, ingests them into a new database at
-/// `db_dir` and fsyncs it; the stream is copied to `copy_to` (fsynced, not yet renamed into
-/// place). Returns the stream's encoded meta, its digest and the open store.
+/// Verifies the stream in `src` while building SST files and ingests them into a new database
+/// at `db_dir` (not yet synced: the caller does that before anything names it); the stream is
+/// copied to `copy_to` (fsynced, not yet renamed into place). Returns the stream's encoded
+/// meta, its digest and the open store.
 pub(crate) fn install_stream(
+    disk: &SmDisk,
     src: &mut File,
     copy_to: &Path,
     db_dir: &Path,
@@ -228,10 +233,10 @@ pub(crate) fn install_stream(
 ) -> io::Result<(Vec<u8>, [u8; 32], Store)> {
     src.seek(SeekFrom::Start(0))?;
     let ingest_dir = db_dir.with_extension("ingest");
-    fs::create_dir_all(&ingest_dir)?;
+    disk.create_dir_all(&ingest_dir)?;
     let mut tee = Tee {
         r: BufReader::with_capacity(1 << 20, src),
-        w: BufWriter::with_capacity(1 << 20, File::create(copy_to)?),
+        w: BufWriter::with_capacity(1 << 20, disk.create_file(copy_to)?),
     };
     let mut sink = SstSink {
         opts: &opts.cf,
@@ -245,8 +250,9 @@ pub(crate) fn install_stream(
     let (meta, digest) = read_stream(&mut tee, &mut sink)?;
     sink.close()?;
     let copy = tee.w.into_inner().map_err(|e| e.into_error())?;
-    copy.sync_all()?;
+    disk.sync_file(&copy, copy_to)?;
 
+    disk.announce(DiskStep::CreateDatabase(db_dir))?;
     let store = Store::open(db_dir, opts)?;
     let ingest = {
         let mut o = IngestExternalFileOptions::default();
@@ -269,11 +275,6 @@ pub(crate) fn install_stream(
             .ingest_external_file_cf_opts(&cf, &ingest, files.clone())
             .map_err(|e| rocks_err(&format!("ingest into {name}"), e))?;
     }
-    store
-        .db()
-        .flush_wal(true)
-        .map_err(|e| rocks_err("sync WAL", e))?;
-    sync_tree(db_dir)?;
-    fs::remove_dir_all(&ingest_dir)?;
+    disk.remove_dir_all(&ingest_dir)?;
     Ok((meta, digest, store))
 }

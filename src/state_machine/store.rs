@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
@@ -22,6 +22,7 @@ use rocksdb::{
 };
 
 use super::config::StateMachineConfig;
+use super::disk::SmDisk;
 use super::keys;
 
 pub(crate) type Rocks = DBWithThreadMode<MultiThreaded>;
@@ -103,7 +104,8 @@ impl RocksOptions {
 pub(crate) struct Store {
     db: Option<Rocks>,
     pub dir: PathBuf,
-    remove_on_drop: AtomicBool,
+    /// Set when superseded: the directory is removed (through this) when the store drops.
+    remove_on_drop: Mutex<Option<SmDisk>>,
     /// Column-family create and drop take it for writing; a reader that needs the set of
     /// column families to agree with a RocksDB snapshot (digests) takes the snapshot, reads the
     /// registry and takes the handles under it for reading.
@@ -300,7 +302,7 @@ impl Store {
         Ok(Store {
             db: Some(db),
             dir: dir.to_path_buf(),
-            remove_on_drop: AtomicBool::new(false),
+            remove_on_drop: Mutex::new(None),
             ddl: RwLock::new(()),
             tenants: TenantCache::default(),
             tokens: EpochCache::default(),
@@ -370,16 +372,21 @@ impl Store {
             .map_err(|e| rocks_err(&format!("drop column family {name}"), e))
     }
 
-    pub fn remove_on_drop(&self) {
-        self.remove_on_drop.store(true, Ordering::SeqCst);
+    pub fn remove_on_drop(&self, disk: SmDisk) {
+        *self.remove_on_drop.lock().expect("store lock poisoned") = Some(disk);
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
         drop(self.db.take());
-        if self.remove_on_drop.load(Ordering::SeqCst)
-            && let Err(e) = fs::remove_dir_all(&self.dir)
+        let remove = self
+            .remove_on_drop
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(disk) = remove
+            && let Err(e) = disk.remove_dir_all(&self.dir)
         {
             tracing::warn!(dir = ?self.dir, error = %e, "could not remove a superseded database");
         }
@@ -416,34 +423,12 @@ pub(crate) fn read_pointer(dir: &Path) -> io::Result<Option<u64>> {
 }
 
 /// Durably points `CURRENT` at `generation`: tmp file, fsync, rename, directory fsync.
-pub(crate) fn write_pointer(dir: &Path, generation: u64) -> io::Result<()> {
+pub(crate) fn write_pointer(disk: &SmDisk, dir: &Path, generation: u64) -> io::Result<()> {
     let tmp = dir.join("CURRENT.tmp");
     let body = format!("{}\n", db_dir_name(generation));
-    write_durable(&tmp, body.as_bytes())?;
-    fs::rename(&tmp, dir.join(POINTER))?;
-    sync_dir(dir)
-}
-
-pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-/// Fsyncs every file in `dir` (not recursive) and then `dir` itself.
-pub(crate) fn sync_tree(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            fs::File::open(entry.path())?.sync_all()?;
-        }
-    }
-    sync_dir(dir)
+    disk.write_durable(&tmp, body.as_bytes())?;
+    disk.rename(&tmp, &dir.join(POINTER))?;
+    disk.sync_dir(dir)
 }
 
 #[cfg(test)]
