@@ -3,6 +3,8 @@
 //! - At each index, every member that applied an entry applied the same one: a fingerprint of
 //!   the whole entry (term, payload) is compared across members and across one member's boots,
 //!   so a committed entry that changed, or a replica that applied a different one, fails.
+//! - A member starts only at an applied index it finished applying (in an earlier boot) or
+//!   installed a snapshot of: an entry's effects and its applied id are written together.
 //! - On each member the term never goes back, across restarts and power loss too (the vote is
 //!   durable); within one boot the commit point and the applied point never go back.
 
@@ -16,6 +18,12 @@ pub fn check(applies: &Applies, backwards: &[String]) -> Result<usize, String> {
              the first:\n  {first}",
             applies.violations.len(),
             applies.count
+        ));
+    }
+    if let Some(first) = applies.unfinished.first() {
+        return Err(format!(
+            "atomic apply: {} boots started half-way through an entry; the first:\n  {first}",
+            applies.unfinished.len()
         ));
     }
     if let Some(first) = backwards.first() {

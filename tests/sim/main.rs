@@ -34,6 +34,7 @@ mod check_writes;
 mod history;
 mod logs;
 mod net;
+mod smdisk;
 mod tenants;
 mod workload;
 mod world;
@@ -341,6 +342,8 @@ fn planted_by_name(name: &str) -> PlantedBugs {
         "quota_off_by_one" => p.quota_off_by_one = true,
         "leader_reads_unconfirmed" => p.leader_reads_unconfirmed = true,
         "vote_not_persisted" => p.vote_not_persisted = true,
+        "pointer_before_sync" => p.pointer_before_sync = true,
+        "applied_id_apart" => p.applied_id_apart = true,
         other => panic!("SIM_PLANTED={other}: not a planted bug"),
     }
     p
@@ -624,6 +627,39 @@ fn planted_vote_not_persisted_is_caught() {
         "vote_not_persisted",
         // A member whose term goes back after a restart, or two leaders in one term.
         &["monotonic", "leaders", "linearizability", "writes"],
+    );
+}
+
+#[test]
+fn planted_pointer_before_sync_is_caught() {
+    planted(
+        "pointer_before_sync",
+        // The pointer names a database whose files a power cut then tore: the member cannot
+        // open it, or opens it with entries missing.
+        &[
+            "recovery",
+            "digests",
+            "replicas",
+            "writes",
+            "linearizability",
+        ],
+    );
+}
+
+#[test]
+fn planted_applied_id_apart_is_caught() {
+    planted(
+        "applied_id_apart",
+        // A member that reports an entry applied whose effects it never wrote.
+        &[
+            "atomic apply",
+            "digests",
+            "replicas",
+            "writes",
+            "linearizability",
+            "values",
+            "edges",
+        ],
     );
 }
 

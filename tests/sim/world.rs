@@ -2,9 +2,10 @@
 //! schedule, all derived from one seed.
 //!
 //! A node's WAL lives in a [`MemFs`] the harness keeps across restarts (the disk); its RocksDB
-//! state machine lives in a per-node temporary directory. A crash (`kill -9`) loses nothing
-//! written; a power loss loses or tears every unsynced WAL write and reverts the state machine
-//! to its last checkpoint, so recovery has to come from the log.
+//! state machine lives in a per-node temporary directory, its own file steps watched by an
+//! [`SmLedger`]. A crash (`kill -9`) loses nothing written; a power loss loses or tears every
+//! unsynced WAL write and every unsynced state-machine file or directory entry, and reverts the
+//! live database to its last checkpoint, so recovery has to come from the log.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,12 +18,13 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use raftgraph::proto::v1 as pb;
 use raftgraph::server::{Incoming, PlantedBugs, Server, ServerConfig, ServerEnv};
-use raftgraph::state_machine::Blocking;
+use raftgraph::state_machine::{Blocking, Phase};
 use raftgraph::wal::{IoCall, IoRuntime, MemFs};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::history::History;
+use super::smdisk::SmLedger;
 use super::workload::{self, Replica};
 
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -170,11 +172,17 @@ pub struct Applies {
     /// Applications seen (re-applications after a restart included).
     pub count: u64,
     pub violations: Vec<String>,
+    /// Member → every index it finished applying → the latest boot that did.
+    finished: BTreeMap<u64, BTreeMap<u64, u64>>,
+    /// Boots that started at an applied index the member never finished applying.
+    pub unfinished: Vec<String>,
 }
 
 impl Applies {
-    fn record(&mut self, who: &str, index: u64, term: u64, fingerprint: u64) {
+    fn record(&mut self, who: &str, (node, boot): (u64, u64), index: u64, term: u64, fp: u64) {
+        let fingerprint = fp;
         self.count += 1;
+        self.finished.entry(node).or_default().insert(index, boot);
         match self.first.get(&index) {
             None => {
                 self.first
@@ -189,6 +197,43 @@ impl Applies {
             Some(_) => {}
         }
     }
+
+    /// Member `node` started (as `who`) with `applied` as its applied index: that must be an
+    /// entry it finished applying (effects and applied id are one batch) or a snapshot it
+    /// installed, never an entry whose apply was cut short.
+    ///
+    /// `cut_before`: the previous boot crashed (right after a flush) just before writing that
+    /// entry, so unless this boot has applied it since, or installed a snapshot, it must not
+    /// report it applied.
+    fn boot(
+        &mut self,
+        who: &str,
+        (node, boot): (u64, u64),
+        applied: Option<u64>,
+        installed: &BTreeSet<u64>,
+        cut_before: Option<u64>,
+    ) {
+        let Some(index) = applied else { return };
+        let finished = self.finished.get(&node);
+        let finished_in = |i: u64| finished.and_then(|f| f.get(&i)).copied();
+        if installed.contains(&index) {
+            return;
+        }
+        if finished_in(index).is_none() {
+            self.unfinished.push(format!(
+                "{who} starts at applied index {index}, an entry it never finished applying \
+                 and no snapshot it installed"
+            ));
+        } else if let Some(cut) = cut_before
+            && index >= cut
+            && finished_in(cut) != Some(boot)
+        {
+            self.unfinished.push(format!(
+                "{who} starts at applied index {index}, though its last boot crashed right \
+                 before writing entry {cut} (after a flush) and this boot has not applied it"
+            ));
+        }
+    }
 }
 
 /// One node's lasting state: its disk.
@@ -198,12 +243,21 @@ struct Disk {
     alarms: Arc<std::sync::Mutex<Vec<String>>>,
     config: ServerConfig,
     wal: Arc<MemFs>,
+    /// The state machine's own file steps (pointer, streams, new databases).
+    sm: Arc<SmLedger>,
     boots: Cell<u64>,
     /// The highest term this member was seen leading, over all its boots: a leader's vote is
     /// on disk (it was granted by a quorum only after being saved), so no later boot may start
     /// below it.
     led_term: Cell<u64>,
     applies: Arc<std::sync::Mutex<Applies>>,
+}
+
+impl Disk {
+    /// Whether a power cut armed in the WAL's or the state machine's I/O fired.
+    fn powered_off(&self) -> bool {
+        self.wal.power_cut().is_some() || self.sm.fired().is_some()
+    }
 }
 
 /// Random bytes from a seed: the same run makes the same tokens.
@@ -269,21 +323,36 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
             let who = format!("n{id} boot {boot}");
             raftgraph::state_machine::ApplyObserver(Arc::new(move |index, term, fingerprint| {
                 let mut a = applies.lock().unwrap_or_else(|p| p.into_inner());
-                a.record(&who, index, term, fingerprint);
+                a.record(&who, (id, boot), index, term, fingerprint);
             }))
         }),
+        on_sm_disk: Some(disk.sm.hook()),
     };
     shared.borrow_mut().trace(format!("n{id} boot {boot}"));
     let node = match Server::start_in(disk.config.clone(), incoming, env).await {
         Ok(n) => n,
         // The power went out mid-recovery: the machine is off until the harness crashes it.
-        Err(_) if disk.wal.power_cut().is_some() => return powered_off().await,
+        Err(_) if disk.powered_off() => return powered_off().await,
         Err(e) => {
             let msg = format!("n{id} boot {boot}: failed to start: {e}");
             shared.borrow_mut().node_errors.push(msg.clone());
             return Err(msg.into());
         }
     };
+    {
+        let applied = node
+            .reader()
+            .applied()
+            .map_err(|e| format!("n{id}: applied id: {e}"))?;
+        let mut a = disk.applies.lock().unwrap_or_else(|p| p.into_inner());
+        a.boot(
+            &format!("n{id} boot {boot}"),
+            (id, boot),
+            applied.map(|l| l.index),
+            &disk.sm.installed(),
+            disk.sm.take_cut_before(),
+        );
+    }
     // Watch the node's Raft state: leaders per term, snapshots, fatal errors.
     let mut metrics = node.raft().metrics();
     let mut last = None;
@@ -354,7 +423,7 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
             }
             last = Some(seen);
         }
-        if m.running_state.is_err() && disk.wal.power_cut().is_some() {
+        if m.running_state.is_err() && disk.powered_off() {
             return powered_off().await;
         }
         if let Err(e) = &m.running_state {
@@ -439,10 +508,31 @@ pub enum Fault {
         nth: u64,
         down_ms: u64,
     },
+    /// Power loss *inside* the state machine's own file steps ([`SmLedger`]): at the
+    /// `nth + 1`-th step of `phase` (any: `None`) on `node` — before an entry's write to
+    /// RocksDB, inside a snapshot build (checkpoint, stream written, synced, renamed, old ones
+    /// removed), inside an install. That step does not happen, nor any after it. Unsynced
+    /// files and directory entries are then lost as [`SmLedger`] describes, unsynced WAL
+    /// writes as for [`Fault::PowerLoss`], and the database goes back to its checkpoint — except
+    /// that after a cut before an entry's write, three times in four the machine instead
+    /// crashes right after a background flush: the WAL keeps everything, the database what it
+    /// held.
+    /// Disarmed if it has not fired within [`CUT_ARMED_MS`].
+    PowerCutInSm {
+        node: usize,
+        phase: Option<Phase>,
+        nth: u64,
+        down_ms: u64,
+    },
+    /// A follower down long enough that it must be sent a snapshot; when it restarts, the
+    /// power is cut at the `nth + 1`-th step of the install (as [`Fault::PowerCutInSm`]).
+    PowerCutInInstall { nth: u64, down_ms: u64 },
 }
 
 /// How long an armed [`Fault::PowerCutInIo`] waits for its call.
 pub const CUT_ARMED_MS: u64 = 5_000;
+/// How long a [`Fault::PowerCutInInstall`] waits for its step, from the restart.
+pub const INSTALL_ARMED_MS: u64 = 10_000;
 
 impl Fault {
     /// The fault's kind, for the counts a run reports.
@@ -451,6 +541,10 @@ impl Fault {
             Fault::PowerCutInIo { call, .. } => match call {
                 Some(c) => format!("PowerCutInIo({c:?})"),
                 None => "PowerCutInIo(any)".into(),
+            },
+            Fault::PowerCutInSm { phase, .. } => match phase {
+                Some(p) => format!("PowerCutInSm({p:?})"),
+                None => "PowerCutInSm(any)".into(),
             },
             other => format!("{other:?}")
                 .split([' ', '{'])
@@ -477,17 +571,17 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
     // Long enough that the log moves past what the others keep: catch-up by snapshot.
     let long = |rng: &mut SmallRng| rng.random_range(12_000..20_000);
     match rng.random_range(0..100) {
-        0..15 => Fault::Partition {
+        0..11 => Fault::Partition {
             side: pick_nodes(rng, 1),
             ms: short(rng),
         },
         // Long enough that the others elect a leader and clients find it and write there
         // while the old leader still believes it leads (a leader serving reads without
         // confirming leadership was caught by 7 of 50 seeds with 0.5–4 s).
-        15..27 => Fault::IsolateLeader {
+        11..23 => Fault::IsolateLeader {
             ms: rng.random_range(2_000..8_000),
         },
-        27..35 => {
+        23..30 => {
             let from = rng.random_range(0..3);
             Fault::OneWay {
                 from,
@@ -495,7 +589,7 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 ms: short(rng),
             }
         }
-        35..42 => {
+        30..36 => {
             let a = rng.random_range(0..3);
             Fault::Hold {
                 a,
@@ -503,7 +597,7 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 ms: short(rng),
             }
         }
-        42..50 => {
+        36..42 => {
             let a = rng.random_range(0..3);
             Fault::Slow {
                 a,
@@ -512,21 +606,21 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 ms: short(rng),
             }
         }
-        50..68 => {
+        42..54 => {
             let long_down = rng.random_bool(0.3);
             Fault::Crash {
                 nodes: pick_nodes(rng, 1),
                 down_ms: if long_down { long(rng) } else { short(rng) },
             }
         }
-        68..81 => {
+        54..64 => {
             let long_down = rng.random_bool(0.2);
             Fault::PowerLoss {
                 nodes: pick_nodes(rng, 3),
                 down_ms: if long_down { long(rng) } else { short(rng) },
             }
         }
-        81..92 => {
+        64..73 => {
             // Half aimed at any call soon; half at a kind, the rare ones (rename, remove,
             // set_len, create: meta replacement, purge, truncate, rotation) among them.
             let (call, nth) = if rng.random_bool(0.5) {
@@ -546,7 +640,26 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 down_ms: short(rng),
             }
         }
-        _ => Fault::CrashLeaderDuringCatchUp { down_ms: long(rng) },
+        73..80 => Fault::CrashLeaderDuringCatchUp { down_ms: long(rng) },
+        // Before one of the next entries' writes, or at any step (a build's among them).
+        80..90 => {
+            let (phase, nth) = if rng.random_bool(0.8) {
+                (Some(Phase::Apply), rng.random_range(0..40))
+            } else {
+                (None, rng.random_range(0..60))
+            };
+            Fault::PowerCutInSm {
+                node: rng.random_range(0..NODES.len()),
+                phase,
+                nth,
+                down_ms: short(rng),
+            }
+        }
+        // An install has some 20 steps (more with more tenants).
+        _ => Fault::PowerCutInInstall {
+            nth: rng.random_range(0..24),
+            down_ms: long(rng),
+        },
     }
 }
 
@@ -561,9 +674,12 @@ enum Undo {
     /// Start `0`, then crash the leader `1` ms later (and start it again after a while).
     StartThenCrashLeader(usize, u64),
     CrashLeader,
-    /// Disarm node `0`'s power cut if it has not fired; if it fires first, the node is down
-    /// for `1` ms.
-    Disarm(usize, u64),
+    /// Disarm node `0`'s power cut (a fault of kind `2`) if it has not fired; if it fires
+    /// first, the node is down for `1` ms.
+    Disarm(usize, u64, &'static str),
+    /// Start `0`, then cut its power at the `1 + 1`-th step of an install; down for `2` ms
+    /// after it fires.
+    StartArmed(usize, u64, u64),
 }
 
 /// The result of one run, for the checkers and for a failure report.
@@ -615,6 +731,12 @@ impl SmWatch {
             );
         }
         let db = sm_dir.join(&self.current);
+        if !db.is_dir() {
+            return format!(
+                "{} (named by CURRENT) missing: nothing reverted",
+                self.current
+            );
+        }
         std::fs::remove_dir_all(&db).expect("remove the live database");
         copy_dir(&path, &db);
         format!("reverted to {name}")
@@ -684,6 +806,7 @@ pub fn run(opts: &Options) -> Run {
                 alarms: Arc::default(),
                 config: node_config(dir.path(), id),
                 wal: Arc::new(MemFs::new()),
+                sm: SmLedger::new(dir.path().join(format!("stash-{}", NODES[id as usize - 1]))),
                 boots: Cell::new(0),
                 led_term: Cell::new(0),
                 applies: applies.clone(),
@@ -740,21 +863,29 @@ pub fn run(opts: &Options) -> Run {
         let now = sim.elapsed().as_millis() as u64;
         // A power cut that fired inside a node's I/O: the machine is off from that call on.
         for (n, disk) in disks.iter().enumerate() {
-            let Some(at) = disk.wal.power_cut() else {
-                continue;
+            let (at, kind, in_apply) = match (disk.wal.power_cut(), disk.sm.fired()) {
+                (Some(at), _) => (at, "PowerCutInIo", false),
+                (None, Some((phase, at))) => (at, "PowerCutInSm", phase == Phase::Apply),
+                (None, None) => continue,
             };
             sim.crash(NODES[n]);
-            disk.wal.crash_random(&mut rng);
-            let sm = watches[n].power_loss(&disk.config.sm_config().dir);
+            // Three in four: the power-loss outcome is what `PowerLoss` already gives.
+            let sm = if in_apply && rng.random_bool(0.75) {
+                disk.wal.kill();
+                disk.sm.restart();
+                "crashed right after a flush: WAL and database kept".to_string()
+            } else {
+                disk.wal.crash_random(&mut rng);
+                let files = disk.sm.power_loss(&mut rng);
+                let db = watches[n].power_loss(&disk.config.sm_config().dir);
+                format!("state machine {files}, {db}")
+            };
             let mut s = shared.borrow_mut();
-            s.trace_at(
-                now,
-                format!("power cut on {} at {at}: state machine {sm}", NODES[n]),
-            );
-            *s.faults.entry("PowerCutInIo(fired)".into()).or_default() += 1;
+            s.trace_at(now, format!("power cut on {} at {at}: {sm}", NODES[n]));
+            *s.faults.entry(format!("{kind}(fired)")).or_default() += 1;
             down.insert(n);
             for (t, u) in &mut undo {
-                if let Undo::Disarm(m, down_ms) = *u
+                if let Undo::Disarm(m, down_ms, _) = *u
                     && m == n
                 {
                     *t = now + down_ms;
@@ -789,17 +920,27 @@ pub fn run(opts: &Options) -> Run {
                     down.remove(&n);
                     undo.push((now + after, Undo::CrashLeader));
                 }
-                Undo::Disarm(n, _) => {
+                Undo::Disarm(n, _, kind) => {
                     disks[n].wal.disarm_cut();
+                    disks[n].sm.disarm();
                     shared
                         .borrow_mut()
                         .trace_at(now, format!("power cut on {} did not fire", NODES[n]));
                     *shared
                         .borrow_mut()
                         .faults
-                        .entry("PowerCutInIo(not fired)".into())
+                        .entry(format!("{kind}(not fired)"))
                         .or_default() += 1;
                     continue;
+                }
+                Undo::StartArmed(n, nth, down_ms) => {
+                    sim.bounce(NODES[n]);
+                    down.remove(&n);
+                    disks[n].sm.cut_at(Some(Phase::Install), nth);
+                    undo.push((
+                        now + INSTALL_ARMED_MS,
+                        Undo::Disarm(n, down_ms, "PowerCutInInstall"),
+                    ));
                 }
                 Undo::CrashLeader => {
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
@@ -891,10 +1032,12 @@ pub fn run(opts: &Options) -> Run {
                     for n in nodes {
                         sim.crash(NODES[n]);
                         disks[n].wal.crash_random(&mut rng);
-                        let sm = watches[n].power_loss(&disks[n].config.sm_config().dir);
-                        shared
-                            .borrow_mut()
-                            .trace_at(now, format!("power loss {}: state machine {sm}", NODES[n]));
+                        let files = disks[n].sm.power_loss(&mut rng);
+                        let db = watches[n].power_loss(&disks[n].config.sm_config().dir);
+                        shared.borrow_mut().trace_at(
+                            now,
+                            format!("power loss {}: state machine {files}, {db}", NODES[n]),
+                        );
                         down.insert(n);
                         undo.push((now + down_ms, Undo::Start(n)));
                     }
@@ -906,7 +1049,33 @@ pub fn run(opts: &Options) -> Run {
                     down_ms,
                 } => {
                     disks[node].wal.cut_power_at(call, nth);
-                    undo.push((now + CUT_ARMED_MS, Undo::Disarm(node, down_ms)));
+                    undo.push((
+                        now + CUT_ARMED_MS,
+                        Undo::Disarm(node, down_ms, "PowerCutInIo"),
+                    ));
+                }
+                Fault::PowerCutInSm {
+                    node,
+                    phase,
+                    nth,
+                    down_ms,
+                } => {
+                    disks[node].sm.cut_at(phase, nth);
+                    undo.push((
+                        now + CUT_ARMED_MS,
+                        Undo::Disarm(node, down_ms, "PowerCutInSm"),
+                    ));
+                }
+                Fault::PowerCutInInstall { nth, down_ms } => {
+                    let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
+                    let followers: Vec<usize> =
+                        (0..NODES.len()).filter(|n| Some(*n) != leader).collect();
+                    let n = followers[rng.random_range(0..followers.len())];
+                    sim.crash(NODES[n]);
+                    disks[n].wal.kill();
+                    down.insert(n);
+                    let after = rng.random_range(500..4_000);
+                    undo.push((now + down_ms, Undo::StartArmed(n, nth, after)));
                 }
                 Fault::CrashLeaderDuringCatchUp { down_ms } => {
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
