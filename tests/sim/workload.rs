@@ -742,48 +742,58 @@ pub async fn admin(shared: Rc<RefCell<Shared>>, seed: u64, work_end_ms: u64) -> 
     Ok(())
 }
 
-/// The leader and a member whose own membership does not name it; `None` when every member
-/// knows the leader (or no leader is known).
-async fn stale_member() -> Option<(u64, u64)> {
+/// One member's answer to `Status`: its id, term, whether it believes it leads, and the
+/// voters and learners of the membership it holds.
+struct View {
+    id: u64,
+    term: u64,
+    leads: bool,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+/// Every member that answers `Status`, and the member that leads: one that believes it leads in
+/// the highest term any member answered with. A member removed while it led, cut off from the
+/// rest, can believe it leads (in an old term) for as long as nobody tells it otherwise; while
+/// a member reports a higher term than every self-declared leader's, no leader is known.
+async fn views() -> (Vec<View>, Option<usize>) {
     let mut views = Vec::new();
     for (i, name) in NODES.iter().enumerate() {
         let mut cc = ClusterServiceClient::new(direct(name));
         let req = authed(pb::StatusRequest {}, Duration::from_secs(1));
         if let Ok(status) = cc.status(req).await.map(|r| r.into_inner()) {
             let m = status.membership.unwrap_or_default();
-            let ids: Vec<u64> = m.voters.iter().chain(&m.learners).map(|m| m.id).collect();
-            let term = (status.state == "leader").then_some(status.term);
-            views.push((i as u64 + 1, term, ids));
+            let ids = |v: &[pb::Member]| v.iter().map(|m| m.id).collect::<Vec<_>>();
+            views.push(View {
+                id: i as u64 + 1,
+                term: status.term,
+                leads: status.state == "leader",
+                voters: ids(&m.voters),
+                learners: ids(&m.learners),
+            });
         }
     }
-    // The leader of the highest term (see `leader_membership`).
-    let leader = views
-        .iter()
-        .filter(|v| v.1.is_some())
-        .max_by_key(|v| v.1)?
-        .0;
-    let (stale, _, _) = views.into_iter().find(|v| !v.2.contains(&leader))?;
-    Some((leader, stale))
+    let top = views.iter().map(|v| v.term).max();
+    let leader = views.iter().position(|v| v.leads && Some(v.term) == top);
+    (views, leader)
 }
 
-/// The leader's name and the voters and learners of the membership it holds. Of several
-/// members that believe they lead, the one of the highest term: a member removed while it led,
-/// cut off from the rest, can believe it leads for as long as nobody tells it otherwise.
+/// The leader and a member whose own membership does not name it; `None` when every member
+/// knows the leader (or no leader is known).
+async fn stale_member() -> Option<(u64, u64)> {
+    let (views, leader) = views().await;
+    let leader = views[leader?].id;
+    let stale = views
+        .iter()
+        .find(|v| !v.voters.contains(&leader) && !v.learners.contains(&leader))?;
+    Some((leader, stale.id))
+}
+
+/// The leader's name and the voters and learners of the membership it holds (see `views`).
 async fn leader_membership() -> Option<(&'static str, Vec<u64>, Vec<u64>)> {
-    let mut best: Option<(u64, &'static str, Vec<u64>, Vec<u64>)> = None;
-    for name in NODES {
-        let mut cc = ClusterServiceClient::new(direct(name));
-        let req = authed(pb::StatusRequest {}, Duration::from_secs(1));
-        let Ok(status) = cc.status(req).await.map(|r| r.into_inner()) else {
-            continue;
-        };
-        if status.state == "leader" && best.as_ref().is_none_or(|b| b.0 < status.term) {
-            let m = status.membership.unwrap_or_default();
-            let ids = |v: &[pb::Member]| v.iter().map(|m| m.id).collect::<Vec<_>>();
-            best = Some((status.term, name, ids(&m.voters), ids(&m.learners)));
-        }
-    }
-    best.map(|(_, name, voters, learners)| (name, voters, learners))
+    let (mut views, leader) = views().await;
+    let v = views.swap_remove(leader?);
+    Some((NODES[v.id as usize - 1], v.voters, v.learners))
 }
 
 /// One step of taking a member out of the cluster and bringing it back.
