@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use raftgraph::state_machine::{DiskHook, DiskStep, Phase};
-use rand::Rng;
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// One node's ledger; shared with its state machine through [`SmLedger::hook`].
 pub struct SmLedger {
@@ -260,9 +260,12 @@ impl SmLedger {
     }
 
     /// The power goes out (the node is already stopped): unsynced entry changes and bytes are
-    /// lost at random as the module docs say. Returns what happened, for the trace. Any cut is
-    /// disarmed and the machine can start again.
-    pub fn power_loss(&self, rng: &mut SmallRng) -> String {
+    /// lost at random (from `seed`: how many draws this takes depends on the files found, so it
+    /// must not consume the fault schedule's generator) as the module docs say. Returns what
+    /// happened, for the trace. Any cut is disarmed; call [`SmLedger::restart`] before the
+    /// machine starts again.
+    pub fn power_loss(&self, seed: u64) -> String {
+        let rng = &mut SmallRng::seed_from_u64(seed);
         let mut l = self.lock();
         let mut undone = 0;
         let entries = std::mem::take(&mut l.entries);
@@ -320,13 +323,13 @@ impl SmLedger {
         let _ = std::fs::remove_dir_all(&self.stash);
         l.armed = None;
         l.fired = None;
-        l.cut_apply = None;
         format!("{undone} entry changes undone, {emptied} files emptied, {cut} cut short")
     }
 
-    /// After a crash that is not a power loss (the page cache survives): the machine can start
-    /// again; nothing unsynced became durable. If the cut stopped an entry's write, the next
-    /// boot is told ([`SmLedger::take_cut_before`]).
+    /// After a crash (and after [`SmLedger::power_loss`], if the power went out): the machine can
+    /// start again; nothing unsynced became durable. If the cut stopped an entry's write, the
+    /// next boot is told ([`SmLedger::take_cut_before`]): whatever the database kept, that
+    /// entry was never written.
     pub fn restart(&self) {
         let mut l = self.lock();
         l.armed = None;

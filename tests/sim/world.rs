@@ -3,9 +3,10 @@
 //!
 //! A node's WAL lives in a [`MemFs`] the harness keeps across restarts (the disk); its RocksDB
 //! state machine lives in a per-node temporary directory, its own file steps watched by an
-//! [`SmLedger`]. A crash (`kill -9`) loses nothing written; a power loss loses or tears every
-//! unsynced WAL write and every unsynced state-machine file or directory entry, and reverts the
-//! live database to its last checkpoint, so recovery has to come from the log.
+//! [`SmLedger`]. A crash (`kill -9`) loses nothing written; a power loss keeps, drops or tears
+//! each unsynced WAL write, may undo unsynced directory entries and keeps, empties or cuts
+//! short each unsynced state-machine file, and reverts the live database to its last
+//! checkpoint, so recovery has to come from the log.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -202,9 +203,9 @@ impl Applies {
     /// entry it finished applying (effects and applied id are one batch) or a snapshot it
     /// installed, never an entry whose apply was cut short.
     ///
-    /// `cut_before`: the previous boot crashed (right after a flush) just before writing that
-    /// entry, so unless this boot has applied it since, or installed a snapshot, it must not
-    /// report it applied.
+    /// `cut_before`: the previous boot lost power (or crashed right after a flush) just before
+    /// writing that entry, so unless this boot has applied it since, or a snapshot at or past
+    /// it was installed, it must not report it applied.
     fn boot(
         &mut self,
         who: &str,
@@ -227,6 +228,7 @@ impl Applies {
         } else if let Some(cut) = cut_before
             && index >= cut
             && finished_in(cut) != Some(boot)
+            && installed.range(cut..).next().is_none()
         {
             self.unfinished.push(format!(
                 "{who} starts at applied index {index}, though its last boot crashed right \
@@ -876,7 +878,8 @@ pub fn run(opts: &Options) -> Run {
                 "crashed right after a flush: WAL and database kept".to_string()
             } else {
                 disk.wal.crash_random(&mut rng);
-                let files = disk.sm.power_loss(&mut rng);
+                let files = disk.sm.power_loss(rng.random());
+                disk.sm.restart();
                 let db = watches[n].power_loss(&disk.config.sm_config().dir);
                 format!("state machine {files}, {db}")
             };
@@ -1032,7 +1035,7 @@ pub fn run(opts: &Options) -> Run {
                     for n in nodes {
                         sim.crash(NODES[n]);
                         disks[n].wal.crash_random(&mut rng);
-                        let files = disks[n].sm.power_loss(&mut rng);
+                        let files = disks[n].sm.power_loss(rng.random());
                         let db = watches[n].power_loss(&disks[n].config.sm_config().dir);
                         shared.borrow_mut().trace_at(
                             now,
