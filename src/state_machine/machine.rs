@@ -209,13 +209,7 @@ impl StateMachine {
             // Planted bug (tests only): the applied id in a batch of its own, written first.
             let mut first = WriteBatch::default();
             first.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
-            self.disk.announce(DiskStep::ApplyWrite {
-                index: log_id.index,
-            })?;
-            store
-                .db()
-                .write_opt(first, &self.unlogged)
-                .map_err(|e| rocks_err(&format!("apply {log_id}"), e))?;
+            self.write_unlogged(&store, first, log_id)?;
         } else {
             batch.put_cf(&meta, keys::APPLIED, encode(&log_id)?);
         }
@@ -229,13 +223,7 @@ impl StateMachine {
         // log is only purged behind a snapshot, so those entries are still there. Skipping
         // RocksDB's WAL spares every replica a second copy of each write on disk and the CPU
         // to write it (BENCHMARKS.md).
-        self.disk.announce(DiskStep::ApplyWrite {
-            index: log_id.index,
-        })?;
-        store
-            .db()
-            .write_opt(batch, &self.unlogged)
-            .map_err(|e| rocks_err(&format!("apply {log_id}"), e))?;
+        self.write_unlogged(&store, batch, log_id)?;
         store.meta_cache.forget(keys::APPLIED);
         store.meta_cache.forget(keys::MEMBERSHIP);
         if let Some(learned) = learned {
@@ -255,6 +243,18 @@ impl StateMachine {
         }
         self.shared.cfg.observe_apply(entry);
         Ok(Responses { responses })
+    }
+
+    /// Writes one of entry `log_id`'s batches, unsynced and outside RocksDB's WAL, announced
+    /// to the disk hook first.
+    fn write_unlogged(&self, store: &Store, batch: WriteBatch, log_id: LogId) -> io::Result<()> {
+        self.disk.announce(DiskStep::ApplyWrite {
+            index: log_id.index,
+        })?;
+        store
+            .db()
+            .write_opt(batch, &self.unlogged)
+            .map_err(|e| rocks_err(&format!("apply {log_id}"), e))
     }
 
     /// Checkpoints the current state for a snapshot builder. A failed checkpoint still yields a

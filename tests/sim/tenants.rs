@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tonic::Code;
 
-use super::workload::{all_endpoints, client, op, pause, wait_setup};
+use super::workload::{all_endpoints, client, create_one, pause, wait_setup};
 use super::world::{Shared, now_ms};
 
 /// Scratch tenants are named `scratch<n>`, never reused.
@@ -57,17 +57,7 @@ pub async fn cycle(shared: Rc<RefCell<Shared>>, seed: u64, work_end_ms: u64) -> 
             }
             Some(name) => {
                 // A node in it first: its column family holds data when it is dropped.
-                let _ = c
-                    .write(pb::WriteRequest {
-                        tenant: name.clone(),
-                        request_id: None,
-                        preconditions: vec![],
-                        operations: vec![op(pb::operation::Op::CreateNode(pb::CreateNode {
-                            labels: vec!["x".into()],
-                            properties: Default::default(),
-                        }))],
-                    })
-                    .await;
+                let _ = c.write(create_one(&name, "x")).await;
                 let r = c
                     .delete_tenant(pb::DeleteTenantRequest {
                         id: name.clone(),

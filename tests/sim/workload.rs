@@ -47,6 +47,20 @@ pub fn node_ref(id: u64) -> Option<pb::NodeRef> {
     })
 }
 
+/// A write that creates one node labelled `label` in `tenant`, with no request id of its own
+/// (the client gives it one).
+pub fn create_one(tenant: &str, label: &str) -> pb::WriteRequest {
+    pb::WriteRequest {
+        tenant: tenant.into(),
+        request_id: None,
+        preconditions: vec![],
+        operations: vec![op(pb::operation::Op::CreateNode(pb::CreateNode {
+            labels: vec![label.into()],
+            properties: Default::default(),
+        }))],
+    }
+}
+
 pub fn op(o: pb::operation::Op) -> pb::Operation {
     pb::Operation { op: Some(o) }
 }
@@ -950,17 +964,7 @@ pub async fn finish(shared: Rc<RefCell<Shared>>, seed: u64) -> turmoil::Result {
     let account_ids = shared.borrow().accounts.clone();
     // Liveness: a write goes through.
     loop {
-        let r = c
-            .write(pb::WriteRequest {
-                tenant: REGISTERS.into(),
-                request_id: None,
-                preconditions: vec![],
-                operations: vec![op(pb::operation::Op::CreateNode(pb::CreateNode {
-                    labels: vec!["final".into()],
-                    properties: Default::default(),
-                }))],
-            })
-            .await;
+        let r = c.write(create_one(REGISTERS, "final")).await;
         if r.is_ok() {
             break;
         }

@@ -180,8 +180,14 @@ pub struct Applies {
 }
 
 impl Applies {
-    fn record(&mut self, who: &str, (node, boot): (u64, u64), index: u64, term: u64, fp: u64) {
-        let fingerprint = fp;
+    fn record(
+        &mut self,
+        who: &str,
+        (node, boot): (u64, u64),
+        index: u64,
+        term: u64,
+        fingerprint: u64,
+    ) {
         self.count += 1;
         self.finished.entry(node).or_default().insert(index, boot);
         match self.first.get(&index) {
