@@ -13,6 +13,11 @@
 //! election; the server stops accepting and drains in-flight calls; Raft shuts down (the WAL
 //! has every acknowledged entry synced already). A crash skips all of it and loses nothing
 //! acknowledged.
+//!
+//! **A fatal error** (a failed write or sync of the WAL or the state machine, corruption found)
+//! stops Raft; the server then stops serving too (health NOT_SERVING, listeners closed, no
+//! hand-off) and [`Server::run_until`] returns [`ServerError::RaftStopped`]: the binary exits
+//! non-zero, naming the error, instead of answering every call with one.
 
 mod config;
 mod data_dir;
@@ -76,6 +81,12 @@ pub const PEER_STREAMS_PER_CONNECTION_MAX: u32 = 64;
 
 /// How long a graceful shutdown lets in-flight calls finish.
 pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long a server whose Raft stopped on a fatal error lets in-flight calls finish: they
+/// can only fail, but their answers say why.
+pub const FATAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// How a listener's task ended.
+type Served = Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>;
 
 /// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +101,10 @@ pub enum ServerError {
     StateMachine(std::io::Error),
     #[error("starting Raft: {0}")]
     Raft(String),
+    /// Raft stopped on a fatal error while serving (a failed write or sync of the WAL or the
+    /// state machine, corruption found): the member stopped serving.
+    #[error("Raft stopped: {0}")]
+    RaftStopped(String),
     #[error("listener: {0}")]
     Listener(std::io::Error),
     #[error("TLS: {0}")]
@@ -456,16 +471,31 @@ impl Server {
     }
 
     /// Serves until `signal` resolves or the server fails, then shuts down gracefully.
-    /// `reload` yields each time the certificates should be re-read (SIGHUP).
+    /// `reload` yields each time the certificates should be re-read (SIGHUP). If Raft stops on
+    /// a fatal error (a failed write or sync of the WAL or the state machine, corruption
+    /// found), the server stops too ([`Server::stop_after_fatal`]) and returns
+    /// [`ServerError::RaftStopped`].
     pub async fn run_until(
         mut self,
         signal: impl Future<Output = ()>,
         mut reload: impl Stream<Item = ()> + Unpin,
     ) -> Result<(), ServerError> {
         let mut signal = std::pin::pin!(signal);
+        let mut metrics = self.raft.metrics();
+        let mut fatal = std::pin::pin!(async move {
+            loop {
+                if let Err(e) = &metrics.borrow_watched().running_state {
+                    return e.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "its metrics channel closed".to_string();
+                }
+            }
+        });
         loop {
             tokio::select! {
                 _ = &mut signal => return self.shutdown().await,
+                why = &mut fatal => return self.stop_after_fatal(why).await,
                 Some(()) = reload.next() => {
                     if let Err(e) = self.reload_tls() {
                         tracing::error!("certificates not reloaded, the old ones stay: {e}");
@@ -477,11 +507,7 @@ impl Server {
         }
     }
 
-    async fn failed(
-        self,
-        which: &str,
-        r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-    ) -> Result<(), ServerError> {
+    async fn failed(self, which: &str, r: Served) -> Result<(), ServerError> {
         let _ = self.raft.shutdown().await;
         match r {
             Ok(Ok(())) => Err(ServerError::Serve(format!("{which} stopped"))),
@@ -490,33 +516,33 @@ impl Server {
         }
     }
 
-    /// Graceful stop: see the module docs.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+    /// Raft stopped on a fatal error: this member can take no write and serve no read any
+    /// more, so it stops serving rather than answer every call with an error. Health goes
+    /// NOT_SERVING and the listeners close (in-flight calls get [`FATAL_DRAIN`]); no
+    /// leadership hand-off, since a stopped Raft cannot transfer it (the others elect a leader
+    /// after an election timeout, as after a crash). The binary then exits non-zero with the
+    /// reason; a restart recovers from what is on disk.
+    async fn stop_after_fatal(mut self, why: String) -> Result<(), ServerError> {
+        tracing::error!(%why, "Raft stopped on a fatal error; the server stops serving");
+        self.not_serving().await;
+        let _ = self.close_listeners(FATAL_DRAIN).await;
+        let _ = self.raft.shutdown().await;
+        Err(ServerError::RaftStopped(why))
+    }
+
+    async fn not_serving(&self) {
         for svc in std::iter::once("").chain(SERVICES) {
             self.health
                 .set_service_status(svc, ServingStatus::NotServing)
                 .await;
         }
+    }
+
+    /// Graceful stop: see the module docs.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.not_serving().await;
         self.hand_off_leadership().await;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        // In-flight calls get a bounded drain; long scans or waits are then cut off.
-        let drained = tokio::time::timeout(DRAIN, async {
-            let api = (&mut self.api_server).await;
-            let peer = (&mut self.peer_server).await;
-            (api, peer)
-        })
-        .await;
-        let served = match drained {
-            Ok((api, peer)) => [api, peer],
-            Err(_) => {
-                tracing::warn!("calls still running after {DRAIN:?}; closing them");
-                self.api_server.abort();
-                self.peer_server.abort();
-                [Ok(Ok(())), Ok(Ok(()))]
-            }
-        };
+        let served = self.close_listeners(DRAIN).await;
         self.raft
             .shutdown()
             .await
@@ -529,6 +555,29 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// Stops accepting and drains in-flight calls for at most `drain` (long scans or waits
+    /// are then cut off). Returns how each listener's task ended.
+    async fn close_listeners(&mut self, drain: Duration) -> [Served; 2] {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        let drained = tokio::time::timeout(drain, async {
+            let api = (&mut self.api_server).await;
+            let peer = (&mut self.peer_server).await;
+            (api, peer)
+        })
+        .await;
+        match drained {
+            Ok((api, peer)) => [api, peer],
+            Err(_) => {
+                tracing::warn!("calls still running after {drain:?}; closing them");
+                self.api_server.abort();
+                self.peer_server.abort();
+                [Ok(Ok(())), Ok(Ok(()))]
+            }
+        }
     }
 
     /// If this member leads, asks the most up-to-date other voter to take over and waits (at
