@@ -113,6 +113,8 @@ struct State {
     generation: u64,
     write_fail_in: Option<u64>,
     sync_fail_in: Option<u64>,
+    /// The call an injected fault failed, once one has (until [`MemFs::clear_faults`]).
+    injected: Option<String>,
     syncs: u64,
     cut: Option<Cut>,
     /// Set when an armed cut fired: the call it fired at. Every call fails until a crash.
@@ -161,6 +163,11 @@ fn apply_data_op(data: &mut Vec<u8>, op: &DataOp, keep: Option<usize>) {
 }
 
 impl State {
+    fn name_of(&self, ino: u64) -> String {
+        self.path_of(ino)
+            .map_or_else(|| "an unlinked file".into(), |p| p.display().to_string())
+    }
+
     fn path_of(&self, ino: u64) -> Option<PathBuf> {
         self.names
             .iter()
@@ -350,11 +357,18 @@ impl MemFs {
         lock(&self.state).sync_fail_in = Some(n);
     }
 
-    /// Cancels any injected fault that has not fired yet.
+    /// Cancels any injected fault that has not fired yet, and forgets one that has.
     pub fn clear_faults(&self) {
         let mut s = lock(&self.state);
         s.write_fail_in = None;
         s.sync_fail_in = None;
+        s.injected = None;
+    }
+
+    /// The call an injected fault ([`MemFs::fail_write_after`], [`MemFs::fail_sync_after`])
+    /// failed, if one has since the last [`MemFs::clear_faults`].
+    pub fn injected(&self) -> Option<String> {
+        lock(&self.state).injected.clone()
     }
 
     /// How many `sync_data` calls succeeded so far.
@@ -444,6 +458,7 @@ impl WalFile for MemFile {
         self.with(|s, ino| {
             s.power(IoCall::Write, |s| s.path_of(ino))?;
             if State::countdown(&mut s.write_fail_in) {
+                s.injected = Some(format!("ENOSPC on a write to {}", s.name_of(ino)));
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
                     "injected ENOSPC",
@@ -464,6 +479,7 @@ impl WalFile for MemFile {
         self.with(|s, ino| {
             s.power(IoCall::SyncData, |s| s.path_of(ino))?;
             if State::countdown(&mut s.sync_fail_in) {
+                s.injected = Some(format!("EIO on a sync of {}", s.name_of(ino)));
                 return Err(io::Error::other("injected EIO on fsync"));
             }
             s.syncs += 1;

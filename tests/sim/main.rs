@@ -45,6 +45,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use raftgraph::server::PlantedBugs;
+use raftgraph::state_machine::Phase;
 use world::{Options, Run};
 
 /// Seeds the README's test command runs (measured to fit the CI budget: docs/testing.md).
@@ -558,6 +559,40 @@ fn regression_no_tight_reconnect_loop_after_restart_into_a_partition() {
     if let Err(f) = run_seed(&opts) {
         panic!("{f}");
     }
+}
+
+/// A member whose disk fails a WAL sync (EIO), a WAL write (ENOSPC) or a state-machine step
+/// stops itself: its server, not the harness (a member whose Raft stopped but which still
+/// served 5 s later fails the run, as `recovery`). The others serve on, nothing acknowledged
+/// is lost (every check of a seed run applies), and each member rejoins once started again.
+#[test]
+fn members_whose_disks_fail_stop_themselves_and_rejoin() {
+    use world::{DiskErrorAt, Fault, LEADER};
+    let mut opts = Options::new(3);
+    opts.test = "members_whose_disks_fail_stop_themselves_and_rejoin";
+    opts.work_secs = 50;
+    let error = |node, at, nth| Fault::DiskError {
+        node,
+        at,
+        nth,
+        down_ms: 2_000,
+    };
+    let sm = |phase, enospc| DiskErrorAt::Sm { phase, enospc };
+    // Each waits until the one before is over. The first after the workload's first
+    // membership change (a removed leader is still the last seen leading until an election).
+    opts.script = Some(vec![
+        (8_000, error(LEADER, DiskErrorAt::WalSync, 3)),
+        (5_000, error(LEADER, DiskErrorAt::WalWrite, 5)),
+        (5_000, error(LEADER, sm(Some(Phase::Apply), false), 10)),
+        (5_000, error(LEADER, sm(Some(Phase::Apply), true), 0)),
+    ]);
+    let summary = run_seed(&opts).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        summary.faults.get("DiskError(member stopped)"),
+        Some(&4),
+        "every injected error fired and its member stopped itself: {:?}",
+        summary.faults
+    );
 }
 
 /// Seeds each planted bug may take to be caught (a run is about 4 s).

@@ -37,6 +37,11 @@ struct Ledger {
     armed: Option<(Option<Phase>, u64)>,
     /// The step the power went out at: its phase, and how the trace shows it.
     fired: Option<(Phase, String)>,
+    /// An injected error waiting for its step: the phase it counts (any: `None`), steps still
+    /// to pass, and whether it is ENOSPC (else EIO).
+    failing: Option<(Option<Phase>, u64, bool)>,
+    /// The step an injected error failed, and how (until [`SmLedger::clear_failure`]).
+    failed: Option<String>,
     /// Files written since their last sync.
     dirty: BTreeSet<PathBuf>,
     /// Databases an install created, with the files of each synced so far.
@@ -139,10 +144,51 @@ impl SmLedger {
         self.lock().fired.clone()
     }
 
+    /// Fails the `nth + 1`-th step of `phase` (any phase: `None`) from now with ENOSPC
+    /// (`enospc`) or EIO: that step does not happen and returns the error; later steps work.
+    pub fn fail_at(&self, phase: Option<Phase>, nth: u64, enospc: bool) {
+        self.lock().failing = Some((phase, nth, enospc));
+    }
+
+    /// The step an injected error failed, if one did.
+    pub fn failed(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// Forgets an injected error, fired or not.
+    pub fn clear_failure(&self) {
+        let mut l = self.lock();
+        l.failing = None;
+        l.failed = None;
+    }
+
     fn step(&self, phase: Phase, step: &DiskStep<'_>) -> io::Result<()> {
         let mut l = self.lock();
         if l.fired.is_some() {
             return Err(io::Error::other("simulated power cut: the machine is off"));
+        }
+        if let Some((p, left, enospc)) = &mut l.failing
+            && p.is_none_or(|p| p == phase)
+        {
+            if *left == 0 {
+                let enospc = *enospc;
+                l.failing = None;
+                let (what, err) = if enospc {
+                    (
+                        "ENOSPC",
+                        io::Error::new(io::ErrorKind::StorageFull, "injected ENOSPC"),
+                    )
+                } else {
+                    ("EIO", io::Error::other("injected EIO"))
+                };
+                l.failed = Some(format!("{what} at {}", describe(phase, step)));
+                if let DiskStep::ApplyWrite { index } = step {
+                    // Not written: the next boot must not report it applied.
+                    l.cut_apply = Some(*index);
+                }
+                return Err(err);
+            }
+            *left -= 1;
         }
         if let Some((p, left)) = &mut l.armed
             && p.is_none_or(|p| p == phase)

@@ -19,7 +19,7 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use raftgraph::proto::v1 as pb;
 use raftgraph::server::{Incoming, PlantedBugs, Server, ServerConfig, ServerEnv};
-use raftgraph::state_machine::{Blocking, Phase};
+use raftgraph::state_machine::{Blocking, GraphReader, Phase};
 use raftgraph::wal::{IoCall, IoRuntime, MemFs};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -259,12 +259,51 @@ struct Disk {
     /// below it.
     led_term: Cell<u64>,
     applies: Arc<std::sync::Mutex<Applies>>,
+    /// Set when the server stopped itself after an injected disk error: how it ended.
+    stopped: RefCell<Option<String>>,
+    /// Set when this boot's Raft stopped after an injected disk error (the server must then
+    /// stop too).
+    raft_stopped: Cell<bool>,
 }
 
 impl Disk {
     /// Whether a power cut armed in the WAL's or the state machine's I/O fired.
     fn powered_off(&self) -> bool {
         self.wal.power_cut().is_some() || self.sm.fired().is_some()
+    }
+
+    /// The call or step an injected disk error (EIO, ENOSPC) failed, if one did.
+    fn injected(&self) -> Option<String> {
+        self.wal
+            .injected()
+            .map(|w| format!("WAL: {}", self.scrub(&w)))
+            .or_else(|| self.sm.failed().map(|f| format!("state machine: {f}")))
+    }
+
+    /// `text` without the run's temporary directory (`$DATA` instead), so runs compare equal.
+    fn scrub(&self, text: &str) -> String {
+        match self.config.data_dir.parent() {
+            Some(dir) => text.replace(&*dir.to_string_lossy(), "$DATA"),
+            None => text.to_string(),
+        }
+    }
+
+    /// Cancels an injected disk error not yet fired, and forgets one that fired.
+    fn clear_injected(&self) {
+        self.wal.clear_faults();
+        self.sm.clear_failure();
+    }
+
+    /// The server stopped itself after an injected disk error, as it must: noted for the
+    /// harness, which then takes the machine down and restarts it later.
+    async fn stopped(&self, who: &str, why: String, shared: &RefCell<Shared>) -> turmoil::Result {
+        let what = self.injected().unwrap_or_default();
+        let why = self.scrub(&why);
+        shared
+            .borrow_mut()
+            .trace(format!("{who} stopped itself after {what}: {why}"));
+        *self.stopped.borrow_mut() = Some(why);
+        std::future::pending().await
     }
 }
 
@@ -305,6 +344,7 @@ fn node_config(dir: &Path, id: u64) -> ServerConfig {
 async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> turmoil::Result {
     let boot = disk.boots.get() + 1;
     disk.boots.set(boot);
+    disk.raft_stopped.set(false);
     let id = disk.config.node_id;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let peer_listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT)).await?;
@@ -337,10 +377,14 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
         on_sm_disk: Some(disk.sm.hook()),
     };
     shared.borrow_mut().trace(format!("n{id} boot {boot}"));
+    let who = format!("n{id} boot {boot}");
     let node = match Server::start_in(disk.config.clone(), incoming, env).await {
         Ok(n) => n,
         // The power went out mid-recovery: the machine is off until the harness crashes it.
         Err(_) if disk.powered_off() => return powered_off().await,
+        Err(e) if disk.injected().is_some() => {
+            return disk.stopped(&who, e.to_string(), &shared).await;
+        }
         Err(e) => {
             let msg = format!("n{id} boot {boot}: failed to start: {e}");
             shared.borrow_mut().node_errors.push(msg.clone());
@@ -361,8 +405,14 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
             disk.sm.take_cut_before(),
         );
     }
-    // Watch the node's Raft state: leaders per term, snapshots, fatal errors.
+    // Serve as the binary does (which stops the server when Raft stops on a fatal error),
+    // meanwhile watching the node's Raft state: leaders per term, snapshots, fatal errors.
+    let reader = node.reader().clone();
     let mut metrics = node.raft().metrics();
+    let mut serving = std::pin::pin!(node.run_until(
+        std::future::pending::<()>(),
+        futures::stream::pending::<()>()
+    ));
     let mut last = None;
     // Within one boot, none of the term, the commit point and the applied point goes back.
     let (mut term, mut committed, mut applied) = (0, None, None);
@@ -435,15 +485,41 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
             return powered_off().await;
         }
         if let Err(e) = &m.running_state {
-            let msg = format!("n{id} boot {boot}: Raft stopped: {e}");
-            shared.borrow_mut().node_errors.push(msg.clone());
-            return Err(msg.into());
+            if disk.injected().is_none() {
+                let msg = format!("n{id} boot {boot}: Raft stopped: {e}");
+                shared.borrow_mut().node_errors.push(msg.clone());
+                return Err(msg.into());
+            }
+            // A fatal error after an injected disk error: the server must stop itself.
+            disk.raft_stopped.set(true);
         }
-        if shared.borrow().digests_wanted {
-            report_digest(id, &node, &shared)?;
+        if shared.borrow().digests_wanted && !disk.raft_stopped.get() {
+            report_digest(id, &reader, &shared)?;
         }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() {
+            ended = &mut serving => {
+                if disk.powered_off() {
+                    return powered_off().await;
+                }
+                let why = match ended {
+                    Ok(()) => "stopped without an error".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                if disk.injected().is_some() {
+                    return disk.stopped(&who, why, &shared).await;
+                }
+                let msg = format!("{who}: the server stopped: {why}");
+                shared.borrow_mut().node_errors.push(msg.clone());
+                return Err(msg.into());
+            }
+            changed = metrics.changed(), if !disk.raft_stopped.get() => if changed.is_err() {
+                if disk.powered_off() {
+                    return powered_off().await;
+                }
+                if disk.injected().is_some() {
+                    disk.raft_stopped.set(true);
+                    continue;
+                }
                 return Err(format!("n{id}: Raft metrics closed").into());
             },
             // The digest is wanted while nothing changes too.
@@ -454,8 +530,7 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
 
 /// Records member `id`'s applied index and state digest, read together: nothing else runs on
 /// the simulation's thread between the two reads.
-fn report_digest(id: u64, node: &Server, shared: &RefCell<Shared>) -> turmoil::Result {
-    let reader = node.reader();
+fn report_digest(id: u64, reader: &GraphReader, shared: &RefCell<Shared>) -> turmoil::Result {
     let applied = reader
         .applied()
         .map_err(|e| format!("n{id}: applied id: {e}"))?
@@ -535,7 +610,36 @@ pub enum Fault {
     /// A follower down long enough that it must be sent a snapshot; when it restarts, the
     /// power is cut at the `nth + 1`-th step of the install (as [`Fault::PowerCutInSm`]).
     PowerCutInInstall { nth: u64, down_ms: u64 },
+    /// A disk error on `node`: the `nth + 1`-th call of `at` fails and returns the error
+    /// (nothing written, nothing made durable); later calls work. The member must stop itself
+    /// within [`STOP_WITHIN_MS`]; the harness then takes the machine down — after an EIO as
+    /// a power loss (the kernel may have dropped the pages it could not write), after ENOSPC
+    /// as a crash — and starts it again after `down_ms`. Disarmed if it has not fired within
+    /// [`CUT_ARMED_MS`].
+    DiskError {
+        node: usize,
+        at: DiskErrorAt,
+        nth: u64,
+        down_ms: u64,
+    },
 }
+
+/// Where a [`Fault::DiskError`] lands.
+#[derive(Clone, Copy, Debug)]
+pub enum DiskErrorAt {
+    /// A WAL write: ENOSPC.
+    WalWrite,
+    /// A WAL `sync_data`: EIO.
+    WalSync,
+    /// A state-machine step of `phase` (any: `None`): ENOSPC (`enospc`) or EIO.
+    Sm { phase: Option<Phase>, enospc: bool },
+}
+
+/// How long a member may keep serving after an injected disk error stopped its Raft (the
+/// server lets in-flight calls finish for up to 1 s first).
+pub const STOP_WITHIN_MS: u64 = 5_000;
+/// A [`Fault::DiskError`]'s `node` that means the member that last led.
+pub const LEADER: usize = usize::MAX;
 
 /// How long an armed [`Fault::PowerCutInIo`] waits for its call.
 pub const CUT_ARMED_MS: u64 = 5_000;
@@ -553,6 +657,23 @@ impl Fault {
             Fault::PowerCutInSm { phase, .. } => match phase {
                 Some(p) => format!("PowerCutInSm({p:?})"),
                 None => "PowerCutInSm(any)".into(),
+            },
+            Fault::DiskError { at, .. } => match at {
+                DiskErrorAt::Sm {
+                    phase: Some(p),
+                    enospc,
+                } => format!(
+                    "DiskError(Sm {p:?} {})",
+                    if *enospc { "ENOSPC" } else { "EIO" }
+                ),
+                DiskErrorAt::Sm {
+                    phase: None,
+                    enospc,
+                } => format!(
+                    "DiskError(Sm any {})",
+                    if *enospc { "ENOSPC" } else { "EIO" }
+                ),
+                other => format!("DiskError({other:?})"),
             },
             other => format!("{other:?}")
                 .split([' ', '{'])
@@ -579,17 +700,17 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
     // Long enough that the log moves past what the others keep: catch-up by snapshot.
     let long = |rng: &mut SmallRng| rng.random_range(12_000..20_000);
     match rng.random_range(0..100) {
-        0..11 => Fault::Partition {
+        0..8 => Fault::Partition {
             side: pick_nodes(rng, 1),
             ms: short(rng),
         },
         // Long enough that the others elect a leader and clients find it and write there
         // while the old leader still believes it leads (a leader serving reads without
         // confirming leadership was caught by 7 of 50 seeds with 0.5–4 s).
-        11..23 => Fault::IsolateLeader {
+        8..20 => Fault::IsolateLeader {
             ms: rng.random_range(2_000..8_000),
         },
-        23..30 => {
+        20..25 => {
             let from = rng.random_range(0..3);
             Fault::OneWay {
                 from,
@@ -597,7 +718,7 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 ms: short(rng),
             }
         }
-        30..36 => {
+        25..30 => {
             let a = rng.random_range(0..3);
             Fault::Hold {
                 a,
@@ -605,13 +726,35 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 ms: short(rng),
             }
         }
-        36..42 => {
+        30..36 => {
             let a = rng.random_range(0..3);
             Fault::Slow {
                 a,
                 b: (a + rng.random_range(1..3)) % 3,
                 latency_ms: rng.random_range(200..3_000),
                 ms: short(rng),
+            }
+        }
+        36..42 => {
+            let (at, nth) = match rng.random_range(0..4) {
+                0 => (DiskErrorAt::WalWrite, rng.random_range(0..30)),
+                1 => (DiskErrorAt::WalSync, rng.random_range(0..30)),
+                _ => {
+                    let enospc = rng.random_bool(0.5);
+                    if rng.random_bool(0.6) {
+                        let phase = Some(Phase::Apply);
+                        (DiskErrorAt::Sm { phase, enospc }, rng.random_range(0..40))
+                    } else {
+                        let phase = None;
+                        (DiskErrorAt::Sm { phase, enospc }, rng.random_range(0..60))
+                    }
+                }
+            };
+            Fault::DiskError {
+                node: rng.random_range(0..NODES.len()),
+                at,
+                nth,
+                down_ms: short(rng),
             }
         }
         42..54 => {
@@ -688,6 +831,9 @@ enum Undo {
     /// Start `0`, then cut its power at the `1 + 1`-th step of an install; down for `2` ms
     /// after it fires.
     StartArmed(usize, u64, u64),
+    /// Node `0`'s injected disk error fired: it must have stopped itself by now; once it has,
+    /// it is down for `1` ms.
+    AwaitStop(usize, u64),
 }
 
 /// The result of one run, for the checkers and for a failure report.
@@ -818,6 +964,8 @@ pub fn run(opts: &Options) -> Run {
                 boots: Cell::new(0),
                 led_term: Cell::new(0),
                 applies: applies.clone(),
+                stopped: RefCell::new(None),
+                raft_stopped: Cell::new(false),
             })
         })
         .collect();
@@ -865,6 +1013,8 @@ pub fn run(opts: &Options) -> Run {
     let mut finishing = false;
     let mut script = opts.script.clone().unwrap_or_default();
     let mut watches: Vec<SmWatch> = (0..NODES.len()).map(|_| SmWatch::default()).collect();
+    // Members whose injected disk error fired and which have not stopped yet.
+    let mut failing = [false; NODES.len()];
     let mut next_poll_ms = 0;
     let mut sim_error = None;
     loop {
@@ -902,6 +1052,60 @@ pub fn run(opts: &Options) -> Run {
                 }
             }
         }
+        // An injected disk error fired: the member must stop itself (its server, not the
+        // harness); once it has, the machine is taken down and started again later.
+        for (n, disk) in disks.iter().enumerate() {
+            if let Some(what) = disk.injected()
+                && !failing[n]
+            {
+                failing[n] = true;
+                let mut s = shared.borrow_mut();
+                s.trace_at(now, format!("disk error on {}: {what}", NODES[n]));
+                *s.faults.entry("DiskError(fired)".into()).or_default() += 1;
+                for (t, u) in &mut undo {
+                    if let Undo::Disarm(m, down_ms, _) = *u
+                        && m == n
+                    {
+                        *t = now + STOP_WITHIN_MS;
+                        *u = Undo::AwaitStop(n, down_ms);
+                    }
+                }
+            }
+            let Some(why) = disk.stopped.borrow_mut().take() else {
+                continue;
+            };
+            let what = disk.injected().unwrap_or_default();
+            sim.crash(NODES[n]);
+            let after = if what.contains("EIO") {
+                disk.wal.crash_random(&mut rng);
+                let files = disk.sm.power_loss(rng.random());
+                let db = watches[n].power_loss(&disk.config.sm_config().dir);
+                format!("as a power loss: state machine {files}, {db}")
+            } else {
+                disk.wal.kill();
+                "as a crash".to_string()
+            };
+            disk.sm.restart();
+            disk.clear_injected();
+            failing[n] = false;
+            down.insert(n);
+            let mut s = shared.borrow_mut();
+            s.trace_at(
+                now,
+                format!("{} down after it stopped ({why}), {after}", NODES[n]),
+            );
+            *s.faults
+                .entry("DiskError(member stopped)".into())
+                .or_default() += 1;
+            for (t, u) in &mut undo {
+                if let Undo::AwaitStop(m, down_ms) = *u
+                    && m == n
+                {
+                    *t = now + down_ms;
+                    *u = Undo::Start(n);
+                }
+            }
+        }
         // Undo what is due.
         let mut due: Vec<Undo> = Vec::new();
         undo.retain_mut(|(at, u)| {
@@ -929,9 +1133,29 @@ pub fn run(opts: &Options) -> Run {
                     down.remove(&n);
                     undo.push((now + after, Undo::CrashLeader));
                 }
+                Undo::AwaitStop(n, _) => {
+                    let what = disks[n].injected().unwrap_or_default();
+                    if disks[n].raft_stopped.get() {
+                        shared.borrow_mut().node_errors.push(format!(
+                            "{}: Raft stopped after {what}, but the server still served \
+                             {STOP_WITHIN_MS} ms later",
+                            NODES[n]
+                        ));
+                    } else {
+                        // Raft did not stop: the failed step was retried or not needed. The
+                        // member serves on; a fatal error later is a finding.
+                        disks[n].clear_injected();
+                        failing[n] = false;
+                        let mut s = shared.borrow_mut();
+                        s.trace_at(now, format!("{} serves on after {what}", NODES[n]));
+                        *s.faults.entry("DiskError(served on)".into()).or_default() += 1;
+                    }
+                    continue;
+                }
                 Undo::Disarm(n, _, kind) => {
                     disks[n].wal.disarm_cut();
                     disks[n].sm.disarm();
+                    disks[n].clear_injected();
                     shared
                         .borrow_mut()
                         .trace_at(now, format!("power cut on {} did not fire", NODES[n]));
@@ -1075,6 +1299,29 @@ pub fn run(opts: &Options) -> Run {
                         Undo::Disarm(node, down_ms, "PowerCutInSm"),
                     ));
                 }
+                Fault::DiskError {
+                    node,
+                    at,
+                    nth,
+                    down_ms,
+                } => {
+                    let node = match (node, shared.borrow().last_leader) {
+                        (LEADER, Some((_, l))) => l as usize - 1,
+                        (LEADER, None) => 0,
+                        (n, _) => n,
+                    };
+                    shared
+                        .borrow_mut()
+                        .trace_at(now, format!("disk error armed on {}", NODES[node]));
+                    match at {
+                        DiskErrorAt::WalWrite => disks[node].wal.fail_write_after(nth),
+                        DiskErrorAt::WalSync => disks[node].wal.fail_sync_after(nth),
+                        DiskErrorAt::Sm { phase, enospc } => {
+                            disks[node].sm.fail_at(phase, nth, enospc)
+                        }
+                    }
+                    undo.push((now + CUT_ARMED_MS, Undo::Disarm(node, down_ms, "DiskError")));
+                }
                 Fault::PowerCutInInstall { nth, down_ms } => {
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
                     let followers: Vec<usize> =
@@ -1104,6 +1351,9 @@ pub fn run(opts: &Options) -> Run {
             finishing = true;
             for n in std::mem::take(&mut down) {
                 sim.bounce(NODES[n]);
+            }
+            for d in &disks {
+                d.clear_injected();
             }
             shared.borrow_mut().trace_at(now, "faults stop".to_string());
             sim.client("final", workload::finish(shared.clone(), opts.seed));
