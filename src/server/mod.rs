@@ -473,7 +473,8 @@ impl Server {
     /// Serves until `signal` resolves or the server fails, then shuts down gracefully.
     /// `reload` yields each time the certificates should be re-read (SIGHUP). If Raft stops on
     /// a fatal error (a failed write or sync of the WAL or the state machine, corruption
-    /// found), the server stops too ([`Server::stop_after_fatal`]) and returns
+    /// found), the server stops too — health NOT_SERVING, in-flight calls given
+    /// [`FATAL_DRAIN`], listeners closed, no leadership hand-off — and returns
     /// [`ServerError::RaftStopped`].
     pub async fn run_until(
         mut self,
@@ -494,8 +495,10 @@ impl Server {
         });
         loop {
             tokio::select! {
-                _ = &mut signal => return self.shutdown().await,
+                // A fatal error first: a signal arriving with it must not hide it.
+                biased;
                 why = &mut fatal => return self.stop_after_fatal(why).await,
+                _ = &mut signal => return self.shutdown().await,
                 Some(()) = reload.next() => {
                     if let Err(e) = self.reload_tls() {
                         tracing::error!("certificates not reloaded, the old ones stay: {e}");
@@ -538,8 +541,16 @@ impl Server {
         }
     }
 
-    /// Graceful stop: see the module docs.
+    /// Graceful stop: see the module docs. If Raft had already stopped on a fatal error, that
+    /// error is returned ([`ServerError::RaftStopped`]), not success.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        let fatal = match &self.raft.metrics().borrow_watched().running_state {
+            Err(e) if !matches!(e, openraft::errors::Fatal::Stopped) => Some(e.to_string()),
+            _ => None,
+        };
+        if let Some(why) = fatal {
+            return self.stop_after_fatal(why).await;
+        }
         self.not_serving().await;
         self.hand_off_leadership().await;
         let served = self.close_listeners(DRAIN).await;
