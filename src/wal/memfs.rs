@@ -12,7 +12,9 @@
 //! before a crash fail afterwards, as a dead process's would.
 //!
 //! Faults: [`MemFs::fail_write_after`] and [`MemFs::fail_sync_after`] make a chosen later call fail
-//! (ENOSPC and EIO respectively) without changing any bytes. [`MemFs::cut_power_at`] cuts the
+//! (ENOSPC and EIO respectively). The failed write changes no bytes; the failed sync loses the
+//! file's unsynced writes as Linux does after a failed writeback: still read back, never made
+//! durable by a later sync, gone at the next crash. [`MemFs::cut_power_at`] cuts the
 //! power *inside* the I/O: at a chosen later call (of any kind, or of one kind — a sync, a rename,
 //! a remove…), which does not happen, and after which every call fails as the dead machine's
 //! would, until the crash is applied with [`MemFs::crash_with`] (or a helper built on it).
@@ -93,6 +95,9 @@ struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<DataOp>,
+    /// A sync failed since the last crash: writes from before it are lost, so a later sync
+    /// makes durable only the writes since (replayed onto `durable`), not `data`.
+    writeback_failed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +278,7 @@ impl MemFs {
             inode.durable = data.clone();
             inode.data = data;
             inode.pending.clear();
+            inode.writeback_failed = false;
         }
         let kept = dir_ops_kept(s.dir_ops.len()).min(s.dir_ops.len());
         let mut names = s.durable_names.clone();
@@ -352,7 +358,8 @@ impl MemFs {
         lock(&self.state).write_fail_in = Some(n);
     }
 
-    /// Makes the `n+1`-th `sync_data` from now fail with EIO (nothing made durable).
+    /// Makes the `n+1`-th `sync_data` from now fail with EIO: nothing made durable, and the
+    /// file's unsynced writes lost (readable until a crash, never made durable by a later sync).
     pub fn fail_sync_after(&self, n: u64) {
         lock(&self.state).sync_fail_in = Some(n);
     }
@@ -480,11 +487,22 @@ impl WalFile for MemFile {
             s.power(IoCall::SyncData, |s| s.path_of(ino))?;
             if State::countdown(&mut s.sync_fail_in) {
                 s.injected = Some(format!("EIO on a sync of {}", s.name_of(ino)));
+                let inode = s.inodes.get_mut(&ino).expect("checked by with()");
+                // The kernel marks the pages clean: the writes stay readable but never reach
+                // the disk.
+                inode.pending.clear();
+                inode.writeback_failed = true;
                 return Err(io::Error::other("injected EIO on fsync"));
             }
             s.syncs += 1;
             let inode = s.inodes.get_mut(&ino).expect("checked by with()");
-            inode.durable = inode.data.clone();
+            if inode.writeback_failed {
+                for op in &inode.pending {
+                    apply_data_op(&mut inode.durable, op, None);
+                }
+            } else {
+                inode.durable = inode.data.clone();
+            }
             inode.pending.clear();
             Ok(())
         })
@@ -645,6 +663,26 @@ mod tests {
         assert!(f.sync_data().is_err());
         f.sync_data().unwrap();
         assert_eq!(fs.sync_count(), 1);
+    }
+
+    #[test]
+    fn writes_a_failed_sync_lost_stay_lost_after_a_later_sync() {
+        let fs = MemFs::new();
+        fs.create_dir_all(Path::new("/w")).unwrap();
+        let mut f = fs.create(&p("a")).unwrap();
+        fs.sync_dir(Path::new("/w")).unwrap();
+        f.write_all_at(b"one", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"two", 3).unwrap();
+        fs.fail_sync_after(0);
+        assert!(f.sync_data().is_err());
+        // Retrying succeeds, and the page cache still shows the write...
+        f.write_all_at(b"six", 6).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(fs.read_file(&p("a")).unwrap(), b"onetwosix");
+        // ...but the disk never got it: a crash shows a hole where it was.
+        fs.crash_drop_unsynced();
+        assert_eq!(fs.read_file(&p("a")).unwrap(), b"one\0\0\0six");
     }
 
     #[test]

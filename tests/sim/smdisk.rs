@@ -14,6 +14,10 @@
 //! every unsynced file is kept, emptied or cut at a random length — in place, so every hard
 //! link to it (a checkpoint's) sees the same. Removals count as durable at once: the
 //! simulation cannot bring back a file the state machine removed.
+//!
+//! It can also fail one step with ENOSPC or EIO ([`SmLedger::fail_at`]): the step does not
+//! happen and returns the error. After an EIO on a sync, later syncs of that file or directory
+//! make nothing durable until the next power loss (a failed writeback on Linux).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -42,6 +46,9 @@ struct Ledger {
     failing: Option<(Option<Phase>, u64, bool)>,
     /// The step an injected error failed, and how (until [`SmLedger::clear_failure`]).
     failed: Option<String>,
+    /// Files and directories whose sync failed with EIO: as after a failed writeback on
+    /// Linux, a later sync does not make what was unsynced durable (until a power loss).
+    writeback_failed: BTreeSet<PathBuf>,
     /// Files written since their last sync.
     dirty: BTreeSet<PathBuf>,
     /// Databases an install created, with the files of each synced so far.
@@ -182,6 +189,9 @@ impl SmLedger {
                     ("EIO", io::Error::other("injected EIO"))
                 };
                 l.failed = Some(format!("{what} at {}", describe(phase, step)));
+                if !enospc && let DiskStep::SyncFile(p) | DiskStep::SyncDir(p) = step {
+                    l.writeback_failed.insert(p.to_path_buf());
+                }
                 if let DiskStep::ApplyWrite { index } = step {
                     // Not written: the next boot must not report it applied.
                     l.cut_apply = Some(*index);
@@ -247,6 +257,7 @@ impl SmLedger {
                 }
                 l.dirty.insert(p.to_path_buf());
             }
+            DiskStep::SyncFile(p) | DiskStep::SyncDir(p) if l.writeback_failed.contains(p) => {}
             DiskStep::SyncFile(p) => {
                 l.dirty.remove(p);
                 if let Some(synced) = l.new_dbs.get_mut(&parent(p)) {
@@ -367,6 +378,7 @@ impl SmLedger {
             }
         }
         let _ = std::fs::remove_dir_all(&self.stash);
+        l.writeback_failed.clear();
         l.armed = None;
         l.fired = None;
         format!("{undone} entry changes undone, {emptied} files emptied, {cut} cut short")
