@@ -186,6 +186,10 @@ pub struct PlantedBugs {
     pub pointer_before_sync: bool,
     /// Apply writes an entry's applied id in a batch of its own, before its effects.
     pub applied_id_apart: bool,
+    /// A snapshot install returns before the pointer's switch is durable: the old database is
+    /// then removed, and the log purged, while a power loss can still bring back a `CURRENT`
+    /// naming the old database.
+    pub pointer_not_durable: bool,
 }
 
 /// Where a server gets its files, threads, time, randomness and network.
@@ -656,6 +660,7 @@ impl Storage {
             sm_config.on_apply = env.on_apply.clone();
             sm_config.planted_pointer_before_sync = env.planted.pointer_before_sync;
             sm_config.planted_applied_id_apart = env.planted.applied_id_apart;
+            sm_config.planted_pointer_not_durable = env.planted.pointer_not_durable;
             sm_config.on_disk = env.on_sm_disk.clone();
         }
         let snapshots_dir = sm_config.dir.join("snapshots");

@@ -84,6 +84,13 @@ pub struct StateMachineConfig {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub planted_applied_id_apart: bool,
+    /// Planted bug (the `testing` feature only): a snapshot install returns before the
+    /// pointer's switch is durable (its directory is not synced): the old database is then
+    /// removed, and the log purged up to the snapshot, while a power loss can still bring back
+    /// a `CURRENT` naming the old database.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub planted_pointer_not_durable: bool,
     /// Told of every entry applied (the `testing` feature only): the simulation compares what
     /// each member applied at each index.
     #[cfg(feature = "testing")]
@@ -130,6 +137,8 @@ impl StateMachineConfig {
             #[cfg(feature = "testing")]
             planted_applied_id_apart: false,
             #[cfg(feature = "testing")]
+            planted_pointer_not_durable: false,
+            #[cfg(feature = "testing")]
             on_apply: None,
             #[cfg(feature = "testing")]
             on_disk: None,
@@ -169,6 +178,14 @@ impl StateMachineConfig {
     pub(crate) fn planted_pointer_before_sync(&self) -> bool {
         #[cfg(feature = "testing")]
         return self.planted_pointer_before_sync;
+        #[cfg(not(feature = "testing"))]
+        false
+    }
+
+    /// Whether the planted "pointer not durable" bug is on (never outside tests).
+    pub(crate) fn planted_pointer_not_durable(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.planted_pointer_not_durable;
         #[cfg(not(feature = "testing"))]
         false
     }

@@ -21,7 +21,8 @@ use super::read::GraphReader;
 use super::shared::{CurrentSnapshot, Shared};
 use super::snapshot::{SnapshotFile, checkpoint, install_stream, write_stream_file};
 use super::store::{
-    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, write_pointer,
+    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, switch_pointer,
+    write_pointer,
 };
 use super::stream::read_meta;
 use super::txn::Layer;
@@ -522,6 +523,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let d = disk.clone();
         // Planted bug (tests only): the new database synced only after the pointer names it.
         let sync_after_switch = shared.cfg.planted_pointer_before_sync();
+        // Planted bug (tests only): the switch left undurable when the install returns.
+        let pointer_not_durable = shared.cfg.planted_pointer_not_durable();
         let store = blocking
             .run(move || -> io::Result<Store> {
                 let build = || -> io::Result<Store> {
@@ -569,7 +572,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 })?;
                 // The switch: from here a restart opens the new database. No cleanup if it
                 // fails: the rename may have happened, and open() decides from the pointer.
-                write_pointer(&d, &sh.cfg.dir, generation)?;
+                if pointer_not_durable {
+                    switch_pointer(&d, &sh.cfg.dir, generation)?;
+                } else {
+                    write_pointer(&d, &sh.cfg.dir, generation)?;
+                }
                 if sync_after_switch {
                     d.sync_tree(&db_dir)?;
                 }

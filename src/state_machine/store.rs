@@ -424,11 +424,16 @@ pub(crate) fn read_pointer(dir: &Path) -> io::Result<Option<u64>> {
 
 /// Durably points `CURRENT` at `generation`: tmp file, fsync, rename, directory fsync.
 pub(crate) fn write_pointer(disk: &SmDisk, dir: &Path, generation: u64) -> io::Result<()> {
+    switch_pointer(disk, dir, generation)?;
+    disk.sync_dir(dir)
+}
+
+/// [`write_pointer`] without the directory sync that makes the switch durable.
+pub(crate) fn switch_pointer(disk: &SmDisk, dir: &Path, generation: u64) -> io::Result<()> {
     let tmp = dir.join("CURRENT.tmp");
     let body = format!("{}\n", db_dir_name(generation));
     disk.write_durable(&tmp, body.as_bytes())?;
-    disk.rename(&tmp, &dir.join(POINTER))?;
-    disk.sync_dir(dir)
+    disk.rename(&tmp, &dir.join(POINTER))
 }
 
 #[cfg(test)]

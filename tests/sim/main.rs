@@ -345,6 +345,7 @@ fn planted_by_name(name: &str) -> PlantedBugs {
         "vote_not_persisted" => p.vote_not_persisted = true,
         "pointer_before_sync" => p.pointer_before_sync = true,
         "applied_id_apart" => p.applied_id_apart = true,
+        "pointer_not_durable" => p.pointer_not_durable = true,
         other => panic!("SIM_PLANTED={other}: not a planted bug"),
     }
     p
@@ -671,6 +672,22 @@ fn planted_pointer_before_sync_is_caught() {
         "pointer_before_sync",
         // The pointer names a database whose files a power cut then tore: the member cannot
         // open it, or opens it with entries missing.
+        &[
+            "recovery",
+            "digests",
+            "replicas",
+            "writes",
+            "linearizability",
+        ],
+    );
+}
+
+#[test]
+fn planted_pointer_not_durable_is_caught() {
+    planted(
+        "pointer_not_durable",
+        // A power loss undoes the switch after the old database was removed (and the log
+        // purged): the pointer names a database that is gone.
         &[
             "recovery",
             "digests",
