@@ -12,9 +12,10 @@
 //! before a crash fail afterwards, as a dead process's would.
 //!
 //! Faults: [`MemFs::fail_write_after`] and [`MemFs::fail_sync_after`] make a chosen later call fail
-//! (ENOSPC and EIO respectively). The failed write changes no bytes; the failed sync loses the
-//! file's unsynced writes as Linux does after a failed writeback: still read back, never made
-//! durable by a later sync, gone at the next crash. [`MemFs::cut_power_at`] cuts the
+//! (ENOSPC and EIO respectively). The failed write changes no bytes. After the failed sync the
+//! file's unsynced writes behave as on Linux after a failed writeback: still read back, and a
+//! crash keeps, drops or tears them as any unsynced write, but no later sync makes them durable.
+//! [`MemFs::cut_power_at`] cuts the
 //! power *inside* the I/O: at a chosen later call (of any kind, or of one kind — a sync, a rename,
 //! a remove…), which does not happen, and after which every call fails as the dead machine's
 //! would, until the crash is applied with [`MemFs::crash_with`] (or a helper built on it).
@@ -95,9 +96,12 @@ struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<DataOp>,
-    /// A sync failed since the last crash: writes from before it are lost, so a later sync
-    /// makes durable only the writes since (replayed onto `durable`), not `data`.
+    /// A sync failed since the last crash: a later sync makes durable only the writes made
+    /// since (replayed onto `durable`), never `data` as a whole.
     writeback_failed: bool,
+    /// How many of `pending` came before the latest failed sync: a crash before the next sync
+    /// keeps, drops or tears them as any unsynced write; that sync drops them for good.
+    failed_prefix: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +283,7 @@ impl MemFs {
             inode.data = data;
             inode.pending.clear();
             inode.writeback_failed = false;
+            inode.failed_prefix = 0;
         }
         let kept = dir_ops_kept(s.dir_ops.len()).min(s.dir_ops.len());
         let mut names = s.durable_names.clone();
@@ -358,8 +363,8 @@ impl MemFs {
         lock(&self.state).write_fail_in = Some(n);
     }
 
-    /// Makes the `n+1`-th `sync_data` from now fail with EIO: nothing made durable, and the
-    /// file's unsynced writes lost (readable until a crash, never made durable by a later sync).
+    /// Makes the `n+1`-th `sync_data` from now fail with EIO: nothing made durable, and no later
+    /// sync makes the file's unsynced writes durable (a crash keeps, drops or tears them).
     pub fn fail_sync_after(&self, n: u64) {
         lock(&self.state).sync_fail_in = Some(n);
     }
@@ -488,18 +493,19 @@ impl WalFile for MemFile {
             if State::countdown(&mut s.sync_fail_in) {
                 s.injected = Some(format!("EIO on a sync of {}", s.name_of(ino)));
                 let inode = s.inodes.get_mut(&ino).expect("checked by with()");
-                // The kernel marks the pages clean: the writes stay readable but never reach
-                // the disk.
-                inode.pending.clear();
+                // The kernel marks the pages clean: the writes stay readable, may or may not
+                // have reached the disk, and no later sync writes them.
                 inode.writeback_failed = true;
+                inode.failed_prefix = inode.pending.len();
                 return Err(io::Error::other("injected EIO on fsync"));
             }
             s.syncs += 1;
             let inode = s.inodes.get_mut(&ino).expect("checked by with()");
             if inode.writeback_failed {
-                for op in &inode.pending {
+                for op in &inode.pending[inode.failed_prefix..] {
                     apply_data_op(&mut inode.durable, op, None);
                 }
+                inode.failed_prefix = 0;
             } else {
                 inode.durable = inode.data.clone();
             }
