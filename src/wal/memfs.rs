@@ -624,12 +624,18 @@ mod tests {
         PathBuf::from("/w").join(s)
     }
 
-    #[test]
-    fn unsynced_writes_and_unsynced_names_are_lost_on_crash() {
+    /// A fresh file system holding an empty `/w/a` whose name is durable, and its handle.
+    fn named_file() -> (MemFs, Box<dyn WalFile>) {
         let fs = MemFs::new();
         fs.create_dir_all(Path::new("/w")).unwrap();
-        let mut f = fs.create(&p("a")).unwrap();
+        let f = fs.create(&p("a")).unwrap();
         fs.sync_dir(Path::new("/w")).unwrap();
+        (fs, f)
+    }
+
+    #[test]
+    fn unsynced_writes_and_unsynced_names_are_lost_on_crash() {
+        let (fs, mut f) = named_file();
         f.write_all_at(b"hello", 0).unwrap();
         f.sync_data().unwrap();
         f.write_all_at(b" world", 5).unwrap();
@@ -642,10 +648,7 @@ mod tests {
 
     #[test]
     fn a_later_write_can_survive_an_earlier_lost_one() {
-        let fs = MemFs::new();
-        fs.create_dir_all(Path::new("/w")).unwrap();
-        let mut f = fs.create(&p("a")).unwrap();
-        fs.sync_dir(Path::new("/w")).unwrap();
+        let (fs, mut f) = named_file();
         f.write_all_at(b"aaaa", 0).unwrap();
         f.write_all_at(b"bbbb", 4).unwrap();
         let mut fates = [Fate::Drop, Fate::Tear(2)].into_iter();
@@ -673,10 +676,7 @@ mod tests {
 
     #[test]
     fn writes_a_failed_sync_lost_stay_lost_after_a_later_sync() {
-        let fs = MemFs::new();
-        fs.create_dir_all(Path::new("/w")).unwrap();
-        let mut f = fs.create(&p("a")).unwrap();
-        fs.sync_dir(Path::new("/w")).unwrap();
+        let (fs, mut f) = named_file();
         f.write_all_at(b"one", 0).unwrap();
         f.sync_data().unwrap();
         f.write_all_at(b"two", 3).unwrap();
@@ -693,10 +693,7 @@ mod tests {
 
     #[test]
     fn a_power_cut_stops_the_chosen_call_and_every_later_one_until_the_crash() {
-        let fs = MemFs::new();
-        fs.create_dir_all(Path::new("/w")).unwrap();
-        let mut f = fs.create(&p("a")).unwrap();
-        fs.sync_dir(Path::new("/w")).unwrap();
+        let (fs, mut f) = named_file();
         f.write_all_at(b"one", 0).unwrap();
         f.sync_data().unwrap();
         // The second sync from now: the write before it is left unsynced.
