@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -24,7 +25,9 @@ use raftgraph::proto::v1::tenant_service_client::TenantServiceClient;
 use raftgraph::proto::v1::tenant_service_server::TenantServiceServer;
 use raftgraph::raft::Member;
 use raftgraph::state_machine::Raft;
-use raftgraph::state_machine::{GraphReader, StateMachine, StateMachineConfig};
+use raftgraph::state_machine::{
+    DiskHook, DiskStep, GraphReader, Phase, Stager, StateMachine, StateMachineConfig,
+};
 use raftgraph::tenant::{Quotas, TenantConfig};
 use raftgraph::transport::Dialer;
 use raftgraph::wal::{IoRuntime, StdFs, Wal, WalConfig};
@@ -66,6 +69,7 @@ const WAIT: Option<Duration> = Some(Duration::from_secs(60));
 struct Node {
     raft: Raft,
     reader: GraphReader,
+    stager: Stager,
 }
 
 fn config() -> Arc<Config> {
@@ -82,7 +86,7 @@ fn config() -> Arc<Config> {
     Arc::new(c.validate().unwrap())
 }
 
-async fn start(id: u64, dir: &Path) -> Node {
+async fn start(id: u64, dir: &Path, on_disk: Option<DiskHook>) -> Node {
     let wal = Wal::open(
         WalConfig::new(dir.join("wal")),
         Arc::new(StdFs),
@@ -90,34 +94,33 @@ async fn start(id: u64, dir: &Path) -> Node {
     )
     .await
     .unwrap();
-    let sm = StateMachine::open(StateMachineConfig::new(dir.join("sm")))
-        .await
-        .unwrap();
+    let mut sm_config = StateMachineConfig::new(dir.join("sm"));
+    sm_config.on_disk = on_disk;
+    let sm = StateMachine::open(sm_config).await.unwrap();
     let reader = sm.reader();
+    let stager = sm.stager();
     let network = GrpcNetworkFactory {
         cluster_id: "test".into(),
         dialer: dialer(id),
         ..Default::default()
     };
     let raft = Raft::new(id, config(), network, wal, sm).await.unwrap();
-    Node { raft, reader }
+    Node {
+        raft,
+        reader,
+        stager,
+    }
 }
 
 /// Serves member `id`'s Raft, graph and tenant services on `listener`, all behind mutual TLS
 /// (the peer listener's config: a client certificate of the CA required).
-fn serve(id: u64, node: &Node, dir: &Path, listener: TcpListener) {
-    serve_with(
-        id,
-        node,
-        dir,
-        listener,
-        Arc::new(raftgraph::peer::free_bytes),
-    );
+fn serve(id: u64, node: &Node, listener: TcpListener) {
+    serve_with(id, node, listener, Arc::new(raftgraph::peer::free_bytes));
 }
 
 /// [`serve`], with the Raft service reading free space through `free_space`.
-fn serve_with(id: u64, node: &Node, dir: &Path, listener: TcpListener, free_space: FreeSpace) {
-    let svc = RaftGrpc::new(node.raft.clone(), "test", dir.join("sm/snapshots"))
+fn serve_with(id: u64, node: &Node, listener: TcpListener, free_space: FreeSpace) {
+    let svc = RaftGrpc::new(node.raft.clone(), "test", node.stager.clone())
         .with_free_space(free_space)
         .into_service();
     let clock: Clock = Arc::new(|| 1_700_000_000_000_000);
@@ -217,6 +220,25 @@ struct Waiting {
     listener: TcpListener,
     node: Node,
     addr: Member,
+    /// Set once its disk has been "full" while it staged a snapshot.
+    full_while_staging: Arc<AtomicBool>,
+}
+
+/// A state-machine disk that is full once, when the first received snapshot's database is
+/// created (staging); `fired` is set then.
+fn full_once_while_staging(fired: Arc<AtomicBool>) -> DiskHook {
+    DiskHook(Arc::new(move |phase, step| {
+        if phase == Phase::Stage
+            && matches!(step, DiskStep::CreateDatabase(_))
+            && !fired.swap(true, Ordering::SeqCst)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (the test's full disk)",
+            ));
+        }
+        Ok(())
+    }))
 }
 
 async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) {
@@ -232,10 +254,12 @@ async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) 
 
     // Phase 1: nodes 1 and 2 form the cluster; node 3 exists but is not a member yet.
     let mut nodes = Vec::new();
+    let full_while_staging = Arc::new(AtomicBool::new(false));
     for (i, id) in (1..=3u64).enumerate() {
-        let node = start(id, dirs[i].path()).await;
+        let hook = (id == 3).then(|| full_once_while_staging(full_while_staging.clone()));
+        let node = start(id, dirs[i].path(), hook).await;
         if id != 3 {
-            serve(id, &node, dirs[i].path(), listeners[i].take().unwrap());
+            serve(id, &node, listeners[i].take().unwrap());
         }
         nodes.push(node);
     }
@@ -269,6 +293,7 @@ async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) 
         listener: listeners.pop().unwrap().unwrap(),
         node: nodes.pop().unwrap(),
         addr: node3,
+        full_while_staging,
     };
     let cluster = Cluster {
         nodes,
@@ -328,9 +353,10 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
 ) -> Cluster {
     // Phase 3: snapshot on the leader and purge its log; then node 3 joins as a learner and can
     // only catch up from the snapshot, streamed over gRPC; then it is promoted to voter. Its
-    // disk is "full" once: after the first snapshot is received, the check before installing
-    // finds no room. That install is refused (not fatal: the member serves on, the received
-    // file is removed), and the leader's next attempt installs.
+    // disk is "full" twice: after the first snapshot is received, the check before installing
+    // finds no room; on the second, creating the staged database fails with ENOSPC. Both
+    // transfers are refused (not fatal: the member serves on, what they wrote is removed), and
+    // the leader's third attempt installs.
     let leader = cluster.leader().raft.clone();
     leader.trigger().snapshot().await.unwrap();
     let at_least = |id: Option<
@@ -358,8 +384,9 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
             }
         })
     };
-    let node3_snapshots = node3.dir.path().join("sm/snapshots");
-    serve_with(3, &node3.node, node3.dir.path(), node3.listener, full_once);
+    let node3_sm = node3.dir.path().join("sm");
+    let node3_snapshots = node3_sm.join("snapshots");
+    serve_with(3, &node3.node, node3.listener, full_once);
     cluster.nodes.push(node3.node);
     cluster._dirs.push(node3.dir);
     let nodes = &cluster.nodes;
@@ -382,14 +409,29 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
         snap.is_some_and(|s| s.index >= li),
         "node 3 installed the snapshot"
     );
-    // Refused once before installing (the second check), then received and installed again:
-    // at least four checks.
+    // Refused once before installing (the second check), once while staging, then received
+    // and installed: at least six checks.
     let n = checks.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(n >= 4, "{n} free-space checks");
+    assert!(n >= 6, "{n} free-space checks");
+    assert!(
+        node3.full_while_staging.load(Ordering::SeqCst),
+        "the disk was full while a snapshot was staged"
+    );
+    let mut sm_files: Vec<_> = std::fs::read_dir(&node3_sm)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("db-"))
+        .collect();
+    sm_files.sort();
+    assert_eq!(
+        sm_files.len(),
+        1,
+        "one database, no staging left: {sm_files:?}"
+    );
     let left: Vec<_> = std::fs::read_dir(node3_snapshots)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("incoming-"))
+        .filter(|n| n.starts_with("incoming-") || n.ends_with(".recv"))
         .collect();
     assert!(left.is_empty(), "received files left behind: {left:?}");
     leader.change_membership([1, 2, 3], false).await.unwrap();
@@ -936,7 +978,7 @@ async fn a_node_votes_for_at_most_one_candidate_per_term() {
     use raftgraph::raft::TypeConfig;
 
     let dir = tempfile::tempdir().unwrap();
-    let node = start(1, dir.path()).await;
+    let node = start(1, dir.path(), None).await;
     let ask = |candidate: u64| {
         let raft = node.raft.clone();
         async move {

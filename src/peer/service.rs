@@ -32,7 +32,7 @@ use crate::proto::v1::{
     snapshot_chunk,
 };
 use crate::raft::TypeConfig;
-use crate::state_machine::{Blocking, Raft, SnapshotFile};
+use crate::state_machine::{Blocking, Raft, SnapshotFile, Stager};
 use crate::transport::Dialer;
 use crate::wire::PEER_MESSAGE_BYTES_MAX;
 use tonic::service::interceptor::InterceptedService;
@@ -46,6 +46,8 @@ pub struct RaftGrpc {
     /// Where incoming snapshot streams are written before install (the state machine's
     /// `snapshots/` directory: `*.tmp` there is removed on open).
     recv_dir: PathBuf,
+    /// Builds a received snapshot's database before openraft installs it.
+    stager: Stager,
     seq: AtomicU64,
     /// One snapshot received at a time: each may be as large as the whole state.
     receiving: tokio::sync::Semaphore,
@@ -166,11 +168,13 @@ impl Drop for TempFile {
 }
 
 impl RaftGrpc {
-    pub fn new(raft: Raft, cluster_id: &str, recv_dir: PathBuf) -> Self {
+    /// The service of `raft`, whose state machine `stager` stages snapshots for.
+    pub fn new(raft: Raft, cluster_id: &str, stager: Stager) -> Self {
         RaftGrpc {
             raft,
             cluster_id: cluster_id.into(),
-            recv_dir,
+            recv_dir: stager.snapshots_dir(),
+            stager,
             seq: AtomicU64::new(0),
             receiving: tokio::sync::Semaphore::new(1),
             blocking: Blocking::Pool,
@@ -249,6 +253,22 @@ async fn next_chunk(
         Err(_) => Err(Status::deadline_exceeded(format!(
             "no snapshot chunk within {timeout:?}: transfer abandoned"
         ))),
+    }
+}
+
+/// The answer to a transfer that failed with `e` while `doing`: INVALID_ARGUMENT when the
+/// sender's bytes were at fault, RESOURCE_EXHAUSTED when this member's disk is full, otherwise
+/// UNAVAILABLE. The member keeps serving its current state either way.
+fn io_status(doing: &str, e: &std::io::Error) -> Status {
+    let msg = format!("{doing}: {e}; the member keeps serving its current state");
+    match e.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+            Status::invalid_argument(msg)
+        }
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            Status::resource_exhausted(msg)
+        }
+        _ => Status::unavailable(msg),
     }
 }
 
@@ -457,12 +477,17 @@ impl RaftService for RaftGrpc {
             SnapshotFile::open(&path)
         }
         .await;
-        let file = received.map_err(|e| {
-            self.refuse(Status::invalid_argument(format!("receiving snapshot: {e}")))
-        })?;
-        // Space may have gone while the stream arrived (the WAL grows, other files): an install
-        // that runs out is fatal, a refusal here is not (the file is removed as `tmp` drops).
+        let file = received.map_err(|e| self.refuse(io_status("receiving snapshot", &e)))?;
+        // Space may have gone while the stream arrived (the WAL grows, other files).
         self.check_room(Stage::Install, total).await?;
+        // The database is built and made durable here, where a failure (a full disk, an I/O
+        // error) only refuses the transfer; openraft's install, where any error is fatal for the
+        // member, then only switches to it. The received file is removed as `tmp` drops.
+        let file = self
+            .stager
+            .stage(&meta, file)
+            .await
+            .map_err(|e| self.refuse(io_status("staging snapshot", &e)))?;
         let snapshot = Snapshot {
             meta: meta.clone(),
             snapshot: file,

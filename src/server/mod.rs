@@ -399,11 +399,11 @@ impl Server {
         let raft_config = config.raft_config()?;
         let storage = Storage::open(&config, &env).await?;
         let reader = storage.sm.reader();
-        let recv_dir = storage.snapshots_dir.clone();
+        let stager = storage.sm.stager();
         let wal_stats = storage.wal.stats();
         let raft = start_raft(&config, raft_config, &env, storage.wal, storage.sm).await?;
         let (health, api_routes, peer_routes) =
-            services(&config, &env, &raft, &reader, recv_dir, wal_stats).await?;
+            services(&config, &env, &raft, &reader, stager, wal_stats).await?;
 
         let (stop, stopped) = watch::channel(false);
         let until = |mut stopped: watch::Receiver<bool>| async move {
@@ -480,8 +480,6 @@ struct Storage {
     data_dir: DataDir,
     wal: Wal<crate::raft::TypeConfig>,
     sm: StateMachine,
-    /// Where incoming snapshot streams are written (the state machine's `snapshots/`).
-    snapshots_dir: std::path::PathBuf,
 }
 
 impl Storage {
@@ -512,16 +510,10 @@ impl Storage {
             sm_config.planted_pointer_not_durable = env.planted.pointer_not_durable;
             sm_config.on_disk = env.on_sm_disk.clone();
         }
-        let snapshots_dir = sm_config.dir.join("snapshots");
         let sm = StateMachine::open(sm_config)
             .await
             .map_err(ServerError::StateMachine)?;
-        Ok(Storage {
-            data_dir,
-            wal,
-            sm,
-            snapshots_dir,
-        })
+        Ok(Storage { data_dir, wal, sm })
     }
 }
 
@@ -564,7 +556,7 @@ async fn services(
     env: &ServerEnv,
     raft: &Raft,
     reader: &GraphReader,
-    recv_dir: std::path::PathBuf,
+    stager: crate::state_machine::Stager,
     wal_stats: crate::wal::WalStats,
 ) -> Result<
     (
@@ -660,7 +652,7 @@ async fn services(
             .with_batch_stats(batch_stats),
     );
     // The caller's identity is checked on the headers, before a message body is read.
-    let peers = RaftGrpc::new(raft.clone(), &config.cluster_id, recv_dir)
+    let peers = RaftGrpc::new(raft.clone(), &config.cluster_id, stager)
         .with_blocking(env.blocking)
         .with_limits(config.snapshot_limits())
         .with_refusals(snapshot_refused)

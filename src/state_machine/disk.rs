@@ -23,8 +23,11 @@ pub enum Phase {
     Apply,
     /// Building a snapshot: a checkpoint, the stream written, synced and published.
     Build,
-    /// Installing a snapshot: the stream received, a new database ingested and synced, the
-    /// stream published, the pointer switched, the old database removed.
+    /// Staging a received snapshot: a new database ingested from the stream, checked and
+    /// synced under a generation nothing names yet. A failure refuses the transfer.
+    Stage,
+    /// Installing a staged snapshot: the stream published, the pointer switched, the old
+    /// database removed. A failure is fatal for the member.
     Install,
 }
 

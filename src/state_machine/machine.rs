@@ -16,13 +16,13 @@ use rocksdb::{WriteBatch, WriteOptions};
 use super::apply::{Ddl, apply_request};
 use super::config::StateMachineConfig;
 use super::disk::{DiskStep, Phase, SmDisk};
+use super::install::{Stager, install_blocking};
 use super::keys;
 use super::read::GraphReader;
 use super::shared::{CurrentSnapshot, Shared};
-use super::snapshot::{SnapshotFile, checkpoint, install_stream, write_stream_file};
+use super::snapshot::{SnapshotFile, checkpoint, write_stream_file};
 use super::store::{
-    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, switch_pointer,
-    write_pointer,
+    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, write_pointer,
 };
 use super::stream::read_meta;
 use super::txn::Layer;
@@ -43,16 +43,16 @@ pub struct StateMachine {
     disk: SmDisk,
 }
 
-fn snapshot_name(last: &Option<LogId>) -> String {
+pub(super) fn snapshot_name(last: &Option<LogId>) -> String {
     let n = last.as_ref().map_or(0, |l| l.index + 1);
     format!("snap-{n:020}.rgsnap")
 }
 
-fn invalid(msg: String) -> io::Error {
+pub(super) fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-fn decode_meta(bytes: &[u8], what: &Path) -> io::Result<SnapshotMeta> {
+pub(super) fn decode_meta(bytes: &[u8], what: &Path) -> io::Result<SnapshotMeta> {
     codec::decode(bytes).map_err(|e| invalid(format!("{what:?}: snapshot meta: {e}")))
 }
 
@@ -103,6 +103,7 @@ impl StateMachine {
             opts,
             store: RwLock::new(Arc::new(store)),
             generation: AtomicU64::new(generation),
+            staged: AtomicU64::new(generation),
             current: Mutex::new(current),
             seq: AtomicU64::new(0),
             building: Mutex::default(),
@@ -121,6 +122,11 @@ impl StateMachine {
     /// A read handle for the server (cheap to clone).
     pub fn reader(&self) -> GraphReader {
         GraphReader::new(self.shared.clone())
+    }
+
+    /// A handle that stages received snapshots for this state machine (see [`Stager`]).
+    pub fn stager(&self) -> Stager {
+        Stager::new(self.shared.clone())
     }
 
     pub fn applied(&self) -> Option<LogId> {
@@ -362,7 +368,7 @@ fn reconcile(store: &Store, opts: &RocksOptions) -> io::Result<()> {
     Ok(())
 }
 
-fn read_applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
+pub(super) fn read_applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
     let meta = store.meta()?;
     let get = |k: &[u8]| {
         store
@@ -504,90 +510,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        mut snapshot: SnapshotFile,
+        snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let shared = self.shared.clone();
-        let generation = shared.generation.load(Ordering::SeqCst) + 1;
-        let db_dir = shared.cfg.dir.join(db_dir_name(generation));
-        let final_path = shared.snapshots().join(snapshot_name(&meta.last_log_id));
-        let copy = final_path.with_extension("recv");
-        let expect = meta.clone();
-        let blocking = shared.cfg.blocking;
-        let sh = shared.clone();
-        let c = copy.clone();
-        let cur = CurrentSnapshot {
-            meta: meta.clone(),
-            path: final_path,
-        };
-        let disk = shared.cfg.disk(Phase::Install);
-        let d = disk.clone();
-        // Planted bug (tests only): the new database synced only after the pointer names it.
-        let sync_after_switch = shared.cfg.planted_pointer_before_sync();
-        // Planted bug (tests only): the switch left undurable when the install returns.
-        let pointer_not_durable = shared.cfg.planted_pointer_not_durable();
-        let store = blocking
-            .run(move || -> io::Result<Store> {
-                let build = || -> io::Result<Store> {
-                    // An earlier failed install in this process may have left these behind.
-                    d.remove_dir_if_exists(&db_dir)?;
-                    d.remove_dir_if_exists(&db_dir.with_extension("ingest"))?;
-                    let (meta_bytes, _digest, store) = install_stream(
-                        &d,
-                        &mut snapshot.file,
-                        &c,
-                        &db_dir,
-                        &sh.opts,
-                        sh.cfg.install_sst_bytes,
-                    )?;
-                    let got = decode_meta(&meta_bytes, &snapshot.path)?;
-                    let (applied, _) = read_applied(&store)?;
-                    if got != expect || applied != expect.last_log_id {
-                        return Err(invalid(format!(
-                            "snapshot {:?} holds {got:?} (applied {applied:?}), expected {expect:?}",
-                            snapshot.path
-                        )));
-                    }
-                    // Every file of the new database, then its directory, durable before
-                    // anything names it.
-                    store
-                        .db()
-                        .flush_wal(true)
-                        .map_err(|e| rocks_err("sync WAL", e))?;
-                    if !sync_after_switch {
-                        d.sync_tree(&db_dir)?;
-                    }
-                    // The stream becomes the current snapshot before the database switch: if
-                    // the switch is then lost, a restart finds a snapshot ahead of the applied
-                    // id and openraft reinstalls it. Checkpoints are left for the next build
-                    // to clear (one may be feeding a build now).
-                    sh.publish(&d, cur, &c, None)?;
-                    // The new directory's entry must be durable before the pointer names it.
-                    d.sync_dir(&sh.cfg.dir)?;
-                    Ok(store)
-                };
-                let store = build().inspect_err(|_| {
-                    let _ = d.remove_dir_if_exists(&db_dir);
-                    let _ = d.remove_dir_if_exists(&db_dir.with_extension("ingest"));
-                    let _ = d.remove_file(&c);
-                })?;
-                // The switch: from here a restart opens the new database. No cleanup if it
-                // fails: the rename may have happened, and open() decides from the pointer.
-                if pointer_not_durable {
-                    switch_pointer(&d, &sh.cfg.dir, generation)?;
-                } else {
-                    write_pointer(&d, &sh.cfg.dir, generation)?;
-                }
-                if sync_after_switch {
-                    d.sync_tree(&db_dir)?;
-                }
-                Ok(store)
+        let m = meta.clone();
+        let (store, generation) = shared
+            .cfg
+            .blocking
+            .run({
+                let shared = shared.clone();
+                move || install_blocking(&shared, &m, snapshot)
             })
             .await?;
         let old = {
             let mut slot = shared.store.write().expect("store lock poisoned");
             std::mem::replace(&mut *slot, Arc::new(store))
         };
-        old.remove_on_drop(disk);
+        old.remove_on_drop(shared.cfg.disk(Phase::Install));
         drop(old);
         shared.generation.store(generation, Ordering::SeqCst);
         self.applied = meta.last_log_id;

@@ -78,6 +78,7 @@ mod apply;
 pub mod bench;
 mod config;
 mod disk;
+mod install;
 mod keys;
 mod machine;
 mod ops;
@@ -96,6 +97,7 @@ pub use config::{Blocking, StateMachineConfig};
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use disk::{DiskHook, DiskStep, Phase};
+pub use install::Stager;
 pub use machine::{Builder, StateMachine};
 
 /// The openraft handle of a member, over this state machine.

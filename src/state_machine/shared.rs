@@ -27,7 +27,10 @@ pub(crate) struct Shared {
     /// Readers clone the `Arc`; an install swaps it and the old database closes (and its
     /// directory is removed) when the last reader drops it.
     pub store: RwLock<Arc<Store>>,
+    /// The generation `CURRENT` names.
     pub generation: AtomicU64,
+    /// The highest generation a staging has taken (each takes a new one; see `install`).
+    pub staged: AtomicU64,
     pub current: Mutex<Option<CurrentSnapshot>>,
     pub seq: AtomicU64,
     /// Checkpoints of builders not yet dropped: a snapshot published meanwhile must not remove

@@ -10,23 +10,30 @@ use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SstFileWriter};
 
 use super::disk::{DiskStep, SmDisk};
+use super::install::Staged;
 use super::keys;
 use super::store::{Rocks, RocksOptions, Store, rocks_err};
 use super::stream::{StreamSink, StreamWriter, read_stream};
 
 /// The snapshot data openraft hands around: an open snapshot stream file. The handle keeps
 /// the bytes readable while a transfer runs, even after a newer snapshot removes the path.
+/// A received stream may also carry its staged database (see `install`).
 #[derive(Debug)]
 pub struct SnapshotFile {
     pub path: PathBuf,
     pub file: File,
+    pub(crate) staged: Option<Staged>,
 }
 
 impl SnapshotFile {
     pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
         let path = path.into();
         let file = File::open(&path)?;
-        Ok(SnapshotFile { path, file })
+        Ok(SnapshotFile {
+            path,
+            file,
+            staged: None,
+        })
     }
 }
 
