@@ -596,6 +596,32 @@ fn members_whose_disks_fail_stop_themselves_and_rejoin() {
     );
 }
 
+/// A follower down long enough to be sent a snapshot has its disk fail while it stages one
+/// (ENOSPC, then EIO, each before openraft is told): the transfer is refused, the member serves
+/// on (a stop for the error fails the run), and a later transfer installs. Every check of a
+/// seed run applies.
+#[test]
+fn a_disk_error_while_staging_a_snapshot_refuses_the_transfer_and_the_member_serves_on() {
+    use world::Fault;
+    let mut opts = Options::new(5);
+    opts.test =
+        "a_disk_error_while_staging_a_snapshot_refuses_the_transfer_and_the_member_serves_on";
+    opts.work_secs = 60;
+    let fail = |nth, enospc| Fault::DiskErrorInInstall {
+        nth,
+        enospc,
+        down_ms: 15_000,
+    };
+    opts.script = Some(vec![(8_000, fail(1, true)), (5_000, fail(4, false))]);
+    let summary = run_seed(&opts).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        summary.faults.get("DiskError(transfer refused)"),
+        Some(&2),
+        "both errors fired while staging: {:?}",
+        summary.faults
+    );
+}
+
 /// Seeds each planted bug may take to be caught (a run is about 4 s).
 const PLANTED_SEEDS: Range<u64> = 1..21;
 

@@ -44,8 +44,9 @@ struct Ledger {
     /// An injected error waiting for its step: the phase it counts (any: `None`), steps still
     /// to pass, and whether it is ENOSPC (else EIO).
     failing: Option<(Option<Phase>, u64, bool)>,
-    /// The step an injected error failed, and how (until [`SmLedger::clear_failure`]).
-    failed: Option<String>,
+    /// The step an injected error failed: its phase, and how (until
+    /// [`SmLedger::clear_failure`]).
+    failed: Option<(Phase, String)>,
     /// Files and directories whose sync failed with EIO: as after a failed writeback on
     /// Linux, a later sync does not make what was unsynced durable (until a power loss).
     writeback_failed: BTreeSet<PathBuf>,
@@ -115,6 +116,16 @@ fn describe(phase: Phase, step: &DiskStep<'_>) -> String {
     format!("{phase:?} {}({what})", kind(step))
 }
 
+/// Whether a cut or error aimed at `want` (any phase: `None`) counts a step of `got`: one aimed
+/// at an install counts its staging too (the new database built before openraft is told).
+fn counts(want: Option<Phase>, got: Phase) -> bool {
+    match want {
+        None => true,
+        Some(Phase::Install) => matches!(got, Phase::Stage | Phase::Install),
+        Some(p) => p == got,
+    }
+}
+
 fn parent(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -136,7 +147,8 @@ impl SmLedger {
         DiskHook(Arc::new(move |phase, step| me.step(phase, step)))
     }
 
-    /// Cuts the power at the `nth + 1`-th step of `phase` (any phase: `None`) from now.
+    /// Cuts the power at the `nth + 1`-th step of `phase` (any phase: `None`; an install's
+    /// counts its staging) from now.
     pub fn cut_at(&self, phase: Option<Phase>, nth: u64) {
         self.lock().armed = Some((phase, nth));
     }
@@ -151,7 +163,7 @@ impl SmLedger {
         self.lock().fired.clone()
     }
 
-    /// Fails the `nth + 1`-th step of `phase` (any phase: `None`) from now with ENOSPC
+    /// Fails the `nth + 1`-th step of `phase` (as [`SmLedger::cut_at`] counts) from now with ENOSPC
     /// (`enospc`) or EIO: that step does not happen and returns the error; later steps work.
     pub fn fail_at(&self, phase: Option<Phase>, nth: u64, enospc: bool) {
         self.lock().failing = Some((phase, nth, enospc));
@@ -159,7 +171,12 @@ impl SmLedger {
 
     /// The step an injected error failed, if one did.
     pub fn failed(&self) -> Option<String> {
-        self.lock().failed.clone()
+        self.lock().failed.as_ref().map(|(_, what)| what.clone())
+    }
+
+    /// The phase of the step an injected error failed, if one did.
+    pub fn failed_phase(&self) -> Option<Phase> {
+        self.lock().failed.as_ref().map(|(phase, _)| *phase)
     }
 
     /// Forgets an injected error, fired or not.
@@ -175,7 +192,7 @@ impl SmLedger {
             return Err(io::Error::other("simulated power cut: the machine is off"));
         }
         if let Some((p, left, enospc)) = &mut l.failing
-            && p.is_none_or(|p| p == phase)
+            && counts(*p, phase)
         {
             if *left == 0 {
                 let enospc = *enospc;
@@ -188,7 +205,7 @@ impl SmLedger {
                 } else {
                     ("EIO", io::Error::other("injected EIO"))
                 };
-                l.failed = Some(format!("{what} at {}", describe(phase, step)));
+                l.failed = Some((phase, format!("{what} at {}", describe(phase, step))));
                 if !enospc && let DiskStep::SyncFile(p) | DiskStep::SyncDir(p) = step {
                     l.writeback_failed.insert(p.to_path_buf());
                 }
@@ -201,7 +218,7 @@ impl SmLedger {
             *left -= 1;
         }
         if let Some((p, left)) = &mut l.armed
-            && p.is_none_or(|p| p == phase)
+            && counts(*p, phase)
         {
             if *left == 0 {
                 l.armed = None;
@@ -238,13 +255,14 @@ impl SmLedger {
                 l.new_dbs.insert(p.to_path_buf(), BTreeSet::new());
             }
             DiskStep::WriteFile(p) => {
-                // `snap-<index + 1>.recv` (see the state machine's `snapshot_name`).
+                // `snap-<index + 1>.<generation>.recv` (the state machine's `snapshot_name`,
+                // staged).
                 let receiving = p
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.strip_prefix("snap-")?.strip_suffix(".recv"))
-                    .and_then(|n| n.parse::<u64>().ok());
-                if phase == Phase::Install
+                    .and_then(|n| n.split('.').next()?.parse::<u64>().ok());
+                if phase == Phase::Stage
                     && let Some(n) = receiving
                 {
                     l.installing = n.checked_sub(1);

@@ -638,6 +638,14 @@ pub enum Fault {
     /// A follower down long enough that it must be sent a snapshot; when it restarts, the
     /// power is cut at the `nth + 1`-th step of the install (as [`Fault::PowerCutInSm`]).
     PowerCutInInstall { nth: u64, down_ms: u64 },
+    /// As [`Fault::PowerCutInInstall`], but the step fails with ENOSPC (`enospc`) or EIO. In
+    /// staging (before openraft is told) the transfer is refused and the member must serve on;
+    /// in the switch the member must stop itself, as after a [`Fault::DiskError`].
+    DiskErrorInInstall {
+        nth: u64,
+        enospc: bool,
+        down_ms: u64,
+    },
     /// A disk error on `node`: the `nth + 1`-th call of `at` fails and returns the error
     /// (nothing written, nothing made durable); later calls work. The member must stop itself
     /// within [`STOP_WITHIN_MS`]; the harness then takes the machine down — after an EIO as
@@ -703,6 +711,10 @@ impl Fault {
                 ),
                 other => format!("DiskError({other:?})"),
             },
+            Fault::DiskErrorInInstall { enospc, .. } => format!(
+                "DiskErrorInInstall({})",
+                if *enospc { "ENOSPC" } else { "EIO" }
+            ),
             other => format!("{other:?}")
                 .split([' ', '{'])
                 .next()
@@ -763,6 +775,12 @@ fn random_fault(rng: &mut SmallRng) -> Fault {
                 ms: short(rng),
             }
         }
+        // A third of them in an install (as `PowerCutInInstall`, below).
+        36..42 if rng.random_bool(1.0 / 3.0) => Fault::DiskErrorInInstall {
+            nth: rng.random_range(0..24),
+            enospc: rng.random_bool(0.5),
+            down_ms: long(rng),
+        },
         36..42 => {
             let (at, nth) = match rng.random_range(0..4) {
                 0 => (DiskErrorAt::WalWrite, rng.random_range(0..30)),
@@ -859,12 +877,20 @@ enum Undo {
     /// Disarm node `0`'s power cut (a fault of kind `2`) if it has not fired; if it fires
     /// first, the node is down for `1` ms.
     Disarm(usize, u64, &'static str),
-    /// Start `0`, then cut its power at the `1 + 1`-th step of an install; down for `2` ms
-    /// after it fires.
-    StartArmed(usize, u64, u64),
+    /// Start `0`, then arm `1` in its next install; down for `2` ms after it fires.
+    StartArmed(usize, InInstall, u64),
     /// Node `0`'s injected disk error fired: the schedule waits until it has stopped itself
     /// (then it is down for a while), or for [`STOP_WITHIN_MS`] if its Raft has not stopped.
     AwaitStop(usize),
+}
+
+/// What a fault aimed at an install arms when its member restarts.
+#[derive(Clone, Copy, Debug)]
+enum InInstall {
+    /// A power cut at the `nth + 1`-th step.
+    Cut { nth: u64 },
+    /// ENOSPC (`enospc`) or EIO at the `nth + 1`-th step.
+    Error { nth: u64, enospc: bool },
 }
 
 /// Takes a member down after its injected disk error (the caller crashed its host): after an
@@ -1114,9 +1140,29 @@ pub fn run(opts: &Options) -> Run {
         }
         // An injected disk error fired: the member must stop itself (its server, not the
         // harness), within `STOP_WITHIN_MS` of its Raft stopping; once it has, the machine is
-        // taken down and started again later.
+        // taken down and started again later. Except in a snapshot's staging: that transfer is
+        // refused and the member serves on. The error is forgotten at once, so a stop it
+        // caused after all fails the run (nothing else would explain it).
         for (n, disk) in disks.iter().enumerate() {
-            if let Some(what) = disk.injected()
+            if disk.sm.failed_phase() == Some(Phase::Stage) {
+                let what = disk.injected().unwrap_or_default();
+                disk.sm.clear_failure();
+                undo.retain(|(_, u)| {
+                    !matches!(u, Undo::Disarm(m, _, kind) if *m == n && kind.starts_with("DiskError"))
+                });
+                let mut s = shared.borrow_mut();
+                s.trace_at(
+                    now,
+                    format!(
+                        "disk error on {}: {what}: the transfer is refused",
+                        NODES[n]
+                    ),
+                );
+                *s.faults.entry("DiskError(fired)".into()).or_default() += 1;
+                *s.faults
+                    .entry("DiskError(transfer refused)".into())
+                    .or_default() += 1;
+            } else if let Some(what) = disk.injected()
                 && failing[n].is_none()
             {
                 let mut down_ms = 2_000;
@@ -1228,11 +1274,20 @@ pub fn run(opts: &Options) -> Run {
                         .or_default() += 1;
                     continue;
                 }
-                Undo::StartArmed(n, nth, down_ms) => {
+                Undo::StartArmed(n, armed, down_ms) => {
                     sim.bounce(NODES[n]);
                     down.remove(&n);
                     forget_disk_error(&disks[n], &mut failing[n], &mut late[n]);
-                    disks[n].sm.cut_at(Some(Phase::Install), nth);
+                    let kind = match armed {
+                        InInstall::Cut { nth } => {
+                            disks[n].sm.cut_at(Some(Phase::Install), nth);
+                            "PowerCutInInstall"
+                        }
+                        InInstall::Error { nth, enospc } => {
+                            disks[n].sm.fail_at(Some(Phase::Install), nth, enospc);
+                            "DiskErrorInInstall"
+                        }
+                    };
                     // The others build a snapshot and purge their logs, so that the member is
                     // sent one (otherwise it is often caught up from the log).
                     let others = (0..NODES.len()).filter(|m| *m != n && !down.contains(m));
@@ -1240,10 +1295,7 @@ pub fn run(opts: &Options) -> Run {
                         .borrow_mut()
                         .snapshot_wanted
                         .extend(others.map(|m| m as u64 + 1));
-                    undo.push((
-                        now + INSTALL_ARMED_MS,
-                        Undo::Disarm(n, down_ms, "PowerCutInInstall"),
-                    ));
+                    undo.push((now + INSTALL_ARMED_MS, Undo::Disarm(n, down_ms, kind)));
                 }
                 Undo::CrashLeader => {
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
@@ -1392,7 +1444,15 @@ pub fn run(opts: &Options) -> Run {
                     }
                     undo.push((now + CUT_ARMED_MS, Undo::Disarm(node, down_ms, "DiskError")));
                 }
-                Fault::PowerCutInInstall { nth, down_ms } => {
+                Fault::PowerCutInInstall { nth, down_ms }
+                | Fault::DiskErrorInInstall { nth, down_ms, .. } => {
+                    let armed = match &fault {
+                        Fault::DiskErrorInInstall { enospc, .. } => InInstall::Error {
+                            nth,
+                            enospc: *enospc,
+                        },
+                        _ => InInstall::Cut { nth },
+                    };
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
                     let followers: Vec<usize> =
                         (0..NODES.len()).filter(|n| Some(*n) != leader).collect();
@@ -1401,7 +1461,7 @@ pub fn run(opts: &Options) -> Run {
                     disks[n].wal.kill();
                     down.insert(n);
                     let after = rng.random_range(500..4_000);
-                    undo.push((now + down_ms, Undo::StartArmed(n, nth, after)));
+                    undo.push((now + down_ms, Undo::StartArmed(n, armed, after)));
                 }
                 Fault::CrashLeaderDuringCatchUp { down_ms } => {
                     let leader = shared.borrow().last_leader.map(|(_, l)| l as usize - 1);
