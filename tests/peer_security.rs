@@ -98,7 +98,7 @@ impl Cluster {
         let members = servers
             .iter()
             .map(|s| pb::Member {
-                id: s.config().node_id,
+                id: s.config().member_id,
                 addr: s.local_addr().to_string(),
                 peer_addr: s.peer_local_addr().to_string(),
             })
@@ -349,6 +349,16 @@ async fn a_certificate_of_the_ca_must_name_this_cluster_and_a_member_before_anyt
                 s.message()
             );
         }
+        // `Membership` is answered to any member of this cluster, in the membership or not (a
+        // member with an old view asks members that may not know it); to no one else.
+        let asked = p.membership(pb::PeerMembershipRequest {}).await;
+        if who == "a non-member" {
+            let answer = asked.expect("Membership answered to a member of this cluster");
+            assert!(!answer.into_inner().data.is_empty());
+        } else {
+            let s = asked.expect_err(who);
+            assert_eq!(s.code(), Code::Unauthenticated, "{who}, Membership: {s:?}");
+        }
     }
     // A member's garbage gets past the check and is refused by the decoder, by name.
     let mut p = c.peer(&c.ca.dialer_as(&c.ca.member(2)), leader);
@@ -494,7 +504,7 @@ async fn a_member_that_missed_a_membership_change_catches_up_from_a_leader_it_di
     let raft_of = |c: &Cluster, id: u64| {
         c.servers
             .iter()
-            .find(|s| s.config().node_id == id)
+            .find(|s| s.config().member_id == id)
             .unwrap()
             .raft()
             .clone()

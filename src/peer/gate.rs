@@ -19,6 +19,11 @@
 //! a higher vote, so while it stays a member its word adds little; the time limit bounds what
 //! its word is worth once it is removed. A member removed for good is in no newer committed
 //! membership and stays refused.
+//!
+//! **`Membership` is answered to any member of this cluster**, in this member's membership or
+//! not: the asking member is the one whose view is stale, so the member it asks may well not
+//! know it (it was removed and added back meanwhile, or a snapshot took its membership back to
+//! an older one). The answer is the committed membership's log id and member ids, nothing more.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -109,9 +114,10 @@ impl PeerGate {
         (gate, asker)
     }
 
-    /// The member the connection's identity ([`ConnInfo`]) names, if it may call; otherwise
-    /// UNAUTHENTICATED saying why not.
-    pub fn check(&self, extensions: &tonic::Extensions) -> Result<u64, Status> {
+    /// The member the connection's identity ([`ConnInfo`]) names if it is a member of this
+    /// cluster (not necessarily in the membership this member knows: see [`PeerGate::check`]);
+    /// otherwise UNAUTHENTICATED saying why not.
+    pub fn check_cluster(&self, extensions: &http::Extensions) -> Result<u64, Status> {
         let Some((cluster, id)) = extensions.get::<ConnInfo>().and_then(|i| i.member.as_ref())
         else {
             return Err(Status::unauthenticated(
@@ -124,6 +130,13 @@ impl PeerGate {
                 self.cluster_id
             )));
         }
+        Ok(*id)
+    }
+
+    /// The caller's member id if it may call this member's Raft RPCs (see the module docs);
+    /// otherwise UNAUTHENTICATED saying why not.
+    pub fn check(&self, extensions: &http::Extensions) -> Result<u64, Status> {
+        let id = &self.check_cluster(extensions)?;
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let known = &m.membership_config;
@@ -149,10 +162,115 @@ impl PeerGate {
     }
 }
 
-impl tonic::service::Interceptor for PeerGate {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        self.check(req.extensions())?;
-        Ok(req)
+/// The path of `RaftService/Membership`, answered to any member of the cluster.
+const MEMBERSHIP_PATH: &str = "/raftgraph.v1.RaftService/Membership";
+/// The most request bytes a `Membership` call may send (its message is empty): a member outside
+/// the membership gets no more than that read.
+const MEMBERSHIP_REQUEST_BYTES_MAX: usize = 64;
+
+/// A request body refused past `left` more bytes.
+struct Capped<B> {
+    inner: B,
+    left: usize,
+}
+
+impl<B> http_body::Body for Capped<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = bytes::Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match frame {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return std::task::Poll::Ready(Some(Err(e.into()))),
+            None => return std::task::Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            if data.len() > self.left {
+                let refused = Status::invalid_argument(format!(
+                    "a Membership request is empty; more than {MEMBERSHIP_REQUEST_BYTES_MAX} \
+                     bytes refused"
+                ));
+                return std::task::Poll::Ready(Some(Err(Box::new(refused))));
+            }
+            self.left -= data.len();
+        }
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// A service behind a [`PeerGate`]: each call is checked on its headers, before its body is
+/// read; a refused one is answered UNAUTHENTICATED and never reaches `S`.
+#[derive(Clone)]
+pub struct Gated<S> {
+    inner: S,
+    gate: PeerGate,
+}
+
+impl<S> Gated<S> {
+    pub fn new(inner: S, gate: PeerGate) -> Self {
+        Gated { inner, gate }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Gated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Gated<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let membership = request.uri().path() == MEMBERSHIP_PATH;
+        let checked = if membership {
+            self.gate.check_cluster(request.extensions())
+        } else {
+            self.gate.check(request.extensions())
+        };
+        if let Err(refused) = checked {
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
+        }
+        let request = if membership {
+            request.map(|inner| {
+                tonic::body::Body::new(Capped {
+                    inner,
+                    left: MEMBERSHIP_REQUEST_BYTES_MAX,
+                })
+            })
+        } else {
+            request.map(tonic::body::Body::new)
+        };
+        Box::pin(self.inner.call(request))
     }
 }
 
@@ -277,5 +395,54 @@ impl Asker {
         let r: Result<PeerMembership, String> =
             codec::decode(&answer.into_inner().data).map_err(|e| format!("undecodable: {e}"))?;
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A body of one chunk.
+    struct Once(Option<bytes::Bytes>);
+
+    impl http_body::Body for Once {
+        type Data = bytes::Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    /// What a `Membership` call's body of `n` bytes reads as: its length, or the refusal.
+    fn read(n: usize) -> Result<usize, String> {
+        let mut body = Capped {
+            inner: Once(Some(bytes::Bytes::from(vec![0; n]))),
+            left: MEMBERSHIP_REQUEST_BYTES_MAX,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match http_body::Body::poll_frame(Pin::new(&mut body), &mut cx) {
+            Poll::Ready(Some(Ok(frame))) => Ok(frame.into_data().map_or(0, |d| d.len())),
+            Poll::Ready(Some(Err(e))) => Err(e.to_string()),
+            other => panic!("{:?}", other.map(|o| o.map(|r| r.is_ok()))),
+        }
+    }
+
+    #[test]
+    fn a_membership_request_past_its_few_bytes_is_refused() {
+        // An empty message is its 5-byte gRPC header.
+        assert_eq!(read(5), Ok(5));
+        assert_eq!(
+            read(MEMBERSHIP_REQUEST_BYTES_MAX),
+            Ok(MEMBERSHIP_REQUEST_BYTES_MAX)
+        );
+        let refused = read(MEMBERSHIP_REQUEST_BYTES_MAX + 1).unwrap_err();
+        assert!(refused.contains("more than 64 bytes refused"), "{refused}");
     }
 }

@@ -6,6 +6,6 @@ mod gate;
 mod network;
 mod service;
 
-pub use gate::{Asker, PeerGate, PeerMembership};
+pub use gate::{Asker, Gated, PeerGate, PeerMembership};
 pub use network::{GrpcNetwork, GrpcNetworkFactory};
 pub use service::{FreeSpace, RaftGrpc, SNAPSHOT_SPACE_FACTOR, SnapshotLimits, free_bytes};

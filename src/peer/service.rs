@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use std::io::Write;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::gate::{PeerGate, membership_of};
+use super::gate::{Gated, PeerGate, membership_of};
 use super::network::SnapshotHeader;
 use crate::codec;
 use crate::proto::v1::raft_service_server::{RaftService, RaftServiceServer};
@@ -35,7 +35,6 @@ use crate::raft::TypeConfig;
 use crate::state_machine::{Blocking, Raft, SnapshotFile, Stager};
 use crate::transport::Dialer;
 use crate::wire::PEER_MESSAGE_BYTES_MAX;
-use tonic::service::interceptor::InterceptedService;
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// The Raft RPC service of one server.
@@ -215,14 +214,14 @@ impl RaftGrpc {
     /// request's headers before tonic reads and decodes the message body, with the peer message
     /// limit both ways. The handlers rely on the gate: serve a `RaftGrpc` only this way. Spawns
     /// the gate's asker, which ends with the service: call this on the server's runtime.
-    pub fn into_service(self) -> InterceptedService<RaftServiceServer<RaftGrpc>, PeerGate> {
+    pub fn into_service(self) -> Gated<RaftServiceServer<RaftGrpc>> {
         let (gate, asker) = PeerGate::new(
             self.raft.clone(),
             &self.cluster_id,
             self.peer_dialer.clone(),
         );
         tokio::spawn(asker.run());
-        InterceptedService::new(
+        Gated::new(
             RaftServiceServer::new(self)
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
@@ -482,12 +481,22 @@ impl RaftService for RaftGrpc {
         self.check_room(Stage::Install, total).await?;
         // The database is built and made durable here, where a failure (a full disk, an I/O
         // error) only refuses the transfer; openraft's install, where any error is fatal for the
-        // member, then only switches to it. The received file is removed as `tmp` drops.
-        let file = self
-            .stager
-            .stage(&meta, file)
-            .await
-            .map_err(|e| self.refuse(io_status("staging snapshot", &e)))?;
+        // member, then only switches to it. The received file is removed as `tmp` drops. A
+        // transfer openraft will decline (an older vote, or nothing past what is applied) is not
+        // staged: it would cost a whole database for nothing.
+        let declined = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            vote < m.vote || meta.last_log_id <= m.last_applied
+        };
+        let file = if declined {
+            file
+        } else {
+            self.stager
+                .stage(&meta, file)
+                .await
+                .map_err(|e| self.refuse(io_status("staging snapshot", &e)))?
+        };
         let snapshot = Snapshot {
             meta: meta.clone(),
             snapshot: file,
