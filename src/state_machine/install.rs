@@ -6,8 +6,9 @@
 //! verified, before openraft is told: a failure there (a full disk, an I/O error) refuses the
 //! transfer, removes what it wrote, and the member keeps serving its current state.
 //!
-//! **Switching** (openraft's `install_snapshot`, [`install`]) publishes the stream as the current
-//! snapshot and points `CURRENT` at the staged database: a rename, a small file and their syncs.
+//! **Switching** (openraft's `install_snapshot`, [`install_blocking`]) publishes the stream as the
+//! current snapshot, syncs the state directory (the staged database's entry) and points `CURRENT`
+//! at the staged database: a rename, a small file and their syncs.
 //! openraft treats any error of `install_snapshot` as fatal for the member, so everything that
 //! needs space or many writes happens before it. A snapshot that reaches `install_snapshot`
 //! unstaged (tests and tools that call it directly) is staged there, inside the fatal part.
@@ -22,11 +23,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::disk::{Phase, SmDisk};
-use super::machine::{decode_meta, invalid, read_applied, snapshot_name};
+use super::disk::Phase;
 use super::shared::{CurrentSnapshot, Shared};
-use super::snapshot::{SnapshotFile, install_stream};
-use super::store::{Store, db_dir_name, rocks_err, switch_pointer, write_pointer};
+use super::snapshot::{SnapshotFile, Staged, decode_meta, install_stream, snapshot_name};
+use super::store::{
+    Store, db_dir_name, invalid, read_applied, rocks_err, switch_pointer, write_pointer,
+};
 use crate::raft::SnapshotMeta;
 
 /// Stages received snapshots for the state machine it was taken from
@@ -41,40 +43,6 @@ impl std::fmt::Debug for Stager {
         f.debug_struct("Stager")
             .field("dir", &self.shared.cfg.dir)
             .finish()
-    }
-}
-
-/// A staged database, durable under its own generation, not yet named by `CURRENT`. Dropped
-/// unused, its directory and its copy of the stream are removed.
-pub(crate) struct Staged {
-    generation: u64,
-    meta: SnapshotMeta,
-    store: Option<Store>,
-    /// The stream's copy (`snap-….<generation>.recv`), renamed into place by the switch.
-    copy: PathBuf,
-    disk: SmDisk,
-}
-
-impl std::fmt::Debug for Staged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Staged")
-            .field("generation", &self.generation)
-            .field("last_log_id", &self.meta.last_log_id)
-            .finish()
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(store) = self.store.take() {
-            tracing::info!(
-                generation = self.generation,
-                "removing a staged snapshot database that was not installed"
-            );
-            store.remove_on_drop(self.disk.clone());
-            drop(store);
-            let _ = self.disk.remove_file(&self.copy);
-        }
     }
 }
 
@@ -148,8 +116,9 @@ fn stage_blocking(
                 "snapshot {src_path:?} holds {got:?} (applied {applied:?}), expected {expect:?}"
             )));
         }
-        // Every file of the new database, then its directory and the directory's entry,
-        // durable before anything names it.
+        // Every file of the new database, then its directory, durable before anything names
+        // it (its entry in the state directory is synced by the switch: an EIO on that
+        // directory's sync must be fatal, as later syncs of it could no longer be trusted).
         store
             .db()
             .flush_wal(true)
@@ -157,7 +126,6 @@ fn stage_blocking(
         if !sync_after_switch {
             disk.sync_tree(&db_dir)?;
         }
-        disk.sync_dir(&sh.cfg.dir)?;
         Ok(store)
     };
     match build() {
@@ -167,6 +135,7 @@ fn stage_blocking(
             store: Some(store),
             copy,
             disk,
+            blocking: sh.cfg.blocking,
         }),
         Err(e) => {
             let _ = disk.remove_dir_if_exists(&db_dir);
@@ -202,6 +171,8 @@ pub(super) fn install_blocking(
     // Checkpoints are left for the next build to clear (one may be feeding a build now). Until
     // this succeeds the staged database is removed on any error (as `staged` drops).
     sh.publish(&disk, cur, &staged.copy, None)?;
+    // The new database's directory entry, durable before the pointer names it.
+    disk.sync_dir(&sh.cfg.dir)?;
     // The switch: from here a restart opens the new database. No cleanup if it fails: the
     // rename may have happened, and open() decides from the pointer.
     let store = staged.store.take().expect("a staged store until switched");

@@ -20,9 +20,10 @@ use super::install::{Stager, install_blocking};
 use super::keys;
 use super::read::GraphReader;
 use super::shared::{CurrentSnapshot, Shared};
-use super::snapshot::{SnapshotFile, checkpoint, write_stream_file};
+use super::snapshot::{SnapshotFile, checkpoint, decode_meta, snapshot_name, write_stream_file};
 use super::store::{
-    RocksOptions, SNAPSHOTS, Store, db_dir_name, read_pointer, rocks_err, write_pointer,
+    RocksOptions, SNAPSHOTS, Store, db_dir_name, invalid, read_applied, read_pointer, rocks_err,
+    write_pointer,
 };
 use super::stream::read_meta;
 use super::txn::Layer;
@@ -41,19 +42,6 @@ pub struct StateMachine {
     unlogged: WriteOptions,
     /// Apply's writes, announced (see `disk`).
     disk: SmDisk,
-}
-
-pub(super) fn snapshot_name(last: &Option<LogId>) -> String {
-    let n = last.as_ref().map_or(0, |l| l.index + 1);
-    format!("snap-{n:020}.rgsnap")
-}
-
-pub(super) fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-pub(super) fn decode_meta(bytes: &[u8], what: &Path) -> io::Result<SnapshotMeta> {
-    codec::decode(bytes).map_err(|e| invalid(format!("{what:?}: snapshot meta: {e}")))
 }
 
 impl StateMachine {
@@ -366,25 +354,6 @@ fn reconcile(store: &Store, opts: &RocksOptions) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-pub(super) fn read_applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
-    let meta = store.meta()?;
-    let get = |k: &[u8]| {
-        store
-            .db()
-            .get_cf(&meta, k)
-            .map_err(|e| rocks_err("read applied state", e))
-    };
-    let applied = match get(keys::APPLIED)? {
-        Some(b) => Some(codec::decode(&b).map_err(|e| invalid(format!("applied id: {e}")))?),
-        None => None,
-    };
-    let membership = match get(keys::MEMBERSHIP)? {
-        Some(b) => codec::decode(&b).map_err(|e| invalid(format!("membership: {e}")))?,
-        None => StoredMembership::default(),
-    };
-    Ok((applied, membership))
 }
 
 /// The newest complete snapshot stream in `dir`; interrupted temporary files and checkpoint

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SstFileWriter};
 
+use super::config::Blocking;
 use super::disk::{DiskStep, SmDisk};
-use super::install::Staged;
 use super::keys;
-use super::store::{Rocks, RocksOptions, Store, rocks_err};
+use super::store::{Rocks, RocksOptions, Store, invalid, rocks_err};
 use super::stream::{StreamSink, StreamWriter, read_stream};
+use crate::codec;
+use crate::raft::{LogId, SnapshotMeta};
 
 /// The snapshot data openraft hands around: an open snapshot stream file. The handle keeps
 /// the bytes readable while a transfer runs, even after a newer snapshot removes the path.
@@ -34,6 +36,63 @@ impl SnapshotFile {
             file,
             staged: None,
         })
+    }
+}
+
+/// The file name of the snapshot stream whose last entry is `last`.
+pub(crate) fn snapshot_name(last: &Option<LogId>) -> String {
+    let n = last.as_ref().map_or(0, |l| l.index + 1);
+    format!("snap-{n:020}.rgsnap")
+}
+
+/// A snapshot's meta, decoded from its stream's header bytes.
+pub(crate) fn decode_meta(bytes: &[u8], what: &Path) -> io::Result<SnapshotMeta> {
+    codec::decode(bytes).map_err(|e| invalid(format!("{what:?}: snapshot meta: {e}")))
+}
+
+/// A staged database, durable under its own generation, not yet named by `CURRENT`. Dropped
+/// unused, its directory and its copy of the stream are removed.
+pub(crate) struct Staged {
+    pub generation: u64,
+    pub meta: SnapshotMeta,
+    pub store: Option<Store>,
+    /// The stream's copy (`snap-….<generation>.recv`), renamed into place by the switch.
+    pub copy: PathBuf,
+    pub disk: SmDisk,
+    /// Where an unused one is removed: off openraft's task, which may be what drops it.
+    pub blocking: Blocking,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("generation", &self.generation)
+            .field("last_log_id", &self.meta.last_log_id)
+            .finish()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        tracing::info!(
+            generation = self.generation,
+            "removing a staged snapshot database that was not installed"
+        );
+        let (disk, copy) = (self.disk.clone(), self.copy.clone());
+        let remove = move || {
+            store.remove_on_drop(disk.clone());
+            drop(store);
+            let _ = disk.remove_file(&copy);
+        };
+        // Closing and removing a database takes long: not on the task that dropped it
+        // (openraft's core, when it declines a snapshot), where the runtime allows.
+        match (self.blocking, tokio::runtime::Handle::try_current()) {
+            (Blocking::Pool, Ok(runtime)) => drop(runtime.spawn_blocking(remove)),
+            _ => remove(),
+        }
     }
 }
 

@@ -24,6 +24,8 @@ use rocksdb::{
 use super::config::StateMachineConfig;
 use super::disk::SmDisk;
 use super::keys;
+use crate::codec;
+use crate::raft::{LogId, StoredMembership};
 
 pub(crate) type Rocks = DBWithThreadMode<MultiThreaded>;
 
@@ -31,7 +33,12 @@ const POINTER: &str = "CURRENT";
 pub(crate) const SNAPSHOTS: &str = "snapshots";
 
 pub(crate) fn rocks_err(what: &str, e: rocksdb::Error) -> io::Error {
-    io::Error::other(format!("rocksdb: {what}: {e}"))
+    let msg = format!("rocksdb: {what}: {e}");
+    // RocksDB reports a full disk in words only; callers answer it as such.
+    if msg.contains("No space left on device") {
+        return io::Error::new(io::ErrorKind::StorageFull, msg);
+    }
+    io::Error::other(msg)
 }
 
 /// Options shared by the database and every column family: one write-buffer budget for all
@@ -393,6 +400,31 @@ impl Drop for Store {
     }
 }
 
+/// An error for data that is not what it should be.
+pub(crate) fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The applied log id and membership a database holds.
+pub(crate) fn read_applied(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let meta = store.meta()?;
+    let get = |k: &[u8]| {
+        store
+            .db()
+            .get_cf(&meta, k)
+            .map_err(|e| rocks_err("read applied state", e))
+    };
+    let applied = match get(keys::APPLIED)? {
+        Some(b) => Some(codec::decode(&b).map_err(|e| invalid(format!("applied id: {e}")))?),
+        None => None,
+    };
+    let membership = match get(keys::MEMBERSHIP)? {
+        Some(b) => codec::decode(&b).map_err(|e| invalid(format!("membership: {e}")))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
 /// The database directory name for a generation.
 pub(crate) fn db_dir_name(generation: u64) -> String {
     format!("db-{generation:06}")
@@ -408,7 +440,7 @@ pub(crate) fn read_pointer(dir: &Path) -> io::Result<Option<u64>> {
     let generation = text
         .strip_suffix('\n')
         .and_then(|t| t.strip_prefix("db-"))
-        .filter(|g| g.len() == 6 && g.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|g| g.len() >= 6 && g.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|g| g.parse().ok())
         .ok_or_else(|| {
             io::Error::new(

@@ -277,8 +277,12 @@ impl Disk {
 
     /// Whether `error` is the injected disk error's doing: one fired, and the error says so
     /// (the WAL's and the state machine's errors carry the injected error's text).
+    /// An error in a snapshot's staging never counts: it must refuse the transfer, not stop the
+    /// member.
     fn caused_by_injected(&self, error: &str) -> bool {
-        self.injected().is_some() && error.contains("injected")
+        self.injected().is_some()
+            && self.sm.failed_phase() != Some(Phase::Stage)
+            && error.contains("injected")
     }
 
     /// Notes that Raft stopped after the injected error (first time only).
@@ -361,7 +365,7 @@ async fn host(disk: Rc<Disk>, shared: Rc<RefCell<Shared>>, opts: Options) -> tur
     let boot = disk.boots.get() + 1;
     disk.boots.set(boot);
     disk.raft_stopped_at.set(None);
-    let id = disk.config.node_id;
+    let id = disk.config.member_id;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let peer_listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT)).await?;
     let incoming = Incoming {
