@@ -63,6 +63,30 @@ impl ByteBudget {
         }
     }
 
+    /// Reserves `bytes` if they fit under the limit or nothing is held; never waits.
+    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used != 0 && used.saturating_add(bytes) > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange(
+                used,
+                used + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(Reservation {
+                        budget: self.clone(),
+                        bytes,
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
     fn release(&self, bytes: usize) {
         if bytes > 0 {
             self.used.fetch_sub(bytes, Ordering::AcqRel);

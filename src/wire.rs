@@ -65,6 +65,12 @@ pub const STREAM_ANSWER_BYTES_MAX: usize = 32 << 20;
 /// is spent.
 pub const CONNECTION_ANSWER_BYTES_MAX: usize = 64 << 20;
 
+/// The most bytes of request messages one connection may have on their way in — a message
+/// counts in full (as its header declares) from its first bytes until tonic has decoded it —
+/// over all its streams. A message that does not fit is refused (UNAVAILABLE, nothing done):
+/// before, 1,024 streams could each have 16 MiB buffered before any handler saw a byte.
+pub const CONNECTION_REQUEST_BYTES_MAX: usize = 64 << 20;
+
 /// Bytes of snapshot stream per chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -116,4 +122,6 @@ const _: () = {
     assert!(PROPOSAL_BYTES_MAX < CLIENT_REQUEST_BYTES_MAX);
     assert!(CLIENT_REQUEST_BYTES_MAX <= WAL_RECORD_BYTES);
     assert!(STREAM_ANSWER_BYTES_MAX <= CONNECTION_ANSWER_BYTES_MAX);
+    // Three of the largest messages (with their 5-byte gRPC headers) fit in one connection.
+    assert!(3 * (CLIENT_REQUEST_BYTES_MAX + 5) <= CONNECTION_REQUEST_BYTES_MAX);
 };

@@ -1,6 +1,7 @@
 //! A client that asks for large pages and never reads an answer — on many read streams, then as
-//! unary calls on as many HTTP/2 streams — leaves the server process's resident memory within a
-//! stated bound of what it was before, and other clients keep being served meanwhile.
+//! unary calls on as many HTTP/2 streams — or that starts large writes and never finishes them,
+//! leaves the server process's resident memory within a stated bound of what it was before, and
+//! other clients keep being served meanwhile.
 //!
 //! One `raftgraph server` process (plaintext client listener: what is measured is the server's
 //! memory, not TLS), its RSS read from `/proc/<pid>/status`. Polls are bounded waits; nothing
@@ -25,6 +26,9 @@ const STREAMS: usize = 16;
 const CALLS: usize = 256;
 /// Unary page calls the client makes on one connection (each its own HTTP/2 stream).
 const UNARY_CALLS: usize = 512;
+/// Unfinished writes the client starts on one connection, and the size each declares.
+const UNFINISHED_CALLS: usize = 64;
+const UNFINISHED_BYTES: usize = 15 << 20;
 
 /// The bound this test holds the server to: growth of its RSS while the client holds its
 /// answers unread. Unbounded, each unread page (~9.4 MB) would be held: 16 × 256 of them on the
@@ -246,7 +250,74 @@ fn a_client_that_never_reads_its_streams_holds_bounded_server_memory() {
         watch(&addr, pid, before, "unread unary pages").await;
         stop.notify_waiters();
         calls.abort_all();
+
+        // The same attacker starts UNFINISHED writes on as many HTTP/2 streams of one
+        // connection: each declares a message of 15 MiB and sends all of it but the last byte.
+        // Unbounded, the server would hold every byte sent (960 MiB); each message holds its
+        // declared size of the connection's request budget, and those that do not fit are
+        // refused at their header.
+        let before = rss_bytes(pid);
+        let attacker = connect(&addr).await;
+        let payload = bytes::Bytes::from(vec![0u8; UNFINISHED_BYTES - 1]);
+        let mut header = vec![0u8];
+        header.extend_from_slice(&(UNFINISHED_BYTES as u32).to_be_bytes());
+        let header = bytes::Bytes::from(header);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..UNFINISHED_CALLS {
+            let mut ch = attacker.clone();
+            let body = Unfinished(vec![header.clone(), payload.clone()]);
+            calls.spawn(async move {
+                use tower::Service;
+                let request = http::Request::builder()
+                    .method("POST")
+                    .uri("/raftgraph.v1.GraphService/Write")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(tonic::body::Body::new(body))
+                    .unwrap();
+                futures::future::poll_fn(|cx| ch.poll_ready(cx))
+                    .await
+                    .unwrap();
+                let answer = ch.call(request).await.unwrap();
+                answer
+                    .headers()
+                    .get("grpc-status")
+                    .map(|s| s.to_str().unwrap().to_string())
+            });
+        }
+        watch(&addr, pid, before, "unfinished writes").await;
+        // Those that fit are still waiting for their last byte; the others were refused.
+        let mut refused = 0;
+        while let Some(Ok(code)) = calls.try_join_next() {
+            assert_eq!(code.as_deref(), Some("14"), "refused as UNAVAILABLE");
+            refused += 1;
+        }
+        let fit = raftgraph::wire::CONNECTION_REQUEST_BYTES_MAX / (UNFINISHED_BYTES + 5);
+        assert_eq!(
+            refused,
+            UNFINISHED_CALLS - fit,
+            "refused past the connection's budget"
+        );
+        calls.abort_all();
     });
+}
+
+/// A request body that sends its chunks, then neither ends nor sends more.
+struct Unfinished(Vec<bytes::Bytes>);
+
+impl http_body::Body for Unfinished {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        if self.0.is_empty() {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.0.remove(0)))))
+    }
 }
 
 /// For 10 s, another client writes and the server's RSS is sampled; its growth over `before`

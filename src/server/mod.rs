@@ -47,8 +47,8 @@ pub use self::config::{
 pub use self::data_dir::{DATA_FORMAT, DataDir, DataDirError, Identity};
 pub use self::io::ApiIo;
 use crate::api::{
-    Admission, Auth, Clock, ClusterApi, Fresh, Gate, GraphApi, Paced, Random, Router, Secrets,
-    TenantApi, TokenApi, Tokens,
+    Admission, Auth, Clock, ClusterApi, Fresh, Gate, GraphApi, Metered, Paced, Random, Router,
+    Secrets, TenantApi, TokenApi, Tokens,
 };
 use crate::peer::{GrpcNetworkFactory, RaftGrpc};
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
@@ -312,7 +312,7 @@ impl Server {
                      [certs] (ca, cert, key)"
                 .into(),
         })?;
-        let tls = TlsSource::load(files, &config.cluster_id, config.node_id)?;
+        let tls = TlsSource::load(files, &config.cluster_id, config.member_id)?;
         let local_addr = listeners.api.local_addr().map_err(ServerError::Listener)?;
         let peer_local_addr = listeners.peer.local_addr().map_err(ServerError::Listener)?;
         let peer_tls = tls.clone();
@@ -415,7 +415,7 @@ impl Server {
         let peer_server =
             tokio::spawn(peer_routes.serve_with_incoming_shutdown(incoming.peer, until(stopped)));
         tracing::info!(
-            member = config.node_id,
+            member = config.member_id,
             cluster = %config.cluster_id,
             addr = %incoming.api_addr,
             advertise = %config.advertise_addr(),
@@ -488,7 +488,7 @@ impl Storage {
     async fn open(config: &ServerConfig, env: &ServerEnv) -> Result<Storage, ServerError> {
         let data_dir = DataDir::open(
             &config.data_dir,
-            &Identity::new(&config.cluster_id, config.node_id),
+            &Identity::new(&config.cluster_id, config.member_id),
         )?;
         let wal_config = config.wal_config();
         #[cfg(feature = "testing")]
@@ -532,7 +532,7 @@ async fn start_raft(
         dialer: env.peer_dialer.clone(),
         blocking: env.blocking,
     };
-    let raft = Raft::new(config.node_id, raft_config, network, wal, sm);
+    let raft = Raft::new(config.member_id, raft_config, network, wal, sm);
     match env.seed {
         Some(seed) => crate::raft::seeded(seed, raft).await,
         None => raft.await,
@@ -671,14 +671,15 @@ async fn services(
     };
     let api = builder()
         .max_concurrent_streams(Some(API_STREAMS_PER_CONNECTION_MAX))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        // Their answers leave in pieces, large ones counted until they have left (`Paced`).
-        .add_service(Paced(Fresh::new(graph, gate.clone())))
-        .add_service(Paced(Fresh::new(tenants, gate.clone())))
-        .add_service(Paced(Fresh::new(token_service, gate.clone())))
-        .add_service(Fresh::new(cluster, gate));
+        .add_service(Metered(health_service))
+        .add_service(Metered(reflection_v1))
+        .add_service(Metered(reflection_v1alpha))
+        // Their requests are counted from their first byte (`Metered`); their answers leave in
+        // pieces, large ones counted until they have left (`Paced`).
+        .add_service(Metered(Paced(Fresh::new(graph, gate.clone()))))
+        .add_service(Metered(Paced(Fresh::new(tenants, gate.clone()))))
+        .add_service(Metered(Paced(Fresh::new(token_service, gate.clone()))))
+        .add_service(Metered(Fresh::new(cluster, gate)));
     let peer = builder()
         .max_concurrent_streams(Some(PEER_STREAMS_PER_CONNECTION_MAX))
         .add_service(peers);

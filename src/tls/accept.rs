@@ -19,7 +19,7 @@ use tonic::transport::server::Connected;
 
 use super::named_member;
 use crate::budget::ByteBudget;
-use crate::wire::CONNECTION_ANSWER_BYTES_MAX;
+use crate::wire::{CONNECTION_ANSWER_BYTES_MAX, CONNECTION_REQUEST_BYTES_MAX};
 
 /// How long a connection may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +45,9 @@ pub struct ConnInfo {
     /// The connection's budget for stream answers not yet sent
     /// ([`CONNECTION_ANSWER_BYTES_MAX`]), shared by all its streams: one per connection.
     pub answers: Arc<ByteBudget>,
+    /// The connection's budget for request messages received but not yet decoded
+    /// ([`CONNECTION_REQUEST_BYTES_MAX`]; see `api::intake`): one per connection.
+    pub requests: Arc<ByteBudget>,
 }
 
 impl Default for ConnInfo {
@@ -54,6 +57,7 @@ impl Default for ConnInfo {
             remote: None,
             member: None,
             answers: ByteBudget::new(CONNECTION_ANSWER_BYTES_MAX),
+            requests: ByteBudget::new(CONNECTION_REQUEST_BYTES_MAX),
         }
     }
 }
