@@ -58,7 +58,7 @@ has_leader() {
 
 # `cluster status` prints a row even for an unreachable member; an answer has a member id.
 answers() {
-  "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"node":[0-9]'
+  "$(bin)" cluster status --endpoints "$1" --output json | grep -q '"member":[0-9]'
 }
 
 # The cluster's CA and one certificate per member, once (keys 0600); the members' keyring for

@@ -200,7 +200,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         c.cluster_id = v;
     }
     if let Some(v) = member_id {
-        c.node_id = v;
+        c.member_id = v;
     }
     if let Some(v) = a.listen {
         c.listen = v;

@@ -859,7 +859,7 @@ async fn cluster_on(proxied: bool) -> (Env, String) {
         .iter()
         .enumerate()
         .map(|(i, s)| pb::Member {
-            id: s.config().node_id,
+            id: s.config().member_id,
             addr: s.local_addr().to_string(),
             peer_addr: match env.proxies.get(i) {
                 Some(p) => p.peer_addr.to_string(),
@@ -1740,7 +1740,7 @@ async fn a_member_not_yet_added_answers_status_to_an_operators_token() {
     let s = status(spare.local_addr().to_string(), admin.clone())
         .await
         .unwrap();
-    assert_eq!(s.node_id, 4);
+    assert_eq!(s.member_id, 4);
     assert_eq!(s.peer_addr, spare.peer_local_addr().to_string());
     assert!(s.membership.is_none(), "the routing view only: {s:?}");
     // Added as a learner (waiting until it has caught up), it knows the token: the whole view.

@@ -240,7 +240,7 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
     CA.set(cert("ca.pem")).unwrap();
     for (i, a) in addrs.iter().enumerate() {
         wait_until(&format!("node {} to answer", i + 1), || {
-            status(a)["node"].as_u64() == Some(i as u64 + 1)
+            status(a)["member"].as_u64() == Some(i as u64 + 1)
         });
     }
     let members: Vec<String> = addrs
@@ -451,7 +451,7 @@ fn three_server_processes_serve_the_cli_and_stop_on_sigterm() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(err.contains("belongs to cluster \"bin\" node 1"), "{err}");
+    assert!(err.contains("belongs to cluster \"bin\" member 1"), "{err}");
 }
 
 #[test]

@@ -445,7 +445,7 @@ async fn view(admin: &Client, endpoints: &[String]) -> Option<(u64, BTreeSet<u64
         };
         if s.state == "leader" {
             let voters = s.membership?.voters.iter().map(|m| m.id).collect();
-            return Some((s.node_id, voters));
+            return Some((s.member_id, voters));
         }
     }
     None

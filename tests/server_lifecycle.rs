@@ -36,7 +36,7 @@ fn validate_refuses_bad_values_and_combinations_naming_the_field() {
     let dir = Path::new("/tmp/x");
     valid(dir).validate().unwrap();
     let cases: Vec<(&str, Change)> = vec![
-        ("member_id", Box::new(|c| c.node_id = 0)),
+        ("member_id", Box::new(|c| c.member_id = 0)),
         ("cluster_id", Box::new(|c| c.cluster_id = "a..b".into())),
         (
             "peer_advertise",
@@ -116,14 +116,14 @@ fn config_files_reject_unknown_keys_and_the_shipped_samples_are_valid() {
         "cluster_id = \"c\"\nnode_id = 7\nlisten = \"127.0.0.1:1\"\npeer_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\n",
     )
     .unwrap();
-    assert_eq!(c.node_id, 7);
+    assert_eq!(c.member_id, 7);
     assert_eq!(c.tls, TlsMode::On, "TLS on the client listener by default");
     for i in 1..=3u64 {
         let path = format!("{}/deploy/node{i}.toml", env!("CARGO_MANIFEST_DIR"));
         let c = ServerConfig::from_toml(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         c.validate().unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(c.node_id, i);
+        assert_eq!(c.member_id, i);
         assert_eq!(c.listen, addr(&format!("127.0.0.1:700{i}")));
         assert_eq!(
             c.server.worker_threads,
@@ -337,7 +337,7 @@ async fn a_leader_that_shuts_down_gracefully_hands_leadership_to_another_voter()
         .iter()
         .flatten()
         .map(|n| pb::Member {
-            id: n.config().node_id,
+            id: n.config().member_id,
             addr: n.local_addr().to_string(),
             peer_addr: n.peer_local_addr().to_string(),
         })

@@ -535,7 +535,7 @@ impl ClusterApi {
             .filter_map(|(id, l)| l.as_ref().map(|l| (*id, l.index)))
             .collect();
         Ok(Response::new(pb::StatusResponse {
-            node_id: m.id,
+            member_id: m.id,
             cluster_id: self.cluster_id.clone(),
             state: state.into(),
             term: m.current_term,
@@ -677,7 +677,7 @@ impl ClusterService for ClusterApi {
             return Ok(Response::new(full));
         }
         Ok(Response::new(pb::StatusResponse {
-            node_id: full.node_id,
+            member_id: full.member_id,
             cluster_id: full.cluster_id,
             state: full.state,
             term: full.term,

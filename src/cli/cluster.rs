@@ -100,10 +100,10 @@ async fn discover(c: &crate::client::Client, id: u64, addr: String) -> Result<pb
             format!("asking {addr} for its peer address: {}", e.message()),
         )
     })?;
-    if s.node_id != id {
+    if s.member_id != id {
         return Err(Status::invalid_argument(format!(
             "{addr} is member {} (of cluster {:?}), not {id}",
-            s.node_id, s.cluster_id
+            s.member_id, s.cluster_id
         )));
     }
     if s.peer_addr.is_empty() {
@@ -157,7 +157,7 @@ pub async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<(), Status> {
             for e in &g.endpoints {
                 rows.push(match c.status_of(e).await {
                     Ok(s) => status_json(e, &s),
-                    Err(s) => json!({"endpoint": e, "node": Json::Null, "state": format!("unreachable: {}", s.message())}),
+                    Err(s) => json!({"endpoint": e, "member": Json::Null, "state": format!("unreachable: {}", s.message())}),
                 });
             }
             Json::Array(rows)

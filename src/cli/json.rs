@@ -128,7 +128,7 @@ pub(super) fn status_json(addr: &str, s: &pb::StatusResponse) -> Json {
             .collect::<Vec<_>>()
             .join(",")
     };
-    json!({"endpoint": addr, "node": s.node_id, "state": s.state, "term": s.term,
+    json!({"endpoint": addr, "member": s.member_id, "state": s.state, "term": s.term,
            "leader": s.leader_id, "last_log": s.last_log_index, "applied": pos(&s.applied),
            "snapshot": pos(&s.snapshot), "voters": ids(&m.voters), "learners": ids(&m.learners)})
 }

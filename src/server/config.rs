@@ -35,9 +35,9 @@ pub struct ServerConfig {
     /// later one, so a server never starts on another cluster's data. `[A-Za-z0-9_.-]`, 1..=64.
     pub cluster_id: String,
     /// This member's Raft id, unique in the cluster, at least 1. Recorded in the data directory.
-    /// The file's key is `member_id` (`node_id`, its older spelling, is read too).
-    #[serde(rename = "member_id", alias = "node_id")]
-    pub node_id: u64,
+    /// This member's id. `node_id`, the key's older spelling, is read too.
+    #[serde(alias = "node_id")]
+    pub member_id: u64,
     /// Address to listen on for clients (`ip:port`): graph, tenant, cluster, health and
     /// reflection services. Never serves Raft messages.
     pub listen: SocketAddr,
@@ -236,14 +236,14 @@ impl ServerConfig {
     /// (and no certificate files).
     pub fn new(
         cluster_id: &str,
-        node_id: u64,
+        member_id: u64,
         listen: SocketAddr,
         peer_listen: SocketAddr,
         data_dir: &Path,
     ) -> Self {
         ServerConfig {
             cluster_id: cluster_id.into(),
-            node_id,
+            member_id,
             listen,
             advertise: None,
             peer_listen,
@@ -289,7 +289,7 @@ impl ServerConfig {
     /// Refuses values that cannot work, naming the field and the value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_cluster_id(&self.cluster_id)?;
-        if self.node_id == 0 {
+        if self.member_id == 0 {
             return bad("member_id", "0; member ids start at 1");
         }
         if self.data_dir.as_os_str().is_empty() {

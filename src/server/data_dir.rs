@@ -28,18 +28,20 @@ fn format_1() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     pub cluster_id: String,
-    pub node_id: u64,
+    /// The member's id (the file's key keeps its first spelling).
+    #[serde(rename = "node_id")]
+    pub member_id: u64,
     /// Absent in directories written before formats were recorded: format 1.
     #[serde(default = "format_1")]
     pub format: u32,
 }
 
 impl Identity {
-    /// Member `node_id` of `cluster_id`, in this build's [`DATA_FORMAT`].
-    pub fn new(cluster_id: &str, node_id: u64) -> Identity {
+    /// Member `member_id` of `cluster_id`, in this build's [`DATA_FORMAT`].
+    pub fn new(cluster_id: &str, member_id: u64) -> Identity {
         Identity {
             cluster_id: cluster_id.into(),
-            node_id,
+            member_id,
             format: DATA_FORMAT,
         }
     }
@@ -48,19 +50,19 @@ impl Identity {
 /// Why a data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error("data directory {dir}: locked by another process (is this node already running?)")]
+    #[error("data directory {dir}: locked by another process (is this server already running?)")]
     Locked { dir: PathBuf },
     #[error(
-        "data directory {dir} belongs to cluster {found_cluster:?} node {found_node}, \
-         but this node is configured as cluster {cluster:?} node {node}; \
-         point data_dir at this node's own directory"
+        "data directory {dir} belongs to cluster {found_cluster:?} member {found_member}, \
+         but this server is configured as cluster {cluster:?} member {member}; \
+         point data_dir at this member's own directory"
     )]
     WrongIdentity {
         dir: PathBuf,
         found_cluster: String,
-        found_node: u64,
+        found_member: u64,
         cluster: String,
-        node: u64,
+        member: u64,
     },
     #[error(
         "data directory {dir} holds data of format {found}; this build reads format {DATA_FORMAT} \
@@ -120,7 +122,7 @@ impl DataDir {
                     })?;
                 if found.format != identity.format
                     && found.cluster_id == identity.cluster_id
-                    && found.node_id == identity.node_id
+                    && found.member_id == identity.member_id
                 {
                     return Err(DataDirError::OldFormat {
                         dir: dir.into(),
@@ -131,9 +133,9 @@ impl DataDir {
                     return Err(DataDirError::WrongIdentity {
                         dir: dir.into(),
                         found_cluster: found.cluster_id,
-                        found_node: found.node_id,
+                        found_member: found.member_id,
                         cluster: identity.cluster_id.clone(),
-                        node: identity.node_id,
+                        member: identity.member_id,
                     });
                 }
             }
