@@ -494,7 +494,7 @@ fn a_server_reloads_its_certificates_on_sighup() {
             .args(["--ca", ca.join("ca.pem").to_str().unwrap()])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("\"node\":1")
+        String::from_utf8_lossy(&out.stdout).contains("\"member\":1")
     };
     wait_until("the server to answer clients of the old CA", || {
         answers(&old)

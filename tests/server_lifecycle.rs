@@ -149,7 +149,7 @@ fn a_data_directory_is_locked_and_keeps_its_identity() {
         let e = DataDir::open(dir.path(), &other).unwrap_err();
         assert!(matches!(e, DataDirError::WrongIdentity { .. }), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("\"c1\" node 1"), "{msg}");
+        assert!(msg.contains("\"c1\" member 1"), "{msg}");
     }
     // A directory of the previous data format (no `format` key) is refused, saying why.
     std::fs::write(
