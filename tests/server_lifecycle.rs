@@ -324,6 +324,45 @@ async fn health_and_reflection_answer_stock_tools() {
     node.shutdown().await.unwrap();
 }
 
+/// A client that keeps a call open (a health watch never ends by itself) must not keep the
+/// server's database open after a graceful shutdown: the drain ends, every connection still
+/// open is cut, and once `shutdown` returns the same directory starts again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_cuts_calls_still_open_and_leaves_the_database_closed() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "c1");
+    let node = start(&ca, 1, dir.path()).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+
+    node.shutdown().await.unwrap();
+    // The watch was cut: it ends (after the NOT_SERVING it was told) instead of staying open.
+    tokio::time::timeout(WAIT, async {
+        // Ok(None) or the cut connection's error: either way the call is over.
+        while let Ok(Some(_)) = watch.message().await {}
+    })
+    .await
+    .expect("the watch stayed open after the shutdown");
+    // Nothing holds the database any more: the same directory opens again at once.
+    let again = start(&ca, 1, dir.path()).await;
+    again.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_shuts_down_gracefully_hands_leadership_to_another_voter() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();

@@ -8,7 +8,27 @@ use futures::{Stream, StreamExt};
 use openraft::async_runtime::WatchReceiver;
 use tonic_health::ServingStatus;
 
-use super::{DRAIN, FATAL_DRAIN, SERVICES, Served, Server, ServerError};
+use tokio::task::JoinHandle;
+
+use super::{CLOSE_WAIT, DRAIN, DataDir, FATAL_DRAIN, SERVICES, Served, Server, ServerError};
+
+/// How long a listener's task may take to end once its connections are cut (they end at
+/// their next poll); past it the task is aborted.
+const CUT_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits for a listener's task to end after its connections were cut.
+async fn ended(which: &str, task: &mut JoinHandle<Result<(), tonic::transport::Error>>) -> Served {
+    match tokio::time::timeout(CUT_WAIT, &mut *task).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!(
+                "the {which} had not ended {CUT_WAIT:?} after its connections were cut; aborting it"
+            );
+            task.abort();
+            Ok(Ok(()))
+        }
+    }
+}
 
 impl Server {
     /// Serves until `signal` resolves or the server fails, then shuts down gracefully.
@@ -51,7 +71,12 @@ impl Server {
         }
     }
 
-    async fn failed(self, which: &str, r: Served) -> Result<(), ServerError> {
+    async fn failed(mut self, which: &str, r: Served) -> Result<(), ServerError> {
+        // The other listener stops too, and no connection of either outlives the server.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        self.cut.0.cancel();
         let _ = self.raft.shutdown().await;
         match r {
             Ok(Ok(())) => Err(ServerError::Serve(format!("{which} stopped"))),
@@ -99,6 +124,7 @@ impl Server {
             .shutdown()
             .await
             .map_err(|e| ServerError::Raft(format!("shutdown: {e}")))?;
+        self.close().await;
         for r in served {
             match r {
                 Ok(Ok(())) => {}
@@ -109,27 +135,56 @@ impl Server {
         Ok(())
     }
 
-    /// Stops accepting and drains in-flight calls for at most `drain` (long scans or waits
-    /// are then cut off). Returns how each listener's task ended.
+    /// Stops accepting on both listeners and lets in-flight client calls finish for at most
+    /// `drain` (the peer listener serves on meanwhile: a follower's reads wait for its
+    /// appends), then cuts every connection still open on either listener (long scans, open
+    /// streams, idle clients, the leader's append stream) so none outlives the server.
+    /// Returns how each listener's task ended.
     async fn close_listeners(&mut self, drain: Duration) -> [Served; 2] {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
-        let drained = tokio::time::timeout(drain, async {
-            let api = (&mut self.api_server).await;
-            let peer = (&mut self.peer_server).await;
-            (api, peer)
-        })
-        .await;
-        match drained {
-            Ok((api, peer)) => [api, peer],
-            Err(_) => {
-                tracing::warn!("calls still running after {drain:?}; closing them");
-                self.api_server.abort();
-                self.peer_server.abort();
-                [Ok(Ok(())), Ok(Ok(()))]
-            }
+        let drained = tokio::time::timeout(drain, &mut self.api_server).await;
+        if drained.is_err() {
+            tracing::warn!("client calls still running after {drain:?}; cutting them");
         }
+        self.cut.0.cancel();
+        let api = match drained {
+            Ok(served) => served,
+            Err(_) => ended("client listener", &mut self.api_server).await,
+        };
+        let peer = ended("peer listener", &mut self.peer_server).await;
+        [api, peer]
+    }
+
+    /// Drops this server's handles on the state machine and waits (at most [`CLOSE_WAIT`])
+    /// until no task holds its database any more, so that once a graceful shutdown returns
+    /// the data directory can be opened again at once. The directory's lock goes last.
+    async fn close(self) {
+        let closing = self.reader.closing();
+        let data_dir = self.into_data_dir();
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        loop {
+            let holders = closing.holders();
+            if holders == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    holders,
+                    "the state machine's database is still open {CLOSE_WAIT:?} after the \
+                     shutdown; returning anyway"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(data_dir);
+    }
+
+    /// Everything but the data directory's lock is dropped here.
+    fn into_data_dir(self) -> DataDir {
+        self._data_dir
     }
 
     /// If this member leads, asks the most up-to-date other voter to take over and waits (at

@@ -10,9 +10,10 @@
 //!
 //! **Shutdown** ([`Server::shutdown`]): health goes NOT_SERVING; a leader hands leadership to an
 //! up-to-date voter (bounded by two election timeouts) so the cluster does not wait out an
-//! election; the server stops accepting and drains in-flight calls; Raft shuts down (the WAL
-//! has every acknowledged entry synced already). A crash skips all of it and loses nothing
-//! acknowledged.
+//! election; the server stops accepting and drains in-flight client calls ([`DRAIN`]); every
+//! connection still open is cut; Raft shuts down (the WAL has every acknowledged entry synced
+//! already); `shutdown` returns once the database is closed ([`CLOSE_WAIT`]). A crash skips all
+//! of it and loses nothing acknowledged.
 //!
 //! **A fatal error** (a failed write or sync of the WAL or the state machine, corruption found)
 //! stops Raft; the server then stops serving too (health NOT_SERVING, listeners closed, no
@@ -36,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -45,7 +47,7 @@ pub use self::config::{
     ServerSection, StorageSection, TlsMode, WORKER_THREADS_MAX, check_cluster_id,
 };
 pub use self::data_dir::{DATA_FORMAT, DataDir, DataDirError, Identity};
-pub use self::io::ApiIo;
+pub use self::io::{ApiIo, Severable};
 use crate::api::{
     Admission, Auth, Clock, ClusterApi, Fresh, Gate, GraphApi, Metered, Paced, Random, Router,
     Secrets, TenantApi, TokenApi, Tokens,
@@ -79,11 +81,25 @@ pub const API_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// one append stream and a few unary calls to each peer).
 pub const PEER_STREAMS_PER_CONNECTION_MAX: u32 = 64;
 
-/// How long a graceful shutdown lets in-flight calls finish.
+/// How long a graceful shutdown lets in-flight calls on the client listener finish.
 pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long a graceful shutdown waits, after cutting every connection and stopping Raft, for
+/// tasks still holding the state machine's database to let go (they end within moments once
+/// their connections are cut). Past it the shutdown warns and returns anyway.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// How long a server whose Raft stopped on a fatal error lets in-flight calls finish: they
 /// can only fail, but their answers say why.
 pub const FATAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// Cancels its token when dropped: a server dropped without a shutdown leaves no connection
+/// behind either.
+struct Cut(CancellationToken);
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
 
 /// How a listener's task ended.
 type Served = Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>;
@@ -283,6 +299,9 @@ pub struct Server {
     health: HealthReporter,
     tls: Option<Arc<TlsSource>>,
     stop: Option<watch::Sender<bool>>,
+    /// Cuts the connections still open once the drain is over (see [`Severable`]), or when
+    /// the server is dropped without a shutdown.
+    cut: Cut,
     api_server: JoinHandle<Result<(), tonic::transport::Error>>,
     peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
     local_addr: SocketAddr,
@@ -405,15 +424,28 @@ impl Server {
         let (health, api_routes, peer_routes) =
             services(&config, &env, &raft, &reader, stager, wal_stats).await?;
 
+        let cut = CancellationToken::new();
+        let api_incoming = {
+            let cut = cut.clone();
+            incoming
+                .api
+                .map(move |r| r.map(|io| Severable::new(io, &cut)))
+        };
+        let peer_incoming = {
+            let cut = cut.clone();
+            incoming
+                .peer
+                .map(move |r| r.map(|io| Severable::new(io, &cut)))
+        };
         let (stop, stopped) = watch::channel(false);
         let until = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
         let api_server = tokio::spawn(
-            api_routes.serve_with_incoming_shutdown(incoming.api, until(stopped.clone())),
+            api_routes.serve_with_incoming_shutdown(api_incoming, until(stopped.clone())),
         );
         let peer_server =
-            tokio::spawn(peer_routes.serve_with_incoming_shutdown(incoming.peer, until(stopped)));
+            tokio::spawn(peer_routes.serve_with_incoming_shutdown(peer_incoming, until(stopped)));
         tracing::info!(
             member = config.member_id,
             cluster = %config.cluster_id,
@@ -431,6 +463,7 @@ impl Server {
             health,
             tls: env.tls.clone(),
             stop: Some(stop),
+            cut: Cut(cut),
             api_server,
             peer_server,
             local_addr: incoming.api_addr,

@@ -103,7 +103,7 @@ pub use machine::{Builder, StateMachine};
 /// The openraft handle of a member, over this state machine.
 pub type Raft = openraft::Raft<crate::raft::TypeConfig, StateMachine>;
 pub use read::{
-    GraphReader, Neighbor, PAGE_BYTES_MAX, PAGE_ITEMS_MAX, Page, ReadError, SessionInfo,
+    Closing, GraphReader, Neighbor, PAGE_BYTES_MAX, PAGE_ITEMS_MAX, Page, ReadError, SessionInfo,
 };
 pub use snapshot::SnapshotFile;
 pub use verify::TenantCheck;

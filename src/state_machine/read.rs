@@ -2,7 +2,7 @@
 //! paginated — and the state digests.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use rocksdb::{Direction as ScanDir, IteratorMode, ReadOptions};
 use serde::de::DeserializeOwned;
@@ -63,6 +63,20 @@ pub struct SessionInfo {
     pub last_index: u64,
 }
 
+/// Whether the state machine's database has closed (see [`GraphReader::closing`]): its
+/// RocksDB lock released, so the directory can be opened again.
+pub struct Closing {
+    shared: Weak<Shared>,
+    store: Weak<Store>,
+}
+
+impl Closing {
+    /// Handles on the state machine or its current database still alive (0 once closed).
+    pub fn holders(&self) -> usize {
+        self.shared.strong_count() + self.store.strong_count()
+    }
+}
+
 /// A cheap, cloneable read handle on the state machine's current database.
 #[derive(Clone)]
 pub struct GraphReader {
@@ -105,6 +119,16 @@ impl GraphReader {
 
     pub(crate) fn shared_store(&self) -> Arc<Store> {
         self.shared.store()
+    }
+
+    /// Watches for the database to close: once every handle on the state machine is gone and
+    /// no task holds the current database any more. Take it after Raft has stopped (no
+    /// install can then replace the database).
+    pub fn closing(&self) -> Closing {
+        Closing {
+            shared: Arc::downgrade(&self.shared),
+            store: Arc::downgrade(&self.shared.store()),
+        }
     }
 
     fn meta_get(&self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
