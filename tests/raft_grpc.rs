@@ -2,8 +2,9 @@
 //! over the gRPC network: writes replicate; a node that joins after the log was purged behind a
 //! snapshot catches up by the snapshot streamed over gRPC; garbage RPCs are refused; the graph
 //! and tenant services forward writes from a follower once, apply a retried request id once,
-//! answer linearizable reads on every node, and return the right codes. Waits use openraft's
-//! metrics with generous bounds, never a timing assertion.
+//! answer linearizable reads on every node, and return the right codes. Each test builds its own
+//! cluster through the same steps ([`three_members`]) and then checks one thing. Waits use
+//! openraft's metrics with generous bounds, never a timing assertion.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -176,8 +177,7 @@ async fn propose(raft: &Raft, req: Request) -> Result<Outcome, raftgraph::comman
     one.outcome
 }
 
-/// The cluster the phases of [`a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients`]
-/// share: each phase starts from the state the one before left.
+/// Three members serving (see [`three_members`]).
 struct Cluster {
     nodes: Vec<Node>,
     leader_id: u64,
@@ -191,7 +191,7 @@ impl Cluster {
     }
 }
 
-/// What the graph-service phase hands to the stream phases.
+/// What the graph-service check hands to the stream checks.
 struct ViaFollower {
     client: GraphServiceClient<tonic::transport::Channel>,
     /// The unary write (client 9, sequence 1) and the node it created.
@@ -199,19 +199,73 @@ struct ViaFollower {
     id: u64,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_three_node_cluster_over_grpc_replicates_catches_up_and_serves_clients() {
+/// The cluster every test starts from, each step asserting what it shows: nodes 1 and 2 elect a
+/// leader and replicate a tenant and 100 writes; node 3 joins after the log was purged, its disk
+/// full once while it stages the streamed snapshot, catches up by the snapshot and is promoted;
+/// writes replicate to all three.
+async fn three_members() -> Cluster {
     let (cluster, node3) = two_members_elect_a_leader_while_a_third_waits().await;
     let li = writes_replicate_to_both_members(&cluster).await;
     let cluster =
         a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(cluster, node3, li).await;
     writes_replicate_to_all_three(&cluster).await;
-    garbage_from_the_network_is_refused_and_the_node_keeps_serving(&cluster).await;
-    let (addrs, follower, via) =
-        the_graph_service_forwards_once_and_reads_linearizably(&cluster).await;
-    let streamed_id = the_write_stream_answers_each_call_by_id(&via).await;
-    the_read_stream_answers_each_read_by_id(&via, streamed_id).await;
-    the_tenant_service_stores_a_key_and_never_returns_it(&addrs, follower).await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_replicate_and_a_learner_catches_up_from_a_streamed_snapshot() {
+    three_members().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_network_is_refused_and_the_member_keeps_serving() {
+    check_garbage_is_refused(&three_members().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graph_service_forwards_once_and_reads_linearizably() {
+    check_graph_service(&three_members().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_stream_answers_each_call_by_id() {
+    let cluster = three_members().await;
+    let via = check_graph_service(&cluster).await;
+    check_write_stream(&via).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_stream_answers_each_read_by_id() {
+    let cluster = three_members().await;
+    let via = check_graph_service(&cluster).await;
+    let streamed_id = check_write_stream(&via).await;
+    check_read_stream(&via, streamed_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_service_stores_a_key_and_never_returns_it() {
+    let cluster = three_members().await;
+    let (addrs, follower) = addresses_and_a_follower(&cluster);
+    check_tenant_service(&addrs, follower).await;
+}
+
+/// Every member's client address, and a member that does not lead.
+fn addresses_and_a_follower(cluster: &Cluster) -> (BTreeMap<u64, String>, u64) {
+    let addrs: BTreeMap<u64, String> = cluster
+        .leader()
+        .raft
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .nodes()
+        .map(|(id, n)| (*id, n.api_addr.clone()))
+        .collect();
+    let follower = addrs
+        .keys()
+        .copied()
+        .find(|id| *id != cluster.leader_id)
+        .unwrap();
+    (addrs, follower)
 }
 
 /// A member-to-be that is not serving yet: its listener and its address.
@@ -252,7 +306,7 @@ async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) 
         listeners.push(Some(l));
     }
 
-    // Phase 1: nodes 1 and 2 form the cluster; node 3 exists but is not a member yet.
+    // Nodes 1 and 2 form the cluster; node 3 exists but is not a member yet.
     let mut nodes = Vec::new();
     let full_while_staging = Arc::new(AtomicBool::new(false));
     for (i, id) in (1..=3u64).enumerate() {
@@ -306,7 +360,7 @@ async fn two_members_elect_a_leader_while_a_third_waits() -> (Cluster, Waiting) 
 /// Returns the index of the last write, which every member has applied.
 async fn writes_replicate_to_both_members(cluster: &Cluster) -> u64 {
     let (nodes, leader) = (&cluster.nodes, cluster.leader());
-    // Phase 2: a tenant and 100 writes proposed concurrently (pipelined, group-committed).
+    // A tenant and 100 writes proposed concurrently (pipelined, group-committed).
     let create = Command::CreateTenant {
         tenant: "t".into(),
         quotas: Quotas::unlimited(),
@@ -351,7 +405,7 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
     node3: Waiting,
     li: u64,
 ) -> Cluster {
-    // Phase 3: snapshot on the leader and purge its log; then node 3 joins as a learner and can
+    // Snapshot on the leader and purge its log; then node 3 joins as a learner and can
     // only catch up from the snapshot, streamed over gRPC; then it is promoted to voter. Its
     // disk is "full" twice: after the first snapshot is received, the check before installing
     // finds no room; on the second, creating the staged database fails with ENOSPC. Both
@@ -440,7 +494,7 @@ async fn a_learner_catches_up_from_a_streamed_snapshot_and_is_promoted(
 
 async fn writes_replicate_to_all_three(cluster: &Cluster) {
     let (nodes, leader) = (&cluster.nodes, cluster.leader());
-    // Phase 4: writes keep replicating to all three.
+    // Writes keep replicating to all three.
     let more = Command::Write(WriteRequest {
         tenant: "t".into(),
         preconditions: vec![],
@@ -461,9 +515,9 @@ async fn writes_replicate_to_all_three(cluster: &Cluster) {
     }
 }
 
-async fn garbage_from_the_network_is_refused_and_the_node_keeps_serving(cluster: &Cluster) {
+async fn check_garbage_is_refused(cluster: &Cluster) {
     let (leader, leader_id) = (cluster.leader(), cluster.leader_id);
-    // Phase 5: garbage from the network is refused by name and the node keeps serving.
+    // Garbage from the network is refused by name and the node keeps serving.
     let addr = leader
         .raft
         .metrics()
@@ -535,21 +589,10 @@ async fn garbage_from_the_network_is_refused_and_the_node_keeps_serving(cluster:
     assert!(matches!(r, Ok(Outcome::Write(_))), "{r:?}");
 }
 
-async fn the_graph_service_forwards_once_and_reads_linearizably(
-    cluster: &Cluster,
-) -> (BTreeMap<u64, String>, u64, ViaFollower) {
-    let (leader, leader_id) = (cluster.leader(), cluster.leader_id);
-    // Phase 6: the graph service. A write sent to a follower is forwarded to the leader once;
+async fn check_graph_service(cluster: &Cluster) -> ViaFollower {
+    // The graph service. A write sent to a follower is forwarded to the leader once;
     // linearizable reads from every node see it; errors carry the right codes.
-    let addrs: BTreeMap<u64, String> = leader
-        .raft
-        .metrics()
-        .borrow_watched()
-        .membership_config
-        .nodes()
-        .map(|(id, n)| (*id, n.api_addr.clone()))
-        .collect();
-    let follower = addrs.keys().copied().find(|id| *id != leader_id).unwrap();
+    let (addrs, follower) = addresses_and_a_follower(cluster);
     let mut via_follower = GraphServiceClient::new(channel(&addrs[&follower]));
     let create = pb::Operation {
         op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
@@ -636,7 +679,10 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
             1
         );
     }
-    // A scan streams every node (98 left after two deletes, plus the one just written).
+    // A scan streams every node: as many as the tenant's usage counts (the write above was
+    // applied on the leader before it was answered).
+    let want = cluster.leader().reader.tenant("t").unwrap().usage.nodes;
+    assert!(want >= 99, "{want}");
     let scan = pb::ScanRequest {
         tenant: "t".into(),
         kind: pb::ScanKind::Nodes as i32,
@@ -649,7 +695,7 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
         assert!(matches!(item.item, Some(pb::scan_item::Item::Node(_))));
         count += 1;
     }
-    assert_eq!(count, 99);
+    assert_eq!(count, want);
     // A write past the proposal limit is refused before it reaches the log.
     let big = |i: u32| pb::Operation {
         op: Some(pb::operation::Op::CreateNode(pb::CreateNode {
@@ -690,16 +736,15 @@ async fn the_graph_service_forwards_once_and_reads_linearizably(
     let s = via_follower.write(bad).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     assert!(s.message().contains("operations[0]"), "{}", s.message());
-    let via = ViaFollower {
+    ViaFollower {
         client: via_follower,
         write,
         id,
-    };
-    (addrs, follower, via)
+    }
 }
 
 /// Returns the id of the node the streamed write created.
-async fn the_write_stream_answers_each_call_by_id(via: &ViaFollower) -> u64 {
+async fn check_write_stream(via: &ViaFollower) -> u64 {
     let (mut via_follower, write, id) = (via.client.clone(), &via.write, via.id);
     // The write stream, through the follower: each call is answered by id, as the unary write
     // would be; a bad call fails alone and the stream keeps serving; a retried request id
@@ -772,7 +817,7 @@ async fn the_write_stream_answers_each_call_by_id(via: &ViaFollower) -> u64 {
     streamed_id
 }
 
-async fn the_read_stream_answers_each_read_by_id(via: &ViaFollower, streamed_id: u64) {
+async fn check_read_stream(via: &ViaFollower, streamed_id: u64) {
     let (mut via_follower, id) = (via.client.clone(), via.id);
     // The read stream, through the follower: each kind of read is answered by id with the
     // unary call's result (a linearizable one by the follower's read index, so it sees the
@@ -874,11 +919,8 @@ async fn the_read_stream_answers_each_read_by_id(via: &ViaFollower, streamed_id:
     );
 }
 
-async fn the_tenant_service_stores_a_key_and_never_returns_it(
-    addrs: &BTreeMap<u64, String>,
-    follower: u64,
-) {
-    // Phase 7: the tenant service, through a follower. The key is stored, never returned.
+async fn check_tenant_service(addrs: &BTreeMap<u64, String>, follower: u64) {
+    // The tenant service, through a follower. The key is stored, never returned.
     let mut admin = TenantServiceClient::new(channel(&addrs[&follower]));
     let llm = pb::LlmProviderConfig {
         provider: pb::LlmProvider::Anthropic as i32,
