@@ -37,13 +37,15 @@ mkdir -p $OUT_DIR
 CA=target/local-cluster/certs/ca.pem
 rg() { "$RAFTGRAPH_BIN" "$@" --ca "$CA"; }
 
+# Each tenant writes with its own write token (sessions are per token: the flood's come and go
+# under its own); the cluster-admin token sets up tenants and limits.
 victim() {
-  rg bench --tenant victim --clients 8 --connections 2 --rate "$VICTIM_RATE" \
+  RAFTGRAPH_TOKEN=$(cat $OUT_DIR/victim.token) rg bench --tenant victim --clients 8 --connections 2 --rate "$VICTIM_RATE" \
     --workload create-node --duration "$SECS" --output json --quiet
 }
 
 flood() { # extra flags
-  nice -n "$FLOOD_NICE" "$RAFTGRAPH_BIN" bench --tenant flood --clients "$FLOOD_CLIENTS" \
+  RAFTGRAPH_TOKEN=$(cat $OUT_DIR/flood.token) nice -n "$FLOOD_NICE" "$RAFTGRAPH_BIN" bench --tenant flood --clients "$FLOOD_CLIENTS" \
     --connections 8 --workload create-node --duration "$SECS" --output json --quiet "$@" --ca "$CA"
 }
 
@@ -72,6 +74,8 @@ for round in $(seq 1 "$ROUNDS"); do
   for t in victim flood; do
     rg tenant create "$t" >/dev/null
     rg tenant quotas "$t" >/dev/null # unlimited: the flood writes millions of nodes
+    rm -f $OUT_DIR/$t.token
+    rg tenant token create "$t" --role write --output-file $OUT_DIR/$t.token >/dev/null
   done
   record "$round" alone victim "$(victim)"
   both "$round" paced --rate "$FLOOD_LIMIT"
