@@ -278,6 +278,16 @@ fn record_session(
     let mut evicted = 0;
     let mut steps = 2 * EVICTIONS_PER_ENTRY_MAX;
     let prefix = keys::eviction_prefix(owner);
+    // Eviction deletes from the head of the owner's keys, so its deleted keys pile up there
+    // until RocksDB compacts them; a scan from the prefix would step over every one, each time.
+    // Scans start at the floor instead: every key below it is gone (see `keys`).
+    let floor_key = keys::eviction_floor(owner);
+    let (stored_floor, mut floor) = if over(&usage) {
+        let f = count(txn, &floor_key)?;
+        (f, f)
+    } else {
+        (0, 0)
+    };
     'evict: while over(&usage) && evicted < EVICTIONS_PER_ENTRY_MAX && steps > 0 {
         // As many keys as the count is over by (usually one), at least one: a scan reads
         // every key it returns.
@@ -286,7 +296,8 @@ fn record_session(
             .saturating_sub(limits.sessions_per_principal_max)
             .max(1);
         let batch = need.min(EVICTIONS_PER_ENTRY_MAX - evicted).min(steps) as usize;
-        let oldest = txn.scan(Cf::Meta, &prefix, batch)?;
+        let from = keys::eviction(owner, floor, 0);
+        let oldest = txn.scan_from(Cf::Meta, &prefix, &from, batch)?;
         let Some(last) = oldest.last().map(|(k, _)| k.clone()) else {
             break;
         };
@@ -307,6 +318,9 @@ fn record_session(
             let s: Session = crate::codec::decode(&stored)
                 .map_err(|e| corrupt(format_args!("session {session_key:?}: {e}")))?;
             txn.delete(Cf::Meta, &k)?;
+            // The head key went: every key left has at least its index (new keys get the
+            // index of the entry that writes them, re-filed ones a later one).
+            floor = index;
             if s.last_index == index {
                 txn.delete(Cf::Meta, &session_key)?;
                 globals.sessions -= 1;
@@ -339,6 +353,9 @@ fn record_session(
     if usage != stored_usage {
         save(txn, Cf::Meta, &usage_key, &usage)?;
     }
+    if floor > stored_floor {
+        set_count(txn, &floor_key, floor)?;
+    }
     if evicted > 0 {
         let key = keys::evicted(owner);
         let before = count(txn, &key)?;
@@ -368,15 +385,21 @@ fn purge_dead(txn: &mut Txn, globals: &mut Globals) -> Result<(), Fail> {
     };
     let owner = keys::owner_of(&marker)
         .ok_or_else(|| corrupt(format_args!("dead owner key {marker:?}")))?;
-    let batch = txn.scan(
+    // From the floor, as eviction scans (see `record_session`): the purge deletes from the head.
+    let floor_key = keys::eviction_floor(owner);
+    let floor = count(txn, &floor_key)?;
+    let batch = txn.scan_from(
         Cf::Meta,
         &keys::eviction_prefix(owner),
+        &keys::eviction(owner, floor, 0),
         DEAD_PURGE_PER_REQUEST,
     )?;
+    let mut new_floor = floor;
     for (k, _) in &batch {
-        let (_, client) =
+        let (index, client) =
             keys::eviction_parts(k).ok_or_else(|| corrupt(format_args!("eviction key {k:?}")))?;
         txn.delete(Cf::Meta, k)?;
+        new_floor = index;
         let session = keys::session(owner, client);
         if txn.get(Cf::Meta, &session)?.is_some() {
             txn.delete(Cf::Meta, &session)?;
@@ -387,7 +410,10 @@ fn purge_dead(txn: &mut Txn, globals: &mut Globals) -> Result<(), Fail> {
         txn.delete(Cf::Meta, &marker)?;
         txn.delete(Cf::Meta, &keys::session_usage(owner))?;
         txn.delete(Cf::Meta, &keys::evicted(owner))?;
+        txn.delete(Cf::Meta, &floor_key)?;
         set_count(txn, keys::DEAD_OWNER_COUNT, dead - 1)?;
+    } else if new_floor > floor {
+        set_count(txn, &floor_key, new_floor)?;
     }
     Ok(())
 }

@@ -17,6 +17,10 @@
 //!                                     an owner's session eviction order (empty value; `index`
 //!                                     is at most the session's `last_index`, see `apply`)
 //! S <owner>                           SessionUsage of an owner (count, bytes)
+//! X <owner>                           an owner's eviction floor (u64 BE): it has no `x` key
+//!                                     with a smaller index, so eviction starts there instead
+//!                                     of stepping over the deleted keys before it (absent: 0.
+//!                                     Since codec 4, no format change: older data has none)
 //! E <owner>                           the stamped time (µs, u64 BE) of the latest entry that
 //!                                     evicted an owner's sessions (absent: none. Since codec
 //!                                     4, no format change)
@@ -59,6 +63,7 @@ pub const SESSION: u8 = b's';
 pub const EVICTION: u8 = b'x';
 pub const SESSION_USAGE: u8 = b'S';
 pub const EVICTED: u8 = b'E';
+pub const EVICTION_FLOOR: u8 = b'X';
 pub const DEAD_OWNER: u8 = b'D';
 pub const DEAD_OWNER_COUNT: &[u8] = b"d";
 pub const TOKEN: u8 = b'k';
@@ -141,6 +146,10 @@ pub fn evicted(owner: Credential) -> [u8; 10] {
 
 pub fn eviction(owner: Credential, last_index: u64, client_id: u64) -> [u8; 26] {
     owned(EVICTION, owner, &[last_index, client_id])
+}
+
+pub fn eviction_floor(owner: Credential) -> [u8; 10] {
+    owned(EVICTION_FLOOR, owner, &[])
 }
 
 pub fn dead_owner(owner: Credential) -> [u8; 10] {
