@@ -84,15 +84,15 @@ start() {
   certificates
   for i in 1 2 3; do
     if running "$i"; then
-      echo "node $i already running (pid $(cat "$DIR/node$i.pid"))"
+      echo "member $i already running (pid $(cat "$DIR/node$i.pid"))"
       continue
     fi
     "$(bin)" server --config "deploy/node$i.toml" >>"$DIR/node$i.log" 2>&1 &
     echo $! >"$DIR/node$i.pid"
-    echo "node $i started (pid $!, log $DIR/node$i.log)"
+    echo "member $i started (pid $!, log $DIR/node$i.log)"
   done
   for i in 1 2 3; do
-    wait_for 30 "node $i to answer (see $DIR/node$i.log)" answers "127.0.0.1:700$i"
+    wait_for 30 "member $i to answer (see $DIR/node$i.log)" answers "127.0.0.1:700$i"
   done
   if [[ ! -f "$DIR/initialized" ]]; then
     rm -f "$ADMIN_TOKEN"
@@ -132,11 +132,11 @@ stop() {
   local failed=0
   for i in 1 2 3; do
     if [[ -f "$DIR/node$i.pid" ]]; then
-      if wait_for 30 "node $i to exit" bash -c "! kill -0 $(cat "$DIR/node$i.pid") 2>/dev/null"; then
+      if wait_for 30 "member $i to exit" bash -c "! kill -0 $(cat "$DIR/node$i.pid") 2>/dev/null"; then
         rm -f "$DIR/node$i.pid"
-        echo "node $i stopped"
+        echo "member $i stopped"
       else
-        echo "node $i (pid $(cat "$DIR/node$i.pid")) still running; kill -9 it if needed" >&2
+        echo "member $i (pid $(cat "$DIR/node$i.pid")) still running; kill -9 it if needed" >&2
         failed=1
       fi
     fi
