@@ -101,7 +101,9 @@ impl<IO> Severable<IO> {
     pub fn new(io: IO, cut: &CancellationToken) -> Self {
         Severable {
             io,
-            cut: Box::pin(cut.clone().cancelled_owned()),
+            // A child token per connection: polling it locks that connection's own state,
+            // not one shared by every connection; cancelling the parent cancels every child.
+            cut: Box::pin(cut.child_token().cancelled_owned()),
         }
     }
 

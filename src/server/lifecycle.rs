@@ -12,13 +12,17 @@ use tokio::task::JoinHandle;
 
 use super::{CLOSE_WAIT, DRAIN, DataDir, FATAL_DRAIN, SERVICES, Served, Server, ServerError};
 
-/// How long a listener's task may take to end once its connections are cut (they end at
-/// their next poll); past it the task is aborted.
+/// How long the listeners' tasks may take to end once their connections are cut (they end at
+/// their next poll); past it they are aborted.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
-/// Waits for a listener's task to end after its connections were cut.
-async fn ended(which: &str, task: &mut JoinHandle<Result<(), tonic::transport::Error>>) -> Served {
-    match tokio::time::timeout(CUT_WAIT, &mut *task).await {
+/// Waits (until `deadline`) for a listener's task to end after its connections were cut.
+async fn ended(
+    which: &str,
+    task: &mut JoinHandle<Result<(), tonic::transport::Error>>,
+    deadline: tokio::time::Instant,
+) -> Served {
+    match tokio::time::timeout_at(deadline, &mut *task).await {
         Ok(served) => served,
         Err(_) => {
             tracing::warn!(
@@ -73,9 +77,7 @@ impl Server {
 
     async fn failed(mut self, which: &str, r: Served) -> Result<(), ServerError> {
         // The other listener stops too, and no connection of either outlives the server.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
+        self.stop_accepting();
         self.cut.0.cancel();
         let _ = self.raft.shutdown().await;
         match r {
@@ -135,26 +137,40 @@ impl Server {
         Ok(())
     }
 
-    /// Stops accepting on both listeners and lets in-flight client calls finish for at most
-    /// `drain` (the peer listener serves on meanwhile: a follower's reads wait for its
-    /// appends), then cuts every connection still open on either listener (long scans, open
-    /// streams, idle clients, the leader's append stream) so none outlives the server.
+    /// Stops accepting client connections and lets in-flight client calls finish for at most
+    /// `drain`. The peer listener serves on meanwhile, accepting too (a follower's linearizable
+    /// read waits for its appends, perhaps from a leader it had no connection from). Then it
+    /// stops as well, and every connection still open on either listener (long scans, open
+    /// streams, idle clients, a leader's append stream) is cut, so none outlives the server.
     /// Returns how each listener's task ended.
     async fn close_listeners(&mut self, drain: Duration) -> [Served; 2] {
-        if let Some(stop) = self.stop.take() {
+        if let Some(stop) = self.stop_api.take() {
             let _ = stop.send(true);
         }
         let drained = tokio::time::timeout(drain, &mut self.api_server).await;
         if drained.is_err() {
             tracing::warn!("client calls still running after {drain:?}; cutting them");
         }
+        self.stop_accepting();
         self.cut.0.cancel();
+        // One bound for both listeners' tasks.
+        let deadline = tokio::time::Instant::now() + CUT_WAIT;
         let api = match drained {
             Ok(served) => served,
-            Err(_) => ended("client listener", &mut self.api_server).await,
+            Err(_) => ended("client listener", &mut self.api_server, deadline).await,
         };
-        let peer = ended("peer listener", &mut self.peer_server).await;
+        let peer = ended("peer listener", &mut self.peer_server, deadline).await;
         [api, peer]
+    }
+
+    /// Stops both accept loops (a listener already stopped stays so).
+    fn stop_accepting(&mut self) {
+        for stop in [self.stop_api.take(), self.stop_peer.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = stop.send(true);
+        }
     }
 
     /// Drops this server's handles on the state machine and waits (at most [`CLOSE_WAIT`])

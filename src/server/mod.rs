@@ -10,8 +10,8 @@
 //!
 //! **Shutdown** ([`Server::shutdown`]): health goes NOT_SERVING; a leader hands leadership to an
 //! up-to-date voter (bounded by two election timeouts) so the cluster does not wait out an
-//! election; the server stops accepting and drains in-flight client calls ([`DRAIN`]); every
-//! connection still open is cut; Raft shuts down (the WAL has every acknowledged entry synced
+//! election; the client listener stops accepting and in-flight client calls drain ([`DRAIN`];
+//! the peer listener serves on meanwhile); every connection still open on either is cut; Raft shuts down (the WAL has every acknowledged entry synced
 //! already); `shutdown` returns once the database is closed ([`CLOSE_WAIT`]). A crash skips all
 //! of it and loses nothing acknowledged.
 //!
@@ -298,7 +298,9 @@ pub struct Server {
     reader: GraphReader,
     health: HealthReporter,
     tls: Option<Arc<TlsSource>>,
-    stop: Option<watch::Sender<bool>>,
+    /// Stop each listener's accept loop (and ask its connections to finish).
+    stop_api: Option<watch::Sender<bool>>,
+    stop_peer: Option<watch::Sender<bool>>,
     /// Cuts the connections still open once the drain is over (see [`Severable`]), or when
     /// the server is dropped without a shutdown.
     cut: Cut,
@@ -437,15 +439,18 @@ impl Server {
                 .peer
                 .map(move |r| r.map(|io| Severable::new(io, &cut)))
         };
-        let (stop, stopped) = watch::channel(false);
+        // Each listener stops on its own signal: the client listener first, the peer listener
+        // once client calls have drained (see `close_listeners`).
+        let (stop_api, api_stopped) = watch::channel(false);
+        let (stop_peer, peer_stopped) = watch::channel(false);
         let until = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let api_server = tokio::spawn(
-            api_routes.serve_with_incoming_shutdown(api_incoming, until(stopped.clone())),
+        let api_server =
+            tokio::spawn(api_routes.serve_with_incoming_shutdown(api_incoming, until(api_stopped)));
+        let peer_server = tokio::spawn(
+            peer_routes.serve_with_incoming_shutdown(peer_incoming, until(peer_stopped)),
         );
-        let peer_server =
-            tokio::spawn(peer_routes.serve_with_incoming_shutdown(peer_incoming, until(stopped)));
         tracing::info!(
             member = config.member_id,
             cluster = %config.cluster_id,
@@ -462,7 +467,8 @@ impl Server {
             reader,
             health,
             tls: env.tls.clone(),
-            stop: Some(stop),
+            stop_api: Some(stop_api),
+            stop_peer: Some(stop_peer),
             cut: Cut(cut),
             api_server,
             peer_server,
