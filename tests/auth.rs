@@ -903,11 +903,17 @@ async fn cluster_on(proxied: bool) -> (Env, String) {
     (env, r.admin_token)
 }
 
-/// Every file under `dir`, read whole.
+/// Every file under `dir`, read whole. The members are running: a directory or file removed
+/// while the walk goes (a checkpoint replaced, a received snapshot cleaned up) is skipped.
 fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => panic!("reading {}: {e}", dir.display()),
+    };
+    for e in entries {
+        let Ok(e) = e else { continue };
         let p = e.path();
         if e.file_type().unwrap().is_dir() {
             out.extend(files(&p));
